@@ -1,0 +1,5 @@
+//! Guest root filesystems built from Debian packages (`image`), and the project's own
+//! guest programs and the `libditto` interposer (`progs`).
+
+pub mod image;
+pub mod progs;
