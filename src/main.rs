@@ -1,1 +1,223 @@
-fn main() {}
+//! The `ditto` command line: argument parsing and wiring only.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod bench;
+
+/// Exit status for bad usage or bad input (a bad flag, a missing or malformed
+/// program or image).
+const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status when the host cannot run the program (no KVM, out of resources).
+const EXIT_HOST_ERROR: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "ditto",
+    version,
+    about = "Run a multithreaded Linux program in a KVM process VM whose kernel is ditto",
+    after_help = "Exit status: the program's own status; 128+N when it was killed by signal N \
+(a fault in the program prints a one-line report); 2 for bad usage or input (bad flag, \
+missing or malformed program or image); 1 when the host cannot run VMs."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one program in a process VM.
+    Run(RunArgs),
+    /// Measure ditto against native runs of the same programs.
+    Bench(bench::BenchArgs),
+}
+
+/// How a program is selected and run; shared by every command that runs one.
+#[derive(Args, Clone, Debug)]
+pub struct ProgramArgs {
+    /// Directory that the program's paths resolve in (it cannot see outside it).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Guest memory size (K, M or G suffix; rounded up to 2 MiB).
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    memory: u64,
+    /// Host cores to pin every vCPU thread to, e.g. `0`, `0,1` or `0-1`.
+    #[arg(long, value_parser = parse_cores)]
+    cores: Option<Vec<usize>>,
+    /// Seed for the program's AT_RANDOM bytes.
+    #[arg(long, default_value_t = 0x0d1770)]
+    seed: u64,
+    /// Print counters (syscalls, vCPUs, syscall entry path, timings) on exit.
+    #[arg(long)]
+    stats: bool,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+    command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    program: ProgramArgs,
+}
+
+/// Parses `4G`, `512M`, `65536K` or a byte count, rounded up to 2 MiB.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size '{s}': expected e.g. 512M or 4G"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))?;
+    let two_mib = 2u64 << 20;
+    let rounded = bytes.div_ceil(two_mib) * two_mib;
+    if !(16 << 20..=64 << 30).contains(&rounded) {
+        return Err(format!("size '{s}' must be between 16M and 64G"));
+    }
+    Ok(rounded)
+}
+
+/// Parses a core list like `0,2-3`, checking each core exists on this host.
+fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let mut cores = Vec::new();
+    for part in s.split(',') {
+        let bad = || format!("bad core list '{s}': expected e.g. 0 or 0,1 or 0-1");
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse::<usize>().map_err(|_| bad())?,
+                b.trim().parse::<usize>().map_err(|_| bad())?,
+            ),
+            None => {
+                let c = part.trim().parse::<usize>().map_err(|_| bad())?;
+                (c, c)
+            }
+        };
+        if lo > hi {
+            return Err(bad());
+        }
+        for c in lo..=hi {
+            if c >= online {
+                return Err(format!(
+                    "core {c} does not exist (this host has cores 0-{})",
+                    online - 1
+                ));
+            }
+            if !cores.contains(&c) {
+                cores.push(c);
+            }
+        }
+    }
+    Ok(cores)
+}
+
+/// Builds the VM configuration for a program selection.
+pub fn vm_config(p: &ProgramArgs) -> vmm::VmConfig {
+    let args: Vec<Vec<u8>> = p.command.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let env = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            e
+        })
+        .collect();
+    vmm::VmConfig {
+        root: p.root.clone(),
+        program: args[0].clone(),
+        args,
+        env,
+        memory: p.memory,
+        cores: p.cores.clone(),
+        seed: p.seed,
+    }
+}
+
+/// Runs a program and turns the outcome into ditto's exit status.
+fn run(p: &ProgramArgs) -> ExitCode {
+    match vmm::run(&vm_config(p)) {
+        Ok(out) => {
+            if let devices::process::ExitReason::Signaled { report, .. } = &out.exit {
+                if !report.is_empty() {
+                    eprintln!("ditto: {report}");
+                }
+            }
+            if p.stats {
+                eprintln!(
+                    "ditto: stats: status={} syscalls={} threads={} vcpus_created={} entry={:?} setup={:.3}ms wall={:.3}ms",
+                    out.exit.status(),
+                    out.syscalls,
+                    out.threads,
+                    out.vcpus_created,
+                    out.entry,
+                    out.setup.as_secs_f64() * 1e3,
+                    out.wall.as_secs_f64() * 1e3
+                );
+            }
+            if out.stuck_threads > 0 {
+                eprintln!(
+                    "ditto: warning: {} vCPU threads did not stop",
+                    out.stuck_threads
+                );
+            }
+            ExitCode::from(out.exit.status() as u8)
+        }
+        Err(e) => {
+            eprintln!("ditto: {e}");
+            ExitCode::from(if e.is_bad_input() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_HOST_ERROR
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DITTO_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(r) => run(&r.program),
+        Command::Bench(b) => bench::main(&b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
+        assert_eq!(parse_size("17M").unwrap(), 18 << 20);
+        assert!(parse_size("1M").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn cores() {
+        assert_eq!(parse_cores("0").unwrap(), vec![0]);
+        assert!(parse_cores("0-").is_err());
+        assert!(parse_cores("100000").is_err());
+        assert!(parse_cores("1-0").is_err());
+    }
+}

@@ -1,1 +1,14 @@
+//! What a ditto program talks to: guest memory, the descriptor table, the
+//! deterministic address-space allocator, confined path resolution, and the Linux
+//! syscall layer grouped by subsystem (`syscalls::sys_*`), each syscall tagged with
+//! its replication class.
 
+pub mod address_space;
+pub mod errno;
+pub mod fd_table;
+pub mod guest_mem;
+pub mod path;
+pub mod process;
+pub mod syscalls;
+
+pub use errno::Errno;

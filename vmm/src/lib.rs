@@ -1,1 +1,326 @@
+//! The KVM process VM: one program in one VM, whose kernel is this VMM.
+//!
+//! [`run`] builds the VM (guest memory, system area, CPU state), loads the program
+//! and its interpreter, builds the initial stack, starts the main thread on a vCPU
+//! and waits for the program to end. Syscalls are served by `devices`.
 
+pub mod cpu;
+pub mod elf;
+pub mod layout;
+pub mod stack;
+pub mod vcpu;
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm};
+
+use devices::address_space::{AddressSpace, Layout};
+use devices::fd_table::FdTable;
+use devices::guest_mem::GuestMemory;
+use devices::path::FsContext;
+use devices::process::{ExitReason, Process};
+use devices::syscalls::{ThreadStart, ThreadState, UserRegs};
+
+pub use cpu::SyscallEntry;
+
+/// Size of the main thread's stack.
+pub const MAIN_STACK_SIZE: u64 = 8 << 20;
+
+/// What to run and how.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The directory paths resolve in.
+    pub root: PathBuf,
+    /// The program: a path inside the root, or a bare name looked up in PATH.
+    pub program: Vec<u8>,
+    /// argv, argv[0] included.
+    pub args: Vec<Vec<u8>>,
+    /// The environment.
+    pub env: Vec<Vec<u8>>,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// Host cores every vCPU thread is pinned to.
+    pub cores: Option<Vec<usize>>,
+    /// Seed for AT_RANDOM.
+    pub seed: u64,
+}
+
+/// Errors that stop a program from starting. Each is bad input or a host problem,
+/// reported in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// /dev/kvm is missing or unusable.
+    #[error("KVM is not available: {0}")]
+    Kvm(kvm_ioctls::Error),
+    /// A KVM capability ditto needs is missing.
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] devices::guest_mem::GuestMemoryError),
+    /// The system area could not be built.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuSetupError),
+    /// The root directory is unusable.
+    #[error(transparent)]
+    Root(#[from] devices::path::RootError),
+    /// The program or its interpreter cannot be loaded.
+    #[error(transparent)]
+    Load(#[from] elf::LoadError),
+    /// The program does not leave room for heap and stack.
+    #[error(transparent)]
+    Layout(#[from] devices::address_space::LayoutError),
+    /// A bare program name was not found in PATH.
+    #[error("{0}: command not found in PATH inside the root")]
+    NotFound(String),
+    /// The initial stack does not fit.
+    #[error("arguments and environment do not fit on the initial stack")]
+    Stack,
+    /// A host resource (thread, signal handler) could not be set up.
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+impl VmmError {
+    /// Whether this is the user's input being wrong (exit status 2) rather than the
+    /// host failing.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            VmmError::Root(_)
+                | VmmError::Load(_)
+                | VmmError::Layout(_)
+                | VmmError::NotFound(_)
+                | VmmError::Memory(_)
+        )
+    }
+}
+
+/// How a run went.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// How the program ended.
+    pub exit: ExitReason,
+    /// Syscalls served.
+    pub syscalls: u64,
+    /// vCPUs created.
+    pub vcpus_created: u64,
+    /// Threads started (main included).
+    pub threads: u64,
+    /// How syscalls reached the VMM.
+    pub entry: Option<SyscallEntry>,
+    /// Time from start to exit.
+    pub wall: Duration,
+    /// Time spent building the VM before the first guest instruction.
+    pub setup: Duration,
+    /// vCPU threads that did not stop when asked.
+    pub stuck_threads: usize,
+}
+
+/// Finds a bare program name in PATH, inside the root.
+fn resolve_program(fs: &FsContext, program: &[u8], env: &[Vec<u8>]) -> Result<CString, VmmError> {
+    let name = String::from_utf8_lossy(program).into_owned();
+    if program.contains(&b'/') {
+        return CString::new(program).map_err(|_| VmmError::NotFound(name));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix(b"PATH="))
+        .map(|p| p.to_vec())
+        .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".to_vec());
+    for dir in path.split(|&b| b == b':').filter(|d| d.starts_with(b"/")) {
+        let mut cand = dir.to_vec();
+        cand.push(b'/');
+        cand.extend_from_slice(program);
+        let Ok(c) = CString::new(cand) else { continue };
+        if let Ok(fd) = fs.open(None, &c, libc::O_PATH, 0) {
+            let f = std::fs::File::from(fd);
+            if f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+                return Ok(c);
+            }
+        }
+    }
+    Err(VmmError::NotFound(name))
+}
+
+/// The program's absolute path inside the root (for /proc/self/exe).
+fn absolute_guest_path(fs: &FsContext, path: &CString) -> String {
+    let p = path.to_string_lossy();
+    if p.starts_with('/') {
+        p.into_owned()
+    } else {
+        let cwd = String::from_utf8_lossy(&fs.cwd()).into_owned();
+        format!("{}/{}", cwd.trim_end_matches('/'), p)
+    }
+}
+
+fn host_xcr0() -> u64 {
+    // SAFETY: xgetbv(0) is valid whenever the OS enabled XSAVE, which every x86-64
+    // Linux host running KVM guests with AVX has; checked via cpuid first.
+    unsafe {
+        let c = std::arch::x86_64::__cpuid(1);
+        if c.ecx & (1 << 27) == 0 {
+            return 3;
+        }
+        std::arch::x86_64::_xgetbv(0)
+    }
+}
+
+/// The program's standard descriptors: duplicates of ditto's own, so a program that
+/// closes its stdout does not close ditto's.
+fn std_fds() -> FdTable {
+    let mut t = FdTable::new();
+    for fd in 0..3 {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor number; failure (not open) is checked.
+        let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if d >= 0 {
+            // SAFETY: d was just created by fcntl and is ours.
+            let owned = unsafe { OwnedFd::from_raw_fd(d) };
+            let _ = t.install_at(
+                fd as i64,
+                Arc::new(devices::fd_table::OpenFile { host: owned }),
+                false,
+            );
+        }
+    }
+    t
+}
+
+/// Forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to ditto to the program (default
+/// action: it ends with that signal). The signals are blocked in every thread and
+/// taken here, so no vCPU thread is interrupted at a bad moment.
+fn forward_signals(process: Arc<Process>) -> Result<std::thread::JoinHandle<()>, VmmError> {
+    // SAFETY: building a sigset and blocking it in this thread (inherited by the
+    // threads it creates).
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            };
+            while !process.exiting() {
+                // SAFETY: waiting on our own blocked set with a timeout.
+                let s = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+                if s > 0 {
+                    process.finish(ExitReason::Signaled {
+                        signal: s,
+                        report: String::new(),
+                    });
+                }
+            }
+        })
+        .map_err(|e| VmmError::Host(e.to_string()))
+}
+
+/// Runs a program to completion.
+pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
+    let t0 = Instant::now();
+    let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+    if !kvm.check_extension(Cap::SyncRegs) {
+        return Err(VmmError::MissingCap("KVM_CAP_SYNC_REGS"));
+    }
+    let vm = kvm.create_vm().map_err(VmmError::Kvm)?;
+    let mem = GuestMemory::new(config.memory)?;
+    cpu::build_system_area(&mem)?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: mem.size(),
+        userspace_addr: mem.host_base(),
+    };
+    // SAFETY: the region is our own mapping, which outlives the VM (both are owned by
+    // the Machine/Process that lives until every vCPU thread is joined).
+    unsafe { vm.set_user_memory_region(region) }.map_err(VmmError::Kvm)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::Kvm)?;
+
+    let fs = FsContext::new(&config.root)?;
+    let program = resolve_program(&fs, &config.program, &config.env)?;
+    let loaded = elf::load_program(&mem, &fs, &program)?;
+    let layout = Layout::new(loaded.image_end, mem.size(), MAIN_STACK_SIZE)?;
+    let exe = absolute_guest_path(&fs, &program);
+    let sp = stack::build(
+        &mem,
+        layout.top - 4096,
+        &config.args,
+        &config.env,
+        &loaded,
+        program.as_bytes(),
+        config.seed,
+    )
+    .map_err(|_| VmmError::Stack)?;
+    let process = Arc::new(Process::new(
+        mem,
+        AddressSpace::new(layout),
+        fs,
+        std_fds(),
+        exe,
+    ));
+
+    // SAFETY: umask(0) so the program's own umask (applied by the syscall layer) is the
+    // only one; ditto creates no files of its own while the program runs.
+    unsafe { libc::umask(0) };
+    vcpu::install_kick_handler().map_err(|e| VmmError::Host(e.to_string()))?;
+    let signals = forward_signals(process.clone())?;
+
+    let machine = Arc::new(vcpu::Machine::new(
+        vm,
+        cpuid,
+        host_xcr0(),
+        process.clone(),
+        config.cores.clone(),
+    ));
+    let tid = process.new_thread();
+    let regs = UserRegs {
+        rip: loaded.start,
+        rsp: sp,
+        rflags: 0x202,
+        ..Default::default()
+    };
+    let setup = t0.elapsed();
+    machine
+        .spawn(ThreadStart {
+            regs,
+            thread: ThreadState {
+                tid,
+                ..Default::default()
+            },
+        })
+        .map_err(|e| VmmError::Host(format!("cannot start the main thread: {e}")))?;
+    let exit = loop {
+        if let Some(r) = process.wait_exit(Duration::from_millis(200)) {
+            break r;
+        }
+    };
+    let wall = t0.elapsed();
+    let stuck_threads = machine.shutdown(Duration::from_secs(2));
+    let _ = signals.join();
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(RunOutcome {
+        exit,
+        syscalls: process.stats.syscalls.load(Relaxed),
+        vcpus_created: process.stats.vcpus_created.load(Relaxed),
+        threads: process.stats.threads_started.load(Relaxed),
+        entry: machine.syscall_entry(),
+        wall,
+        setup,
+        stuck_threads,
+    })
+}

@@ -1,0 +1,184 @@
+//! The program's file descriptor table: guest fd numbers -> host file descriptors.
+//!
+//! Guest numbers are allocated lowest-free, as POSIX requires, independently of the
+//! host's numbering. That keeps the VMM's own descriptors (KVM, vCPUs, eventfds)
+//! invisible to the program, and lets a replica that does not execute a call (the
+//! secondary) still hand out the same numbers.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use crate::errno::Errno;
+
+/// Highest number of guest descriptors (the program's RLIMIT_NOFILE).
+pub const MAX_FDS: usize = 65536;
+
+/// One open file description, shared by dup'ed guest descriptors.
+#[derive(Debug)]
+pub struct OpenFile {
+    /// The host descriptor.
+    pub host: OwnedFd,
+}
+
+impl OpenFile {
+    /// The host descriptor number, valid while this OpenFile is alive.
+    pub fn raw(&self) -> RawFd {
+        self.host.as_raw_fd()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    file: Arc<OpenFile>,
+    cloexec: bool,
+}
+
+/// The table itself. Callers hold it behind a mutex only for lookups and updates;
+/// host I/O happens on a cloned `Arc<OpenFile>` outside the lock, so a blocking read
+/// never stalls other threads' opens.
+#[derive(Debug, Default)]
+pub struct FdTable {
+    slots: Vec<Option<Slot>>,
+}
+
+impl FdTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The open file behind guest fd `fd`, or EBADF.
+    pub fn get(&self, fd: i64) -> Result<Arc<OpenFile>, Errno> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get(i))
+            .and_then(|s| s.as_ref())
+            .map(|s| s.file.clone())
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Installs `host` at the lowest free number >= `min`.
+    pub fn install(&mut self, host: OwnedFd, cloexec: bool) -> Result<i64, Errno> {
+        self.install_file(Arc::new(OpenFile { host }), 0, cloexec)
+    }
+
+    fn install_file(
+        &mut self,
+        file: Arc<OpenFile>,
+        min: usize,
+        cloexec: bool,
+    ) -> Result<i64, Errno> {
+        let idx = (min..MAX_FDS)
+            .find(|&i| self.slots.get(i).is_none_or(|s| s.is_none()))
+            .ok_or(Errno::EMFILE)?;
+        if idx >= self.slots.len() {
+            self.slots.resize(idx + 1, None);
+        }
+        self.slots[idx] = Some(Slot { file, cloexec });
+        Ok(idx as i64)
+    }
+
+    /// Installs at exactly `fd`, replacing what was there (dup2 semantics).
+    pub fn install_at(&mut self, fd: i64, file: Arc<OpenFile>, cloexec: bool) -> Result<(), Errno> {
+        let idx = usize::try_from(fd)
+            .ok()
+            .filter(|&i| i < MAX_FDS)
+            .ok_or(Errno::EBADF)?;
+        if idx >= self.slots.len() {
+            self.slots.resize(idx + 1, None);
+        }
+        self.slots[idx] = Some(Slot { file, cloexec });
+        Ok(())
+    }
+
+    /// dup / F_DUPFD: the same open file at the lowest free number >= `min`.
+    pub fn dup(&mut self, fd: i64, min: i64, cloexec: bool) -> Result<i64, Errno> {
+        let file = self.get(fd)?;
+        let min = usize::try_from(min).map_err(|_| Errno::EINVAL)?;
+        if min >= MAX_FDS {
+            return Err(Errno::EINVAL);
+        }
+        self.install_file(file, min, cloexec)
+    }
+
+    /// close: drops the guest number; the host fd closes with its last reference.
+    pub fn close(&mut self, fd: i64) -> Result<Arc<OpenFile>, Errno> {
+        let idx = usize::try_from(fd).map_err(|_| Errno::EBADF)?;
+        self.slots
+            .get_mut(idx)
+            .and_then(|s| s.take())
+            .map(|s| s.file)
+            .ok_or(Errno::EBADF)
+    }
+
+    /// FD_CLOEXEC flag of a descriptor.
+    pub fn cloexec(&self, fd: i64) -> Result<bool, Errno> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get(i))
+            .and_then(|s| s.as_ref())
+            .map(|s| s.cloexec)
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Sets FD_CLOEXEC (kept for fcntl's sake; ditto has no execve).
+    pub fn set_cloexec(&mut self, fd: i64, on: bool) -> Result<(), Errno> {
+        let idx = usize::try_from(fd).map_err(|_| Errno::EBADF)?;
+        match self.slots.get_mut(idx).and_then(|s| s.as_mut()) {
+            Some(s) => {
+                s.cloexec = on;
+                Ok(())
+            }
+            None => Err(Errno::EBADF),
+        }
+    }
+
+    /// Number of open guest descriptors.
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Whether no descriptor is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devnull() -> OwnedFd {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        f.into()
+    }
+
+    #[test]
+    fn lowest_free_and_dup() {
+        let mut t = FdTable::new();
+        assert_eq!(t.install(devnull(), false).unwrap(), 0);
+        assert_eq!(t.install(devnull(), false).unwrap(), 1);
+        assert_eq!(t.install(devnull(), false).unwrap(), 2);
+        t.close(1).unwrap();
+        assert_eq!(t.install(devnull(), false).unwrap(), 1);
+        assert_eq!(t.dup(0, 10, true).unwrap(), 10);
+        assert!(t.cloexec(10).unwrap());
+        assert_eq!(t.get(10).unwrap().raw(), t.get(0).unwrap().raw());
+        assert_eq!(t.get(5).unwrap_err(), Errno::EBADF);
+        assert_eq!(t.get(-1).unwrap_err(), Errno::EBADF);
+        assert_eq!(t.close(7).unwrap_err(), Errno::EBADF);
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn host_fd_outlives_guest_close_while_in_use() {
+        let mut t = FdTable::new();
+        let fd = t.install(devnull(), false).unwrap();
+        let held = t.get(fd).unwrap();
+        let raw = held.raw();
+        t.close(fd).unwrap();
+        // SAFETY: fcntl F_GETFD on a descriptor we still own through `held`.
+        assert!(unsafe { libc::fcntl(raw, libc::F_GETFD) } >= 0);
+        drop(held);
+    }
+}

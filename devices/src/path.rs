@@ -1,0 +1,351 @@
+//! Path resolution confined to the program's root.
+//!
+//! Every path the program names is resolved by the host kernel with
+//! `openat2(root, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: `..` stops at the
+//! root and absolute symlinks are resolved inside it, so nothing above the root is
+//! reachable, and `/proc/self/fd/N` cannot reach the VMM's own descriptors.
+//! Relative paths are joined to the program's cwd (a path inside the root) first.
+//!
+//! Calls that follow the last symlink get an `O_PATH` descriptor of the target;
+//! calls that act on the last component itself (unlink, mkdir, lstat, rename...)
+//! get the parent directory and the last name.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::errno::Errno;
+use crate::process::lock;
+
+/// Errors from setting up the root.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    /// The root directory cannot be opened.
+    #[error("cannot open root directory {path}: {source}")]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The program's view of the filesystem.
+pub struct FsContext {
+    root: OwnedFd,
+    root_path: PathBuf,
+    cwd: Mutex<Vec<u8>>,
+}
+
+/// A resolved path, in the form the *at syscalls want.
+pub enum Resolved {
+    /// The target itself, as an O_PATH descriptor (following the last symlink).
+    Target(OwnedFd),
+    /// The parent directory and the last component.
+    Parent(OwnedFd, CString),
+}
+
+impl Resolved {
+    /// A path string the host resolves to exactly this object: `/proc/self/fd/N` for a
+    /// target, usable with `dirfd()` == AT_FDCWD.
+    pub fn at(&self) -> (RawFd, CString) {
+        match self {
+            Resolved::Target(fd) => (
+                libc::AT_FDCWD,
+                CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL"),
+            ),
+            Resolved::Parent(fd, name) => (fd.as_raw_fd(), name.clone()),
+        }
+    }
+}
+
+/// `struct open_how` (libc's is non-exhaustive, so it cannot be built literally).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn openat2(
+    dirfd: RawFd,
+    path: &CStr,
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+) -> Result<OwnedFd, Errno> {
+    let how = OpenHow {
+        flags,
+        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) as u64 != 0 {
+            mode & 0o7777
+        } else {
+            0
+        },
+        resolve,
+    };
+    // SAFETY: valid C string and open_how struct of the size we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+const CONFINE: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+
+impl FsContext {
+    /// Opens `root` and sets the cwd: the host cwd when it lies inside the root (so
+    /// `ditto run -- prog relative/file` works as natively), else `/`.
+    pub fn new(root: &Path) -> Result<FsContext, RootError> {
+        let err = |source| RootError::Open {
+            path: root.to_path_buf(),
+            source,
+        };
+        let root_path = std::fs::canonicalize(root).map_err(err)?;
+        let c = CString::new(root_path.as_os_str().as_bytes())
+            .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let fd = openat2(
+            libc::AT_FDCWD,
+            &c,
+            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+        )
+        .map_err(|e| err(std::io::Error::from_raw_os_error(e.0)))?;
+        let cwd = std::env::current_dir()
+            .ok()
+            .and_then(|d| {
+                d.strip_prefix(&root_path)
+                    .ok()
+                    .map(|rel| format!("/{}", rel.display()).into_bytes())
+            })
+            .unwrap_or_else(|| b"/".to_vec());
+        Ok(FsContext {
+            root: fd,
+            root_path,
+            cwd: Mutex::new(cwd),
+        })
+    }
+
+    /// The canonical host path of the root.
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// The cwd, as a path inside the root.
+    pub fn cwd(&self) -> Vec<u8> {
+        lock(&self.cwd).clone()
+    }
+
+    /// Maps a host path of an object inside the root to the program's view of it.
+    pub fn guest_path_of_host(&self, host: &Path) -> Option<Vec<u8>> {
+        let rel = host.strip_prefix(&self.root_path).ok()?;
+        let mut v = b"/".to_vec();
+        v.extend_from_slice(rel.as_os_str().as_bytes());
+        Some(v)
+    }
+
+    /// The guest path of a directory descriptor (for *at calls with a real dirfd).
+    fn dir_path(&self, host_dirfd: RawFd) -> Result<Vec<u8>, Errno> {
+        let link =
+            std::fs::read_link(format!("/proc/self/fd/{host_dirfd}")).map_err(Errno::from)?;
+        self.guest_path_of_host(&link).ok_or(Errno::ENOENT)
+    }
+
+    /// Joins `path` to the directory it is relative to: the cwd when `dirfd` is None
+    /// (AT_FDCWD), else the directory behind the host descriptor.
+    fn absolute(&self, dirfd: Option<RawFd>, path: &CStr) -> Result<CString, Errno> {
+        let p = path.to_bytes();
+        if p.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if p[0] == b'/' {
+            return Ok(path.to_owned());
+        }
+        let mut base = match dirfd {
+            None => self.cwd(),
+            Some(fd) => self.dir_path(fd)?,
+        };
+        if base.last() != Some(&b'/') {
+            base.push(b'/');
+        }
+        base.extend_from_slice(p);
+        CString::new(base).map_err(|_| Errno::EINVAL)
+    }
+
+    /// open/openat: opens inside the root with the program's flags.
+    pub fn open(
+        &self,
+        dirfd: Option<RawFd>,
+        path: &CStr,
+        flags: i32,
+        mode: u64,
+    ) -> Result<OwnedFd, Errno> {
+        let abs = self.absolute(dirfd, path)?;
+        // O_CLOEXEC on the host side always: the VMM never execs, and descriptors must
+        // not leak to anything it spawns.
+        let host_flags = (flags | libc::O_CLOEXEC) as u32 as u64;
+        openat2(self.root.as_raw_fd(), &abs, host_flags, mode, CONFINE)
+    }
+
+    /// Resolves to the target, following a final symlink (stat, access, chmod, chdir...).
+    pub fn target(&self, dirfd: Option<RawFd>, path: &CStr) -> Result<Resolved, Errno> {
+        let abs = self.absolute(dirfd, path)?;
+        let fd = openat2(
+            self.root.as_raw_fd(),
+            &abs,
+            (libc::O_PATH | libc::O_CLOEXEC) as u64,
+            0,
+            CONFINE,
+        )?;
+        Ok(Resolved::Target(fd))
+    }
+
+    /// Resolves to (parent, last name) without following a final symlink
+    /// (lstat, unlink, mkdir, rename, readlink, symlink...).
+    pub fn parent(&self, dirfd: Option<RawFd>, path: &CStr) -> Result<Resolved, Errno> {
+        let abs = self.absolute(dirfd, path)?;
+        let bytes = abs.to_bytes();
+        let trimmed_len = bytes.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+        let trimmed = &bytes[..trimmed_len];
+        let split = trimmed.iter().rposition(|&b| b == b'/');
+        let (dir, name): (&[u8], &[u8]) = match split {
+            Some(i) => (if i == 0 { b"/" } else { &trimmed[..i] }, &trimmed[i + 1..]),
+            None => (b"/", trimmed),
+        };
+        if name.is_empty() || name == b"." || name == b".." {
+            // The root itself, or a name that is really a directory reference: resolve
+            // it fully; callers that need a last component will get a sensible error
+            // from the host (e.g. EEXIST for mkdir of an existing dir).
+            return self.target(None, &abs);
+        }
+        let dir_c = CString::new(dir).map_err(|_| Errno::EINVAL)?;
+        let dfd = openat2(
+            self.root.as_raw_fd(),
+            &dir_c,
+            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            0,
+            CONFINE,
+        )?;
+        Ok(Resolved::Parent(
+            dfd,
+            CString::new(name).map_err(|_| Errno::EINVAL)?,
+        ))
+    }
+
+    /// chdir: the new cwd must be a directory inside the root.
+    pub fn chdir(&self, dirfd: Option<RawFd>, path: &CStr) -> Result<(), Errno> {
+        let abs = self.absolute(dirfd, path)?;
+        let fd = openat2(
+            self.root.as_raw_fd(),
+            &abs,
+            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            0,
+            CONFINE,
+        )?;
+        self.set_cwd_from_fd(fd.as_raw_fd())
+    }
+
+    /// fchdir and chdir: the cwd becomes the canonical guest path of the directory.
+    pub fn set_cwd_from_fd(&self, host_fd: RawFd) -> Result<(), Errno> {
+        let mut st: libc::stat = unsafe_zeroed_stat();
+        // SAFETY: fstat into a properly sized buffer.
+        if unsafe { libc::fstat(host_fd, &mut st) } < 0 {
+            return Err(Errno::last());
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+        let p = self.dir_path(host_fd)?;
+        *lock(&self.cwd) = p;
+        Ok(())
+    }
+
+    /// A host path for a guest AF_UNIX socket path: the same path under the root.
+    pub fn host_socket_path(&self, guest: &[u8]) -> Vec<u8> {
+        if self.root_path == Path::new("/") || guest.first() != Some(&b'/') {
+            return guest.to_vec();
+        }
+        let mut v = self.root_path.as_os_str().as_bytes().to_vec();
+        v.extend_from_slice(guest);
+        v
+    }
+}
+
+fn unsafe_zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is plain data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn setup() -> (tempfile::TempDir, FsContext) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/passwd"), b"inside").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("abs")).unwrap();
+        let fs = FsContext::new(d.path()).unwrap();
+        (d, fs)
+    }
+
+    fn read(fd: OwnedFd) -> String {
+        let mut s = String::new();
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn dotdot_and_absolute_symlinks_stay_inside() {
+        let (_d, fs) = setup();
+        let c = |s: &str| CString::new(s).unwrap();
+        assert_eq!(
+            read(fs.open(None, &c("/../../etc/passwd"), 0, 0).unwrap()),
+            "inside"
+        );
+        assert_eq!(read(fs.open(None, &c("abs"), 0, 0).unwrap()), "inside");
+        assert_eq!(
+            read(fs.open(None, &c("../../../../abs"), 0, 0).unwrap()),
+            "inside"
+        );
+        assert!(fs.open(None, &c("/etc/shadow"), 0, 0).is_err());
+        assert!(fs.open(None, &c("/proc/self/fd/0"), 0, 0).is_err());
+    }
+
+    #[test]
+    fn parent_split() {
+        let (_d, fs) = setup();
+        let c = |s: &str| CString::new(s).unwrap();
+        match fs.parent(None, &c("/etc/passwd/")).unwrap() {
+            Resolved::Parent(_, name) => assert_eq!(name.as_bytes(), b"passwd"),
+            Resolved::Target(_) => panic!("expected parent"),
+        }
+        assert!(matches!(
+            fs.parent(None, &c("/")).unwrap(),
+            Resolved::Target(_)
+        ));
+    }
+
+    #[test]
+    fn chdir_tracks_guest_path() {
+        let (_d, fs) = setup();
+        let c = |s: &str| CString::new(s).unwrap();
+        fs.chdir(None, &c("/etc")).unwrap();
+        assert_eq!(fs.cwd(), b"/etc");
+        assert_eq!(read(fs.open(None, &c("passwd"), 0, 0).unwrap()), "inside");
+        assert_eq!(fs.chdir(None, &c("passwd")).unwrap_err(), Errno::ENOTDIR);
+    }
+}

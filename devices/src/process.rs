@@ -1,0 +1,208 @@
+//! State shared by all threads of one program: memory, descriptors, address space,
+//! filesystem view, signal dispositions, and how the program ended.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::address_space::AddressSpace;
+use crate::fd_table::FdTable;
+use crate::guest_mem::GuestMemory;
+use crate::path::FsContext;
+
+/// The program's pid as it sees it. Fixed, so replicas and reruns agree.
+pub const GUEST_PID: i64 = 1000;
+
+/// How the program ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// exit/exit_group with this status.
+    Exited(i32),
+    /// Killed by a signal: a fault in the program, a signal it raised at itself, or
+    /// one delivered to ditto. `report` is the one-line description.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// One-line report: signal, address, rip, thread.
+        report: String,
+    },
+}
+
+impl ExitReason {
+    /// The exit status ditto itself returns: the status, or 128+signal.
+    pub fn status(&self) -> i32 {
+        match self {
+            ExitReason::Exited(s) => *s & 0xff,
+            ExitReason::Signaled { signal, .. } => 128 + signal,
+        }
+    }
+}
+
+/// A signal disposition as the program set it with rt_sigaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SigAction {
+    /// Handler address, or SIG_DFL (0) / SIG_IGN (1).
+    pub handler: u64,
+    /// SA_* flags.
+    pub flags: u64,
+    /// The restorer the libc passes for SA_RESTORER.
+    pub restorer: u64,
+    /// The mask during the handler.
+    pub mask: u64,
+}
+
+/// Counters for `--stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Syscalls served.
+    pub syscalls: AtomicU64,
+    /// vCPUs created (a pooled vCPU reused for a new thread does not count).
+    pub vcpus_created: AtomicU64,
+    /// Threads started, main thread included.
+    pub threads_started: AtomicU64,
+}
+
+/// Everything shared by the program's threads.
+pub struct Process {
+    /// Guest memory.
+    pub mem: GuestMemory,
+    /// The descriptor table.
+    pub fds: Mutex<FdTable>,
+    /// The address-space allocator.
+    pub aspace: Mutex<AddressSpace>,
+    /// Root, cwd and path resolution.
+    pub fs: FsContext,
+    /// The program's path inside the root (for /proc/self/exe).
+    pub exe_path: String,
+    /// Signal dispositions, indexed by signal number (0 unused).
+    pub sigactions: Mutex<[SigAction; 65]>,
+    /// umask.
+    pub umask: AtomicU64,
+    /// Counters.
+    pub stats: Stats,
+    next_tid: AtomicI64,
+    live_threads: AtomicUsize,
+    exit: Mutex<Option<ExitReason>>,
+    exit_cv: Condvar,
+    warned: Mutex<BTreeSet<u64>>,
+}
+
+/// Locks a mutex, ignoring poisoning: a panic in one vCPU thread must not take the
+/// others down with a second panic while they report.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Process {
+    /// Builds the shared state. Thread ids start at the pid, as Linux's main thread.
+    pub fn new(
+        mem: GuestMemory,
+        aspace: AddressSpace,
+        fs: FsContext,
+        fds: FdTable,
+        exe_path: String,
+    ) -> Self {
+        Process {
+            mem,
+            fds: Mutex::new(fds),
+            aspace: Mutex::new(aspace),
+            fs,
+            exe_path,
+            sigactions: Mutex::new([SigAction::default(); 65]),
+            umask: AtomicU64::new(0o022),
+            stats: Stats::default(),
+            next_tid: AtomicI64::new(GUEST_PID),
+            live_threads: AtomicUsize::new(0),
+            exit: Mutex::new(None),
+            exit_cv: Condvar::new(),
+            warned: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Allocates a thread id and counts the thread as live.
+    pub fn new_thread(&self) -> i64 {
+        self.live_threads.fetch_add(1, Ordering::SeqCst);
+        self.stats.threads_started.fetch_add(1, Ordering::Relaxed);
+        self.next_tid.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Undoes `new_thread` when starting the thread failed.
+    pub fn thread_not_started(&self) {
+        self.live_threads.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A thread exited with `status`; the last one out ends the program.
+    pub fn thread_exited(&self, status: i32) {
+        if self.live_threads.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.finish(ExitReason::Exited(status));
+        }
+    }
+
+    /// Number of live threads.
+    pub fn live_threads(&self) -> usize {
+        self.live_threads.load(Ordering::SeqCst)
+    }
+
+    /// Ends the program. The first reason wins; later ones (threads dying while the
+    /// group exits) are ignored.
+    pub fn finish(&self, reason: ExitReason) {
+        let mut e = lock(&self.exit);
+        if e.is_none() {
+            *e = Some(reason);
+            self.exit_cv.notify_all();
+        }
+    }
+
+    /// Whether the program is ending; vCPU threads check this after every kick.
+    pub fn exiting(&self) -> bool {
+        lock(&self.exit).is_some()
+    }
+
+    /// The exit reason, once there is one.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        lock(&self.exit).clone()
+    }
+
+    /// Blocks until the program ends, waking every `tick` to let the caller poll.
+    pub fn wait_exit(&self, tick: std::time::Duration) -> Option<ExitReason> {
+        let e = lock(&self.exit);
+        let (e, _) = self
+            .exit_cv
+            .wait_timeout_while(e, tick, |e| e.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        e.clone()
+    }
+
+    /// Warns once per syscall number that the program used something ditto does not
+    /// provide, naming the syscall.
+    pub fn warn_unsupported(&self, nr: u64, name: &str) {
+        if lock(&self.warned).insert(nr) {
+            eprintln!("ditto: warning: unsupported syscall {name} ({nr}), returning ENOSYS");
+        }
+    }
+
+    /// The disposition of one signal.
+    pub fn sigaction(&self, sig: i32) -> SigAction {
+        usize::try_from(sig)
+            .ok()
+            .and_then(|i| lock(&self.sigactions).get(i).copied())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ExitReason::Exited(3).status(), 3);
+        assert_eq!(ExitReason::Exited(256 + 4).status(), 4);
+        let s = ExitReason::Signaled {
+            signal: 11,
+            report: String::new(),
+        };
+        assert_eq!(s.status(), 139);
+    }
+}

@@ -1,0 +1,278 @@
+//! The Linux syscall layer: what the program's `syscall` instruction reaches.
+//!
+//! Each subsystem lives in its own `sys_<subsystem>.rs` and exports one table,
+//! `TABLE`, listing every syscall it serves with its replication class (DESIGN.md §6).
+//! [`SyscallTable::new`] merges them into one lookup array, indexed by number.
+//! Anything not in a table gets ENOSYS and a one-line warning, once per syscall.
+
+use std::sync::Arc;
+
+use crate::errno::Errno;
+use crate::process::Process;
+
+pub mod sys_file;
+pub mod sys_fs;
+pub mod sys_identity;
+pub mod sys_memory;
+pub mod sys_poll;
+pub mod sys_signal;
+pub mod sys_socket;
+pub mod sys_thread;
+pub mod sys_time;
+mod util;
+
+/// How a syscall behaves under replication (DESIGN.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Executed by each replica on its own resources; deterministic under the schedule.
+    Local,
+    /// Executed by the primary; result and returned bytes are logged and replayed.
+    Recorded,
+    /// Output leaving the program: performed by the primary, hashed and compared.
+    Compared,
+    /// Input through a descriptor: Local for files, pipes and eventfds of the
+    /// program's own, Recorded for sockets and terminals (input from outside).
+    InputByFd,
+    /// Output through a descriptor: Local for the replica's own files, Compared for
+    /// sockets, stdout and stderr.
+    OutputByFd,
+    /// Not provided: ENOSYS and a warning (fork, execve...).
+    Unsupported,
+}
+
+/// The general-purpose registers of the calling thread, as the program left them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct UserRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+/// Per-thread state the syscall layer keeps.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadState {
+    /// The thread id the program sees.
+    pub tid: i64,
+    /// CLONE_CHILD_CLEARTID / set_tid_address: zeroed and woken at exit.
+    pub clear_child_tid: u64,
+    /// The blocked-signal mask.
+    pub sigmask: u64,
+    /// FS base (TLS).
+    pub fs_base: u64,
+    /// Syscalls this thread has made (for reports).
+    pub syscalls: u64,
+}
+
+/// How a new thread starts (clone).
+#[derive(Clone, Debug)]
+pub struct ThreadStart {
+    /// Registers at the first instruction.
+    pub regs: UserRegs,
+    /// The thread's state, tid included.
+    pub thread: ThreadState,
+}
+
+/// What the syscall layer needs from the vCPU that made the call.
+pub trait CpuOps {
+    /// Sets the calling thread's FS base.
+    fn set_fs_base(&mut self, base: u64) -> Result<(), Errno>;
+    /// Starts a new thread on a vCPU (pooled or new).
+    fn spawn_thread(&mut self, start: ThreadStart) -> Result<(), Errno>;
+}
+
+/// What the calling thread does after the syscall returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadAction {
+    /// Return to the program with RAX set.
+    Continue,
+    /// The thread ends (exit).
+    ExitThread(i32),
+    /// The program ended (exit_group, or a fatal signal); stop this thread.
+    Stop,
+}
+
+/// Everything a handler can touch.
+pub struct SyscallCtx<'a> {
+    /// The program.
+    pub process: &'a Arc<Process>,
+    /// The syscall number being served.
+    pub nr: u64,
+    /// The calling thread.
+    pub thread: &'a mut ThreadState,
+    /// The caller's registers (clone copies them).
+    pub regs: &'a UserRegs,
+    /// vCPU operations.
+    pub cpu: &'a mut dyn CpuOps,
+    /// Set by handlers that end the thread or the program.
+    pub action: ThreadAction,
+}
+
+/// A handler's result: RAX on success, or an errno.
+pub type SysResult = Result<u64, Errno>;
+
+/// A handler: the six argument registers in ABI order (rdi, rsi, rdx, r10, r8, r9).
+pub type Handler = fn(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult;
+
+/// One row of a subsystem table.
+#[derive(Clone, Copy)]
+pub struct SyscallEntry {
+    /// The syscall number.
+    pub nr: i64,
+    /// Its name (as in `man 2`).
+    pub name: &'static str,
+    /// Its replication class.
+    pub class: Class,
+    /// The code that serves it.
+    pub handler: Handler,
+}
+
+/// Builds a table row from a libc `SYS_*` constant, a class and a handler.
+#[macro_export]
+macro_rules! sys {
+    ($nr:ident, $class:ident, $handler:path) => {
+        $crate::syscalls::SyscallEntry {
+            nr: libc::$nr,
+            name: {
+                let s = stringify!($nr);
+                // SAFETY-free const slicing: drop the "SYS_" prefix.
+                match s.as_bytes() {
+                    [b'S', b'Y', b'S', b'_', rest @ ..] => match std::str::from_utf8(rest) {
+                        Ok(n) => n,
+                        Err(_) => s,
+                    },
+                    _ => s,
+                }
+            },
+            class: $crate::syscalls::Class::$class,
+            handler: $handler,
+        }
+    };
+}
+
+/// Highest syscall number the table covers (x86-64 numbers are below this).
+const TABLE_SIZE: usize = 512;
+
+/// All subsystem tables, merged for O(1) dispatch.
+pub struct SyscallTable {
+    by_nr: Vec<Option<SyscallEntry>>,
+}
+
+/// The subsystem tables, in one place.
+pub fn subsystem_tables() -> [&'static [SyscallEntry]; 9] {
+    [
+        sys_memory::TABLE,
+        sys_thread::TABLE,
+        sys_file::TABLE,
+        sys_fs::TABLE,
+        sys_socket::TABLE,
+        sys_poll::TABLE,
+        sys_time::TABLE,
+        sys_identity::TABLE,
+        sys_signal::TABLE,
+    ]
+}
+
+impl Default for SyscallTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SyscallTable {
+    /// Merges the subsystem tables.
+    pub fn new() -> Self {
+        let mut by_nr = vec![None; TABLE_SIZE];
+        for table in subsystem_tables() {
+            for e in table {
+                if let Some(slot) = usize::try_from(e.nr).ok().and_then(|i| by_nr.get_mut(i)) {
+                    *slot = Some(*e);
+                }
+            }
+        }
+        SyscallTable { by_nr }
+    }
+
+    /// The entry for `nr`, if ditto knows it.
+    pub fn get(&self, nr: u64) -> Option<&SyscallEntry> {
+        usize::try_from(nr)
+            .ok()
+            .and_then(|i| self.by_nr.get(i))
+            .and_then(|e| e.as_ref())
+    }
+
+    /// Serves one syscall and returns the value for RAX.
+    pub fn dispatch(&self, ctx: &mut SyscallCtx<'_>, nr: u64, args: [u64; 6]) -> u64 {
+        use std::sync::atomic::Ordering;
+        ctx.process.stats.syscalls.fetch_add(1, Ordering::Relaxed);
+        ctx.thread.syscalls += 1;
+        let Some(entry) = self.get(nr) else {
+            ctx.process.warn_unsupported(nr, &format!("#{nr}"));
+            return Errno::ENOSYS.as_return();
+        };
+        if entry.class == Class::Unsupported {
+            ctx.process.warn_unsupported(nr, entry.name);
+        }
+        match (entry.handler)(ctx, args) {
+            Ok(v) => v,
+            Err(e) => e.as_return(),
+        }
+    }
+}
+
+/// The handler of every `Unsupported` row.
+pub fn unsupported(_: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    Err(Errno::ENOSYS)
+}
+
+/// The handler of calls that are known and deliberately answered ENOSYS without a
+/// warning, because libc has a fallback (clone3, rseq).
+pub fn enosys_quiet(_: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    Err(Errno::ENOSYS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn no_syscall_is_listed_twice() {
+        let mut seen = BTreeMap::new();
+        for table in subsystem_tables() {
+            for e in table {
+                if let Some(prev) = seen.insert(e.nr, e.name) {
+                    panic!("syscall {} listed as {} and {}", e.nr, prev, e.name);
+                }
+                assert!((e.nr as usize) < TABLE_SIZE, "{} out of range", e.name);
+            }
+        }
+        assert!(seen.len() > 150, "only {} syscalls", seen.len());
+    }
+
+    #[test]
+    fn names_drop_prefix() {
+        let t = SyscallTable::new();
+        assert_eq!(t.get(libc::SYS_read as u64).unwrap().name, "read");
+        assert_eq!(
+            t.get(libc::SYS_execve as u64).unwrap().class,
+            Class::Unsupported
+        );
+        assert!(t.get(100_000).is_none());
+    }
+}

@@ -1,0 +1,169 @@
+//! Helpers shared by the subsystem files: descriptor lookup, pointer checks,
+//! path arguments and raw host syscalls.
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use super::{SysResult, SyscallCtx};
+use crate::errno::{host_result, Errno};
+use crate::fd_table::OpenFile;
+use crate::path::Resolved;
+use crate::process::lock;
+
+/// Linux's PATH_MAX.
+pub const PATH_MAX: usize = 4096;
+
+/// The open file behind a guest descriptor argument (an `int` in the ABI).
+pub fn file(ctx: &SyscallCtx<'_>, fd: u64) -> Result<Arc<OpenFile>, Errno> {
+    lock(&ctx.process.fds).get(fd as i32 as i64)
+}
+
+/// A checked host pointer for a program buffer.
+pub fn buf(ctx: &SyscallCtx<'_>, gva: u64, len: u64) -> Result<*mut u8, Errno> {
+    ctx.process.mem.user_range(gva, len)
+}
+
+/// Like `buf`, but NULL stays NULL (optional out-parameters).
+pub fn opt_buf(ctx: &SyscallCtx<'_>, gva: u64, len: u64) -> Result<*mut u8, Errno> {
+    if gva == 0 {
+        Ok(std::ptr::null_mut())
+    } else {
+        buf(ctx, gva, len)
+    }
+}
+
+/// A path argument.
+pub fn path(ctx: &SyscallCtx<'_>, gva: u64) -> Result<CString, Errno> {
+    ctx.process.mem.read_cstring(gva, PATH_MAX)
+}
+
+/// A raw host syscall with six arguments.
+pub fn sc(nr: i64, a: [u64; 6]) -> SysResult {
+    // SAFETY: callers pass only translated host pointers that were range-checked
+    // against guest memory, and host descriptors they hold a reference to.
+    host_result(unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) })
+}
+
+/// Installs a descriptor the host just returned into the guest table.
+pub fn install(ctx: &SyscallCtx<'_>, host_fd: u64, cloexec: bool) -> SysResult {
+    // SAFETY: host_fd was just returned by a successful host syscall and is ours.
+    let owned = unsafe { OwnedFd::from_raw_fd(host_fd as RawFd) };
+    lock(&ctx.process.fds)
+        .install(owned, cloexec)
+        .map(|fd| fd as u64)
+}
+
+/// The directory a `*at` call is relative to: None for AT_FDCWD.
+pub fn dirfd(ctx: &SyscallCtx<'_>, fd: u64) -> Result<Option<Arc<OpenFile>>, Errno> {
+    if fd as i32 == libc::AT_FDCWD {
+        Ok(None)
+    } else {
+        file(ctx, fd).map(Some)
+    }
+}
+
+/// The (dirfd, name) pair a host `*at` call should use for a guest `*at` call, with
+/// the objects it refers to kept alive.
+pub struct AtPath {
+    _dir: Option<Arc<OpenFile>>,
+    _resolved: Option<Resolved>,
+    /// Host directory descriptor (or AT_FDCWD).
+    pub dirfd: RawFd,
+    /// Name relative to it.
+    pub name: CString,
+    /// Whether the caller must pass AT_EMPTY_PATH (name is empty, dirfd is the object).
+    pub empty: bool,
+}
+
+/// Resolves a guest (dirfd, path, flags) triple. `follow` says whether a final symlink
+/// is followed; AT_EMPTY_PATH with an empty path names the descriptor itself.
+pub fn at_path(
+    ctx: &SyscallCtx<'_>,
+    dfd: u64,
+    path_gva: u64,
+    follow: bool,
+    empty_ok: bool,
+) -> Result<AtPath, Errno> {
+    let p = if empty_ok && path_gva != 0 {
+        // AT_EMPTY_PATH allows "" (and some libcs pass NULL with it).
+        ctx.process.mem.read_cstring(path_gva, PATH_MAX)?
+    } else if empty_ok {
+        CString::default()
+    } else {
+        path(ctx, path_gva)?
+    };
+    let dir = dirfd(ctx, dfd)?;
+    if p.as_bytes().is_empty() {
+        if !empty_ok {
+            return Err(Errno::ENOENT);
+        }
+        return match dir {
+            Some(d) => Ok(AtPath {
+                dirfd: d.raw(),
+                _dir: Some(d),
+                _resolved: None,
+                name: CString::default(),
+                empty: true,
+            }),
+            None => {
+                let r = ctx.process.fs.target(None, c".")?;
+                let (dirfd, name) = r.at();
+                Ok(AtPath {
+                    _dir: None,
+                    _resolved: Some(r),
+                    dirfd,
+                    name,
+                    empty: false,
+                })
+            }
+        };
+    }
+    let host_dir = dir.as_ref().map(|d| d.raw());
+    let r = if follow {
+        ctx.process.fs.target(host_dir, &p)?
+    } else {
+        ctx.process.fs.parent(host_dir, &p)?
+    };
+    let (dirfd, name) = r.at();
+    Ok(AtPath {
+        _dir: dir,
+        _resolved: Some(r),
+        dirfd,
+        name,
+        empty: false,
+    })
+}
+
+/// Reads a guest iovec array and returns host iovecs (each range checked).
+pub fn iovecs(ctx: &SyscallCtx<'_>, iov: u64, count: u64) -> Result<Vec<libc::iovec>, Errno> {
+    if count > 1024 {
+        return Err(Errno::EINVAL);
+    }
+    let mut v = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let base: u64 = ctx.process.mem.read_obj(iov + i * 16)?;
+        let len: u64 = ctx.process.mem.read_obj(iov + i * 16 + 8)?;
+        if len > isize::MAX as u64 {
+            return Err(Errno::EINVAL);
+        }
+        v.push(libc::iovec {
+            iov_base: buf(ctx, base, len)? as *mut libc::c_void,
+            iov_len: len as usize,
+        });
+    }
+    Ok(v)
+}
+
+/// The guest's SIGPIPE disposition is the default (terminate): a write that got EPIPE
+/// must then end the program with SIGPIPE, as natively.
+pub fn epipe_kills(ctx: &mut SyscallCtx<'_>, r: SysResult) -> SysResult {
+    if r == Err(Errno(libc::EPIPE)) && ctx.process.sigaction(libc::SIGPIPE).handler == 0 {
+        ctx.process.finish(crate::process::ExitReason::Signaled {
+            signal: libc::SIGPIPE,
+            report: String::new(),
+        });
+        ctx.action = super::ThreadAction::Stop;
+    }
+    r
+}

@@ -1,0 +1,490 @@
+/*
+ * libditto - deterministic pthread synchronisation for programs running under ditto
+ * (the thesis's "modified pthread library"; DESIGN.md §5; the hypercall ABI is ditto.h).
+ *
+ * Two ways in:
+ *  - libditto.so, LD_PRELOAD'ed by the VMM into dynamic programs: the wrappers carry the
+ *    real names and reach glibc through dlsym(RTLD_NEXT).
+ *  - Static: compiled with -DDITTO_STATIC_WRAP and linked with -Wl,--wrap=NAME for each NAME
+ *    in DITTO_FUNCS (build.rs reads the list from this file), because LD_PRELOAD cannot
+ *    reach a static program.
+ *
+ * Modes, fixed once at start-up:
+ *  - native: the hypercalls answer -ENOSYS; every wrapper passes straight through to glibc.
+ *  - ditto: a det section is ditto_det_start() ... ditto_det_end().
+ *  - emulate (DITTO_LIBDITTO_EMULATE=1, native only): a process-wide mutex stands in for the
+ *    token. Nothing is deterministic then, but every det-mode path runs natively, so the
+ *    protocol below can be tested for deadlocks and lost wake-ups without a VMM.
+ *
+ * Protocol. The one rule: a det section never blocks. While a thread holds the token no one
+ * else can enter a section, so no one could release what it waits for. Whatever must wait
+ * does so outside the token and comes back through a new section. Hence:
+ *  - Every decision (who gets a mutex, which waiter a signal picks, who is the barrier's
+ *    serial thread, who takes a semaphore unit) is made inside a section, so it follows the
+ *    token order. Waiting outside the token decides only *when* a thread re-enters, which
+ *    the VMM makes a logged event (DESIGN.md §5, "Blocking").
+ *  - mutex/rwlock lock: loop { section { trylock } }. Each failed try costs the spinner one
+ *    unit of logical time, so the holder soon holds the token and can unlock.
+ *    unlock: section { unlock }.
+ *  - cond: libditto owns the pthread_cond_t storage (struct dcond; all zeroes is an empty
+ *    cond, as PTHREAD_COND_INITIALIZER is). wait: section { append self to the cond's FIFO;
+ *    unlock the mutex } -- one section, so no signal can fall between the two; then
+ *    futex-wait outside the token until marked woken; then re-lock with the lock loop.
+ *    signal: section { pop the oldest waiter, mark it woken, bump seq }; broadcast pops all.
+ *    Waiters sleep on the cond's seq word and re-check their own flag, because a woken
+ *    waiter may return and free its on-stack node as soon as the section ends: the
+ *    signaller must not touch the node after that. A timed-out waiter unlinks itself in a
+ *    section unless already woken, so no signal is spent on a waiter that has gone.
+ *  - barrier: libditto owns the storage. Arrivals are counted in sections, so the serial
+ *    thread is the last arrival in token order; the others futex-wait on the generation.
+ *  - semaphore: glibc's x86-64 layout is kept (u32 value, u32 waiter count) so sem_init,
+ *    sem_getvalue and sem_open stay glibc's. wait: section { take a unit, or count self as a
+ *    waiter }, then futex-wait on the value outside the token, and retry.
+ *  - create: inside a section, so the new thread's deterministic id follows token order.
+ *    join: section { tryjoin }; if the thread is still running, block in the real join
+ *    outside the token.
+ * Deadlock freedom: sections only run non-blocking code, and every futex wait is preceded
+ * by a state change made under the token that the waker re-checks under the token (waiter
+ * count, woken flag, generation), with the futex value check closing the remaining window.
+ * Limits: a lock holder blocked in a syscall leaves spinners burning logical time (correct,
+ * just busy); pthread objects must be used only through these wrappers (glibc-internal locks
+ * are not affected); no pshared conds or barriers; no cancellation points.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <semaphore.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ditto.h"
+
+/* BEGIN DITTO_FUNCS (build.rs turns this list into -Wl,--wrap flags) */
+#define DITTO_FUNCS(X)                                                                       \
+    X(pthread_mutex_lock) X(pthread_mutex_trylock) X(pthread_mutex_timedlock)                \
+    X(pthread_mutex_unlock) X(pthread_cond_init) X(pthread_cond_destroy)                     \
+    X(pthread_cond_wait) X(pthread_cond_timedwait) X(pthread_cond_clockwait)                 \
+    X(pthread_cond_signal) X(pthread_cond_broadcast) X(pthread_rwlock_rdlock)                \
+    X(pthread_rwlock_wrlock) X(pthread_rwlock_tryrdlock) X(pthread_rwlock_trywrlock)         \
+    X(pthread_rwlock_unlock) X(pthread_barrier_init) X(pthread_barrier_destroy)              \
+    X(pthread_barrier_wait) X(sem_wait) X(sem_trywait) X(sem_timedwait) X(sem_post)          \
+    X(pthread_create) X(pthread_join)
+/* END DITTO_FUNCS */
+
+#ifdef DITTO_STATIC_WRAP
+#define DECLARE_REAL(f) extern __typeof__(f) __real_##f;
+#define REAL(f) __real_##f
+#define WRAPPER(f) __wrap_##f
+#else
+#include <dlfcn.h>
+#define DECLARE_REAL(f) static __typeof__(f) *real_##f;
+#define REAL(f) real_##f
+#define WRAPPER(f) f
+#endif
+DITTO_FUNCS(DECLARE_REAL)
+
+enum { MODE_NATIVE, MODE_DITTO, MODE_EMULATE };
+static int mode = -1;
+static pthread_mutex_t emulated_token = PTHREAD_MUTEX_INITIALIZER;
+
+static void init(void)
+{
+#ifndef DITTO_STATIC_WRAP
+    /* Plain dlsym can hand back the pre-2.3.2 condvar ABI, which would corrupt conds. */
+#define LOOKUP(f)                                                                            \
+    if (strncmp(#f, "pthread_cond_", 13) || !(real_##f = dlvsym(RTLD_NEXT, #f, "GLIBC_2.3.2"))) \
+        real_##f = dlsym(RTLD_NEXT, #f);
+    DITTO_FUNCS(LOOKUP)
+#endif
+    int m = ditto_present() ? MODE_DITTO : MODE_NATIVE;
+    const char *e = getenv("DITTO_LIBDITTO_EMULATE");
+    if (m == MODE_NATIVE && e && *e == '1')
+        m = MODE_EMULATE;
+    __atomic_store_n(&mode, m, __ATOMIC_RELEASE);
+}
+
+/* A constructor fixes the mode while there is one thread (so ditto_present's section is at
+ * a deterministic point); det() initialises lazily for other libraries' constructors. */
+__attribute__((constructor)) static void ctor(void) { if (__atomic_load_n(&mode, __ATOMIC_ACQUIRE) < 0) init(); }
+
+static inline int det(void)
+{
+    if (__builtin_expect(__atomic_load_n(&mode, __ATOMIC_ACQUIRE) < 0, 0))
+        init();
+    return mode != MODE_NATIVE;
+}
+
+static inline void sec_start(void)
+{
+    if (mode == MODE_EMULATE) REAL(pthread_mutex_lock)(&emulated_token);
+    else ditto_det_start();
+}
+
+static inline void sec_end(void)
+{
+    if (mode == MODE_EMULATE) REAL(pthread_mutex_unlock)(&emulated_token);
+    else ditto_det_end();
+}
+
+/* Between failed tries. Under ditto det_start itself waits for our turn; the emulated token
+ * is a plain mutex, so give the lock holder the CPU. */
+static inline void relax(void) { if (mode == MODE_EMULATE) sched_yield(); }
+
+/* Wraps a call that cannot block in one section. */
+#define SECTION_CALL(f, ...)                                                                 \
+    do {                                                                                     \
+        if (!det()) return REAL(f)(__VA_ARGS__);                                             \
+        sec_start();                                                                         \
+        __typeof__(REAL(f)(__VA_ARGS__)) r_ = REAL(f)(__VA_ARGS__);                          \
+        sec_end();                                                                           \
+        return r_;                                                                           \
+    } while (0)
+
+/* Waits while *w == val, until the absolute time abs on clk; returns 0 or an errno. */
+static int futex_wait(uint32_t *w, uint32_t val, int private, clockid_t clk, const struct timespec *abs)
+{
+    int op = FUTEX_WAIT_BITSET | (private ? FUTEX_PRIVATE_FLAG : 0) |
+             (clk == CLOCK_REALTIME ? FUTEX_CLOCK_REALTIME : 0);
+    return syscall(SYS_futex, w, op, val, abs, NULL, FUTEX_BITSET_MATCH_ANY) < 0 ? errno : 0;
+}
+
+static void futex_wake(uint32_t *w, int n, int private)
+{
+    syscall(SYS_futex, w, FUTEX_WAKE | (private ? FUTEX_PRIVATE_FLAG : 0), n, NULL, NULL, 0);
+}
+
+static int bad_abstime(const struct timespec *a) { return a && (a->tv_nsec < 0 || a->tv_nsec >= 1000000000L); }
+
+static int past(clockid_t clk, const struct timespec *a)
+{
+    struct timespec now;
+    clock_gettime(clk, &now);
+    return now.tv_sec > a->tv_sec || (now.tv_sec == a->tv_sec && now.tv_nsec >= a->tv_nsec);
+}
+
+static int my_tid(void) { return (int)syscall(SYS_gettid); }
+
+/* ---- mutexes ---- */
+
+static int lock_until(pthread_mutex_t *m, const struct timespec *abs)
+{
+    if (bad_abstime(abs))
+        return EINVAL;
+    for (;;) {
+        sec_start();
+        int r = REAL(pthread_mutex_trylock)(m);
+        sec_end();
+        if (r != EBUSY)
+            return r;
+        /* The real lock answers EDEADLK here; the trylock loop would spin forever. */
+        if ((m->__data.__kind & 0x7f) == PTHREAD_MUTEX_ERRORCHECK && m->__data.__owner == my_tid())
+            return EDEADLK;
+        if (abs && past(CLOCK_REALTIME, abs))
+            return ETIMEDOUT;
+        relax();
+    }
+}
+
+int WRAPPER(pthread_mutex_lock)(pthread_mutex_t *m)
+{
+    return det() ? lock_until(m, NULL) : REAL(pthread_mutex_lock)(m);
+}
+
+int WRAPPER(pthread_mutex_timedlock)(pthread_mutex_t *m, const struct timespec *abs)
+{
+    return det() ? lock_until(m, abs) : REAL(pthread_mutex_timedlock)(m, abs);
+}
+
+int WRAPPER(pthread_mutex_trylock)(pthread_mutex_t *m) { SECTION_CALL(pthread_mutex_trylock, m); }
+int WRAPPER(pthread_mutex_unlock)(pthread_mutex_t *m) { SECTION_CALL(pthread_mutex_unlock, m); }
+
+/* ---- condition variables ---- */
+
+struct waiter {
+    struct waiter *next;
+    uint32_t woken;
+};
+struct dcond {
+    struct waiter *head, *tail; /* FIFO of waiters, changed only under the token */
+    uint32_t seq;               /* futex word, bumped by every signal that wakes someone */
+    int clock;                  /* CLOCK_REALTIME is 0, so a zeroed cond is a default one */
+};
+_Static_assert(sizeof(struct dcond) <= sizeof(pthread_cond_t), "dcond must fit");
+#define DC(c) ((struct dcond *)(void *)(c))
+
+int WRAPPER(pthread_cond_init)(pthread_cond_t *c, const pthread_condattr_t *a)
+{
+    if (!det())
+        return REAL(pthread_cond_init)(c, a);
+    clockid_t clk = CLOCK_REALTIME;
+    if (a)
+        pthread_condattr_getclock(a, &clk);
+    memset(c, 0, sizeof *c);
+    DC(c)->clock = clk;
+    return 0;
+}
+
+int WRAPPER(pthread_cond_destroy)(pthread_cond_t *c)
+{
+    if (!det())
+        return REAL(pthread_cond_destroy)(c);
+    return __atomic_load_n(&DC(c)->head, __ATOMIC_ACQUIRE) ? EBUSY : 0;
+}
+
+static int cond_wait(pthread_cond_t *c, pthread_mutex_t *m, clockid_t clk, const struct timespec *abs)
+{
+    struct dcond *d = DC(c);
+    struct waiter w = {NULL, 0};
+    if (bad_abstime(abs))
+        return EINVAL;
+    sec_start();
+    int r = REAL(pthread_mutex_unlock)(m);
+    if (r == 0) {
+        *(d->tail ? &d->tail->next : &d->head) = &w;
+        d->tail = &w;
+    }
+    sec_end();
+    if (r)
+        return r;
+
+    int rc = 0;
+    for (;;) {
+        /* seq is read between two flag checks: a signal that marks us after the first check
+         * also bumps seq after that, so the futex wait cannot sleep through it. */
+        if (__atomic_load_n(&w.woken, __ATOMIC_SEQ_CST))
+            break;
+        uint32_t s = __atomic_load_n(&d->seq, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&w.woken, __ATOMIC_SEQ_CST))
+            break;
+        if (futex_wait(&d->seq, s, 1, clk, abs) != ETIMEDOUT)
+            continue;
+        sec_start();
+        if (!w.woken) {
+            struct waiter **p = &d->head, *prev = NULL;
+            while (*p != &w)
+                prev = *p, p = &(*p)->next;
+            *p = w.next;
+            if (d->tail == &w)
+                d->tail = prev;
+            rc = ETIMEDOUT;
+        } /* else a signal picked us before the timeout: take it, as POSIX allows */
+        sec_end();
+        break;
+    }
+    r = lock_until(m, NULL);
+    return r ? r : rc;
+}
+
+int WRAPPER(pthread_cond_wait)(pthread_cond_t *c, pthread_mutex_t *m)
+{
+    return det() ? cond_wait(c, m, CLOCK_REALTIME, NULL) : REAL(pthread_cond_wait)(c, m);
+}
+
+int WRAPPER(pthread_cond_timedwait)(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *abs)
+{
+    return det() ? cond_wait(c, m, DC(c)->clock, abs) : REAL(pthread_cond_timedwait)(c, m, abs);
+}
+
+int WRAPPER(pthread_cond_clockwait)(pthread_cond_t *c, pthread_mutex_t *m, clockid_t clk,
+                                    const struct timespec *abs)
+{
+    if (!det())
+        return REAL(pthread_cond_clockwait)(c, m, clk, abs);
+    if (clk != CLOCK_REALTIME && clk != CLOCK_MONOTONIC)
+        return EINVAL;
+    return cond_wait(c, m, clk, abs);
+}
+
+static int cond_wake(pthread_cond_t *c, int all)
+{
+    struct dcond *d = DC(c);
+    int any = 0;
+    sec_start();
+    while (d->head && (all || !any)) {
+        struct waiter *w = d->head;
+        if (!(d->head = w->next))
+            d->tail = NULL;
+        __atomic_store_n(&w->woken, 1, __ATOMIC_SEQ_CST); /* w may be gone after the section */
+        any = 1;
+    }
+    if (any)
+        __atomic_fetch_add(&d->seq, 1, __ATOMIC_SEQ_CST);
+    sec_end();
+    if (any) /* all waiters wake and re-check their flags; only the marked ones leave */
+        futex_wake(&d->seq, INT_MAX, 1);
+    return 0;
+}
+
+int WRAPPER(pthread_cond_signal)(pthread_cond_t *c) { return det() ? cond_wake(c, 0) : REAL(pthread_cond_signal)(c); }
+int WRAPPER(pthread_cond_broadcast)(pthread_cond_t *c) { return det() ? cond_wake(c, 1) : REAL(pthread_cond_broadcast)(c); }
+
+/* ---- rwlocks ---- */
+
+static int rw_loop(pthread_rwlock_t *l, int write)
+{
+    for (;;) {
+        sec_start();
+        int r = write ? REAL(pthread_rwlock_trywrlock)(l) : REAL(pthread_rwlock_tryrdlock)(l);
+        sec_end();
+        if (r != EBUSY)
+            return r;
+        if (l->__data.__cur_writer == my_tid())
+            return EDEADLK; /* as the real lock answers when we hold it for writing */
+        relax();
+    }
+}
+
+int WRAPPER(pthread_rwlock_rdlock)(pthread_rwlock_t *l) { return det() ? rw_loop(l, 0) : REAL(pthread_rwlock_rdlock)(l); }
+int WRAPPER(pthread_rwlock_wrlock)(pthread_rwlock_t *l) { return det() ? rw_loop(l, 1) : REAL(pthread_rwlock_wrlock)(l); }
+int WRAPPER(pthread_rwlock_tryrdlock)(pthread_rwlock_t *l) { SECTION_CALL(pthread_rwlock_tryrdlock, l); }
+int WRAPPER(pthread_rwlock_trywrlock)(pthread_rwlock_t *l) { SECTION_CALL(pthread_rwlock_trywrlock, l); }
+int WRAPPER(pthread_rwlock_unlock)(pthread_rwlock_t *l) { SECTION_CALL(pthread_rwlock_unlock, l); }
+
+/* ---- barriers ---- */
+
+struct dbarrier {
+    uint32_t count, arrived, gen; /* gen is the futex word */
+};
+_Static_assert(sizeof(struct dbarrier) <= sizeof(pthread_barrier_t), "dbarrier must fit");
+#define DB(b) ((struct dbarrier *)(void *)(b))
+
+int WRAPPER(pthread_barrier_init)(pthread_barrier_t *b, const pthread_barrierattr_t *a, unsigned count)
+{
+    if (!det())
+        return REAL(pthread_barrier_init)(b, a, count);
+    if (count == 0)
+        return EINVAL;
+    memset(b, 0, sizeof *b);
+    DB(b)->count = count;
+    return 0;
+}
+
+int WRAPPER(pthread_barrier_destroy)(pthread_barrier_t *b) { return det() ? 0 : REAL(pthread_barrier_destroy)(b); }
+
+int WRAPPER(pthread_barrier_wait)(pthread_barrier_t *b)
+{
+    if (!det())
+        return REAL(pthread_barrier_wait)(b);
+    struct dbarrier *d = DB(b);
+    sec_start();
+    uint32_t g = d->gen;
+    int last = ++d->arrived == d->count;
+    if (last) {
+        d->arrived = 0;
+        __atomic_store_n(&d->gen, g + 1, __ATOMIC_SEQ_CST);
+    }
+    sec_end();
+    if (last) {
+        futex_wake(&d->gen, INT_MAX, 1);
+        return PTHREAD_BARRIER_SERIAL_THREAD;
+    }
+    while (__atomic_load_n(&d->gen, __ATOMIC_SEQ_CST) == g)
+        futex_wait(&d->gen, g, 1, CLOCK_REALTIME, NULL);
+    return 0;
+}
+
+/* ---- semaphores (glibc x86-64: u64 data = value | nwaiters << 32, then int private) ---- */
+
+_Static_assert(sizeof(sem_t) >= 16, "glibc's x86-64 sem_t");
+#define SEM_VAL(s) ((uint32_t *)(void *)(s))
+#define SEM_NWAITERS(s) (SEM_VAL(s) + 1)
+
+static int sem_take(sem_t *s)
+{
+    uint32_t v = __atomic_load_n(SEM_VAL(s), __ATOMIC_SEQ_CST);
+    while (v > 0)
+        if (__atomic_compare_exchange_n(SEM_VAL(s), &v, v - 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return 1;
+    return 0;
+}
+
+static int sem_wait_until(sem_t *s, const struct timespec *abs)
+{
+    if (bad_abstime(abs)) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (int waiting = 0;;) {
+        sec_start();
+        if (waiting)
+            __atomic_fetch_sub(SEM_NWAITERS(s), 1, __ATOMIC_SEQ_CST);
+        int got = sem_take(s);
+        if ((waiting = !got)) /* counted before the futex's value check: sem_post will wake us */
+            __atomic_fetch_add(SEM_NWAITERS(s), 1, __ATOMIC_SEQ_CST);
+        sec_end();
+        if (got)
+            return 0;
+        /* A shared futex is right for private and process-shared semaphores alike. */
+        if (futex_wait(SEM_VAL(s), 0, 0, CLOCK_REALTIME, abs) == ETIMEDOUT) {
+            sec_start();
+            __atomic_fetch_sub(SEM_NWAITERS(s), 1, __ATOMIC_SEQ_CST);
+            got = sem_take(s);
+            sec_end();
+            if (got)
+                return 0;
+            errno = ETIMEDOUT;
+            return -1;
+        }
+    }
+}
+
+int WRAPPER(sem_wait)(sem_t *s) { return det() ? sem_wait_until(s, NULL) : REAL(sem_wait)(s); }
+int WRAPPER(sem_timedwait)(sem_t *s, const struct timespec *abs) { return det() ? sem_wait_until(s, abs) : REAL(sem_timedwait)(s, abs); }
+
+int WRAPPER(sem_trywait)(sem_t *s)
+{
+    if (!det())
+        return REAL(sem_trywait)(s);
+    sec_start();
+    int got = sem_take(s);
+    sec_end();
+    if (!got)
+        errno = EAGAIN;
+    return got ? 0 : -1;
+}
+
+int WRAPPER(sem_post)(sem_t *s)
+{
+    if (!det())
+        return REAL(sem_post)(s);
+    int ok;
+    sec_start();
+    uint32_t v = __atomic_load_n(SEM_VAL(s), __ATOMIC_SEQ_CST);
+    while ((ok = v < SEM_VALUE_MAX) &&
+           !__atomic_compare_exchange_n(SEM_VAL(s), &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        ;
+    uint32_t nw = __atomic_load_n(SEM_NWAITERS(s), __ATOMIC_SEQ_CST);
+    sec_end();
+    if (!ok) {
+        errno = EOVERFLOW;
+        return -1;
+    }
+    if (nw)
+        futex_wake(SEM_VAL(s), 1, 0);
+    return 0;
+}
+
+/* ---- threads ---- */
+
+int WRAPPER(pthread_create)(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
+{
+    SECTION_CALL(pthread_create, t, a, fn, arg);
+}
+
+int WRAPPER(pthread_join)(pthread_t t, void **ret)
+{
+    if (!det())
+        return REAL(pthread_join)(t, ret);
+    sec_start();
+    int r = pthread_tryjoin_np(t, ret);
+    sec_end();
+    /* Still running: block outside the token; the VMM logs where we re-enter. */
+    return r == EBUSY ? REAL(pthread_join)(t, ret) : r;
+}

@@ -1,0 +1,521 @@
+//! vCPU threads. Each program thread runs on one vCPU, driven by one host thread.
+//!
+//! A worker moves through an explicit state machine:
+//! `Idle` (in the pool, waiting for a thread to run) -> `Running` (in the exit loop,
+//! serving syscalls) -> back to `Idle` when the program thread exits, or `Stopped`
+//! when the program ends. KVM cannot destroy a vCPU, so exited threads' vCPUs are
+//! reused for new threads instead of creating more.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_regs, kvm_run, kvm_xcrs, CpuId, Msrs};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
+
+use devices::process::{lock, ExitReason, Process};
+use devices::syscalls::sys_signal::signal_name;
+use devices::syscalls::{
+    CpuOps, SyscallCtx, SyscallTable, ThreadAction, ThreadStart, ThreadState, UserRegs,
+};
+use devices::Errno;
+
+use crate::cpu::{self, SyscallEntry, EXC_PORT_BASE, SYSCALL_PORT};
+use crate::layout;
+
+/// The signal used to kick vCPU threads out of KVM_RUN and blocking host calls.
+pub fn kick_signal() -> i32 {
+    libc::SIGRTMIN() + 2
+}
+
+thread_local! {
+    /// This thread's kvm_run, for the kick handler to set `immediate_exit`.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int) {
+    let p = KVM_RUN.with(|c| c.get());
+    if !p.is_null() {
+        // SAFETY: p is this thread's own kvm_run mapping, alive while the worker runs;
+        // immediate_exit is a plain byte KVM reads at the next KVM_RUN.
+        unsafe { std::ptr::addr_of_mut!((*p).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler (no SA_RESTART, so blocking host calls return EINTR).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    // SAFETY: a plain sigaction with an async-signal-safe handler.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(kick_signal(), &sa, std::ptr::null_mut()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+struct Worker {
+    start_tx: Option<Sender<ThreadStart>>,
+    done: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Pool {
+    workers: Vec<Worker>,
+    idle: Vec<usize>,
+    closed: bool,
+}
+
+/// Everything the vCPU threads share: the VM, the program, the syscall table and
+/// the pool of vCPUs.
+pub struct Machine {
+    vm: VmFd,
+    cpuid: CpuId,
+    xcr0: u64,
+    /// The program.
+    pub process: Arc<Process>,
+    table: SyscallTable,
+    cores: Option<Vec<usize>>,
+    pool: Mutex<Pool>,
+    entry: OnceLock<SyscallEntry>,
+}
+
+/// What ended a thread's exit loop.
+enum LoopEnd {
+    ThreadExited(i32),
+    Stopped,
+}
+
+/// The vCPU-side operations the syscall layer may ask for.
+struct VcpuOps<'a> {
+    vcpu: &'a VcpuFd,
+    machine: &'a Arc<Machine>,
+}
+
+impl CpuOps for VcpuOps<'_> {
+    fn set_fs_base(&mut self, base: u64) -> Result<(), Errno> {
+        set_msrs(self.vcpu, &[(cpu::msr::FS_BASE, base)]).map_err(|_| Errno::EINVAL)
+    }
+
+    fn spawn_thread(&mut self, start: ThreadStart) -> Result<(), Errno> {
+        self.machine.spawn(start)
+    }
+}
+
+fn set_msrs(vcpu: &VcpuFd, values: &[(u32, u64)]) -> Result<(), kvm_ioctls::Error> {
+    let entries: Vec<kvm_bindings::kvm_msr_entry> = values
+        .iter()
+        .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+    vcpu.set_msrs(&msrs)?;
+    Ok(())
+}
+
+fn to_user(r: &kvm_regs) -> UserRegs {
+    UserRegs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+    }
+}
+
+fn to_kvm(u: &UserRegs) -> kvm_regs {
+    kvm_regs {
+        rax: u.rax,
+        rbx: u.rbx,
+        rcx: u.rcx,
+        rdx: u.rdx,
+        rsi: u.rsi,
+        rdi: u.rdi,
+        rsp: u.rsp,
+        rbp: u.rbp,
+        r8: u.r8,
+        r9: u.r9,
+        r10: u.r10,
+        r11: u.r11,
+        r12: u.r12,
+        r13: u.r13,
+        r14: u.r14,
+        r15: u.r15,
+        rip: u.rip,
+        rflags: u.rflags,
+    }
+}
+
+fn pin_current_thread(cores: &[usize]) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays in bounds for indices < 1024,
+    // which the CLI checked.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cores {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+impl Machine {
+    /// Wraps a configured VM and program.
+    pub fn new(
+        vm: VmFd,
+        cpuid: CpuId,
+        xcr0: u64,
+        process: Arc<Process>,
+        cores: Option<Vec<usize>>,
+    ) -> Self {
+        Machine {
+            vm,
+            cpuid,
+            xcr0,
+            process,
+            table: SyscallTable::new(),
+            cores,
+            pool: Mutex::new(Pool::default()),
+            entry: OnceLock::new(),
+        }
+    }
+
+    /// How syscalls reached the VMM, once the first one has.
+    pub fn syscall_entry(&self) -> Option<SyscallEntry> {
+        self.entry.get().copied()
+    }
+
+    /// Starts a program thread on an idle vCPU, or on a new one.
+    pub fn spawn(self: &Arc<Self>, start: ThreadStart) -> Result<(), Errno> {
+        let mut pool = lock(&self.pool);
+        if pool.closed {
+            return Err(Errno::EAGAIN);
+        }
+        let start = match pool.idle.pop() {
+            Some(i) => match pool.workers[i].start_tx.as_ref().map(|tx| tx.send(start)) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => e.0,
+                None => return Err(Errno::EAGAIN),
+            },
+            None => start,
+        };
+        let index = pool.workers.len() as u64;
+        if index >= layout::MAX_VCPUS {
+            return Err(Errno::EAGAIN);
+        }
+        let vcpu = self.vm.create_vcpu(index).map_err(|e| Errno(e.errno()))?;
+        self.process
+            .stats
+            .vcpus_created
+            .fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = channel::<ThreadStart>();
+        tx.send(start).map_err(|_| Errno::EAGAIN)?;
+        let done = Arc::new(AtomicBool::new(false));
+        let machine = self.clone();
+        let done2 = done.clone();
+        let join = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                machine.worker(vcpu, index, rx);
+                done2.store(true, Ordering::SeqCst);
+            })
+            .map_err(|_| Errno::EAGAIN)?;
+        pool.workers.push(Worker {
+            start_tx: Some(tx),
+            done,
+            join: Some(join),
+        });
+        Ok(())
+    }
+
+    fn worker(
+        self: &Arc<Self>,
+        mut vcpu: VcpuFd,
+        index: u64,
+        rx: std::sync::mpsc::Receiver<ThreadStart>,
+    ) {
+        if let Some(c) = &self.cores {
+            pin_current_thread(c);
+        }
+        let run_ptr: *mut kvm_run = vcpu.get_kvm_run();
+        KVM_RUN.with(|c| c.set(run_ptr));
+        let base_sregs = match self.init_vcpu(&vcpu) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fatal_host(&format!("cannot set up vCPU {index}: {e}"));
+                return;
+            }
+        };
+        vcpu.set_sync_valid_reg(SyncReg::Register);
+        // Idle -> Running -> Idle, until the program ends (Stopped).
+        while let Ok(start) = rx.recv() {
+            let tid = start.thread.tid;
+            if let Err(e) = self.load_thread(&mut vcpu, index, base_sregs, &start) {
+                self.fatal_host(&format!("cannot start thread {tid} on vCPU {index}: {e}"));
+                self.process.thread_not_started();
+                break;
+            }
+            match self.run_thread(&mut vcpu, start.thread) {
+                LoopEnd::ThreadExited(status) => self.process.thread_exited(status),
+                LoopEnd::Stopped => break,
+            }
+            if self.process.exiting() {
+                break;
+            }
+            lock(&self.pool).idle.push(index as usize);
+        }
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+
+    fn init_vcpu(&self, vcpu: &VcpuFd) -> Result<kvm_bindings::kvm_sregs, kvm_ioctls::Error> {
+        vcpu.set_cpuid2(&self.cpuid)?;
+        let mut xcrs = kvm_xcrs::default();
+        xcrs.nr_xcrs = 1;
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = self.xcr0;
+        vcpu.set_xcrs(&xcrs)?;
+        vcpu.get_sregs()
+    }
+
+    fn load_thread(
+        &self,
+        vcpu: &mut VcpuFd,
+        index: u64,
+        base_sregs: kvm_bindings::kvm_sregs,
+        start: &ThreadStart,
+    ) -> Result<(), kvm_ioctls::Error> {
+        vcpu.set_sregs(&cpu::user_sregs(base_sregs, index))?;
+        set_msrs(vcpu, &cpu::initial_msrs(start.thread.fs_base))?;
+        vcpu.set_fpu(&cpu::initial_fpu())?;
+        // Through SYNC_REGS rather than KVM_SET_REGS: a reused vCPU may still have
+        // dirty sync registers from its last exit, which KVM would apply on entry and
+        // which would override a plain set_regs.
+        vcpu.sync_regs_mut().regs = to_kvm(&start.regs);
+        vcpu.set_sync_dirty_reg(SyncReg::Register);
+        Ok(())
+    }
+
+    fn run_thread(self: &Arc<Self>, vcpu: &mut VcpuFd, mut thread: ThreadState) -> LoopEnd {
+        loop {
+            let port = match vcpu.run() {
+                Ok(VcpuExit::IoOut(port, _)) => port,
+                Ok(VcpuExit::Intr) => {
+                    if self.process.exiting() {
+                        return LoopEnd::Stopped;
+                    }
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    vcpu.set_kvm_immediate_exit(0);
+                    if self.process.exiting() {
+                        return LoopEnd::Stopped;
+                    }
+                    continue;
+                }
+                Ok(other) => {
+                    let what = format!("{other:?}");
+                    let rip = vcpu.sync_regs_mut().regs.rip;
+                    self.fatal_program(
+                        libc::SIGSEGV,
+                        format!("thread {} killed by SIGSEGV: unexpected VM exit {what} at rip={rip:#x}", thread.tid),
+                    );
+                    return LoopEnd::Stopped;
+                }
+                Err(e) => {
+                    // KVM could not fault in guest memory: a file mapping past EOF or a
+                    // read-only shared mapping written to. Natively that is SIGBUS.
+                    let rip = vcpu.sync_regs_mut().regs.rip;
+                    self.fatal_program(
+                        libc::SIGBUS,
+                        format!("thread {} killed by SIGBUS: guest memory access failed ({e}) near rip={rip:#x}", thread.tid),
+                    );
+                    return LoopEnd::Stopped;
+                }
+            };
+            let action = self.on_port(vcpu, &mut thread, port);
+            match action {
+                ThreadAction::Continue if self.process.exiting() => return LoopEnd::Stopped,
+                ThreadAction::Continue => {}
+                ThreadAction::ExitThread(status) => return LoopEnd::ThreadExited(status),
+                ThreadAction::Stop => return LoopEnd::Stopped,
+            }
+        }
+    }
+
+    fn on_port(
+        self: &Arc<Self>,
+        vcpu: &mut VcpuFd,
+        thread: &mut ThreadState,
+        port: u16,
+    ) -> ThreadAction {
+        let regs = vcpu.sync_regs_mut().regs;
+        if port == SYSCALL_PORT {
+            let _ = self.entry.set(SyscallEntry::NativeStub);
+            let mut user = to_user(&regs);
+            user.rip = regs.rcx;
+            user.rflags = regs.r11;
+            let (ret, action) = self.serve(vcpu, thread, &user);
+            vcpu.sync_regs_mut().regs.rax = ret;
+            vcpu.set_sync_dirty_reg(SyncReg::Register);
+            return action;
+        }
+        if !(EXC_PORT_BASE..EXC_PORT_BASE + 32).contains(&port) {
+            self.fatal_program(
+                libc::SIGSEGV,
+                format!(
+                    "thread {} killed by SIGSEGV: I/O to port {port:#x} at rip={:#x}",
+                    thread.tid, regs.rip
+                ),
+            );
+            return ThreadAction::Stop;
+        }
+        let vec = (port - EXC_PORT_BASE) as u8;
+        let mem = &self.process.mem;
+        let frame = regs.rsp;
+        let read = |i: u64| mem.read_system_u64(frame + 8 * i).unwrap_or(0);
+        let (err, frip, fcs, frsp) = (read(0), read(1), read(2), read(4));
+        if vec == 14 && frip == layout::LSTAR_PAGE && fcs & 3 == 3 {
+            let _ = self.entry.set(SyscallEntry::PageFaultTrap);
+            let mut user = to_user(&regs);
+            user.rsp = frsp;
+            user.rip = regs.rcx;
+            user.rflags = regs.r11;
+            let (ret, action) = self.serve(vcpu, thread, &user);
+            // The handler's iretq returns to the instruction after `syscall`.
+            mem.write_system_u64(frame + 8, regs.rcx);
+            vcpu.sync_regs_mut().regs.rax = ret;
+            vcpu.set_sync_dirty_reg(SyncReg::Register);
+            return action;
+        }
+        let signal = cpu::vector_signal(vec);
+        let mut detail = format!("{} ", cpu::vector_name(vec));
+        if vec == 14 {
+            let cr2 = vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+            let access = if err & 0x10 != 0 {
+                "exec"
+            } else if err & 2 != 0 {
+                "write"
+            } else {
+                "read"
+            };
+            let why = if err & 1 != 0 {
+                "protection"
+            } else {
+                "not present"
+            };
+            detail.push_str(&format!("at address {cr2:#x} ({access}, {why})"));
+        } else {
+            detail.push_str(&format!("at address {frip:#x}"));
+        }
+        self.fatal_program(
+            signal,
+            format!(
+                "thread {} killed by {}: {detail}, rip={frip:#x} rsp={frsp:#x}",
+                thread.tid,
+                signal_name(signal)
+            ),
+        );
+        ThreadAction::Stop
+    }
+
+    fn serve(
+        self: &Arc<Self>,
+        vcpu: &VcpuFd,
+        thread: &mut ThreadState,
+        user: &UserRegs,
+    ) -> (u64, ThreadAction) {
+        let mut ops = VcpuOps {
+            vcpu,
+            machine: self,
+        };
+        let mut ctx = SyscallCtx {
+            process: &self.process,
+            nr: user.rax,
+            thread,
+            regs: user,
+            cpu: &mut ops,
+            action: ThreadAction::Continue,
+        };
+        let args = [user.rdi, user.rsi, user.rdx, user.r10, user.r8, user.r9];
+        let ret = self.table.dispatch(&mut ctx, user.rax, args);
+        (ret, ctx.action)
+    }
+
+    fn fatal_program(&self, signal: i32, report: String) {
+        self.process.finish(ExitReason::Signaled { signal, report });
+    }
+
+    fn fatal_host(&self, report: &str) {
+        self.process.finish(ExitReason::Signaled {
+            signal: libc::SIGKILL,
+            report: format!("VMM error: {report}"),
+        });
+    }
+
+    /// Stops every vCPU thread and joins them: idle ones see their channel close,
+    /// running or blocked ones are kicked (repeatedly, so a kick that lands just
+    /// before a blocking call is retried). Returns the number that did not stop
+    /// within `timeout`.
+    pub fn shutdown(&self, timeout: Duration) -> usize {
+        let mut workers = {
+            let mut pool = lock(&self.pool);
+            pool.closed = true;
+            pool.idle.clear();
+            for w in pool.workers.iter_mut() {
+                w.start_tx = None;
+            }
+            std::mem::take(&mut pool.workers)
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut running = 0;
+            for w in &workers {
+                if !w.done.load(Ordering::SeqCst) {
+                    running += 1;
+                    if let Some(j) = &w.join {
+                        use std::os::unix::thread::JoinHandleExt;
+                        // SAFETY: the thread is joinable (not yet joined), so its
+                        // pthread_t is valid even if it has just exited.
+                        unsafe { libc::pthread_kill(j.as_pthread_t(), kick_signal()) };
+                    }
+                }
+            }
+            if running == 0 || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut stuck = 0;
+        for w in workers.iter_mut() {
+            if w.done.load(Ordering::SeqCst) {
+                if let Some(j) = w.join.take() {
+                    let _ = j.join();
+                }
+            } else {
+                stuck += 1;
+            }
+        }
+        stuck
+    }
+}
