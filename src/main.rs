@@ -47,7 +47,7 @@ pub struct ProgramArgs {
     memory: u64,
     /// Host cores to pin every vCPU thread to, e.g. `0`, `0,1` or `0-1`.
     #[arg(long, value_parser = parse_cores)]
-    cores: Option<Vec<usize>>,
+    cores: Option<CoreList>,
     /// Seed for the program's AT_RANDOM bytes.
     #[arg(long, default_value_t = 0x0d1770)]
     seed: u64,
@@ -88,8 +88,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(rounded)
 }
 
+/// A list of host cores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreList(pub Vec<usize>);
+
 /// Parses a core list like `0,2-3`, checking each core exists on this host.
-fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
+fn parse_cores(s: &str) -> Result<CoreList, String> {
     // SAFETY: sysconf has no preconditions.
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
     let mut cores = Vec::new();
@@ -120,7 +124,7 @@ fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
             }
         }
     }
-    Ok(cores)
+    Ok(CoreList(cores))
 }
 
 /// Builds the VM configuration for a program selection.
@@ -140,7 +144,7 @@ pub fn vm_config(p: &ProgramArgs) -> vmm::VmConfig {
         args,
         env,
         memory: p.memory,
-        cores: p.cores.clone(),
+        cores: p.cores.as_ref().map(|c| c.0.clone()),
         seed: p.seed,
     }
 }
@@ -215,7 +219,7 @@ mod tests {
 
     #[test]
     fn cores() {
-        assert_eq!(parse_cores("0").unwrap(), vec![0]);
+        assert_eq!(parse_cores("0").unwrap(), CoreList(vec![0]));
         assert!(parse_cores("0-").is_err());
         assert!(parse_cores("100000").is_err());
         assert!(parse_cores("1-0").is_err());

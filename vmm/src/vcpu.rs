@@ -18,6 +18,7 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 
 use devices::process::{lock, ExitReason, Process};
 use devices::syscalls::sys_signal::signal_name;
+use devices::syscalls::sys_thread;
 use devices::syscalls::{
     CpuOps, SyscallCtx, SyscallTable, ThreadAction, ThreadStart, ThreadState, UserRegs,
 };
@@ -88,7 +89,7 @@ pub struct Machine {
 
 /// What ended a thread's exit loop.
 enum LoopEnd {
-    ThreadExited(i32),
+    ThreadExited { status: i32, clear_child_tid: u64 },
     Stopped,
 }
 
@@ -277,13 +278,21 @@ impl Machine {
                 break;
             }
             match self.run_thread(&mut vcpu, start.thread) {
-                LoopEnd::ThreadExited(status) => self.process.thread_exited(status),
+                LoopEnd::ThreadExited {
+                    status,
+                    clear_child_tid,
+                } => {
+                    if !self.process.exiting() {
+                        lock(&self.pool).idle.push(index as usize);
+                    }
+                    sys_thread::clear_child_tid(&self.process, clear_child_tid);
+                    self.process.thread_exited(status);
+                }
                 LoopEnd::Stopped => break,
             }
             if self.process.exiting() {
                 break;
             }
-            lock(&self.pool).idle.push(index as usize);
         }
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
     }
@@ -357,7 +366,12 @@ impl Machine {
             match action {
                 ThreadAction::Continue if self.process.exiting() => return LoopEnd::Stopped,
                 ThreadAction::Continue => {}
-                ThreadAction::ExitThread(status) => return LoopEnd::ThreadExited(status),
+                ThreadAction::ExitThread(status) => {
+                    return LoopEnd::ThreadExited {
+                        status,
+                        clear_child_tid: thread.clear_child_tid,
+                    }
+                }
                 ThreadAction::Stop => return LoopEnd::Stopped,
             }
         }

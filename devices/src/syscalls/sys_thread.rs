@@ -6,7 +6,7 @@ use super::{
     ThreadState,
 };
 use crate::errno::Errno;
-use crate::process::ExitReason;
+use crate::process::{ExitReason, Process};
 use crate::sys;
 
 /// The thread table.
@@ -94,14 +94,15 @@ fn clone(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 /// CLONE_CHILD_CLEARTID: zero the word and wake one waiter, which is how
-/// pthread_join learns the thread is gone.
-pub fn clear_child_tid(ctx: &SyscallCtx<'_>) {
-    let addr = ctx.thread.clear_child_tid;
+/// pthread_join learns the thread is gone. The vCPU layer calls this once the
+/// exiting thread's vCPU is back in the pool, so that a joiner which creates a new
+/// thread right away reuses that vCPU instead of creating another.
+pub fn clear_child_tid(process: &Process, addr: u64) {
     if addr == 0 {
         return;
     }
-    if ctx.process.mem.write_obj(addr, &0u32).is_ok() {
-        if let Ok(p) = ctx.process.mem.user_range(addr, 4) {
+    if process.mem.write_obj(addr, &0u32).is_ok() {
+        if let Ok(p) = process.mem.user_range(addr, 4) {
             let _ = sc(
                 libc::SYS_futex,
                 [p as u64, libc::FUTEX_WAKE as u64, 1, 0, 0, 0],
@@ -111,7 +112,6 @@ pub fn clear_child_tid(ctx: &SyscallCtx<'_>) {
 }
 
 fn exit(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    clear_child_tid(ctx);
     ctx.action = ThreadAction::ExitThread(a[0] as i32);
     Ok(0)
 }

@@ -1,0 +1,443 @@
+//! The image recipes: one table, one entry per image.
+//!
+//! Package lists are explicit on purpose. apt's dependency closure would pull in perl, debconf
+//! and the rest of a bootable system; a process VM needs only the program and the shared
+//! libraries it loads, and the builder's DT_NEEDED check proves that list complete.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ImageError;
+
+/// How to build one image: the packages, what to run, and what to write on top.
+///
+/// The whole struct (except the description) goes into the image's content key, so any change
+/// to a recipe makes a new image rather than reusing a stale one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// The image name (`[a-z0-9][a-z0-9_-]*`).
+    pub name: String,
+    /// Bumped by hand when the recipe changes in a way worth telling users about.
+    pub version: u32,
+    /// One line for `ditto image list`; not part of the content key.
+    #[serde(skip)]
+    pub description: String,
+    /// Debian package names, unpacked in this order (later files win).
+    pub packages: Vec<String>,
+    /// Absolute path, inside the image, of the program to run.
+    pub entry: String,
+    /// Default arguments (argv[1..]).
+    pub args: Vec<String>,
+    /// Environment of the program.
+    pub env: BTreeMap<String, String>,
+    /// TCP ports the program listens on.
+    pub ports: Vec<u16>,
+    /// Directories (inside the image) the program writes to; created empty in the image and
+    /// meant to be backed by per-replica storage.
+    pub writable: Vec<String>,
+    /// Files written into the image after the packages (configuration).
+    pub files: Vec<RecipeFile>,
+}
+
+/// A file a recipe writes into the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipeFile {
+    /// Absolute path inside the image.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// The contents.
+    pub contents: String,
+}
+
+/// Every recipe with glibc also has libgcc-s1: glibc dlopens libgcc_s.so.1 in pthread_exit,
+/// which no DT_NEEDED entry shows (the closure check knows and insists on it).
+///
+/// The recipe table in compact, `const`-friendly form; [`all`] turns it into [`Recipe`]s.
+struct Def {
+    name: &'static str,
+    version: u32,
+    description: &'static str,
+    packages: &'static [&'static str],
+    entry: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    ports: &'static [u16],
+    writable: &'static [&'static str],
+    files: &'static [(&'static str, &'static str)],
+}
+
+const RECIPES: &[Def] = &[
+    Def {
+        name: "busybox",
+        version: 1,
+        description: "BusyBox, statically linked (shell and core utilities in one binary)",
+        packages: &["busybox-static"],
+        entry: "/bin/busybox",
+        args: &["sh"],
+        env: &[],
+        ports: &[],
+        writable: &["/tmp"],
+        files: &[],
+    },
+    Def {
+        name: "python3",
+        version: 1,
+        description: "Python 3.11 interpreter with the minimal standard library",
+        packages: &[
+            "libc6",
+            "libgcc-s1",
+            "zlib1g",
+            "libexpat1",
+            "libpython3.11-minimal",
+            "python3.11-minimal",
+        ],
+        entry: "/usr/bin/python3.11",
+        args: &[],
+        // PYTHONHOME spares Python from guessing its prefix from /proc/self/exe, which the
+        // VMM may not emulate; the image is read-only, so no .pyc files.
+        env: &[("PYTHONHOME", "/usr"), ("PYTHONDONTWRITEBYTECODE", "1")],
+        ports: &[],
+        writable: &["/tmp"],
+        files: &[],
+    },
+    Def {
+        name: "redis",
+        version: 1,
+        description: "Redis 7.0 server on 127.0.0.1:6379, no persistence",
+        // In Debian, /usr/bin/redis-server is a symlink to redis-check-rdb from redis-tools.
+        packages: &[
+            "libc6",
+            "libgcc-s1",
+            "libstdc++6",
+            "libatomic1",
+            "liblzf1",
+            "libjemalloc2",
+            "libssl3",
+            "libsystemd0",
+            "libcap2",
+            "libgcrypt20",
+            "libgpg-error0",
+            "liblz4-1",
+            "liblzma5",
+            "libzstd1",
+            "redis-tools",
+            "redis-server",
+        ],
+        entry: "/usr/bin/redis-server",
+        args: &["/etc/redis/ditto.conf"],
+        env: &[],
+        ports: &[6379],
+        writable: &["/var/lib/redis", "/tmp"],
+        files: &[("/etc/redis/ditto.conf", REDIS_CONF)],
+    },
+    Def {
+        name: "nginx",
+        version: 1,
+        description: "nginx 1.22, one process with a thread pool, on 127.0.0.1:8080",
+        // nginx-light and nginx-core are empty transitional packages in bookworm; the binary
+        // is in `nginx`, mime.types in `nginx-common`.
+        packages: &[
+            "libc6",
+            "libgcc-s1",
+            "libcrypt1",
+            "libpcre2-8-0",
+            "libssl3",
+            "zlib1g",
+            "nginx-common",
+            "nginx",
+        ],
+        entry: "/usr/sbin/nginx",
+        // -e stderr: nginx opens its built-in error log before it reads the configuration.
+        args: &["-c", "/etc/nginx/ditto.conf", "-e", "stderr"],
+        env: &[],
+        ports: &[8080],
+        writable: &["/var/lib/nginx", "/tmp"],
+        files: &[
+            ("/etc/nginx/ditto.conf", NGINX_CONF),
+            ("/srv/www/index.html", NGINX_INDEX),
+        ],
+    },
+    Def {
+        name: "pbzip2",
+        version: 1,
+        description: "parallel bzip2 (4 threads), compresses stdin to stdout by default",
+        packages: &["libc6", "libgcc-s1", "libstdc++6", "libbz2-1.0", "pbzip2"],
+        entry: "/usr/bin/pbzip2",
+        args: &["-p4", "-c"],
+        env: &[],
+        ports: &[],
+        writable: &["/data", "/tmp"],
+        files: &[],
+    },
+];
+
+/// Redis without fork-based persistence, which a process VM cannot do.
+const REDIS_CONF: &str = "\
+bind 127.0.0.1
+port 6379
+protected-mode yes
+daemonize no
+supervised no
+save \"\"
+appendonly no
+dir /var/lib/redis
+logfile \"\"
+databases 16
+";
+
+/// The thesis's nginx setup: one process, no master, file I/O on a thread pool.
+const NGINX_CONF: &str = "\
+master_process off;
+daemon off;
+worker_processes 1;
+error_log stderr;
+pid /var/lib/nginx/nginx.pid;
+thread_pool default threads=4;
+
+events {
+    worker_connections 256;
+}
+
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+    sendfile off;
+    aio threads;
+    client_body_temp_path /var/lib/nginx/body;
+    proxy_temp_path /var/lib/nginx/proxy;
+    fastcgi_temp_path /var/lib/nginx/fastcgi;
+    uwsgi_temp_path /var/lib/nginx/uwsgi;
+    scgi_temp_path /var/lib/nginx/scgi;
+
+    server {
+        listen 127.0.0.1:8080;
+        root /srv/www;
+        index index.html;
+    }
+}
+";
+
+const NGINX_INDEX: &str = "<!DOCTYPE html>\n<html><body><h1>ditto</h1></body></html>\n";
+
+/// Files every image gets: glibc's name lookups (getpwnam, which nginx and others call at
+/// start-up) read these, and without them the lookups fail instead of finding root/nobody.
+const BASE_FILES: &[(&str, &str)] = &[
+    (
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    ),
+    (
+        "/etc/group",
+        "root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n",
+    ),
+    ("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
+    (
+        "/etc/nsswitch.conf",
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
+    ),
+];
+
+/// Environment every image gets (a recipe's own entries win).
+const BASE_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/tmp"),
+    ("LANG", "C.UTF-8"),
+];
+
+fn to_recipe(d: &Def) -> Recipe {
+    let mut env: BTreeMap<String, String> = BASE_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.extend(
+        d.env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let files = BASE_FILES
+        .iter()
+        .map(|(p, c)| (p, c, 0o644))
+        .chain(d.files.iter().map(|(p, c)| (p, c, 0o644)))
+        .map(|(p, c, mode)| RecipeFile {
+            path: (*p).to_owned(),
+            mode,
+            contents: (*c).to_owned(),
+        })
+        .collect();
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    Recipe {
+        name: d.name.to_owned(),
+        version: d.version,
+        description: d.description.to_owned(),
+        packages: strings(d.packages),
+        entry: d.entry.to_owned(),
+        args: strings(d.args),
+        env,
+        ports: d.ports.to_vec(),
+        writable: strings(d.writable),
+        files,
+    }
+}
+
+/// All recipes, in table order.
+pub fn all() -> Vec<Recipe> {
+    RECIPES.iter().map(to_recipe).collect()
+}
+
+/// The recipe called `name`, or [`ImageError::UnknownImage`] listing the known names.
+pub fn find(name: &str) -> Result<Recipe, ImageError> {
+    RECIPES
+        .iter()
+        .find(|d| d.name == name)
+        .map(to_recipe)
+        .ok_or_else(|| ImageError::UnknownImage {
+            name: name.to_owned(),
+            known: RECIPES
+                .iter()
+                .map(|d| d.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+impl Recipe {
+    /// Checks what the builder relies on: a sane name, absolute in-image paths without "..",
+    /// and package names apt-get cannot mistake for options.
+    pub fn validate(&self) -> Result<(), ImageError> {
+        let bad = |reason: String| ImageError::InvalidRecipe {
+            recipe: self.name.clone(),
+            reason,
+        };
+        let name_ok =
+            self.name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && self.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+        if !name_ok {
+            return Err(bad("the name must match [a-z0-9][a-z0-9_-]*".into()));
+        }
+        if self.packages.is_empty() {
+            return Err(bad("no packages".into()));
+        }
+        for p in &self.packages {
+            let ok = p
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.:".contains(&b));
+            if !ok {
+                return Err(bad(format!("{p:?} is not a Debian package name")));
+            }
+        }
+        let paths = std::iter::once(&self.entry)
+            .chain(&self.writable)
+            .chain(self.files.iter().map(|f| &f.path));
+        for p in paths {
+            super::fsutil::image_rel(p).map_err(bad)?;
+        }
+        for f in &self.files {
+            if f.mode & !0o7777 != 0 {
+                return Err(bad(format!(
+                    "{}: mode {:o} is not permission bits",
+                    f.path, f.mode
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_recipe_is_valid_and_unique() {
+        let all = all();
+        for r in &all {
+            r.validate().unwrap();
+            assert_eq!(all.iter().filter(|o| o.name == r.name).count(), 1);
+        }
+        let names: Vec<_> = all.iter().map(|r| r.name.as_str()).collect();
+        for want in ["busybox", "python3", "redis", "nginx", "pbzip2"] {
+            assert!(names.contains(&want), "{want} missing");
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_known_ones() {
+        let e = find("nope").unwrap_err().to_string();
+        assert!(
+            e.contains("nope") && e.contains("redis") && e.contains("busybox"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn recipe_env_overrides_base_env() {
+        let py = find("python3").unwrap();
+        assert_eq!(py.env["PYTHONHOME"], "/usr");
+        assert!(py.env.contains_key("PATH"));
+        assert!(py.files.iter().any(|f| f.path == "/etc/passwd"));
+    }
+
+    #[test]
+    fn validate_refuses_bad_input() {
+        let mut r = find("busybox").unwrap();
+        r.packages.push("--option".into());
+        assert!(r.validate().is_err());
+        let mut r = find("busybox").unwrap();
+        r.entry = "bin/busybox".into();
+        assert!(r.validate().is_err());
+        let mut r = find("busybox").unwrap();
+        r.writable.push("/var/../../etc".into());
+        assert!(r.validate().is_err());
+        let mut r = find("busybox").unwrap();
+        r.name = "Bad/Name".into();
+        assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn redis_config_has_what_the_design_needs() {
+        let r = find("redis").unwrap();
+        let conf = &r
+            .files
+            .iter()
+            .find(|f| f.path == "/etc/redis/ditto.conf")
+            .unwrap()
+            .contents;
+        for line in [
+            "bind 127.0.0.1",
+            "port 6379",
+            "save \"\"",
+            "appendonly no",
+            "daemonize no",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line}");
+        }
+        let n = find("nginx").unwrap();
+        let conf = &n
+            .files
+            .iter()
+            .find(|f| f.path == "/etc/nginx/ditto.conf")
+            .unwrap()
+            .contents;
+        for line in [
+            "master_process off;",
+            "daemon off;",
+            "thread_pool default threads=4;",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line}");
+        }
+    }
+}

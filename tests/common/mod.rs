@@ -1,0 +1,97 @@
+//! Helpers shared by the integration tests: the ditto binary, the project's guest
+//! programs, and image roots built from Debian packages.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The ditto binary under test.
+pub fn ditto() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ditto"))
+}
+
+/// A guest program built by guest-images.
+pub fn prog(name: &str) -> PathBuf {
+    guest_images::progs::path(name).unwrap_or_else(|| panic!("guest program {name} not built"))
+}
+
+/// Runs `ditto run [extra] -- argv...` with stdin from `input`.
+pub fn run_in(extra: &[&str], argv: &[&str], input: &[u8]) -> Output {
+    let mut c = ditto();
+    c.arg("run").args(extra).arg("--").args(argv);
+    run_with_input(c, input)
+}
+
+/// Runs a command natively with stdin from `input`.
+pub fn native(argv: &[&str], input: &[u8]) -> Output {
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..]);
+    run_with_input(c, input)
+}
+
+fn run_with_input(mut c: Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
+}
+
+/// Builds (once per test binary) an image from Debian packages and returns its root.
+pub fn image_root(name: &str) -> PathBuf {
+    static ROOTS: OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>>> =
+        OnceLock::new();
+    let roots = ROOTS.get_or_init(Default::default);
+    let mut map = roots.lock().unwrap();
+    if let Some(p) = map.get(name) {
+        return p.clone();
+    }
+    let img = guest_images::image::open(name, &guest_images::image::BuildOptions::default())
+        .unwrap_or_else(|e| panic!("building image {name}: {e}"));
+    map.insert(name.to_string(), img.root.clone());
+    img.root
+}
+
+/// Debian's busybox-static binary (from the busybox image).
+pub fn busybox() -> PathBuf {
+    image_root("busybox").join("bin/busybox")
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A temp dir for one test.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Writes `len` bytes of deterministic pseudo-random data.
+pub fn write_blob(path: &Path, len: usize) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(path, data).unwrap();
+}

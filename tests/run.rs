@@ -1,0 +1,308 @@
+//! `ditto run`: real programs in real process VMs, compared with native runs.
+
+mod common;
+
+use common::*;
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn busybox_applets_match_native() {
+    let bb = busybox();
+    let dir = tempdir();
+    let blob = dir.path().join("blob");
+    write_blob(&blob, 6 << 20);
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["echo", "hello", "ditto"],
+        vec!["seq", "1", "2000"],
+        vec!["md5sum", s(&blob)],
+        vec!["sort"],
+    ];
+    let input = b"pear\napple\nfig\nbanana\n";
+    for case in cases {
+        let mut argv = vec![s(&bb)];
+        argv.extend(&case);
+        let n = native(&argv, input);
+        let v = run_in(&[], &argv, input);
+        assert!(v.status.success(), "{case:?}: {}", stderr(&v));
+        assert_eq!(stdout(&v), stdout(&n), "{case:?} differs from native");
+        assert!(!v.stdout.is_empty());
+    }
+}
+
+#[test]
+fn busybox_tar_gzip_round_trip() {
+    let bb = busybox();
+    let dir = tempdir();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    write_blob(&src.join("a.bin"), 3 << 20);
+    std::fs::write(src.join("b.txt"), "some text\n".repeat(1000)).unwrap();
+    // tar and gzip each run in ditto, joined by files (busybox's own `tar z` forks).
+    let tar = run_in(
+        &[],
+        &[s(&bb), "tar", "cf", "-", "-C", s(dir.path()), "src"],
+        b"",
+    );
+    assert!(tar.status.success(), "{}", stderr(&tar));
+    let gz = run_in(&[], &[s(&bb), "gzip", "-c"], &tar.stdout);
+    assert!(gz.status.success(), "{}", stderr(&gz));
+    // The archive is real gzip: the host's gzip accepts it.
+    let host = native(&["gzip", "-dc"], &gz.stdout);
+    assert_eq!(host.stdout, tar.stdout);
+    let ungz = run_in(&[], &[s(&bb), "gzip", "-dc"], &gz.stdout);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let untar = run_in(
+        &[],
+        &[s(&bb), "tar", "xf", "-", "-C", s(&out)],
+        &ungz.stdout,
+    );
+    assert!(untar.status.success(), "{}", stderr(&untar));
+    for f in ["a.bin", "b.txt"] {
+        assert_eq!(
+            std::fs::read(src.join(f)).unwrap(),
+            std::fs::read(out.join("src").join(f)).unwrap(),
+            "{f} differs after the round trip"
+        );
+    }
+}
+
+#[test]
+fn dynamic_python_from_debian_packages() {
+    let root = image_root("python3");
+    let o = run_in(
+        &["--root", s(&root)],
+        &["/usr/bin/python3.11", "-c", "print(6*7)"],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "42\n");
+    // Threads, a lock, and a C extension module (hashlib) from the image.
+    let script = "import threading, hashlib\n\
+results = []\n\
+lock = threading.Lock()\n\
+def work(i):\n    h = hashlib.sha256(str(i).encode()).hexdigest()[:8]\n    with lock:\n        results.append(h)\n\
+ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]\n\
+[t.start() for t in ts]; [t.join() for t in ts]\n\
+print(sorted(results))\n";
+    let o = run_in(
+        &["--root", s(&root)],
+        &["/usr/bin/python3.11", "-c", script],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut expected: Vec<String> = (0..4)
+        .map(|i: i32| {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(i.to_string().as_bytes());
+            d.iter()
+                .take(4)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        })
+        .collect();
+    expected.sort();
+    let expected = format!(
+        "[{}]",
+        expected
+            .iter()
+            .map(|h| format!("'{h}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert_eq!(stdout(&o).trim(), expected);
+}
+
+#[test]
+fn pthreads_mutex_condvar_tls() {
+    let o = run_in(&[], &[s(&prog("pthread_test")), "4", "5000"], b"");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("counter=20000 expected=20000"), "{out}");
+    assert!(out.contains("tls ok"), "{out}");
+    assert!(out.trim_end().ends_with("PASS"), "{out}");
+}
+
+#[test]
+fn exited_threads_reuse_vcpus() {
+    let o = run_in(&["--stats"], &[s(&prog("thread_churn")), "150"], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "churn done 150\n");
+    let err = stderr(&o);
+    let vcpus: u64 = err
+        .split("vcpus_created=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stats in {err}"));
+    assert!(err.contains("threads=151"), "{err}");
+    assert!(vcpus <= 4, "150 sequential threads used {vcpus} vCPUs");
+}
+
+#[test]
+fn exit_status_is_the_programs() {
+    let o = run_in(&[], &[s(&prog("exitcode")), "42"], b"");
+    assert_eq!(o.status.code(), Some(42));
+    // exit_group from a second thread while main blocks in pthread_join.
+    let o = run_in(&[], &[s(&prog("exitcode")), "thread"], b"");
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+}
+
+#[test]
+fn faults_give_report_and_128_plus_signal() {
+    let cases = [
+        ("null", 139, "SIGSEGV", "at address 0x0"),
+        ("ud2", 132, "SIGILL", "invalid opcode"),
+        ("div0", 136, "SIGFPE", "divide error"),
+    ];
+    for (arg, code, sig, what) in cases {
+        let o = run_in(&[], &[s(&prog("fault")), arg], b"");
+        assert_eq!(o.status.code(), Some(code), "{arg}: {}", stderr(&o));
+        let err = stderr(&o);
+        let line = err
+            .lines()
+            .find(|l| l.contains("killed by"))
+            .unwrap_or_else(|| panic!("{arg}: {err}"));
+        assert!(line.contains(sig) && line.contains(what), "{arg}: {line}");
+        assert!(
+            line.contains("rip=0x") && line.contains("thread 1000"),
+            "{arg}: {line}"
+        );
+    }
+}
+
+#[test]
+fn bad_pointers_get_efault_and_vmm_survives() {
+    let o = run_in(&[], &[s(&prog("badptr"))], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for call in [
+        "read",
+        "write",
+        "write_high",
+        "open",
+        "openat",
+        "clock_gettime",
+    ] {
+        assert!(
+            out.contains(&format!("{call}=-1 errno=14")),
+            "{call}: {out}"
+        );
+    }
+    assert!(out.trim_end().ends_with("survived"), "{out}");
+}
+
+#[test]
+fn bad_programs_get_one_line_and_status_2() {
+    let dir = tempdir();
+    let text = dir.path().join("script.txt");
+    std::fs::write(&text, "#!/bin/sh\necho hi\n").unwrap();
+    let hello = std::fs::read(prog("hello")).unwrap();
+    let arm = dir.path().join("arm");
+    let mut a = hello.clone();
+    a[18] = 183; // e_machine = EM_AARCH64
+    a[19] = 0;
+    std::fs::write(&arm, a).unwrap();
+    let trunc = dir.path().join("trunc");
+    std::fs::write(&trunc, &hello[..hello.len() / 3]).unwrap();
+    let missing = dir.path().join("missing");
+    let cases = [
+        (missing, "cannot open"),
+        (text, "not an ELF"),
+        (arm, "not an x86-64"),
+        (trunc, "truncated"),
+    ];
+    for (path, what) in cases {
+        let o = run_in(&[], &[s(&path)], b"");
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{}: {}",
+            path.display(),
+            stderr(&o)
+        );
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(what), "{}: {err}", path.display());
+    }
+    let o = ditto()
+        .args(["run", "--memory", "lots", "--", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = ditto()
+        .args(["run", "--frobnicate", "--", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn root_confines_dotdot_and_absolute_symlinks() {
+    let dir = tempdir();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/shadow"), "inside-root\n").unwrap();
+    std::fs::copy(prog("escape"), root.join("escape")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", root.join("evil")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc/passwd", root.join("evil2")).unwrap();
+    let o = run_in(
+        &["--root", s(root)],
+        &[
+            "/escape",
+            "../../etc/shadow",
+            "/../../../etc/shadow",
+            "/evil",
+            "/evil2",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let inside = "696e736964652d726f6f740a"; // "inside-root\n"
+    for p in ["../../etc/shadow:", "/../../../etc/shadow:", "/evil:"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_else(|| panic!("{p}: {out}"));
+        assert!(line.contains(inside), "{p} escaped the root: {line}");
+    }
+    let line = out.lines().find(|l| l.starts_with("/evil2:")).unwrap();
+    assert!(line.contains("errno=2"), "relative symlink escaped: {line}");
+}
+
+#[test]
+fn cores_pin_the_program() {
+    let bb = busybox();
+    let o = run_in(&["--cores", "0"], &[s(&bb), "nproc"], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1\n");
+    let o = run_in(&["--cores", "9999"], &[s(&bb), "nproc"], b"");
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn unsupported_syscalls_warn_once_by_name() {
+    let bb = busybox();
+    // busybox's `tar z` forks gzip: fork/vfork get ENOSYS and a named warning.
+    let dir = tempdir();
+    let o = run_in(
+        &[],
+        &[
+            s(&bb),
+            "tar",
+            "czf",
+            s(&dir.path().join("t.tgz")),
+            "-C",
+            s(dir.path()),
+            ".",
+        ],
+        b"",
+    );
+    let err = stderr(&o);
+    assert!(err.contains("unsupported syscall vfork"), "{err}");
+    assert_eq!(err.matches("unsupported syscall vfork").count(), 1, "{err}");
+}
