@@ -54,8 +54,9 @@ pub struct ProgramArgs {
     /// Print counters (syscalls, vCPUs, syscall entry path, timings) on exit.
     #[arg(long)]
     stats: bool,
-    /// The program and its arguments.
-    #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+    /// The program and its arguments. Without one, ditto runs its built-in demo: the
+    /// project's pthread test program (threads, mutexes, condvars, TLS).
+    #[arg(last = true, value_name = "PROGRAM ARGS")]
     command: Vec<std::ffi::OsString>,
 }
 
@@ -127,9 +128,22 @@ fn parse_cores(s: &str) -> Result<CoreList, String> {
     Ok(CoreList(cores))
 }
 
+/// The program `ditto run` runs when none is given.
+const DEFAULT_PROGRAM: &str = "pthread_test";
+
 /// Builds the VM configuration for a program selection.
-pub fn vm_config(p: &ProgramArgs) -> vmm::VmConfig {
-    let args: Vec<Vec<u8>> = p.command.iter().map(|a| a.as_bytes().to_vec()).collect();
+pub fn vm_config(p: &ProgramArgs) -> Result<vmm::VmConfig, String> {
+    let mut args: Vec<Vec<u8>> = p.command.iter().map(|a| a.as_bytes().to_vec()).collect();
+    if args.is_empty() {
+        let demo = guest_images::progs::path(DEFAULT_PROGRAM).ok_or_else(|| {
+            format!("no program given and the built-in {DEFAULT_PROGRAM} is missing")
+        })?;
+        eprintln!(
+            "ditto: no program given; running the built-in demo {}",
+            demo.display()
+        );
+        args.push(demo.as_os_str().as_bytes().to_vec());
+    }
     let env = std::env::vars_os()
         .map(|(k, v)| {
             let mut e = k.as_bytes().to_vec();
@@ -138,7 +152,7 @@ pub fn vm_config(p: &ProgramArgs) -> vmm::VmConfig {
             e
         })
         .collect();
-    vmm::VmConfig {
+    Ok(vmm::VmConfig {
         root: p.root.clone(),
         program: args[0].clone(),
         args,
@@ -146,12 +160,19 @@ pub fn vm_config(p: &ProgramArgs) -> vmm::VmConfig {
         memory: p.memory,
         cores: p.cores.as_ref().map(|c| c.0.clone()),
         seed: p.seed,
-    }
+    })
 }
 
 /// Runs a program and turns the outcome into ditto's exit status.
 fn run(p: &ProgramArgs) -> ExitCode {
-    match vmm::run(&vm_config(p)) {
+    let config = match vm_config(p) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ditto: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match vmm::run(&config) {
         Ok(out) => {
             if let devices::process::ExitReason::Signaled { report, .. } = &out.exit {
                 if !report.is_empty() {

@@ -49,7 +49,7 @@ unsafe impl Sync for GuestMemory {}
 impl GuestMemory {
     /// Maps `size` bytes (MAP_NORESERVE, THP-advised) of zeroed guest memory.
     pub fn new(size: u64) -> Result<Self, GuestMemoryError> {
-        if size == 0 || size % USER_START != 0 || size > (1 << 39) {
+        if size == 0 || !size.is_multiple_of(USER_START) || size > (1 << 39) {
             return Err(GuestMemoryError::BadSize(size));
         }
         // SAFETY: a fresh anonymous mapping; we check the result before use.

@@ -172,7 +172,11 @@ fn corrupt_or_incomplete_entries_are_rebuilt() {
 
     // A tampered file is caught by verify (not by open, which does not read every file).
     std::fs::write(img.root.join("etc/hosts"), "changed\n").unwrap();
-    assert!(img.verify().is_err());
+    assert!(
+        matches!(img.verify(), Err(image::ImageError::Changed { .. })),
+        "{:?}",
+        img.verify()
+    );
 }
 
 #[test]

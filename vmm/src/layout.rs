@@ -74,16 +74,12 @@ pub fn tss(i: u64) -> u64 {
     TSS_BASE + i * TSS_SLOT
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regions_do_not_overlap_and_fit() {
-        assert!(PD_BASE + MAX_GIB * 0x1000 <= GDT);
-        assert!(GDT + sel::TSS0 as u64 + 16 * MAX_VCPUS <= IDT);
-        assert!(EXC_STUBS + 32 * STUB_SIZE <= LSTAR_PAGE);
-        assert!(tss(MAX_VCPUS) <= KSTACK_BASE);
-        assert!(kstack_top(MAX_VCPUS - 1) <= devices::guest_mem::USER_START);
-    }
-}
+// The regions above must not overlap and must end below program memory; checked at
+// compile time so a layout change that breaks this does not build.
+const _: () = {
+    assert!(PD_BASE + MAX_GIB * 0x1000 <= GDT);
+    assert!(GDT + sel::TSS0 as u64 + 16 * MAX_VCPUS <= IDT);
+    assert!(EXC_STUBS + 32 * STUB_SIZE <= LSTAR_PAGE);
+    assert!(TSS_BASE + MAX_VCPUS * TSS_SLOT <= KSTACK_BASE);
+    assert!(KSTACK_BASE + MAX_VCPUS * KSTACK_SIZE <= devices::guest_mem::USER_START);
+};

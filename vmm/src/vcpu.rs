@@ -213,14 +213,17 @@ impl Machine {
         if pool.closed {
             return Err(Errno::EAGAIN);
         }
-        let start = match pool.idle.pop() {
-            Some(i) => match pool.workers[i].start_tx.as_ref().map(|tx| tx.send(start)) {
-                Some(Ok(())) => return Ok(()),
-                Some(Err(e)) => e.0,
-                None => return Err(Errno::EAGAIN),
-            },
-            None => start,
-        };
+        let mut start = start;
+        if let Some(i) = pool.idle.pop() {
+            let Some(tx) = pool.workers[i].start_tx.as_ref() else {
+                return Err(Errno::EAGAIN);
+            };
+            match tx.send(start) {
+                Ok(()) => return Ok(()),
+                // The idle worker is gone; start the thread on a new vCPU instead.
+                Err(e) => start = e.0,
+            }
+        }
         let index = pool.workers.len() as u64;
         if index >= layout::MAX_VCPUS {
             return Err(Errno::EAGAIN);
@@ -299,8 +302,10 @@ impl Machine {
 
     fn init_vcpu(&self, vcpu: &VcpuFd) -> Result<kvm_bindings::kvm_sregs, kvm_ioctls::Error> {
         vcpu.set_cpuid2(&self.cpuid)?;
-        let mut xcrs = kvm_xcrs::default();
-        xcrs.nr_xcrs = 1;
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
         xcrs.xcrs[0].xcr = 0;
         xcrs.xcrs[0].value = self.xcr0;
         vcpu.set_xcrs(&xcrs)?;

@@ -37,11 +37,11 @@ fn brk(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let (addr, len, prot, flags, fd, off) = (a[0], a[1], a[2], a[3] as i32, a[4], a[5]);
-    if len == 0 || off % PAGE_SIZE != 0 {
+    if len == 0 || !off.is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     let len = page_up(len);
-    if len == u64::MAX & !(PAGE_SIZE - 1) {
+    if len > ctx.process.mem.size() {
         return Err(Errno::ENOMEM);
     }
     let map_type = flags & libc::MAP_TYPE;
@@ -55,7 +55,7 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
     let mut asp = lock(&ctx.process.aspace);
     let start = if fixed {
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
@@ -93,7 +93,7 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn munmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let (addr, len) = (a[0], page_up(a[1]));
-    if addr % PAGE_SIZE != 0 || len == 0 {
+    if !addr.is_multiple_of(PAGE_SIZE) || len == 0 {
         return Err(Errno::EINVAL);
     }
     let mut asp = lock(&ctx.process.aspace);
@@ -105,7 +105,7 @@ fn munmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 fn mprotect(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     // Protections cannot be enforced with fixed page tables; checking the range keeps
     // the answer for nonsense addresses right.
-    if a[0] % PAGE_SIZE != 0 {
+    if !a[0].is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     ctx.process
@@ -117,7 +117,7 @@ fn mprotect(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn mremap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let (old, old_len, new_len, flags) = (a[0], page_up(a[1]), page_up(a[2]), a[3] as i32);
-    if old % PAGE_SIZE != 0 || new_len == 0 || flags & libc::MREMAP_FIXED != 0 {
+    if !old.is_multiple_of(PAGE_SIZE) || new_len == 0 || flags & libc::MREMAP_FIXED != 0 {
         return Err(Errno::EINVAL);
     }
     ctx.process
@@ -151,7 +151,7 @@ fn mremap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn madvise(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    if a[0] % PAGE_SIZE != 0 {
+    if !a[0].is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     let p = ctx

@@ -70,11 +70,14 @@ pub(crate) fn resolve(packages: &[String]) -> Result<Vec<DebRef>, ImageError> {
         } else {
             missing.join(", ")
         };
-        let stderr = if stderr.is_empty() {
+        let mut stderr = if stderr.is_empty() {
             format!("apt-get {} offers no file for it", out.status)
         } else {
             stderr
         };
+        if stderr.contains("Unable to locate package") {
+            stderr.push_str("\n(check the package name; has `apt-get update` been run?)");
+        }
         return Err(ImageError::Download { package, stderr });
     }
     Ok(found)
@@ -172,6 +175,7 @@ pub(crate) fn fetch_all(
         .map(|(d, _)| d)
         .collect();
     if missing.is_empty() {
+        progress.plan(1);
         progress.step(&format!("{} packages already downloaded", debs.len()));
     } else {
         progress.plan(missing.len() as u64);

@@ -73,6 +73,7 @@ pub(crate) fn recipe_image(
         }
     }
 
+    // Unpacking each package, configuration and check, manifest; fetch_all plans its own.
     progress.plan(debs.len() as u64 + 2);
     if !fetched {
         apt::fetch_all(&debs, &debs_dir, progress)?;

@@ -110,6 +110,16 @@ pub enum ImageError {
         /// Why.
         reason: String,
     },
+    /// An image's files no longer match the tree hash recorded when it was built.
+    #[error("image {} was changed after it was built (tree sha256 {actual}, manifest says {expected})", root.display())]
+    Changed {
+        /// The image root.
+        root: PathBuf,
+        /// The hash in the manifest.
+        expected: String,
+        /// The hash of the files now.
+        actual: String,
+    },
     /// A manifest could not be written or read back.
     #[error("manifest {}: {source}", path.display())]
     Manifest {

@@ -66,16 +66,14 @@ impl Image {
     /// Recomputes the tree hash and compares it with the manifest: detects files changed after
     /// the build. Reads every file, so it is not done on every [`open`].
     pub fn verify(&self) -> Result<(), ImageError> {
-        let now = fsutil::tree_hash(&self.root)?;
-        if now == self.manifest.tree_sha256 {
+        let actual = fsutil::tree_hash(&self.root)?;
+        if actual == self.manifest.tree_sha256 {
             Ok(())
         } else {
-            Err(ImageError::Io {
-                path: self.root.clone(),
-                source: std::io::Error::other(format!(
-                    "image contents changed since the build (tree sha256 {now}, manifest says {})",
-                    self.manifest.tree_sha256
-                )),
+            Err(ImageError::Changed {
+                root: self.root.clone(),
+                expected: self.manifest.tree_sha256.clone(),
+                actual,
             })
         }
     }
@@ -213,7 +211,12 @@ pub fn add_files(name: &str, files: &[PathBuf], opts: &BuildOptions) -> Result<I
     };
     let mut sources = UserSource::carried_over(&current);
     sources.extend(new);
-    let image = user::with_user_files(&store, &base, &sources, opts, &progress)?;
+    // Nothing to add at all: the recipe image itself, not an identical copy of it.
+    let image = if sources.is_empty() {
+        base
+    } else {
+        user::with_user_files(&store, &base, &sources, opts, &progress)?
+    };
     store.set_current(name, &image.root)?;
     progress.finish(&format!("ready at {}", image.root.display()));
     Ok(image)

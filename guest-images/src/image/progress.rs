@@ -34,7 +34,7 @@ impl Progress {
             ProgressMode::Lines | ProgressMode::Quiet => false,
         };
         let bar = bar.then(|| {
-            let b = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
+            let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             if let Ok(style) =
                 ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {wide_msg}")
             {
@@ -50,10 +50,10 @@ impl Progress {
         }
     }
 
-    /// Sets how many steps are still to come, from the current position.
+    /// Announces `steps` more steps (each part of a build plans its own, once it knows them).
     pub(crate) fn plan(&self, steps: u64) {
         if let Some(b) = &self.bar {
-            b.set_length(b.position() + steps);
+            b.inc_length(steps);
         }
     }
 
