@@ -306,3 +306,62 @@ fn unsupported_syscalls_warn_once_by_name() {
     assert!(err.contains("unsupported syscall vfork"), "{err}");
     assert_eq!(err.matches("unsupported syscall vfork").count(), 1, "{err}");
 }
+
+/// The value of one `--stats` counter.
+fn stat(err: &str, key: &str) -> u64 {
+    err.split(&format!(" {key}="))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {err}"))
+}
+
+#[test]
+fn trap_and_doorbell_paths_agree() {
+    let bb = busybox();
+    let dir = tempdir();
+    let blob = dir.path().join("blob");
+    write_blob(&blob, 4 << 20);
+    let argv = [s(&bb), "md5sum", s(&blob)];
+    let native_sum = stdout(&native(&argv, b""));
+    let mut runs = Vec::new();
+    for path in ["trap", "doorbell"] {
+        let mut c = ditto();
+        c.env("DITTO_SYSCALL_PATH", path)
+            .args(["run", "--stats", "--"])
+            .args(argv);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{path}: {}", stderr(&o));
+        assert_eq!(stdout(&o), native_sum, "{path}");
+        let err = stderr(&o);
+        runs.push((
+            path,
+            stat(&err, "doorbell_syscalls"),
+            stat(&err, "syscalls"),
+            err,
+        ));
+    }
+    assert_eq!(runs[0].1, 0, "trap path used the doorbell: {}", runs[0].3);
+    // The doorbell exists only where syscalls trap through #PF (kvm_pvm).
+    if runs[1].3.contains("entry=Some(PageFaultTrap)") {
+        assert!(
+            runs[1].1 * 2 > runs[1].2,
+            "most syscalls of a long run should take the doorbell: {}",
+            runs[1].3
+        );
+    }
+    // Threads on both paths: clone and exit bounce from the doorbell to the trap path.
+    for path in ["trap", "doorbell"] {
+        let mut c = ditto();
+        c.env("DITTO_SYSCALL_PATH", path)
+            .args(["run", "--"])
+            .arg(prog("pthread_test"));
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success() && stdout(&o).contains("PASS"),
+            "{path}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+}

@@ -61,6 +61,8 @@ pub struct Stats {
     pub vcpus_created: AtomicU64,
     /// Threads started, main thread included.
     pub threads_started: AtomicU64,
+    /// Syscalls served through the exitless doorbell path (a subset of `syscalls`).
+    pub doorbell_syscalls: AtomicU64,
 }
 
 /// Everything shared by the program's threads.

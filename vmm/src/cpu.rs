@@ -50,7 +50,10 @@ pub enum CpuSetupError {
 /// Writes page tables, GDT, IDT, stubs and TSSs into the system area.
 pub fn build_system_area(mem: &GuestMemory) -> Result<(), CpuSetupError> {
     let size = mem.size();
-    let gib = size.div_ceil(1 << 30);
+    // One more 2 MiB page right after RAM: the doorbell MMIO window (no memslot, so
+    // stores there reach KVM's ioeventfds).
+    let mapped = size + (2 << 20);
+    let gib = mapped.div_ceil(1 << 30);
     if gib > layout::MAX_GIB {
         return Err(CpuSetupError::TooMuchMemory(gib));
     }
@@ -62,7 +65,7 @@ pub fn build_system_area(mem: &GuestMemory) -> Result<(), CpuSetupError> {
         w(layout::PDPT + g * 8, pd | user_dir)?;
         for j in 0..512u64 {
             let addr = (g << 30) + (j << 21);
-            if addr >= size {
+            if addr >= mapped {
                 break;
             }
             let entry = if addr == 0 {

@@ -6,7 +6,7 @@
 //! 0x001000  PML4
 //! 0x002000  PDPT
 //! 0x003000  page table for the first 2 MiB (4 KiB pages)
-//! 0x004000  page directories, one per GiB of guest memory (up to 64)
+//! 0x004000  page directories, one per GiB of guest memory (up to 65)
 //! 0x050000  GDT: fixed descriptors, then one 16-byte TSS descriptor per vCPU
 //! 0x060000  IDT (256 gates)
 //! 0x061000  exception stubs, 16 bytes per vector
@@ -25,7 +25,7 @@ pub const LOW_PT: u64 = 0x3000;
 /// First page directory.
 pub const PD_BASE: u64 = 0x4000;
 /// Most GiB of guest memory the page directories can cover.
-pub const MAX_GIB: u64 = 64;
+pub const MAX_GIB: u64 = 65;
 /// The GDT.
 pub const GDT: u64 = 0x50000;
 /// The IDT.

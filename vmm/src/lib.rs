@@ -5,6 +5,7 @@
 //! and waits for the program to end. Syscalls are served by `devices`.
 
 pub mod cpu;
+pub mod doorbell;
 pub mod elf;
 pub mod layout;
 pub mod stack;
@@ -108,6 +109,8 @@ pub struct RunOutcome {
     pub exit: ExitReason,
     /// Syscalls served.
     pub syscalls: u64,
+    /// Of those, served through the exitless doorbell path.
+    pub doorbell_syscalls: u64,
     /// vCPUs created.
     pub vcpus_created: u64,
     /// Threads started (main included).
@@ -118,6 +121,8 @@ pub struct RunOutcome {
     pub wall: Duration,
     /// Time spent building the VM before the first guest instruction.
     pub setup: Duration,
+    /// Time to stop and join every vCPU and server thread after the exit.
+    pub shutdown: Duration,
     /// vCPU threads that did not stop when asked.
     pub stuck_threads: usize,
 }
@@ -254,7 +259,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     let fs = FsContext::new(&config.root)?;
     let program = resolve_program(&fs, &config.program, &config.env)?;
     let loaded = elf::load_program(&mem, &fs, &program)?;
-    let layout = Layout::new(loaded.image_end, mem.size(), MAIN_STACK_SIZE)?;
+    // The top of memory holds the doorbell shims and data pages.
+    let layout = Layout::new(
+        loaded.image_end,
+        mem.size() - doorbell::AREA_SIZE,
+        MAIN_STACK_SIZE,
+    )?;
     let exe = absolute_guest_path(&fs, &program);
     let sp = stack::build(
         &mem,
@@ -310,7 +320,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         }
     };
     let wall = t0.elapsed();
+    let t_stop = Instant::now();
     let stuck_threads = machine.shutdown(Duration::from_secs(2));
+    let shutdown = t_stop.elapsed();
     // The signal thread notices the exit within its 50 ms wait; not joining it keeps
     // that wait off the program's exit path.
     drop(signals);
@@ -318,11 +330,13 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     Ok(RunOutcome {
         exit,
         syscalls: process.stats.syscalls.load(Relaxed),
+        doorbell_syscalls: process.stats.doorbell_syscalls.load(Relaxed),
         vcpus_created: process.stats.vcpus_created.load(Relaxed),
         threads: process.stats.threads_started.load(Relaxed),
         entry: machine.syscall_entry(),
         wall,
         setup,
+        shutdown,
         stuck_threads,
     })
 }

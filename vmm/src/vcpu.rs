@@ -7,6 +7,7 @@
 //! reused for new threads instead of creating more.
 
 use std::cell::Cell;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -14,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_run, kvm_xcrs, CpuId, Msrs};
-use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, SyncReg, VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use devices::process::{lock, ExitReason, Process};
 use devices::syscalls::sys_signal::signal_name;
@@ -25,7 +27,7 @@ use devices::syscalls::{
 use devices::Errno;
 
 use crate::cpu::{self, SyscallEntry, EXC_PORT_BASE, SYSCALL_PORT};
-use crate::layout;
+use crate::{doorbell, layout};
 
 /// The signal used to kick vCPU threads out of KVM_RUN and blocking host calls.
 pub fn kick_signal() -> i32 {
@@ -60,10 +62,15 @@ pub fn install_kick_handler() -> std::io::Result<()> {
     Ok(())
 }
 
-struct Worker {
-    start_tx: Option<Sender<ThreadStart>>,
+/// A host thread the shutdown must stop: a vCPU thread or a doorbell server.
+struct HostThread {
     done: Arc<AtomicBool>,
     join: Option<JoinHandle<()>>,
+}
+
+struct Worker {
+    start_tx: Option<Sender<ThreadStart>>,
+    threads: Vec<HostThread>,
 }
 
 #[derive(Default)]
@@ -85,6 +92,17 @@ pub struct Machine {
     cores: Option<Vec<usize>>,
     pool: Mutex<Pool>,
     entry: OnceLock<SyscallEntry>,
+    /// Whether the exitless doorbell path may be used (kvm_pvm only).
+    doorbell_allowed: bool,
+}
+
+/// State only a vCPU's own host thread touches.
+struct VcpuLocal {
+    index: u64,
+    /// Whether LSTAR points at this vCPU's doorbell shim.
+    doorbell_on: bool,
+    /// Syscalls served through the #PF path, counted towards the switch.
+    trapped: u64,
 }
 
 /// What ended a thread's exit loop.
@@ -107,6 +125,36 @@ impl CpuOps for VcpuOps<'_> {
     fn spawn_thread(&mut self, start: ThreadStart) -> Result<(), Errno> {
         self.machine.spawn(start)
     }
+}
+
+/// The server thread has no vCPU: calls that need one are bounced before dispatch,
+/// so these are never reached; refusing keeps a mistake visible.
+struct ServerOps;
+
+impl CpuOps for ServerOps {
+    fn set_fs_base(&mut self, _: u64) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
+    }
+
+    fn spawn_thread(&mut self, _: ThreadStart) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
+    }
+}
+
+fn spawn_host_thread(name: String, f: impl FnOnce() + Send + 'static) -> Result<HostThread, Errno> {
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = done.clone();
+    let join = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            f();
+            done2.store(true, Ordering::SeqCst);
+        })
+        .map_err(|_| Errno::EAGAIN)?;
+    Ok(HostThread {
+        done,
+        join: Some(join),
+    })
 }
 
 fn set_msrs(vcpu: &VcpuFd, values: &[(u32, u64)]) -> Result<(), kvm_ioctls::Error> {
@@ -169,6 +217,10 @@ fn to_kvm(u: &UserRegs) -> kvm_regs {
     }
 }
 
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn pin_current_thread(cores: &[usize]) {
     // SAFETY: cpu_set_t is plain data; CPU_SET stays in bounds for indices < 1024,
     // which the CLI checked.
@@ -199,7 +251,13 @@ impl Machine {
             cores,
             pool: Mutex::new(Pool::default()),
             entry: OnceLock::new(),
+            doorbell_allowed: std::env::var("DITTO_SYSCALL_PATH").map_or(true, |v| v != "trap"),
         }
+    }
+
+    /// Whether syscalls use the doorbell (known after the start-up probe).
+    fn doorbell(&self) -> bool {
+        self.doorbell_allowed && self.syscall_entry() == Some(SyscallEntry::PageFaultTrap)
     }
 
     /// How syscalls reached the VMM, once the first one has.
@@ -235,22 +293,147 @@ impl Machine {
             .fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel::<ThreadStart>();
         tx.send(start).map_err(|_| Errno::EAGAIN)?;
-        let done = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(Mutex::new(ThreadState::default()));
+        let mut threads = Vec::new();
         let machine = self.clone();
-        let done2 = done.clone();
-        let join = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || {
-                machine.worker(vcpu, index, rx);
-                done2.store(true, Ordering::SeqCst);
-            })
-            .map_err(|_| Errno::EAGAIN)?;
+        threads.push(spawn_host_thread(format!("vcpu{index}"), move || {
+            machine.worker(vcpu, index, rx, current)
+        })?);
         pool.workers.push(Worker {
             start_tx: Some(tx),
-            done,
-            join: Some(join),
+            threads,
         });
         Ok(())
+    }
+
+    /// Starts vCPU `index`'s doorbell server: its eventfd is signalled by KVM when
+    /// the shim writes the doorbell address.
+    fn start_server(
+        self: &Arc<Self>,
+        index: u64,
+        current: Arc<Mutex<ThreadState>>,
+    ) -> Result<HostThread, Errno> {
+        let mem_size = self.process.mem.size();
+        let evt = EventFd::new(libc::EFD_CLOEXEC).map_err(Errno::from)?;
+        self.vm
+            .register_ioevent(
+                &evt,
+                &IoEventAddress::Mmio(doorbell::doorbell_addr(mem_size, index)),
+                NoDatamatch,
+            )
+            .map_err(|e| Errno(e.errno()))?;
+        let page = doorbell::shim_page(mem_size, index);
+        self.process
+            .mem
+            .write_system(
+                page,
+                &doorbell::shim(page, doorbell::doorbell_addr(mem_size, index)),
+            )
+            .ok_or(Errno::ENOMEM)?;
+        let data = self
+            .process
+            .mem
+            .system_range(page + 4096, 4096)
+            .ok_or(Errno::ENOMEM)?;
+        let data = doorbell::DataPage::new(data);
+        // Read before the vCPU can make a request, so the first one is never taken
+        // for an old one.
+        let last = data.seq();
+        let machine = self.clone();
+        spawn_host_thread(format!("server{index}"), move || {
+            machine.serve_doorbell(evt, data, last, current)
+        })
+    }
+
+    /// The doorbell server loop: one request at a time, for whichever program thread
+    /// runs on this vCPU.
+    fn serve_doorbell(
+        self: &Arc<Self>,
+        evt: EventFd,
+        data: doorbell::DataPage,
+        mut last: u64,
+        current: Arc<Mutex<ThreadState>>,
+    ) {
+        if let Some(c) = &self.cores {
+            pin_current_thread(c);
+        }
+        // Polling for the next request right after answering one saves the eventfd
+        // wake-up (most of a doorbell's cost) for back-to-back syscalls; it is bounded
+        // and off when the program is pinned to one core, where it would only steal
+        // the vCPU's time.
+        let poll = self.cores.as_ref().map_or(num_cpus() > 1, |c| c.len() > 1);
+        let mut poll_until: Option<Instant> = None;
+        while !self.process.exiting() {
+            let req = data.request();
+            if req.seq == last {
+                match poll_until {
+                    Some(t) if Instant::now() < t => {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    Some(_) => {
+                        // Stop polling, then look once more: the shim may have seen
+                        // "polling" and skipped the doorbell just before.
+                        data.set_polling(false);
+                        poll_until = None;
+                        continue;
+                    }
+                    None => {}
+                }
+                let mut count = 0u64;
+                // A raw read: EventFd::read retries on EINTR, which would make the
+                // shutdown kick useless.
+                // SAFETY: reading 8 bytes into a u64 from our own eventfd.
+                unsafe {
+                    libc::read(
+                        evt.as_raw_fd(),
+                        &mut count as *mut u64 as *mut libc::c_void,
+                        8,
+                    )
+                };
+                continue;
+            }
+            last = req.seq;
+            if doorbell::must_bounce(req.nr) {
+                data.set_polling(false);
+                poll_until = None;
+                data.complete(req.seq, 0, true);
+                continue;
+            }
+            let user = UserRegs {
+                rax: req.nr,
+                rdi: req.args[0],
+                rsi: req.args[1],
+                rdx: req.args[2],
+                r10: req.args[3],
+                r8: req.args[4],
+                r9: req.args[5],
+                rip: req.rip,
+                rcx: req.rip,
+                ..Default::default()
+            };
+            let mut thread = lock(&current);
+            let mut ops = ServerOps;
+            let mut ctx = SyscallCtx {
+                process: &self.process,
+                nr: req.nr,
+                thread: &mut thread,
+                regs: &user,
+                cpu: &mut ops,
+                action: ThreadAction::Continue,
+            };
+            let ret = self.table.dispatch(&mut ctx, req.nr, req.args);
+            drop(thread);
+            self.process
+                .stats
+                .doorbell_syscalls
+                .fetch_add(1, Ordering::Relaxed);
+            if poll {
+                data.set_polling(true);
+                poll_until = Some(Instant::now() + doorbell::POLL_WINDOW);
+            }
+            data.complete(req.seq, ret, false);
+        }
     }
 
     fn worker(
@@ -258,6 +441,7 @@ impl Machine {
         mut vcpu: VcpuFd,
         index: u64,
         rx: std::sync::mpsc::Receiver<ThreadStart>,
+        current: Arc<Mutex<ThreadState>>,
     ) {
         if let Some(c) = &self.cores {
             pin_current_thread(c);
@@ -272,15 +456,27 @@ impl Machine {
             }
         };
         vcpu.set_sync_valid_reg(SyncReg::Register);
+        if index == 0 {
+            if let Err(e) = self.probe_entry(&mut vcpu, base_sregs) {
+                self.fatal_host(&format!("syscall entry probe failed: {e}"));
+                return;
+            }
+        }
+        let mut local = VcpuLocal {
+            index,
+            doorbell_on: false,
+            trapped: 0,
+        };
         // Idle -> Running -> Idle, until the program ends (Stopped).
         while let Ok(start) = rx.recv() {
             let tid = start.thread.tid;
-            if let Err(e) = self.load_thread(&mut vcpu, index, base_sregs, &start) {
+            if let Err(e) = self.load_thread(&mut vcpu, &local, base_sregs, &start) {
                 self.fatal_host(&format!("cannot start thread {tid} on vCPU {index}: {e}"));
                 self.process.thread_not_started();
                 break;
             }
-            match self.run_thread(&mut vcpu, start.thread) {
+            *lock(&current) = start.thread;
+            match self.run_thread(&mut vcpu, &mut local, &current) {
                 LoopEnd::ThreadExited {
                     status,
                     clear_child_tid,
@@ -312,15 +508,91 @@ impl Machine {
         vcpu.get_sregs()
     }
 
+    /// Moves this vCPU to the doorbell path: starts its server and points LSTAR at its
+    /// shim. Done lazily, after `SWITCH_AFTER` trapped syscalls, because registering
+    /// an ioeventfd makes VM teardown ~10 ms slower, which short programs should not
+    /// pay. A failure just keeps the #PF path.
+    fn enable_doorbell(
+        self: &Arc<Self>,
+        vcpu: &VcpuFd,
+        local: &mut VcpuLocal,
+        current: &Arc<Mutex<ThreadState>>,
+    ) {
+        let server = match self.start_server(local.index, current.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(vcpu = local.index, %e, "doorbell unavailable, staying on the #PF path");
+                local.doorbell_on = true; // do not retry on every syscall
+                return;
+            }
+        };
+        if let Some(w) = lock(&self.pool).workers.get_mut(local.index as usize) {
+            w.threads.push(server);
+        }
+        let shim = doorbell::shim_page(self.process.mem.size(), local.index);
+        if set_msrs(vcpu, &[(cpu::msr::LSTAR, shim)]).is_ok() {
+            local.doorbell_on = true;
+        }
+    }
+
+    /// Finds out how `syscall` reaches the VMM on this host by running one on vCPU 0
+    /// before the program starts (~one exit). Never assumed: kvm_pvm and VMX/SVM
+    /// differ, and a host update could change kvm_pvm's behaviour.
+    fn probe_entry(
+        &self,
+        vcpu: &mut VcpuFd,
+        base_sregs: kvm_bindings::kvm_sregs,
+    ) -> Result<(), String> {
+        let page = doorbell::shim_page(self.process.mem.size(), 0);
+        self.process
+            .mem
+            .write_system(page, &[0x0f, 0x05])
+            .ok_or("no room for the probe")?;
+        vcpu.set_sregs(&cpu::user_sregs(base_sregs, 0))
+            .map_err(|e| e.to_string())?;
+        set_msrs(vcpu, &cpu::initial_msrs(0)).map_err(|e| e.to_string())?;
+        vcpu.sync_regs_mut().regs = kvm_regs {
+            rip: page,
+            rsp: page + 4096,
+            rflags: 0x2,
+            rax: libc::SYS_getpid as u64,
+            ..Default::default()
+        };
+        vcpu.set_sync_dirty_reg(SyncReg::Register);
+        let port = match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, _)) => port,
+            other => return Err(format!("unexpected exit {other:?}")),
+        };
+        let frame = vcpu.sync_regs_mut().regs.rsp;
+        let frip = self.process.mem.read_system_u64(frame + 8).unwrap_or(0);
+        let entry = if port == SYSCALL_PORT {
+            SyscallEntry::NativeStub
+        } else if port == EXC_PORT_BASE + 14 && frip == layout::LSTAR_PAGE {
+            SyscallEntry::PageFaultTrap
+        } else {
+            return Err(format!("syscall exited through port {port:#x}"));
+        };
+        let _ = self.entry.set(entry);
+        tracing::debug!(?entry, "syscall entry detected");
+        Ok(())
+    }
+
     fn load_thread(
         &self,
         vcpu: &mut VcpuFd,
-        index: u64,
+        local: &VcpuLocal,
         base_sregs: kvm_bindings::kvm_sregs,
         start: &ThreadStart,
     ) -> Result<(), kvm_ioctls::Error> {
-        vcpu.set_sregs(&cpu::user_sregs(base_sregs, index))?;
-        set_msrs(vcpu, &cpu::initial_msrs(start.thread.fs_base))?;
+        vcpu.set_sregs(&cpu::user_sregs(base_sregs, local.index))?;
+        let mut msrs = cpu::initial_msrs(start.thread.fs_base);
+        if local.doorbell_on {
+            let shim = doorbell::shim_page(self.process.mem.size(), local.index);
+            for m in msrs.iter_mut().filter(|m| m.0 == cpu::msr::LSTAR) {
+                m.1 = shim;
+            }
+        }
+        set_msrs(vcpu, &msrs)?;
         vcpu.set_fpu(&cpu::initial_fpu())?;
         // Through SYNC_REGS rather than KVM_SET_REGS: a reused vCPU may still have
         // dirty sync registers from its last exit, which KVM would apply on entry and
@@ -330,7 +602,13 @@ impl Machine {
         Ok(())
     }
 
-    fn run_thread(self: &Arc<Self>, vcpu: &mut VcpuFd, mut thread: ThreadState) -> LoopEnd {
+    fn run_thread(
+        self: &Arc<Self>,
+        vcpu: &mut VcpuFd,
+        local: &mut VcpuLocal,
+        current: &Arc<Mutex<ThreadState>>,
+    ) -> LoopEnd {
+        let tid = lock(current).tid;
         loop {
             let port = match vcpu.run() {
                 Ok(VcpuExit::IoOut(port, _)) => port,
@@ -352,7 +630,7 @@ impl Machine {
                     let rip = vcpu.sync_regs_mut().regs.rip;
                     self.fatal_program(
                         libc::SIGSEGV,
-                        format!("thread {} killed by SIGSEGV: unexpected VM exit {what} at rip={rip:#x}", thread.tid),
+                        format!("thread {tid} killed by SIGSEGV: unexpected VM exit {what} at rip={rip:#x}"),
                     );
                     return LoopEnd::Stopped;
                 }
@@ -362,19 +640,19 @@ impl Machine {
                     let rip = vcpu.sync_regs_mut().regs.rip;
                     self.fatal_program(
                         libc::SIGBUS,
-                        format!("thread {} killed by SIGBUS: guest memory access failed ({e}) near rip={rip:#x}", thread.tid),
+                        format!("thread {tid} killed by SIGBUS: guest memory access failed ({e}) near rip={rip:#x}"),
                     );
                     return LoopEnd::Stopped;
                 }
             };
-            let action = self.on_port(vcpu, &mut thread, port);
+            let action = self.on_port(vcpu, local, current, port);
             match action {
                 ThreadAction::Continue if self.process.exiting() => return LoopEnd::Stopped,
                 ThreadAction::Continue => {}
                 ThreadAction::ExitThread(status) => {
                     return LoopEnd::ThreadExited {
                         status,
-                        clear_child_tid: thread.clear_child_tid,
+                        clear_child_tid: lock(current).clear_child_tid,
                     }
                 }
                 ThreadAction::Stop => return LoopEnd::Stopped,
@@ -385,12 +663,14 @@ impl Machine {
     fn on_port(
         self: &Arc<Self>,
         vcpu: &mut VcpuFd,
-        thread: &mut ThreadState,
+        local: &mut VcpuLocal,
+        current: &Arc<Mutex<ThreadState>>,
         port: u16,
     ) -> ThreadAction {
         let regs = vcpu.sync_regs_mut().regs;
+        let mut guard = lock(current);
+        let thread: &mut ThreadState = &mut guard;
         if port == SYSCALL_PORT {
-            let _ = self.entry.set(SyscallEntry::NativeStub);
             let mut user = to_user(&regs);
             user.rip = regs.rcx;
             user.rflags = regs.r11;
@@ -413,18 +693,53 @@ impl Machine {
         let mem = &self.process.mem;
         let frame = regs.rsp;
         let read = |i: u64| mem.read_system_u64(frame + 8 * i).unwrap_or(0);
-        let (err, frip, fcs, frsp) = (read(0), read(1), read(2), read(4));
+        let (err, frip, fcs, fflags, frsp) = (read(0), read(1), read(2), read(3), read(4));
+        if vec == 14 && frip == doorbell::WAIT_ADDR && fcs & 3 == 3 && self.doorbell() {
+            // The shim's spin ran out: sleep until the server answers, without
+            // holding the thread state the server needs.
+            drop(guard);
+            let page = doorbell::shim_page(mem.size(), local.index) + 4096;
+            let Some(host) = mem.system_range(page, 4096) else {
+                return ThreadAction::Stop;
+            };
+            let data = doorbell::DataPage::new(host);
+            if !data.wait_ack(regs.rax, || self.process.exiting()) {
+                return ThreadAction::Stop;
+            }
+            let (ret, bounce) = data.result();
+            let (ret, action) = if bounce {
+                let mut user = to_user(&regs);
+                user.rax = data.nr();
+                user.rsp = frsp;
+                user.rip = data.rip();
+                user.rflags = fflags;
+                let mut guard = lock(current);
+                self.serve(vcpu, &mut guard, &user)
+            } else {
+                (ret, ThreadAction::Continue)
+            };
+            mem.write_system_u64(frame + 8, data.rip());
+            vcpu.sync_regs_mut().regs.rax = ret;
+            vcpu.set_sync_dirty_reg(SyncReg::Register);
+            return action;
+        }
         if vec == 14 && frip == layout::LSTAR_PAGE && fcs & 3 == 3 {
-            let _ = self.entry.set(SyscallEntry::PageFaultTrap);
             let mut user = to_user(&regs);
             user.rsp = frsp;
             user.rip = regs.rcx;
-            user.rflags = regs.r11;
+            // The frame's RFLAGS, not R11: after a doorbell bounce the shim has used
+            // R11 as scratch.
+            user.rflags = fflags;
             let (ret, action) = self.serve(vcpu, thread, &user);
             // The handler's iretq returns to the instruction after `syscall`.
             mem.write_system_u64(frame + 8, regs.rcx);
             vcpu.sync_regs_mut().regs.rax = ret;
             vcpu.set_sync_dirty_reg(SyncReg::Register);
+            drop(guard);
+            local.trapped += 1;
+            if !local.doorbell_on && local.trapped >= doorbell::SWITCH_AFTER && self.doorbell() {
+                self.enable_doorbell(vcpu, local, current);
+            }
             return action;
         }
         let signal = cpu::vector_signal(vec);
@@ -505,6 +820,9 @@ impl Machine {
                 w.start_tx = None;
             }
             std::mem::take(&mut pool.workers)
+                .into_iter()
+                .flat_map(|w| w.threads)
+                .collect::<Vec<HostThread>>()
         };
         let deadline = Instant::now() + timeout;
         loop {

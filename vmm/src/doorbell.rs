@@ -1,0 +1,332 @@
+//! The exitless syscall path on kvm_pvm ("doorbell", DESIGN.md §1).
+//!
+//! On kvm_pvm a trapped syscall costs ~35 µs, most of it the userspace exit of a vCPU
+//! running natively at CPL3. The doorbell avoids that exit: each vCPU's LSTAR points
+//! at its own CPL3 shim, which stores the syscall's registers in a data page, writes
+//! to an MMIO address that KVM turns into an eventfd signal in the kernel (~3 µs, no
+//! userspace exit), and spins on an acknowledgement. A host "server" thread per vCPU
+//! waits on that eventfd, serves the call through the same syscall table, and writes
+//! the result and the acknowledgement.
+//!
+//! Two escapes keep it correct:
+//! - calls that need the vCPU itself (clone, exit, arch_prctl...) are *bounced*: the
+//!   server answers "bounce" and the shim re-issues the call through the #PF path;
+//! - a spin that runs out (a blocking call, or no free core) jumps to a
+//!   supervisor-only address; the #PF reaches the VMM's vCPU thread, which sleeps on
+//!   a futex until the server acknowledges, so blocked calls do not burn a core.
+//!
+//! The shim and data page are program-writable: this is a replication monitor, not a
+//! sandbox, and a program that scribbles on them only breaks itself (the server
+//! checks every pointer as usual). The VMM stays the authority on every result.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::layout;
+
+/// Bytes of user memory at the top of guest memory reserved for shims and data pages.
+pub const AREA_SIZE: u64 = 2 * 4096 * layout::MAX_VCPUS;
+/// Spin iterations (each a `pause`) before the shim gives up and sleeps in the VMM.
+pub const SPIN_LIMIT: u32 = 4000;
+/// How long a server keeps polling for the next request after answering one.
+pub const POLL_WINDOW: std::time::Duration = std::time::Duration::from_micros(50);
+/// Trapped syscalls a vCPU makes before it switches to the doorbell.
+pub const SWITCH_AFTER: u64 = 64;
+/// Supervisor-only address the shim jumps to when its spin runs out.
+pub const WAIT_ADDR: u64 = layout::LSTAR_PAGE + 0x800;
+
+/// Offsets in the data page.
+mod off {
+    pub const SEQ: u64 = 0x00;
+    pub const ACK: u64 = 0x08;
+    pub const NR: u64 = 0x10;
+    pub const ARGS: u64 = 0x18;
+    pub const RET: u64 = 0x48;
+    pub const BOUNCE: u64 = 0x50;
+    pub const RIP: u64 = 0x58;
+    pub const WAITING: u64 = 0x60;
+    pub const POLLING: u64 = 0x68;
+}
+
+/// Where vCPU `index`'s shim page is, for guest memory of `mem_size` bytes.
+pub fn shim_page(mem_size: u64, index: u64) -> u64 {
+    mem_size - AREA_SIZE + index * 2 * 4096
+}
+
+/// The doorbell MMIO address of vCPU `index` (just past RAM; see cpu::build_system_area).
+pub fn doorbell_addr(mem_size: u64, index: u64) -> u64 {
+    mem_size + index * 8
+}
+
+/// A tiny x86-64 encoder for the shim, with RIP-relative references to the data page.
+struct Asm {
+    code: Vec<u8>,
+    base: u64,
+    data: u64,
+}
+
+impl Asm {
+    fn rex(reg: u8) -> u8 {
+        0x48 | if reg >= 8 { 4 } else { 0 }
+    }
+    fn disp(&self, field: u64, extra: u64) -> [u8; 4] {
+        let next = self.base + self.code.len() as u64 + 4 + extra;
+        ((self.data + field).wrapping_sub(next) as i64 as i32).to_le_bytes()
+    }
+    /// mov %reg, field(%rip)
+    fn store(&mut self, reg: u8, field: u64) {
+        self.code
+            .extend_from_slice(&[Self::rex(reg), 0x89, ((reg & 7) << 3) | 5]);
+        let d = self.disp(field, 0);
+        self.code.extend_from_slice(&d);
+    }
+    /// mov field(%rip), %reg
+    fn load(&mut self, reg: u8, field: u64) {
+        self.code
+            .extend_from_slice(&[Self::rex(reg), 0x8b, ((reg & 7) << 3) | 5]);
+        let d = self.disp(field, 0);
+        self.code.extend_from_slice(&d);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.code.extend_from_slice(b);
+    }
+    fn movabs_r11(&mut self, imm: u64) {
+        self.code.extend_from_slice(&[0x49, 0xbb]);
+        self.code.extend_from_slice(&imm.to_le_bytes());
+    }
+}
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RDX: u8 = 2;
+const RSI: u8 = 6;
+const RDI: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+const R10: u8 = 10;
+
+/// The shim for one vCPU. It clobbers only rax, rcx and r11, which `syscall`
+/// clobbers anyway, and never touches the program's stack (the red zone is safe).
+pub fn shim(shim_page: u64, doorbell: u64) -> Vec<u8> {
+    let mut a = Asm {
+        code: Vec::new(),
+        base: shim_page,
+        data: shim_page + 4096,
+    };
+    a.store(RAX, off::NR);
+    for (i, r) in [RDI, RSI, RDX, R10, R8, R9].into_iter().enumerate() {
+        a.store(r, off::ARGS + 8 * i as u64);
+    }
+    a.store(RCX, off::RIP);
+    a.load(RAX, off::SEQ);
+    a.bytes(&[0x48, 0xff, 0xc0]); // inc %rax
+    a.store(RAX, off::SEQ);
+    // Skip the doorbell while the server polls. mfence orders the SEQ store before
+    // the POLLING load; the server clears POLLING and then rechecks SEQ, so one of
+    // the two always sees the other.
+    a.bytes(&[0x0f, 0xae, 0xf0]); // mfence
+    a.bytes(&[0x48, 0x83, 0x3d]); // cmpq $0, POLLING(%rip)
+    let d = a.disp(off::POLLING, 1);
+    a.bytes(&d);
+    a.bytes(&[0x00]);
+    let skip_at = a.code.len();
+    a.bytes(&[0x75, 0x00]); // jne after the doorbell (patched)
+    a.movabs_r11(doorbell);
+    a.bytes(&[0x49, 0x89, 0x03]); // mov %rax, (%r11): the doorbell
+    let after = a.code.len();
+    a.code[skip_at + 1] = (after - (skip_at + 2)) as u8;
+    a.bytes(&[0x41, 0xbb]); // mov $SPIN_LIMIT, %r11d
+    a.bytes(&SPIN_LIMIT.to_le_bytes());
+    let spin = a.code.len();
+    // cmp ACK(%rip), %rax
+    a.bytes(&[0x48, 0x3b, 0x05]);
+    let d = a.disp(off::ACK, 0);
+    a.bytes(&d);
+    let je_at = a.code.len();
+    a.bytes(&[0x74, 0x00]); // je done (patched)
+    a.bytes(&[0xf3, 0x90]); // pause
+    a.bytes(&[0x49, 0xff, 0xcb]); // dec %r11
+    let back = spin as i64 - (a.code.len() as i64 + 2);
+    a.bytes(&[0x75, back as i8 as u8]); // jne spin
+    a.movabs_r11(WAIT_ADDR);
+    a.bytes(&[0x41, 0xff, 0xe3]); // jmp *%r11: sleep in the VMM
+    let done = a.code.len();
+    a.code[je_at + 1] = (done - (je_at + 2)) as u8;
+    // cmpq $0, BOUNCE(%rip)
+    a.bytes(&[0x48, 0x83, 0x3d]);
+    let d = a.disp(off::BOUNCE, 1);
+    a.bytes(&d);
+    a.bytes(&[0x00]);
+    let jne_at = a.code.len();
+    a.bytes(&[0x75, 0x00]); // jne bounce (patched)
+    a.load(RAX, off::RET);
+    a.bytes(&[0xff, 0xe1]); // jmp *%rcx
+    let bounce = a.code.len();
+    a.code[jne_at + 1] = (bounce - (jne_at + 2)) as u8;
+    a.load(RAX, off::NR);
+    a.movabs_r11(layout::LSTAR_PAGE);
+    a.bytes(&[0x41, 0xff, 0xe3]); // jmp *%r11: the #PF syscall path
+    a.code
+}
+
+/// A request read from a data page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Sequence number the shim wrote.
+    pub seq: u64,
+    /// Syscall number.
+    pub nr: u64,
+    /// Arguments.
+    pub args: [u64; 6],
+    /// Return address.
+    pub rip: u64,
+}
+
+/// Typed access to one vCPU's data page, through atomics: the program's vCPU and
+/// the server thread use it concurrently.
+pub struct DataPage {
+    base: *mut u8,
+}
+
+// SAFETY: the page lives in guest memory, which outlives every thread using it; all
+// accesses are atomic.
+unsafe impl Send for DataPage {}
+
+impl DataPage {
+    /// Wraps the host address of a data page (from GuestMemory::system_range).
+    pub fn new(host: *mut u8) -> Self {
+        DataPage { base: host }
+    }
+
+    fn word(&self, field: u64) -> &AtomicU64 {
+        // SAFETY: base is a page-aligned host pointer into guest memory that lives as
+        // long as the VM; field offsets are 8-aligned and inside the page.
+        unsafe { AtomicU64::from_ptr(self.base.add(field as usize) as *mut u64) }
+    }
+
+    /// The latest request.
+    pub fn request(&self) -> Request {
+        let seq = self.word(off::SEQ).load(Ordering::Acquire);
+        let mut args = [0u64; 6];
+        for (i, a) in args.iter_mut().enumerate() {
+            *a = self.word(off::ARGS + 8 * i as u64).load(Ordering::Relaxed);
+        }
+        Request {
+            seq,
+            nr: self.word(off::NR).load(Ordering::Relaxed),
+            args,
+            rip: self.word(off::RIP).load(Ordering::Relaxed),
+        }
+    }
+
+    /// Publishes a result (or a bounce) for `seq` and wakes a sleeping vCPU thread.
+    pub fn complete(&self, seq: u64, ret: u64, bounce: bool) {
+        self.word(off::RET).store(ret, Ordering::Relaxed);
+        self.word(off::BOUNCE)
+            .store(bounce as u64, Ordering::Relaxed);
+        self.word(off::ACK).store(seq, Ordering::SeqCst);
+        if self.word(off::WAITING).load(Ordering::SeqCst) != 0 {
+            let p = self.word(off::ACK).as_ptr();
+            // SAFETY: futex wake on a word of guest memory we own.
+            unsafe { libc::syscall(libc::SYS_futex, p, libc::FUTEX_WAKE, i32::MAX) };
+        }
+    }
+
+    /// Sleeps until the request `seq` is acknowledged (the shim's spin ran out).
+    /// Returns false if interrupted (the program is stopping).
+    pub fn wait_ack(&self, seq: u64, stopping: impl Fn() -> bool) -> bool {
+        let ack = self.word(off::ACK);
+        self.word(off::WAITING).store(1, Ordering::SeqCst);
+        let mut ok = true;
+        loop {
+            let cur = ack.load(Ordering::SeqCst);
+            if cur == seq {
+                break;
+            }
+            if stopping() {
+                ok = false;
+                break;
+            }
+            // The futex word is ACK's low half (little-endian).
+            let p = ack.as_ptr() as *const u32;
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            };
+            // SAFETY: futex wait on guest memory we own, with a timeout.
+            unsafe { libc::syscall(libc::SYS_futex, p, libc::FUTEX_WAIT, cur as u32, &ts) };
+        }
+        self.word(off::WAITING).store(0, Ordering::SeqCst);
+        ok
+    }
+
+    /// Tells the shim whether the server is polling (then it skips the doorbell).
+    pub fn set_polling(&self, on: bool) {
+        self.word(off::POLLING).store(on as u64, Ordering::SeqCst);
+    }
+
+    /// The sequence number the shim last wrote.
+    pub fn seq(&self) -> u64 {
+        self.word(off::SEQ).load(Ordering::Acquire)
+    }
+
+    /// The result and bounce flag of the last completed request.
+    pub fn result(&self) -> (u64, bool) {
+        (
+            self.word(off::RET).load(Ordering::Acquire),
+            self.word(off::BOUNCE).load(Ordering::Acquire) != 0,
+        )
+    }
+
+    /// The syscall number of the last request.
+    pub fn nr(&self) -> u64 {
+        self.word(off::NR).load(Ordering::Acquire)
+    }
+
+    /// The return address of the last request.
+    pub fn rip(&self) -> u64 {
+        self.word(off::RIP).load(Ordering::Acquire)
+    }
+}
+
+/// Syscalls the server cannot serve because they act on the calling vCPU.
+pub fn must_bounce(nr: u64) -> bool {
+    matches!(
+        nr as i64,
+        libc::SYS_clone
+            | libc::SYS_exit
+            | libc::SYS_exit_group
+            | libc::SYS_arch_prctl
+            | libc::SYS_rt_sigreturn
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_fits_and_references_data_page() {
+        let base = 0x1_0000_0000 - AREA_SIZE;
+        let code = shim(base, 0x1_0000_0000);
+        assert!(code.len() < 4096);
+        // The first instruction stores rax at data+NR: disp = 4096 + 0x10 - 7.
+        assert_eq!(&code[..3], &[0x48, 0x89, 0x05]);
+        assert_eq!(
+            i32::from_le_bytes(code[3..7].try_into().unwrap()),
+            4096 + 0x10 - 7
+        );
+        // Stores are 7 bytes each: rax, rdi, rsi, rdx, then r10, which needs REX.R
+        // and lands at data+ARGS+24.
+        assert_eq!(&code[28..31], &[0x4c, 0x89, 0x15]);
+        assert_eq!(
+            i32::from_le_bytes(code[31..35].try_into().unwrap()) as u64,
+            4096 + off::ARGS + 24 - 35
+        );
+    }
+
+    #[test]
+    fn bounce_set() {
+        assert!(must_bounce(libc::SYS_clone as u64));
+        assert!(!must_bounce(libc::SYS_getpid as u64));
+    }
+}
