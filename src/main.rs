@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod image_cmd;
 
 /// Exit status for bad usage or bad input (a bad flag, a missing or malformed
 /// program or image).
@@ -34,14 +35,26 @@ enum Command {
     Run(RunArgs),
     /// Measure ditto against native runs of the same programs.
     Bench(bench::BenchArgs),
+    /// Build, list and extend images made from Debian packages.
+    Image(image_cmd::ImageArgs),
 }
 
 /// How a program is selected and run; shared by every command that runs one.
 #[derive(Args, Clone, Debug)]
 pub struct ProgramArgs {
     /// Directory that the program's paths resolve in (it cannot see outside it).
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", conflicts_with = "image")]
     root: PathBuf,
+    /// Run an image's entry program (built from Debian packages on first use); the
+    /// arguments after `--` are appended to the image's own. The image is read-only;
+    /// its writable directories live in the state directory, and the host's working
+    /// directory is visible (read-write) at its own path.
+    #[arg(long)]
+    image: Option<String>,
+    /// The run's own directory for an image's writable paths (default: a temporary
+    /// directory removed when the program ends).
+    #[arg(long, requires = "image")]
+    state: Option<PathBuf>,
     /// Guest memory size (K, M or G suffix; rounded up to 2 MiB). KVM's set-up cost
     /// grows with it (about 0.7 ms per GiB on kvm_pvm), so the default is modest.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
@@ -132,12 +145,108 @@ fn parse_cores(s: &str) -> Result<CoreList, String> {
 /// The program `ditto run` runs when none is given.
 const DEFAULT_PROGRAM: &str = "pthread_test";
 
+/// A resolved program selection: the VM configuration plus whatever must live as
+/// long as the run (a temporary state directory).
+pub struct Selection {
+    /// The VM configuration.
+    pub config: vmm::VmConfig,
+    /// Removed when dropped.
+    _state: Option<tempfile::TempDir>,
+}
+
+fn env_of_host() -> Vec<Vec<u8>> {
+    std::env::vars_os()
+        .map(|(k, v)| {
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            e
+        })
+        .collect()
+}
+
+/// Builds the VM configuration for `--image NAME [-- ARGS]`: the image's entry, its
+/// arguments and then the user's, its environment, a read-only root, and its writable
+/// directories in the run's state directory.
+fn image_selection(p: &ProgramArgs, name: &str) -> Result<Selection, (u8, String)> {
+    let img =
+        image_cmd::open_for_run(name).map_err(|e| (image_cmd::exit_code(&e), e.to_string()))?;
+    let m = &img.manifest;
+    let mut args: Vec<Vec<u8>> = vec![m.entry.as_bytes().to_vec()];
+    args.extend(m.args.iter().map(|a| a.as_bytes().to_vec()));
+    args.extend(p.command.iter().map(|a| a.as_bytes().to_vec()));
+    let mut env: Vec<Vec<u8>> = m
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .collect();
+    if !m.env.contains_key("PATH") {
+        env.push(b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_vec());
+    }
+    let (state_dir, temp) = match &p.state {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix(&format!("ditto-{name}-"))
+                .tempdir()
+                .map_err(|e| {
+                    (
+                        EXIT_HOST_ERROR,
+                        format!("cannot create a state directory: {e}"),
+                    )
+                })?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let mut writable = Vec::new();
+    for w in &m.writable {
+        let rel = w.trim_start_matches('/');
+        let host = state_dir.join(rel);
+        image_cmd::copy_tree(&img.root.join(rel), &host).map_err(|e| {
+            (
+                EXIT_HOST_ERROR,
+                format!("cannot prepare {}: {e}", host.display()),
+            )
+        })?;
+        writable.push((w.clone(), host));
+    }
+    // The host's working directory appears at its own path (like a volume), so
+    // `ditto run --image pbzip2 -- -c FILE` finds FILE and can write next to it.
+    let mut cwd = "/".to_string();
+    if let Ok(here) = std::env::current_dir() {
+        if let Some(h) = here.to_str().filter(|h| *h != "/") {
+            writable.push((h.to_string(), here.clone()));
+            cwd = h.to_string();
+        }
+    }
+    Ok(Selection {
+        config: vmm::VmConfig {
+            root: img.root.clone(),
+            program: m.entry.as_bytes().to_vec(),
+            args,
+            env,
+            memory: p.memory,
+            cores: p.cores.as_ref().map(|c| c.0.clone()),
+            seed: p.seed,
+            writable,
+            cwd: Some(cwd),
+        },
+        _state: temp,
+    })
+}
+
 /// Builds the VM configuration for a program selection.
-pub fn vm_config(p: &ProgramArgs) -> Result<vmm::VmConfig, String> {
+pub fn vm_config(p: &ProgramArgs) -> Result<Selection, (u8, String)> {
+    if let Some(name) = &p.image {
+        return image_selection(p, name);
+    }
     let mut args: Vec<Vec<u8>> = p.command.iter().map(|a| a.as_bytes().to_vec()).collect();
     if args.is_empty() {
         let demo = guest_images::progs::path(DEFAULT_PROGRAM).ok_or_else(|| {
-            format!("no program given and the built-in {DEFAULT_PROGRAM} is missing")
+            (
+                EXIT_BAD_INPUT,
+                format!("no program given and the built-in {DEFAULT_PROGRAM} is missing"),
+            )
         })?;
         eprintln!(
             "ditto: no program given; running the built-in demo {}",
@@ -145,35 +254,32 @@ pub fn vm_config(p: &ProgramArgs) -> Result<vmm::VmConfig, String> {
         );
         args.push(demo.as_os_str().as_bytes().to_vec());
     }
-    let env = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut e = k.as_bytes().to_vec();
-            e.push(b'=');
-            e.extend_from_slice(v.as_bytes());
-            e
-        })
-        .collect();
-    Ok(vmm::VmConfig {
-        root: p.root.clone(),
-        program: args[0].clone(),
-        args,
-        env,
-        memory: p.memory,
-        cores: p.cores.as_ref().map(|c| c.0.clone()),
-        seed: p.seed,
+    Ok(Selection {
+        config: vmm::VmConfig {
+            root: p.root.clone(),
+            program: args[0].clone(),
+            args,
+            env: env_of_host(),
+            memory: p.memory,
+            cores: p.cores.as_ref().map(|c| c.0.clone()),
+            seed: p.seed,
+            writable: Vec::new(),
+            cwd: None,
+        },
+        _state: None,
     })
 }
 
 /// Runs a program and turns the outcome into ditto's exit status.
 fn run(p: &ProgramArgs) -> ExitCode {
-    let config = match vm_config(p) {
+    let selection = match vm_config(p) {
         Ok(c) => c,
-        Err(e) => {
+        Err((code, e)) => {
             eprintln!("ditto: {e}");
-            return ExitCode::from(EXIT_BAD_INPUT);
+            return ExitCode::from(code);
         }
     };
-    match vmm::run(&config) {
+    match vmm::run(&selection.config) {
         Ok(out) => {
             if let devices::process::ExitReason::Signaled { report, .. } = &out.exit {
                 if !report.is_empty() {
@@ -225,6 +331,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(r) => run(&r.program),
         Command::Bench(b) => bench::main(&b),
+        Command::Image(i) => image_cmd::main(&i),
     }
 }
 

@@ -7,8 +7,10 @@ pub mod address_space;
 pub mod errno;
 pub mod fd_table;
 pub mod guest_mem;
+pub mod itimer;
 pub mod path;
 pub mod process;
+pub mod signals;
 pub mod syscalls;
 
 pub use errno::Errno;

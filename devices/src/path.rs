@@ -32,10 +32,23 @@ pub enum RootError {
     },
 }
 
+/// A host directory that appears at a guest path (an image's writable directory,
+/// backed by the run's own state directory).
+struct Bind {
+    /// Guest path, absolute, without a trailing slash.
+    guest: Vec<u8>,
+    fd: OwnedFd,
+    host: PathBuf,
+}
+
 /// The program's view of the filesystem.
 pub struct FsContext {
     root: OwnedFd,
     root_path: PathBuf,
+    /// When set, the root is read-only (EROFS) and only binds are writable: an image
+    /// in the cache must never be changed by a program run from it.
+    read_only_root: bool,
+    binds: Vec<Bind>,
     cwd: Mutex<Vec<u8>>,
 }
 
@@ -134,8 +147,70 @@ impl FsContext {
         Ok(FsContext {
             root: fd,
             root_path,
+            read_only_root: false,
+            binds: Vec::new(),
             cwd: Mutex::new(cwd),
         })
+    }
+
+    /// Makes the root read-only; writes must go to binds.
+    pub fn set_read_only_root(&mut self) {
+        self.read_only_root = true;
+    }
+
+    /// Sets the cwd (a path inside the root).
+    pub fn set_cwd(&self, guest: &str) {
+        *lock(&self.cwd) = guest.as_bytes().to_vec();
+    }
+
+    /// Shows host directory `host` at guest path `guest` (absolute).
+    pub fn add_bind(&mut self, guest: &str, host: &Path) -> Result<(), RootError> {
+        let err = |source| RootError::Open {
+            path: host.to_path_buf(),
+            source,
+        };
+        let host = std::fs::canonicalize(host).map_err(err)?;
+        let c = CString::new(host.as_os_str().as_bytes())
+            .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let fd = openat2(
+            libc::AT_FDCWD,
+            &c,
+            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+        )
+        .map_err(|e| err(std::io::Error::from_raw_os_error(e.0)))?;
+        let g = guest.trim_end_matches('/').as_bytes().to_vec();
+        // A later bind of the same guest path replaces the earlier one.
+        self.binds.retain(|b| b.guest != g);
+        self.binds.push(Bind { guest: g, fd, host });
+        // Longest prefix first, so nested binds win.
+        self.binds.sort_by_key(|b| std::cmp::Reverse(b.guest.len()));
+        Ok(())
+    }
+
+    /// Splits an absolute guest path into the directory descriptor it resolves in
+    /// (root or a bind) and the path below it; refuses writes to a read-only root.
+    fn place(&self, abs: &CStr, mutating: bool) -> Result<(RawFd, CString), Errno> {
+        let p = abs.to_bytes();
+        for b in &self.binds {
+            if p.starts_with(&b.guest) && (p.len() == b.guest.len() || p[b.guest.len()] == b'/') {
+                let rest = &p[b.guest.len()..];
+                let rest = if rest.is_empty() {
+                    b"/".as_slice()
+                } else {
+                    rest
+                };
+                return Ok((
+                    b.fd.as_raw_fd(),
+                    CString::new(rest).map_err(|_| Errno::EINVAL)?,
+                ));
+            }
+        }
+        if mutating && self.read_only_root {
+            return Err(Errno(libc::EROFS));
+        }
+        Ok((self.root.as_raw_fd(), abs.to_owned()))
     }
 
     /// The canonical host path of the root.
@@ -150,6 +225,19 @@ impl FsContext {
 
     /// Maps a host path of an object inside the root to the program's view of it.
     pub fn guest_path_of_host(&self, host: &Path) -> Option<Vec<u8>> {
+        for b in &self.binds {
+            if let Ok(rel) = host.strip_prefix(&b.host) {
+                let mut v = b.guest.clone();
+                if !rel.as_os_str().is_empty() {
+                    v.push(b'/');
+                    v.extend_from_slice(rel.as_os_str().as_bytes());
+                }
+                if v.is_empty() {
+                    v.push(b'/');
+                }
+                return Some(v);
+            }
+        }
         let rel = host.strip_prefix(&self.root_path).ok()?;
         let mut v = b"/".to_vec();
         v.extend_from_slice(rel.as_os_str().as_bytes());
@@ -193,18 +281,27 @@ impl FsContext {
         mode: u64,
     ) -> Result<OwnedFd, Errno> {
         let abs = self.absolute(dirfd, path)?;
+        let writes = flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) != 0;
+        let (base, rel) = self.place(&abs, writes)?;
         // O_CLOEXEC on the host side always: the VMM never execs, and descriptors must
         // not leak to anything it spawns.
         let host_flags = (flags | libc::O_CLOEXEC) as u32 as u64;
-        openat2(self.root.as_raw_fd(), &abs, host_flags, mode, CONFINE)
+        openat2(base, &rel, host_flags, mode, CONFINE)
     }
 
     /// Resolves to the target, following a final symlink (stat, access, chmod, chdir...).
-    pub fn target(&self, dirfd: Option<RawFd>, path: &CStr) -> Result<Resolved, Errno> {
+    /// `mutating` says whether the caller will change the object.
+    pub fn target(
+        &self,
+        dirfd: Option<RawFd>,
+        path: &CStr,
+        mutating: bool,
+    ) -> Result<Resolved, Errno> {
         let abs = self.absolute(dirfd, path)?;
+        let (base, rel) = self.place(&abs, mutating)?;
         let fd = openat2(
-            self.root.as_raw_fd(),
-            &abs,
+            base,
+            &rel,
             (libc::O_PATH | libc::O_CLOEXEC) as u64,
             0,
             CONFINE,
@@ -213,8 +310,14 @@ impl FsContext {
     }
 
     /// Resolves to (parent, last name) without following a final symlink
-    /// (lstat, unlink, mkdir, rename, readlink, symlink...).
-    pub fn parent(&self, dirfd: Option<RawFd>, path: &CStr) -> Result<Resolved, Errno> {
+    /// (lstat, unlink, mkdir, rename, readlink, symlink...). `mutating` says whether
+    /// the caller will change the directory entry.
+    pub fn parent(
+        &self,
+        dirfd: Option<RawFd>,
+        path: &CStr,
+        mutating: bool,
+    ) -> Result<Resolved, Errno> {
         let abs = self.absolute(dirfd, path)?;
         let bytes = abs.to_bytes();
         let trimmed_len = bytes.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
@@ -228,12 +331,13 @@ impl FsContext {
             // The root itself, or a name that is really a directory reference: resolve
             // it fully; callers that need a last component will get a sensible error
             // from the host (e.g. EEXIST for mkdir of an existing dir).
-            return self.target(None, &abs);
+            return self.target(None, &abs, mutating);
         }
         let dir_c = CString::new(dir).map_err(|_| Errno::EINVAL)?;
+        let (base, rel) = self.place(&dir_c, mutating)?;
         let dfd = openat2(
-            self.root.as_raw_fd(),
-            &dir_c,
+            base,
+            &rel,
             (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
             0,
             CONFINE,
@@ -247,9 +351,10 @@ impl FsContext {
     /// chdir: the new cwd must be a directory inside the root.
     pub fn chdir(&self, dirfd: Option<RawFd>, path: &CStr) -> Result<(), Errno> {
         let abs = self.absolute(dirfd, path)?;
+        let (base, rel) = self.place(&abs, false)?;
         let fd = openat2(
-            self.root.as_raw_fd(),
-            &abs,
+            base,
+            &rel,
             (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
             0,
             CONFINE,
@@ -329,14 +434,42 @@ mod tests {
     fn parent_split() {
         let (_d, fs) = setup();
         let c = |s: &str| CString::new(s).unwrap();
-        match fs.parent(None, &c("/etc/passwd/")).unwrap() {
+        match fs.parent(None, &c("/etc/passwd/"), false).unwrap() {
             Resolved::Parent(_, name) => assert_eq!(name.as_bytes(), b"passwd"),
             Resolved::Target(_) => panic!("expected parent"),
         }
         assert!(matches!(
-            fs.parent(None, &c("/")).unwrap(),
+            fs.parent(None, &c("/"), false).unwrap(),
             Resolved::Target(_)
         ));
+    }
+
+    #[test]
+    fn read_only_root_with_writable_bind() {
+        let (d, mut fs) = setup();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("var/lib")).unwrap();
+        fs.add_bind("/var/lib", state.path()).unwrap();
+        fs.set_read_only_root();
+        let c = |s: &str| CString::new(s).unwrap();
+        let flags = libc::O_WRONLY | libc::O_CREAT;
+        assert_eq!(
+            fs.open(None, &c("/etc/new"), flags, 0o644).unwrap_err(),
+            Errno(libc::EROFS)
+        );
+        fs.open(None, &c("/var/lib/x"), flags, 0o644).unwrap();
+        assert!(state.path().join("x").exists());
+        assert!(!d.path().join("var/lib/x").exists());
+        // Reads of the root still work, and `..` from a bind stays in the bind.
+        assert_eq!(
+            read(fs.open(None, &c("/etc/passwd"), 0, 0).unwrap()),
+            "inside"
+        );
+        assert!(fs
+            .open(None, &c("/var/lib/../../../etc/shadow"), 0, 0)
+            .is_err());
+        fs.chdir(None, &c("/var/lib")).unwrap();
+        assert_eq!(fs.cwd(), b"/var/lib");
     }
 
     #[test]

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use crate::address_space::AddressSpace;
 use crate::fd_table::FdTable;
 use crate::guest_mem::GuestMemory;
 use crate::path::FsContext;
+use crate::signals::{Kicker, Signals};
 
 /// The program's pid as it sees it. Fixed, so replicas and reruns agree.
 pub const GUEST_PID: i64 = 1000;
@@ -83,6 +84,12 @@ pub struct Process {
     pub umask: AtomicU64,
     /// Counters.
     pub stats: Stats,
+    /// Masks, pending signals, sigwait.
+    pub signals: Signals,
+    /// How to interrupt a thread so it takes a signal (set by the vmm).
+    pub kicker: OnceLock<Arc<dyn Kicker>>,
+    /// ITIMER_REAL.
+    pub real_timer: crate::itimer::RealTimer,
     next_tid: AtomicI64,
     live_threads: AtomicUsize,
     exit: Mutex<Option<ExitReason>>,
@@ -114,6 +121,9 @@ impl Process {
             sigactions: Mutex::new([SigAction::default(); 65]),
             umask: AtomicU64::new(0o022),
             stats: Stats::default(),
+            signals: Signals::default(),
+            kicker: OnceLock::new(),
+            real_timer: Default::default(),
             next_tid: AtomicI64::new(GUEST_PID),
             live_threads: AtomicUsize::new(0),
             exit: Mutex::new(None),
@@ -181,6 +191,22 @@ impl Process {
     pub fn warn_unsupported(&self, nr: u64, name: &str) {
         if lock(&self.warned).insert(nr) {
             eprintln!("ditto: warning: unsupported syscall {name} ({nr}), returning ENOSYS");
+        }
+    }
+
+    /// Interrupts thread `tid` so it reaches a signal delivery point.
+    pub fn kick(&self, tid: i64) {
+        if let Some(k) = self.kicker.get() {
+            k.kick(tid);
+        }
+    }
+
+    /// Sets a signal's disposition (SA_RESETHAND resets to default after one use).
+    pub fn set_sigaction(&self, sig: i32, act: SigAction) {
+        if let Ok(i) = usize::try_from(sig) {
+            if let Some(s) = lock(&self.sigactions).get_mut(i) {
+                *s = act;
+            }
         }
     }
 

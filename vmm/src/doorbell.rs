@@ -45,6 +45,7 @@ mod off {
     pub const RIP: u64 = 0x58;
     pub const WAITING: u64 = 0x60;
     pub const POLLING: u64 = 0x68;
+    pub const BLOCKING: u64 = 0x70;
 }
 
 /// Where vCPU `index`'s shim page is, for guest memory of `mem_size` bytes.
@@ -143,10 +144,19 @@ pub fn shim(shim_page: u64, doorbell: u64) -> Vec<u8> {
     a.bytes(&d);
     let je_at = a.code.len();
     a.bytes(&[0x74, 0x00]); // je done (patched)
+                            // A call the server expects to block: stop spinning and sleep in the VMM now.
+    a.bytes(&[0x48, 0x83, 0x3d]); // cmpq $0, BLOCKING(%rip)
+    let d = a.disp(off::BLOCKING, 1);
+    a.bytes(&d);
+    a.bytes(&[0x00]);
+    let jne_wait_at = a.code.len();
+    a.bytes(&[0x75, 0x00]); // jne wait (patched)
     a.bytes(&[0xf3, 0x90]); // pause
     a.bytes(&[0x49, 0xff, 0xcb]); // dec %r11
     let back = spin as i64 - (a.code.len() as i64 + 2);
     a.bytes(&[0x75, back as i8 as u8]); // jne spin
+    let wait = a.code.len();
+    a.code[jne_wait_at + 1] = (wait - (jne_wait_at + 2)) as u8;
     a.movabs_r11(WAIT_ADDR);
     a.bytes(&[0x41, 0xff, 0xe3]); // jmp *%r11: sleep in the VMM
     let done = a.code.len();
@@ -259,6 +269,12 @@ impl DataPage {
         ok
     }
 
+    /// Tells the shim that the call being served may block for long, so it should
+    /// sleep in the VMM instead of spinning.
+    pub fn set_blocking(&self, on: bool) {
+        self.word(off::BLOCKING).store(on as u64, Ordering::SeqCst);
+    }
+
     /// Tells the shim whether the server is polling (then it skips the doorbell).
     pub fn set_polling(&self, on: bool) {
         self.word(off::POLLING).store(on as u64, Ordering::SeqCst);
@@ -285,6 +301,34 @@ impl DataPage {
     /// The return address of the last request.
     pub fn rip(&self) -> u64 {
         self.word(off::RIP).load(Ordering::Acquire)
+    }
+}
+
+/// Syscalls that usually wait for something (another thread, a client, a timer):
+/// spinning on them only takes a core from the threads that would end the wait.
+pub fn may_block(nr: u64, args: &[u64; 6]) -> bool {
+    match nr as i64 {
+        libc::SYS_futex => matches!(
+            args[1] as i32 & libc::FUTEX_CMD_MASK,
+            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET
+        ),
+        libc::SYS_accept
+        | libc::SYS_accept4
+        | libc::SYS_epoll_wait
+        | libc::SYS_epoll_pwait
+        | libc::SYS_epoll_pwait2
+        | libc::SYS_poll
+        | libc::SYS_ppoll
+        | libc::SYS_select
+        | libc::SYS_pselect6
+        | libc::SYS_nanosleep
+        | libc::SYS_clock_nanosleep
+        | libc::SYS_rt_sigtimedwait
+        | libc::SYS_pause
+        | libc::SYS_rt_sigsuspend
+        | libc::SYS_wait4
+        | libc::SYS_connect => true,
+        _ => false,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod doorbell;
 pub mod elf;
 pub mod layout;
+pub mod signal_frame;
 pub mod stack;
 pub mod vcpu;
 
@@ -25,6 +26,7 @@ use devices::fd_table::FdTable;
 use devices::guest_mem::GuestMemory;
 use devices::path::FsContext;
 use devices::process::{ExitReason, Process};
+use devices::signals::Fate;
 use devices::syscalls::{ThreadStart, ThreadState, UserRegs};
 
 pub use cpu::SyscallEntry;
@@ -49,6 +51,12 @@ pub struct VmConfig {
     pub cores: Option<Vec<usize>>,
     /// Seed for AT_RANDOM.
     pub seed: u64,
+    /// Writable directories: (guest path, host directory). When any is given, the
+    /// root itself is read-only (an image must not be changed by its runs).
+    pub writable: Vec<(String, PathBuf)>,
+    /// The initial working directory inside the root (default: the host cwd when it
+    /// lies inside the root, else `/`).
+    pub cwd: Option<String>,
 }
 
 /// Errors that stop a program from starting. Each is bad input or a host problem,
@@ -216,16 +224,25 @@ fn forward_signals(process: Arc<Process>) -> Result<std::thread::JoinHandle<()>,
         .spawn(move || {
             let ts = libc::timespec {
                 tv_sec: 0,
-                tv_nsec: 50_000_000,
+                tv_nsec: 5_000_000,
             };
             while !process.exiting() {
                 // SAFETY: waiting on our own blocked set with a timeout.
                 let s = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
                 if s > 0 {
-                    process.finish(ExitReason::Signaled {
-                        signal: s,
-                        report: String::new(),
-                    });
+                    match process.signals.send_process(s, process.sigaction(s)) {
+                        Fate::Terminate => process.finish(ExitReason::Signaled {
+                            signal: s,
+                            report: String::new(),
+                        }),
+                        Fate::Queued(Some(tid)) => process.kick(tid),
+                        Fate::Queued(None) | Fate::Ignored => {}
+                    }
+                }
+                // The signal pump: a thread that could not take its signal when kicked
+                // (it was in a CPL0 stub or the doorbell shim) is kicked again.
+                for tid in process.signals.deliverable_tids() {
+                    process.kick(tid);
                 }
             }
         })
@@ -256,7 +273,16 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::Kvm)?;
 
-    let fs = FsContext::new(&config.root)?;
+    let mut fs = FsContext::new(&config.root)?;
+    for (guest, host) in &config.writable {
+        fs.add_bind(guest, host)?;
+    }
+    if !config.writable.is_empty() {
+        fs.set_read_only_root();
+    }
+    if let Some(cwd) = &config.cwd {
+        fs.set_cwd(cwd);
+    }
     let program = resolve_program(&fs, &config.program, &config.env)?;
     let loaded = elf::load_program(&mem, &fs, &program)?;
     // The top of memory holds the doorbell shims and data pages.
@@ -297,6 +323,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         process.clone(),
         config.cores.clone(),
     ));
+    let _ = process
+        .kicker
+        .set(Arc::new(vcpu::MachineKicker(Arc::downgrade(&machine))));
     let tid = process.new_thread();
     let regs = UserRegs {
         rip: loaded.start,

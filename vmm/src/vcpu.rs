@@ -7,6 +7,7 @@
 //! reused for new threads instead of creating more.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
@@ -27,7 +28,7 @@ use devices::syscalls::{
 use devices::Errno;
 
 use crate::cpu::{self, SyscallEntry, EXC_PORT_BASE, SYSCALL_PORT};
-use crate::{doorbell, layout};
+use crate::{doorbell, layout, signal_frame};
 
 /// The signal used to kick vCPU threads out of KVM_RUN and blocking host calls.
 pub fn kick_signal() -> i32 {
@@ -94,11 +95,27 @@ pub struct Machine {
     entry: OnceLock<SyscallEntry>,
     /// Whether the exitless doorbell path may be used (kvm_pvm only).
     doorbell_allowed: bool,
+    /// Which worker runs which program thread (for signal kicks).
+    running: Mutex<BTreeMap<i64, usize>>,
+}
+
+/// Where the program resumes after the VMM handled an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// The vCPU was interrupted at CPL3 (a kick).
+    User,
+    /// In the #PF handler at CPL0; its iretq uses the exception frame at this address.
+    Frame(u64),
+    /// In the LSTAR stub at CPL0 (VMX/SVM); its sysretq uses RCX/R11.
+    Stub,
 }
 
 /// State only a vCPU's own host thread touches.
 struct VcpuLocal {
     index: u64,
+    base_sregs: kvm_bindings::kvm_sregs,
+    /// FPU states saved at signal delivery, restored by rt_sigreturn.
+    saved_fpu: Vec<kvm_bindings::kvm_fpu>,
     /// Whether LSTAR points at this vCPU's doorbell shim.
     doorbell_on: bool,
     /// Syscalls served through the #PF path, counted towards the switch.
@@ -124,6 +141,29 @@ impl CpuOps for VcpuOps<'_> {
 
     fn spawn_thread(&mut self, start: ThreadStart) -> Result<(), Errno> {
         self.machine.spawn(start)
+    }
+}
+
+/// Interrupts the host threads running a program thread, so it reaches a signal
+/// delivery point: its vCPU leaves KVM_RUN, its blocking host calls return EINTR.
+pub struct MachineKicker(pub std::sync::Weak<Machine>);
+
+impl devices::signals::Kicker for MachineKicker {
+    fn kick(&self, tid: i64) {
+        let Some(m) = self.0.upgrade() else { return };
+        let Some(index) = lock(&m.running).get(&tid).copied() else {
+            return;
+        };
+        let pool = lock(&m.pool);
+        if let Some(w) = pool.workers.get(index) {
+            for t in &w.threads {
+                if let (false, Some(j)) = (t.done.load(Ordering::SeqCst), &t.join) {
+                    use std::os::unix::thread::JoinHandleExt;
+                    // SAFETY: the thread is joinable, so its pthread_t is valid.
+                    unsafe { libc::pthread_kill(j.as_pthread_t(), kick_signal()) };
+                }
+            }
+        }
     }
 }
 
@@ -252,6 +292,7 @@ impl Machine {
             pool: Mutex::new(Pool::default()),
             entry: OnceLock::new(),
             doorbell_allowed: std::env::var("DITTO_SYSCALL_PATH").map_or(true, |v| v != "trap"),
+            running: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -363,6 +404,7 @@ impl Machine {
         // the vCPU's time.
         let poll = self.cores.as_ref().map_or(num_cpus() > 1, |c| c.len() > 1);
         let mut poll_until: Option<Instant> = None;
+        let mut answered = Instant::now();
         while !self.process.exiting() {
             let req = data.request();
             if req.seq == last {
@@ -394,7 +436,9 @@ impl Machine {
                 continue;
             }
             last = req.seq;
-            if doorbell::must_bounce(req.nr) {
+            let arrived = Instant::now();
+            let tid = lock(&current).tid;
+            if doorbell::must_bounce(req.nr) || self.process.signals.has_deliverable(tid) {
                 data.set_polling(false);
                 poll_until = None;
                 data.complete(req.seq, 0, true);
@@ -412,6 +456,10 @@ impl Machine {
                 rcx: req.rip,
                 ..Default::default()
             };
+            let blocking = doorbell::may_block(req.nr, &req.args);
+            if blocking {
+                data.set_blocking(true);
+            }
             let mut thread = lock(&current);
             let mut ops = ServerOps;
             let mut ctx = SyscallCtx {
@@ -424,15 +472,23 @@ impl Machine {
             };
             let ret = self.table.dispatch(&mut ctx, req.nr, req.args);
             drop(thread);
+            if blocking {
+                data.set_blocking(false);
+            }
             self.process
                 .stats
                 .doorbell_syscalls
                 .fetch_add(1, Ordering::Relaxed);
-            if poll {
+            // Poll for the next request only in a syscall-dense phase: a call that
+            // blocked, or one that came after a long gap, suggests the thread is
+            // computing or waiting, and polling would only take a core from it.
+            let dense = arrived.duration_since(answered) < doorbell::POLL_WINDOW;
+            if poll && !blocking && dense {
                 data.set_polling(true);
                 poll_until = Some(Instant::now() + doorbell::POLL_WINDOW);
             }
             data.complete(req.seq, ret, false);
+            answered = Instant::now();
         }
     }
 
@@ -464,6 +520,8 @@ impl Machine {
         }
         let mut local = VcpuLocal {
             index,
+            base_sregs,
+            saved_fpu: Vec::new(),
             doorbell_on: false,
             trapped: 0,
         };
@@ -475,8 +533,14 @@ impl Machine {
                 self.process.thread_not_started();
                 break;
             }
+            self.process.signals.add_thread(tid, start.thread.sigmask);
+            lock(&self.running).insert(tid, index as usize);
+            local.saved_fpu.clear();
             *lock(&current) = start.thread;
-            match self.run_thread(&mut vcpu, &mut local, &current) {
+            let end = self.run_thread(&mut vcpu, &mut local, &current);
+            lock(&self.running).remove(&tid);
+            self.process.signals.remove_thread(tid);
+            match end {
                 LoopEnd::ThreadExited {
                     status,
                     clear_child_tid,
@@ -623,6 +687,19 @@ impl Machine {
                     if self.process.exiting() {
                         return LoopEnd::Stopped;
                     }
+                    // A kick for a signal: deliverable only while the program runs its
+                    // own code (not a CPL0 stub, not the doorbell shim); otherwise the
+                    // signal pump kicks again shortly.
+                    let regs = vcpu.sync_regs_mut().regs;
+                    let shim_area = self.process.mem.size() - doorbell::AREA_SIZE;
+                    let in_program =
+                        regs.rip >= devices::guest_mem::USER_START && regs.rip < shim_area;
+                    if in_program && self.process.signals.has_deliverable(tid) {
+                        match self.deliver_signal(vcpu, local, tid, &to_user(&regs), Resume::User) {
+                            ThreadAction::Stop => return LoopEnd::Stopped,
+                            _ => continue,
+                        }
+                    }
                     continue;
                 }
                 Ok(other) => {
@@ -656,6 +733,8 @@ impl Machine {
                     }
                 }
                 ThreadAction::Stop => return LoopEnd::Stopped,
+                // on_port turns SigReturn into a restored context.
+                ThreadAction::SigReturn => {}
             }
         }
     }
@@ -674,10 +753,8 @@ impl Machine {
             let mut user = to_user(&regs);
             user.rip = regs.rcx;
             user.rflags = regs.r11;
-            let (ret, action) = self.serve(vcpu, thread, &user);
-            vcpu.sync_regs_mut().regs.rax = ret;
-            vcpu.set_sync_dirty_reg(SyncReg::Register);
-            return action;
+            drop(guard);
+            return self.syscall(vcpu, local, current, user, Resume::Stub);
         }
         if !(EXC_PORT_BASE..EXC_PORT_BASE + 32).contains(&port) {
             self.fatal_program(
@@ -707,21 +784,23 @@ impl Machine {
                 return ThreadAction::Stop;
             }
             let (ret, bounce) = data.result();
-            let (ret, action) = if bounce {
-                let mut user = to_user(&regs);
+            let mut user = to_user(&regs);
+            user.rsp = frsp;
+            user.rip = data.rip();
+            user.rflags = fflags;
+            if bounce {
                 user.rax = data.nr();
-                user.rsp = frsp;
-                user.rip = data.rip();
-                user.rflags = fflags;
-                let mut guard = lock(current);
-                self.serve(vcpu, &mut guard, &user)
-            } else {
-                (ret, ThreadAction::Continue)
-            };
+                return self.syscall(vcpu, local, current, user, Resume::Frame(frame));
+            }
+            let tid = lock(current).tid;
             mem.write_system_u64(frame + 8, data.rip());
             vcpu.sync_regs_mut().regs.rax = ret;
             vcpu.set_sync_dirty_reg(SyncReg::Register);
-            return action;
+            if self.process.signals.has_deliverable(tid) {
+                user.rax = ret;
+                return self.deliver_signal(vcpu, local, tid, &user, Resume::Frame(frame));
+            }
+            return ThreadAction::Continue;
         }
         if vec == 14 && frip == layout::LSTAR_PAGE && fcs & 3 == 3 {
             let mut user = to_user(&regs);
@@ -730,12 +809,8 @@ impl Machine {
             // The frame's RFLAGS, not R11: after a doorbell bounce the shim has used
             // R11 as scratch.
             user.rflags = fflags;
-            let (ret, action) = self.serve(vcpu, thread, &user);
-            // The handler's iretq returns to the instruction after `syscall`.
-            mem.write_system_u64(frame + 8, regs.rcx);
-            vcpu.sync_regs_mut().regs.rax = ret;
-            vcpu.set_sync_dirty_reg(SyncReg::Register);
             drop(guard);
+            let action = self.syscall(vcpu, local, current, user, Resume::Frame(frame));
             local.trapped += 1;
             if !local.doorbell_on && local.trapped >= doorbell::SWITCH_AFTER && self.doorbell() {
                 self.enable_doorbell(vcpu, local, current);
@@ -771,6 +846,188 @@ impl Machine {
             ),
         );
         ThreadAction::Stop
+    }
+
+    /// Serves a syscall trapped on this vCPU (`user` is the program's context with
+    /// `rip` the return address), with signal delivery before it (a pending signal
+    /// runs its handler first and the syscall restarts after) and after it.
+    fn syscall(
+        self: &Arc<Self>,
+        vcpu: &mut VcpuFd,
+        local: &mut VcpuLocal,
+        current: &Arc<Mutex<ThreadState>>,
+        user: UserRegs,
+        resume: Resume,
+    ) -> ThreadAction {
+        let tid = lock(current).tid;
+        if self.process.signals.has_deliverable(tid) && user.rax as i64 != libc::SYS_rt_sigreturn {
+            // Deliver first; the handler returns to the `syscall` instruction again.
+            let restart = UserRegs {
+                rip: user.rip.wrapping_sub(2),
+                ..user
+            };
+            return self.deliver_signal(vcpu, local, tid, &restart, resume);
+        }
+        let (ret, action) = {
+            let mut guard = lock(current);
+            self.serve(vcpu, &mut guard, &user)
+        };
+        if action == ThreadAction::SigReturn {
+            return self.sigreturn(vcpu, local, tid, user.rsp, resume);
+        }
+        self.set_return(vcpu, resume, &user, ret);
+        if action == ThreadAction::Continue
+            && self.process.signals.has_deliverable(tid)
+            && !self.process.exiting()
+        {
+            let after = UserRegs { rax: ret, ..user };
+            return self.deliver_signal(vcpu, local, tid, &after, resume);
+        }
+        action
+    }
+
+    /// The common case: only RAX (and the return address) change.
+    fn set_return(&self, vcpu: &mut VcpuFd, resume: Resume, user: &UserRegs, ret: u64) {
+        if let Resume::Frame(frame) = resume {
+            // The handler's iretq returns to the instruction after `syscall`.
+            self.process.mem.write_system_u64(frame + 8, user.rip);
+        }
+        vcpu.sync_regs_mut().regs.rax = ret;
+        vcpu.set_sync_dirty_reg(SyncReg::Register);
+    }
+
+    /// Makes the program resume with exactly `u` (all GPRs, rip, rsp, rflags).
+    fn set_context(
+        &self,
+        vcpu: &mut VcpuFd,
+        local: &VcpuLocal,
+        resume: Resume,
+        u: &UserRegs,
+    ) -> bool {
+        let mut k = to_kvm(u);
+        match resume {
+            Resume::User => {}
+            Resume::Frame(frame) => {
+                // Stay in the #PF handler: its iretq takes rip/rflags/rsp from the frame.
+                let mem = &self.process.mem;
+                mem.write_system_u64(frame + 8, u.rip);
+                mem.write_system_u64(frame + 24, u.rflags);
+                mem.write_system_u64(frame + 32, u.rsp);
+                let cur = vcpu.sync_regs_mut().regs;
+                k.rsp = cur.rsp;
+                k.rip = cur.rip;
+                k.rflags = cur.rflags;
+            }
+            Resume::Stub => {
+                // sysretq would clobber RCX/R11: leave the stub and enter CPL3 directly.
+                if vcpu
+                    .set_sregs(&cpu::user_sregs(local.base_sregs, local.index))
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+        }
+        vcpu.sync_regs_mut().regs = k;
+        vcpu.set_sync_dirty_reg(SyncReg::Register);
+        true
+    }
+
+    /// Runs the handler of the next deliverable signal of `tid`, whose interrupted
+    /// context is `ctx`; or applies its default action.
+    fn deliver_signal(
+        &self,
+        vcpu: &mut VcpuFd,
+        local: &mut VcpuLocal,
+        tid: i64,
+        ctx: &UserRegs,
+        resume: Resume,
+    ) -> ThreadAction {
+        let signals = &self.process.signals;
+        while let Some((sig, old_mask)) = signals.take_deliverable(tid) {
+            let act = self.process.sigaction(sig);
+            if act.handler == libc::SIG_IGN as u64
+                || (act.handler == libc::SIG_DFL as u64 && devices::signals::default_ignored(sig))
+            {
+                continue;
+            }
+            if act.handler == libc::SIG_DFL as u64 {
+                self.process.finish(ExitReason::Signaled {
+                    signal: sig,
+                    report: String::new(),
+                });
+                return ThreadAction::Stop;
+            }
+            let handler = match signal_frame::build(&self.process.mem, ctx, sig, &act, old_mask) {
+                Ok(h) => h,
+                Err(_) => {
+                    self.fatal_program(
+                        libc::SIGSEGV,
+                        format!(
+                            "thread {tid} killed by SIGSEGV: no room on its stack (rsp={:#x}) for a {} handler",
+                            ctx.rsp,
+                            signal_name(sig)
+                        ),
+                    );
+                    return ThreadAction::Stop;
+                }
+            };
+            if let Ok(fpu) = vcpu.get_fpu() {
+                local.saved_fpu.push(fpu);
+            }
+            let nodefer = act.flags & libc::SA_NODEFER as u64 != 0;
+            let during = old_mask
+                | act.mask
+                | if nodefer {
+                    0
+                } else {
+                    devices::signals::bit(sig)
+                };
+            signals.set_mask(tid, during);
+            if act.flags & libc::SA_RESETHAND as u64 != 0 {
+                self.process.set_sigaction(sig, Default::default());
+            }
+            if !self.set_context(vcpu, local, resume, &handler) {
+                return ThreadAction::Stop;
+            }
+            return ThreadAction::Continue;
+        }
+        // Nothing deliverable after all: resume the interrupted context as it was.
+        if resume != Resume::User {
+            self.set_context(vcpu, local, resume, ctx);
+        }
+        ThreadAction::Continue
+    }
+
+    /// rt_sigreturn: restores the context saved by `deliver_signal`.
+    fn sigreturn(
+        &self,
+        vcpu: &mut VcpuFd,
+        local: &mut VcpuLocal,
+        tid: i64,
+        rsp: u64,
+        resume: Resume,
+    ) -> ThreadAction {
+        match signal_frame::restore(&self.process.mem, rsp) {
+            Ok((regs, mask)) => {
+                self.process.signals.set_mask(tid, mask);
+                if let Some(fpu) = local.saved_fpu.pop() {
+                    let _ = vcpu.set_fpu(&fpu);
+                }
+                if self.set_context(vcpu, local, resume, &regs) {
+                    ThreadAction::Continue
+                } else {
+                    ThreadAction::Stop
+                }
+            }
+            Err(_) => {
+                self.fatal_program(
+                    libc::SIGSEGV,
+                    format!("thread {tid} killed by SIGSEGV: rt_sigreturn with a bad frame at rsp={rsp:#x}"),
+                );
+                ThreadAction::Stop
+            }
+        }
     }
 
     fn serve(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::errno::Errno;
 use crate::process::Process;
 
+pub mod names;
 pub mod sys_file;
 pub mod sys_fs;
 pub mod sys_identity;
@@ -71,7 +72,8 @@ pub struct ThreadState {
     pub tid: i64,
     /// CLONE_CHILD_CLEARTID / set_tid_address: zeroed and woken at exit.
     pub clear_child_tid: u64,
-    /// The blocked-signal mask.
+    /// The blocked-signal mask the thread starts with (afterwards the mask lives in
+    /// `Process::signals`, where other threads can see it).
     pub sigmask: u64,
     /// FS base (TLS).
     pub fs_base: u64,
@@ -105,6 +107,8 @@ pub enum ThreadAction {
     ExitThread(i32),
     /// The program ended (exit_group, or a fatal signal); stop this thread.
     Stop,
+    /// rt_sigreturn: restore the context saved in the signal frame at the program's RSP.
+    SigReturn,
 }
 
 /// Everything a handler can touch.
@@ -222,7 +226,7 @@ impl SyscallTable {
         ctx.process.stats.syscalls.fetch_add(1, Ordering::Relaxed);
         ctx.thread.syscalls += 1;
         let Some(entry) = self.get(nr) else {
-            ctx.process.warn_unsupported(nr, &format!("#{nr}"));
+            ctx.process.warn_unsupported(nr, &names::name(nr));
             return Errno::ENOSYS.as_return();
         };
         if entry.class == Class::Unsupported {

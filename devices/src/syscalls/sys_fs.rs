@@ -102,26 +102,26 @@ fn stat_at(ctx: &SyscallCtx<'_>, at: &AtPath, out: u64, flags: u64) -> SysResult
 }
 
 fn stat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let at = at_path(ctx, AT_FDCWD, a[0], true, false)?;
+    let at = at_path(ctx, AT_FDCWD, a[0], true, false, false)?;
     stat_at(ctx, &at, a[1], 0)
 }
 
 fn lstat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let at = at_path(ctx, AT_FDCWD, a[0], false, false)?;
+    let at = at_path(ctx, AT_FDCWD, a[0], false, false, false)?;
     stat_at(ctx, &at, a[1], libc::AT_SYMLINK_NOFOLLOW as u64)
 }
 
 fn newfstatat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let nofollow = a[3] & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
     let empty_ok = a[3] & libc::AT_EMPTY_PATH as u64 != 0;
-    let at = at_path(ctx, a[0], a[1], !nofollow, empty_ok)?;
+    let at = at_path(ctx, a[0], a[1], !nofollow, empty_ok, false)?;
     stat_at(ctx, &at, a[2], a[3] & libc::AT_SYMLINK_NOFOLLOW as u64)
 }
 
 fn statx(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let nofollow = a[2] & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
     let empty_ok = a[2] & libc::AT_EMPTY_PATH as u64 != 0;
-    let at = at_path(ctx, a[0], a[1], !nofollow, empty_ok)?;
+    let at = at_path(ctx, a[0], a[1], !nofollow, empty_ok, false)?;
     let p = buf(ctx, a[4], std::mem::size_of::<libc::statx>() as u64)?;
     let mut flags = a[2] & !(libc::AT_EMPTY_PATH as u64);
     if at.empty {
@@ -141,7 +141,7 @@ fn statx(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn statfs(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let at = at_path(ctx, AT_FDCWD, a[0], true, false)?;
+    let at = at_path(ctx, AT_FDCWD, a[0], true, false, false)?;
     let p = buf(ctx, a[1], std::mem::size_of::<libc::statfs>() as u64)?;
     sc(
         libc::SYS_statfs,
@@ -152,7 +152,7 @@ fn statfs(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 fn faccess(ctx: &mut SyscallCtx<'_>, dfd: u64, path_gva: u64, mode: u64, flags: u64) -> SysResult {
     let nofollow = flags & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
     let empty_ok = flags & libc::AT_EMPTY_PATH as u64 != 0;
-    let at = at_path(ctx, dfd, path_gva, !nofollow, empty_ok)?;
+    let at = at_path(ctx, dfd, path_gva, !nofollow, empty_ok, false)?;
     let mut flags = flags & !(libc::AT_EMPTY_PATH as u64);
     if at.empty {
         flags |= libc::AT_EMPTY_PATH as u64;
@@ -190,7 +190,7 @@ fn readlink_common(
         ctx.process.mem.write_bytes(out, &exe[..n])?;
         return Ok(n as u64);
     }
-    let at = at_path(ctx, dfd, path_gva, false, true)?;
+    let at = at_path(ctx, dfd, path_gva, false, true, false)?;
     let o = buf(ctx, out, len)?;
     sc(
         libc::SYS_readlinkat,
@@ -214,7 +214,7 @@ fn readlinkat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn mkdirat_common(ctx: &mut SyscallCtx<'_>, dfd: u64, p: u64, mode: u64) -> SysResult {
-    let at = at_path(ctx, dfd, p, false, false)?;
+    let at = at_path(ctx, dfd, p, false, false, true)?;
     let mode = mode & !ctx.process.umask.load(std::sync::atomic::Ordering::Relaxed);
     sc(
         libc::SYS_mkdirat,
@@ -231,7 +231,7 @@ fn mkdirat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn unlinkat_common(ctx: &mut SyscallCtx<'_>, dfd: u64, p: u64, flags: u64) -> SysResult {
-    let at = at_path(ctx, dfd, p, false, false)?;
+    let at = at_path(ctx, dfd, p, false, false, true)?;
     sc(
         libc::SYS_unlinkat,
         [at.dirfd as u64, at.name.as_ptr() as u64, flags, 0, 0, 0],
@@ -258,8 +258,8 @@ fn rename_common(
     np: u64,
     flags: u64,
 ) -> SysResult {
-    let from = at_path(ctx, od, op, false, false)?;
-    let to = at_path(ctx, nd, np, false, false)?;
+    let from = at_path(ctx, od, op, false, false, true)?;
+    let to = at_path(ctx, nd, np, false, false, true)?;
     sc(
         libc::SYS_renameat2,
         [
@@ -294,8 +294,15 @@ fn link_common(
     flags: u64,
 ) -> SysResult {
     let follow = flags & libc::AT_SYMLINK_FOLLOW as u64 != 0;
-    let from = at_path(ctx, od, op, follow, flags & libc::AT_EMPTY_PATH as u64 != 0)?;
-    let to = at_path(ctx, nd, np, false, false)?;
+    let from = at_path(
+        ctx,
+        od,
+        op,
+        follow,
+        flags & libc::AT_EMPTY_PATH as u64 != 0,
+        false,
+    )?;
+    let to = at_path(ctx, nd, np, false, false, true)?;
     let flags = if from.empty {
         libc::AT_EMPTY_PATH as u64
     } else {
@@ -329,7 +336,7 @@ fn linkat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 /// symlink's target is stored verbatim: it is resolved later, inside the root.
 fn symlink_common(ctx: &mut SyscallCtx<'_>, target: u64, nd: u64, np: u64) -> SysResult {
     let t = path(ctx, target)?;
-    let to = at_path(ctx, nd, np, false, false)?;
+    let to = at_path(ctx, nd, np, false, false, true)?;
     sc(
         libc::SYS_symlinkat,
         [
@@ -352,7 +359,7 @@ fn symlinkat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn chmod(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let at = at_path(ctx, AT_FDCWD, a[0], true, false)?;
+    let at = at_path(ctx, AT_FDCWD, a[0], true, false, true)?;
     sc(
         libc::SYS_fchmodat,
         [at.dirfd as u64, at.name.as_ptr() as u64, a[1], 0, 0, 0],
@@ -360,7 +367,7 @@ fn chmod(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn fchmodat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let at = at_path(ctx, a[0], a[1], true, false)?;
+    let at = at_path(ctx, a[0], a[1], true, false, true)?;
     sc(
         libc::SYS_fchmodat,
         [at.dirfd as u64, at.name.as_ptr() as u64, a[2], 0, 0, 0],
@@ -382,6 +389,7 @@ fn chown_common(
         p,
         !nofollow,
         flags & libc::AT_EMPTY_PATH as u64 != 0,
+        true,
     )?;
     let flags = (flags & libc::AT_SYMLINK_NOFOLLOW as u64)
         | if at.empty {
@@ -415,7 +423,7 @@ fn fchownat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn truncate(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let at = at_path(ctx, AT_FDCWD, a[0], true, false)?;
+    let at = at_path(ctx, AT_FDCWD, a[0], true, false, true)?;
     sc(
         libc::SYS_truncate,
         [at.name.as_ptr() as u64, a[1], 0, 0, 0, 0],
@@ -433,7 +441,7 @@ fn utimensat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         );
     }
     let nofollow = a[3] & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
-    let at = at_path(ctx, a[0], a[1], !nofollow, false)?;
+    let at = at_path(ctx, a[0], a[1], !nofollow, false, true)?;
     sc(
         libc::SYS_utimensat,
         [
@@ -453,7 +461,7 @@ fn mknod_common(ctx: &mut SyscallCtx<'_>, dfd: u64, p: u64, mode: u64, dev: u64)
     if kind != libc::S_IFIFO && kind != libc::S_IFREG && kind != 0 {
         return Err(Errno::EPERM);
     }
-    let at = at_path(ctx, dfd, p, false, false)?;
+    let at = at_path(ctx, dfd, p, false, false, true)?;
     sc(
         libc::SYS_mknodat,
         [at.dirfd as u64, at.name.as_ptr() as u64, mode, dev, 0, 0],

@@ -1,10 +1,14 @@
-//! Signals: dispositions and masks are kept; signals the program sends itself are
-//! acted on with their default action. Delivery to handlers is not implemented yet.
+//! Signals: dispositions, masks, sending, sigwait. Handlers are run by the vmm
+//! (it builds the frame on the program's stack and serves rt_sigreturn), at the
+//! delivery points it checks: every trapped syscall and every kick.
+
+use std::time::Duration;
 
 use super::util::sc;
-use super::{unsupported, SysResult, SyscallCtx, SyscallEntry, ThreadAction};
+use super::{SysResult, SyscallCtx, SyscallEntry, ThreadAction};
 use crate::errno::Errno;
-use crate::process::{lock, ExitReason, SigAction, GUEST_PID};
+use crate::process::{ExitReason, SigAction, GUEST_PID};
+use crate::signals::Fate;
 use crate::sys;
 
 /// The signal table.
@@ -12,17 +16,19 @@ pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_rt_sigaction, Local, rt_sigaction),
     sys!(SYS_rt_sigprocmask, Local, rt_sigprocmask),
     sys!(SYS_sigaltstack, Local, sigaltstack),
-    sys!(SYS_rt_sigreturn, Unsupported, unsupported),
+    sys!(SYS_rt_sigreturn, Local, rt_sigreturn),
     sys!(SYS_kill, Local, kill),
     sys!(SYS_tgkill, Local, tgkill),
     sys!(SYS_tkill, Local, tkill),
+    sys!(SYS_rt_sigtimedwait, Recorded, rt_sigtimedwait),
+    sys!(SYS_rt_sigpending, Local, rt_sigpending),
     sys!(SYS_pause, Local, pause),
-    sys!(SYS_rt_sigsuspend, Local, pause),
+    sys!(SYS_rt_sigsuspend, Local, rt_sigsuspend),
 ];
 
-fn valid_signal(sig: u64) -> Result<usize, Errno> {
+fn valid_signal(sig: u64) -> Result<i32, Errno> {
     if (1..=64).contains(&sig) {
-        Ok(sig as usize)
+        Ok(sig as i32)
     } else {
         Err(Errno::EINVAL)
     }
@@ -31,37 +37,36 @@ fn valid_signal(sig: u64) -> Result<usize, Errno> {
 fn rt_sigaction(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let sig = valid_signal(a[0])?;
     let new: Option<SigAction> = if a[1] != 0 {
-        if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             return Err(Errno::EINVAL);
         }
         Some(ctx.process.mem.read_obj(a[1])?)
     } else {
         None
     };
-    let old = {
-        let mut t = lock(&ctx.process.sigactions);
-        let old = t[sig];
-        if let Some(n) = new {
-            t[sig] = n;
-        }
-        old
-    };
+    let old = ctx.process.sigaction(sig);
     if a[2] != 0 {
         ctx.process.mem.write_obj(a[2], &old)?;
+    }
+    if let Some(n) = new {
+        ctx.process.set_sigaction(sig, n);
     }
     Ok(0)
 }
 
 fn rt_sigprocmask(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let old = ctx.thread.sigmask;
+    let signals = &ctx.process.signals;
+    let tid = ctx.thread.tid;
+    let old = signals.mask(tid);
     if a[1] != 0 {
         let set: u64 = ctx.process.mem.read_obj(a[1])?;
-        ctx.thread.sigmask = match a[0] as i32 {
+        let new = match a[0] as i32 {
             libc::SIG_BLOCK => old | set,
             libc::SIG_UNBLOCK => old & !set,
             libc::SIG_SETMASK => set,
             _ => return Err(Errno::EINVAL),
         };
+        signals.set_mask(tid, new);
     }
     if a[2] != 0 {
         ctx.process.mem.write_obj(a[2], &old)?;
@@ -71,75 +76,149 @@ fn rt_sigprocmask(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn sigaltstack(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if a[1] != 0 {
-        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }: report "disabled".
+        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }: report "disabled";
+        // handlers always run on the thread's own stack.
         let disabled: [u64; 3] = [0, libc::SS_DISABLE as u64, 0];
         ctx.process.mem.write_obj(a[1], &disabled)?;
     }
     Ok(0)
 }
 
-/// Signals whose default action is to do nothing.
-fn default_ignored(sig: i32) -> bool {
-    matches!(
-        sig,
-        libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT
-    )
+fn rt_sigreturn(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    // The vmm restores the registers saved in the frame at the program's RSP.
+    ctx.action = ThreadAction::SigReturn;
+    Ok(0)
 }
 
-/// A signal the program sends to itself.
-fn raise(ctx: &mut SyscallCtx<'_>, sig: u64) -> SysResult {
-    if sig == 0 {
-        return Ok(0);
+/// Acts on the fate of a generated signal.
+fn settle(ctx: &mut SyscallCtx<'_>, sig: i32, fate: Fate) -> SysResult {
+    match fate {
+        Fate::Ignored => {}
+        Fate::Terminate => {
+            ctx.process.finish(ExitReason::Signaled {
+                signal: sig,
+                report: format!("thread {} raised {}", ctx.thread.tid, signal_name(sig)),
+            });
+            ctx.action = ThreadAction::Stop;
+        }
+        // The caller itself takes it at its next delivery point, right after this call.
+        Fate::Queued(Some(t)) if t != ctx.thread.tid => ctx.process.kick(t),
+        Fate::Queued(_) => {}
     }
-    let sig = valid_signal(sig)? as i32;
-    let act = ctx.process.sigaction(sig);
-    if act.handler == libc::SIG_IGN as u64
-        || (act.handler == libc::SIG_DFL as u64 && default_ignored(sig))
-    {
-        return Ok(0);
-    }
-    if act.handler != libc::SIG_DFL as u64 {
-        ctx.process.warn_unsupported(
-            libc::SYS_rt_sigreturn as u64,
-            "signal delivery to a handler (taking the default action)",
-        );
-    }
-    ctx.process.finish(ExitReason::Signaled {
-        signal: sig,
-        report: format!(
-            "thread {} raised signal {}",
-            ctx.thread.tid,
-            signal_name(sig)
-        ),
-    });
-    ctx.action = ThreadAction::Stop;
     Ok(0)
 }
 
 fn kill(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let pid = a[0] as i32 as i64;
-    if pid == GUEST_PID || pid == 0 || pid == -1 {
-        raise(ctx, a[1])
-    } else {
-        Err(Errno::ESRCH)
+    if pid != GUEST_PID && pid != 0 && pid != -1 {
+        return Err(Errno::ESRCH);
     }
+    if a[1] == 0 {
+        return Ok(0);
+    }
+    let sig = valid_signal(a[1])?;
+    let fate = ctx
+        .process
+        .signals
+        .send_process(sig, ctx.process.sigaction(sig));
+    settle(ctx, sig, fate)
+}
+
+fn to_thread(ctx: &mut SyscallCtx<'_>, tid: i64, sig: u64) -> SysResult {
+    if sig == 0 {
+        return if ctx.process.signals.mask(tid) != 0 || tid == ctx.thread.tid {
+            Ok(0)
+        } else {
+            Err(Errno::ESRCH)
+        };
+    }
+    let sig = valid_signal(sig)?;
+    let fate = ctx
+        .process
+        .signals
+        .send_thread(tid, sig, ctx.process.sigaction(sig))
+        .ok_or(Errno::ESRCH)?;
+    settle(ctx, sig, fate)
 }
 
 fn tgkill(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if a[0] as i32 as i64 != GUEST_PID {
         return Err(Errno::ESRCH);
     }
-    raise(ctx, a[2])
+    to_thread(ctx, a[1] as i32 as i64, a[2])
 }
 
 fn tkill(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    raise(ctx, a[1])
+    to_thread(ctx, a[0] as i32 as i64, a[1])
 }
 
-/// Nothing is ever delivered, so pause sleeps until the program is stopped (the stop
-/// kick interrupts the host call).
-fn pause(_: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
-    sc(libc::SYS_pause, [0; 6])
+/// siginfo_t for a signal sent by the program (or from outside): SI_USER.
+fn write_siginfo(ctx: &SyscallCtx<'_>, at: u64, sig: i32) -> Result<(), Errno> {
+    let mut info = [0u8; 128];
+    info[0..4].copy_from_slice(&sig.to_le_bytes());
+    info[16..20].copy_from_slice(&(GUEST_PID as i32).to_le_bytes());
+    ctx.process.mem.write_bytes(at, &info)
+}
+
+fn rt_sigtimedwait(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let set: u64 = ctx.process.mem.read_obj(a[0])?;
+    let timeout = if a[2] != 0 {
+        let ts: [i64; 2] = ctx.process.mem.read_obj(a[2])?;
+        if ts[0] < 0 || !(0..1_000_000_000).contains(&ts[1]) {
+            return Err(Errno::EINVAL);
+        }
+        Some(Duration::new(ts[0] as u64, ts[1] as u32))
+    } else {
+        None
+    };
+    let process = ctx.process;
+    let sig = process
+        .signals
+        .wait(ctx.thread.tid, set, timeout, || process.exiting())
+        .ok_or(if process.exiting() {
+            Errno::EINTR
+        } else {
+            Errno::EAGAIN
+        })?;
+    if a[1] != 0 {
+        write_siginfo(ctx, a[1], sig)?;
+    }
+    Ok(sig as u64)
+}
+
+fn rt_sigpending(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let pending = ctx.process.signals.blocked_pending(ctx.thread.tid);
+    ctx.process.mem.write_obj(a[0], &pending)?;
+    Ok(0)
+}
+
+/// Sleeps until a signal this thread can take is pending (it is delivered right
+/// after the call returns EINTR) or the program stops.
+fn wait_for_signal(ctx: &SyscallCtx<'_>) -> SysResult {
+    let tid = ctx.thread.tid;
+    while !ctx.process.exiting() && !ctx.process.signals.has_deliverable(tid) {
+        // The kick that queues a signal interrupts this host sleep.
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        let _ = sc(libc::SYS_nanosleep, [&ts as *const _ as u64, 0, 0, 0, 0, 0]);
+    }
+    Err(Errno::EINTR)
+}
+
+fn pause(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    wait_for_signal(ctx)
+}
+
+fn rt_sigsuspend(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let mask: u64 = ctx.process.mem.read_obj(a[0])?;
+    let tid = ctx.thread.tid;
+    let old = ctx.process.signals.set_mask(tid, mask);
+    let r = wait_for_signal(ctx);
+    // Approximation: the handler then runs with the old mask, not the temporary one.
+    ctx.process.signals.set_mask(tid, old);
+    r
 }
 
 /// The conventional name of a signal, for reports.

@@ -83,10 +83,33 @@ fn sockaddr_in(ctx: &SyscallCtx<'_>, addr: u64, len: u64) -> Result<Vec<u8>, Err
 fn bind(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     let sa = sockaddr_in(ctx, a[1], a[2])?;
-    sc(
+    let r = sc(
         libc::SYS_bind,
         [f.raw() as u64, sa.as_ptr() as u64, sa.len() as u64, 0, 0, 0],
-    )
+    );
+    if r == Err(Errno(libc::EADDRINUSE)) {
+        if let Some(addr) = describe_inet(&sa) {
+            eprintln!("ditto: {addr} is already in use on this host");
+        }
+    }
+    r
+}
+
+/// "127.0.0.1:6379" or "[::1]:80" for an AF_INET/AF_INET6 sockaddr.
+fn describe_inet(sa: &[u8]) -> Option<String> {
+    let family = u16::from_ne_bytes([*sa.first()?, *sa.get(1)?]);
+    let port = u16::from_be_bytes([*sa.get(2)?, *sa.get(3)?]);
+    match family as i32 {
+        libc::AF_INET => {
+            let ip = std::net::Ipv4Addr::new(*sa.get(4)?, *sa.get(5)?, *sa.get(6)?, *sa.get(7)?);
+            Some(format!("{ip}:{port}"))
+        }
+        libc::AF_INET6 => {
+            let b: [u8; 16] = sa.get(8..24)?.try_into().ok()?;
+            Some(format!("[{}]:{port}", std::net::Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
 }
 
 fn connect(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {

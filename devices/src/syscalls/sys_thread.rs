@@ -72,7 +72,7 @@ fn clone(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         } else {
             0
         },
-        sigmask: ctx.thread.sigmask,
+        sigmask: ctx.process.signals.mask(ctx.thread.tid),
         fs_base: if flags & libc::CLONE_SETTLS as u64 != 0 {
             tls
         } else {

@@ -3,7 +3,9 @@
 
 use super::util::{buf, file, install, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
+use crate::itimer::RealTimer;
 use crate::sys;
+use std::time::Duration;
 
 /// The time table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -17,7 +19,73 @@ pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_timerfd_create, Local, timerfd_create),
     sys!(SYS_timerfd_settime, Local, timerfd_settime),
     sys!(SYS_timerfd_gettime, Recorded, timerfd_gettime),
+    sys!(SYS_setitimer, Local, setitimer),
+    sys!(SYS_getitimer, Local, getitimer),
+    sys!(SYS_alarm, Local, alarm),
 ];
+
+fn timeval(d: Duration) -> [i64; 2] {
+    [d.as_secs() as i64, d.subsec_micros() as i64]
+}
+
+fn from_timeval(tv: [i64; 2]) -> Result<Duration, crate::errno::Errno> {
+    if tv[0] < 0 || !(0..1_000_000).contains(&tv[1]) {
+        return Err(crate::errno::Errno::EINVAL);
+    }
+    Ok(Duration::new(tv[0] as u64, tv[1] as u32 * 1000))
+}
+
+/// Only ITIMER_REAL fires (SIGALRM); the CPU-time timers are accepted and never
+/// fire, which is what a program that merely arms them for profiling can live with.
+fn setitimer(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let new: Option<[i64; 4]> = if a[1] != 0 {
+        Some(ctx.process.mem.read_obj(a[1])?)
+    } else {
+        None
+    };
+    let old = if a[0] == libc::ITIMER_REAL as u64 {
+        match new {
+            Some(v) => RealTimer::set(
+                ctx.process,
+                from_timeval([v[2], v[3]])?,
+                from_timeval([v[0], v[1]])?,
+            ),
+            None => ctx.process.real_timer.get(),
+        }
+    } else if a[0] <= 2 {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        return Err(crate::errno::Errno::EINVAL);
+    };
+    if a[2] != 0 {
+        let (left, interval) = old;
+        let [i0, i1] = timeval(interval);
+        let [v0, v1] = timeval(left);
+        ctx.process.mem.write_obj(a[2], &[i0, i1, v0, v1])?;
+    }
+    Ok(0)
+}
+
+fn getitimer(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let (left, interval) = if a[0] == libc::ITIMER_REAL as u64 {
+        ctx.process.real_timer.get()
+    } else {
+        (Duration::ZERO, Duration::ZERO)
+    };
+    let [i0, i1] = timeval(interval);
+    let [v0, v1] = timeval(left);
+    ctx.process.mem.write_obj(a[1], &[i0, i1, v0, v1])?;
+    Ok(0)
+}
+
+fn alarm(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let (left, _) = RealTimer::set(
+        ctx.process,
+        Duration::from_secs(a[0] as u32 as u64),
+        Duration::ZERO,
+    );
+    Ok(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+}
 
 const TIMESPEC: u64 = 16;
 

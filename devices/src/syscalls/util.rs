@@ -84,6 +84,7 @@ pub fn at_path(
     path_gva: u64,
     follow: bool,
     empty_ok: bool,
+    mutating: bool,
 ) -> Result<AtPath, Errno> {
     let p = if empty_ok && path_gva != 0 {
         // AT_EMPTY_PATH allows "" (and some libcs pass NULL with it).
@@ -107,7 +108,7 @@ pub fn at_path(
                 empty: true,
             }),
             None => {
-                let r = ctx.process.fs.target(None, c".")?;
+                let r = ctx.process.fs.target(None, c".", mutating)?;
                 let (dirfd, name) = r.at();
                 Ok(AtPath {
                     _dir: None,
@@ -121,9 +122,9 @@ pub fn at_path(
     }
     let host_dir = dir.as_ref().map(|d| d.raw());
     let r = if follow {
-        ctx.process.fs.target(host_dir, &p)?
+        ctx.process.fs.target(host_dir, &p, mutating)?
     } else {
-        ctx.process.fs.parent(host_dir, &p)?
+        ctx.process.fs.parent(host_dir, &p, mutating)?
     };
     let (dirfd, name) = r.at();
     Ok(AtPath {

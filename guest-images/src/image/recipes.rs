@@ -153,7 +153,9 @@ const RECIPES: &[Def] = &[
         args: &["-c", "/etc/nginx/ditto.conf", "-e", "stderr"],
         env: &[],
         ports: &[8080],
-        writable: &["/var/lib/nginx", "/tmp"],
+        // /etc/nginx and /srv/www are writable so a run can change the port or
+        // serve its own files from its state directory.
+        writable: &["/var/lib/nginx", "/tmp", "/etc/nginx", "/srv/www"],
         files: &[
             ("/etc/nginx/ditto.conf", NGINX_CONF),
             ("/srv/www/index.html", NGINX_INDEX),
@@ -162,10 +164,10 @@ const RECIPES: &[Def] = &[
     Def {
         name: "pbzip2",
         version: 1,
-        description: "parallel bzip2 (4 threads), compresses stdin to stdout by default",
+        description: "parallel bzip2; pass its arguments after --, e.g. -p4 -c FILE",
         packages: &["libc6", "libgcc-s1", "libstdc++6", "libbz2-1.0", "pbzip2"],
         entry: "/usr/bin/pbzip2",
-        args: &["-p4", "-c"],
+        args: &[],
         env: &[],
         ports: &[],
         writable: &["/data", "/tmp"],
@@ -185,6 +187,7 @@ appendonly no
 dir /var/lib/redis
 logfile \"\"
 databases 16
+enable-debug-command local
 ";
 
 /// The thesis's nginx setup: one process, no master, file I/O on a thread pool.

@@ -1,0 +1,93 @@
+//! ITIMER_REAL (setitimer, alarm): a timer thread that sends SIGALRM to the program.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::process::{lock, ExitReason, Process};
+use crate::signals::Fate;
+
+#[derive(Default)]
+struct Armed {
+    deadline: Option<Instant>,
+    interval: Duration,
+    thread_started: bool,
+}
+
+/// The program's real-time interval timer.
+#[derive(Default)]
+pub struct RealTimer {
+    armed: Mutex<Armed>,
+    changed: Condvar,
+}
+
+impl RealTimer {
+    /// Arms (or, with a zero value, disarms) the timer; returns the previous
+    /// (remaining, interval).
+    pub fn set(
+        process: &Arc<Process>,
+        value: Duration,
+        interval: Duration,
+    ) -> (Duration, Duration) {
+        let timer = &process.real_timer;
+        let mut a = lock(&timer.armed);
+        let old = Self::remaining(&a);
+        a.deadline = (!value.is_zero()).then(|| Instant::now() + value);
+        a.interval = interval;
+        if a.deadline.is_some() && !a.thread_started {
+            a.thread_started = true;
+            let p = process.clone();
+            let _ = std::thread::Builder::new()
+                .name("itimer".into())
+                .spawn(move || Self::run(&p));
+        }
+        timer.changed.notify_all();
+        old
+    }
+
+    /// The remaining time and interval.
+    pub fn get(&self) -> (Duration, Duration) {
+        Self::remaining(&lock(&self.armed))
+    }
+
+    fn remaining(a: &Armed) -> (Duration, Duration) {
+        let left = a.deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        (left, a.interval)
+    }
+
+    fn run(process: &Arc<Process>) {
+        let timer = &process.real_timer;
+        let mut a = lock(&timer.armed);
+        while !process.exiting() {
+            let now = Instant::now();
+            match a.deadline {
+                Some(d) if d <= now => {
+                    a.deadline = (!a.interval.is_zero()).then(|| now + a.interval);
+                    drop(a);
+                    let sig = libc::SIGALRM;
+                    match process.signals.send_process(sig, process.sigaction(sig)) {
+                        Fate::Terminate => process.finish(ExitReason::Signaled {
+                            signal: sig,
+                            report: String::new(),
+                        }),
+                        Fate::Queued(Some(tid)) => process.kick(tid),
+                        _ => {}
+                    }
+                    a = lock(&timer.armed);
+                }
+                _ => {
+                    // Wake at the deadline, and at least every 50 ms to notice the exit.
+                    let wait = a.deadline.map_or(Duration::from_millis(50), |d| {
+                        (d - now).min(Duration::from_millis(50))
+                    });
+                    a = timer
+                        .changed
+                        .wait_timeout(a, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Signals between the program's threads and from outside: dispositions, masks,
+//! pending sets, sigwait, and the choice of which thread takes a signal.
+//!
+//! Delivery itself (building the frame on the program's stack, sigreturn) needs the
+//! vCPU and lives in the vmm crate; this module decides *what* is delivered to
+//! *whom*, and asks the vmm through [`Kicker`] to bring a thread to a delivery point.
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::process::{lock, SigAction};
+
+/// Bit for signal `sig` in a 64-bit signal set.
+pub fn bit(sig: i32) -> u64 {
+    1u64 << (sig - 1)
+}
+
+/// Signals that can never be blocked or caught.
+const UNBLOCKABLE: u64 = (1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1));
+
+/// Signals whose default action is to do nothing.
+pub fn default_ignored(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT
+    )
+}
+
+/// What the vmm does to make a thread notice a pending signal: interrupt its
+/// blocking host call or its guest execution.
+pub trait Kicker: Send + Sync {
+    /// Interrupts whatever guest thread `tid` is doing so it reaches a delivery point.
+    fn kick(&self, tid: i64);
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadSignals {
+    mask: u64,
+    pending: u64,
+    /// Non-zero while the thread waits in rt_sigtimedwait for these signals.
+    waiting: u64,
+}
+
+/// What happens to a generated signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Ignored (SIG_IGN, or a default action of "ignore").
+    Ignored,
+    /// The program ends with this signal (default action).
+    Terminate,
+    /// Queued for a handler or a sigwait; the thread to kick, if one can take it now.
+    Queued(Option<i64>),
+}
+
+#[derive(Default)]
+struct State {
+    process_pending: u64,
+    threads: BTreeMap<i64, ThreadSignals>,
+}
+
+/// Signal state shared by the program's threads.
+#[derive(Default)]
+pub struct Signals {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Signals {
+    /// A thread starts with its creator's mask.
+    pub fn add_thread(&self, tid: i64, mask: u64) {
+        lock(&self.state).threads.insert(
+            tid,
+            ThreadSignals {
+                mask,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// A thread ended; its own pending signals go with it.
+    pub fn remove_thread(&self, tid: i64) {
+        lock(&self.state).threads.remove(&tid);
+    }
+
+    /// The thread's blocked set.
+    pub fn mask(&self, tid: i64) -> u64 {
+        lock(&self.state).threads.get(&tid).map_or(0, |t| t.mask)
+    }
+
+    /// Replaces the thread's blocked set (SIGKILL and SIGSTOP stay unblocked) and
+    /// returns the old one.
+    pub fn set_mask(&self, tid: i64, mask: u64) -> u64 {
+        let mut st = lock(&self.state);
+        let t = st.threads.entry(tid).or_default();
+        let old = t.mask;
+        t.mask = mask & !UNBLOCKABLE;
+        old
+    }
+
+    /// Generates a signal for the whole process (kill, or from outside ditto).
+    pub fn send_process(&self, sig: i32, act: SigAction) -> Fate {
+        let mut st = lock(&self.state);
+        let waiter = st
+            .threads
+            .iter()
+            .find(|(_, t)| t.waiting & bit(sig) != 0)
+            .map(|(&tid, _)| tid);
+        if waiter.is_none() {
+            match disposition(sig, act) {
+                Fate::Queued(_) => {}
+                other => return other,
+            }
+        }
+        st.process_pending |= bit(sig);
+        self.changed.notify_all();
+        let target = waiter.or_else(|| {
+            st.threads
+                .iter()
+                .find(|(_, t)| t.mask & bit(sig) == 0)
+                .map(|(&tid, _)| tid)
+        });
+        Fate::Queued(if waiter.is_some() { None } else { target })
+    }
+
+    /// Generates a signal for one thread (tgkill, tkill). None if it does not exist.
+    pub fn send_thread(&self, tid: i64, sig: i32, act: SigAction) -> Option<Fate> {
+        let mut st = lock(&self.state);
+        let t = st.threads.get_mut(&tid)?;
+        let waiting = t.waiting & bit(sig) != 0;
+        if !waiting && t.mask & bit(sig) == 0 {
+            match disposition(sig, act) {
+                Fate::Queued(_) => {}
+                other => return Some(other),
+            }
+        }
+        if !waiting && t.mask & bit(sig) != 0 && act.handler == libc::SIG_IGN as u64 {
+            return Some(Fate::Ignored);
+        }
+        t.pending |= bit(sig);
+        let kick = !waiting && t.mask & bit(sig) == 0;
+        self.changed.notify_all();
+        Some(Fate::Queued(kick.then_some(tid)))
+    }
+
+    /// Signals pending for `tid` (or the process) that it blocks: rt_sigpending.
+    pub fn blocked_pending(&self, tid: i64) -> u64 {
+        let st = lock(&self.state);
+        st.threads
+            .get(&tid)
+            .map_or(0, |t| (t.pending | st.process_pending) & t.mask)
+    }
+
+    /// Threads that have a signal they could take now (to be kicked again until they
+    /// reach a delivery point).
+    pub fn deliverable_tids(&self) -> Vec<i64> {
+        let st = lock(&self.state);
+        st.threads
+            .iter()
+            .filter(|(_, t)| (t.pending | st.process_pending) & !t.mask != 0 && t.waiting == 0)
+            .map(|(&tid, _)| tid)
+            .collect()
+    }
+
+    /// Whether `tid` has a signal it could take now.
+    pub fn has_deliverable(&self, tid: i64) -> bool {
+        let st = lock(&self.state);
+        st.threads
+            .get(&tid)
+            .is_some_and(|t| (t.pending | st.process_pending) & !t.mask != 0)
+    }
+
+    /// Takes the lowest deliverable signal for `tid` and returns it with the mask
+    /// before delivery; the caller blocks `mask_during` while the handler runs.
+    pub fn take_deliverable(&self, tid: i64) -> Option<(i32, u64)> {
+        let mut st = lock(&self.state);
+        let process_pending = st.process_pending;
+        let t = st.threads.get_mut(&tid)?;
+        let ready = (t.pending | process_pending) & !t.mask;
+        if ready == 0 {
+            return None;
+        }
+        let sig = ready.trailing_zeros() as i32 + 1;
+        let old_mask = t.mask;
+        if t.pending & bit(sig) != 0 {
+            t.pending &= !bit(sig);
+        } else {
+            st.process_pending &= !bit(sig);
+        }
+        Some((sig, old_mask))
+    }
+
+    /// rt_sigtimedwait: waits for one of `set`, pending for the thread or the
+    /// process, until `timeout` (None: forever) or `stopping()`. Returns the signal.
+    pub fn wait(
+        &self,
+        tid: i64,
+        set: u64,
+        timeout: Option<Duration>,
+        stopping: impl Fn() -> bool,
+    ) -> Option<i32> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = lock(&self.state);
+        loop {
+            let process_pending = st.process_pending;
+            let t = st.threads.entry(tid).or_default();
+            let ready = (t.pending | process_pending) & set;
+            if ready != 0 {
+                let sig = ready.trailing_zeros() as i32 + 1;
+                if t.pending & bit(sig) != 0 {
+                    t.pending &= !bit(sig);
+                } else {
+                    st.process_pending &= !bit(sig);
+                }
+                if let Some(t) = st.threads.get_mut(&tid) {
+                    t.waiting = 0;
+                }
+                return Some(sig);
+            }
+            t.waiting = set;
+            let now = Instant::now();
+            if stopping() || deadline.is_some_and(|d| now >= d) {
+                t.waiting = 0;
+                return None;
+            }
+            // Wake periodically to notice the program stopping.
+            let slice = deadline.map_or(Duration::from_millis(50), |d| {
+                (d - now).min(Duration::from_millis(50))
+            });
+            st = self
+                .changed
+                .wait_timeout(st, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// What a signal does when no sigwait takes it and the target does not block it.
+fn disposition(sig: i32, act: SigAction) -> Fate {
+    if act.handler == libc::SIG_IGN as u64
+        || (act.handler == libc::SIG_DFL as u64 && default_ignored(sig))
+    {
+        Fate::Ignored
+    } else if act.handler == libc::SIG_DFL as u64 {
+        Fate::Terminate
+    } else {
+        Fate::Queued(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler() -> SigAction {
+        SigAction {
+            handler: 0x1234,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn default_actions() {
+        let s = Signals::default();
+        s.add_thread(1, 0);
+        assert_eq!(
+            s.send_process(libc::SIGTERM, SigAction::default()),
+            Fate::Terminate
+        );
+        assert_eq!(
+            s.send_process(libc::SIGCHLD, SigAction::default()),
+            Fate::Ignored
+        );
+    }
+
+    #[test]
+    fn handler_goes_to_an_unblocked_thread() {
+        let s = Signals::default();
+        s.add_thread(1, bit(libc::SIGTERM));
+        s.add_thread(2, 0);
+        assert_eq!(
+            s.send_process(libc::SIGTERM, handler()),
+            Fate::Queued(Some(2))
+        );
+        assert!(!s.has_deliverable(1));
+        assert_eq!(s.take_deliverable(2), Some((libc::SIGTERM, 0)));
+        assert!(s.take_deliverable(2).is_none());
+    }
+
+    #[test]
+    fn sigwait_takes_blocked_signal() {
+        let s = std::sync::Arc::new(Signals::default());
+        s.add_thread(1, bit(libc::SIGQUIT));
+        s.add_thread(2, bit(libc::SIGQUIT));
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || {
+            s2.wait(2, bit(libc::SIGQUIT), Some(Duration::from_secs(5)), || {
+                false
+            })
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        // Blocked everywhere, default action terminate: still goes to the waiter.
+        assert!(matches!(
+            s.send_thread(2, libc::SIGQUIT, SigAction::default()),
+            Some(Fate::Queued(None))
+        ));
+        assert_eq!(t.join().unwrap(), Some(libc::SIGQUIT));
+        assert_eq!(
+            s.wait(
+                1,
+                bit(libc::SIGUSR1),
+                Some(Duration::from_millis(10)),
+                || false
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn mask_keeps_kill_unblocked() {
+        let s = Signals::default();
+        s.add_thread(1, 0);
+        s.set_mask(1, u64::MAX);
+        assert_eq!(s.mask(1) & bit(libc::SIGKILL), 0);
+        assert!(s.send_thread(9, 1, handler()).is_none());
+    }
+}

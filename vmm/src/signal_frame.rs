@@ -1,0 +1,170 @@
+//! The signal frame on the program's stack, laid out as Linux x86-64 does
+//! (`struct rt_sigframe`): the return address (the libc's restorer, which calls
+//! rt_sigreturn), the ucontext with the interrupted registers and signal mask, and the
+//! siginfo. Handlers that inspect their `ucontext_t` see what they would natively;
+//! the FPU state is kept by the VMM instead of in the frame (`fpstate` is NULL).
+
+use devices::guest_mem::GuestMemory;
+use devices::process::{SigAction, GUEST_PID};
+use devices::syscalls::UserRegs;
+use devices::Errno;
+
+/// Bytes below RSP that the ABI's red zone reserves.
+const RED_ZONE: u64 = 128;
+/// sizeof(struct ucontext) in the kernel's x86-64 layout.
+const UCONTEXT_SIZE: u64 = 304;
+/// sizeof(siginfo_t).
+const SIGINFO_SIZE: u64 = 128;
+/// Offset of uc_mcontext in the ucontext.
+const MCONTEXT: u64 = 40;
+/// Offset of uc_sigmask.
+const SIGMASK: u64 = MCONTEXT + 256;
+/// RFLAGS bits a program may change through sigreturn (Linux's FIX_EFLAGS, less TF).
+const USER_FLAGS: u64 = 0x40CD5;
+
+/// The mcontext greg order: r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags.
+fn gregs(r: &UserRegs) -> [u64; 18] {
+    [
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
+        r.rax, r.rcx, r.rsp, r.rip, r.rflags,
+    ]
+}
+
+/// Builds the frame for `sig` below `ctx.rsp` and returns the registers that enter
+/// the handler.
+pub fn build(
+    mem: &GuestMemory,
+    ctx: &UserRegs,
+    sig: i32,
+    act: &SigAction,
+    old_mask: u64,
+) -> Result<UserRegs, Errno> {
+    let mut sp = ctx.rsp.checked_sub(RED_ZONE).ok_or(Errno::EFAULT)?;
+    sp = sp.checked_sub(SIGINFO_SIZE).ok_or(Errno::EFAULT)? & !15;
+    let info = sp;
+    sp = sp.checked_sub(UCONTEXT_SIZE).ok_or(Errno::EFAULT)? & !15;
+    let uc = sp;
+    // The return address sits just below the ucontext; at handler entry RSP+8 must
+    // be 16-byte aligned, as after a call.
+    let ret = uc - 8;
+
+    let mut siginfo = [0u8; SIGINFO_SIZE as usize];
+    siginfo[0..4].copy_from_slice(&sig.to_le_bytes());
+    siginfo[16..20].copy_from_slice(&(GUEST_PID as i32).to_le_bytes());
+    mem.write_bytes(info, &siginfo)?;
+
+    let mut ucontext = [0u8; UCONTEXT_SIZE as usize];
+    // uc_stack.ss_flags = SS_DISABLE
+    ucontext[24..28].copy_from_slice(&(libc::SS_DISABLE).to_le_bytes());
+    for (i, v) in gregs(ctx).iter().enumerate() {
+        let at = MCONTEXT as usize + i * 8;
+        ucontext[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    // cs (0x33) and ss (0x2b) in the csgsfs word; oldmask.
+    let csgsfs: u64 = 0x33 | (0x2b << 48);
+    let at = MCONTEXT as usize + 18 * 8;
+    ucontext[at..at + 8].copy_from_slice(&csgsfs.to_le_bytes());
+    let at = MCONTEXT as usize + 21 * 8;
+    ucontext[at..at + 8].copy_from_slice(&old_mask.to_le_bytes());
+    ucontext[SIGMASK as usize..SIGMASK as usize + 8].copy_from_slice(&old_mask.to_le_bytes());
+    mem.write_bytes(uc, &ucontext)?;
+    mem.write_obj(ret, &act.restorer)?;
+
+    Ok(UserRegs {
+        rip: act.handler,
+        rsp: ret,
+        rdi: sig as u64,
+        rsi: info,
+        rdx: uc,
+        rax: 0,
+        // DF and TF cleared, as the kernel does for handlers.
+        rflags: (ctx.rflags & !0x500) | 0x202,
+        ..*ctx
+    })
+}
+
+/// Reads the context rt_sigreturn restores; `rsp` is the program's RSP at the
+/// rt_sigreturn syscall (the handler's `ret` popped the return address, so it
+/// points at the ucontext). Returns the registers and the signal mask.
+pub fn restore(mem: &GuestMemory, rsp: u64) -> Result<(UserRegs, u64), Errno> {
+    let g: [u64; 18] = mem.read_obj(rsp + MCONTEXT)?;
+    let mask: u64 = mem.read_obj(rsp + SIGMASK)?;
+    let regs = UserRegs {
+        r8: g[0],
+        r9: g[1],
+        r10: g[2],
+        r11: g[3],
+        r12: g[4],
+        r13: g[5],
+        r14: g[6],
+        r15: g[7],
+        rdi: g[8],
+        rsi: g[9],
+        rbp: g[10],
+        rbx: g[11],
+        rdx: g[12],
+        rax: g[13],
+        rcx: g[14],
+        rsp: g[15],
+        rip: g[16],
+        rflags: (g[17] & USER_FLAGS) | 0x202,
+    };
+    Ok((regs, mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::guest_mem::USER_START;
+
+    #[test]
+    fn frame_roundtrip_and_alignment() {
+        let mem = GuestMemory::new(16 << 20).unwrap();
+        let ctx = UserRegs {
+            rax: 1,
+            rbx: 2,
+            rcx: 3,
+            r15: 15,
+            rsp: USER_START + (1 << 20) + 8,
+            rip: 0x401000,
+            rflags: 0x246,
+            ..Default::default()
+        };
+        let act = SigAction {
+            handler: 0x402000,
+            restorer: 0x403000,
+            ..Default::default()
+        };
+        let h = build(&mem, &ctx, libc::SIGTERM, &act, 0x5).unwrap();
+        assert_eq!(h.rip, 0x402000);
+        assert_eq!((h.rsp + 8) % 16, 0);
+        assert!(h.rsp + RED_ZONE < ctx.rsp);
+        assert_eq!(h.rdi, libc::SIGTERM as u64);
+        assert_eq!(mem.read_obj::<u64>(h.rsp).unwrap(), 0x403000);
+        assert_eq!(mem.read_obj::<i32>(h.rsi).unwrap(), libc::SIGTERM);
+        // The handler's `ret` pops the restorer; rt_sigreturn sees RSP = ucontext.
+        let (back, mask) = restore(&mem, h.rsp + 8).unwrap();
+        assert_eq!(
+            back,
+            UserRegs {
+                rflags: 0x246,
+                ..ctx
+            }
+        );
+        assert_eq!(mask, 0x5);
+    }
+
+    #[test]
+    fn bad_stack_is_efault() {
+        let mem = GuestMemory::new(16 << 20).unwrap();
+        let ctx = UserRegs {
+            rsp: 0x1000,
+            ..Default::default()
+        };
+        assert_eq!(
+            build(&mem, &ctx, 15, &SigAction::default(), 0).unwrap_err(),
+            Errno::EFAULT
+        );
+        assert!(restore(&mem, 8).is_err());
+    }
+}
