@@ -13,6 +13,8 @@ use clap::{Args, ValueEnum};
 pub enum Which {
     /// Syscall round trip, compute, memcpy, thread create+join, start-up.
     Syscall,
+    /// redis (redis-benchmark), nginx (wrk) and pbzip2 from their images.
+    Servers,
 }
 
 /// Arguments of `ditto bench`.
@@ -24,6 +26,9 @@ pub struct BenchArgs {
     /// Repetitions of each measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Shorter runs (servers: 10k requests, 3 s of wrk, 20 MB for pbzip2).
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// One row: native and in-VM time per iteration.
@@ -156,11 +161,39 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
     ])
 }
 
+fn servers(quick: bool) -> ExitCode {
+    match crate::bench_servers::run(quick) {
+        Ok(rows) => {
+            println!("| workload | native /s | ditto /s | slowdown | syscalls/req | exit µs/req | other µs/req |");
+            println!("|---|---:|---:|---:|---:|---:|---:|");
+            for r in rows {
+                let per_req_us = 1e6 / r.ditto;
+                println!(
+                    "| {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {:.1} |",
+                    r.name,
+                    r.native,
+                    r.ditto,
+                    r.native / r.ditto,
+                    r.syscalls_per_req,
+                    r.exit_us,
+                    (per_req_us - r.exit_us).max(0.0)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ditto: bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Runs a benchmark and prints its table.
 pub fn main(args: &BenchArgs) -> ExitCode {
     let reps = args.reps.max(1);
     let rows = match args.which {
         Which::Syscall => syscall_bench(reps),
+        Which::Servers => return servers(args.quick),
     };
     match rows {
         Ok(rows) => {

@@ -344,9 +344,11 @@ fn trap_and_doorbell_paths_agree() {
     assert_eq!(runs[0].1, 0, "trap path used the doorbell: {}", runs[0].3);
     // The doorbell exists only where syscalls trap through #PF (kvm_pvm).
     if runs[1].3.contains("entry=Some(PageFaultTrap)") {
+        // It is tried after 64 trapped syscalls and kept for at least 256 requests
+        // (it may then fall back if the host is too busy for it to pay off).
         assert!(
-            runs[1].1 * 2 > runs[1].2,
-            "most syscalls of a long run should take the doorbell: {}",
+            runs[1].1 >= 200,
+            "a long run should use the doorbell: {}",
             runs[1].3
         );
     }

@@ -46,6 +46,9 @@ mod off {
     pub const WAITING: u64 = 0x60;
     pub const POLLING: u64 = 0x68;
     pub const BLOCKING: u64 = 0x70;
+    pub const LAST_BLOCKING: u64 = 0x78;
+    pub const RING_TSC: u64 = 0x80;
+    pub const WANT_TRAP: u64 = 0x88;
 }
 
 /// Where vCPU `index`'s shim page is, for guest memory of `mem_size` bytes.
@@ -118,6 +121,13 @@ pub fn shim(shim_page: u64, doorbell: u64) -> Vec<u8> {
         a.store(r, off::ARGS + 8 * i as u64);
     }
     a.store(RCX, off::RIP);
+    // Time the ring (rdtsc runs natively at CPL3), so the server can tell how long
+    // the wake-up took; rdtsc clobbers rdx, which is reloaded from the data page.
+    a.bytes(&[0x0f, 0x31]); // rdtsc
+    a.bytes(&[0x48, 0xc1, 0xe2, 0x20]); // shl $32, %rdx
+    a.bytes(&[0x48, 0x09, 0xd0]); // or %rdx, %rax
+    a.store(RAX, off::RING_TSC);
+    a.load(RDX, off::ARGS + 16);
     a.load(RAX, off::SEQ);
     a.bytes(&[0x48, 0xff, 0xc0]); // inc %rax
     a.store(RAX, off::SEQ);
@@ -176,6 +186,61 @@ pub fn shim(shim_page: u64, doorbell: u64) -> Vec<u8> {
     a.movabs_r11(layout::LSTAR_PAGE);
     a.bytes(&[0x41, 0xff, 0xe3]); // jmp *%r11: the #PF syscall path
     a.code
+}
+
+/// The server's record of how fast it answers rings. On a busy 2-core host the
+/// server thread may wait for a core after each ring, and then trapping (one exit,
+/// ~35 µs) is cheaper than the doorbell; the server notices and asks to switch back.
+#[derive(Debug)]
+pub struct WakeStats {
+    tsc_per_us: f64,
+    count: u64,
+    slow: u64,
+}
+
+/// A wake-up slower than this makes trapping the better path.
+const SLOW_WAKE_US: f64 = 30.0;
+
+impl WakeStats {
+    /// Starts counting, with the TSC rate measured by [`tsc_per_us`].
+    pub fn new(tsc_per_us: f64) -> Self {
+        WakeStats {
+            tsc_per_us,
+            count: 0,
+            slow: 0,
+        }
+    }
+
+    /// Records one woken (not polled) request rung at `ring_tsc`; returns true when
+    /// over the last 256 such requests more than a quarter were slow.
+    pub fn record(&mut self, ring_tsc: u64) -> bool {
+        // SAFETY: rdtsc has no preconditions on x86-64.
+        let now = unsafe { std::arch::x86_64::_rdtsc() };
+        let us = now.saturating_sub(ring_tsc) as f64 / self.tsc_per_us;
+        self.count += 1;
+        if us > SLOW_WAKE_US {
+            self.slow += 1;
+        }
+        if self.count < 256 {
+            return false;
+        }
+        let too_slow = self.slow * 4 > self.count;
+        self.count = 0;
+        self.slow = 0;
+        too_slow
+    }
+}
+
+/// TSC ticks per microsecond, measured over a short sleep.
+pub fn tsc_per_us() -> f64 {
+    let t0 = std::time::Instant::now();
+    // SAFETY: rdtsc has no preconditions on x86-64.
+    let c0 = unsafe { std::arch::x86_64::_rdtsc() };
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    // SAFETY: as above.
+    let c1 = unsafe { std::arch::x86_64::_rdtsc() };
+    let us = t0.elapsed().as_secs_f64() * 1e6;
+    ((c1 - c0) as f64 / us).max(1.0)
 }
 
 /// A request read from a data page.
@@ -275,9 +340,37 @@ impl DataPage {
         self.word(off::BLOCKING).store(on as u64, Ordering::SeqCst);
     }
 
+    /// Records, before serving a request, whether it is expected to block.
+    pub fn mark_request(&self, blocking: bool) {
+        self.word(off::LAST_BLOCKING)
+            .store(blocking as u64, Ordering::SeqCst);
+        self.set_blocking(blocking);
+    }
+
+    /// Whether the last request was one expected to block (then sleeping in the VMM
+    /// was intended, not a sign of a slow server).
+    pub fn last_was_blocking(&self) -> bool {
+        self.word(off::LAST_BLOCKING).load(Ordering::SeqCst) != 0
+    }
+
     /// Tells the shim whether the server is polling (then it skips the doorbell).
     pub fn set_polling(&self, on: bool) {
         self.word(off::POLLING).store(on as u64, Ordering::SeqCst);
+    }
+
+    /// TSC value the shim read just before ringing.
+    pub fn ring_tsc(&self) -> u64 {
+        self.word(off::RING_TSC).load(Ordering::Acquire)
+    }
+
+    /// The server asks the vCPU thread to go back to trapping (see `WakeStats`).
+    pub fn set_want_trap(&self, on: bool) {
+        self.word(off::WANT_TRAP).store(on as u64, Ordering::SeqCst);
+    }
+
+    /// Whether the server asked to go back to trapping.
+    pub fn want_trap(&self) -> bool {
+        self.word(off::WANT_TRAP).load(Ordering::SeqCst) != 0
     }
 
     /// The sequence number the shim last wrote.

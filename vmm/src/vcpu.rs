@@ -97,6 +97,8 @@ pub struct Machine {
     doorbell_allowed: bool,
     /// Which worker runs which program thread (for signal kicks).
     running: Mutex<BTreeMap<i64, usize>>,
+    /// TSC rate, for the doorbell servers' wake-up timing.
+    tsc_per_us: f64,
 }
 
 /// Where the program resumes after the VMM handled an exit.
@@ -118,8 +120,19 @@ struct VcpuLocal {
     saved_fpu: Vec<kvm_bindings::kvm_fpu>,
     /// Whether LSTAR points at this vCPU's doorbell shim.
     doorbell_on: bool,
+    /// Whether this vCPU's doorbell server runs (it is started once).
+    server_started: bool,
+    /// The doorbell could not be set up; never try again.
+    doorbell_failed: bool,
     /// Syscalls served through the #PF path, counted towards the switch.
     trapped: u64,
+    /// Trapped syscalls needed before (re)trying the doorbell; grows each time the
+    /// doorbell turns out slower than trapping.
+    switch_after: u64,
+    /// Doorbell requests and slow ones (the shim gave up spinning on a call that was
+    /// not expected to block) since the last switch.
+    seq_at_switch: u64,
+    slow_waits: u64,
 }
 
 /// What ended a thread's exit loop.
@@ -293,6 +306,7 @@ impl Machine {
             entry: OnceLock::new(),
             doorbell_allowed: std::env::var("DITTO_SYSCALL_PATH").map_or(true, |v| v != "trap"),
             running: Mutex::new(BTreeMap::new()),
+            tsc_per_us: doorbell::tsc_per_us(),
         }
     }
 
@@ -405,6 +419,7 @@ impl Machine {
         let poll = self.cores.as_ref().map_or(num_cpus() > 1, |c| c.len() > 1);
         let mut poll_until: Option<Instant> = None;
         let mut answered = Instant::now();
+        let mut wake_stats = doorbell::WakeStats::new(self.tsc_per_us);
         while !self.process.exiting() {
             let req = data.request();
             if req.seq == last {
@@ -437,8 +452,15 @@ impl Machine {
             }
             last = req.seq;
             let arrived = Instant::now();
+            // Only wake-ups count: a request found while polling cost no wake-up.
+            if poll_until.is_none() && wake_stats.record(data.ring_tsc()) {
+                data.set_want_trap(true);
+            }
             let tid = lock(&current).tid;
-            if doorbell::must_bounce(req.nr) || self.process.signals.has_deliverable(tid) {
+            if doorbell::must_bounce(req.nr)
+                || self.process.signals.has_deliverable(tid)
+                || data.want_trap()
+            {
                 data.set_polling(false);
                 poll_until = None;
                 data.complete(req.seq, 0, true);
@@ -457,9 +479,7 @@ impl Machine {
                 ..Default::default()
             };
             let blocking = doorbell::may_block(req.nr, &req.args);
-            if blocking {
-                data.set_blocking(true);
-            }
+            data.mark_request(blocking);
             let mut thread = lock(&current);
             let mut ops = ServerOps;
             let mut ctx = SyscallCtx {
@@ -523,7 +543,12 @@ impl Machine {
             base_sregs,
             saved_fpu: Vec::new(),
             doorbell_on: false,
+            server_started: false,
+            doorbell_failed: false,
             trapped: 0,
+            switch_after: doorbell::SWITCH_AFTER,
+            seq_at_switch: 0,
+            slow_waits: 0,
         };
         // Idle -> Running -> Idle, until the program ends (Stopped).
         while let Ok(start) = rx.recv() {
@@ -582,21 +607,63 @@ impl Machine {
         local: &mut VcpuLocal,
         current: &Arc<Mutex<ThreadState>>,
     ) {
-        let server = match self.start_server(local.index, current.clone()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(vcpu = local.index, %e, "doorbell unavailable, staying on the #PF path");
-                local.doorbell_on = true; // do not retry on every syscall
-                return;
+        if !local.server_started {
+            let server = match self.start_server(local.index, current.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(vcpu = local.index, %e, "doorbell unavailable, staying on the #PF path");
+                    local.doorbell_failed = true;
+                    return;
+                }
+            };
+            if let Some(w) = lock(&self.pool).workers.get_mut(local.index as usize) {
+                w.threads.push(server);
             }
-        };
-        if let Some(w) = lock(&self.pool).workers.get_mut(local.index as usize) {
-            w.threads.push(server);
+            local.server_started = true;
         }
         let shim = doorbell::shim_page(self.process.mem.size(), local.index);
         if set_msrs(vcpu, &[(cpu::msr::LSTAR, shim)]).is_ok() {
             local.doorbell_on = true;
+            local.slow_waits = 0;
+            local.seq_at_switch = self.data_page(local.index).map_or(0, |d| d.seq());
         }
+    }
+
+    /// Goes back to trapping when the doorbell is slower: on a busy host the server
+    /// thread waits for a core, and every call ends in the shim's sleep path anyway.
+    fn review_doorbell(&self, vcpu: &VcpuFd, local: &mut VcpuLocal, data: &doorbell::DataPage) {
+        let requests = data.seq().saturating_sub(local.seq_at_switch);
+        if requests < 256 {
+            return;
+        }
+        if local.slow_waits * 4 > requests {
+            tracing::debug!(
+                vcpu = local.index,
+                requests,
+                slow = local.slow_waits,
+                "doorbell slower than trapping"
+            );
+            self.fall_back_to_trap(vcpu, local);
+        }
+        local.seq_at_switch = data.seq();
+        local.slow_waits = 0;
+    }
+
+    /// Points LSTAR back at the trap page and waits longer before the next try.
+    fn fall_back_to_trap(&self, vcpu: &VcpuFd, local: &mut VcpuLocal) {
+        if set_msrs(vcpu, &[(cpu::msr::LSTAR, layout::LSTAR_PAGE)]).is_ok() {
+            local.doorbell_on = false;
+            local.trapped = 0;
+            local.switch_after = (local.switch_after * 4).min(1 << 20);
+        }
+    }
+
+    fn data_page(&self, index: u64) -> Option<doorbell::DataPage> {
+        let page = doorbell::shim_page(self.process.mem.size(), index) + 4096;
+        self.process
+            .mem
+            .system_range(page, 4096)
+            .map(doorbell::DataPage::new)
     }
 
     /// Finds out how `syscall` reaches the VMM on this host by running one on vCPU 0
@@ -784,6 +851,10 @@ impl Machine {
                 return ThreadAction::Stop;
             }
             let (ret, bounce) = data.result();
+            if !data.last_was_blocking() {
+                local.slow_waits += 1;
+            }
+            self.review_doorbell(vcpu, local, &data);
             let mut user = to_user(&regs);
             user.rsp = frsp;
             user.rip = data.rip();
@@ -812,7 +883,17 @@ impl Machine {
             drop(guard);
             let action = self.syscall(vcpu, local, current, user, Resume::Frame(frame));
             local.trapped += 1;
-            if !local.doorbell_on && local.trapped >= doorbell::SWITCH_AFTER && self.doorbell() {
+            if local.doorbell_on {
+                if let Some(data) = self.data_page(local.index).filter(|d| d.want_trap()) {
+                    data.set_want_trap(false);
+                    self.fall_back_to_trap(vcpu, local);
+                }
+            }
+            if !local.doorbell_on
+                && !local.doorbell_failed
+                && local.trapped >= local.switch_after
+                && self.doorbell()
+            {
                 self.enable_doorbell(vcpu, local, current);
             }
             return action;

@@ -1,0 +1,432 @@
+//! `ditto bench servers`: redis, nginx and pbzip2 from their images, each run natively
+//! (the same binaries, through the image's own ld.so) and in ditto in one invocation.
+//! Servers listen on 127.0.0.1 only; every load run is bounded in count or time.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use guest_images::image::{self, BuildOptions, Image};
+
+/// One benchmark row.
+pub struct ServerRow {
+    /// What ran.
+    pub name: String,
+    /// Requests (or runs) per second natively.
+    pub native: f64,
+    /// The same in ditto.
+    pub ditto: f64,
+    /// Syscalls the program made per request in ditto.
+    pub syscalls_per_req: f64,
+    /// Of a request's time in ditto, the estimated syscall transport (exit) cost, in µs.
+    pub exit_us: f64,
+}
+
+/// Per-syscall transport costs measured in this run.
+struct Costs {
+    trap_ns: f64,
+    doorbell_ns: f64,
+}
+
+/// Counters from `ditto run --stats`.
+#[derive(Default)]
+struct RunStats {
+    syscalls: f64,
+    doorbell: f64,
+}
+
+fn parse_stats(stderr: &str) -> RunStats {
+    let get = |key: &str| {
+        stderr
+            .split(&format!(" {key}="))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    RunStats {
+        syscalls: get("syscalls"),
+        doorbell: get("doorbell_syscalls"),
+    }
+}
+
+fn ditto_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ditto"))
+}
+
+fn free_port() -> Result<u16, String> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port())
+}
+
+/// A process this benchmark started; stopped by its own PID only.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn wait_port(&mut self, port: u16) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.0.as_mut() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    return Err(format!("server exited early: {s}"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("nothing listened on {port} within 60 s"))
+    }
+
+    /// SIGTERM, bounded wait, and the process's stderr.
+    fn stop(mut self) -> String {
+        let Some(mut c) = self.0.take() else {
+            return String::new();
+        };
+        // SAFETY: signalling a child this benchmark started.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs an image's program natively: the same binary and libraries, through the
+/// image's own dynamic loader.
+fn native_cmd(img: &Image, program: &str) -> Command {
+    let root = &img.root;
+    let mut c = Command::new(root.join("lib64/ld-linux-x86-64.so.2"));
+    c.arg("--library-path")
+        .arg(format!(
+            "{}:{}",
+            root.join("lib/x86_64-linux-gnu").display(),
+            root.join("usr/lib/x86_64-linux-gnu").display()
+        ))
+        .arg(root.join(program.trim_start_matches('/')));
+    c
+}
+
+fn spawn(mut c: Command) -> Result<Proc, String> {
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    c.spawn().map(|c| Proc(Some(c))).map_err(|e| e.to_string())
+}
+
+fn ditto_server(image: &str, state: &Path, extra: &[&str]) -> Result<Proc, String> {
+    let mut c = Command::new(ditto_exe());
+    c.args(["run", "--stats", "--image", image, "--state"])
+        .arg(state)
+        .arg("--")
+        .args(extra);
+    spawn(c)
+}
+
+/// redis-benchmark's requests per second (sum over the tests it ran) and the number
+/// of requests it made.
+fn redis_benchmark(port: u16, n: u64, clients: u32, pipeline: u32) -> Result<(f64, f64), String> {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "set,get",
+            "-n",
+            &n.to_string(),
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-P",
+            &pipeline.to_string(),
+            "--csv",
+        ])
+        .output()
+        .map_err(|e| format!("redis-benchmark: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("\"SET\"") || l.starts_with("\"GET\""))
+        .filter_map(|l| l.split(',').nth(1)?.trim_matches('"').parse().ok())
+        .collect();
+    if rps.len() != 2 {
+        return Err(format!("unexpected redis-benchmark output: {text}"));
+    }
+    // Two tests of n requests each: overall rate is the harmonic combination.
+    let secs: f64 = rps.iter().map(|r| n as f64 / r).sum();
+    Ok((2.0 * n as f64 / secs, 2.0 * n as f64))
+}
+
+fn wrk(url: &str, secs: u32) -> Result<(f64, f64), String> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c10", &format!("-d{secs}s"), url])
+        .output()
+        .map_err(|e| format!("wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("unexpected wrk output: {text}"))?;
+    let total = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(rps * secs as f64);
+    Ok((rps, total))
+}
+
+fn row(
+    name: String,
+    native: f64,
+    ditto: f64,
+    requests: f64,
+    stats: &RunStats,
+    costs: &Costs,
+) -> ServerRow {
+    let trapped = stats.syscalls - stats.doorbell;
+    let exit_ns = trapped * costs.trap_ns + stats.doorbell * costs.doorbell_ns;
+    ServerRow {
+        name,
+        native,
+        ditto,
+        syscalls_per_req: stats.syscalls / requests.max(1.0),
+        exit_us: exit_ns / requests.max(1.0) / 1e3,
+    }
+}
+
+fn redis_rows(n: u64, costs: &Costs) -> Result<Vec<ServerRow>, String> {
+    let img = image::open("redis", &BuildOptions::default()).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for (clients, pipeline) in [(1, 1), (1, 16), (50, 1), (50, 16)] {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let conf = std::fs::read_to_string(img.root.join("etc/redis/ditto.conf"))
+            .map_err(|e| e.to_string())?;
+        let native_conf = tmp.path().join("native.conf");
+        std::fs::write(
+            &native_conf,
+            conf.replace(
+                "dir /var/lib/redis",
+                &format!("dir {}", tmp.path().display()),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let port = free_port()?;
+        let mut c = native_cmd(&img, "/usr/bin/redis-server");
+        c.arg(&native_conf).args(["--port", &port.to_string()]);
+        let mut p = spawn(c)?;
+        p.wait_port(port)?;
+        let (native, _) = redis_benchmark(port, n, clients, pipeline)?;
+        p.stop();
+
+        let port = free_port()?;
+        let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut p = ditto_server("redis", state.path(), &["--port", &port.to_string()])?;
+        p.wait_port(port)?;
+        let (ditto, requests) = redis_benchmark(port, n, clients, pipeline)?;
+        let stats = parse_stats(&p.stop());
+        let name = format!("redis set,get -n {n} -c {clients} -P {pipeline}");
+        rows.push(row(name, native, ditto, requests, &stats, costs));
+    }
+    Ok(rows)
+}
+
+fn nginx_conf(conf: &str, port: u16, root: &Path, var: &Path, www: &Path) -> String {
+    conf.replace(
+        "listen 127.0.0.1:8080;",
+        &format!("listen 127.0.0.1:{port};"),
+    )
+    .replace(
+        "/etc/nginx/mime.types",
+        &root.join("etc/nginx/mime.types").display().to_string(),
+    )
+    .replace("/var/lib/nginx", &var.display().to_string())
+    .replace("/srv/www", &www.display().to_string())
+}
+
+fn nginx_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
+    let img = image::open("nginx", &BuildOptions::default()).map_err(|e| e.to_string())?;
+    let conf = std::fs::read_to_string(img.root.join("etc/nginx/ditto.conf"))
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for (file, size) in [("small.html", 612usize), ("big.bin", 1 << 20)] {
+        let body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        // Native: the image's nginx with host paths in its configuration.
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let www = tmp.path().join("www");
+        std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
+        std::fs::write(www.join(file), &body).map_err(|e| e.to_string())?;
+        let port = free_port()?;
+        let native_conf = tmp.path().join("nginx.conf");
+        std::fs::write(
+            &native_conf,
+            nginx_conf(&conf, port, &img.root, tmp.path(), &www),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut c = native_cmd(&img, "/usr/sbin/nginx");
+        c.arg("-c")
+            .arg(&native_conf)
+            .args(["-e", "stderr", "-p"])
+            .arg(tmp.path());
+        let mut p = spawn(c)?;
+        p.wait_port(port)?;
+        let (native, _) = wrk(&format!("http://127.0.0.1:{port}/{file}"), secs)?;
+        p.stop();
+
+        // ditto: the image's own configuration, with the port changed in the state.
+        let port = free_port()?;
+        let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(state.path().join("etc/nginx")).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(state.path().join("srv/www")).map_err(|e| e.to_string())?;
+        std::fs::write(
+            state.path().join("etc/nginx/ditto.conf"),
+            conf.replace(
+                "listen 127.0.0.1:8080;",
+                &format!("listen 127.0.0.1:{port};"),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(state.path().join("srv/www").join(file), &body)
+            .map_err(|e| e.to_string())?;
+        let mut p = ditto_server("nginx", state.path(), &[])?;
+        p.wait_port(port)?;
+        let (ditto, requests) = wrk(&format!("http://127.0.0.1:{port}/{file}"), secs)?;
+        let stats = parse_stats(&p.stop());
+        rows.push(row(
+            format!("nginx wrk {secs}s {file} ({size} B)"),
+            native,
+            ditto,
+            requests,
+            &stats,
+            costs,
+        ));
+    }
+    Ok(rows)
+}
+
+fn pbzip2_rows(mb: usize, costs: &Costs) -> Result<Vec<ServerRow>, String> {
+    let img = image::open("pbzip2", &BuildOptions::default()).map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data: Vec<u8> = {
+        let mut x: u64 = 88172645463325252;
+        (0..mb << 20)
+            .map(|i| {
+                // Half random, half text-like, so bzip2 has real work.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 2 == 0 {
+                    x as u8
+                } else {
+                    b"ditto replicates "[i % 17]
+                }
+            })
+            .collect()
+    };
+    let file = dir.path().join("data");
+    std::fs::write(&file, &data).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for threads in [1, 2] {
+        let p = format!("-p{threads}");
+        let t = Instant::now();
+        let mut c = native_cmd(&img, "/usr/bin/pbzip2");
+        let st = c
+            .args([p.as_str(), "-c"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| e.to_string())?;
+        let native = t.elapsed().as_secs_f64();
+        if !st.success() {
+            return Err(format!("native pbzip2 failed: {st}"));
+        }
+        let t = Instant::now();
+        let out = Command::new(ditto_exe())
+            .current_dir(dir.path())
+            .args([
+                "run",
+                "--stats",
+                "--image",
+                "pbzip2",
+                "--",
+                p.as_str(),
+                "-c",
+                "data",
+            ])
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let ditto = t.elapsed().as_secs_f64();
+        if !out.status.success() {
+            return Err(format!("pbzip2 in ditto failed: {}", out.status));
+        }
+        let stats = parse_stats(&String::from_utf8_lossy(&out.stderr));
+        // Rows compare rates: one run per second.
+        rows.push(row(
+            format!("pbzip2 {p} {mb} MB (runs/s)"),
+            1.0 / native,
+            1.0 / ditto,
+            1.0,
+            &stats,
+            costs,
+        ));
+    }
+    Ok(rows)
+}
+
+/// Measures the two syscall paths' costs in this run (the #PF trap and the doorbell).
+fn costs() -> Result<Costs, String> {
+    let bench = guest_images::progs::path("bench").ok_or("guest program 'bench' is not built")?;
+    let measure = |path: &str| -> Result<f64, String> {
+        let out = Command::new(ditto_exe())
+            .env("DITTO_SYSCALL_PATH", path)
+            .arg("run")
+            .arg("--")
+            .arg(&bench)
+            .args(["getpid", "20000"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| "bench getpid failed".to_string())
+    };
+    Ok(Costs {
+        trap_ns: measure("trap")?,
+        doorbell_ns: measure("doorbell")?,
+    })
+}
+
+/// All server benchmarks; `quick` shortens them (fewer requests, shorter wrk runs,
+/// smaller pbzip2 input) for a fast look.
+pub fn run(quick: bool) -> Result<Vec<ServerRow>, String> {
+    let costs = costs()?;
+    eprintln!(
+        "ditto: bench: syscall transport in this run: trap {:.1} us, doorbell {:.1} us",
+        costs.trap_ns / 1e3,
+        costs.doorbell_ns / 1e3
+    );
+    let mut rows = Vec::new();
+    rows.extend(pbzip2_rows(if quick { 20 } else { 100 }, &costs)?);
+    rows.extend(redis_rows(if quick { 10_000 } else { 100_000 }, &costs)?);
+    rows.extend(nginx_rows(if quick { 3 } else { 10 }, &costs)?);
+    Ok(rows)
+}
