@@ -156,12 +156,20 @@ pub fn iovecs(ctx: &SyscallCtx<'_>, iov: u64, count: u64) -> Result<Vec<libc::io
     Ok(v)
 }
 
-/// The guest's SIGPIPE disposition is the default (terminate): a write that got EPIPE
-/// must then end the program with SIGPIPE, as natively.
+/// A write that got EPIPE also raises SIGPIPE at the writing thread, as natively:
+/// with the default action the program ends; a handler runs after the call returns.
 pub fn epipe_kills(ctx: &mut SyscallCtx<'_>, r: SysResult) -> SysResult {
-    if r == Err(Errno(libc::EPIPE)) && ctx.process.sigaction(libc::SIGPIPE).handler == 0 {
+    if r != Err(Errno(libc::EPIPE)) {
+        return r;
+    }
+    let sig = libc::SIGPIPE;
+    let fate = ctx
+        .process
+        .signals
+        .send_thread(ctx.thread.tid, sig, ctx.process.sigaction(sig));
+    if fate == Some(crate::signals::Fate::Terminate) {
         ctx.process.finish(crate::process::ExitReason::Signaled {
-            signal: libc::SIGPIPE,
+            signal: sig,
             report: String::new(),
         });
         ctx.action = super::ThreadAction::Stop;
