@@ -117,25 +117,26 @@ fn openat2(
 
 const CONFINE: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
 
+/// Opens a host directory as an O_PATH descriptor, with its canonical path.
+fn open_host_dir(dir: &Path) -> Result<(OwnedFd, PathBuf), RootError> {
+    let err = |source| RootError::Open {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(dir).map_err(err)?;
+    let c = CString::new(canonical.as_os_str().as_bytes())
+        .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    let fd = openat2(libc::AT_FDCWD, &c, flags, 0, 0)
+        .map_err(|e| err(std::io::Error::from_raw_os_error(e.0)))?;
+    Ok((fd, canonical))
+}
+
 impl FsContext {
     /// Opens `root` and sets the cwd: the host cwd when it lies inside the root (so
     /// `ditto run -- prog relative/file` works as natively), else `/`.
     pub fn new(root: &Path) -> Result<FsContext, RootError> {
-        let err = |source| RootError::Open {
-            path: root.to_path_buf(),
-            source,
-        };
-        let root_path = std::fs::canonicalize(root).map_err(err)?;
-        let c = CString::new(root_path.as_os_str().as_bytes())
-            .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
-        let fd = openat2(
-            libc::AT_FDCWD,
-            &c,
-            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-        )
-        .map_err(|e| err(std::io::Error::from_raw_os_error(e.0)))?;
+        let (fd, root_path) = open_host_dir(root)?;
         let cwd = std::env::current_dir()
             .ok()
             .and_then(|d| {
@@ -165,21 +166,7 @@ impl FsContext {
 
     /// Shows host directory `host` at guest path `guest` (absolute).
     pub fn add_bind(&mut self, guest: &str, host: &Path) -> Result<(), RootError> {
-        let err = |source| RootError::Open {
-            path: host.to_path_buf(),
-            source,
-        };
-        let host = std::fs::canonicalize(host).map_err(err)?;
-        let c = CString::new(host.as_os_str().as_bytes())
-            .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
-        let fd = openat2(
-            libc::AT_FDCWD,
-            &c,
-            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-        )
-        .map_err(|e| err(std::io::Error::from_raw_os_error(e.0)))?;
+        let (fd, host) = open_host_dir(host)?;
         let g = guest.trim_end_matches('/').as_bytes().to_vec();
         // A later bind of the same guest path replaces the earlier one.
         self.binds.retain(|b| b.guest != g);
