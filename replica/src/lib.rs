@@ -1,0 +1,17 @@
+//! Replication between the primary and the secondary VMM processes (DESIGN.md §6).
+//!
+//! - [`channel`]: the shared-memory record ring between the two processes, handed over a
+//!   Unix socket, with backpressure, peer-death detection and acknowledgements for output
+//!   commit.
+//! - [`testkit`]: payload patterns and child spawning shared by tests and the benchmark.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod channel;
+mod sys;
+pub mod testkit;
+
+pub use channel::{
+    recv_fd, send_fd, Channel, ChannelConfig, ChannelError, Consumer, Producer, Stats,
+};
