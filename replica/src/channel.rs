@@ -786,9 +786,8 @@ mod tests {
         p.try_send(RecordKind::End, &big[1..]).unwrap();
         drop(fd);
         // An unsealed memfd, and a sealed one without our header.
-        // SAFETY: memfd_create with a static name; the descriptor is fresh and ours.
-        let raw = unsafe { libc::memfd_create(c"x".as_ptr(), libc::MFD_CLOEXEC) };
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: memfd_create with a static name returns a fresh descriptor that we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"x".as_ptr(), 0)) };
         let e = Consumer::attach(fd).err().unwrap();
         assert!(matches!(e, ChannelError::BadLayout(_)), "{e}");
         let fd = sys::sealed_memfd(c"y", HEADER_PAGE + 4096).unwrap();
@@ -908,7 +907,8 @@ mod tests {
 
     #[test]
     fn corrupt_records_are_reported_at_their_offset() {
-        let cases: [(usize, u8, fn(&RecordError) -> bool); 4] = [
+        type Check = fn(&RecordError) -> bool;
+        let cases: [(usize, u8, Check); 4] = [
             (0, 0xff, |e| matches!(e, RecordError::BadMagic(_))),
             (30, 0x01, |e| {
                 matches!(e, RecordError::ChecksumMismatch { .. })
