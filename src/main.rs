@@ -55,6 +55,11 @@ pub struct ProgramArgs {
     /// Print counters (syscalls, vCPUs, syscall entry path, timings) on exit.
     #[arg(long)]
     stats: bool,
+    /// Deterministic execution (docs/det.md): serve the det hypercalls of ditto.h, order
+    /// futexes, clone/exit and shared-object syscalls by logical time, and preload libditto
+    /// into dynamic programs.
+    #[arg(long)]
+    det: bool,
     /// The program and its arguments. Without one, ditto runs its built-in demo: the
     /// project's pthread test program (threads, mutexes, condvars, TLS).
     #[arg(last = true, value_name = "PROGRAM ARGS")]
@@ -161,6 +166,8 @@ pub fn vm_config(p: &ProgramArgs) -> Result<vmm::VmConfig, String> {
         memory: p.memory,
         cores: p.cores.as_ref().map(|c| c.0.clone()),
         seed: p.seed,
+        det: p.det,
+        det_preload: p.det.then(guest_images::progs::libditto),
     })
 }
 
@@ -182,10 +189,12 @@ fn run(p: &ProgramArgs) -> ExitCode {
             }
             if p.stats {
                 eprintln!(
-                    "ditto: stats: status={} syscalls={} doorbell_syscalls={} threads={} vcpus_created={} entry={:?} setup={:.3}ms wall={:.3}ms shutdown={:.3}ms",
+                    "ditto: stats: status={} syscalls={} doorbell_syscalls={} exits={} det_ops={} threads={} vcpus_created={} entry={:?} setup={:.3}ms wall={:.3}ms shutdown={:.3}ms",
                     out.exit.status(),
                     out.syscalls,
                     out.doorbell_syscalls,
+                    out.exits,
+                    out.det_ops,
                     out.threads,
                     out.vcpus_created,
                     out.entry,

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 use crate::address_space::AddressSpace;
+use crate::det_runtime::DetRuntime;
 use crate::fd_table::FdTable;
 use crate::guest_mem::GuestMemory;
 use crate::path::FsContext;
@@ -63,6 +64,8 @@ pub struct Stats {
     pub threads_started: AtomicU64,
     /// Syscalls served through the exitless doorbell path (a subset of `syscalls`).
     pub doorbell_syscalls: AtomicU64,
+    /// VM exits taken by vCPU threads (KVM_RUN returns).
+    pub exits: AtomicU64,
 }
 
 /// Everything shared by the program's threads.
@@ -83,6 +86,8 @@ pub struct Process {
     pub umask: AtomicU64,
     /// Counters.
     pub stats: Stats,
+    /// The det runtime, set once before the first thread starts when running with `--det`.
+    pub det: OnceLock<DetRuntime>,
     next_tid: AtomicI64,
     live_threads: AtomicUsize,
     exit: Mutex<Option<ExitReason>>,
@@ -114,6 +119,7 @@ impl Process {
             sigactions: Mutex::new([SigAction::default(); 65]),
             umask: AtomicU64::new(0o022),
             stats: Stats::default(),
+            det: OnceLock::new(),
             next_tid: AtomicI64::new(GUEST_PID),
             live_threads: AtomicUsize::new(0),
             exit: Mutex::new(None),

@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use devices::process::{lock, ExitReason, Process};
 use devices::syscalls::sys_signal::signal_name;
-use devices::syscalls::sys_thread;
+use devices::syscalls::sys_det;
 use devices::syscalls::{
     CpuOps, SyscallCtx, SyscallTable, ThreadAction, ThreadStart, ThreadState, UserRegs,
 };
@@ -484,7 +484,7 @@ impl Machine {
                     if !self.process.exiting() {
                         lock(&self.pool).idle.push(index as usize);
                     }
-                    sys_thread::clear_child_tid(&self.process, clear_child_tid);
+                    sys_det::thread_gone(&self.process, tid, clear_child_tid);
                     self.process.thread_exited(status);
                 }
                 LoopEnd::Stopped => break,
@@ -610,7 +610,9 @@ impl Machine {
     ) -> LoopEnd {
         let tid = lock(current).tid;
         loop {
-            let port = match vcpu.run() {
+            let run = vcpu.run();
+            self.process.stats.exits.fetch_add(1, Ordering::Relaxed);
+            let port = match run {
                 Ok(VcpuExit::IoOut(port, _)) => port,
                 Ok(VcpuExit::Intr) => {
                     if self.process.exiting() {
