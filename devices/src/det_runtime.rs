@@ -27,6 +27,10 @@ use crate::process::{lock, Process};
 /// How often a thread waiting for the token checks whether the program is ending.
 const EXIT_POLL: Duration = Duration::from_millis(10);
 
+/// How long a thread waiting for the token spins (yielding the CPU) before it sleeps: a
+/// hand-off usually comes within microseconds, and a sleep/wake pair costs more.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// Errors of the det runtime. Each one comes from a program's call and is reported to it as
 /// an errno; none of them stops the program.
 #[derive(Debug, Error)]
@@ -80,6 +84,8 @@ struct Waiter {
 }
 
 struct Inner {
+    /// The holder's DetTid + 1 (0: none), published for waiters that spin before sleeping.
+    holder: Arc<AtomicU64>,
     sched: TokenScheduler,
     threads: BTreeMap<i64, Slot>,
     by_det: BTreeMap<DetTid, i64>,
@@ -96,7 +102,10 @@ impl Inner {
 
     /// Wakes the token holder if it is waiting in `det_start`; called after every change.
     fn notify_holder(&self) {
-        if let Some(h) = self.sched.holder() {
+        let h = self.sched.holder();
+        self.holder
+            .store(h.map_or(0, |h| u64::from(h.0) + 1), Ordering::Release);
+        if let Some(h) = h {
             if self.sched.phase(h) == Some(Phase::Waiting) {
                 if let Some(s) = self.by_det.get(&h).and_then(|t| self.threads.get(t)) {
                     s.cv.notify_one();
@@ -195,6 +204,7 @@ pub struct DetStats {
 /// The det runtime of one program (see the module documentation).
 pub struct DetRuntime {
     inner: Mutex<Inner>,
+    holder: Arc<AtomicU64>,
     /// Counters.
     pub stats: DetStats,
     /// The host path of libditto.so, served to the program at [`LIBDITTO_GUEST_PATH`].
@@ -218,8 +228,11 @@ impl DetRuntime {
                 woken: false,
             },
         );
+        let holder = Arc::new(AtomicU64::new(1));
         DetRuntime {
+            holder: holder.clone(),
             inner: Mutex::new(Inner {
+                holder,
                 sched: TokenScheduler::new(),
                 threads,
                 by_det: BTreeMap::from([(DetTid::MAIN, main_tid)]),
@@ -274,6 +287,15 @@ impl DetRuntime {
                     if !waited {
                         waited = true;
                         self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                        drop(g);
+                        let me = u64::from(det.0) + 1;
+                        let until = Instant::now() + SPIN;
+                        while self.holder.load(Ordering::Acquire) != me && Instant::now() < until
+                        {
+                            std::thread::yield_now();
+                        }
+                        g = lock(&self.inner);
+                        continue;
                     }
                     g = cv
                         .wait_timeout(g, EXIT_POLL)
@@ -676,6 +698,7 @@ mod tests {
     #[test]
     fn requeue_moves_waiters() {
         let mut inner = Inner {
+            holder: Arc::default(),
             sched: TokenScheduler::new(),
             threads: BTreeMap::new(),
             by_det: BTreeMap::new(),
