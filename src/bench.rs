@@ -13,6 +13,8 @@ use clap::{Args, ValueEnum};
 pub enum Which {
     /// Syscall round trip, compute, memcpy, thread create+join, start-up.
     Syscall,
+    /// Deterministic execution (`--det`): det section cost, hand-offs, racey, pbzip2.
+    Det,
 }
 
 /// Arguments of `ditto bench`.
@@ -161,6 +163,7 @@ pub fn main(args: &BenchArgs) -> ExitCode {
     let reps = args.reps.max(1);
     let rows = match args.which {
         Which::Syscall => syscall_bench(reps),
+        Which::Det => return crate::bench_det::main(reps),
     };
     match rows {
         Ok(rows) => {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_det;
 
 /// Exit status for bad usage or bad input (a bad flag, a missing or malformed
 /// program or image).

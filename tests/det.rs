@@ -96,7 +96,11 @@ fn dyn_root(dir: &Path, prog: &Path) -> PathBuf {
     std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
     std::os::unix::fs::symlink("usr/lib64", root.join("lib64")).unwrap();
     for name in ["libc.so.6", "libdl.so.2", "libpthread.so.0"] {
-        std::fs::copy(image.join("usr/lib/x86_64-linux-gnu").join(name), lib.join(name)).unwrap();
+        std::fs::copy(
+            image.join("usr/lib/x86_64-linux-gnu").join(name),
+            lib.join(name),
+        )
+        .unwrap();
     }
     std::fs::copy(
         image.join("usr/lib64/ld-linux-x86-64.so.2"),
@@ -119,7 +123,10 @@ fn pthread_test_passes_under_det_dynamic_with_preloaded_libditto() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).ends_with("PASS\n"), "{}", stdout(&o));
     let err = stderr(&o);
-    assert!(!err.contains("det_ops=0 "), "libditto was not preloaded: {err}");
+    assert!(
+        !err.contains("det_ops=0 "),
+        "libditto was not preloaded: {err}"
+    );
     // The root was not written to.
     assert!(!root.join(".ditto").exists());
 }
@@ -147,7 +154,11 @@ fn det_hypercalls_are_enosys_without_det() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).ends_with("PASS\n"));
     assert!(stderr(&o).contains("det_ops=0 "), "{}", stderr(&o));
-    assert!(!stderr(&o).contains("unsupported syscall"), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("unsupported syscall"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -163,9 +174,16 @@ fn pbzip2_output_is_identical_under_det() {
         run_in(&args, &["/usr/bin/pbzip2", "-p4", "-c", "-b5"], &input)
     };
     let plain = run(&[]);
-    assert!(plain.status.success(), "pbzip2 without --det: {}", stderr(&plain));
+    assert!(
+        plain.status.success(),
+        "pbzip2 without --det: {}",
+        stderr(&plain)
+    );
     let det = run(&["--det"]);
     assert!(det.status.success(), "pbzip2 --det: {}", stderr(&det));
     assert!(!plain.stdout.is_empty());
-    assert!(det.stdout == plain.stdout, "pbzip2 -p4 output differs under --det");
+    assert!(
+        det.stdout == plain.stdout,
+        "pbzip2 -p4 output differs under --det"
+    );
 }

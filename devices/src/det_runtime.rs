@@ -68,6 +68,17 @@ pub enum Held {
     Elided,
 }
 
+/// The arguments of a futex wait.
+#[derive(Clone, Copy, Debug)]
+pub struct FutexWait {
+    /// The value the word must still have.
+    pub val: u32,
+    /// FUTEX_WAIT_BITSET's bitset (all ones for FUTEX_WAIT).
+    pub bitset: u32,
+    /// When to give up (ETIMEDOUT), if ever.
+    pub deadline: Option<Instant>,
+}
+
 /// One registered program thread.
 struct Slot {
     det: DetTid,
@@ -290,8 +301,7 @@ impl DetRuntime {
                         drop(g);
                         let me = u64::from(det.0) + 1;
                         let until = Instant::now() + SPIN;
-                        while self.holder.load(Ordering::Acquire) != me && Instant::now() < until
-                        {
+                        while self.holder.load(Ordering::Acquire) != me && Instant::now() < until {
                             std::thread::yield_now();
                         }
                         g = lock(&self.inner);
@@ -442,7 +452,10 @@ impl DetRuntime {
             // Elided here means the section never held the token; take a real one for the
             // id allocation instead of leaving the child unregistered.
             if g.sched.phase(det) != Some(Phase::InSection) {
-                tracing::warn!(tid, "clone in an elided det section; thread id order may vary");
+                tracing::warn!(
+                    tid,
+                    "clone in an elided det section; thread id order may vary"
+                );
                 g.sched.det_end(det).map_err(DetError::from)?;
                 let (g2, _) = self.acquire(g, process, tid, true)?;
                 g = g2;
@@ -489,10 +502,13 @@ impl DetRuntime {
         tid: i64,
         addr: u64,
         word: &AtomicU32,
-        val: u32,
-        bitset: u32,
-        deadline: Option<Instant>,
+        wait: FutexWait,
     ) -> Result<u64, Errno> {
+        let FutexWait {
+            val,
+            bitset,
+            deadline,
+        } = wait;
         let g = lock(&self.inner);
         let (mut g, held) = self.acquire(g, process, tid, true)?;
         if word.load(Ordering::SeqCst) != val {
@@ -534,7 +550,10 @@ impl DetRuntime {
                 });
             }
             let wait = deadline.map_or(EXIT_POLL, |d| (d - now).min(EXIT_POLL));
-            g = cv.wait_timeout(g, wait).unwrap_or_else(|e| e.into_inner()).0;
+            g = cv
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -555,10 +574,8 @@ impl DetRuntime {
         &self,
         process: &Process,
         tid: i64,
-        addr: u64,
-        addr2: u64,
-        n_wake: u64,
-        n_requeue: u64,
+        (addr, addr2): (u64, u64),
+        (n_wake, n_requeue): (u64, u64),
         check: Option<(&AtomicU32, u32)>,
     ) -> Result<u64, Errno> {
         self.futex_locked(process, tid, |inner| {
@@ -651,6 +668,14 @@ mod tests {
         assert_eq!(rt.det_tid(1001), None);
     }
 
+    fn wait(val: u32, deadline: Option<Instant>) -> FutexWait {
+        FutexWait {
+            val,
+            bitset: u32::MAX,
+            deadline,
+        }
+    }
+
     #[test]
     fn futex_wait_and_wake_in_fifo_order() {
         let p = Arc::new(process());
@@ -661,9 +686,9 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut hs = Vec::new();
         for t in [1001i64, 1002] {
-            let (p, rt, order) = (p.clone(), rt.clone(), order.clone());
+            let (p2, rt2, order) = (p.clone(), rt.clone(), order.clone());
             hs.push(std::thread::spawn(move || {
-                rt.futex_wait(&p, t, 64, &WORD, 0, u32::MAX, None).unwrap();
+                rt2.futex_wait(&p2, t, 64, &WORD, wait(0, None)).unwrap();
                 order.lock().unwrap().push(t);
             }));
             // Queue them in a known order.
@@ -673,7 +698,7 @@ mod tests {
         }
         // A wrong value is EAGAIN, without queueing.
         assert_eq!(
-            rt.futex_wait(&p, 1000, 64, &WORD, 1, u32::MAX, None),
+            rt.futex_wait(&p, 1000, 64, &WORD, wait(1, None)),
             Err(Errno::EAGAIN)
         );
         assert_eq!(rt.futex_wake(&p, 1000, 64, 1, u32::MAX), Ok(1));
@@ -689,7 +714,7 @@ mod tests {
         // Timeouts return and leave no waiter behind.
         let soon = Some(Instant::now() + Duration::from_millis(5));
         assert_eq!(
-            rt.futex_wait(&p, 1000, 64, &WORD, 0, u32::MAX, soon),
+            rt.futex_wait(&p, 1000, 64, &WORD, wait(0, soon)),
             Err(Errno::ETIMEDOUT)
         );
         assert!(lock(&rt.inner).futex.is_empty());
@@ -712,7 +737,10 @@ mod tests {
         }
         assert_eq!(inner.requeue(8, 16, 2), 2);
         assert_eq!(inner.futex[&8].len(), 1);
-        assert_eq!(inner.futex[&16].iter().map(|w| w.tid).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            inner.futex[&16].iter().map(|w| w.tid).collect::<Vec<_>>(),
+            [1, 2]
+        );
         assert_eq!(inner.wake(16, 5, 1), 2);
         assert!(!inner.futex.contains_key(&16));
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::util::{buf, file, path};
 use super::{Class, SysResult, SyscallCtx, SyscallEntry};
-use crate::det_runtime::{DetRuntime, LIBDITTO_GUEST_PATH};
+use crate::det_runtime::{DetRuntime, FutexWait, LIBDITTO_GUEST_PATH};
 use crate::errno::Errno;
 use crate::process::{lock, Process};
 use crate::syscalls::sys_thread;
@@ -154,8 +154,16 @@ pub fn serve(
         DetKind::Clone => det.clone_thread(process, tid, || h(ctx, args)),
         DetKind::External => det.blocking(tid, || h(ctx, args))?,
         DetKind::Open => {
-            let path_arg = if ctx.nr as i64 == libc::SYS_open { args[0] } else { args[1] };
-            let flags = if ctx.nr as i64 == libc::SYS_open { args[1] } else { args[2] };
+            let path_arg = if ctx.nr as i64 == libc::SYS_open {
+                args[0]
+            } else {
+                args[1]
+            };
+            let flags = if ctx.nr as i64 == libc::SYS_open {
+                args[1]
+            } else {
+                args[2]
+            };
             if let Some(host) = det.preload() {
                 if path(ctx, path_arg).is_ok_and(|p| p.as_bytes() == LIBDITTO_GUEST_PATH.as_bytes())
                 {
@@ -268,7 +276,7 @@ pub fn thread_gone(process: &Process, tid: i64, clear_child_tid: u64) {
 
 /// The futex word at `gva`, checked and aligned.
 fn word<'a>(ctx: &SyscallCtx<'a>, gva: u64) -> Result<&'a AtomicU32, Errno> {
-    if gva % 4 != 0 {
+    if !gva.is_multiple_of(4) {
         return Err(Errno::EINVAL);
     }
     let p = buf(ctx, gva, 4)?;
@@ -280,7 +288,12 @@ fn word<'a>(ctx: &SyscallCtx<'a>, gva: u64) -> Result<&'a AtomicU32, Errno> {
 
 /// The deadline of a futex wait: relative for FUTEX_WAIT, absolute on the chosen clock for
 /// FUTEX_WAIT_BITSET.
-fn deadline(ctx: &SyscallCtx<'_>, absolute: bool, op: i32, gva: u64) -> Result<Option<Instant>, Errno> {
+fn deadline(
+    ctx: &SyscallCtx<'_>,
+    absolute: bool,
+    op: i32,
+    gva: u64,
+) -> Result<Option<Instant>, Errno> {
     if gva == 0 {
         return Ok(None);
     }
@@ -369,7 +382,12 @@ fn futex(det: &DetRuntime, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
             let bits = bitset(libc::FUTEX_WAIT)?;
             let w = word(ctx, a[0])?;
             let until = deadline(ctx, cmd == libc::FUTEX_WAIT_BITSET, op, a[3])?;
-            det.futex_wait(process, tid, a[0], w, a[2] as u32, bits, until)
+            let wait = FutexWait {
+                val: a[2] as u32,
+                bitset: bits,
+                deadline: until,
+            };
+            det.futex_wait(process, tid, a[0], w, wait)
         }
         libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => {
             let bits = bitset(libc::FUTEX_WAKE)?;
@@ -380,7 +398,8 @@ fn futex(det: &DetRuntime, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
             let w = word(ctx, a[0])?;
             word(ctx, a[4])?;
             let check = (cmd == libc::FUTEX_CMP_REQUEUE).then_some((w, a[5] as u32));
-            det.futex_requeue(process, tid, a[0], a[4], count(a[2]), count(a[3]), check)
+            let counts = (count(a[2]), count(a[3]));
+            det.futex_requeue(process, tid, (a[0], a[4]), counts, check)
         }
         libc::FUTEX_WAKE_OP => {
             word(ctx, a[0])?;
@@ -415,8 +434,15 @@ mod tests {
             "/../guest-images/include/ditto.h"
         ))
         .unwrap();
-        assert!(h.contains(&format!("#define DITTO_SYS_BASE {:#X}", abi::DITTO_SYS_BASE)));
-        for nr in [abi::DITTO_SYS_DET_START, abi::DITTO_SYS_DET_END, abi::DITTO_SYS_DET_TICK] {
+        assert!(h.contains(&format!(
+            "#define DITTO_SYS_BASE {:#X}",
+            abi::DITTO_SYS_BASE
+        )));
+        for nr in [
+            abi::DITTO_SYS_DET_START,
+            abi::DITTO_SYS_DET_END,
+            abi::DITTO_SYS_DET_TICK,
+        ] {
             assert!(private(nr).is_some());
         }
         assert!(private(abi::DITTO_SYS_BASE + 3).is_none());
@@ -436,11 +462,11 @@ mod tests {
     fn wake_op_decodes_linux_encoding() {
         let w = AtomicU32::new(5);
         // FUTEX_OP(FUTEX_OP_SET, 1, FUTEX_OP_CMP_GT, 1): glibc's old condvar encoding.
-        let val3 = (0 << 28) | (4 << 24) | (1 << 12) | 1;
+        let val3 = (4 << 24) | (1 << 12) | 1; // op SET is 0
         assert_eq!(wake_op(&w, val3), Ok(true));
         assert_eq!(w.load(Ordering::SeqCst), 1);
         // ADD 2, compare old == 1.
-        let val3 = (1 << 28) | (0 << 24) | (2 << 12) | 1;
+        let val3 = (1 << 28) | (2 << 12) | 1; // cmp EQ is 0
         assert_eq!(wake_op(&w, val3), Ok(true));
         assert_eq!(w.load(Ordering::SeqCst), 3);
         assert_eq!(wake_op(&w, 7 << 28), Err(Errno::ENOSYS));
