@@ -632,8 +632,8 @@ mod tests {
     use crate::path::FsContext;
 
     fn process() -> Process {
-        let mem = GuestMemory::new(16 << 20).unwrap();
-        let layout = Layout::new(4 << 20, 16 << 20, 1 << 20).unwrap();
+        let mem = GuestMemory::new(64 << 20).unwrap();
+        let layout = Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
         Process::new(
             mem,
             AddressSpace::new(layout),
@@ -664,6 +664,8 @@ mod tests {
         assert!(matches!(rt.det_end(7), Err(DetError::UnknownThread(7))));
         rt.det_tick(1001, 5).unwrap();
         assert_eq!(rt.logical_time(1001), Some(7));
+        // The main thread (time 2) holds the token, so it exits first.
+        rt.thread_exit(&p, 1000, 0);
         rt.thread_exit(&p, 1001, 0);
         assert_eq!(rt.det_tid(1001), None);
     }
@@ -682,6 +684,8 @@ mod tests {
         let rt = Arc::new(DetRuntime::new(1000, None));
         rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
         rt.clone_thread(&p, 1000, || Ok(1002)).unwrap();
+        // Let the waiters (times 1 and 2) go first, so that they can queue.
+        rt.det_tick(1000, 10).unwrap();
         static WORD: AtomicU32 = AtomicU32::new(0);
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut hs = Vec::new();
@@ -690,6 +694,8 @@ mod tests {
             hs.push(std::thread::spawn(move || {
                 rt2.futex_wait(&p2, t, 64, &WORD, wait(0, None)).unwrap();
                 order.lock().unwrap().push(t);
+                // A woken thread competes again; it must go away to let the others on.
+                rt2.thread_exit(&p2, t, 0);
             }));
             // Queue them in a known order.
             while lock(&rt.inner).futex.get(&64).map_or(0, |q| q.len()) < (t - 1000) as usize {
