@@ -15,6 +15,8 @@ pub enum Which {
     Syscall,
     /// redis (redis-benchmark), nginx (wrk) and pbzip2 from their images.
     Servers,
+    /// Deterministic execution (`--det`): det section cost, hand-offs, racey, pbzip2.
+    Det,
 }
 
 /// Arguments of `ditto bench`.
@@ -194,6 +196,7 @@ pub fn main(args: &BenchArgs) -> ExitCode {
     let rows = match args.which {
         Which::Syscall => syscall_bench(reps),
         Which::Servers => return servers(args.quick),
+        Which::Det => return crate::bench_det::main(reps),
     };
     match rows {
         Ok(rows) => {

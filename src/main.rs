@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_det;
 mod bench_servers;
 mod image_cmd;
 
@@ -69,6 +70,11 @@ pub struct ProgramArgs {
     /// Print counters (syscalls, vCPUs, syscall entry path, timings) on exit.
     #[arg(long)]
     stats: bool,
+    /// Deterministic execution (docs/det.md): serve the det hypercalls of ditto.h, order
+    /// futexes, clone/exit and shared-object syscalls by logical time, and preload libditto
+    /// into dynamic programs.
+    #[arg(long)]
+    det: bool,
     /// The program and its arguments. Without one, ditto runs its built-in demo: the
     /// project's pthread test program (threads, mutexes, condvars, TLS).
     #[arg(last = true, value_name = "PROGRAM ARGS")]
@@ -231,6 +237,8 @@ fn image_selection(p: &ProgramArgs, name: &str) -> Result<Selection, (u8, String
             seed: p.seed,
             writable,
             cwd: Some(cwd),
+            det: p.det,
+            det_preload: p.det.then(guest_images::progs::libditto),
         },
         _state: temp,
     })
@@ -266,6 +274,8 @@ pub fn vm_config(p: &ProgramArgs) -> Result<Selection, (u8, String)> {
             seed: p.seed,
             writable: Vec::new(),
             cwd: None,
+            det: p.det,
+            det_preload: p.det.then(guest_images::progs::libditto),
         },
         _state: None,
     })
@@ -289,10 +299,12 @@ fn run(p: &ProgramArgs) -> ExitCode {
             }
             if p.stats {
                 eprintln!(
-                    "ditto: stats: status={} syscalls={} doorbell_syscalls={} threads={} vcpus_created={} entry={:?} setup={:.3}ms wall={:.3}ms shutdown={:.3}ms",
+                    "ditto: stats: status={} syscalls={} doorbell_syscalls={} exits={} det_ops={} threads={} vcpus_created={} entry={:?} setup={:.3}ms wall={:.3}ms shutdown={:.3}ms",
                     out.exit.status(),
                     out.syscalls,
                     out.doorbell_syscalls,
+                    out.exits,
+                    out.det_ops,
                     out.threads,
                     out.vcpus_created,
                     out.entry,

@@ -4,6 +4,7 @@
 //! its replication class.
 
 pub mod address_space;
+pub mod det_runtime;
 pub mod errno;
 pub mod fd_table;
 pub mod guest_mem;

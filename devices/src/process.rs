@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use crate::address_space::AddressSpace;
+use crate::det_runtime::DetRuntime;
 use crate::fd_table::FdTable;
 use crate::guest_mem::GuestMemory;
 use crate::path::FsContext;
@@ -64,6 +65,8 @@ pub struct Stats {
     pub threads_started: AtomicU64,
     /// Syscalls served through the exitless doorbell path (a subset of `syscalls`).
     pub doorbell_syscalls: AtomicU64,
+    /// VM exits taken by vCPU threads (KVM_RUN returns).
+    pub exits: AtomicU64,
 }
 
 /// Everything shared by the program's threads.
@@ -90,6 +93,8 @@ pub struct Process {
     pub kicker: OnceLock<Arc<dyn Kicker>>,
     /// ITIMER_REAL.
     pub real_timer: crate::itimer::RealTimer,
+    /// The det runtime, set once before the first thread starts when running with `--det`.
+    pub det: OnceLock<DetRuntime>,
     next_tid: AtomicI64,
     live_threads: AtomicUsize,
     exit: Mutex<Option<ExitReason>>,
@@ -124,6 +129,7 @@ impl Process {
             signals: Signals::default(),
             kicker: OnceLock::new(),
             real_timer: Default::default(),
+            det: OnceLock::new(),
             next_tid: AtomicI64::new(GUEST_PID),
             live_threads: AtomicUsize::new(0),
             exit: Mutex::new(None),

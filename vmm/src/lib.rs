@@ -57,6 +57,12 @@ pub struct VmConfig {
     /// The initial working directory inside the root (default: the host cwd when it
     /// lies inside the root, else `/`).
     pub cwd: Option<String>,
+    /// Deterministic execution (`--det`, DESIGN.md §5): serve the det hypercalls and make
+    /// futexes, clone/exit and shared-object syscalls det points.
+    pub det: bool,
+    /// With `det`: the host libditto.so that dynamic programs get through LD_PRELOAD, served
+    /// at [`devices::det_runtime::LIBDITTO_GUEST_PATH`] inside the root.
+    pub det_preload: Option<PathBuf>,
 }
 
 /// Errors that stop a program from starting. Each is bad input or a host problem,
@@ -121,6 +127,10 @@ pub struct RunOutcome {
     pub doorbell_syscalls: u64,
     /// vCPUs created.
     pub vcpus_created: u64,
+    /// VM exits taken by vCPU threads.
+    pub exits: u64,
+    /// Det operations (token acquisitions), with `--det`.
+    pub det_ops: u64,
     /// Threads started (main included).
     pub threads: u64,
     /// How syscalls reached the VMM.
@@ -249,6 +259,33 @@ fn forward_signals(process: Arc<Process>) -> Result<std::thread::JoinHandle<()>,
         .map_err(|e| VmmError::Host(e.to_string()))
 }
 
+/// The program's environment: with `--det`, a dynamic program also gets libditto through
+/// LD_PRELOAD (ahead of any LD_PRELOAD it already has). Static programs cannot be
+/// preloaded; they link libditto in (the `-det` builds).
+fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
+    let mut env = config.env.clone();
+    if !(config.det && dynamic && config.det_preload.is_some()) {
+        return env;
+    }
+    let ours = devices::det_runtime::LIBDITTO_GUEST_PATH.as_bytes();
+    match env.iter_mut().find(|e| e.starts_with(b"LD_PRELOAD=")) {
+        Some(e) => {
+            let old = e.split_off(b"LD_PRELOAD=".len());
+            e.extend_from_slice(ours);
+            if !old.is_empty() {
+                e.push(b':');
+                e.extend_from_slice(&old);
+            }
+        }
+        None => {
+            let mut e = b"LD_PRELOAD=".to_vec();
+            e.extend_from_slice(ours);
+            env.push(e);
+        }
+    }
+    env
+}
+
 /// Runs a program to completion.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     let t0 = Instant::now();
@@ -292,11 +329,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         MAIN_STACK_SIZE,
     )?;
     let exe = absolute_guest_path(&fs, &program);
+    let env = det_env(config, loaded.interp_base != 0);
     let sp = stack::build(
         &mem,
         layout.top - 4096,
         &config.args,
-        &config.env,
+        &env,
         &loaded,
         program.as_bytes(),
         config.seed,
@@ -327,6 +365,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         .kicker
         .set(Arc::new(vcpu::MachineKicker(Arc::downgrade(&machine))));
     let tid = process.new_thread();
+    if config.det {
+        let preload = config.det_preload.clone();
+        let _ = process
+            .det
+            .set(devices::det_runtime::DetRuntime::new(tid, preload));
+    }
     let regs = UserRegs {
         rip: loaded.start,
         rsp: sp,
@@ -361,6 +405,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         syscalls: process.stats.syscalls.load(Relaxed),
         doorbell_syscalls: process.stats.doorbell_syscalls.load(Relaxed),
         vcpus_created: process.stats.vcpus_created.load(Relaxed),
+        exits: process.stats.exits.load(Relaxed),
+        det_ops: process.det.get().map_or(0, |d| d.stats.ops.load(Relaxed)),
         threads: process.stats.threads_started.load(Relaxed),
         entry: machine.syscall_entry(),
         wall,

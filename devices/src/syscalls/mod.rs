@@ -11,6 +11,7 @@ use crate::errno::Errno;
 use crate::process::Process;
 
 pub mod names;
+pub mod sys_det;
 pub mod sys_file;
 pub mod sys_fs;
 pub mod sys_identity;
@@ -225,6 +226,9 @@ impl SyscallTable {
         use std::sync::atomic::Ordering;
         ctx.process.stats.syscalls.fetch_add(1, Ordering::Relaxed);
         ctx.thread.syscalls += 1;
+        if let Some(entry) = sys_det::private(nr) {
+            return sys_det::serve_private(ctx, entry, args).unwrap_or_else(|e| e.as_return());
+        }
         let Some(entry) = self.get(nr) else {
             ctx.process.warn_unsupported(nr, &names::name(nr));
             return Errno::ENOSYS.as_return();
@@ -232,7 +236,11 @@ impl SyscallTable {
         if entry.class == Class::Unsupported {
             ctx.process.warn_unsupported(nr, entry.name);
         }
-        match (entry.handler)(ctx, args) {
+        let result = match ctx.process.det.get() {
+            Some(det) => sys_det::serve(det, ctx, entry, args),
+            None => (entry.handler)(ctx, args),
+        };
+        match result {
             Ok(v) => v,
             Err(e) => e.as_return(),
         }

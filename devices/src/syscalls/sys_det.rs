@@ -1,0 +1,495 @@
+//! Deterministic execution (`ditto run --det`): the private det hypercalls and the implicit
+//! det points.
+//!
+//! - The hypercalls `det_start`, `det_end` and `det_tick` have numbers in a private range
+//!   defined once, in `guest-images/include/ditto.h` (devices/build.rs turns its `#define`s
+//!   into the constants of [`abi`]). Without `--det` they answer ENOSYS, which is what
+//!   libditto and `ditto_present()` expect natively, and nothing else here runs.
+//! - With `--det`, [`serve`] wraps the ordinary handlers of the syscalls whose order between
+//!   threads matters ([`det_kind`]): they run under the token (an implicit det section), futexes
+//!   are emulated with FIFO wake order, clone hands out the next deterministic thread id, and
+//!   calls that wait for the outside world leave the token competition. Thread exit is a det
+//!   point too ([`thread_gone`], called by the vCPU layer).
+//!
+//! Policy for reads and writes (chosen by what the descriptor is on the host):
+//! - regular files, block devices, non-terminal character devices: under the token;
+//! - pipes, FIFOs and anonymous-inode objects (eventfd...): under the token, without
+//!   blocking: poll first; if the call would block, the section ends (+1 logical time) and
+//!   the call is tried again in a later turn, so every attempt happens in token order;
+//! - sockets and terminals: writes under the token; reads leave the competition while they
+//!   block and re-enter at the earliest allowed point (input from outside is not
+//!   deterministic in a single run).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::util::{buf, file, path};
+use super::{Class, SysResult, SyscallCtx, SyscallEntry};
+use crate::det_runtime::{DetRuntime, FutexWait, LIBDITTO_GUEST_PATH};
+use crate::errno::Errno;
+use crate::process::{lock, Process};
+use crate::syscalls::sys_thread;
+
+/// The det hypercall numbers, generated from `guest-images/include/ditto.h`.
+pub mod abi {
+    include!(concat!(env!("OUT_DIR"), "/ditto_abi.rs"));
+}
+
+/// The private det hypercalls. They are not in the Linux-numbered table: dispatch routes
+/// the private range here.
+pub const TABLE: &[SyscallEntry] = &[
+    SyscallEntry {
+        nr: abi::DITTO_SYS_DET_START as i64,
+        name: "ditto_det_start",
+        class: Class::Local,
+        handler: det_start,
+    },
+    SyscallEntry {
+        nr: abi::DITTO_SYS_DET_END as i64,
+        name: "ditto_det_end",
+        class: Class::Local,
+        handler: det_end,
+    },
+    SyscallEntry {
+        nr: abi::DITTO_SYS_DET_TICK as i64,
+        name: "ditto_det_tick",
+        class: Class::Local,
+        handler: det_tick,
+    },
+];
+
+/// The private hypercall with number `nr`, if it is one.
+pub fn private(nr: u64) -> Option<&'static SyscallEntry> {
+    TABLE.iter().find(|e| e.nr as u64 == nr)
+}
+
+/// Serves a private hypercall: ENOSYS (quietly) without `--det`.
+pub fn serve_private(ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, args: [u64; 6]) -> SysResult {
+    if ctx.process.det.get().is_none() {
+        return Err(Errno::ENOSYS);
+    }
+    (entry.handler)(ctx, args)
+}
+
+fn runtime<'a>(ctx: &SyscallCtx<'a>) -> Result<&'a DetRuntime, Errno> {
+    let process: &'a Process = ctx.process;
+    process.det.get().ok_or(Errno::ENOSYS)
+}
+
+fn det_start(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    let det = runtime(ctx)?;
+    det.det_start(ctx.process, ctx.thread.tid)?;
+    Ok(0)
+}
+
+fn det_end(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    runtime(ctx)?.det_end(ctx.thread.tid)?;
+    Ok(0)
+}
+
+fn det_tick(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    runtime(ctx)?.det_tick(ctx.thread.tid, a[0])?;
+    Ok(0)
+}
+
+/// How `--det` treats a syscall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetKind {
+    /// Not a det point: served as without `--det`.
+    Free,
+    /// Under the token (shared state: descriptors, the address space).
+    Ordered,
+    /// Emulated futex.
+    Futex,
+    /// Thread creation: the child gets the next deterministic id.
+    Clone,
+    /// A read-like call on a descriptor (policy by descriptor type).
+    Input,
+    /// A write-like call on a descriptor (policy by descriptor type).
+    Output,
+    /// Waits for the outside world: leaves the competition while it blocks.
+    External,
+    /// open/openat: ordered, and serves libditto's virtual path.
+    Open,
+}
+
+/// The det treatment of syscall `nr`.
+#[allow(non_upper_case_globals)] // libc spells the syscall numbers SYS_name.
+pub fn det_kind(nr: u64) -> DetKind {
+    use libc::*;
+    match nr as i64 {
+        SYS_futex => DetKind::Futex,
+        SYS_clone => DetKind::Clone,
+        SYS_read | SYS_pread64 | SYS_readv | SYS_preadv | SYS_preadv2 => DetKind::Input,
+        SYS_write | SYS_pwrite64 | SYS_writev | SYS_pwritev | SYS_pwritev2 => DetKind::Output,
+        SYS_open | SYS_openat => DetKind::Open,
+        SYS_openat2 | SYS_creat | SYS_close | SYS_close_range | SYS_dup | SYS_dup2 | SYS_dup3
+        | SYS_fcntl | SYS_pipe | SYS_pipe2 | SYS_eventfd | SYS_eventfd2 | SYS_socket
+        | SYS_socketpair | SYS_epoll_create | SYS_epoll_create1 | SYS_epoll_ctl
+        | SYS_timerfd_create | SYS_signalfd | SYS_signalfd4 | SYS_memfd_create | SYS_mmap
+        | SYS_munmap | SYS_mremap | SYS_brk | SYS_lseek | SYS_ftruncate | SYS_sendto
+        | SYS_sendmsg | SYS_sendfile | SYS_copy_file_range | SYS_splice => DetKind::Ordered,
+        SYS_poll | SYS_ppoll | SYS_select | SYS_pselect6 | SYS_epoll_wait | SYS_epoll_pwait
+        | SYS_epoll_pwait2 | SYS_nanosleep | SYS_clock_nanosleep | SYS_accept | SYS_accept4
+        | SYS_connect | SYS_recvfrom | SYS_recvmsg | SYS_recvmmsg | SYS_pause
+        | SYS_rt_sigsuspend | SYS_rt_sigtimedwait => DetKind::External,
+        _ => DetKind::Free,
+    }
+}
+
+/// Serves a Linux syscall under `--det`: `entry`'s handler, wrapped as [`det_kind`] says.
+pub fn serve(
+    det: &DetRuntime,
+    ctx: &mut SyscallCtx<'_>,
+    entry: &SyscallEntry,
+    args: [u64; 6],
+) -> SysResult {
+    let process = ctx.process;
+    let tid = ctx.thread.tid;
+    let h = entry.handler;
+    match det_kind(ctx.nr) {
+        DetKind::Free => h(ctx, args),
+        DetKind::Ordered => det.ordered(process, tid, || h(ctx, args))?,
+        DetKind::Futex => futex(det, ctx, args),
+        DetKind::Clone => det.clone_thread(process, tid, || h(ctx, args)),
+        DetKind::External => det.blocking(tid, || h(ctx, args))?,
+        DetKind::Open => {
+            let path_arg = if ctx.nr as i64 == libc::SYS_open {
+                args[0]
+            } else {
+                args[1]
+            };
+            let flags = if ctx.nr as i64 == libc::SYS_open {
+                args[1]
+            } else {
+                args[2]
+            };
+            if let Some(host) = det.preload() {
+                if path(ctx, path_arg).is_ok_and(|p| p.as_bytes() == LIBDITTO_GUEST_PATH.as_bytes())
+                {
+                    return det.ordered(process, tid, || open_preload(ctx, host, flags))?;
+                }
+            }
+            det.ordered(process, tid, || h(ctx, args))?
+        }
+        DetKind::Input | DetKind::Output => {
+            let write = det_kind(ctx.nr) == DetKind::Output;
+            io(det, ctx, h, args, write)
+        }
+    }
+}
+
+/// Opens the host libditto.so for the program (read-only, whatever it asked).
+fn open_preload(ctx: &mut SyscallCtx<'_>, host: &std::path::Path, flags: u64) -> SysResult {
+    let f = std::fs::File::open(host).map_err(Errno::from)?;
+    let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
+    lock(&ctx.process.fds)
+        .install(f.into(), cloexec)
+        .map(|fd| fd as u64)
+}
+
+/// What a descriptor is, for the read/write policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FdKind {
+    /// Never blocks for long: run under the token.
+    File,
+    /// Pipe, FIFO, eventfd and other anonymous-inode objects: poll, then run or retry.
+    Pollable,
+    /// Socket or terminal: input from outside.
+    External,
+}
+
+fn fd_kind(fd: i32) -> Option<FdKind> {
+    // SAFETY: fstat on a descriptor the caller holds a reference to, into a local.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` is a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return None;
+    }
+    Some(match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO | 0 => FdKind::Pollable,
+        libc::S_IFSOCK => FdKind::External,
+        // SAFETY: isatty on a held descriptor.
+        libc::S_IFCHR if unsafe { libc::isatty(fd) } == 1 => FdKind::External,
+        _ => FdKind::File,
+    })
+}
+
+fn ready(fd: i32, events: i16) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on the stack, timeout 0.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (events | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+fn nonblocking(fd: i32) -> bool {
+    // SAFETY: F_GETFL on a held descriptor.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_NONBLOCK != 0
+}
+
+fn io(
+    det: &DetRuntime,
+    ctx: &mut SyscallCtx<'_>,
+    h: super::Handler,
+    a: [u64; 6],
+    write: bool,
+) -> SysResult {
+    let process = ctx.process;
+    let tid = ctx.thread.tid;
+    // A bad descriptor is answered by the handler, in order like any call.
+    let Ok(f) = file(ctx, a[0]) else {
+        return det.ordered(process, tid, || h(ctx, a))?;
+    };
+    let fd = f.raw();
+    match fd_kind(fd) {
+        Some(FdKind::External) if !write => det.blocking(tid, || h(ctx, a))?,
+        Some(FdKind::Pollable) if !det.in_section(tid) => {
+            let events = if write { libc::POLLOUT } else { libc::POLLIN };
+            Ok(det.retry_ordered(process, tid, || {
+                if ready(fd, events) {
+                    Some(h(ctx, a))
+                } else if nonblocking(fd) {
+                    Some(Err(Errno::EAGAIN))
+                } else {
+                    None
+                }
+            })??)
+        }
+        _ => det.ordered(process, tid, || h(ctx, a))?,
+    }
+}
+
+/// The end of a program thread, called by the vCPU layer once the thread's vCPU is free:
+/// a det point under `--det` (see [`DetRuntime::thread_exit`]), else the plain
+/// CLONE_CHILD_CLEARTID wake.
+pub fn thread_gone(process: &Process, tid: i64, clear_child_tid: u64) {
+    match process.det.get() {
+        Some(det) => det.thread_exit(process, tid, clear_child_tid),
+        None => sys_thread::clear_child_tid(process, clear_child_tid),
+    }
+}
+
+/// The futex word at `gva`, checked and aligned.
+fn word<'a>(ctx: &SyscallCtx<'a>, gva: u64) -> Result<&'a AtomicU32, Errno> {
+    if !gva.is_multiple_of(4) {
+        return Err(Errno::EINVAL);
+    }
+    let p = buf(ctx, gva, 4)?;
+    // SAFETY: p points at 4 bytes of guest memory, 4-byte aligned, which stays mapped for
+    // the process's lifetime ('a); AtomicU32 has u32's layout, and the guest accesses the
+    // word atomically too.
+    Ok(unsafe { &*(p as *const AtomicU32) })
+}
+
+/// The deadline of a futex wait: relative for FUTEX_WAIT, absolute on the chosen clock for
+/// FUTEX_WAIT_BITSET.
+fn deadline(
+    ctx: &SyscallCtx<'_>,
+    absolute: bool,
+    op: i32,
+    gva: u64,
+) -> Result<Option<Instant>, Errno> {
+    if gva == 0 {
+        return Ok(None);
+    }
+    let ts: libc::timespec = ctx.process.mem.read_obj(gva)?;
+    if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+        return Err(Errno::EINVAL);
+    }
+    let t = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let rel = if absolute {
+        let clk = if op & libc::FUTEX_CLOCK_REALTIME != 0 {
+            libc::CLOCK_REALTIME
+        } else {
+            libc::CLOCK_MONOTONIC
+        };
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime into a local.
+        unsafe { libc::clock_gettime(clk, &mut now) };
+        t.saturating_sub(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+    } else {
+        t
+    };
+    Ok(Instant::now().checked_add(rel))
+}
+
+fn count(v: u64) -> u64 {
+    (v as i32).max(0) as u64
+}
+
+/// FUTEX_WAKE_OP's operation on the second word; returns whether its comparison holds.
+fn wake_op(w: &AtomicU32, val3: u32) -> Result<bool, Errno> {
+    let sext12 = |v: u32| ((v << 20) as i32) >> 20;
+    let op = (val3 >> 28) & 7;
+    let shift = (val3 >> 28) & 8 != 0;
+    let cmp = (val3 >> 24) & 15;
+    let mut oparg = sext12((val3 >> 12) & 0xfff) as u32;
+    let cmparg = sext12(val3 & 0xfff);
+    if shift {
+        oparg = 1u32.checked_shl(oparg & 31).unwrap_or(0);
+    }
+    let apply = |old: u32| -> Option<u32> {
+        Some(match op {
+            0 => oparg,
+            1 => old.wrapping_add(oparg),
+            2 => old | oparg,
+            3 => old & !oparg,
+            4 => old ^ oparg,
+            _ => return None,
+        })
+    };
+    if op > 4 || cmp > 5 {
+        return Err(Errno::ENOSYS);
+    }
+    let old = w
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, apply)
+        .map_err(|_| Errno::ENOSYS)? as i32;
+    Ok(match cmp {
+        0 => old == cmparg,
+        1 => old != cmparg,
+        2 => old < cmparg,
+        3 => old <= cmparg,
+        4 => old > cmparg,
+        _ => old >= cmparg,
+    })
+}
+
+/// futex under `--det`: emulated, so that wake order and re-entry follow the token.
+fn futex(det: &DetRuntime, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let op = a[1] as i32;
+    let cmd = op & libc::FUTEX_CMD_MASK;
+    let process = ctx.process;
+    let tid = ctx.thread.tid;
+    let bitset = |cmd_plain: i32| {
+        if cmd == cmd_plain {
+            Ok(u32::MAX)
+        } else if a[5] as u32 == 0 {
+            Err(Errno::EINVAL)
+        } else {
+            Ok(a[5] as u32)
+        }
+    };
+    match cmd {
+        libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => {
+            let bits = bitset(libc::FUTEX_WAIT)?;
+            let w = word(ctx, a[0])?;
+            let until = deadline(ctx, cmd == libc::FUTEX_WAIT_BITSET, op, a[3])?;
+            let wait = FutexWait {
+                val: a[2] as u32,
+                bitset: bits,
+                deadline: until,
+            };
+            det.futex_wait(process, tid, a[0], w, wait)
+        }
+        libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => {
+            let bits = bitset(libc::FUTEX_WAKE)?;
+            word(ctx, a[0])?;
+            det.futex_wake(process, tid, a[0], count(a[2]), bits)
+        }
+        libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE => {
+            let w = word(ctx, a[0])?;
+            word(ctx, a[4])?;
+            let check = (cmd == libc::FUTEX_CMP_REQUEUE).then_some((w, a[5] as u32));
+            let counts = (count(a[2]), count(a[3]));
+            det.futex_requeue(process, tid, (a[0], a[4]), counts, check)
+        }
+        libc::FUTEX_WAKE_OP => {
+            word(ctx, a[0])?;
+            let w2 = word(ctx, a[4])?;
+            det.futex_wake_op(
+                process,
+                tid,
+                (a[0], a[4]),
+                (count(a[2]), count(a[3])),
+                || wake_op(w2, a[5] as u32),
+            )
+        }
+        // PI futexes: as without --det.
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_matches_ditto_h() {
+        // The constants come from ditto.h through build.rs; this checks the header's shape
+        // didn't change under us (consecutive numbers, far above Linux's table).
+        assert_eq!(abi::DITTO_SYS_BASE, 0x1D170);
+        assert_eq!(abi::DITTO_SYS_DET_START, abi::DITTO_SYS_BASE);
+        assert_eq!(abi::DITTO_SYS_DET_END, abi::DITTO_SYS_BASE + 1);
+        assert_eq!(abi::DITTO_SYS_DET_TICK, abi::DITTO_SYS_BASE + 2);
+        let h = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../guest-images/include/ditto.h"
+        ))
+        .unwrap();
+        assert!(h.contains(&format!(
+            "#define DITTO_SYS_BASE {:#X}",
+            abi::DITTO_SYS_BASE
+        )));
+        for nr in [
+            abi::DITTO_SYS_DET_START,
+            abi::DITTO_SYS_DET_END,
+            abi::DITTO_SYS_DET_TICK,
+        ] {
+            assert!(private(nr).is_some());
+        }
+        assert!(private(abi::DITTO_SYS_BASE + 3).is_none());
+        assert!(private(libc::SYS_read as u64).is_none());
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(det_kind(libc::SYS_futex as u64), DetKind::Futex);
+        assert_eq!(det_kind(libc::SYS_write as u64), DetKind::Output);
+        assert_eq!(det_kind(libc::SYS_getpid as u64), DetKind::Free);
+        assert_eq!(det_kind(libc::SYS_poll as u64), DetKind::External);
+        assert_eq!(det_kind(libc::SYS_mmap as u64), DetKind::Ordered);
+    }
+
+    #[test]
+    fn wake_op_decodes_linux_encoding() {
+        let w = AtomicU32::new(5);
+        // FUTEX_OP(FUTEX_OP_SET, 1, FUTEX_OP_CMP_GT, 1): glibc's old condvar encoding.
+        let val3 = (4 << 24) | (1 << 12) | 1; // op SET is 0
+        assert_eq!(wake_op(&w, val3), Ok(true));
+        assert_eq!(w.load(Ordering::SeqCst), 1);
+        // ADD 2, compare old == 1.
+        let val3 = (1 << 28) | (2 << 12) | 1; // cmp EQ is 0
+        assert_eq!(wake_op(&w, val3), Ok(true));
+        assert_eq!(w.load(Ordering::SeqCst), 3);
+        assert_eq!(wake_op(&w, 7 << 28), Err(Errno::ENOSYS));
+    }
+
+    #[test]
+    fn fd_kinds() {
+        let mut p = [0i32; 2];
+        // SAFETY: pipe into a local array.
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        assert_eq!(fd_kind(p[0]), Some(FdKind::Pollable));
+        assert!(!ready(p[0], libc::POLLIN));
+        assert!(ready(p[1], libc::POLLOUT));
+        // SAFETY: eventfd with no flags.
+        let e = unsafe { libc::eventfd(0, 0) };
+        assert_eq!(fd_kind(e), Some(FdKind::Pollable));
+        let f = tempfile::tempfile().unwrap();
+        use std::os::fd::AsRawFd;
+        assert_eq!(fd_kind(f.as_raw_fd()), Some(FdKind::File));
+        assert_eq!(fd_kind(-1), None);
+        for fd in [p[0], p[1], e] {
+            // SAFETY: closing descriptors this test opened.
+            unsafe { libc::close(fd) };
+        }
+    }
+}

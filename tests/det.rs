@@ -1,0 +1,189 @@
+//! `ditto run --det`: deterministic execution of real programs in real VMs (issue 4).
+//!
+//! Each determinism check has a twin without `--det` that must see at least two different
+//! outputs over the same runs, which proves the check could fail.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const RUNS: usize = 10;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The distinct stdouts of `RUNS` runs of `ditto run [extra] -- argv`, each one checked to
+/// succeed and to contain `expect`.
+fn outputs(extra: &[&str], argv: &[&str], expect: &str) -> BTreeSet<String> {
+    (0..RUNS)
+        .map(|_| {
+            let o = run_in(extra, argv, b"");
+            assert!(o.status.success(), "{extra:?} {argv:?}: {}", stderr(&o));
+            let out = stdout(&o);
+            assert!(out.contains(expect), "{argv:?}: {out}");
+            out
+        })
+        .collect()
+}
+
+// racey: 4 threads, 1000 lock acquisitions each. Natively the lock order (and so the
+// signature) varies; 1000 is enough for that to show on a 2-core host in 10 runs.
+const RACEY: &[&str] = &["4", "1000"];
+// prodcons: 3 producers, 500 records each, through one pipe and one eventfd.
+const PRODCONS: &[&str] = &["3", "500"];
+
+fn argv<'a>(prog: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![s(prog)];
+    v.extend_from_slice(args);
+    v
+}
+
+#[test]
+fn racey_is_deterministic_under_det() {
+    let p = prog("racey-det");
+    let sigs = outputs(&["--det"], &argv(&p, RACEY), "signature=");
+    assert_eq!(sigs.len(), 1, "--det gave several signatures: {sigs:?}");
+}
+
+#[test]
+fn racey_varies_without_det() {
+    let p = prog("racey-det");
+    let sigs = outputs(&[], &argv(&p, RACEY), "signature=");
+    assert!(sigs.len() >= 2, "10 runs without --det agreed: {sigs:?}");
+}
+
+#[test]
+fn prodcons_is_deterministic_under_det() {
+    let p = prog("prodcons-det");
+    let sums = outputs(&["--det"], &argv(&p, PRODCONS), "items=1500 ");
+    assert_eq!(sums.len(), 1, "--det gave several checksums: {sums:?}");
+}
+
+#[test]
+fn prodcons_varies_without_det() {
+    let p = prog("prodcons-det");
+    let sums = outputs(&[], &argv(&p, PRODCONS), "items=1500 ");
+    assert!(sums.len() >= 2, "10 runs without --det agreed: {sums:?}");
+}
+
+#[test]
+fn pthread_test_passes_under_det_static() {
+    let p = prog("pthread_test-det");
+    let o = run_in(&["--det", "--stats"], &[s(&p), "4", "500"], b"");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).ends_with("PASS\n"), "{}", stdout(&o));
+    // The det hypercalls were served (libditto found ditto) and threads got det ids.
+    let det_ops: u64 = stderr(&o)
+        .split("det_ops=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("stats line");
+    assert!(det_ops > 1000, "only {det_ops} det ops");
+}
+
+/// A root with ld.so, libc and `prog` at /prog, from the python3 image (glibc 2.36).
+fn dyn_root(dir: &Path, prog: &Path) -> PathBuf {
+    let image = image_root("python3");
+    let root = dir.join("root");
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::create_dir_all(root.join("usr/lib64")).unwrap();
+    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    std::os::unix::fs::symlink("usr/lib64", root.join("lib64")).unwrap();
+    for name in ["libc.so.6", "libdl.so.2", "libpthread.so.0"] {
+        std::fs::copy(
+            image.join("usr/lib/x86_64-linux-gnu").join(name),
+            lib.join(name),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        image.join("usr/lib64/ld-linux-x86-64.so.2"),
+        root.join("usr/lib64/ld-linux-x86-64.so.2"),
+    )
+    .unwrap();
+    std::fs::copy(prog, root.join("prog")).unwrap();
+    root
+}
+
+#[test]
+fn pthread_test_passes_under_det_dynamic_with_preloaded_libditto() {
+    let dir = tempdir();
+    let root = dyn_root(dir.path(), &prog("pthread_test-dyn"));
+    let o = run_in(
+        &["--det", "--stats", "--root", s(&root)],
+        &["/prog", "4", "500"],
+        b"",
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).ends_with("PASS\n"), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        !err.contains("det_ops=0 "),
+        "libditto was not preloaded: {err}"
+    );
+    // The root was not written to.
+    assert!(!root.join(".ditto").exists());
+}
+
+#[test]
+fn racey_dynamic_is_deterministic_with_preloaded_libditto() {
+    let dir = tempdir();
+    let root = dyn_root(dir.path(), &prog("racey-dyn"));
+    let sigs: BTreeSet<String> = (0..3)
+        .map(|_| {
+            let o = run_in(&["--det", "--root", s(&root)], &["/prog", "4", "300"], b"");
+            assert!(o.status.success(), "{}", stderr(&o));
+            stdout(&o)
+        })
+        .collect();
+    assert_eq!(sigs.len(), 1, "{sigs:?}");
+}
+
+#[test]
+fn det_hypercalls_are_enosys_without_det() {
+    // libditto natively falls back to plain pthreads: the -det build passes without --det,
+    // and no det op is counted.
+    let p = prog("pthread_test-det");
+    let o = run_in(&["--stats"], &[s(&p), "2", "200"], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).ends_with("PASS\n"));
+    assert!(stderr(&o).contains("det_ops=0 "), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("unsupported syscall"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn pbzip2_output_is_identical_under_det() {
+    let root = image_root("pbzip2");
+    let dir = tempdir();
+    let blob = dir.path().join("blob");
+    write_blob(&blob, 3 << 20);
+    let input = std::fs::read(&blob).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--root", s(&root)];
+        args.extend_from_slice(extra);
+        run_in(&args, &["/usr/bin/pbzip2", "-p4", "-c", "-b5"], &input)
+    };
+    let plain = run(&[]);
+    assert!(
+        plain.status.success(),
+        "pbzip2 without --det: {}",
+        stderr(&plain)
+    );
+    let det = run(&["--det"]);
+    assert!(det.status.success(), "pbzip2 --det: {}", stderr(&det));
+    assert!(!plain.stdout.is_empty());
+    assert!(
+        det.stdout == plain.stdout,
+        "pbzip2 -p4 output differs under --det"
+    );
+}
