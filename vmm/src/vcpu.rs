@@ -98,7 +98,7 @@ pub struct Machine {
     /// Which worker runs which program thread (for signal kicks).
     running: Mutex<BTreeMap<i64, usize>>,
     /// TSC rate, for the doorbell servers' wake-up timing.
-    tsc_per_us: f64,
+    tsc_per_us: OnceLock<f64>,
 }
 
 /// Where the program resumes after the VMM handled an exit.
@@ -306,7 +306,9 @@ impl Machine {
             entry: OnceLock::new(),
             doorbell_allowed: std::env::var("DITTO_SYSCALL_PATH").map_or(true, |v| v != "trap"),
             running: Mutex::new(BTreeMap::new()),
-            tsc_per_us: doorbell::tsc_per_us(),
+            // Measured when the first doorbell server starts: it takes a short sleep,
+            // which start-up should not pay.
+            tsc_per_us: OnceLock::new(),
         }
     }
 
@@ -424,7 +426,8 @@ impl Machine {
         let poll = self.cores.as_ref().map_or(num_cpus() > 1, |c| c.len() > 1);
         let mut poll_until: Option<Instant> = None;
         let mut answered = Instant::now();
-        let mut wake_stats = doorbell::WakeStats::new(self.tsc_per_us);
+        let mut wake_stats =
+            doorbell::WakeStats::new(*self.tsc_per_us.get_or_init(doorbell::tsc_per_us));
         while !self.process.exiting() {
             let req = data.request();
             if req.seq == last {
