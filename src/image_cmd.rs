@@ -11,7 +11,7 @@ use guest_images::image::{self, BuildOptions, Image, ImageError};
 pub enum ImageCommand {
     /// Build (or refresh) an image from Debian packages.
     Build {
-        /// Recipe name: busybox, python3, redis, nginx, pbzip2.
+        /// Recipe name: busybox, python3, redis, nginx, pbzip2, mongoose.
         name: String,
         /// Rebuild even if a current image exists.
         #[arg(long)]

@@ -66,6 +66,8 @@ struct Def {
     ports: &'static [u16],
     writable: &'static [&'static str],
     files: &'static [(&'static str, &'static str)],
+    /// Files of deterministic generated text: (path, size in bytes); see [`generated_text`].
+    generated: &'static [(&'static str, usize)],
 }
 
 const RECIPES: &[Def] = &[
@@ -80,6 +82,7 @@ const RECIPES: &[Def] = &[
         ports: &[],
         writable: &["/tmp"],
         files: &[],
+        generated: &[],
     },
     Def {
         name: "python3",
@@ -101,6 +104,7 @@ const RECIPES: &[Def] = &[
         ports: &[],
         writable: &["/tmp"],
         files: &[],
+        generated: &[],
     },
     Def {
         name: "redis",
@@ -131,6 +135,7 @@ const RECIPES: &[Def] = &[
         ports: &[6379],
         writable: &["/var/lib/redis", "/tmp"],
         files: &[("/etc/redis/ditto.conf", REDIS_CONF)],
+        generated: &[],
     },
     Def {
         name: "nginx",
@@ -160,6 +165,7 @@ const RECIPES: &[Def] = &[
             ("/etc/nginx/ditto.conf", NGINX_CONF),
             ("/srv/www/index.html", NGINX_INDEX),
         ],
+        generated: &[],
     },
     Def {
         name: "pbzip2",
@@ -172,6 +178,34 @@ const RECIPES: &[Def] = &[
         ports: &[],
         writable: &["/data", "/tmp"],
         files: &[],
+        generated: &[],
+    },
+    Def {
+        name: "mongoose",
+        version: 1,
+        description: "civetweb 1.15 (the mongoose web server's successor) serving static files \
+                      on 127.0.0.1:8081",
+        // libcivetweb1 also ships libcivetweb-cpp (C++ wrapper, needs libstdc++), which
+        // civetweb does not load; the C library needs only libc.
+        packages: &["libc6", "libgcc-s1", "libcivetweb1", "civetweb"],
+        entry: "/usr/bin/civetweb",
+        // civetweb reads a configuration file given as its first argument and then
+        // `-option value` pairs, which override the file's values (`-- -num_threads 16`),
+        // except for list options such as listening_ports, which they extend: a second
+        // `-listening_ports` adds a port. To move the server off 8081, a run puts its own
+        // ditto.conf in STATE/etc/civetweb (the state directory wins over the image).
+        args: &["/etc/civetweb/ditto.conf"],
+        env: &[],
+        ports: &[8081],
+        writable: &["/tmp", "/etc/civetweb"],
+        files: &[("/etc/civetweb/ditto.conf", CIVETWEB_CONF)],
+        // The thesis's file sizes.
+        generated: &[
+            ("/srv/www/1k.html", 1 << 10),
+            ("/srv/www/50k.html", 50 << 10),
+            ("/srv/www/100k.html", 100 << 10),
+            ("/srv/www/200k.html", 200 << 10),
+        ],
     },
 ];
 
@@ -225,6 +259,38 @@ http {
 
 const NGINX_INDEX: &str = "<!DOCTYPE html>\n<html><body><h1>ditto</h1></body></html>\n";
 
+/// civetweb with a fixed pool of worker threads, keep-alive on, no logs (nothing written).
+/// tcp_nodelay: civetweb sends the headers and the body of a response in separate writes, so
+/// with Nagle's algorithm every keep-alive response waits for the client's delayed ACK
+/// (~40 ms on Linux) and each worker serves ~25 requests a second whatever the host.
+const CIVETWEB_CONF: &str = "\
+listening_ports 127.0.0.1:8081
+document_root /srv/www
+num_threads 8
+enable_keep_alive yes
+tcp_nodelay 1
+enable_directory_listing no
+";
+
+/// `size` bytes of deterministic printable text: lines of 63 hex digits and a newline, the
+/// digits from a 64-bit LCG seeded with `size`, so every file differs and never changes.
+pub fn generated_text(size: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut x = size as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut out = String::with_capacity(size);
+    for i in 0..size {
+        if i % 64 == 63 {
+            out.push('\n');
+        } else {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            out.push(char::from(HEX[(x >> 60) as usize]));
+        }
+    }
+    out
+}
+
 /// Files every image gets: glibc's name lookups (getpwnam, which nginx and others call at
 /// start-up) read these, and without them the lookups fail instead of finding root/nobody.
 const BASE_FILES: &[(&str, &str)] = &[
@@ -272,6 +338,11 @@ fn to_recipe(d: &Def) -> Recipe {
             mode,
             contents: (*c).to_owned(),
         })
+        .chain(d.generated.iter().map(|(p, size)| RecipeFile {
+            path: (*p).to_owned(),
+            mode: 0o644,
+            contents: generated_text(*size),
+        }))
         .collect();
     let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     Recipe {
@@ -372,7 +443,7 @@ mod tests {
             assert_eq!(all.iter().filter(|o| o.name == r.name).count(), 1);
         }
         let names: Vec<_> = all.iter().map(|r| r.name.as_str()).collect();
-        for want in ["busybox", "python3", "redis", "nginx", "pbzip2"] {
+        for want in ["busybox", "python3", "redis", "nginx", "pbzip2", "mongoose"] {
             assert!(names.contains(&want), "{want} missing");
         }
     }
@@ -442,5 +513,43 @@ mod tests {
         ] {
             assert!(conf.lines().any(|l| l == line), "{line}");
         }
+    }
+
+    #[test]
+    fn mongoose_serves_the_thesis_file_sizes() {
+        let m = find("mongoose").unwrap();
+        let conf = &m
+            .files
+            .iter()
+            .find(|f| f.path == "/etc/civetweb/ditto.conf")
+            .unwrap()
+            .contents;
+        for line in [
+            "listening_ports 127.0.0.1:8081",
+            "document_root /srv/www",
+            "tcp_nodelay 1",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line}");
+        }
+        assert_eq!(m.args, ["/etc/civetweb/ditto.conf"]);
+        for (name, size) in [
+            ("1k", 1024),
+            ("50k", 51_200),
+            ("100k", 102_400),
+            ("200k", 204_800),
+        ] {
+            let f = m
+                .files
+                .iter()
+                .find(|f| f.path == format!("/srv/www/{name}.html"))
+                .unwrap();
+            assert_eq!(f.contents.len(), size, "{name}");
+            assert_eq!(f.contents, generated_text(size));
+            assert!(f
+                .contents
+                .lines()
+                .all(|l| l.len() == 63 || l.len() == size % 64));
+        }
+        assert_ne!(generated_text(1024)[..64], generated_text(2048)[..64]);
     }
 }
