@@ -341,6 +341,18 @@ impl DetRuntime {
         self.acquire(g, process, tid, false).map(drop)
     }
 
+    /// Whether a det point by `tid` would go ahead without waiting: it holds the token,
+    /// or it is already inside a section. The doorbell serves such calls on its server
+    /// thread without a VM exit, and bounces the others to the vCPU thread, where waiting
+    /// for the token costs one thread switch instead of two.
+    pub fn can_proceed(&self, tid: i64) -> bool {
+        let g = lock(&self.inner);
+        let Ok((det, _)) = g.slot(tid) else {
+            return false;
+        };
+        matches!(g.sched.phase(det), Some(Phase::InSection)) || g.sched.holder() == Some(det)
+    }
+
     /// `det_end`: ends the section, +1 logical time.
     pub fn det_end(&self, tid: i64) -> Result<(), DetError> {
         let mut g = lock(&self.inner);

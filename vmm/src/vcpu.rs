@@ -312,6 +312,27 @@ impl Machine {
         }
     }
 
+    /// Under `--det`, a call that may wait (for the token, an emulated futex, or the
+    /// outside world) is served on the vCPU thread: a hand-off then wakes one thread,
+    /// not a server thread and then a vCPU thread. Calls that go ahead at once (det_end,
+    /// det_tick, a det_start or det point by the token holder, det-free calls) stay on
+    /// the doorbell and cost no exit.
+    fn det_must_bounce(&self, tid: i64, req: &doorbell::Request) -> bool {
+        let Some(det) = self.process.det.get() else {
+            return false;
+        };
+        if req.nr == sys_det::abi::DITTO_SYS_DET_END || req.nr == sys_det::abi::DITTO_SYS_DET_TICK {
+            return false;
+        }
+        let is_start = req.nr == sys_det::abi::DITTO_SYS_DET_START;
+        match sys_det::det_kind(req.nr) {
+            _ if is_start => !det.can_proceed(tid),
+            sys_det::DetKind::Free => false,
+            sys_det::DetKind::Futex | sys_det::DetKind::External | sys_det::DetKind::Clone => true,
+            _ => doorbell::may_block(req.nr, &req.args) || !det.can_proceed(tid),
+        }
+    }
+
     /// Whether syscalls use the doorbell (known after the start-up probe). Not under
     /// `--det`: there most syscalls are det hand-offs between threads, and serving them on
     /// the vCPU thread itself measured about twice as fast as through a server thread.
@@ -468,6 +489,7 @@ impl Machine {
             if doorbell::must_bounce(req.nr)
                 || self.process.signals.has_deliverable(tid)
                 || data.want_trap()
+                || self.det_must_bounce(tid, &req)
             {
                 data.set_polling(false);
                 poll_until = None;
