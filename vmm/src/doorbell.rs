@@ -49,6 +49,8 @@ mod off {
     pub const LAST_BLOCKING: u64 = 0x78;
     pub const RING_TSC: u64 = 0x80;
     pub const WANT_TRAP: u64 = 0x88;
+    /// 512-bit bitmap: syscall numbers the shim sends straight to the trap path.
+    pub const TRAP_BITMAP: u64 = 0x100;
 }
 
 /// Where vCPU `index`'s shim page is, for guest memory of `mem_size` bytes.
@@ -116,6 +118,21 @@ pub fn shim(shim_page: u64, doorbell: u64) -> Vec<u8> {
         base: shim_page,
         data: shim_page + 4096,
     };
+    // Calls that wait for the outside world trap directly: the vCPU thread then waits
+    // itself, one wake-up instead of the server's and then the vCPU thread's.
+    a.bytes(&[0x48, 0x3d, 0x00, 0x02, 0x00, 0x00]); // cmp $512, %rax
+    let jae_at = a.code.len();
+    a.bytes(&[0x73, 0x00]); // jae ring (patched)
+    a.bytes(&[0x48, 0x0f, 0xa3, 0x05]); // bt %rax, TRAP_BITMAP(%rip)
+    let d = a.disp(off::TRAP_BITMAP, 0);
+    a.bytes(&d);
+    let jnc_at = a.code.len();
+    a.bytes(&[0x73, 0x00]); // jnc ring (patched)
+    a.movabs_r11(layout::LSTAR_PAGE);
+    a.bytes(&[0x41, 0xff, 0xe3]); // jmp *%r11: the #PF syscall path
+    let ring = a.code.len();
+    a.code[jae_at + 1] = (ring - (jae_at + 2)) as u8;
+    a.code[jnc_at + 1] = (ring - (jnc_at + 2)) as u8;
     a.store(RAX, off::NR);
     for (i, r) in [RDI, RSI, RDX, R10, R8, R9].into_iter().enumerate() {
         a.store(r, off::ARGS + 8 * i as u64);
@@ -425,6 +442,38 @@ pub fn may_block(nr: u64, args: &[u64; 6]) -> bool {
     }
 }
 
+/// The shim's bitmap of syscalls that go straight to the trap path: those that wait for
+/// the outside world (readiness, accept, sleeps, signal waits). futex waits are not here:
+/// they are often short, and the server's "blocking" hint covers the long ones.
+pub fn trap_bitmap() -> [u8; 64] {
+    let mut bits = [0u8; 64];
+    for nr in [
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+        libc::SYS_poll,
+        libc::SYS_ppoll,
+        libc::SYS_select,
+        libc::SYS_pselect6,
+        libc::SYS_accept,
+        libc::SYS_accept4,
+        libc::SYS_nanosleep,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_rt_sigtimedwait,
+        libc::SYS_pause,
+        libc::SYS_rt_sigsuspend,
+        libc::SYS_wait4,
+    ] {
+        bits[nr as usize / 8] |= 1 << (nr % 8);
+    }
+    bits
+}
+
+/// Where the bitmap goes: the data page of the shim at `shim_page`.
+pub fn trap_bitmap_addr(shim_page: u64) -> u64 {
+    shim_page + 4096 + off::TRAP_BITMAP
+}
+
 /// Syscalls the server cannot serve because they act on the calling vCPU.
 pub fn must_bounce(nr: u64) -> bool {
     matches!(
@@ -446,18 +495,36 @@ mod tests {
         let base = 0x1_0000_0000 - AREA_SIZE;
         let code = shim(base, 0x1_0000_0000);
         assert!(code.len() < 4096);
-        // The first instruction stores rax at data+NR: disp = 4096 + 0x10 - 7.
-        assert_eq!(&code[..3], &[0x48, 0x89, 0x05]);
+        // The prefix: cmp $512,%rax; jae; bt %rax,BITMAP(%rip); jnc; movabs; jmp *%r11.
+        assert_eq!(&code[..6], &[0x48, 0x3d, 0x00, 0x02, 0x00, 0x00]);
+        assert_eq!(&code[8..12], &[0x48, 0x0f, 0xa3, 0x05]);
         assert_eq!(
-            i32::from_le_bytes(code[3..7].try_into().unwrap()),
-            4096 + 0x10 - 7
+            i32::from_le_bytes(code[12..16].try_into().unwrap()) as u64,
+            4096 + off::TRAP_BITMAP - 16
+        );
+        let p = 31; // after the 31-byte prefix
+                    // The first store puts rax at data+NR.
+        assert_eq!(&code[p..p + 3], &[0x48, 0x89, 0x05]);
+        assert_eq!(
+            i32::from_le_bytes(code[p + 3..p + 7].try_into().unwrap()) as u64,
+            4096 + 0x10 - (p as u64 + 7)
         );
         // Stores are 7 bytes each: rax, rdi, rsi, rdx, then r10, which needs REX.R
         // and lands at data+ARGS+24.
-        assert_eq!(&code[28..31], &[0x4c, 0x89, 0x15]);
+        let r10 = p + 28;
+        assert_eq!(&code[r10..r10 + 3], &[0x4c, 0x89, 0x15]);
         assert_eq!(
-            i32::from_le_bytes(code[31..35].try_into().unwrap()) as u64,
-            4096 + off::ARGS + 24 - 35
+            i32::from_le_bytes(code[r10 + 3..r10 + 7].try_into().unwrap()) as u64,
+            4096 + off::ARGS + 24 - (r10 as u64 + 7)
+        );
+        let bits = trap_bitmap();
+        assert_ne!(
+            bits[libc::SYS_epoll_wait as usize / 8] & (1 << (libc::SYS_epoll_wait % 8)),
+            0
+        );
+        assert_eq!(
+            bits[libc::SYS_read as usize / 8] & (1 << (libc::SYS_read % 8)),
+            0
         );
     }
 

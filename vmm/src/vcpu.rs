@@ -408,6 +408,10 @@ impl Machine {
         let page = doorbell::shim_page(mem_size, index);
         self.process
             .mem
+            .write_system(doorbell::trap_bitmap_addr(page), &doorbell::trap_bitmap())
+            .ok_or(Errno::ENOMEM)?;
+        self.process
+            .mem
             .write_system(
                 page,
                 &doorbell::shim(page, doorbell::doorbell_addr(mem_size, index)),
