@@ -140,15 +140,15 @@ impl AddressSpace {
             self.carve(hint, hint + len);
             return Ok(hint);
         }
-        let (&s, &e) = self
+        let end = self
             .free
             .iter()
             .rev()
             .find(|(&s, &e)| e - s >= len)
+            .map(|(_, &e)| e)
             .ok_or(Errno::ENOMEM)?;
-        let _ = s;
-        let start = e - len;
-        self.carve(start, e);
+        let start = end - len;
+        self.carve(start, end);
         Ok(start)
     }
 

@@ -250,7 +250,6 @@ pub fn load_program(
         interp_base: 0,
         image_end: prog.end,
     };
-    let _ = prog.base;
     if let Some(interp) = prog.interp {
         let iname = interp.to_string_lossy().into_owned();
         let idata = read_file(fs, &interp)?;
