@@ -367,3 +367,65 @@ fn trap_and_doorbell_paths_agree() {
         );
     }
 }
+
+#[test]
+fn signal_handlers_timers_sigwait_and_kicks() {
+    for path in ["trap", "doorbell"] {
+        let mut c = ditto();
+        c.env("DITTO_SYSCALL_PATH", path)
+            .args(["run", "--"])
+            .arg(prog("signals"));
+        let o = output_within(c, 60);
+        let out = stdout(&o);
+        assert!(o.status.success(), "{path}: {out}{}", stderr(&o));
+        for line in [
+            "raise handler ran sig=10",
+            "alarm interrupted pause",
+            "itimer ticks>=3",
+            "sigwait got 12",
+            "handler stopped a compute loop",
+            "PASS",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{path}: missing {line:?} in {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sigpipe_and_external_signals_take_default_actions() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let bb = busybox();
+    // The reader goes away: the writer dies of SIGPIPE, as natively (128+13).
+    let mut child = ditto()
+        .args(["run", "--", s(&bb), "seq", "1", "100000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(141));
+    // SIGTERM to ditto, program without a handler: it ends with SIGTERM (128+15).
+    let mut child = ditto()
+        .args(["run", "--", s(&bb), "sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = std::time::Instant::now();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -27,6 +27,7 @@ pub const PROGRAMS: &[&str] = &[
     "racey",
     "racey-det",
     "racey-dyn",
+    "signals",
     "thread_churn",
 ];
 

@@ -95,3 +95,25 @@ pub fn write_blob(path: &Path, len: usize) {
         .collect();
     std::fs::write(path, data).unwrap();
 }
+
+/// Runs `c` to completion, but kills it (by its own PID) and fails the test if it takes
+/// longer than `secs`: a feature that breaks must fail the test, not hang it.
+pub fn output_within(mut c: Command, secs: u64) -> Output {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            // SAFETY: killing the child this helper started, by its PID.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("command did not finish within {secs} s");
+        }
+    }
+}
