@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Shorter runs (servers: 10k requests, 3 s of wrk, 20 MB for pbzip2).
     #[arg(long)]
     pub quick: bool,
+    /// Servers: only this workload (pbzip2, redis, nginx or mongoose).
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 /// One row: native and in-VM time per iteration.
@@ -163,8 +166,8 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
     ])
 }
 
-fn servers(quick: bool) -> ExitCode {
-    match crate::bench_servers::run(quick) {
+fn servers(quick: bool, only: Option<&str>) -> ExitCode {
+    match crate::bench_servers::run(quick, only) {
         Ok(rows) => {
             println!("| workload | native /s | ditto /s | slowdown | syscalls/req | exit µs/req | other µs/req |");
             println!("|---|---:|---:|---:|---:|---:|---:|");
@@ -195,7 +198,7 @@ pub fn main(args: &BenchArgs) -> ExitCode {
     let reps = args.reps.max(1);
     let rows = match args.which {
         Which::Syscall => syscall_bench(reps),
-        Which::Servers => return servers(args.quick),
+        Which::Servers => return servers(args.quick, args.only.as_deref()),
         Which::Det => return crate::bench_det::main(reps),
     };
     match rows {

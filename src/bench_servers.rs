@@ -174,8 +174,18 @@ fn redis_benchmark(port: u16, n: u64, clients: u32, pipeline: u32) -> Result<(f6
 }
 
 fn wrk(url: &str, secs: u32) -> Result<(f64, f64), String> {
+    wrk_with(url, secs, 10)
+}
+
+fn wrk_with(url: &str, secs: u32, connections: u32) -> Result<(f64, f64), String> {
+    let threads = connections.clamp(1, 2);
     let out = Command::new("wrk")
-        .args(["-t1", "-c10", &format!("-d{secs}s"), url])
+        .args([
+            format!("-t{threads}"),
+            format!("-c{connections}"),
+            format!("-d{secs}s"),
+            url.to_string(),
+        ])
         .output()
         .map_err(|e| format!("wrk: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -391,6 +401,76 @@ fn pbzip2_rows(mb: usize, costs: &Costs) -> Result<Vec<ServerRow>, String> {
     Ok(rows)
 }
 
+/// The thesis's Mongoose workload: civetweb from the `mongoose` image, wrk with 100
+/// connections on the 50 KB file, at 4, 8 and 16 worker threads; native, in ditto, and in
+/// ditto with `--det`.
+fn mongoose_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
+    let img = image::open("mongoose", &BuildOptions::default()).map_err(|e| e.to_string())?;
+    let conf = std::fs::read_to_string(img.root.join("etc/civetweb/ditto.conf"))
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for threads in [4, 8, 16] {
+        let t = threads.to_string();
+        let port = free_port()?;
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let native_conf = tmp.path().join("civetweb.conf");
+        let listen = format!("listening_ports 127.0.0.1:{port}");
+        std::fs::write(
+            &native_conf,
+            conf.replace("listening_ports 127.0.0.1:8081", &listen)
+                .replace(
+                    "document_root /srv/www",
+                    &format!("document_root {}", img.root.join("srv/www").display()),
+                ),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut c = native_cmd(&img, "/usr/bin/civetweb");
+        c.arg(&native_conf).args(["-num_threads", &t]);
+        let mut p = spawn(c)?;
+        p.wait_port(port)?;
+        let url = format!("http://127.0.0.1:{port}/50k.html");
+        let (native, _) = wrk_with(&url, secs, 100)?;
+        p.stop();
+        for det in [false, true] {
+            let port = free_port()?;
+            let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(state.path().join("etc/civetweb"))
+                .map_err(|e| e.to_string())?;
+            std::fs::write(
+                state.path().join("etc/civetweb/ditto.conf"),
+                conf.replace(
+                    "listening_ports 127.0.0.1:8081",
+                    &format!("listening_ports 127.0.0.1:{port}"),
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let mut c = Command::new(ditto_exe());
+            c.args(["run", "--stats"]);
+            if det {
+                c.arg("--det");
+            }
+            c.args(["--image", "mongoose", "--state"])
+                .arg(state.path())
+                .args(["--", "-num_threads", &t]);
+            let mut p = spawn(c)?;
+            p.wait_port(port)?;
+            let (ditto, requests) =
+                wrk_with(&format!("http://127.0.0.1:{port}/50k.html"), secs, 100)?;
+            let stats = parse_stats(&p.stop());
+            let mode = if det { " --det" } else { "" };
+            rows.push(row(
+                format!("mongoose{mode} {threads} threads, wrk -c100 50 KB"),
+                native,
+                ditto,
+                requests,
+                &stats,
+                costs,
+            ));
+        }
+    }
+    Ok(rows)
+}
+
 /// Measures the two syscall paths' costs in this run (the #PF trap and the doorbell).
 fn costs() -> Result<Costs, String> {
     let bench = guest_images::progs::path("bench").ok_or("guest program 'bench' is not built")?;
@@ -417,7 +497,13 @@ fn costs() -> Result<Costs, String> {
 
 /// All server benchmarks; `quick` shortens them (fewer requests, shorter wrk runs,
 /// smaller pbzip2 input) for a fast look.
-pub fn run(quick: bool) -> Result<Vec<ServerRow>, String> {
+pub fn run(quick: bool, only: Option<&str>) -> Result<Vec<ServerRow>, String> {
+    let want = |name: &str| only.is_none_or(|o| o == name);
+    if let Some(o) = only.filter(|o| !["pbzip2", "redis", "nginx", "mongoose"].contains(o)) {
+        return Err(format!(
+            "unknown workload {o:?}: expected pbzip2, redis, nginx or mongoose"
+        ));
+    }
     let costs = costs()?;
     eprintln!(
         "ditto: bench: syscall transport in this run: trap {:.1} us, doorbell {:.1} us",
@@ -425,8 +511,18 @@ pub fn run(quick: bool) -> Result<Vec<ServerRow>, String> {
         costs.doorbell_ns / 1e3
     );
     let mut rows = Vec::new();
-    rows.extend(pbzip2_rows(if quick { 20 } else { 100 }, &costs)?);
-    rows.extend(redis_rows(if quick { 10_000 } else { 100_000 }, &costs)?);
-    rows.extend(nginx_rows(if quick { 3 } else { 10 }, &costs)?);
+    let secs = if quick { 3 } else { 10 };
+    if want("pbzip2") {
+        rows.extend(pbzip2_rows(if quick { 20 } else { 100 }, &costs)?);
+    }
+    if want("redis") {
+        rows.extend(redis_rows(if quick { 10_000 } else { 100_000 }, &costs)?);
+    }
+    if want("nginx") {
+        rows.extend(nginx_rows(secs, &costs)?);
+    }
+    if want("mongoose") {
+        rows.extend(mongoose_rows(secs, &costs)?);
+    }
     Ok(rows)
 }
