@@ -6,9 +6,9 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,7 +24,7 @@ const FILES: [(&str, usize); 4] = [
 
 /// A ditto process running civetweb; killed (by its own PID) if the test fails.
 struct Server {
-    child: Option<Child>,
+    proc: ServerProc,
     port: u16,
     _state: tempfile::TempDir,
 }
@@ -47,39 +47,20 @@ impl Server {
             ),
         )
         .unwrap();
-        let child = ditto()
-            .arg("run")
+        let mut c = ditto();
+        c.arg("run")
             .args(flags)
             .args(["--image", "mongoose", "--state"])
             .arg(state.path())
             .arg("--")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ditto");
-        let mut s = Server {
-            child: Some(child),
+            .args(args);
+        let mut proc = ServerProc::spawn(c);
+        proc.wait_port(port);
+        Server {
+            proc,
             port,
             _state: state,
-        };
-        s.wait_port();
-        s
-    }
-
-    fn wait_port(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = self.child.take().unwrap().wait_with_output().unwrap();
-                panic!("server exited early ({status}): {}", stderr(&out));
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server did not listen on {} within 60 s", self.port);
     }
 
     fn url(&self, file: &str) -> String {
@@ -88,20 +69,8 @@ impl Server {
 
     /// Sends `sig` to the ditto process, waits (bounded) for it to end, and checks that
     /// civetweb's own handler ran and the run exited 0. Returns ditto's stderr.
-    fn stop(mut self, sig: i32) -> String {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling a child process this test started (its PID is still ours:
-        // the child has not been waited for).
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("server did not stop within 20 s of signal {sig}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out: Output = child.wait_with_output().unwrap();
+    fn stop(self, sig: i32) -> String {
+        let out: Output = self.proc.stop(sig);
         let log = format!("{}{}", stdout(&out), stderr(&out));
         assert_eq!(out.status.code(), Some(0), "{log}");
         assert!(
@@ -111,23 +80,6 @@ impl Server {
         assert!(!log.contains("unsupported syscall"), "{log}");
         stderr(&out)
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The image's copy of each static file, checked against the recipe's generator.

@@ -4,77 +4,17 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use common::*;
 
-/// A ditto process running a server; killed (by its own PID) if the test fails.
-struct Server {
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let child = ditto()
-            .arg("run")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ditto");
-        Server { child: Some(child) }
-    }
-
-    fn wait_port(&mut self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = self.child.take().unwrap().wait_with_output().unwrap();
-                panic!("server exited early ({status}): {}", stderr(&out));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server did not listen on {port} within 60 s");
-    }
-
-    /// Sends `sig` to the ditto process and waits (bounded) for it to end.
-    fn stop(mut self, sig: i32) -> Output {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling a child process this test started.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("server did not stop within 20 s of signal {sig}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `ditto run ARGS` as a server process.
+fn start(args: &[&str]) -> ServerProc {
+    let mut c = ditto();
+    c.arg("run").args(args);
+    ServerProc::spawn(c)
 }
 
 fn client(argv: &[&str]) -> String {
@@ -99,7 +39,7 @@ fn redis_answers_real_clients_and_shuts_down_cleanly() {
     let port = free_port();
     let state = tempdir();
     let p = port.to_string();
-    let mut server = Server::start(&[
+    let mut server = start(&[
         "--image",
         "redis",
         "--state",
@@ -197,7 +137,7 @@ fn nginx_state(port: u16) -> tempfile::TempDir {
 fn nginx_serves_files_keepalive_and_404() {
     let port = free_port();
     let state = nginx_state(port);
-    let mut server = Server::start(&[
+    let mut server = start(&[
         "--image",
         "nginx",
         "--state",

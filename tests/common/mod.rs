@@ -117,3 +117,72 @@ pub fn output_within(mut c: Command, secs: u64) -> Output {
         }
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released; a race with other processes is
+/// possible but harmless in practice for tests that retry nothing).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A ditto process running a server; killed (by its own PID) when dropped, so a failing
+/// test leaves nothing behind.
+pub struct ServerProc {
+    child: Option<std::process::Child>,
+}
+
+impl ServerProc {
+    /// Starts `cmd` with its output captured.
+    pub fn spawn(mut cmd: Command) -> ServerProc {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ditto");
+        ServerProc { child: Some(child) }
+    }
+
+    /// Waits (at most 60 s) until 127.0.0.1:`port` accepts connections.
+    pub fn wait_port(&mut self, port: u16) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let out = self.child.take().unwrap().wait_with_output().unwrap();
+                panic!("server exited early ({status}): {}", stderr(&out));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("server did not listen on {port} within 60 s");
+    }
+
+    /// Sends `sig` to the ditto process and waits (at most 20 s) for it to end.
+    pub fn stop(mut self, sig: i32) -> Output {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling a child process this test started (not yet waited for, so
+        // its PID is still ours).
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop within 20 s of signal {sig}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
