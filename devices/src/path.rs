@@ -321,14 +321,7 @@ impl FsContext {
             return self.target(None, &abs, mutating);
         }
         let dir_c = CString::new(dir).map_err(|_| Errno::EINVAL)?;
-        let (base, rel) = self.place(&dir_c, mutating)?;
-        let dfd = openat2(
-            base,
-            &rel,
-            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-            0,
-            CONFINE,
-        )?;
+        let dfd = self.open_dir(&dir_c, mutating)?;
         Ok(Resolved::Parent(
             dfd,
             CString::new(name).map_err(|_| Errno::EINVAL)?,
@@ -338,15 +331,15 @@ impl FsContext {
     /// chdir: the new cwd must be a directory inside the root.
     pub fn chdir(&self, dirfd: Option<RawFd>, path: &CStr) -> Result<(), Errno> {
         let abs = self.absolute(dirfd, path)?;
-        let (base, rel) = self.place(&abs, false)?;
-        let fd = openat2(
-            base,
-            &rel,
-            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-            0,
-            CONFINE,
-        )?;
+        let fd = self.open_dir(&abs, false)?;
         self.set_cwd_from_fd(fd.as_raw_fd())
+    }
+
+    /// An O_PATH descriptor of the directory at absolute guest path `abs`, confined.
+    fn open_dir(&self, abs: &CStr, mutating: bool) -> Result<OwnedFd, Errno> {
+        let (base, rel) = self.place(abs, mutating)?;
+        let flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+        openat2(base, &rel, flags, 0, CONFINE)
     }
 
     /// fchdir and chdir: the cwd becomes the canonical guest path of the directory.

@@ -2,7 +2,7 @@
 //! filesystem view, signal dispositions, and how the program ended.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use crate::address_space::AddressSpace;
@@ -98,6 +98,8 @@ pub struct Process {
     next_tid: AtomicI64,
     live_threads: AtomicUsize,
     exit: Mutex<Option<ExitReason>>,
+    /// Mirrors `exit.is_some()`: checked after every syscall, so a lock-free read.
+    exiting: AtomicBool,
     exit_cv: Condvar,
     warned: Mutex<BTreeSet<u64>>,
 }
@@ -133,6 +135,7 @@ impl Process {
             next_tid: AtomicI64::new(GUEST_PID),
             live_threads: AtomicUsize::new(0),
             exit: Mutex::new(None),
+            exiting: AtomicBool::new(false),
             exit_cv: Condvar::new(),
             warned: Mutex::new(BTreeSet::new()),
         }
@@ -168,13 +171,14 @@ impl Process {
         let mut e = lock(&self.exit);
         if e.is_none() {
             *e = Some(reason);
+            self.exiting.store(true, Ordering::SeqCst);
             self.exit_cv.notify_all();
         }
     }
 
     /// Whether the program is ending; vCPU threads check this after every kick.
     pub fn exiting(&self) -> bool {
-        lock(&self.exit).is_some()
+        self.exiting.load(Ordering::SeqCst)
     }
 
     /// The exit reason, once there is one.
