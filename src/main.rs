@@ -10,6 +10,7 @@ mod bench;
 mod bench_det;
 mod bench_servers;
 mod image_cmd;
+mod pair;
 
 /// Exit status for bad usage or bad input (a bad flag, a missing or malformed
 /// program or image).
@@ -39,6 +40,12 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build, list and extend images made from Debian packages.
     Image(image_cmd::ImageArgs),
+    /// Run a program as two replicas (primary and secondary) on disjoint cores, keep them
+    /// in lockstep and report any divergence (docs/pair.md).
+    Pair(pair::PairArgs),
+    /// One replica of a pair (started by `ditto pair`).
+    #[command(name = "__replica", hide = true)]
+    Replica(pair::ReplicaArgs),
 }
 
 /// How a program is selected and run; shared by every command that runs one.
@@ -239,6 +246,9 @@ fn image_selection(p: &ProgramArgs, name: &str) -> Result<Selection, (u8, String
             cwd: Some(cwd),
             det: p.det,
             det_preload: p.det.then(guest_images::progs::libditto),
+            read_only: Vec::new(),
+            read_only_root: false,
+            replication: None,
         },
         _state: temp,
     })
@@ -276,6 +286,9 @@ pub fn vm_config(p: &ProgramArgs) -> Result<Selection, (u8, String)> {
             cwd: None,
             det: p.det,
             det_preload: p.det.then(guest_images::progs::libditto),
+            read_only: Vec::new(),
+            read_only_root: false,
+            replication: None,
         },
         _state: None,
     })
@@ -345,6 +358,8 @@ fn main() -> ExitCode {
         Command::Run(r) => run(&r.program),
         Command::Bench(b) => bench::main(&b),
         Command::Image(i) => image_cmd::main(&i),
+        Command::Pair(p) => pair::main(&p),
+        Command::Replica(r) => pair::replica_main(&r),
     }
 }
 

@@ -18,9 +18,12 @@
 //!
 //! Payloads defined here (other kinds belong to the replication layer):
 //! - `Turn` ([`RecordKind::Turn`]): tid u32, thread_seq u64, global_seq u64 (20 bytes).
-//! - `Reentry` ([`RecordKind::Reentry`]): tid u32, at u64 (12 bytes): a thread re-enters the
-//!   token competition at logical time `at`.
-//! - `End` ([`RecordKind::End`]): empty.
+//! - [`Reentry`] as a standalone payload: tid u32, at u64 (12 bytes): a thread re-enters the
+//!   token competition at logical time `at`. On the replication channel `Reentry` records use
+//!   the per-thread layout of the replication layer instead (tid, syscall number, at).
+//! - `End` ([`RecordKind::End`]): how the primary ended (layout in the replication layer).
+//! - `SyscallResult`, `OutputHash`, `TimedWait` and per-thread `Reentry`: defined by
+//!   the replication layer, `devices/src/replication/wire.rs`.
 
 use crate::tid::DetTid;
 use crate::turn::Turn;
@@ -52,6 +55,8 @@ pub enum RecordKind {
     Reentry = 4,
     /// The end of the stream: the primary finished.
     End = 5,
+    /// The outcome of a primary thread's futex wait with a deadline.
+    TimedWait = 6,
 }
 
 impl TryFrom<u8> for RecordKind {
@@ -64,6 +69,7 @@ impl TryFrom<u8> for RecordKind {
             3 => RecordKind::OutputHash,
             4 => RecordKind::Reentry,
             5 => RecordKind::End,
+            6 => RecordKind::TimedWait,
             _ => return Err(RecordError::UnknownKind(b)),
         })
     }
@@ -365,7 +371,7 @@ mod tests {
     }
 
     fn kind() -> impl Strategy<Value = RecordKind> {
-        (1u8..=5).prop_map(|b| RecordKind::try_from(b).unwrap())
+        (1u8..=6).prop_map(|b| RecordKind::try_from(b).unwrap())
     }
 
     proptest! {

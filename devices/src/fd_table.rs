@@ -6,6 +6,7 @@
 //! secondary) still hand out the same numbers.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::errno::Errno;
@@ -18,9 +19,39 @@ pub const MAX_FDS: usize = 65536;
 pub struct OpenFile {
     /// The host descriptor.
     pub host: OwnedFd,
+    /// Whether it reaches outside the program (the standard descriptors, sockets, timers):
+    /// under replication, input through it is Recorded and output Compared (DESIGN.md §6).
+    /// Kept on the open file so that dup'ed numbers share it.
+    external: AtomicBool,
 }
 
 impl OpenFile {
+    /// An open file of the program's own (a file, pipe, eventfd...).
+    pub fn new(host: OwnedFd) -> Self {
+        OpenFile {
+            host,
+            external: AtomicBool::new(false),
+        }
+    }
+
+    /// An open file that reaches outside the program.
+    pub fn external(host: OwnedFd) -> Self {
+        OpenFile {
+            host,
+            external: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether it reaches outside the program.
+    pub fn is_external(&self) -> bool {
+        self.external.load(Ordering::Relaxed)
+    }
+
+    /// Marks it as reaching outside the program (a socket or timer just created).
+    pub fn mark_external(&self) {
+        self.external.store(true, Ordering::Relaxed);
+    }
+
     /// The host descriptor number, valid while this OpenFile is alive.
     pub fn raw(&self) -> RawFd {
         self.host.as_raw_fd()
@@ -59,7 +90,7 @@ impl FdTable {
 
     /// Installs `host` at the lowest free number >= `min`.
     pub fn install(&mut self, host: OwnedFd, cloexec: bool) -> Result<i64, Errno> {
-        self.install_file(Arc::new(OpenFile { host }), 0, cloexec)
+        self.install_file(Arc::new(OpenFile::new(host)), 0, cloexec)
     }
 
     fn install_file(
@@ -89,6 +120,11 @@ impl FdTable {
         }
         self.slots[idx] = Some(Slot { file, cloexec });
         Ok(())
+    }
+
+    /// Installs an already shared open file at the lowest free number.
+    pub fn install_shared(&mut self, file: Arc<OpenFile>, cloexec: bool) -> Result<i64, Errno> {
+        self.install_file(file, 0, cloexec)
     }
 
     /// dup / F_DUPFD: the same open file at the lowest free number >= `min`.

@@ -1,7 +1,7 @@
 //! What a ditto program talks to: guest memory, the descriptor table, the
 //! deterministic address-space allocator, confined path resolution, and the Linux
 //! syscall layer grouped by subsystem (`syscalls::sys_*`), each syscall tagged with
-//! its replication class.
+//! its replication class, and the replication layer of a pair (`replication`).
 
 pub mod address_space;
 pub mod det_runtime;
@@ -11,6 +11,7 @@ pub mod guest_mem;
 pub mod itimer;
 pub mod path;
 pub mod process;
+pub mod replication;
 pub mod signals;
 pub mod syscalls;
 

@@ -39,6 +39,8 @@ struct Bind {
     guest: Vec<u8>,
     fd: OwnedFd,
     host: PathBuf,
+    /// Writes through it fail with EROFS (a pair's secondary sees the host cwd so).
+    read_only: bool,
 }
 
 /// The program's view of the filesystem.
@@ -166,11 +168,25 @@ impl FsContext {
 
     /// Shows host directory `host` at guest path `guest` (absolute).
     pub fn add_bind(&mut self, guest: &str, host: &Path) -> Result<(), RootError> {
+        self.bind(guest, host, false)
+    }
+
+    /// Like [`add_bind`](Self::add_bind), but writes through it fail with EROFS.
+    pub fn add_read_only_bind(&mut self, guest: &str, host: &Path) -> Result<(), RootError> {
+        self.bind(guest, host, true)
+    }
+
+    fn bind(&mut self, guest: &str, host: &Path, read_only: bool) -> Result<(), RootError> {
         let (fd, host) = open_host_dir(host)?;
         let g = guest.trim_end_matches('/').as_bytes().to_vec();
         // A later bind of the same guest path replaces the earlier one.
         self.binds.retain(|b| b.guest != g);
-        self.binds.push(Bind { guest: g, fd, host });
+        self.binds.push(Bind {
+            guest: g,
+            fd,
+            host,
+            read_only,
+        });
         // Longest prefix first, so nested binds win.
         self.binds.sort_by_key(|b| std::cmp::Reverse(b.guest.len()));
         Ok(())
@@ -188,6 +204,9 @@ impl FsContext {
                 } else {
                     rest
                 };
+                if mutating && b.read_only {
+                    return Err(Errno(libc::EROFS));
+                }
                 return Ok((
                     b.fd.as_raw_fd(),
                     CString::new(rest).map_err(|_| Errno::EINVAL)?,

@@ -95,6 +95,8 @@ pub struct Process {
     pub real_timer: crate::itimer::RealTimer,
     /// The det runtime, set once before the first thread starts when running with `--det`.
     pub det: OnceLock<DetRuntime>,
+    /// Replication, set once before the first thread starts when running in a pair.
+    pub replication: OnceLock<Arc<crate::replication::Replication>>,
     next_tid: AtomicI64,
     live_threads: AtomicUsize,
     exit: Mutex<Option<ExitReason>>,
@@ -132,6 +134,7 @@ impl Process {
             kicker: OnceLock::new(),
             real_timer: Default::default(),
             det: OnceLock::new(),
+            replication: OnceLock::new(),
             next_tid: AtomicI64::new(GUEST_PID),
             live_threads: AtomicUsize::new(0),
             exit: Mutex::new(None),

@@ -6,6 +6,7 @@
 //! *whom*, and asks the vmm through [`Kicker`] to bring a thread to a delivery point.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,10 @@ struct State {
 pub struct Signals {
     state: Mutex<State>,
     changed: Condvar,
+    /// The secondary of a pair: signals the program raises itself are not queued (their
+    /// deliveries arrive from the primary's log through [`inject`](Self::inject)); only a
+    /// default action that ends the program still takes effect.
+    replay_only: AtomicBool,
 }
 
 impl Signals {
@@ -98,8 +103,36 @@ impl Signals {
         old
     }
 
+    /// Makes this the signal state of a pair's secondary (see `replay_only`).
+    pub fn set_replay_only(&self) {
+        self.replay_only.store(true, Ordering::Relaxed);
+    }
+
+    /// Queues `sig` for `tid` as the primary delivered it (the secondary of a pair).
+    pub fn inject(&self, tid: i64, sig: i32) {
+        let mut st = lock(&self.state);
+        if let Some(t) = st.threads.get_mut(&tid) {
+            t.pending |= bit(sig);
+        }
+        self.changed.notify_all();
+    }
+
+    /// The signal `tid` would take next, without taking it.
+    pub fn next_deliverable(&self, tid: i64) -> Option<i32> {
+        let st = lock(&self.state);
+        let t = st.threads.get(&tid)?;
+        let ready = (t.pending | st.process_pending) & !t.mask;
+        (ready != 0).then(|| ready.trailing_zeros() as i32 + 1)
+    }
+
     /// Generates a signal for the whole process (kill, or from outside ditto).
     pub fn send_process(&self, sig: i32, act: SigAction) -> Fate {
+        if self.replay_only.load(Ordering::Relaxed) {
+            return match disposition(sig, act) {
+                Fate::Queued(_) => Fate::Queued(None),
+                other => other,
+            };
+        }
         let mut st = lock(&self.state);
         let waiter = st
             .threads
@@ -125,6 +158,12 @@ impl Signals {
 
     /// Generates a signal for one thread (tgkill, tkill). None if it does not exist.
     pub fn send_thread(&self, tid: i64, sig: i32, act: SigAction) -> Option<Fate> {
+        if self.replay_only.load(Ordering::Relaxed) {
+            return Some(match disposition(sig, act) {
+                Fate::Queued(_) => Fate::Queued(None),
+                other => other,
+            });
+        }
         let mut st = lock(&self.state);
         let t = st.threads.get_mut(&tid)?;
         let waiting = t.waiting & bit(sig) != 0;

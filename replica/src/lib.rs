@@ -3,12 +3,14 @@
 //! - [`channel`]: the shared-memory record ring between the two processes, handed over a
 //!   Unix socket, with backpressure, peer-death detection and acknowledgements for output
 //!   commit.
+//! - [`status`]: the counters page both replicas update and `ditto pair` reads.
 //! - [`testkit`]: payload patterns and child spawning shared by tests and the benchmark.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod channel;
+pub mod status;
 mod sys;
 pub mod testkit;
 

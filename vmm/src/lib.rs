@@ -54,6 +54,12 @@ pub struct VmConfig {
     /// Writable directories: (guest path, host directory). When any is given, the
     /// root itself is read-only (an image must not be changed by its runs).
     pub writable: Vec<(String, PathBuf)>,
+    /// Read-only directories: (guest path, host directory).
+    pub read_only: Vec<(String, PathBuf)>,
+    /// The root is read-only even without writable directories (a pair's secondary).
+    pub read_only_root: bool,
+    /// Replication in a pair (DESIGN.md §6): this process is the primary or the secondary.
+    pub replication: Option<Arc<devices::replication::Replication>>,
     /// The initial working directory inside the root (default: the host cwd when it
     /// lies inside the root, else `/`).
     pub cwd: Option<String>,
@@ -206,7 +212,7 @@ fn std_fds() -> FdTable {
             let owned = unsafe { OwnedFd::from_raw_fd(d) };
             let _ = t.install_at(
                 fd as i64,
-                Arc::new(devices::fd_table::OpenFile { host: owned }),
+                Arc::new(devices::fd_table::OpenFile::external(owned)),
                 false,
             );
         }
@@ -264,7 +270,8 @@ fn forward_signals(process: Arc<Process>) -> Result<std::thread::JoinHandle<()>,
 /// preloaded; they link libditto in (the `-det` builds).
 fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
     let mut env = config.env.clone();
-    if !(config.det && dynamic && config.det_preload.is_some()) {
+    let det = config.det || config.replication.is_some();
+    if !(det && dynamic && config.det_preload.is_some()) {
         return env;
     }
     let ours = devices::det_runtime::LIBDITTO_GUEST_PATH.as_bytes();
@@ -314,7 +321,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     for (guest, host) in &config.writable {
         fs.add_bind(guest, host)?;
     }
-    if !config.writable.is_empty() {
+    for (guest, host) in &config.read_only {
+        fs.add_read_only_bind(guest, host)?;
+    }
+    if !config.writable.is_empty() || config.read_only_root {
         fs.set_read_only_root();
     }
     if let Some(cwd) = &config.cwd {
@@ -365,7 +375,25 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         .kicker
         .set(Arc::new(vcpu::MachineKicker(Arc::downgrade(&machine))));
     let tid = process.new_thread();
-    if config.det {
+    if let Some(rep) = &config.replication {
+        use devices::replication::{Mode, Role};
+        use devices::det_runtime::{DetRuntime, Policy};
+        let policy = match (rep.mode(), rep.role()) {
+            (Mode::Det, _) => Policy::Kendo,
+            (Mode::Follow, Role::Primary) => Policy::Lead,
+            (Mode::Follow, Role::Secondary) => Policy::Follow,
+        };
+        let link: Arc<dyn devices::det_runtime::ScheduleLink> = rep.clone();
+        let _ = process.det.set(DetRuntime::replicated(
+            tid,
+            config.det_preload.clone(),
+            policy,
+            rep.role() == Role::Primary,
+            link,
+        ));
+        let _ = process.replication.set(rep.clone());
+        rep.start(&process);
+    } else if config.det {
         let preload = config.det_preload.clone();
         let _ = process
             .det
@@ -393,6 +421,11 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         }
     };
     let wall = t0.elapsed();
+    if let Some(rep) = &config.replication {
+        if rep.role() == devices::replication::Role::Primary {
+            rep.finish_primary(&exit);
+        }
+    }
     let t_stop = Instant::now();
     let stuck_threads = machine.shutdown(Duration::from_secs(2));
     let shutdown = t_stop.elapsed();

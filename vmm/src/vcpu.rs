@@ -338,6 +338,7 @@ impl Machine {
     /// the vCPU thread itself measured about twice as fast as through a server thread.
     fn doorbell(&self) -> bool {
         self.doorbell_allowed
+            && self.process.replication.get().is_none()
             && (self.process.det.get().is_none()
                 || std::env::var_os("DITTO_DET_DOORBELL").is_some())
             && self.syscall_entry() == Some(SyscallEntry::PageFaultTrap)
@@ -523,6 +524,7 @@ impl Machine {
                 regs: &user,
                 cpu: &mut ops,
                 action: ThreadAction::Continue,
+                reentry_at: None,
             };
             let ret = self.table.dispatch(&mut ctx, req.nr, req.args);
             drop(thread);
@@ -797,7 +799,8 @@ impl Machine {
                     let shim_area = self.process.mem.size() - doorbell::AREA_SIZE;
                     let in_program =
                         regs.rip >= devices::guest_mem::USER_START && regs.rip < shim_area;
-                    if in_program && self.process.signals.has_deliverable(tid) {
+                    let replicated = self.process.replication.get().is_some();
+                    if in_program && !replicated && self.process.signals.has_deliverable(tid) {
                         match self.deliver_signal(vcpu, local, tid, &to_user(&regs), Resume::User) {
                             ThreadAction::Stop => return LoopEnd::Stopped,
                             _ => continue,
@@ -977,7 +980,13 @@ impl Machine {
         resume: Resume,
     ) -> ThreadAction {
         let tid = lock(current).tid;
-        if self.process.signals.has_deliverable(tid) && user.rax as i64 != libc::SYS_rt_sigreturn {
+        // A replicated program takes asynchronous signals only right after a Recorded or
+        // Compared call, where the replication layer names them (devices::replication).
+        let replicated = self.process.replication.get().is_some();
+        if !replicated
+            && self.process.signals.has_deliverable(tid)
+            && user.rax as i64 != libc::SYS_rt_sigreturn
+        {
             // Deliver first; the handler returns to the `syscall` instruction again.
             let restart = UserRegs {
                 rip: user.rip.wrapping_sub(2),
@@ -985,18 +994,21 @@ impl Machine {
             };
             return self.deliver_signal(vcpu, local, tid, &restart, resume);
         }
-        let (ret, action) = {
+        let (ret, action, signal_after) = {
             let mut guard = lock(current);
-            self.serve(vcpu, &mut guard, &user)
+            let (ret, action) = self.serve(vcpu, &mut guard, &user);
+            (ret, action, guard.signal_after.take())
         };
         if action == ThreadAction::SigReturn {
             return self.sigreturn(vcpu, local, tid, user.rsp, resume);
         }
         self.set_return(vcpu, resume, &user, ret);
-        if action == ThreadAction::Continue
-            && self.process.signals.has_deliverable(tid)
-            && !self.process.exiting()
-        {
+        let deliver = if replicated {
+            signal_after.is_some()
+        } else {
+            self.process.signals.has_deliverable(tid)
+        };
+        if action == ThreadAction::Continue && deliver && !self.process.exiting() {
             let after = UserRegs { rax: ret, ..user };
             return self.deliver_signal(vcpu, local, tid, &after, resume);
         }
@@ -1164,6 +1176,7 @@ impl Machine {
             regs: user,
             cpu: &mut ops,
             action: ThreadAction::Continue,
+            reentry_at: None,
         };
         let args = [user.rdi, user.rsi, user.rdx, user.r10, user.r8, user.r9];
         let ret = self.table.dispatch(&mut ctx, user.rax, args);

@@ -78,8 +78,12 @@ pub struct ThreadState {
     pub sigmask: u64,
     /// FS base (TLS).
     pub fs_base: u64,
-    /// Syscalls this thread has made (for reports).
+    /// Syscalls this thread has made (for reports, and the per-thread syscall number that
+    /// replication keys its records by).
     pub syscalls: u64,
+    /// Replication: the signal to deliver right after the current syscall (the only point
+    /// where a replicated program takes asynchronous signals).
+    pub signal_after: Option<i32>,
 }
 
 /// How a new thread starts (clone).
@@ -126,6 +130,9 @@ pub struct SyscallCtx<'a> {
     pub cpu: &'a mut dyn CpuOps,
     /// Set by handlers that end the thread or the program.
     pub action: ThreadAction,
+    /// Det mode of a pair: the logical time at which an external call re-entered the token
+    /// competition (set by the primary's det layer, by the secondary's replay).
+    pub reentry_at: Option<u64>,
 }
 
 /// A handler's result: RAX on success, or an errno.
@@ -236,15 +243,35 @@ impl SyscallTable {
         if entry.class == Class::Unsupported {
             ctx.process.warn_unsupported(nr, entry.name);
         }
-        let result = match ctx.process.det.get() {
-            Some(det) => sys_det::serve(det, ctx, entry, args),
-            None => (entry.handler)(ctx, args),
+        let handler = entry.handler;
+        let result = match ctx.process.replication.get() {
+            Some(rep) => crate::replication::serve(rep, ctx, entry, args),
+            None => serve_local(ctx, entry, args, &mut |c, a| handler(c, a)),
         };
         match result {
             Ok(v) => v,
             Err(e) => e.as_return(),
         }
     }
+}
+
+/// Runs `h` for `entry` the way this process runs syscalls itself: under the det runtime's
+/// rules when there is one.
+pub fn serve_local(
+    ctx: &mut SyscallCtx<'_>,
+    entry: &SyscallEntry,
+    args: [u64; 6],
+    h: &mut sys_det::DetHandler<'_>,
+) -> SysResult {
+    match ctx.process.det.get() {
+        Some(det) => sys_det::serve(det, ctx, entry, args, h),
+        None => h(ctx, args),
+    }
+}
+
+/// EPIPE raises SIGPIPE (for the replication layer's replayed writes).
+pub fn util_epipe(ctx: &mut SyscallCtx<'_>, r: SysResult) -> SysResult {
+    util::epipe_kills(ctx, r)
 }
 
 /// The handler of every `Unsupported` row.

@@ -137,22 +137,27 @@ pub fn det_kind(nr: u64) -> DetKind {
     }
 }
 
-/// Serves a Linux syscall under `--det`: `entry`'s handler, wrapped as [`det_kind`] says.
+/// The handler a det wrapper runs: the table's, or the replication layer's replay/compare.
+pub type DetHandler<'h> = dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult + 'h;
+
+/// Serves a Linux syscall under `--det`: `h` (the entry's handler, or what replication puts
+/// in its place), wrapped as [`det_kind`] says.
 pub fn serve(
     det: &DetRuntime,
     ctx: &mut SyscallCtx<'_>,
     entry: &SyscallEntry,
     args: [u64; 6],
+    h: &mut DetHandler<'_>,
 ) -> SysResult {
     let process = ctx.process;
     let tid = ctx.thread.tid;
-    let h = entry.handler;
+    let _ = entry;
     match det_kind(ctx.nr) {
         DetKind::Free => h(ctx, args),
         DetKind::Ordered => det.ordered(process, tid, || h(ctx, args))?,
         DetKind::Futex => futex(det, ctx, args),
         DetKind::Clone => det.clone_thread(process, tid, || h(ctx, args)),
-        DetKind::External => det.blocking(tid, || h(ctx, args))?,
+        DetKind::External => external(det, ctx, h, args),
         DetKind::Open => {
             let path_arg = if ctx.nr as i64 == libc::SYS_open {
                 args[0]
@@ -177,6 +182,36 @@ pub fn serve(
             io(det, ctx, h, args, write)
         }
     }
+}
+
+/// A call that waits for the outside world: it leaves the token competition while it blocks
+/// and re-enters at a point that depends on real time. A pair's primary reports that point
+/// (`ctx.reentry_at`, shipped with the call's record); its secondary, which replays the call
+/// instead of blocking, re-enters at exactly the primary's point.
+fn external(
+    det: &DetRuntime,
+    ctx: &mut SyscallCtx<'_>,
+    h: &mut DetHandler<'_>,
+    args: [u64; 6],
+) -> SysResult {
+    let tid = ctx.thread.tid;
+    let secondary = ctx
+        .process
+        .replication
+        .get()
+        .is_some_and(|r| r.role() == crate::replication::Role::Secondary);
+    if secondary {
+        return det.blocking_replayed(tid, || {
+            let r = h(ctx, args);
+            if ctx.action == super::ThreadAction::Stop {
+                return None;
+            }
+            Some((r, ctx.reentry_at))
+        })?;
+    }
+    let (r, at) = det.blocking(tid, || h(ctx, args))?;
+    ctx.reentry_at = at;
+    r
 }
 
 /// Opens the host libditto.so for the program (read-only, whatever it asked).
@@ -235,7 +270,7 @@ fn nonblocking(fd: i32) -> bool {
 fn io(
     det: &DetRuntime,
     ctx: &mut SyscallCtx<'_>,
-    h: super::Handler,
+    h: &mut DetHandler<'_>,
     a: [u64; 6],
     write: bool,
 ) -> SysResult {
@@ -246,8 +281,15 @@ fn io(
         return det.ordered(process, tid, || h(ctx, a))?;
     };
     let fd = f.raw();
-    match fd_kind(fd) {
-        Some(FdKind::External) if !write => det.blocking(tid, || h(ctx, a))?,
+    // What reaches outside the program is treated alike whatever the host object is, so
+    // that a pair's replicas, whose standard descriptors differ, take the same det points.
+    let kind = if f.is_external() {
+        Some(FdKind::External)
+    } else {
+        fd_kind(fd)
+    };
+    match kind {
+        Some(FdKind::External) if !write => external(det, ctx, h, a),
         Some(FdKind::Pollable) if !det.in_section(tid) => {
             let events = if write { libc::POLLOUT } else { libc::POLLIN };
             Ok(det.retry_ordered(process, tid, || {

@@ -17,13 +17,13 @@ pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_rt_sigprocmask, Local, rt_sigprocmask),
     sys!(SYS_sigaltstack, Local, sigaltstack),
     sys!(SYS_rt_sigreturn, Local, rt_sigreturn),
-    sys!(SYS_kill, Local, kill),
-    sys!(SYS_tgkill, Local, tgkill),
-    sys!(SYS_tkill, Local, tkill),
+    sys!(SYS_kill, Recorded, kill),
+    sys!(SYS_tgkill, Recorded, tgkill),
+    sys!(SYS_tkill, Recorded, tkill),
     sys!(SYS_rt_sigtimedwait, Recorded, rt_sigtimedwait),
     sys!(SYS_rt_sigpending, Local, rt_sigpending),
-    sys!(SYS_pause, Local, pause),
-    sys!(SYS_rt_sigsuspend, Local, rt_sigsuspend),
+    sys!(SYS_pause, Recorded, pause),
+    sys!(SYS_rt_sigsuspend, Recorded, rt_sigsuspend),
 ];
 
 fn valid_signal(sig: u64) -> Result<i32, Errno> {

@@ -8,16 +8,16 @@ use crate::sys;
 
 /// The socket table.
 pub const TABLE: &[SyscallEntry] = &[
-    sys!(SYS_socket, Local, socket),
-    sys!(SYS_socketpair, Local, socketpair),
-    sys!(SYS_bind, Local, bind),
-    sys!(SYS_listen, Local, listen),
+    sys!(SYS_socket, Recorded, socket),
+    sys!(SYS_socketpair, Recorded, socketpair),
+    sys!(SYS_bind, Recorded, bind),
+    sys!(SYS_listen, Recorded, listen),
     sys!(SYS_accept, Recorded, accept),
     sys!(SYS_accept4, Recorded, accept4),
     sys!(SYS_connect, Recorded, connect),
     sys!(SYS_getsockname, Recorded, getsockname),
     sys!(SYS_getpeername, Recorded, getpeername),
-    sys!(SYS_setsockopt, Local, setsockopt),
+    sys!(SYS_setsockopt, Recorded, setsockopt),
     sys!(SYS_getsockopt, Recorded, getsockopt),
     sys!(SYS_shutdown, Compared, shutdown),
     sys!(SYS_sendto, OutputByFd, sendto),

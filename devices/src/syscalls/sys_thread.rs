@@ -26,7 +26,7 @@ pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_arch_prctl, Local, arch_prctl),
     sys!(SYS_rseq, Local, enosys_quiet),
     sys!(SYS_sched_yield, Local, sched_yield),
-    sys!(SYS_sched_getaffinity, Local, sched_getaffinity),
+    sys!(SYS_sched_getaffinity, Recorded, sched_getaffinity),
     sys!(SYS_sched_setaffinity, Local, ok_zero),
     sys!(SYS_sched_getscheduler, Local, ok_zero),
     sys!(SYS_sched_setscheduler, Local, ok_zero),
@@ -34,7 +34,7 @@ pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_sched_setparam, Local, ok_zero),
     sys!(SYS_sched_get_priority_max, Local, ok_zero),
     sys!(SYS_sched_get_priority_min, Local, ok_zero),
-    sys!(SYS_getcpu, Local, getcpu),
+    sys!(SYS_getcpu, Recorded, getcpu),
     sys!(SYS_prctl, Local, prctl),
     sys!(SYS_wait4, Local, no_children),
     sys!(SYS_waitid, Local, no_children),
@@ -79,6 +79,7 @@ fn clone(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
             ctx.thread.fs_base
         },
         syscalls: 0,
+        signal_after: None,
     };
     if flags & libc::CLONE_PARENT_SETTID as u64 != 0 {
         ctx.process.mem.write_obj(parent_tid, &(tid as i32))?;

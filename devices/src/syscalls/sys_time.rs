@@ -13,15 +13,15 @@ pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_clock_getres, Recorded, clock_getres),
     sys!(SYS_gettimeofday, Recorded, gettimeofday),
     sys!(SYS_time, Recorded, time),
-    sys!(SYS_nanosleep, Local, nanosleep),
-    sys!(SYS_clock_nanosleep, Local, clock_nanosleep),
+    sys!(SYS_nanosleep, Recorded, nanosleep),
+    sys!(SYS_clock_nanosleep, Recorded, clock_nanosleep),
     sys!(SYS_times, Recorded, times),
-    sys!(SYS_timerfd_create, Local, timerfd_create),
-    sys!(SYS_timerfd_settime, Local, timerfd_settime),
+    sys!(SYS_timerfd_create, Recorded, timerfd_create),
+    sys!(SYS_timerfd_settime, Recorded, timerfd_settime),
     sys!(SYS_timerfd_gettime, Recorded, timerfd_gettime),
-    sys!(SYS_setitimer, Local, setitimer),
-    sys!(SYS_getitimer, Local, getitimer),
-    sys!(SYS_alarm, Local, alarm),
+    sys!(SYS_setitimer, Recorded, setitimer),
+    sys!(SYS_getitimer, Recorded, getitimer),
+    sys!(SYS_alarm, Recorded, alarm),
 ];
 
 fn timeval(d: Duration) -> [i64; 2] {

@@ -1,0 +1,309 @@
+//! What a replicated syscall does to the program, beyond RAX, spelled out per syscall:
+//! - for a Recorded call, the guest memory it writes ([`written`], after a [`plan`] made
+//!   before the call for the sizes the call overwrites), which the primary ships and the
+//!   secondary copies in instead of executing the call;
+//! - for a Compared call, the bytes it would output ([`would_output`]), which both replicas
+//!   compute the same way, and the side effects the secondary must mimic without performing
+//!   the output ([`mimic_output`]).
+
+use crate::errno::Errno;
+use crate::process::{lock, Process};
+
+/// Most bytes one output call is compared over; beyond that only the length counts.
+const OUTPUT_CAP: u64 = 64 << 20;
+
+/// Sizes read before a Recorded call: buffers whose capacity the call reads and overwrites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Capacity of a sockaddr buffer (accept, recvfrom, getsockname...) or of getsockopt's
+    /// value: `*addrlen` before the call.
+    cap: u32,
+    /// recvmsg: the msghdr fields that bound what the kernel writes.
+    msg: Option<MsgHdr>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MsgHdr {
+    name: u64,
+    namelen: u32,
+    iov: u64,
+    iovlen: u64,
+    control: u64,
+    controllen: u64,
+}
+
+fn read_u32(p: &Process, gva: u64) -> Result<u32, Errno> {
+    p.mem.read_obj::<u32>(gva)
+}
+
+fn read_u64(p: &Process, gva: u64) -> Result<u64, Errno> {
+    p.mem.read_obj::<u64>(gva)
+}
+
+fn read_msghdr(p: &Process, gva: u64) -> Result<MsgHdr, Errno> {
+    Ok(MsgHdr {
+        name: read_u64(p, gva)?,
+        namelen: read_u32(p, gva + 8)?,
+        iov: read_u64(p, gva + 16)?,
+        iovlen: read_u64(p, gva + 24)?,
+        control: read_u64(p, gva + 32)?,
+        controllen: read_u64(p, gva + 40)?,
+    })
+}
+
+/// Reads what a Recorded call's outputs depend on, before the call.
+#[allow(non_upper_case_globals)]
+pub fn plan(p: &Process, nr: u64, a: [u64; 6]) -> Plan {
+    use libc::*;
+    let mut plan = Plan::default();
+    match nr as i64 {
+        SYS_accept | SYS_accept4 | SYS_getsockname | SYS_getpeername if a[2] != 0 => {
+            plan.cap = read_u32(p, a[2]).unwrap_or(0);
+        }
+        SYS_recvfrom if a[5] != 0 => plan.cap = read_u32(p, a[5]).unwrap_or(0),
+        SYS_getsockopt if a[4] != 0 => plan.cap = read_u32(p, a[4]).unwrap_or(0),
+        SYS_recvmsg => plan.msg = read_msghdr(p, a[1]).ok(),
+        _ => {}
+    }
+    plan
+}
+
+/// The iovec array at `iov` (`n` entries), as (base, len) pairs.
+fn iovecs(p: &Process, iov: u64, n: u64) -> Result<Vec<(u64, u64)>, Errno> {
+    if n > 1024 {
+        return Err(Errno::EINVAL);
+    }
+    (0..n)
+        .map(|i| Ok((read_u64(p, iov + 16 * i)?, read_u64(p, iov + 16 * i + 8)?)))
+        .collect()
+}
+
+/// The first `total` bytes scattered over `iov`, as ranges.
+fn scatter(out: &mut Vec<(u64, u64)>, iov: &[(u64, u64)], mut total: u64) {
+    for &(base, len) in iov {
+        if total == 0 {
+            break;
+        }
+        let n = len.min(total);
+        out.push((base, n));
+        total -= n;
+    }
+}
+
+/// Ranges of guest memory (address, length) that a Recorded call wrote, given its result.
+#[allow(non_upper_case_globals)]
+pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<(u64, u64)> {
+    use libc::*;
+    let mut w = Vec::new();
+    let nr = nr as i64;
+    if ret < 0 {
+        if ret == -(EINTR as i64) {
+            match nr {
+                SYS_nanosleep => opt(&mut w, a[1], 16),
+                SYS_clock_nanosleep => opt(&mut w, a[3], 16),
+                _ => {}
+            }
+        }
+        return w;
+    }
+    let r = ret as u64;
+    match nr {
+        SYS_read | SYS_pread64 => opt(&mut w, a[1], r),
+        SYS_getrandom => opt(&mut w, a[0], r),
+        SYS_readv | SYS_preadv | SYS_preadv2 => {
+            if let Ok(iov) = iovecs(p, a[1], a[2]) {
+                scatter(&mut w, &iov, r);
+            }
+        }
+        SYS_recvfrom => {
+            opt(&mut w, a[1], r.min(a[2]));
+            addr_out(p, &mut w, a[4], a[5], plan.cap);
+        }
+        SYS_recvmsg => {
+            if let Some(m) = plan.msg {
+                if let Ok(iov) = iovecs(p, m.iov, m.iovlen) {
+                    scatter(&mut w, &iov, r);
+                }
+                let hdr = a[1];
+                w.push((hdr + 8, 4)); // msg_namelen
+                w.push((hdr + 40, 8)); // msg_controllen
+                w.push((hdr + 48, 4)); // msg_flags
+                if m.name != 0 {
+                    let got = read_u32(p, hdr + 8).unwrap_or(0);
+                    if got.min(m.namelen) > 0 {
+                        w.push((m.name, u64::from(got.min(m.namelen))));
+                    }
+                }
+                if m.control != 0 {
+                    let got = read_u64(p, hdr + 40).unwrap_or(0).min(m.controllen);
+                    if got > 0 {
+                        w.push((m.control, got));
+                    }
+                }
+            }
+        }
+        SYS_accept | SYS_accept4 | SYS_getsockname | SYS_getpeername => {
+            addr_out(p, &mut w, a[1], a[2], plan.cap)
+        }
+        SYS_getsockopt => addr_out(p, &mut w, a[3], a[4], plan.cap),
+        SYS_socketpair => opt(&mut w, a[3], 8),
+        SYS_clock_gettime | SYS_clock_getres => opt(&mut w, a[1], 16),
+        SYS_gettimeofday => {
+            opt(&mut w, a[0], 16);
+            opt(&mut w, a[1], 8);
+        }
+        SYS_time => opt(&mut w, a[0], 8),
+        SYS_times => opt(&mut w, a[0], 32),
+        SYS_poll | SYS_ppoll => opt(&mut w, a[0], a[1].saturating_mul(8)),
+        SYS_select | SYS_pselect6 => {
+            let set = a[0].div_ceil(64) * 8;
+            opt(&mut w, a[1], set);
+            opt(&mut w, a[2], set);
+            opt(&mut w, a[3], set);
+            opt(&mut w, a[4], 16);
+        }
+        SYS_epoll_wait | SYS_epoll_pwait | SYS_epoll_pwait2 => opt(&mut w, a[1], r.saturating_mul(12)),
+        SYS_rt_sigtimedwait => opt(&mut w, a[1], 128),
+        SYS_uname => opt(&mut w, a[0], 390),
+        SYS_sysinfo => opt(&mut w, a[0], 112),
+        SYS_getrlimit => opt(&mut w, a[1], 16),
+        SYS_prlimit64 => opt(&mut w, a[3], 16),
+        SYS_getrusage => opt(&mut w, a[1], 144),
+        SYS_getgroups if a[0] > 0 => opt(&mut w, a[1], r * 4),
+        SYS_getresuid | SYS_getresgid => {
+            opt(&mut w, a[0], 4);
+            opt(&mut w, a[1], 4);
+            opt(&mut w, a[2], 4);
+        }
+        SYS_sched_getaffinity => opt(&mut w, a[2], r),
+        SYS_getcpu => {
+            opt(&mut w, a[0], 4);
+            opt(&mut w, a[1], 4);
+        }
+        SYS_timerfd_gettime => opt(&mut w, a[1], 32),
+        SYS_timerfd_settime => opt(&mut w, a[3], 32),
+        SYS_setitimer => opt(&mut w, a[2], 32),
+        SYS_getitimer => opt(&mut w, a[1], 32),
+        SYS_ioctl => match a[1] {
+            x if x == FIONREAD as u64 => opt(&mut w, a[2], 4),
+            x if x == TIOCGWINSZ as u64 => opt(&mut w, a[2], 8),
+            x if x == TCGETS as u64 => opt(&mut w, a[2], 36),
+            x if x == TIOCGPGRP as u64 => opt(&mut w, a[2], 4),
+            _ => {}
+        },
+        _ => {}
+    }
+    w
+}
+
+fn opt(w: &mut Vec<(u64, u64)>, gva: u64, len: u64) {
+    if gva != 0 && len > 0 {
+        w.push((gva, len));
+    }
+}
+
+/// The sockaddr pattern: `*len` (4 bytes) and up to the pre-call capacity of `addr`.
+fn addr_out(p: &Process, w: &mut Vec<(u64, u64)>, addr: u64, len: u64, cap: u32) {
+    if len == 0 {
+        return;
+    }
+    w.push((len, 4));
+    let got = read_u32(p, len).unwrap_or(0);
+    if addr != 0 && got.min(cap) > 0 {
+        w.push((addr, u64::from(got.min(cap))));
+    }
+}
+
+/// Reads the ranges out of guest memory (primary, after the call).
+pub fn capture(p: &Process, ranges: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
+    ranges
+        .iter()
+        .filter_map(|&(gva, len)| p.mem.read_bytes(gva, len).ok().map(|b| (gva, b)))
+        .collect()
+}
+
+/// The descriptor an I/O call reads or writes (what decides its class).
+#[allow(non_upper_case_globals)]
+pub fn io_fd(nr: u64, a: [u64; 6]) -> i64 {
+    match nr as i64 {
+        libc::SYS_splice => a[2] as i64,
+        _ => a[0] as i64,
+    }
+}
+
+/// The bytes a Compared call would output, computed from its arguments alone (so the
+/// secondary, which does not perform it, gets the same bytes). At most [`OUTPUT_CAP`].
+#[allow(non_upper_case_globals)]
+pub fn would_output(p: &Process, nr: u64, a: [u64; 6]) -> Result<Vec<u8>, Errno> {
+    use libc::*;
+    let gather = |iov: Vec<(u64, u64)>| -> Result<Vec<u8>, Errno> {
+        let mut out = Vec::new();
+        for (base, len) in iov {
+            let room = OUTPUT_CAP - out.len() as u64;
+            out.extend_from_slice(&p.mem.read_bytes(base, len.min(room))?);
+            if out.len() as u64 >= OUTPUT_CAP {
+                break;
+            }
+        }
+        Ok(out)
+    };
+    match nr as i64 {
+        SYS_write | SYS_pwrite64 | SYS_sendto => p.mem.read_bytes(a[1], a[2].min(OUTPUT_CAP)),
+        SYS_writev | SYS_pwritev | SYS_pwritev2 => gather(iovecs(p, a[1], a[2])?),
+        SYS_sendmsg => {
+            let m = read_msghdr(p, a[1])?;
+            gather(iovecs(p, m.iov, m.iovlen)?)
+        }
+        SYS_sendfile => {
+            let file = lock(&p.fds).get(a[1] as i64)?;
+            let offset = if a[2] != 0 {
+                read_u64(p, a[2])? as i64
+            } else {
+                // SAFETY: lseek on a descriptor the OpenFile keeps open; no memory involved.
+                let cur = unsafe { libc::lseek(file.raw(), 0, SEEK_CUR) };
+                if cur < 0 {
+                    return Err(Errno::last());
+                }
+                cur
+            };
+            let len = a[3].min(OUTPUT_CAP) as usize;
+            let mut buf = vec![0u8; len];
+            // SAFETY: buf has len writable bytes; the descriptor is kept open by `file`.
+            let n = unsafe { libc::pread(file.raw(), buf.as_mut_ptr().cast(), len, offset) };
+            if n < 0 {
+                return Err(Errno::last());
+            }
+            buf.truncate(n as usize);
+            Ok(buf)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The side effects of a Compared call that the secondary must reproduce without
+/// outputting anything: sendfile moves the input file's offset.
+pub fn mimic_output(p: &Process, nr: u64, a: [u64; 6], ret: i64) {
+    if nr as i64 != libc::SYS_sendfile || ret <= 0 {
+        return;
+    }
+    if a[2] != 0 {
+        if let Ok(off) = read_u64(p, a[2]) {
+            let _ = p.mem.write_obj(a[2], &(off + ret as u64));
+        }
+    } else if let Ok(file) = lock(&p.fds).get(a[1] as i64) {
+        // SAFETY: lseek on a descriptor kept open by `file`.
+        unsafe { libc::lseek(file.raw(), ret, libc::SEEK_CUR) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scatter_stops_at_the_total() {
+        let mut w = Vec::new();
+        scatter(&mut w, &[(0x1000, 10), (0x2000, 10), (0x3000, 10)], 15);
+        assert_eq!(w, vec![(0x1000, 10), (0x2000, 5)]);
+    }
+}

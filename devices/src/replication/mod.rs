@@ -1,0 +1,1243 @@
+//! Replication of one program between two VMM processes (DESIGN.md §6): the primary runs it
+//! for real and logs what the secondary cannot compute by itself; the secondary runs the
+//! same program, replays the log and compares its outputs.
+//!
+//! Every syscall goes through [`serve`] when a [`Replication`] is attached to the process.
+//! Its class (the syscall tables' [`Class`], refined by descriptor for I/O) decides:
+//! - **Local**: both replicas execute it (memory, threads, the program's own files and pipes).
+//! - **Recorded**: the primary executes it and ships the result and the guest memory it
+//!   wrote ([`effects::written`]); the secondary copies them in without executing anything.
+//!   Descriptors created by recorded calls (sockets, accepted connections, timers) become
+//!   placeholders in the secondary (unbound AF_UNIX sockets), so the secondary never touches
+//!   the network and descriptor numbers stay the same.
+//! - **Compared**: output leaving the program (stdout, stderr, sockets). Both replicas compute
+//!   the bytes ([`effects::would_output`]); the primary waits until the secondary holds every
+//!   record sent so far (output commit), performs the output and ships the bytes; the secondary
+//!   compares its own bytes with them and keeps stdout/stderr in files of its own.
+//!
+//! The schedule is made identical by the det runtime in both replicas (the [`ScheduleLink`]
+//! implementation below): Kendo on both sides plus the primary's re-entry times in `det` mode,
+//! or the primary's turn log in `follow` mode.
+//!
+//! Signals: under replication an asynchronous signal reaches a handler only right after a
+//! Recorded or Compared call (its record names it), so the secondary delivers it at the same
+//! point of the same thread. Signals the secondary's program raises itself are not queued.
+//!
+//! Records are routed by deterministic thread id: the secondary's reader thread
+//! demultiplexes the channel into one queue per thread, and each thread takes its own records
+//! in order, checking that the syscall number and per-thread syscall count match.
+
+pub mod effects;
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use det::record::RecordKind;
+use det::{DetTid, Turn};
+use replica::status::{Counter, StatusPage};
+use replica::{ChannelConfig, ChannelError, Consumer, Producer};
+
+use crate::det_runtime::{ScheduleLink, TimedWait};
+use crate::errno::Errno;
+use crate::fd_table::OpenFile;
+use crate::process::{lock, ExitReason, Process};
+use crate::syscalls::{names, Class, SysResult, SyscallCtx, SyscallEntry, ThreadAction};
+use wire::{EndInfo, ThreadRecord};
+
+/// How many agreed events a divergence report shows.
+pub const HISTORY: usize = 16;
+
+/// How long the secondary waits, after the primary's end, for its program to get there
+/// too, counted from the last record one of its threads consumed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which replica this process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the program for real and logs.
+    Primary,
+    /// Replays the log and compares.
+    Secondary,
+}
+
+/// How the two replicas agree on the thread schedule (DESIGN.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Each computes the Kendo schedule; re-entry times cross the channel.
+    Det,
+    /// The secondary takes turns in the primary's logged order.
+    Follow,
+}
+
+impl Mode {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Det => "det",
+            Mode::Follow => "follow",
+        }
+    }
+}
+
+/// Errors of setting replication up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The channel could not be created or attached.
+    #[error("replication channel: {0}")]
+    Channel(#[from] ChannelError),
+    /// The secondary's output files could not be created.
+    #[error("cannot create {path}: {source}")]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What a replica process is given.
+pub struct ReplicaSetup {
+    /// Primary or secondary.
+    pub role: Role,
+    /// det or follow.
+    pub mode: Mode,
+    /// Connected to the other replica: the channel's memfd crosses it, and its hang-up is
+    /// how each side notices the other's death.
+    pub peer: OwnedFd,
+    /// Ring size and lag bounds (the primary creates the channel).
+    pub channel: ChannelConfig,
+    /// The counters page shared with the supervisor.
+    pub status: StatusPage,
+    /// Secondary: where its program's stdout and stderr go (`secondary.stdout`, `.stderr`).
+    pub output_dir: PathBuf,
+}
+
+/// A mismatch found by the secondary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Report kind: output, syscall, exit, missing_event, extra_event, signal, schedule.
+    pub kind: &'static str,
+    /// Deterministic thread id.
+    pub thread: u32,
+    /// The thread's syscall count at the mismatch.
+    pub syscall_seq: u64,
+    /// The secondary's syscall there.
+    pub syscall: String,
+    /// The primary's event there, if any.
+    pub primary_syscall: Option<String>,
+    /// The descriptor, for outputs.
+    pub fd: Option<i64>,
+    /// The thread's logical time (det mode).
+    pub logical_time: Option<u64>,
+    /// Turns taken so far.
+    pub turn: Option<u64>,
+    /// The primary's value (bytes or a number as text).
+    pub primary: Vec<u8>,
+    /// The secondary's value.
+    pub secondary: Vec<u8>,
+    /// Hash of the primary's output when only the hash travelled.
+    pub primary_hash: Option<u64>,
+    /// Where the values first differ.
+    pub first_differing_byte: Option<u64>,
+    /// One line.
+    pub detail: String,
+}
+
+/// One event both replicas agreed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgreedEvent {
+    /// Deterministic thread id.
+    pub thread: u32,
+    /// Per-thread syscall number.
+    pub syscall_seq: u64,
+    /// Syscall name.
+    pub syscall: String,
+    /// "recorded", "compared", "exit".
+    pub kind: &'static str,
+    /// The result.
+    pub result: i64,
+    /// Bytes replayed or compared.
+    pub bytes: u64,
+}
+
+/// What the secondary found, for the report.
+#[derive(Clone, Debug, Default)]
+pub struct SecondaryFindings {
+    /// The first mismatch.
+    pub mismatch: Option<Mismatch>,
+    /// The last agreed events, oldest first.
+    pub history: VecDeque<AgreedEvent>,
+    /// A channel failure (corrupt record...).
+    pub channel_error: Option<String>,
+    /// How the primary ended, as its log says.
+    pub primary_end: Option<EndInfo>,
+    /// Why the secondary stopped early, if it did (primary gone, mismatch...).
+    pub stopped: Option<String>,
+}
+
+struct PrimarySide {
+    producer: Mutex<Option<Producer>>,
+    broken: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct Queues {
+    by_tid: HashMap<u32, VecDeque<(u64, ThreadRecord)>>,
+    cvs: HashMap<u32, Arc<Condvar>>,
+    /// The primary's End arrived.
+    end: Option<EndInfo>,
+    /// The channel ended without End (primary gone) or failed.
+    closed: Option<String>,
+    buffered_bytes: u64,
+    last_take: Option<Instant>,
+}
+
+impl Queues {
+    fn cv(&mut self, tid: u32) -> Arc<Condvar> {
+        self.cvs.entry(tid).or_default().clone()
+    }
+
+    fn all_empty(&self) -> bool {
+        self.by_tid.values().all(|q| q.is_empty())
+    }
+}
+
+struct SecondarySide {
+    consumer: Mutex<Option<Consumer>>,
+    queues: Mutex<Queues>,
+    findings: Mutex<SecondaryFindings>,
+    stop: AtomicBool,
+    stdout: Mutex<File>,
+    stderr: Mutex<File>,
+}
+
+/// Records the secondary buffers before it gives up: its threads lag that far behind.
+const MAX_BUFFERED: u64 = 2 << 30;
+
+/// The replication state of one replica process.
+pub struct Replication {
+    role: Role,
+    mode: Mode,
+    status: StatusPage,
+    primary: Option<PrimarySide>,
+    secondary: Option<SecondarySide>,
+    process: OnceLock<Weak<Process>>,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication")
+            .field("role", &self.role)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Replication {
+    /// Connects to the other replica: the primary creates the channel and sends its memfd
+    /// over `setup.peer`; the secondary receives and maps it.
+    pub fn connect(setup: ReplicaSetup) -> Result<Arc<Self>, ReplicationError> {
+        let ReplicaSetup {
+            role,
+            mode,
+            peer,
+            channel,
+            status,
+            output_dir,
+        } = setup;
+        let (primary, secondary) = match role {
+            Role::Primary => {
+                let (producer, memfd) = replica::Channel::create_with(channel)?;
+                replica::send_fd(peer.as_fd(), memfd.as_fd())?;
+                let producer = producer.watch_socket(peer);
+                (
+                    Some(PrimarySide {
+                        producer: Mutex::new(Some(producer)),
+                        broken: AtomicBool::new(false),
+                        error: Mutex::new(None),
+                    }),
+                    None,
+                )
+            }
+            Role::Secondary => {
+                let memfd = replica::recv_fd(peer.as_fd())?;
+                let mut consumer = Consumer::attach(memfd)?.watch_socket(peer);
+                // An idle server sends nothing for as long as it likes; a dead primary is
+                // noticed by the socket's hang-up instead.
+                consumer.set_peer_timeout(None);
+                let open = |name: &str| {
+                    let path = output_dir.join(name);
+                    File::create(&path).map_err(|source| ReplicationError::Output { path, source })
+                };
+                (
+                    None,
+                    Some(SecondarySide {
+                        consumer: Mutex::new(Some(consumer)),
+                        queues: Mutex::default(),
+                        findings: Mutex::default(),
+                        stop: AtomicBool::new(false),
+                        stdout: Mutex::new(open("secondary.stdout")?),
+                        stderr: Mutex::new(open("secondary.stderr")?),
+                    }),
+                )
+            }
+        };
+        Ok(Arc::new(Replication {
+            role,
+            mode,
+            status,
+            primary,
+            secondary,
+            process: OnceLock::new(),
+        }))
+    }
+
+    /// Primary or secondary.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// det or follow.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The shared counters.
+    pub fn status(&self) -> &StatusPage {
+        &self.status
+    }
+
+    /// Binds to the program (before its first thread starts). The secondary starts its
+    /// reader thread and makes its signal state replay-only.
+    pub fn start(self: &Arc<Self>, process: &Arc<Process>) {
+        let _ = self.process.set(Arc::downgrade(process));
+        if self.role == Role::Secondary {
+            process.signals.set_replay_only();
+            let me = self.clone();
+            let p = process.clone();
+            let _ = std::thread::Builder::new()
+                .name("replica-reader".into())
+                .spawn(move || me.reader(&p));
+        }
+    }
+
+    /// Primary: the program ended; tell the secondary how, then close the channel.
+    pub fn finish_primary(&self, exit: &ExitReason) {
+        let end = match exit {
+            ExitReason::Exited(s) => EndInfo {
+                status: s & 0xff,
+                signal: 0,
+            },
+            ExitReason::Signaled { signal, .. } => EndInfo {
+                status: exit.status(),
+                signal: *signal,
+            },
+        };
+        self.send(RecordKind::End, &end.encode());
+        if let Some(p) = &self.primary {
+            lock(&p.producer).take();
+        }
+    }
+
+    /// Primary: why the channel broke, if it did (the secondary died or lagged out).
+    pub fn primary_error(&self) -> Option<String> {
+        self.primary.as_ref().and_then(|p| lock(&p.error).clone())
+    }
+
+    /// Secondary: what it found.
+    pub fn findings(&self) -> SecondaryFindings {
+        self.secondary
+            .as_ref()
+            .map(|s| lock(&s.findings).clone())
+            .unwrap_or_default()
+    }
+
+    fn process(&self) -> Option<Arc<Process>> {
+        self.process.get().and_then(|w| w.upgrade())
+    }
+
+    // ----- primary -----
+
+    fn send(&self, kind: RecordKind, payload: &[u8]) {
+        let Some(p) = &self.primary else { return };
+        if p.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut g = lock(&p.producer);
+        let Some(producer) = g.as_mut() else { return };
+        match producer.send(kind, payload) {
+            Ok(_) => {
+                self.status.add(Counter::RecordsSent, 1);
+                self.status
+                    .add(Counter::RecordBytes, payload.len() as u64);
+                let st = producer.stats();
+                self.status.max(Counter::MaxLagRecords, st.lag_records());
+                self.status.max(Counter::MaxLagBytes, st.lag_bytes());
+            }
+            Err(e) => {
+                g.take();
+                self.primary_broken(format!("{e}"));
+            }
+        }
+    }
+
+    fn primary_broken(&self, why: String) {
+        let Some(p) = &self.primary else { return };
+        if !p.broken.swap(true, Ordering::Relaxed) {
+            eprintln!("ditto: primary: replication stopped ({why}); the program continues unreplicated");
+            *lock(&p.error) = Some(why);
+        }
+    }
+
+    /// Output commit: waits until the secondary holds every record sent so far.
+    fn commit(&self) {
+        let Some(p) = &self.primary else { return };
+        let mut g = lock(&p.producer);
+        let Some(producer) = g.as_mut() else { return };
+        let sent = producer.stats().records_sent;
+        if sent == 0 {
+            return;
+        }
+        if let Err(e) = producer.wait_acked(sent - 1) {
+            g.take();
+            drop(g);
+            self.primary_broken(format!("{e}"));
+        }
+    }
+
+    fn send_thread(&self, tid: u32, seq: u64, rec: &ThreadRecord) {
+        let mut buf = Vec::new();
+        rec.encode(tid, seq, &mut buf);
+        self.send(rec.kind(), &buf);
+    }
+
+    // ----- secondary -----
+
+    fn reader(self: Arc<Self>, process: &Arc<Process>) {
+        let Some(s) = &self.secondary else { return };
+        let Some(mut consumer) = lock(&s.consumer).take() else {
+            return;
+        };
+        let closed = loop {
+            if process.exiting() {
+                return;
+            }
+            let (kind, payload) = match consumer.recv() {
+                Ok(r) => (r.kind, r.payload.to_vec()),
+                Err(ChannelError::Closed) => break "the primary closed the channel".to_string(),
+                Err(ChannelError::PeerGone) => break "the primary is gone".to_string(),
+                Err(e) => {
+                    self.channel_failed(process, e.to_string());
+                    return;
+                }
+            };
+            match kind {
+                RecordKind::Turn => match Turn::from_payload(&payload) {
+                    Ok(t) => {
+                        if let Some(det) = process.det.get() {
+                            if let Err(e) = det.push_turn(t) {
+                                self.schedule_diverged(t.tid, &e);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.channel_failed(process, format!("bad turn record: {e}"));
+                        return;
+                    }
+                },
+                RecordKind::End => match EndInfo::decode(&payload) {
+                    Ok(end) => {
+                        lock(&s.queues).end = Some(end);
+                        lock(&s.findings).primary_end = Some(end);
+                        if let Some(det) = process.det.get() {
+                            det.close_log();
+                        }
+                        break String::new();
+                    }
+                    Err(e) => {
+                        self.channel_failed(process, e.to_string());
+                        return;
+                    }
+                },
+                RecordKind::SyscallResult | RecordKind::OutputHash | RecordKind::TimedWait => {
+                    match ThreadRecord::decode(kind, &payload) {
+                        Ok((tid, seq, rec)) => {
+                            let mut q = lock(&s.queues);
+                            q.buffered_bytes += payload.len() as u64;
+                            if q.buffered_bytes > MAX_BUFFERED {
+                                drop(q);
+                                self.channel_failed(
+                                    process,
+                                    "the secondary fell more than 2 GiB of records behind".into(),
+                                );
+                                return;
+                            }
+                            q.by_tid.entry(tid).or_default().push_back((seq, rec));
+                            q.cv(tid).notify_all();
+                        }
+                        Err(e) => {
+                            self.channel_failed(process, e.to_string());
+                            return;
+                        }
+                    }
+                }
+                other => {
+                    self.channel_failed(process, format!("unexpected {other:?} record"));
+                    return;
+                }
+            }
+        };
+        drop(consumer);
+        if !closed.is_empty() {
+            lock(&s.queues).closed = Some(closed.clone());
+            if let Some(det) = process.det.get() {
+                det.close_log();
+            }
+        }
+        self.drain(process);
+    }
+
+    /// After the log ended: let the threads consume what is left, then end the program the
+    /// way the primary's ended, unless it gets there by itself.
+    fn drain(&self, process: &Arc<Process>) {
+        let Some(s) = &self.secondary else { return };
+        let since = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            if process.exiting() {
+                return;
+            }
+            let q = lock(&s.queues);
+            let empty = q.all_empty();
+            let last = q.last_take.unwrap_or(since).max(since);
+            let end = q.end;
+            let closed = q.closed.clone();
+            for cv in q.cvs.values() {
+                cv.notify_all();
+            }
+            drop(q);
+            match (end, closed) {
+                // Killed from outside (no handler ran): the secondary ends the same way
+                // once every logged event is consumed.
+                (Some(e), _) if e.signal != 0 && empty => {
+                    process.finish(ExitReason::Signaled {
+                        signal: e.signal,
+                        report: String::new(),
+                    });
+                    return;
+                }
+                (None, Some(why)) if empty => {
+                    lock(&s.findings).stopped =
+                        Some(format!("{why}; the secondary replayed the whole log and stopped"));
+                    process.finish(ExitReason::Signaled {
+                        signal: libc::SIGKILL,
+                        report: String::new(),
+                    });
+                    return;
+                }
+                _ => {}
+            }
+            if last.elapsed() > DRAIN_TIMEOUT {
+                let pending: usize = lock(&s.queues).by_tid.values().map(|q| q.len()).sum();
+                self.mismatch(
+                    process,
+                    Mismatch {
+                        kind: "missing_event",
+                        thread: 0,
+                        syscall_seq: 0,
+                        syscall: String::new(),
+                        primary_syscall: None,
+                        fd: None,
+                        logical_time: None,
+                        turn: None,
+                        primary: Vec::new(),
+                        secondary: Vec::new(),
+                        primary_hash: None,
+                        first_differing_byte: None,
+                        detail: format!(
+                            "the primary's program ended but the secondary's did not get there within {}s ({pending} records not taken)",
+                            DRAIN_TIMEOUT.as_secs()
+                        ),
+                    },
+                );
+                return;
+            }
+        }
+    }
+
+    fn channel_failed(&self, process: &Arc<Process>, why: String) {
+        let Some(s) = &self.secondary else { return };
+        eprintln!("ditto: secondary: channel error: {why}");
+        {
+            let mut f = lock(&s.findings);
+            if f.channel_error.is_none() {
+                f.channel_error = Some(why.clone());
+            }
+            f.stopped = Some(format!("channel error: {why}"));
+        }
+        s.stop.store(true, Ordering::Relaxed);
+        lock(&s.queues).closed = Some(why);
+        process.finish(ExitReason::Signaled {
+            signal: libc::SIGKILL,
+            report: String::new(),
+        });
+    }
+
+    /// Records the first mismatch and stops the secondary's program.
+    fn mismatch(&self, process: &Process, m: Mismatch) {
+        let Some(s) = &self.secondary else { return };
+        {
+            let mut f = lock(&s.findings);
+            if f.mismatch.is_none() {
+                eprintln!(
+                    "ditto: secondary: replicas diverged: thread {} syscall #{} ({}): {}",
+                    m.thread, m.syscall_seq, m.syscall, m.detail
+                );
+                f.stopped = Some("diverged".into());
+                f.mismatch = Some(m);
+            }
+        }
+        self.status.set(Counter::Diverged, 1);
+        s.stop.store(true, Ordering::Relaxed);
+        process.finish(ExitReason::Signaled {
+            signal: libc::SIGKILL,
+            report: String::new(),
+        });
+    }
+
+    fn agreed(&self, ev: AgreedEvent) {
+        let Some(s) = &self.secondary else { return };
+        let mut f = lock(&s.findings);
+        if f.history.len() == HISTORY {
+            f.history.pop_front();
+        }
+        f.history.push_back(ev);
+    }
+
+    /// Takes `tid`'s next record, waiting for it. None: the secondary is stopping.
+    fn take(&self, process: &Process, tid: u32) -> Option<(u64, ThreadRecord)> {
+        let s = self.secondary.as_ref()?;
+        let mut q = lock(&s.queues);
+        let cv = q.cv(tid);
+        loop {
+            if let Some(r) = q.by_tid.get_mut(&tid).and_then(|d| d.pop_front()) {
+                q.last_take = Some(Instant::now());
+                q.buffered_bytes = q.buffered_bytes.saturating_sub(1);
+                self.status.add(Counter::RecordsConsumed, 1);
+                return Some(r);
+            }
+            if s.stop.load(Ordering::Relaxed) || process.exiting() {
+                return None;
+            }
+            q = cv
+                .wait_timeout(q, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The calling thread's deterministic id.
+    fn det_tid(ctx: &SyscallCtx<'_>) -> u32 {
+        ctx.process
+            .det
+            .get()
+            .and_then(|d| d.det_tid(ctx.thread.tid))
+            .map_or(u32::MAX, |d| d.0)
+    }
+
+    fn where_(&self, ctx: &SyscallCtx<'_>) -> (Option<u64>, Option<u64>) {
+        let det = ctx.process.det.get();
+        (
+            det.and_then(|d| d.logical_time(ctx.thread.tid)),
+            det.map(|d| d.stats.turns.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn stop_thread(ctx: &mut SyscallCtx<'_>) -> SysResult {
+        ctx.action = ThreadAction::Stop;
+        Err(Errno::EINTR)
+    }
+
+    /// Secondary: takes the record for this call, checking it is one for this syscall.
+    fn take_for(&self, ctx: &mut SyscallCtx<'_>) -> Option<ThreadRecord> {
+        let tid = Self::det_tid(ctx);
+        let seq = ctx.thread.syscalls;
+        let (seq_p, rec) = self.take(ctx.process, tid)?;
+        let nr_p = match &rec {
+            ThreadRecord::Syscall { nr, .. } | ThreadRecord::Output { nr, .. } => Some(*nr),
+            _ => None,
+        };
+        if seq_p != seq || nr_p != Some(ctx.nr as u32) {
+            let (logical_time, turn) = self.where_(ctx);
+            let ours = names::name(ctx.nr);
+            let theirs = rec.describe();
+            self.mismatch(
+                ctx.process,
+                Mismatch {
+                    kind: "syscall",
+                    thread: tid,
+                    syscall_seq: seq,
+                    syscall: ours.clone(),
+                    primary_syscall: Some(theirs.clone()),
+                    fd: None,
+                    logical_time,
+                    turn,
+                    primary: format!("#{seq_p} {theirs}").into_bytes(),
+                    secondary: format!("#{seq} {ours}").into_bytes(),
+                    primary_hash: None,
+                    first_differing_byte: None,
+                    detail: format!(
+                        "the secondary's syscall #{seq} is {ours}, the primary's next logged event of this thread is {theirs} (its syscall #{seq_p})"
+                    ),
+                },
+            );
+            return None;
+        }
+        Some(rec)
+    }
+
+    /// The signal the record says the primary delivered after this call.
+    fn replay_signal(ctx: &mut SyscallCtx<'_>, sig: i32, status: &StatusPage) {
+        if sig > 0 && sig < 65 {
+            ctx.process.signals.inject(ctx.thread.tid, sig);
+            ctx.thread.signal_after = Some(sig);
+            status.add(Counter::Signals, 1);
+        }
+    }
+
+    /// Secondary: a Recorded call, replayed.
+    fn replay(&self, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+        let Some(rec) = self.take_for(ctx) else {
+            return Self::stop_thread(ctx);
+        };
+        let ThreadRecord::Syscall {
+            ret,
+            signal,
+            writes,
+            ..
+        } = rec
+        else {
+            return Self::stop_thread(ctx);
+        };
+        let (reentry, writes): (Vec<_>, Vec<_>) =
+            writes.into_iter().partition(|(addr, _)| *addr == REENTRY_ADDR);
+        ctx.reentry_at = reentry.first().and_then(|(_, b)| {
+            let mut v = [0u8; 8];
+            (b.len() == 8).then(|| {
+                v.copy_from_slice(b);
+                u64::from_le_bytes(v)
+            })
+        });
+        let mut bytes = 0u64;
+        for (addr, data) in &writes {
+            if ctx.process.mem.write_bytes(*addr, data).is_err() {
+                let tid = Self::det_tid(ctx);
+                let seq = ctx.thread.syscalls;
+                let (logical_time, turn) = self.where_(ctx);
+                self.mismatch(
+                    ctx.process,
+                    Mismatch {
+                        kind: "syscall",
+                        thread: tid,
+                        syscall_seq: seq,
+                        syscall: names::name(ctx.nr),
+                        primary_syscall: Some(names::name(ctx.nr)),
+                        fd: None,
+                        logical_time,
+                        turn,
+                        primary: format!("{} bytes at {addr:#x}", data.len()).into_bytes(),
+                        secondary: b"EFAULT".to_vec(),
+                        primary_hash: None,
+                        first_differing_byte: None,
+                        detail: format!(
+                            "the primary's result writes {} bytes at {addr:#x}, which the secondary cannot write",
+                            data.len()
+                        ),
+                    },
+                );
+                return Self::stop_thread(ctx);
+            }
+            bytes += data.len() as u64;
+        }
+        if ret >= 0 {
+            if let Err(why) = self.placeholders(ctx, a, ret) {
+                let tid = Self::det_tid(ctx);
+                let seq = ctx.thread.syscalls;
+                let (logical_time, turn) = self.where_(ctx);
+                self.mismatch(
+                    ctx.process,
+                    Mismatch {
+                        kind: "syscall",
+                        thread: tid,
+                        syscall_seq: seq,
+                        syscall: names::name(ctx.nr),
+                        primary_syscall: Some(names::name(ctx.nr)),
+                        fd: Some(ret),
+                        logical_time,
+                        turn,
+                        primary: ret.to_string().into_bytes(),
+                        secondary: why.clone().into_bytes(),
+                        primary_hash: None,
+                        first_differing_byte: None,
+                        detail: why,
+                    },
+                );
+                return Self::stop_thread(ctx);
+            }
+        }
+        Self::replay_signal(ctx, signal, &self.status);
+        self.status.add(Counter::RecordedSyscalls, 1);
+        self.agreed(AgreedEvent {
+            thread: Self::det_tid(ctx),
+            syscall_seq: ctx.thread.syscalls,
+            syscall: names::name(ctx.nr),
+            kind: "recorded",
+            result: ret,
+            bytes,
+        });
+        to_result(ret)
+    }
+
+    /// Secondary: descriptors the primary's call created get placeholders at the same numbers.
+    #[allow(non_upper_case_globals)]
+    fn placeholders(&self, ctx: &mut SyscallCtx<'_>, a: [u64; 6], ret: i64) -> Result<(), String> {
+        use libc::*;
+        let (fds, cloexec): (Vec<i64>, bool) = match ctx.nr as i64 {
+            SYS_socket => (vec![ret], a[1] & SOCK_CLOEXEC as u64 != 0),
+            SYS_accept => (vec![ret], false),
+            SYS_accept4 => (vec![ret], a[3] & SOCK_CLOEXEC as u64 != 0),
+            SYS_timerfd_create => (vec![ret], a[1] & TFD_CLOEXEC as u64 != 0),
+            SYS_socketpair => {
+                let sv: [i32; 2] = ctx.process.mem.read_obj(a[3]).map_err(|_| "bad socketpair array")?;
+                (vec![sv[0] as i64, sv[1] as i64], a[1] & SOCK_CLOEXEC as u64 != 0)
+            }
+            _ => return Ok(()),
+        };
+        for want in fds {
+            // SAFETY: creating a socket; the result is checked and owned below.
+            let raw = unsafe { libc::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) };
+            if raw < 0 {
+                return Err(format!("cannot create a placeholder descriptor: {}", Errno::last().0));
+            }
+            // SAFETY: raw was just created and is ours.
+            let host = unsafe { OwnedFd::from_raw_fd(raw) };
+            let got = lock(&ctx.process.fds)
+                .install_shared(Arc::new(OpenFile::external(host)), cloexec)
+                .map_err(|e| format!("cannot install a placeholder: errno {}", e.0))?;
+            if got != want {
+                return Err(format!(
+                    "the primary's call returned descriptor {want}, the secondary's next free descriptor is {got}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Secondary: a Compared call: compare the bytes, do not output them.
+    fn compare(&self, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+        let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
+        let Some(rec) = self.take_for(ctx) else {
+            return Self::stop_thread(ctx);
+        };
+        let ThreadRecord::Output {
+            fd,
+            ret,
+            signal,
+            asked,
+            hash,
+            data,
+            ..
+        } = rec
+        else {
+            return Self::stop_thread(ctx);
+        };
+        let n = if ret > 0 { ret as usize } else { 0 };
+        let ours_sent = &ours[..n.min(ours.len())];
+        let same_len = ours.len() as u64 == asked;
+        let same_bytes = match &data {
+            Some(d) => d.as_slice() == ours_sent,
+            None => wire::fnv1a64(ours_sent) == hash,
+        };
+        if !(same_len && same_bytes) {
+            let tid = Self::det_tid(ctx);
+            let seq = ctx.thread.syscalls;
+            let (logical_time, turn) = self.where_(ctx);
+            let primary = data.clone().unwrap_or_default();
+            let first = match &data {
+                Some(d) => first_difference(d, &ours),
+                None => None,
+            }
+            .or(if same_len { None } else { Some(ours.len().min(asked as usize) as u64) });
+            self.mismatch(
+                ctx.process,
+                Mismatch {
+                    kind: "output",
+                    thread: tid,
+                    syscall_seq: seq,
+                    syscall: names::name(ctx.nr),
+                    primary_syscall: Some(names::name(ctx.nr)),
+                    fd: Some(i64::from(fd)),
+                    logical_time,
+                    turn,
+                    primary,
+                    secondary: ours.clone(),
+                    primary_hash: data.is_none().then_some(hash),
+                    first_differing_byte: first,
+                    detail: format!(
+                        "output to fd {fd} differs: the primary wrote {asked} bytes, the secondary would write {}",
+                        ours.len()
+                    ),
+                },
+            );
+            return Self::stop_thread(ctx);
+        }
+        match fd {
+            1 => {
+                let _ = lock(&self.secondary.as_ref().map(|s| &s.stdout).expect("secondary")).write_all(ours_sent);
+            }
+            2 => {
+                let _ = lock(&self.secondary.as_ref().map(|s| &s.stderr).expect("secondary")).write_all(ours_sent);
+            }
+            _ => {}
+        }
+        effects::mimic_output(ctx.process, ctx.nr, a, ret);
+        Self::replay_signal(ctx, signal, &self.status);
+        self.status.add(Counter::ComparedOutputs, 1);
+        self.status.add(Counter::BytesCompared, n as u64);
+        self.agreed(AgreedEvent {
+            thread: Self::det_tid(ctx),
+            syscall_seq: ctx.thread.syscalls,
+            syscall: names::name(ctx.nr),
+            kind: "compared",
+            result: ret,
+            bytes: n as u64,
+        });
+        let r = to_result(ret);
+        if ret == -(libc::EPIPE as i64) {
+            return crate::syscalls::util_epipe(ctx, r);
+        }
+        r
+    }
+
+    /// Secondary: exit_group: the status must be the primary's.
+    fn compare_exit(&self, ctx: &mut SyscallCtx<'_>, status: i64) -> bool {
+        let Some(rec) = self.take_for(ctx) else {
+            return false;
+        };
+        let ThreadRecord::Syscall { ret, .. } = rec else {
+            return false;
+        };
+        if ret != status {
+            let tid = Self::det_tid(ctx);
+            let seq = ctx.thread.syscalls;
+            let (logical_time, turn) = self.where_(ctx);
+            self.mismatch(
+                ctx.process,
+                Mismatch {
+                    kind: "exit",
+                    thread: tid,
+                    syscall_seq: seq,
+                    syscall: names::name(ctx.nr),
+                    primary_syscall: Some(names::name(ctx.nr)),
+                    fd: None,
+                    logical_time,
+                    turn,
+                    primary: ret.to_string().into_bytes(),
+                    secondary: status.to_string().into_bytes(),
+                    primary_hash: None,
+                    first_differing_byte: first_difference(
+                        ret.to_string().as_bytes(),
+                        status.to_string().as_bytes(),
+                    ),
+                    detail: format!("the primary exited with {ret}, the secondary with {status}"),
+                },
+            );
+            return false;
+        }
+        self.agreed(AgreedEvent {
+            thread: Self::det_tid(ctx),
+            syscall_seq: ctx.thread.syscalls,
+            syscall: names::name(ctx.nr),
+            kind: "exit",
+            result: ret,
+            bytes: 0,
+        });
+        true
+    }
+}
+
+/// The pseudo-address under which a Syscall record carries the det re-entry time of an
+/// external call: no program address is this high (it is above the 47-bit user range).
+const REENTRY_ADDR: u64 = u64::MAX - 7;
+
+fn to_result(ret: i64) -> SysResult {
+    if ret < 0 {
+        Err(Errno((-ret) as i32))
+    } else {
+        Ok(ret as u64)
+    }
+}
+
+/// Index of the first byte where `a` and `b` differ (the shorter length if one is a prefix
+/// of the other); None if equal.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<u64> {
+    if a == b {
+        return None;
+    }
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    Some(n as u64)
+}
+
+/// How a syscall is treated in this call: its class, refined by descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Treatment {
+    Local,
+    Recorded,
+    Compared,
+    Exit,
+}
+
+fn treatment(ctx: &SyscallCtx<'_>, entry: &SyscallEntry, a: [u64; 6]) -> Treatment {
+    let external = || {
+        lock(&ctx.process.fds)
+            .get(effects::io_fd(ctx.nr, a))
+            .is_ok_and(|f| f.is_external())
+    };
+    match entry.class {
+        Class::Local if ctx.nr as i64 == libc::SYS_exit_group => Treatment::Exit,
+        Class::Local | Class::Unsupported => Treatment::Local,
+        Class::Recorded => Treatment::Recorded,
+        Class::Compared => Treatment::Compared,
+        Class::InputByFd if external() => Treatment::Recorded,
+        Class::OutputByFd if external() => Treatment::Compared,
+        Class::InputByFd | Class::OutputByFd => Treatment::Local,
+    }
+}
+
+/// Serves one syscall of a replicated program (see the module documentation).
+pub fn serve(rep: &Replication, ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, a: [u64; 6]) -> SysResult {
+    let handler = entry.handler;
+    let local = |ctx: &mut SyscallCtx<'_>, h: &mut dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult| {
+        crate::syscalls::serve_local(ctx, entry, a, h)
+    };
+    match (rep.role, treatment(ctx, entry, a)) {
+        (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
+        (Role::Primary, Treatment::Exit) => {
+            let tid = Replication::det_tid(ctx);
+            rep.send_thread(
+                tid,
+                ctx.thread.syscalls,
+                &ThreadRecord::Syscall {
+                    nr: ctx.nr as u32,
+                    ret: (a[0] & 0xff) as i64,
+                    signal: 0,
+                    writes: Vec::new(),
+                },
+            );
+            rep.commit();
+            local(ctx, &mut |c, a| handler(c, a))
+        }
+        (Role::Secondary, Treatment::Exit) => {
+            if !rep.compare_exit(ctx, (a[0] & 0xff) as i64) {
+                return Replication::stop_thread(ctx);
+            }
+            local(ctx, &mut |c, a| handler(c, a))
+        }
+        (Role::Primary, Treatment::Recorded) => {
+            let plan = effects::plan(ctx.process, ctx.nr, a);
+            ctx.reentry_at = None;
+            let r = local(ctx, &mut |c, a| handler(c, a));
+            let ret = match r {
+                Ok(v) => v as i64,
+                Err(e) => -(e.0 as i64),
+            };
+            if ret >= 0 {
+                mark_external(ctx, a, ret);
+            }
+            let ranges = effects::written(ctx.process, ctx.nr, a, &plan, ret);
+            let mut writes = effects::capture(ctx.process, &ranges);
+            if let Some(at) = ctx.reentry_at {
+                writes.push((REENTRY_ADDR, at.to_le_bytes().to_vec()));
+            }
+            let signal = announce_signal(ctx);
+            let tid = Replication::det_tid(ctx);
+            rep.send_thread(
+                tid,
+                ctx.thread.syscalls,
+                &ThreadRecord::Syscall {
+                    nr: ctx.nr as u32,
+                    ret,
+                    signal,
+                    writes,
+                },
+            );
+            r
+        }
+        (Role::Secondary, Treatment::Recorded) => local(ctx, &mut |c, a| rep.replay(c, a)),
+        (Role::Primary, Treatment::Compared) => {
+            let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
+            rep.commit();
+            let r = local(ctx, &mut |c, a| handler(c, a));
+            let ret = match r {
+                Ok(v) => v as i64,
+                Err(e) => -(e.0 as i64),
+            };
+            let n = if ret > 0 { (ret as usize).min(ours.len()) } else { 0 };
+            let sent = &ours[..n];
+            let signal = announce_signal(ctx);
+            let tid = Replication::det_tid(ctx);
+            rep.send_thread(
+                tid,
+                ctx.thread.syscalls,
+                &ThreadRecord::Output {
+                    nr: ctx.nr as u32,
+                    fd: effects::io_fd(ctx.nr, a) as i32,
+                    ret,
+                    signal,
+                    asked: ours.len() as u64,
+                    hash: wire::fnv1a64(sent),
+                    data: (sent.len() <= wire::INLINE_OUTPUT_MAX).then(|| sent.to_vec()),
+                },
+            );
+            r
+        }
+        (Role::Secondary, Treatment::Compared) => local(ctx, &mut |c, a| rep.compare(c, a)),
+    }
+}
+
+/// Primary: descriptors that recorded calls create reach outside the program.
+#[allow(non_upper_case_globals)]
+fn mark_external(ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
+    use libc::*;
+    let fds: Vec<i64> = match ctx.nr as i64 {
+        SYS_socket | SYS_accept | SYS_accept4 | SYS_timerfd_create => vec![ret],
+        SYS_socketpair => match ctx.process.mem.read_obj::<[i32; 2]>(a[3]) {
+            Ok(sv) => vec![sv[0] as i64, sv[1] as i64],
+            Err(_) => vec![],
+        },
+        _ => return,
+    };
+    let t = lock(&ctx.process.fds);
+    for fd in fds {
+        if let Ok(f) = t.get(fd) {
+            f.mark_external();
+        }
+    }
+}
+
+/// Primary: picks the signal to deliver right after this call (the thread's next
+/// deliverable one), so that its record can name it.
+fn announce_signal(ctx: &mut SyscallCtx<'_>) -> i32 {
+    if ctx.action != ThreadAction::Continue || ctx.process.exiting() {
+        return 0;
+    }
+    match ctx.process.signals.next_deliverable(ctx.thread.tid) {
+        Some(sig) => {
+            ctx.thread.signal_after = Some(sig);
+            sig
+        }
+        None => 0,
+    }
+}
+
+impl ScheduleLink for Replication {
+    fn log_turn(&self, turn: Turn) {
+        self.status.add(Counter::PrimaryTurns, 1);
+        self.send(RecordKind::Turn, &turn.to_payload());
+    }
+
+    fn log_timed_wait(&self, tid: DetTid, outcome: TimedWait) {
+        self.send_thread(
+            tid.0,
+            0,
+            &ThreadRecord::TimedWait {
+                took_turn: outcome.took_turn,
+                timed_out: outcome.timed_out,
+                at: outcome.reentry_at,
+            },
+        );
+    }
+
+    fn timed_wait_outcome(&self, tid: DetTid) -> Option<TimedWait> {
+        let process = self.process()?;
+        match self.take(&process, tid.0)? {
+            (
+                _,
+                ThreadRecord::TimedWait {
+                    took_turn,
+                    timed_out,
+                    at,
+                },
+            ) => Some(TimedWait {
+                took_turn,
+                timed_out,
+                reentry_at: at,
+            }),
+            (seq, other) => {
+                self.mismatch(
+                    &process,
+                    Mismatch {
+                        kind: "schedule",
+                        thread: tid.0,
+                        syscall_seq: seq,
+                        syscall: "futex".into(),
+                        primary_syscall: Some(other.describe()),
+                        fd: None,
+                        logical_time: None,
+                        turn: None,
+                        primary: other.describe().into_bytes(),
+                        secondary: b"futex timed wait".to_vec(),
+                        primary_hash: None,
+                        first_differing_byte: None,
+                        detail: "the secondary waits on a futex with a deadline where the primary's thread did something else".into(),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    fn schedule_diverged(&self, tid: DetTid, error: &det::TurnError) {
+        if let Some(process) = self.process() {
+            self.mismatch(
+                &process,
+                Mismatch {
+                    kind: "schedule",
+                    thread: tid.0,
+                    syscall_seq: 0,
+                    syscall: String::new(),
+                    primary_syscall: None,
+                    fd: None,
+                    logical_time: None,
+                    turn: None,
+                    primary: Vec::new(),
+                    secondary: Vec::new(),
+                    primary_hash: None,
+                    first_differing_byte: None,
+                    detail: error.to_string(),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_difference_finds_the_index() {
+        assert_eq!(first_difference(b"abc", b"abc"), None);
+        assert_eq!(first_difference(b"abc", b"abd"), Some(2));
+        assert_eq!(first_difference(b"ab", b"abc"), Some(2));
+        assert_eq!(first_difference(b"", b"x"), Some(0));
+    }
+}

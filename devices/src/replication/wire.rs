@@ -1,0 +1,386 @@
+//! Payloads of the replication records (the channel's ABI above [`det::record`] framing).
+//!
+//! Every per-thread record starts with the same 12 bytes, so the secondary's reader can route
+//! it to the thread's queue without knowing the kind:
+//!
+//! | offset | size | field | meaning                                                        |
+//! |-------:|-----:|-------|----------------------------------------------------------------|
+//! | 0      | 4    | tid   | deterministic thread id (creation order under the token)       |
+//! | 4      | 8    | seq   | the thread's syscall number (1 = its first syscall)            |
+//!
+//! Then, by [`RecordKind`] (all integers little-endian):
+//! - `SyscallResult`: nr u32, ret i64, signal u32, writes u32, then per write: addr u64,
+//!   len u32, bytes. The guest memory the primary's call wrote, which the secondary copies in.
+//! - `OutputHash`: nr u32, fd i32, ret i64, signal u32, asked u64 (bytes the call was asked
+//!   to output), hash u64 (FNV-1a 64 of the `ret` bytes output), inline u32, then `inline`
+//!   bytes: the output itself when it is at most [`INLINE_OUTPUT_MAX`] bytes, else none.
+//!
+//! `signal` (0: none) is the signal the primary delivered to the thread right after that
+//! call. Under replication, asynchronous signals reach handlers only there, after a
+//! Recorded or Compared call, so that the secondary can deliver them at the same point.
+//! - `TimedWait`: took_turn u8, timed_out u8, has_at u8, at u64.
+//! - `Reentry`: at u64: the logical time at which the thread re-entered the token
+//!   competition after the external call numbered `seq` (det mode only).
+//!
+//! `End` (not per-thread): status i32, signal i32 (0 when the program exited): how the
+//! primary's program ended.
+//!
+//! Change the layout only together with [`det::record::VERSION`].
+
+use det::record::RecordKind;
+
+/// Outputs up to this size travel whole, so a mismatch can name its first differing byte;
+/// larger ones travel as a hash.
+pub const INLINE_OUTPUT_MAX: usize = 1 << 20;
+
+/// A decoding error: the record does not have the layout its kind promises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {kind:?} record payload ({len} bytes)")]
+pub struct WireError {
+    /// The record's kind.
+    pub kind: RecordKind,
+    /// Its payload length.
+    pub len: usize,
+}
+
+/// A decoded per-thread record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ThreadRecord {
+    /// A recorded syscall's result and the memory it wrote.
+    Syscall {
+        /// Syscall number.
+        nr: u32,
+        /// RAX.
+        ret: i64,
+        /// The signal delivered right after the call (0: none).
+        signal: i32,
+        /// (guest address, bytes) written by the call.
+        writes: Vec<(u64, Vec<u8>)>,
+    },
+    /// An output the primary performed.
+    Output {
+        /// Syscall number.
+        nr: u32,
+        /// The descriptor written to.
+        fd: i32,
+        /// RAX.
+        ret: i64,
+        /// The signal delivered right after the call (0: none).
+        signal: i32,
+        /// Bytes the call was asked to output.
+        asked: u64,
+        /// FNV-1a 64 of the bytes output.
+        hash: u64,
+        /// The bytes output, when small enough ([`INLINE_OUTPUT_MAX`]).
+        data: Option<Vec<u8>>,
+    },
+    /// The outcome of a futex wait with a deadline.
+    TimedWait {
+        /// The waiter took a turn to settle it.
+        took_turn: bool,
+        /// It timed out.
+        timed_out: bool,
+        /// Det mode: its re-entry time.
+        at: Option<u64>,
+    },
+    /// Det mode: re-entry time after an external call.
+    Reentry {
+        /// The logical time.
+        at: u64,
+    },
+}
+
+impl ThreadRecord {
+    /// The record kind on the wire.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            ThreadRecord::Syscall { .. } => RecordKind::SyscallResult,
+            ThreadRecord::Output { .. } => RecordKind::OutputHash,
+            ThreadRecord::TimedWait { .. } => RecordKind::TimedWait,
+            ThreadRecord::Reentry { .. } => RecordKind::Reentry,
+        }
+    }
+
+    /// A short name for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            ThreadRecord::Syscall { nr, .. } => crate::syscalls::names::name(u64::from(*nr)),
+            ThreadRecord::Output { nr, .. } => crate::syscalls::names::name(u64::from(*nr)),
+            ThreadRecord::TimedWait { .. } => "futex timed wait".into(),
+            ThreadRecord::Reentry { .. } => "re-entry".into(),
+        }
+    }
+
+    /// Encodes the payload, with the common `tid`/`seq` prefix.
+    pub fn encode(&self, tid: u32, seq: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&tid.to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+        match self {
+            ThreadRecord::Syscall {
+                nr,
+                ret,
+                signal,
+                writes,
+            } => {
+                out.extend_from_slice(&nr.to_le_bytes());
+                out.extend_from_slice(&ret.to_le_bytes());
+                out.extend_from_slice(&signal.to_le_bytes());
+                out.extend_from_slice(&(writes.len() as u32).to_le_bytes());
+                for (addr, bytes) in writes {
+                    out.extend_from_slice(&addr.to_le_bytes());
+                    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    out.extend_from_slice(bytes);
+                }
+            }
+            ThreadRecord::Output {
+                nr,
+                fd,
+                ret,
+                signal,
+                asked,
+                hash,
+                data,
+            } => {
+                out.extend_from_slice(&nr.to_le_bytes());
+                out.extend_from_slice(&fd.to_le_bytes());
+                out.extend_from_slice(&ret.to_le_bytes());
+                out.extend_from_slice(&signal.to_le_bytes());
+                out.extend_from_slice(&asked.to_le_bytes());
+                out.extend_from_slice(&hash.to_le_bytes());
+                let data = data.as_deref().unwrap_or(&[]);
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(data);
+            }
+            ThreadRecord::TimedWait {
+                took_turn,
+                timed_out,
+                at,
+            } => {
+                out.push(*took_turn as u8);
+                out.push(*timed_out as u8);
+                out.push(at.is_some() as u8);
+                out.extend_from_slice(&at.unwrap_or(0).to_le_bytes());
+            }
+            ThreadRecord::Reentry { at } => out.extend_from_slice(&at.to_le_bytes()),
+        }
+    }
+
+    /// Decodes a per-thread record: (tid, seq, record).
+    pub fn decode(kind: RecordKind, p: &[u8]) -> Result<(u32, u64, ThreadRecord), WireError> {
+        let err = WireError {
+            kind,
+            len: p.len(),
+        };
+        let mut r = Cursor(p);
+        let tid = r.u32().ok_or(err)?;
+        let seq = r.u64().ok_or(err)?;
+        let rec = match kind {
+            RecordKind::SyscallResult => {
+                let nr = r.u32().ok_or(err)?;
+                let ret = r.u64().ok_or(err)? as i64;
+                let signal = r.u32().ok_or(err)? as i32;
+                let n = r.u32().ok_or(err)?;
+                let mut writes = Vec::new();
+                for _ in 0..n {
+                    let addr = r.u64().ok_or(err)?;
+                    let len = r.u32().ok_or(err)? as usize;
+                    writes.push((addr, r.bytes(len).ok_or(err)?.to_vec()));
+                }
+                ThreadRecord::Syscall {
+                    nr,
+                    ret,
+                    signal,
+                    writes,
+                }
+            }
+            RecordKind::OutputHash => {
+                let nr = r.u32().ok_or(err)?;
+                let fd = r.u32().ok_or(err)? as i32;
+                let ret = r.u64().ok_or(err)? as i64;
+                let signal = r.u32().ok_or(err)? as i32;
+                let asked = r.u64().ok_or(err)?;
+                let hash = r.u64().ok_or(err)?;
+                let n = r.u32().ok_or(err)? as usize;
+                let bytes = r.bytes(n).ok_or(err)?;
+                ThreadRecord::Output {
+                    nr,
+                    fd,
+                    ret,
+                    signal,
+                    asked,
+                    hash,
+                    data: (n > 0 || ret == 0).then(|| bytes.to_vec()),
+                }
+            }
+            RecordKind::TimedWait => {
+                let f = r.bytes(3).ok_or(err)?.to_vec();
+                let at = r.u64().ok_or(err)?;
+                ThreadRecord::TimedWait {
+                    took_turn: f[0] != 0,
+                    timed_out: f[1] != 0,
+                    at: (f[2] != 0).then_some(at),
+                }
+            }
+            RecordKind::Reentry => ThreadRecord::Reentry {
+                at: r.u64().ok_or(err)?,
+            },
+            _ => return Err(err),
+        };
+        if !r.0.is_empty() {
+            return Err(err);
+        }
+        Ok((tid, seq, rec))
+    }
+}
+
+/// How the primary's program ended (the `End` record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndInfo {
+    /// ditto's exit status for it (status, or 128 + signal).
+    pub status: i32,
+    /// The signal that ended it, 0 if it exited.
+    pub signal: i32,
+}
+
+impl EndInfo {
+    /// The `End` payload.
+    pub fn encode(&self) -> [u8; 8] {
+        let mut p = [0; 8];
+        p[..4].copy_from_slice(&self.status.to_le_bytes());
+        p[4..].copy_from_slice(&self.signal.to_le_bytes());
+        p
+    }
+
+    /// Reads an `End` payload.
+    pub fn decode(p: &[u8]) -> Result<Self, WireError> {
+        let err = WireError {
+            kind: RecordKind::End,
+            len: p.len(),
+        };
+        let mut r = Cursor(p);
+        let status = r.u32().ok_or(err)? as i32;
+        let signal = r.u32().ok_or(err)? as i32;
+        if !r.0.is_empty() {
+            return Err(err);
+        }
+        Ok(EndInfo { status, signal })
+    }
+}
+
+/// FNV-1a, 64 bits: the output hash of the `OutputHash` record.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.bytes(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.bytes(8)?;
+        let mut a = [0; 8];
+        a.copy_from_slice(b);
+        Some(u64::from_le_bytes(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(rec: ThreadRecord) {
+        let mut buf = Vec::new();
+        rec.encode(7, 42, &mut buf);
+        let (tid, seq, back) = ThreadRecord::decode(rec.kind(), &buf).unwrap();
+        assert_eq!((tid, seq, back), (7, 42, rec));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        round_trip(ThreadRecord::Syscall {
+            nr: 0,
+            ret: 5,
+            signal: 0,
+            writes: vec![(0x1000, b"hello".to_vec()), (0x2000, vec![])],
+        });
+        round_trip(ThreadRecord::Output {
+            nr: 1,
+            fd: 1,
+            ret: 3,
+            signal: 10,
+            asked: 3,
+            hash: fnv1a64(b"abc"),
+            data: Some(b"abc".to_vec()),
+        });
+        round_trip(ThreadRecord::Output {
+            nr: 1,
+            fd: 4,
+            ret: -32,
+            signal: 0,
+            asked: 10,
+            hash: 0,
+            data: None,
+        });
+        round_trip(ThreadRecord::TimedWait {
+            took_turn: true,
+            timed_out: false,
+            at: Some(9),
+        });
+        round_trip(ThreadRecord::Reentry { at: 77 });
+    }
+
+    #[test]
+    fn truncated_and_trailing_bytes_are_errors() {
+        let mut buf = Vec::new();
+        ThreadRecord::Syscall {
+            nr: 0,
+            ret: 5,
+            signal: 0,
+            writes: vec![(0x1000, b"hello".to_vec())],
+        }
+        .encode(1, 1, &mut buf);
+        for cut in 0..buf.len() {
+            assert!(ThreadRecord::decode(RecordKind::SyscallResult, &buf[..cut]).is_err());
+        }
+        buf.push(0);
+        assert!(ThreadRecord::decode(RecordKind::SyscallResult, &buf).is_err());
+        // A write count that claims more than the payload holds.
+        let mut bad = Vec::new();
+        ThreadRecord::Syscall {
+            nr: 0,
+            ret: 0,
+            signal: 0,
+            writes: vec![],
+        }
+        .encode(1, 1, &mut bad);
+        bad[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ThreadRecord::decode(RecordKind::SyscallResult, &bad).is_err());
+    }
+
+    #[test]
+    fn end_round_trips() {
+        let e = EndInfo {
+            status: 143,
+            signal: 15,
+        };
+        assert_eq!(EndInfo::decode(&e.encode()).unwrap(), e);
+        assert!(EndInfo::decode(&[1, 2, 3]).is_err());
+    }
+}

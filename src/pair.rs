@@ -1,0 +1,692 @@
+//! `ditto pair`: runs a program as two replicas, primary and secondary, each a ditto VMM
+//! process pinned to its own cores, and reports whether they diverged (DESIGN.md §5-6).
+//!
+//! The supervisor (this module's [`main`]) creates the status page and a socket pair, then
+//! starts itself twice as `ditto __replica` (hidden), one per role. The primary creates the
+//! channel and sends its memfd to the secondary over the socket. The supervisor forwards
+//! SIGINT/SIGTERM to the primary only (the secondary ends when the primary's log does), shows
+//! a status line, waits for both, and writes the report from the secondary's findings, the
+//! status page and both exit statuses.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use devices::replication::{Mismatch, Mode, ReplicaSetup, Replication, Role};
+use replica::report::{
+    Counters, Divergence, DivergenceKind, Event, EventKind, Outcome, Report, ReplicaSummary,
+    Value, REPORT_SCHEMA,
+};
+use replica::status::{Counter, StatusPage};
+use replica::ChannelConfig;
+
+use crate::{parse_cores, parse_size, vm_config, CoreList, ProgramArgs};
+
+/// Exit status of `ditto pair` when the replicas diverged.
+pub const EXIT_DIVERGED: u8 = 3;
+/// Exit status when a replica died or the channel failed.
+pub const EXIT_REPLICA_FAILED: u8 = 4;
+
+/// The descriptor numbers a replica finds its peer socket and status page at.
+const PEER_FD: i32 = 3;
+const STATUS_FD: i32 = 4;
+
+/// How the replicas agree on the schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Both compute the Kendo schedule; re-entry times cross the channel.
+    Det,
+    /// The secondary follows the primary's logged turns.
+    Follow,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Det => Mode::Det,
+            ModeArg::Follow => Mode::Follow,
+        }
+    }
+}
+
+/// Channel and mode options, shared by the supervisor and the replicas.
+#[derive(Args, Clone, Debug)]
+pub struct PairOptions {
+    /// How the replicas agree on the thread schedule.
+    #[arg(long, value_enum, default_value = "det")]
+    mode: ModeArg,
+    /// The channel's ring size (K, M or G suffix).
+    #[arg(long, default_value = "64M", value_parser = parse_ring)]
+    channel_size: u64,
+    /// Backpressure: the primary waits while this many records are unconsumed.
+    #[arg(long, default_value_t = 65536)]
+    max_lag_records: u64,
+    /// Backpressure: the primary waits while this many bytes are unconsumed.
+    #[arg(long, default_value = "32M", value_parser = parse_ring)]
+    max_lag_bytes: u64,
+}
+
+fn parse_ring(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size '{s}': expected e.g. 64M"))?;
+    let v = n.checked_mul(mult).ok_or("size too large")?;
+    if !(64 << 10..=4 << 30).contains(&v) {
+        return Err(format!("size '{s}' must be between 64K and 4G"));
+    }
+    Ok(v)
+}
+
+/// `ditto pair`.
+#[derive(Args)]
+pub struct PairArgs {
+    #[command(flatten)]
+    options: PairOptions,
+    /// Host cores for the primary's vCPUs.
+    #[arg(long, value_parser = parse_cores)]
+    primary_cores: Option<CoreList>,
+    /// Host cores for the secondary's vCPUs (disjoint from the primary's).
+    #[arg(long, value_parser = parse_cores)]
+    secondary_cores: Option<CoreList>,
+    /// Where to write the JSON report (default: OUT/report.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Directory for the run's files: the report, the secondary's stdout/stderr, each
+    /// replica's image state (default: a new directory under the system temp dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the status line even when stderr is not a terminal (once a second).
+    #[arg(long)]
+    status: bool,
+    /// Do not print the readable summary at the end.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    program: ProgramArgs,
+}
+
+/// `ditto __replica` (internal): one replica of a pair.
+#[derive(Args)]
+pub struct ReplicaArgs {
+    /// primary or secondary.
+    #[arg(long)]
+    role: String,
+    #[command(flatten)]
+    options: PairOptions,
+    /// The run's directory.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    program: ProgramArgs,
+}
+
+fn online_cores() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as usize
+}
+
+/// The argument list that selects the same program in a replica.
+fn program_flags(p: &ProgramArgs, cores: &[usize], state: Option<&Path>) -> Vec<String> {
+    let mut v = Vec::new();
+    match &p.image {
+        Some(i) => {
+            v.push("--image".into());
+            v.push(i.clone());
+            if let Some(s) = state {
+                v.push("--state".into());
+                v.push(s.display().to_string());
+            }
+        }
+        None => {
+            v.push("--root".into());
+            v.push(p.root.display().to_string());
+        }
+    }
+    v.push("--memory".into());
+    v.push(p.memory.to_string());
+    v.push("--seed".into());
+    v.push(p.seed.to_string());
+    v.push("--cores".into());
+    v.push(
+        cores
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    v
+}
+
+fn option_flags(o: &PairOptions) -> Vec<String> {
+    vec![
+        "--mode".into(),
+        match o.mode {
+            ModeArg::Det => "det".into(),
+            ModeArg::Follow => "follow".into(),
+        },
+        "--channel-size".into(),
+        o.channel_size.to_string(),
+        "--max-lag-records".into(),
+        o.max_lag_records.to_string(),
+        "--max-lag-bytes".into(),
+        o.max_lag_bytes.to_string(),
+    ]
+}
+
+fn spawn_replica(
+    role: &str,
+    flags: Vec<String>,
+    command: &[std::ffi::OsString],
+    peer: OwnedFd,
+    status: &StatusPage,
+    secondary: bool,
+) -> std::io::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__replica").arg("--role").arg(role).args(flags);
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    if secondary {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    }
+    let peer_raw = peer.as_raw_fd();
+    let status_raw = status.fd().as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec: dup2, setpgid and
+    // sigprocmask on the child's own state.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(peer_raw, PEER_FD) < 0 || libc::dup2(status_raw, STATUS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
+            // forwards it to the primary alone.
+            libc::setpgid(0, 0);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    drop(peer);
+    child
+}
+
+fn block_forwarded_signals() -> libc::sigset_t {
+    // SAFETY: building a sigset and blocking it in this thread (inherited by threads).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn describe_exit(s: std::process::ExitStatus) -> (Option<i32>, String) {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => (Some(c), format!("exited {c}")),
+        (None, Some(sig)) => (Some(128 + sig), format!("killed by signal {sig}")),
+        _ => (None, "unknown".into()),
+    }
+}
+
+fn human(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn status_line(st: &StatusPage, mode: Mode) -> String {
+    let sent = st.get(Counter::RecordsSent);
+    let consumed = st.get(Counter::RecordsConsumed);
+    format!(
+        "pair {}: turns {} / {}, records {} sent, lag {} records, {} compared in {} outputs{}",
+        mode.name(),
+        st.get(Counter::PrimaryTurns),
+        st.get(Counter::SecondaryTurns),
+        sent,
+        sent.saturating_sub(consumed),
+        human(st.get(Counter::BytesCompared)),
+        st.get(Counter::ComparedOutputs),
+        if st.get(Counter::Diverged) != 0 {
+            ", DIVERGED"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Runs `ditto pair`.
+pub fn main(a: &PairArgs) -> ExitCode {
+    match supervise(a) {
+        Ok(code) => ExitCode::from(code),
+        Err((code, msg)) => {
+            eprintln!("ditto: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
+    let p = &a.program;
+    if p.cores.is_some() {
+        return Err((
+            crate::EXIT_BAD_INPUT,
+            "ditto pair takes --primary-cores and --secondary-cores, not --cores".into(),
+        ));
+    }
+    let n = online_cores();
+    let primary_cores = a
+        .primary_cores
+        .clone()
+        .map(|c| c.0)
+        .unwrap_or_else(|| vec![0]);
+    let secondary_cores = a
+        .secondary_cores
+        .clone()
+        .map(|c| c.0)
+        .unwrap_or_else(|| vec![if n > 1 { 1 } else { 0 }]);
+    if n > 1 && primary_cores.iter().any(|c| secondary_cores.contains(c)) {
+        return Err((
+            crate::EXIT_BAD_INPUT,
+            format!(
+                "--primary-cores {primary_cores:?} and --secondary-cores {secondary_cores:?} overlap; replicas run on disjoint cores"
+            ),
+        ));
+    }
+    // Resolve (and build) the program once here, so bad input fails before any replica.
+    drop(vm_config(p)?);
+    let out = match &a.out {
+        Some(d) => d.clone(),
+        None => tempfile::Builder::new()
+            .prefix("ditto-pair-")
+            .tempdir()
+            .map_err(|e| (crate::EXIT_HOST_ERROR, format!("cannot create a run directory: {e}")))?
+            .keep(),
+    };
+    std::fs::create_dir_all(&out).map_err(|e| {
+        (
+            crate::EXIT_HOST_ERROR,
+            format!("cannot create {}: {e}", out.display()),
+        )
+    })?;
+    let report_path = a.report.clone().unwrap_or_else(|| out.join("report.json"));
+    let status = StatusPage::create()
+        .map_err(|e| (crate::EXIT_HOST_ERROR, format!("cannot create the status page: {e}")))?;
+    let (s0, s1) = socketpair().map_err(|e| (crate::EXIT_HOST_ERROR, format!("socketpair: {e}")))?;
+    let set = block_forwarded_signals();
+    let t0 = Instant::now();
+    let mode: Mode = a.options.mode.into();
+    let mut pflags = option_flags(&a.options);
+    pflags.extend(["--out".into(), out.display().to_string()]);
+    let mut sflags = pflags.clone();
+    pflags.extend(program_flags(p, &primary_cores, Some(&out.join("primary-state"))));
+    sflags.extend(program_flags(p, &secondary_cores, Some(&out.join("secondary-state"))));
+    let host = |e: std::io::Error| (crate::EXIT_HOST_ERROR, format!("cannot start a replica: {e}"));
+    let mut primary = spawn_replica("primary", pflags, &p.command, s0, &status, false).map_err(host)?;
+    let mut secondary = match spawn_replica("secondary", sflags, &p.command, s1, &status, true) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = primary.kill();
+            let _ = primary.wait();
+            return Err(host(e));
+        }
+    };
+
+    // Forward SIGINT/SIGTERM/SIGHUP/SIGQUIT to the primary only.
+    let primary_pid = primary.id() as i32;
+    let done = Arc::new(AtomicBool::new(false));
+    let forwarded = Arc::new(AtomicI32::new(0));
+    {
+        let done = done.clone();
+        let forwarded = forwarded.clone();
+        std::thread::spawn(move || {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            };
+            while !done.load(Ordering::Relaxed) {
+                // SAFETY: waiting on our own blocked set with a timeout.
+                let s = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+                if s > 0 {
+                    forwarded.store(s, Ordering::Relaxed);
+                    // SAFETY: signalling the child we started (its pid is ours until waited).
+                    unsafe { libc::kill(primary_pid, s) };
+                }
+            }
+        });
+    }
+    let show_status = a.status || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = show_status.then(|| {
+        let b = if a.status && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            None
+        } else {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(250));
+            Some(b)
+        };
+        (b, Instant::now())
+    });
+    let mut bar = bar;
+    let mut p_status = None;
+    let mut s_status = None;
+    let mut p_done_at: Option<Instant> = None;
+    loop {
+        if p_status.is_none() {
+            if let Ok(Some(s)) = primary.try_wait() {
+                p_status = Some(s);
+                p_done_at = Some(Instant::now());
+            }
+        }
+        if s_status.is_none() {
+            if let Ok(Some(s)) = secondary.try_wait() {
+                s_status = Some(s);
+            }
+        }
+        if p_status.is_some() && s_status.is_some() {
+            break;
+        }
+        // A secondary still running long after the primary is stuck; its drain timeout
+        // should have ended it already.
+        if let (Some(t), None) = (p_done_at, &s_status) {
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = secondary.kill();
+            }
+        }
+        if let Some((b, last)) = &mut bar {
+            let line = status_line(&status, mode);
+            match b {
+                Some(b) => b.set_message(line),
+                None => {
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        eprintln!("ditto: {line}");
+                        *last = Instant::now();
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done.store(true, Ordering::Relaxed);
+    if let Some((Some(b), _)) = &bar {
+        b.finish_and_clear();
+    }
+    let wall = t0.elapsed();
+    let (p_code, p_desc) = describe_exit(p_status.expect("waited"));
+    let (s_code, s_desc) = describe_exit(s_status.expect("waited"));
+
+    // The secondary's findings, if it got to write them.
+    let part = out.join("secondary-part.json");
+    let mut report = Report::load(&part).unwrap_or_else(|_| empty_report());
+    report.schema = REPORT_SCHEMA;
+    report.mode = mode.name().into();
+    report.program = program_words(p);
+    report.wall_seconds = wall.as_secs_f64();
+    report.primary.cores = primary_cores;
+    report.primary.exit_status = p_code;
+    report.primary.exit = Some(p_desc.clone());
+    report.secondary.cores = secondary_cores;
+    report.secondary.exit_status = s_code;
+    if report.secondary.exit.is_none() {
+        report.secondary.exit = Some(s_desc.clone());
+    }
+    let primary_log = out.join("primary-error.txt");
+    if let Ok(e) = std::fs::read_to_string(&primary_log) {
+        report.primary.error = Some(e.trim().to_string());
+    }
+    fill_counters(&mut report.counters, &status);
+    let primary_ok = p_status.is_some_and(|s| s.code().is_some());
+    report.outcome = if report.first_divergence.is_some() {
+        Outcome::Diverged
+    } else if report.channel_error.is_some() {
+        Outcome::ChannelError
+    } else if !primary_ok && forwarded.load(Ordering::Relaxed) == 0 {
+        if report.primary.error.is_none() {
+            report.primary.error = Some(format!("the primary {p_desc}"));
+        }
+        Outcome::ReplicaFailed
+    } else if report.secondary.error.is_some() || s_code.is_none() {
+        Outcome::ReplicaFailed
+    } else {
+        Outcome::Identical
+    };
+    if let Err(e) = report.save(&report_path) {
+        eprintln!("ditto: cannot write the report: {e}");
+    }
+    if !a.quiet {
+        eprintln!("{}", report.summary());
+        eprintln!("ditto: report: {}", report_path.display());
+    }
+    Ok(match report.outcome {
+        Outcome::Diverged => EXIT_DIVERGED,
+        Outcome::ChannelError | Outcome::ReplicaFailed => EXIT_REPLICA_FAILED,
+        Outcome::Identical => p_code.unwrap_or(1).clamp(0, 255) as u8,
+    })
+}
+
+fn program_words(p: &ProgramArgs) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    if let Some(i) = &p.image {
+        v.push(format!("--image {i}"));
+    }
+    v.extend(p.command.iter().map(|c| c.to_string_lossy().into_owned()));
+    v
+}
+
+fn empty_report() -> Report {
+    Report {
+        schema: REPORT_SCHEMA,
+        mode: String::new(),
+        program: Vec::new(),
+        outcome: Outcome::ReplicaFailed,
+        primary: ReplicaSummary::default(),
+        secondary: ReplicaSummary {
+            error: Some("the secondary wrote no findings".into()),
+            ..Default::default()
+        },
+        first_divergence: None,
+        last_common: Vec::new(),
+        counters: Counters::default(),
+        channel_error: None,
+        wall_seconds: 0.0,
+    }
+}
+
+fn fill_counters(c: &mut Counters, st: &StatusPage) {
+    c.records = st.get(Counter::RecordsSent);
+    c.record_bytes = st.get(Counter::RecordBytes);
+    c.recorded_syscalls = st.get(Counter::RecordedSyscalls);
+    c.compared_outputs = st.get(Counter::ComparedOutputs);
+    c.bytes_compared = st.get(Counter::BytesCompared);
+    c.turns = st.get(Counter::PrimaryTurns).max(st.get(Counter::SecondaryTurns));
+    c.reentries = st.get(Counter::Reentries);
+    c.signals = st.get(Counter::Signals);
+    c.max_lag_records = st.get(Counter::MaxLagRecords);
+    c.max_lag_bytes = st.get(Counter::MaxLagBytes);
+}
+
+fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socketpair just created both descriptors; they are ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The report's view of a mismatch.
+fn divergence_of(m: &Mismatch) -> Divergence {
+    let kind = match m.kind {
+        "output" => DivergenceKind::Output,
+        "exit" => DivergenceKind::Exit,
+        "missing_event" => DivergenceKind::MissingEvent,
+        "extra_event" => DivergenceKind::ExtraEvent,
+        "signal" => DivergenceKind::Signal,
+        "schedule" => DivergenceKind::Schedule,
+        _ => DivergenceKind::Syscall,
+    };
+    let mut primary = Value::of(&m.primary, m.first_differing_byte);
+    if let Some(h) = m.primary_hash {
+        primary.hash = format!("{h:016x}");
+    }
+    Divergence {
+        kind,
+        thread: m.thread,
+        syscall_seq: m.syscall_seq,
+        syscall: m.syscall.clone(),
+        primary_syscall: m.primary_syscall.clone(),
+        fd: m.fd,
+        logical_time: m.logical_time,
+        turn: m.turn,
+        primary,
+        secondary: Value::of(&m.secondary, m.first_differing_byte),
+        first_differing_byte: m.first_differing_byte,
+        detail: m.detail.clone(),
+    }
+}
+
+/// Runs `ditto __replica`: one replica of a pair.
+pub fn replica_main(a: &ReplicaArgs) -> ExitCode {
+    let role = match a.role.as_str() {
+        "primary" => Role::Primary,
+        "secondary" => Role::Secondary,
+        other => {
+            eprintln!("ditto: bad replica role '{other}'");
+            return ExitCode::from(crate::EXIT_BAD_INPUT);
+        }
+    };
+    let mut selection = match vm_config(&a.program) {
+        Ok(s) => s,
+        Err((code, e)) => {
+            eprintln!("ditto: {e}");
+            return ExitCode::from(code);
+        }
+    };
+    // SAFETY: the supervisor put these descriptors here for us; nothing else owns them.
+    let (peer, status_fd) =
+        unsafe { (OwnedFd::from_raw_fd(PEER_FD), OwnedFd::from_raw_fd(STATUS_FD)) };
+    let status = match StatusPage::attach(status_fd) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ditto: {} replica: status page: {e}", a.role);
+            return ExitCode::from(crate::EXIT_HOST_ERROR);
+        }
+    };
+    let mut channel = ChannelConfig::new(a.options.channel_size as usize);
+    channel.max_lag_records = a.options.max_lag_records;
+    channel.max_lag_bytes = a.options.max_lag_bytes;
+    channel.peer_timeout = None;
+    let rep = match Replication::connect(ReplicaSetup {
+        role,
+        mode: a.options.mode.into(),
+        peer,
+        channel,
+        status,
+        output_dir: a.out.clone(),
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ditto: {} replica: {e}", a.role);
+            return ExitCode::from(crate::EXIT_HOST_ERROR);
+        }
+    };
+    let c = &mut selection.config;
+    c.det = true;
+    c.det_preload = Some(guest_images::progs::libditto());
+    c.replication = Some(rep.clone());
+    if role == Role::Secondary {
+        // The secondary sees the host's files but changes none: its writes would land on
+        // the primary's files. Only its own image state directory is writable.
+        let (rw, ro): (Vec<_>, Vec<_>) = std::mem::take(&mut c.writable)
+            .into_iter()
+            .partition(|(_, h)| h.starts_with(&a.out));
+        c.writable = rw;
+        c.read_only = ro;
+        c.read_only_root = true;
+    }
+    let result = vmm::run(c);
+    let code = match &result {
+        Ok(out) => out.exit.status() as u8,
+        Err(e) => {
+            eprintln!("ditto: {} replica: {e}", a.role);
+            if e.is_bad_input() {
+                crate::EXIT_BAD_INPUT
+            } else {
+                crate::EXIT_HOST_ERROR
+            }
+        }
+    };
+    match role {
+        Role::Primary => {
+            if let Some(e) = rep.primary_error() {
+                let _ = std::fs::write(a.out.join("primary-error.txt"), e);
+            }
+        }
+        Role::Secondary => {
+            let f = rep.findings();
+            let mut report = empty_report();
+            report.secondary.error = None;
+            report.first_divergence = f.mismatch.as_ref().map(divergence_of);
+            report.last_common = f
+                .history
+                .iter()
+                .map(|e| Event {
+                    thread: e.thread,
+                    syscall_seq: e.syscall_seq,
+                    syscall: e.syscall.clone(),
+                    kind: match e.kind {
+                        "compared" => EventKind::Compared,
+                        "exit" => EventKind::Exit,
+                        _ => EventKind::Recorded,
+                    },
+                    result: e.result,
+                    bytes: e.bytes,
+                })
+                .collect();
+            report.channel_error = f.channel_error.clone();
+            report.secondary.exit = Some(match (&result, &f.stopped) {
+                (_, Some(why)) => format!("stopped: {why}"),
+                (Ok(out), None) => match &out.exit {
+                    devices::process::ExitReason::Exited(s) => format!("exited {s}"),
+                    devices::process::ExitReason::Signaled { signal, .. } => {
+                        format!("killed by signal {signal}")
+                    }
+                },
+                (Err(e), None) => format!("failed: {e}"),
+            });
+            if let Err(e) = &result {
+                report.secondary.error = Some(e.to_string());
+            }
+            let _ = report.save(&a.out.join("secondary-part.json"));
+        }
+    }
+    ExitCode::from(code)
+}
