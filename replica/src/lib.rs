@@ -3,12 +3,15 @@
 //! - [`channel`]: the shared-memory record ring between the two processes, handed over a
 //!   Unix socket, with backpressure, peer-death detection and acknowledgements for output
 //!   commit.
+//! - [`report`]: the JSON report of a `ditto pair` run (its schema is defined there), its
+//!   readable summary, and two runs side by side.
 //! - [`testkit`]: payload patterns and child spawning shared by tests and the benchmark.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod channel;
+pub mod report;
 mod sys;
 pub mod testkit;
 
