@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod bench_det;
 mod bench_servers;
+mod compare_cmd;
 mod image_cmd;
 
 /// Exit status for bad usage or bad input (a bad flag, a missing or malformed
@@ -39,6 +40,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build, list and extend images made from Debian packages.
     Image(image_cmd::ImageArgs),
+    /// Summarise a `ditto pair` report, or line up two reports side by side.
+    #[command(after_help = compare_cmd::AFTER_HELP)]
+    Compare(compare_cmd::CompareArgs),
 }
 
 /// How a program is selected and run; shared by every command that runs one.
@@ -345,6 +349,7 @@ fn main() -> ExitCode {
         Command::Run(r) => run(&r.program),
         Command::Bench(b) => bench::main(&b),
         Command::Image(i) => image_cmd::main(&i),
+        Command::Compare(c) => compare_cmd::main(&c),
     }
 }
 
