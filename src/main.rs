@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod bench_det;
 mod bench_servers;
+mod compare_cmd;
 mod image_cmd;
 mod pair;
 
@@ -46,6 +47,9 @@ enum Command {
     /// One replica of a pair (started by `ditto pair`).
     #[command(name = "__replica", hide = true)]
     Replica(pair::ReplicaArgs),
+    /// Summarise a `ditto pair` report, or line up two reports side by side.
+    #[command(after_help = compare_cmd::AFTER_HELP)]
+    Compare(compare_cmd::CompareArgs),
 }
 
 /// How a program is selected and run; shared by every command that runs one.
@@ -360,6 +364,7 @@ fn main() -> ExitCode {
         Command::Image(i) => image_cmd::main(&i),
         Command::Pair(p) => pair::main(&p),
         Command::Replica(r) => pair::replica_main(&r),
+        Command::Compare(c) => compare_cmd::main(&c),
     }
 }
 

@@ -25,7 +25,7 @@ use replica::report::{
 use replica::status::{Counter, StatusPage};
 use replica::ChannelConfig;
 
-use crate::{parse_cores, parse_size, vm_config, CoreList, ProgramArgs};
+use crate::{parse_cores, vm_config, CoreList, ProgramArgs};
 
 /// Exit status of `ditto pair` when the replicas diverged.
 pub const EXIT_DIVERGED: u8 = 3;

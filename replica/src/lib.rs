@@ -4,6 +4,8 @@
 //!   Unix socket, with backpressure, peer-death detection and acknowledgements for output
 //!   commit.
 //! - [`status`]: the counters page both replicas update and `ditto pair` reads.
+//! - [`report`]: the JSON report of a `ditto pair` run (its schema is defined there), its
+//!   readable summary, and two runs side by side.
 //! - [`testkit`]: payload patterns and child spawning shared by tests and the benchmark.
 
 #![warn(missing_docs)]
@@ -11,6 +13,7 @@
 
 pub mod channel;
 pub mod status;
+pub mod report;
 mod sys;
 pub mod testkit;
 

@@ -864,7 +864,7 @@ impl Replication {
         let same_len = ours.len() as u64 == asked;
         let same_bytes = match &data {
             Some(d) => d.as_slice() == ours_sent,
-            None => wire::fnv1a64(ours_sent) == hash,
+            None => wire::output_hash(ours_sent) == hash,
         };
         if !(same_len && same_bytes) {
             let tid = Self::det_tid(ctx);
@@ -1103,7 +1103,7 @@ pub fn serve(rep: &Replication, ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, 
                     ret,
                     signal,
                     asked: ours.len() as u64,
-                    hash: wire::fnv1a64(sent),
+                    hash: wire::output_hash(sent),
                     data: (sent.len() <= wire::INLINE_OUTPUT_MAX).then(|| sent.to_vec()),
                 },
             );

@@ -12,7 +12,7 @@
 //! - `SyscallResult`: nr u32, ret i64, signal u32, writes u32, then per write: addr u64,
 //!   len u32, bytes. The guest memory the primary's call wrote, which the secondary copies in.
 //! - `OutputHash`: nr u32, fd i32, ret i64, signal u32, asked u64 (bytes the call was asked
-//!   to output), hash u64 (FNV-1a 64 of the `ret` bytes output), inline u32, then `inline`
+//!   to output), hash u64 (XXH3-64 of the `ret` bytes output, [`replica::report::hash64`]), inline u32, then `inline`
 //!   bytes: the output itself when it is at most [`INLINE_OUTPUT_MAX`] bytes, else none.
 //!
 //! `signal` (0: none) is the signal the primary delivered to the thread right after that
@@ -69,7 +69,7 @@ pub enum ThreadRecord {
         signal: i32,
         /// Bytes the call was asked to output.
         asked: u64,
-        /// FNV-1a 64 of the bytes output.
+        /// XXH3-64 of the bytes output.
         hash: u64,
         /// The bytes output, when small enough ([`INLINE_OUTPUT_MAX`]).
         data: Option<Vec<u8>>,
@@ -268,14 +268,9 @@ impl EndInfo {
     }
 }
 
-/// FNV-1a, 64 bits: the output hash of the `OutputHash` record.
-pub fn fnv1a64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// The output hash of the `OutputHash` record (the report shows it as is).
+pub fn output_hash(data: &[u8]) -> u64 {
+    replica::report::hash64(data)
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -326,7 +321,7 @@ mod tests {
             ret: 3,
             signal: 10,
             asked: 3,
-            hash: fnv1a64(b"abc"),
+            hash: output_hash(b"abc"),
             data: Some(b"abc".to_vec()),
         });
         round_trip(ThreadRecord::Output {
