@@ -208,9 +208,18 @@ fn spawn_replica(
     // sigprocmask on the child's own state.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(peer_raw, PEER_FD) < 0 || libc::dup2(status_raw, STATUS_FD) < 0 {
+            // Move both out of the way first: either may sit on the other's target.
+            let peer = libc::fcntl(peer_raw, libc::F_DUPFD, 10);
+            let status = libc::fcntl(status_raw, libc::F_DUPFD, 10);
+            if peer < 0
+                || status < 0
+                || libc::dup2(peer, PEER_FD) < 0
+                || libc::dup2(status, STATUS_FD) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
+            libc::close(peer);
+            libc::close(status);
             // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
             // forwards it to the primary alone.
             libc::setpgid(0, 0);
