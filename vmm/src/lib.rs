@@ -422,9 +422,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     };
     let wall = t0.elapsed();
     if let Some(rep) = &config.replication {
-        if rep.role() == devices::replication::Role::Primary {
-            rep.finish_primary(&exit);
-        }
+        rep.program_ended(&exit);
     }
     let t_stop = Instant::now();
     let stuck_threads = machine.shutdown(Duration::from_secs(2));

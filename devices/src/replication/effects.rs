@@ -176,6 +176,10 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
             opt(&mut w, a[2], 4);
         }
         SYS_sched_getaffinity => opt(&mut w, a[2], r),
+        SYS_fstat => opt(&mut w, a[1], 144),
+        SYS_newfstatat => opt(&mut w, a[2], 144),
+        SYS_statx => opt(&mut w, a[4], 256),
+        SYS_fstatfs => opt(&mut w, a[1], 120),
         SYS_getcpu => {
             opt(&mut w, a[0], 4);
             opt(&mut w, a[1], 4);
@@ -222,12 +226,22 @@ pub fn capture(p: &Process, ranges: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
-/// The descriptor an I/O call reads or writes (what decides its class).
+/// The descriptor whose nature decides an I/O call's class, if the call is about one:
+/// stat-like calls only with AT_EMPTY_PATH and an empty path (fstat by another name), and
+/// fcntl except the commands that create descriptors (those run in both replicas).
 #[allow(non_upper_case_globals)]
-pub fn io_fd(nr: u64, a: [u64; 6]) -> i64 {
+pub fn io_fd(p: &Process, nr: u64, a: [u64; 6]) -> Option<i64> {
+    use libc::*;
+    let empty_path = |flags: u64, path: u64| {
+        flags & AT_EMPTY_PATH as u64 != 0
+            && (path == 0 || p.mem.read_obj::<u8>(path).is_ok_and(|b| b == 0))
+    };
     match nr as i64 {
-        libc::SYS_splice => a[2] as i64,
-        _ => a[0] as i64,
+        SYS_splice => Some(a[2] as i64),
+        SYS_newfstatat if !empty_path(a[3], a[1]) => None,
+        SYS_statx if !empty_path(a[2], a[1]) => None,
+        SYS_fcntl if matches!(a[1] as i32, F_DUPFD | F_DUPFD_CLOEXEC) => None,
+        _ => Some(a[0] as i64),
     }
 }
 

@@ -319,6 +319,22 @@ impl Replication {
     /// reader thread and makes its signal state replay-only.
     pub fn start(self: &Arc<Self>, process: &Arc<Process>) {
         let _ = self.process.set(Arc::downgrade(process));
+        {
+            // The turn counter of the status line, from the det runtime's own count.
+            let me = self.clone();
+            let weak = Arc::downgrade(process);
+            let _ = std::thread::Builder::new()
+                .name("replica-status".into())
+                .spawn(move || loop {
+                    let Some(p) = weak.upgrade() else { return };
+                    me.publish_turns(&p);
+                    if p.exiting() {
+                        return;
+                    }
+                    drop(p);
+                    std::thread::sleep(Duration::from_millis(100));
+                });
+        }
         if self.role == Role::Secondary {
             process.signals.set_replay_only();
             let me = self.clone();
@@ -329,8 +345,28 @@ impl Replication {
         }
     }
 
-    /// Primary: the program ended; tell the secondary how, then close the channel.
-    pub fn finish_primary(&self, exit: &ExitReason) {
+    fn publish_turns(&self, p: &Process) {
+        if let Some(det) = p.det.get() {
+            let c = match self.role {
+                Role::Primary => Counter::PrimaryTurns,
+                Role::Secondary => Counter::SecondaryTurns,
+            };
+            self.status.set(c, det.stats.turns.load(Ordering::Relaxed));
+        }
+    }
+
+    /// The program ended (either role): final counters; the primary tells the secondary how
+    /// it ended and closes the channel.
+    pub fn program_ended(&self, exit: &ExitReason) {
+        if let Some(p) = self.process() {
+            self.publish_turns(&p);
+        }
+        if self.role == Role::Primary {
+            self.finish_primary(exit);
+        }
+    }
+
+    fn finish_primary(&self, exit: &ExitReason) {
         let end = match exit {
             ExitReason::Exited(s) => EndInfo {
                 status: s & 0xff,
@@ -1007,9 +1043,11 @@ enum Treatment {
 
 fn treatment(ctx: &SyscallCtx<'_>, entry: &SyscallEntry, a: [u64; 6]) -> Treatment {
     let external = || {
-        lock(&ctx.process.fds)
-            .get(effects::io_fd(ctx.nr, a))
-            .is_ok_and(|f| f.is_external())
+        effects::io_fd(ctx.process, ctx.nr, a).is_some_and(|fd| {
+            lock(&ctx.process.fds)
+                .get(fd)
+                .is_ok_and(|f| f.is_external())
+        })
     };
     match entry.class {
         Class::Local if ctx.nr as i64 == libc::SYS_exit_group => Treatment::Exit,
@@ -1099,7 +1137,7 @@ pub fn serve(rep: &Replication, ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, 
                 ctx.thread.syscalls,
                 &ThreadRecord::Output {
                     nr: ctx.nr as u32,
-                    fd: effects::io_fd(ctx.nr, a) as i32,
+                    fd: effects::io_fd(ctx.process, ctx.nr, a).unwrap_or(-1) as i32,
                     ret,
                     signal,
                     asked: ours.len() as u64,
@@ -1150,7 +1188,6 @@ fn announce_signal(ctx: &mut SyscallCtx<'_>) -> i32 {
 
 impl ScheduleLink for Replication {
     fn log_turn(&self, turn: Turn) {
-        self.status.add(Counter::PrimaryTurns, 1);
         self.send(RecordKind::Turn, &turn.to_payload());
     }
 
