@@ -338,6 +338,18 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
             format!("cannot create {}: {e}", out.display()),
         )
     })?;
+    // A given --state directory seeds both replicas' own state directories (a config
+    // with the port to use, say); each replica then writes only to its own copy.
+    if let Some(seed) = &p.state {
+        for role in ["primary-state", "secondary-state"] {
+            crate::image_cmd::copy_tree(seed, &out.join(role)).map_err(|e| {
+                (
+                    crate::EXIT_HOST_ERROR,
+                    format!("cannot seed {role} from {}: {e}", seed.display()),
+                )
+            })?;
+        }
+    }
     let report_path = a.report.clone().unwrap_or_else(|| out.join("report.json"));
     let status = StatusPage::create()
         .map_err(|e| (crate::EXIT_HOST_ERROR, format!("cannot create the status page: {e}")))?;
@@ -360,6 +372,10 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
             return Err(host(e));
         }
     };
+
+    // For tools and tests that watch a replica (e.g. to kill one and see it reported).
+    let _ = std::fs::write(out.join("primary.pid"), primary.id().to_string());
+    let _ = std::fs::write(out.join("secondary.pid"), secondary.id().to_string());
 
     // Forward SIGINT/SIGTERM/SIGHUP/SIGQUIT to the primary only.
     let primary_pid = primary.id() as i32;
@@ -643,7 +659,14 @@ pub fn replica_main(a: &ReplicaArgs) -> ExitCode {
     }
     let result = vmm::run(c);
     let code = match &result {
-        Ok(out) => out.exit.status() as u8,
+        Ok(out) => {
+            if let devices::process::ExitReason::Signaled { report, .. } = &out.exit {
+                if !report.is_empty() {
+                    eprintln!("ditto: {} replica: {report}", a.role);
+                }
+            }
+            out.exit.status() as u8
+        }
         Err(e) => {
             eprintln!("ditto: {} replica: {e}", a.role);
             if e.is_bad_input() {

@@ -1546,4 +1546,402 @@ mod tests {
         assert_eq!(inner.wake(16, 5, 1), 2);
         assert!(!inner.futex.contains_key(&16));
     }
+
+    /// A link that records what a primary reports, and hands a secondary the outcomes it was
+    /// given (a little late, as a lagging primary would).
+    #[derive(Default)]
+    struct TestLink {
+        turns: Mutex<Vec<Turn>>,
+        logged: Mutex<Vec<(DetTid, TimedWait)>>,
+        outcomes: Mutex<BTreeMap<DetTid, VecDeque<TimedWait>>>,
+        diverged: Mutex<Vec<(DetTid, TurnError)>>,
+    }
+
+    impl TestLink {
+        /// The secondary's link, holding the outcomes that `primary` was told.
+        fn replaying(primary: &TestLink) -> Self {
+            let link = TestLink::default();
+            for &(tid, o) in primary.logged.lock().unwrap().iter() {
+                let mut outcomes = link.outcomes.lock().unwrap();
+                outcomes.entry(tid).or_default().push_back(o);
+            }
+            link
+        }
+    }
+
+    impl ScheduleLink for TestLink {
+        fn log_turn(&self, turn: Turn) {
+            self.turns.lock().unwrap().push(turn);
+        }
+
+        fn log_timed_wait(&self, tid: DetTid, outcome: TimedWait) {
+            self.logged.lock().unwrap().push((tid, outcome));
+        }
+
+        fn timed_wait_outcome(&self, tid: DetTid) -> Option<TimedWait> {
+            std::thread::sleep(Duration::from_millis(3));
+            self.outcomes.lock().unwrap().get_mut(&tid)?.pop_front()
+        }
+
+        fn schedule_diverged(&self, tid: DetTid, error: &TurnError) {
+            self.diverged.lock().unwrap().push((tid, error.clone()));
+        }
+    }
+
+    /// One replica's run of [`scenario`].
+    struct Run {
+        rt: DetRuntime,
+        p: Process,
+        primary: bool,
+        /// (thread, op) in the order the ops ran under the token.
+        trace: Mutex<Vec<(i64, &'static str)>>,
+        /// Each thread's futex results and final logical time.
+        results: Mutex<BTreeMap<i64, Vec<String>>>,
+        /// The external calls' re-entry times: the primary's, in thread order.
+        reentries: Mutex<BTreeMap<i64, VecDeque<Option<u64>>>>,
+        words: [AtomicU32; 3],
+        /// Real-time pause between a thread's ops, in µs, by thread (1001..).
+        pause_us: [u64; 3],
+        /// How long the external call of t1 blocks, in ms.
+        ext_ms: u64,
+    }
+
+    impl Run {
+        fn new(rt: DetRuntime, primary: bool, pause_us: [u64; 3], ext_ms: u64) -> Self {
+            Run {
+                rt,
+                p: process(),
+                primary,
+                trace: Mutex::default(),
+                results: Mutex::default(),
+                reentries: Mutex::default(),
+                words: Default::default(),
+                pause_us,
+                ext_ms,
+            }
+        }
+
+        fn pause(&self, t: i64) {
+            std::thread::sleep(Duration::from_micros(self.pause_us[(t - 1001) as usize]));
+        }
+
+        fn ord(&self, t: i64, op: &'static str) {
+            self.pause(t);
+            let trace = &self.trace;
+            self.rt
+                .ordered(&self.p, t, || trace.lock().unwrap().push((t, op)))
+                .unwrap();
+        }
+
+        fn note(&self, t: i64, what: String) {
+            self.results.lock().unwrap().entry(t).or_default().push(what);
+        }
+
+        /// A futex wait on word `i` for value 0. The secondary's deadline is far away: it
+        /// must not matter.
+        fn wait(&self, t: i64, i: usize, timeout: Option<Duration>) -> Result<u64, Errno> {
+            let deadline = timeout.map(|d| {
+                Instant::now()
+                    + if self.primary {
+                        d
+                    } else {
+                        Duration::from_secs(10)
+                    }
+            });
+            let w = FutexWait {
+                val: 0,
+                bitset: u32::MAX,
+                deadline,
+            };
+            let r = self.rt.futex_wait(&self.p, t, 64 * i as u64, &self.words[i], w);
+            self.note(t, format!("wait {i}: {r:?}"));
+            r
+        }
+
+        /// Sets word `i` under the token and wakes one waiter.
+        fn post(&self, t: i64, i: usize, op: &'static str) {
+            let (trace, word) = (&self.trace, &self.words[i]);
+            self.rt
+                .ordered(&self.p, t, || {
+                    word.store(1, Ordering::SeqCst);
+                    trace.lock().unwrap().push((t, op));
+                })
+                .unwrap();
+            let n = self.rt.futex_wake(&self.p, t, 64 * i as u64, 1, u32::MAX);
+            self.note(t, format!("wake {i}: {n:?}"));
+        }
+
+        /// An external blocking call: the primary's re-entry time is recorded, and the
+        /// secondary replays it.
+        fn ext(&self, t: i64) {
+            let block = || std::thread::sleep(Duration::from_millis(self.ext_ms));
+            if self.primary {
+                let ((), at) = self.rt.blocking(t, block).unwrap();
+                let mut r = self.reentries.lock().unwrap();
+                r.entry(t).or_default().push_back(at);
+            } else {
+                let replay = || {
+                    block();
+                    let at = self.reentries.lock().unwrap().get_mut(&t)?.pop_front()?;
+                    Some(((), at))
+                };
+                self.rt.blocking_replayed(t, replay).unwrap();
+            }
+        }
+
+        fn worker(&self, t: i64) {
+            let (rt, p) = (&self.rt, &self.p);
+            match t {
+                1001 => {
+                    self.ord(t, "a0");
+                    // An elided section takes no turn.
+                    rt.det_tick(t, 0).unwrap();
+                    rt.det_start(p, t).unwrap();
+                    rt.det_end(t).unwrap();
+                    // The program's own section, with an implicit point nested in it.
+                    rt.det_start(p, t).unwrap();
+                    self.ord(t, "a1 nested");
+                    rt.det_end(t).unwrap();
+                    self.ext(t);
+                    while self.wait(t, 0, None) == Ok(0) {}
+                    self.ord(t, "a2");
+                    self.post(t, 2, "a3 post 2");
+                }
+                1002 => {
+                    for op in ["b0", "b1", "b2", "b3"] {
+                        self.ord(t, op);
+                    }
+                    self.post(t, 0, "b4 post 0");
+                    // Nobody posts word 1: a timeout.
+                    self.wait(t, 1, Some(Duration::from_millis(15)));
+                    self.ord(t, "b5");
+                }
+                _ => {
+                    self.ord(t, "c0");
+                    self.ord(t, "c1");
+                    // Posted by t1 well before the deadline.
+                    while self.wait(t, 2, Some(Duration::from_secs(2))) == Ok(0) {}
+                    self.ord(t, "c2");
+                }
+            }
+            self.note(t, format!("time {:?}", rt.logical_time(t)));
+            rt.thread_exit(p, t, 0);
+        }
+    }
+
+    /// Three threads with sections, elision, futex wait/wake, a timed wait that times out,
+    /// one that is woken, and an external blocking call.
+    fn scenario(run: &Run) {
+        let (rt, p) = (&run.rt, &run.p);
+        for child in [1001, 1002, 1003] {
+            rt.clone_thread(p, 1000, || Ok(child)).unwrap();
+        }
+        // Kendo: out of the others' way while it joins them.
+        rt.det_tick(1000, 1 << 20).unwrap();
+        std::thread::scope(|s| {
+            for t in [1001, 1002, 1003] {
+                s.spawn(move || run.worker(t));
+            }
+        });
+        rt.thread_exit(p, 1000, 0);
+        assert_eq!(rt.det_tid(1000), None);
+    }
+
+    fn same_schedule(a: &Run, b: &Run) {
+        assert_eq!(*a.trace.lock().unwrap(), *b.trace.lock().unwrap());
+        assert_eq!(*a.results.lock().unwrap(), *b.results.lock().unwrap());
+        let turns = |r: &Run| r.rt.stats.turns.load(Ordering::Relaxed);
+        assert_eq!(turns(a), turns(b));
+    }
+
+    /// What the primary's scenario must report: t2 timed out in a turn, t3 was woken.
+    fn check_outcomes(link: &TestLink, kendo: bool) {
+        let logged = link.logged.lock().unwrap();
+        let t2: Vec<_> = logged.iter().filter(|(t, _)| *t == DetTid(2)).collect();
+        assert_eq!(t2.len(), 1, "{logged:?}");
+        assert!(t2[0].1.took_turn && t2[0].1.timed_out);
+        assert_eq!(t2[0].1.reentry_at.is_some(), kendo);
+        let woken = TimedWait {
+            took_turn: false,
+            timed_out: false,
+            reentry_at: None,
+        };
+        assert_eq!(
+            logged.iter().filter(|(t, _)| *t == DetTid(3)).collect::<Vec<_>>(),
+            [&(DetTid(3), woken)]
+        );
+    }
+
+    #[test]
+    fn follow_takes_the_leads_turns() {
+        let started = Instant::now();
+        let lead_link = Arc::new(TestLink::default());
+        let rt = DetRuntime::replicated(1000, None, Policy::Lead, true, lead_link.clone());
+        let lead = Run::new(rt, true, [300, 0, 150], 30);
+        scenario(&lead);
+        check_outcomes(&lead_link, false);
+        let turns = lead_link.turns.lock().unwrap().clone();
+        assert_eq!(turns.len() as u64, lead.rt.stats.turns.load(Ordering::Relaxed));
+        assert!(turns.iter().enumerate().all(|(i, t)| t.global_seq == i as u64));
+
+        let follow_link = Arc::new(TestLink::replaying(&lead_link));
+        let rt = DetRuntime::replicated(1000, None, Policy::Follow, false, follow_link.clone());
+        // Another real-time order: t1 first and fast, t3 slow.
+        let follow = Run::new(rt, false, [0, 100, 400], 1);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (i, &turn) in turns.iter().enumerate() {
+                    if i % 4 == 0 {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                    follow.rt.push_turn(turn).unwrap();
+                }
+                follow.rt.close_log();
+            });
+            scenario(&follow);
+        });
+        same_schedule(&lead, &follow);
+        assert!(follow_link.diverged.lock().unwrap().is_empty());
+        assert_eq!(
+            follow.results.lock().unwrap()[&1002][1],
+            "wait 1: Err(ETIMEDOUT)"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn kendo_secondary_replays_reentries_and_timeouts() {
+        let started = Instant::now();
+        let plink = Arc::new(TestLink::default());
+        let rt = DetRuntime::replicated(1000, None, Policy::Kendo, true, plink.clone());
+        let primary = Run::new(rt, true, [300, 0, 150], 30);
+        scenario(&primary);
+        check_outcomes(&plink, true);
+        // Kendo logs no turns.
+        assert!(plink.turns.lock().unwrap().is_empty());
+        let at = primary.reentries.lock().unwrap()[&1001][0];
+        assert!(at.is_some());
+
+        let slink = Arc::new(TestLink::replaying(&plink));
+        let rt = DetRuntime::replicated(1000, None, Policy::Kendo, false, slink);
+        let secondary = Run::new(rt, false, [0, 100, 400], 1);
+        *secondary.reentries.lock().unwrap() = primary.reentries.lock().unwrap().clone();
+        scenario(&secondary);
+        same_schedule(&primary, &secondary);
+        // The logical times agree too (each thread's last note).
+        assert!(secondary.results.lock().unwrap()[&1001]
+            .last()
+            .unwrap()
+            .starts_with("time Some("));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn kendo_blocking_returns_the_reentry_time() {
+        let p = process();
+        let rt = DetRuntime::new(1000, None);
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        // t0 (time 1) blocks; t1 (time 1) takes a turn meanwhile, so t0 re-enters after it.
+        let ((), at) = rt
+            .blocking(1000, || {
+                rt.ordered(&p, 1001, || ()).unwrap();
+            })
+            .unwrap();
+        assert_eq!(at, Some(2));
+        assert_eq!(rt.logical_time(1000), Some(2));
+        // The secondary's replay competes at exactly the given time.
+        let r = rt.blocking_replayed(1000, || Some((7, Some(9)))).unwrap();
+        assert_eq!((r, rt.logical_time(1000)), (7, Some(9)));
+        // A time below the thread's own is refused; a missing record is the end.
+        assert!(matches!(
+            rt.blocking_replayed(1000, || Some(((), Some(3)))),
+            Err(DetError::Sched(SchedError::ReentryTooEarly { .. }))
+        ));
+        assert!(matches!(
+            rt.blocking_replayed(1000, || None::<((), _)>),
+            Err(DetError::Exiting)
+        ));
+    }
+
+    #[test]
+    fn lead_grants_the_first_asker_and_logs_each_turn() {
+        let p = process();
+        let link = Arc::new(TestLink::default());
+        let rt = DetRuntime::replicated(1000, None, Policy::Lead, true, link.clone());
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        assert_eq!(rt.logical_time(1000), None);
+        // No logical time: a tick changes nothing, and t1 goes first because it asks first.
+        rt.det_tick(1000, 100).unwrap();
+        assert!(rt.can_proceed(1001) && rt.can_proceed(1000));
+        rt.det_start(&p, 1001).unwrap();
+        assert!(!rt.can_proceed(1000));
+        rt.det_end(1001).unwrap();
+        rt.det_tick(1000, 0).unwrap();
+        rt.det_start(&p, 1000).unwrap(); // elided: no turn
+        rt.det_end(1000).unwrap();
+        rt.ordered(&p, 1000, || ()).unwrap();
+        let (blocked, at) = rt.blocking(1001, || 5).unwrap();
+        assert_eq!((blocked, at), (5, None));
+        let t = |tid, thread_seq, global_seq| Turn {
+            tid: DetTid(tid),
+            thread_seq,
+            global_seq,
+        };
+        assert_eq!(
+            *link.turns.lock().unwrap(),
+            [t(0, 0, 0), t(1, 0, 1), t(0, 1, 2)]
+        );
+        assert_eq!(rt.stats.turns.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn follow_reports_a_turn_the_closed_log_lacks() {
+        let p = Arc::new(process());
+        let link = Arc::new(TestLink::default());
+        let rt = Arc::new(DetRuntime::replicated(
+            1000,
+            None,
+            Policy::Follow,
+            false,
+            link.clone(),
+        ));
+        let turn = |tid, thread_seq, global_seq| Turn {
+            tid: DetTid(tid),
+            thread_seq,
+            global_seq,
+        };
+        assert_eq!(
+            rt.push_turn(turn(0, 0, 1)),
+            Err(TurnError::GlobalSeqGap {
+                expected: 0,
+                found: 1
+            })
+        );
+        rt.push_turn(turn(0, 0, 0)).unwrap();
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        // t1 asks for a turn the log does not hold (yet): it waits...
+        let (rt2, p2) = (rt.clone(), p.clone());
+        let h = std::thread::spawn(move || rt2.det_start(&p2, 1001));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!h.is_finished());
+        // ...until the log ends without it.
+        rt.close_log();
+        let mismatch = TurnError::Mismatch {
+            tid: DetTid(1),
+            thread_seq: 0,
+        };
+        assert!(matches!(h.join().unwrap(), Err(DetError::Diverged(e)) if e == mismatch));
+        assert_eq!(*link.diverged.lock().unwrap(), [(DetTid(1), mismatch)]);
+        // Later ones fail at once too, and only the first divergence is reported.
+        assert!(matches!(
+            rt.det_start(&p, 1000),
+            Err(DetError::Diverged(TurnError::Mismatch { .. }))
+        ));
+        assert_eq!(Errno::from(DetError::Diverged(TurnError::Closed)), Errno::EINTR);
+        assert_eq!(link.diverged.lock().unwrap().len(), 1);
+        assert_eq!(rt.push_turn(turn(1, 0, 1)), Err(TurnError::Closed));
+        // A runtime that follows no log takes no turns.
+        let kendo = DetRuntime::new(1000, None);
+        assert_eq!(kendo.push_turn(turn(0, 0, 0)), Err(TurnError::Closed));
+    }
 }

@@ -27,6 +27,7 @@ pub const PROGRAMS: &[&str] = &[
     "racey",
     "racey-det",
     "racey-dyn",
+    "race_counter",
     "signals",
     "thread_churn",
 ];

@@ -400,6 +400,19 @@ impl WriteCursor {
     }
 
     fn write(&mut self, ring: &Ring, pad: u64, kind: RecordKind, payload: &[u8]) -> u64 {
+        self.write_faulty(ring, pad, kind, payload, None)
+    }
+
+    /// [`write`](Self::write), optionally flipping one bit of the encoded record after its
+    /// checksum was computed (fault injection for tests: the consumer must report it).
+    fn write_faulty(
+        &mut self,
+        ring: &Ring,
+        pad: u64,
+        kind: RecordKind,
+        payload: &[u8],
+        flip: Option<usize>,
+    ) -> u64 {
         let data = ring.data();
         if pad > 0 {
             let at = (self.head & ring.mask) as usize;
@@ -416,6 +429,10 @@ impl WriteCursor {
         let buf = unsafe { std::slice::from_raw_parts_mut(data.add(at), rec.encoded_len()) };
         // Cannot fail: the buffer is exactly the record's size and `check_size` bounded it.
         let _ = rec.encode_into(buf);
+        if let Some(i) = flip {
+            let len = buf.len();
+            buf[i % len] ^= 0x40;
+        }
         self.head += align(rec.encoded_len() as u64);
         self.seq += 1;
         Ring::publish(&ring.header().head, self.head, self.seq);
@@ -469,6 +486,21 @@ impl Producer {
         let (ring, cur) = (&self.ring, &mut self.cur);
         let pad = ring.block(&ring.header().tail, || cur.room(ring, size))?;
         Ok(cur.write(ring, pad, kind, payload))
+    }
+
+    /// Fault injection for tests: publishes a record with bit 6 of its encoded byte
+    /// `flip_byte` (modulo its length) flipped after the checksum, as memory corruption
+    /// would. The consumer must report [`ChannelError::Corrupt`].
+    pub fn send_corrupted(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        flip_byte: usize,
+    ) -> Result<u64, ChannelError> {
+        let size = self.check_size(payload)?;
+        let (ring, cur) = (&self.ring, &mut self.cur);
+        let pad = ring.block(&ring.header().tail, || cur.room(ring, size))?;
+        Ok(cur.write_faulty(ring, pad, kind, payload, Some(flip_byte)))
     }
 
     /// Output commit: waits until the consumer has consumed record `seq` (and all before it).

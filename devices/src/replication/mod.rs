@@ -13,7 +13,8 @@
 //! - **Compared**: output leaving the program (stdout, stderr, sockets). Both replicas compute
 //!   the bytes ([`effects::would_output`]); the primary waits until the secondary holds every
 //!   record sent so far (output commit), performs the output and ships the bytes; the secondary
-//!   compares its own bytes with them and keeps stdout/stderr in files of its own.
+//!   compares its own bytes with them and keeps them in files of its own (`secondary.stdout`,
+//!   `secondary.stderr`, and `secondary.net` for everything else, in order).
 //!
 //! The schedule is made identical by the det runtime in both replicas (the [`ScheduleLink`]
 //! implementation below): Kendo on both sides plus the primary's re-entry times in `det` mode,
@@ -186,7 +187,13 @@ struct PrimarySide {
     producer: Mutex<Option<Producer>>,
     broken: AtomicBool,
     error: Mutex<Option<String>>,
+    /// Fault injection ([`CORRUPT_ENV`]): the record number to corrupt, counted from 1.
+    corrupt_at: Option<u64>,
 }
+
+/// Fault injection for tests: the primary corrupts its Nth record (from 1) in the ring, after
+/// the checksum, so that the secondary must report a channel error.
+pub const CORRUPT_ENV: &str = "DITTO_PAIR_CORRUPT_RECORD";
 
 #[derive(Default)]
 struct Queues {
@@ -217,6 +224,8 @@ struct SecondarySide {
     stop: AtomicBool,
     stdout: Mutex<File>,
     stderr: Mutex<File>,
+    /// Everything else the secondary compared (socket output), in order.
+    net: Mutex<File>,
 }
 
 /// Records the secondary buffers before it gives up: its threads lag that far behind.
@@ -263,6 +272,9 @@ impl Replication {
                         producer: Mutex::new(Some(producer)),
                         broken: AtomicBool::new(false),
                         error: Mutex::new(None),
+                        corrupt_at: std::env::var(CORRUPT_ENV)
+                            .ok()
+                            .and_then(|v| v.parse().ok()),
                     }),
                     None,
                 )
@@ -286,6 +298,7 @@ impl Replication {
                         stop: AtomicBool::new(false),
                         stdout: Mutex::new(open("secondary.stdout")?),
                         stderr: Mutex::new(open("secondary.stderr")?),
+                        net: Mutex::new(open("secondary.net")?),
                     }),
                 )
             }
@@ -409,7 +422,12 @@ impl Replication {
         }
         let mut g = lock(&p.producer);
         let Some(producer) = g.as_mut() else { return };
-        match producer.send(kind, payload) {
+        let nth = producer.stats().records_sent + 1;
+        let sent = match p.corrupt_at {
+            Some(n) if n == nth => producer.send_corrupted(kind, payload, 24),
+            _ => producer.send(kind, payload),
+        };
+        match sent {
             Ok(_) => {
                 self.status.add(Counter::RecordsSent, 1);
                 self.status
@@ -582,7 +600,18 @@ impl Replication {
                 _ => {}
             }
             if last.elapsed() > DRAIN_TIMEOUT {
-                let pending: usize = lock(&s.queues).by_tid.values().map(|q| q.len()).sum();
+                let (pending, first) = {
+                    let q = lock(&s.queues);
+                    let pending: usize = q.by_tid.values().map(|q| q.len()).sum();
+                    let first = q
+                        .by_tid
+                        .iter()
+                        .filter_map(|(t, d)| d.front().map(|(_, r)| format!("thread {t}: {}", r.describe())))
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    (pending, first)
+                };
                 self.mismatch(
                     process,
                     Mismatch {
@@ -599,7 +628,7 @@ impl Replication {
                         primary_hash: None,
                         first_differing_byte: None,
                         detail: format!(
-                            "the primary's program ended but the secondary's did not get there within {}s ({pending} records not taken)",
+                            "the primary's program ended but the secondary's did not get there within {}s ({pending} records not taken; next: {first})",
                             DRAIN_TIMEOUT.as_secs()
                         ),
                     },
@@ -706,12 +735,15 @@ impl Replication {
     fn take_for(&self, ctx: &mut SyscallCtx<'_>) -> Option<ThreadRecord> {
         let tid = Self::det_tid(ctx);
         let seq = ctx.thread.syscalls;
-        let (seq_p, rec) = self.take(ctx.process, tid)?;
-        let nr_p = match &rec {
-            ThreadRecord::Syscall { nr, .. } | ThreadRecord::Output { nr, .. } => Some(*nr),
-            _ => None,
+        ctx.thread.replicated_events += 1;
+        let event = ctx.thread.replicated_events;
+        let (event_p, rec) = self.take(ctx.process, tid)?;
+        let (nr_p, seq_p) = match &rec {
+            ThreadRecord::Syscall { nr, syscall_no, .. }
+            | ThreadRecord::Output { nr, syscall_no, .. } => (Some(*nr), *syscall_no),
+            _ => (None, 0),
         };
-        if seq_p != seq || nr_p != Some(ctx.nr as u32) {
+        if event_p != event || nr_p != Some(ctx.nr as u32) {
             let (logical_time, turn) = self.where_(ctx);
             let ours = names::name(ctx.nr);
             let theirs = rec.describe();
@@ -935,14 +967,13 @@ impl Replication {
             );
             return Self::stop_thread(ctx);
         }
-        match fd {
-            1 => {
-                let _ = lock(&self.secondary.as_ref().map(|s| &s.stdout).expect("secondary")).write_all(ours_sent);
-            }
-            2 => {
-                let _ = lock(&self.secondary.as_ref().map(|s| &s.stderr).expect("secondary")).write_all(ours_sent);
-            }
-            _ => {}
+        if let Some(s) = &self.secondary {
+            let sink = match fd {
+                1 => &s.stdout,
+                2 => &s.stderr,
+                _ => &s.net,
+            };
+            let _ = lock(sink).write_all(ours_sent);
         }
         effects::mimic_output(ctx.process, ctx.nr, a, ret);
         Self::replay_signal(ctx, signal, &self.status);
@@ -1070,11 +1101,13 @@ pub fn serve(rep: &Replication, ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, 
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
             let tid = Replication::det_tid(ctx);
+            ctx.thread.replicated_events += 1;
             rep.send_thread(
                 tid,
-                ctx.thread.syscalls,
+                ctx.thread.replicated_events,
                 &ThreadRecord::Syscall {
                     nr: ctx.nr as u32,
+                    syscall_no: ctx.thread.syscalls,
                     ret: (a[0] & 0xff) as i64,
                     signal: 0,
                     writes: Vec::new(),
@@ -1107,11 +1140,13 @@ pub fn serve(rep: &Replication, ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, 
             }
             let signal = announce_signal(ctx);
             let tid = Replication::det_tid(ctx);
+            ctx.thread.replicated_events += 1;
             rep.send_thread(
                 tid,
-                ctx.thread.syscalls,
+                ctx.thread.replicated_events,
                 &ThreadRecord::Syscall {
                     nr: ctx.nr as u32,
+                    syscall_no: ctx.thread.syscalls,
                     ret,
                     signal,
                     writes,
@@ -1132,11 +1167,13 @@ pub fn serve(rep: &Replication, ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, 
             let sent = &ours[..n];
             let signal = announce_signal(ctx);
             let tid = Replication::det_tid(ctx);
+            ctx.thread.replicated_events += 1;
             rep.send_thread(
                 tid,
-                ctx.thread.syscalls,
+                ctx.thread.replicated_events,
                 &ThreadRecord::Output {
                     nr: ctx.nr as u32,
+                    syscall_no: ctx.thread.syscalls,
                     fd: effects::io_fd(ctx.process, ctx.nr, a).unwrap_or(-1) as i32,
                     ret,
                     signal,

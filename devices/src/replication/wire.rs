@@ -6,12 +6,14 @@
 //! | offset | size | field | meaning                                                        |
 //! |-------:|-----:|-------|----------------------------------------------------------------|
 //! | 0      | 4    | tid   | deterministic thread id (creation order under the token)       |
-//! | 4      | 8    | seq   | the thread's syscall number (1 = its first syscall)            |
+//! | 4      | 8    | seq   | the thread's replicated-event number (1 = its first Recorded or |
+//! |        |      |       | Compared call; 0 for TimedWait records)                        |
 //!
 //! Then, by [`RecordKind`] (all integers little-endian):
-//! - `SyscallResult`: nr u32, ret i64, signal u32, writes u32, then per write: addr u64,
+//! - `SyscallResult`: nr u32, syscall_no u64 (the thread's syscall number: Local calls such
+//!   as futexes count too, so it is informative, not a key), ret i64, signal u32, writes u32, then per write: addr u64,
 //!   len u32, bytes. The guest memory the primary's call wrote, which the secondary copies in.
-//! - `OutputHash`: nr u32, fd i32, ret i64, signal u32, asked u64 (bytes the call was asked
+//! - `OutputHash`: nr u32, syscall_no u64, fd i32, ret i64, signal u32, asked u64 (bytes the call was asked
 //!   to output), hash u64 (XXH3-64 of the `ret` bytes output, [`replica::report::hash64`]), inline u32, then `inline`
 //!   bytes: the output itself when it is at most [`INLINE_OUTPUT_MAX`] bytes, else none.
 //!
@@ -50,6 +52,8 @@ pub enum ThreadRecord {
     Syscall {
         /// Syscall number.
         nr: u32,
+        /// The primary thread's syscall count at this call.
+        syscall_no: u64,
         /// RAX.
         ret: i64,
         /// The signal delivered right after the call (0: none).
@@ -61,6 +65,8 @@ pub enum ThreadRecord {
     Output {
         /// Syscall number.
         nr: u32,
+        /// The primary thread's syscall count at this call.
+        syscall_no: u64,
         /// The descriptor written to.
         fd: i32,
         /// RAX.
@@ -119,11 +125,13 @@ impl ThreadRecord {
         match self {
             ThreadRecord::Syscall {
                 nr,
+                syscall_no,
                 ret,
                 signal,
                 writes,
             } => {
                 out.extend_from_slice(&nr.to_le_bytes());
+                out.extend_from_slice(&syscall_no.to_le_bytes());
                 out.extend_from_slice(&ret.to_le_bytes());
                 out.extend_from_slice(&signal.to_le_bytes());
                 out.extend_from_slice(&(writes.len() as u32).to_le_bytes());
@@ -135,6 +143,7 @@ impl ThreadRecord {
             }
             ThreadRecord::Output {
                 nr,
+                syscall_no,
                 fd,
                 ret,
                 signal,
@@ -143,6 +152,7 @@ impl ThreadRecord {
                 data,
             } => {
                 out.extend_from_slice(&nr.to_le_bytes());
+                out.extend_from_slice(&syscall_no.to_le_bytes());
                 out.extend_from_slice(&fd.to_le_bytes());
                 out.extend_from_slice(&ret.to_le_bytes());
                 out.extend_from_slice(&signal.to_le_bytes());
@@ -178,6 +188,7 @@ impl ThreadRecord {
         let rec = match kind {
             RecordKind::SyscallResult => {
                 let nr = r.u32().ok_or(err)?;
+                let syscall_no = r.u64().ok_or(err)?;
                 let ret = r.u64().ok_or(err)? as i64;
                 let signal = r.u32().ok_or(err)? as i32;
                 let n = r.u32().ok_or(err)?;
@@ -189,6 +200,7 @@ impl ThreadRecord {
                 }
                 ThreadRecord::Syscall {
                     nr,
+                    syscall_no,
                     ret,
                     signal,
                     writes,
@@ -196,6 +208,7 @@ impl ThreadRecord {
             }
             RecordKind::OutputHash => {
                 let nr = r.u32().ok_or(err)?;
+                let syscall_no = r.u64().ok_or(err)?;
                 let fd = r.u32().ok_or(err)? as i32;
                 let ret = r.u64().ok_or(err)? as i64;
                 let signal = r.u32().ok_or(err)? as i32;
@@ -205,6 +218,7 @@ impl ThreadRecord {
                 let bytes = r.bytes(n).ok_or(err)?;
                 ThreadRecord::Output {
                     nr,
+                    syscall_no,
                     fd,
                     ret,
                     signal,
@@ -311,12 +325,14 @@ mod tests {
     fn records_round_trip() {
         round_trip(ThreadRecord::Syscall {
             nr: 0,
+            syscall_no: 3,
             ret: 5,
             signal: 0,
             writes: vec![(0x1000, b"hello".to_vec()), (0x2000, vec![])],
         });
         round_trip(ThreadRecord::Output {
             nr: 1,
+            syscall_no: 4,
             fd: 1,
             ret: 3,
             signal: 10,
@@ -326,6 +342,7 @@ mod tests {
         });
         round_trip(ThreadRecord::Output {
             nr: 1,
+            syscall_no: 4,
             fd: 4,
             ret: -32,
             signal: 0,
@@ -346,6 +363,7 @@ mod tests {
         let mut buf = Vec::new();
         ThreadRecord::Syscall {
             nr: 0,
+            syscall_no: 1,
             ret: 5,
             signal: 0,
             writes: vec![(0x1000, b"hello".to_vec())],
@@ -360,12 +378,13 @@ mod tests {
         let mut bad = Vec::new();
         ThreadRecord::Syscall {
             nr: 0,
+            syscall_no: 1,
             ret: 0,
             signal: 0,
             writes: vec![],
         }
         .encode(1, 1, &mut bad);
-        bad[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        bad[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ThreadRecord::decode(RecordKind::SyscallResult, &bad).is_err());
     }
 

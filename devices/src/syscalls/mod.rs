@@ -84,6 +84,9 @@ pub struct ThreadState {
     /// Replication: the signal to deliver right after the current syscall (the only point
     /// where a replicated program takes asynchronous signals).
     pub signal_after: Option<i32>,
+    /// Replication: Recorded and Compared calls this thread has made (the key its records
+    /// are matched by; Local calls such as futexes may differ in number between replicas).
+    pub replicated_events: u64,
 }
 
 /// How a new thread starts (clone).
