@@ -28,6 +28,8 @@ pub const PROGRAMS: &[&str] = &[
     "racey-det",
     "racey-dyn",
     "race_counter",
+    "race_counter-det",
+    "race_counter-dyn",
     "signals",
     "thread_churn",
 ];

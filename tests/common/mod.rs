@@ -160,6 +160,20 @@ impl ServerProc {
         panic!("server did not listen on {port} within 60 s");
     }
 
+    /// Waits (at most `secs`) for the process to end by itself.
+    pub fn wait_exit(mut self, secs: u64) -> Output {
+        let mut child = self.child.take().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("process did not end within {secs} s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     /// Sends `sig` to the ditto process and waits (at most 20 s) for it to end.
     pub fn stop(mut self, sig: i32) -> Output {
         let mut child = self.child.take().unwrap();

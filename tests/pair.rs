@@ -1,0 +1,297 @@
+//! `ditto pair`: real programs as two replicas in two VMM processes, with real clients over
+//! 127.0.0.1. Every wait is bounded; only processes these tests start are signalled.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use replica::report::{DivergenceKind, Outcome, Report};
+
+const MODES: [&str; 2] = ["det", "follow"];
+
+fn pair_cmd(mode: &str, out: &Path) -> Command {
+    let mut c = ditto();
+    c.args(["pair", "--quiet", "--mode", mode, "--out"])
+        .arg(out);
+    c
+}
+
+fn report(out: &Path) -> Report {
+    Report::load(out.join("report.json")).expect("report.json")
+}
+
+fn assert_identical(out: &Path, o: &Output) -> Report {
+    let r = report(out);
+    assert_eq!(
+        r.outcome,
+        Outcome::Identical,
+        "{}\nstderr: {}",
+        r.summary(),
+        stderr(o)
+    );
+    assert!(r.first_divergence.is_none());
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(o));
+    r
+}
+
+/// Runs a pair to completion and returns (primary stdout, report dir guard).
+fn run_pair(mode: &str, argv: &[&str]) -> (Output, tempfile::TempDir) {
+    let out = tempdir();
+    let mut c = pair_cmd(mode, out.path());
+    c.arg("--").args(argv);
+    (output_within(c, 120), out)
+}
+
+#[test]
+fn stress_and_producer_consumer_replicate_in_both_modes() {
+    for mode in MODES {
+        for prog in ["racey-dyn", "prodcons-dyn"] {
+            let p = prog_path(prog);
+            for _ in 0..10 {
+                let (o, out) = run_pair(mode, &[p.to_str().unwrap(), "4"]);
+                let r = assert_identical(out.path(), &o);
+                let secondary = std::fs::read(out.path().join("secondary.stdout")).unwrap();
+                assert!(!o.stdout.is_empty());
+                assert_eq!(secondary, o.stdout, "{prog} {mode}: secondary output differs");
+                assert_eq!(r.counters.bytes_compared, o.stdout.len() as u64);
+                assert!(r.counters.turns > 0, "{prog} {mode}: no turns counted");
+            }
+        }
+    }
+}
+
+fn prog_path(name: &str) -> PathBuf {
+    prog(name)
+}
+
+#[test]
+fn a_racy_program_is_reported_as_diverged() {
+    let p = prog_path("race_counter-dyn");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let out = tempdir();
+        // Follow mode: the primary's threads run as real contention lets them. (Under det
+        // mode's Kendo clocks these threads interleave only at their det sections, and on
+        // one core the race window is rarely hit.)
+        let mut c = pair_cmd("follow", out.path());
+        c.args(["--", p.to_str().unwrap(), "4", "20000000"]);
+        let o = output_within(c, 120);
+        let r = report(out.path());
+        if r.outcome == Outcome::Identical {
+            // Both replicas happened to lose the same updates; try again.
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(3), "exit status: {}", stderr(&o));
+        assert_eq!(r.outcome, Outcome::Diverged, "{}", r.summary());
+        let d = r.first_divergence.clone().expect("divergence");
+        assert_eq!(d.kind, DivergenceKind::Output, "{}", r.summary());
+        assert_eq!(d.thread, 0, "the main thread prints the total");
+        assert_eq!(d.syscall, "write");
+        assert_eq!(d.fd, Some(1));
+        let pt = d.primary.excerpt().unwrap();
+        let st = d.secondary.excerpt().unwrap();
+        assert!(pt.starts_with(b"counter="), "{}", r.summary());
+        assert!(st.starts_with(b"counter="), "{}", r.summary());
+        let first = pt.iter().zip(&st).take_while(|(a, b)| a == b).count() as u64;
+        assert_eq!(d.first_differing_byte, Some(first), "{}", r.summary());
+        // The readable summary and `ditto compare` name the same place.
+        let cmp = ditto()
+            .arg("compare")
+            .arg(out.path().join("report.json"))
+            .output()
+            .unwrap();
+        assert_eq!(cmp.status.code(), Some(1));
+        assert!(stdout(&cmp).contains("write"), "{}", stdout(&cmp));
+        assert!(d.syscall_seq > 0);
+        seen.push(d.syscall_seq);
+        break;
+    }
+    assert!(!seen.is_empty(), "race_counter never diverged in 3 runs");
+}
+
+#[test]
+fn a_corrupt_record_is_a_channel_error_and_nothing_crashes() {
+    let p = prog_path("racey-dyn");
+    let out = tempdir();
+    let mut c = pair_cmd("follow", out.path());
+    c.env("DITTO_PAIR_CORRUPT_RECORD", "20")
+        .args(["--", p.to_str().unwrap(), "4"]);
+    let o = output_within(c, 120);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let r = report(out.path());
+    assert_eq!(r.outcome, Outcome::ChannelError, "{}", r.summary());
+    let e = r.channel_error.clone().unwrap();
+    assert!(e.contains("corrupt record"), "{e}");
+    // The primary is not disturbed: it finishes its program.
+    assert_eq!(r.primary.exit_status, Some(0), "{}", r.summary());
+    assert!(stdout(&o).starts_with("signature="), "{}", stdout(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+#[test]
+fn pbzip2_replicas_write_identical_output() {
+    image_root("pbzip2");
+    let dir = tempdir();
+    let input = dir.path().join("in.bin");
+    write_blob(&input, 4 << 20);
+    for mode in MODES {
+        let out = tempdir();
+        let mut c = pair_cmd(mode, out.path());
+        c.current_dir(dir.path())
+            .args(["--image", "pbzip2", "--", "-p4", "-c", "in.bin"]);
+        let o = output_within(c, 300);
+        assert_identical(out.path(), &o);
+        let secondary = std::fs::read(out.path().join("secondary.stdout")).unwrap();
+        assert!(o.stdout.len() > 1000);
+        assert_eq!(secondary, o.stdout, "{mode}: the replicas' outputs differ");
+        let mut bunzip = Command::new("bunzip2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        bunzip.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+        let plain = bunzip.wait_with_output().unwrap();
+        assert_eq!(plain.stdout, std::fs::read(&input).unwrap());
+    }
+}
+
+/// A pair as a server process.
+fn start_pair(mode: &str, out: &Path, args: &[&str]) -> ServerProc {
+    let mut c = pair_cmd(mode, out);
+    c.args(args);
+    ServerProc::spawn(c)
+}
+
+fn client(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect(argv[0]);
+    assert!(out.status.success(), "{argv:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+fn redis_cli(port: u16, cmd: &[&str]) -> String {
+    let p = port.to_string();
+    let mut argv = vec!["redis-cli", "-p", &p];
+    argv.extend(cmd);
+    client(&argv).trim_end().to_string()
+}
+
+#[test]
+fn redis_pair_has_zero_divergence_under_load() {
+    image_root("redis");
+    for mode in MODES {
+        let port = free_port();
+        let out = tempdir();
+        let p = port.to_string();
+        let mut server = start_pair(mode, out.path(), &["--image", "redis", "--", "--port", &p]);
+        server.wait_port(port);
+        let bench = client(&[
+            "redis-benchmark", "-p", &p, "-n", "2000", "-c", "4", "-t", "set,get", "-q",
+        ]);
+        assert!(bench.contains("SET") && bench.contains("GET"), "{bench}");
+        assert_eq!(redis_cli(port, &["SET", "k", "v1"]), "OK");
+        assert_eq!(redis_cli(port, &["INCR", "n"]), "1");
+        assert_eq!(redis_cli(port, &["INCR", "n"]), "2");
+        assert_eq!(redis_cli(port, &["LPUSH", "l", "a", "b"]), "2");
+        assert_eq!(redis_cli(port, &["EXPIRE", "k", "100"]), "1");
+        let digest = redis_cli(port, &["DEBUG", "DIGEST"]);
+        assert_eq!(digest.len(), 40, "{digest}");
+        let o = server.stop(libc::SIGTERM);
+        let r = assert_identical(out.path(), &o);
+        assert!(r.counters.bytes_compared > 20_000, "{}", r.summary());
+        // The secondary computed the same DEBUG DIGEST reply and compared it.
+        let net = std::fs::read(out.path().join("secondary.net")).unwrap();
+        let needle = format!("${}\r\n{digest}\r\n", digest.len());
+        assert!(
+            net.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{mode}: the secondary's output lacks the digest {digest}"
+        );
+    }
+}
+
+fn nginx_state(port: u16) -> tempfile::TempDir {
+    let root = image_root("nginx");
+    let state = tempdir();
+    let conf = std::fs::read_to_string(root.join("etc/nginx/ditto.conf")).unwrap();
+    std::fs::create_dir_all(state.path().join("etc/nginx")).unwrap();
+    std::fs::write(
+        state.path().join("etc/nginx/ditto.conf"),
+        conf.replace(
+            "listen 127.0.0.1:8080;",
+            &format!("listen 127.0.0.1:{port};"),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(state.path().join("srv/www")).unwrap();
+    write_blob(&state.path().join("srv/www/blob.bin"), 256 << 10);
+    state
+}
+
+#[test]
+fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
+    for mode in MODES {
+        let port = free_port();
+        let state = nginx_state(port);
+        let out = tempdir();
+        let mut server = start_pair(
+            mode,
+            out.path(),
+            &["--image", "nginx", "--state", state.path().to_str().unwrap()],
+        );
+        server.wait_port(port);
+        let url = format!("http://127.0.0.1:{port}/blob.bin");
+        let got = Command::new("curl").args(["-sf", &url]).output().unwrap();
+        assert!(got.status.success());
+        assert_eq!(got.stdout, std::fs::read(state.path().join("srv/www/blob.bin")).unwrap());
+        let wrk = client(&["wrk", "-t1", "-c4", "-d2s", &format!("http://127.0.0.1:{port}/")]);
+        assert!(wrk.contains("Requests/sec"), "{wrk}");
+        let o = server.stop(libc::SIGTERM);
+        let r = assert_identical(out.path(), &o);
+        assert!(r.counters.bytes_compared > 256 << 10, "{}", r.summary());
+    }
+}
+
+#[test]
+fn the_supervisor_reports_a_dead_primary() {
+    let port = free_port();
+    let p = port.to_string();
+    let out = tempdir();
+    let mut server = start_pair("follow", out.path(), &["--image", "redis", "--", "--port", &p]);
+    server.wait_port(port);
+    let pid: i32 = std::fs::read_to_string(out.path().join("primary.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: the primary replica of the pair this test started, by the PID it recorded.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let o = server.wait_exit(60);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let r = report(out.path());
+    assert_eq!(r.outcome, Outcome::ReplicaFailed, "{}", r.summary());
+    assert_eq!(r.primary.exit_status, Some(128 + 9), "{}", r.summary());
+}
+
+#[test]
+fn overlapping_cores_are_refused_in_one_line() {
+    let o = ditto()
+        .args(["pair", "--primary-cores", "0", "--secondary-cores", "0", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    if num_cpus() < 2 {
+        return;
+    }
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("overlap"), "{e}");
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
