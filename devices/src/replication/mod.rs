@@ -55,9 +55,13 @@ use wire::{EndInfo, ThreadRecord};
 /// How many agreed events a divergence report shows.
 pub const HISTORY: usize = 16;
 
-/// How long the secondary waits, after the primary's end, for its program to get there
-/// too, counted from the last record one of its threads consumed.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the primary's end: how long every secondary thread may wait for records that will
+/// never come before that is reported as a divergence.
+const ALL_WAITING_GRACE: Duration = Duration::from_secs(1);
+
+/// After the primary's end: how long the secondary may make no syscall at all before it is
+/// reported as stuck (a compute-bound thread legitimately makes none for a while).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which replica this process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,7 +208,6 @@ struct Queues {
     /// The channel ended without End (primary gone) or failed.
     closed: Option<String>,
     buffered_bytes: u64,
-    last_take: Option<Instant>,
 }
 
 impl Queues {
@@ -222,6 +225,8 @@ struct SecondarySide {
     queues: Mutex<Queues>,
     findings: Mutex<SecondaryFindings>,
     stop: AtomicBool,
+    /// Threads blocked in `take` on an empty queue.
+    waiting: std::sync::atomic::AtomicUsize,
     stdout: Mutex<File>,
     stderr: Mutex<File>,
     /// Everything else the secondary compared (socket output), in order.
@@ -296,6 +301,7 @@ impl Replication {
                         queues: Mutex::default(),
                         findings: Mutex::default(),
                         stop: AtomicBool::new(false),
+                        waiting: Default::default(),
                         stdout: Mutex::new(open("secondary.stdout")?),
                         stderr: Mutex::new(open("secondary.stderr")?),
                         net: Mutex::new(open("secondary.net")?),
@@ -563,7 +569,9 @@ impl Replication {
     /// way the primary's ended, unless it gets there by itself.
     fn drain(&self, process: &Arc<Process>) {
         let Some(s) = &self.secondary else { return };
-        let since = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut last_syscalls = process.stats.syscalls.load(Ordering::Relaxed);
+        let mut all_waiting_since: Option<Instant> = None;
         loop {
             std::thread::sleep(Duration::from_millis(20));
             if process.exiting() {
@@ -571,7 +579,6 @@ impl Replication {
             }
             let q = lock(&s.queues);
             let empty = q.all_empty();
-            let last = q.last_take.unwrap_or(since).max(since);
             let end = q.end;
             let closed = q.closed.clone();
             for cv in q.cvs.values() {
@@ -599,7 +606,20 @@ impl Replication {
                 }
                 _ => {}
             }
-            if last.elapsed() > DRAIN_TIMEOUT {
+            let syscalls = process.stats.syscalls.load(Ordering::Relaxed);
+            if syscalls != last_syscalls {
+                last_syscalls = syscalls;
+                last_progress = Instant::now();
+            }
+            let all_waiting =
+                empty && s.waiting.load(Ordering::SeqCst) >= process.live_threads().max(1);
+            all_waiting_since = match (all_waiting, all_waiting_since) {
+                (true, None) => Some(Instant::now()),
+                (true, since) => since,
+                (false, _) => None,
+            };
+            let stuck = all_waiting_since.is_some_and(|t| t.elapsed() > ALL_WAITING_GRACE);
+            if stuck || last_progress.elapsed() > DRAIN_TIMEOUT {
                 let (pending, first) = {
                     let q = lock(&s.queues);
                     let pending: usize = q.by_tid.values().map(|q| q.len()).sum();
@@ -628,8 +648,13 @@ impl Replication {
                         primary_hash: None,
                         first_differing_byte: None,
                         detail: format!(
-                            "the primary's program ended but the secondary's did not get there within {}s ({pending} records not taken; next: {first})",
-                            DRAIN_TIMEOUT.as_secs()
+                            "the primary's program ended but the secondary's did not get there ({}; {pending} records not taken{})",
+                            if stuck {
+                                "every secondary thread waits for events the primary never logged".to_string()
+                            } else {
+                                format!("no syscall for {} s", DRAIN_TIMEOUT.as_secs())
+                            },
+                            if first.is_empty() { String::new() } else { format!("; next: {first}") }
                         ),
                     },
                 );
@@ -694,7 +719,6 @@ impl Replication {
         let cv = q.cv(tid);
         loop {
             if let Some(r) = q.by_tid.get_mut(&tid).and_then(|d| d.pop_front()) {
-                q.last_take = Some(Instant::now());
                 q.buffered_bytes = q.buffered_bytes.saturating_sub(1);
                 self.status.add(Counter::RecordsConsumed, 1);
                 return Some(r);
@@ -702,10 +726,12 @@ impl Replication {
             if s.stop.load(Ordering::Relaxed) || process.exiting() {
                 return None;
             }
+            s.waiting.fetch_add(1, Ordering::SeqCst);
             q = cv
                 .wait_timeout(q, Duration::from_millis(50))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            s.waiting.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
