@@ -1,24 +1,37 @@
-//! The det runtime: the VMM's side of deterministic execution (DESIGN.md §5, `det` mode).
+//! The det runtime: the VMM's side of deterministic execution (DESIGN.md §5).
 //!
-//! One [`DetRuntime`] per program run with `--det`. It wraps the pure
-//! [`det::sched::TokenScheduler`] in a mutex and gives every program thread its own condition
-//! variable, so a hand-off wakes exactly the new token holder. It maps guest thread ids (which
-//! are themselves allocated under the token, so they are deterministic too) to deterministic
-//! thread ids, and it keeps the futex wait queues: under `--det` futexes are emulated here, so
-//! that who is woken, and the logical time at which a woken thread competes again, follow the
-//! token order instead of the host kernel's.
+//! One [`DetRuntime`] per program run with `--det` (or per replica of `ditto pair`). It keeps
+//! the token under a mutex and gives every program thread its own condition variable, so a
+//! hand-off wakes exactly the next holder. It maps guest thread ids (which are themselves
+//! allocated under the token, so they are deterministic too) to deterministic thread ids, and
+//! it keeps the futex wait queues: futexes are emulated here, so that who is woken, and when a
+//! woken thread competes again, follow the token order instead of the host kernel's.
+//!
+//! How the token is handed out is the runtime's [`Policy`]:
+//! - [`Policy::Kendo`] (`ditto run --det`, and both replicas in the `det` mode): the token
+//!   belongs to the minimal (logical time, DetTid) ([`det::TokenScheduler`]).
+//! - [`Policy::Lead`] (the primary in the `follow` mode): the token goes to whichever thread
+//!   asks first (threads that wait for it get it in the order they asked), and every grant
+//!   is logged as a [`Turn`].
+//! - [`Policy::Follow`] (the secondary in the `follow` mode): the token goes strictly in the
+//!   order of the primary's turn log ([`det::TurnFollower`]), fed by
+//!   [`DetRuntime::push_turn`].
 //!
 //! The runtime never decides anything on its own: every change of the schedule happens in a
-//! call made by a program thread. The only real-time effects are futex timeouts and
-//! external blocking calls (sockets, terminals, sleeps), which leave the competition and
-//! re-enter at the earliest allowed point, the non-deterministic events of DESIGN.md §5.
+//! call made by a program thread. The only real-time effects are futex timeouts and external
+//! blocking calls (sockets, terminals, sleeps): the non-deterministic events of DESIGN.md §5.
+//! A replicated runtime ([`DetRuntime::replicated`]) reports them to its [`ScheduleLink`] on
+//! the primary and takes them from it on the secondary.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use det::{DetTid, Phase, SchedError, Start, TokenScheduler};
+use det::{
+    DetTid, DetTidAllocator, FollowPoll, Phase, SchedError, Start, TokenScheduler, Turn, TurnError,
+    TurnFollower, TurnLog,
+};
 use thiserror::Error;
 
 use crate::errno::Errno;
@@ -44,6 +57,10 @@ pub enum DetError {
     /// The program is ending; the call is abandoned.
     #[error("the program is ending")]
     Exiting,
+    /// [`Policy::Follow`]: the primary's schedule cannot be followed (reported to the
+    /// [`ScheduleLink`] too). The call is abandoned.
+    #[error("the primary's schedule cannot be followed: {0}")]
+    Diverged(TurnError),
 }
 
 impl From<DetError> for Errno {
@@ -52,9 +69,62 @@ impl From<DetError> for Errno {
             DetError::UnknownThread(_) => Errno::ESRCH,
             DetError::Sched(SchedError::TimeOverflow(_)) => Errno::ERANGE,
             DetError::Sched(_) => Errno::EINVAL,
-            DetError::Exiting => Errno::EINTR,
+            DetError::Exiting | DetError::Diverged(_) => Errno::EINTR,
         }
     }
+}
+
+/// How the token is handed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The `det` mode: to the minimal (logical time, DetTid), computed by each replica itself.
+    Kendo,
+    /// The `follow` mode's primary: to whichever thread asks first (a thread that asks while
+    /// the token is held waits, and waiters get it in the order they asked); every grant is
+    /// logged as a [`Turn`] ([`ScheduleLink::log_turn`]). No logical time.
+    Lead,
+    /// The `follow` mode's secondary: strictly in the order of the primary's turns, fed by
+    /// [`DetRuntime::push_turn`]. No logical time.
+    Follow,
+}
+
+/// What a primary's timed futex wait came to (sent to the secondary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedWait {
+    /// The waiter took a turn (the token) to settle its wait: it timed out, then acquired the
+    /// token to dequeue itself.
+    pub took_turn: bool,
+    /// The wait ended in ETIMEDOUT (false: woken, result 0).
+    pub timed_out: bool,
+    /// Kendo only: the logical time at which the waiter re-entered the competition to take
+    /// that turn.
+    pub reentry_at: Option<u64>,
+}
+
+/// The replication side of the schedule. Implemented by the replication layer.
+///
+/// The runtime calls [`log_turn`](Self::log_turn) with its lock held; it calls the other
+/// methods without it, from the program thread concerned.
+///
+/// Only a futex wait with a deadline that was queued has an outcome: one that finds the word
+/// changed (EAGAIN) reports nothing, on either replica. A thread has at most one such wait
+/// at a time, so the outcomes of one thread come and are asked for in the same order.
+///
+/// Under Kendo the secondary's thread keeps competing while it waits in
+/// [`timed_wait_outcome`](Self::timed_wait_outcome) (and in `f` of
+/// [`DetRuntime::blocking_replayed`]), so threads with later turns wait for it: the link
+/// must deliver a thread's records without waiting for other program threads to progress.
+pub trait ScheduleLink: Send + Sync {
+    /// Lead: a turn was granted. Called in grant order, with the runtime lock held (must not
+    /// call back into the runtime).
+    fn log_turn(&self, turn: Turn);
+    /// Primary (Kendo or Lead): `tid`'s futex wait with a deadline ended so.
+    fn log_timed_wait(&self, tid: DetTid, outcome: TimedWait);
+    /// Secondary (Kendo or Follow): blocks until the primary's outcome of `tid`'s current timed
+    /// futex wait is known; None if it never will be (log ended / program exiting).
+    fn timed_wait_outcome(&self, tid: DetTid) -> Option<TimedWait>;
+    /// Secondary, Follow: the schedule cannot be followed (a turn the log does not hold, etc.).
+    fn schedule_diverged(&self, tid: DetTid, error: &TurnError);
 }
 
 /// How the caller of an implicit det point holds the token.
@@ -94,10 +164,326 @@ struct Waiter {
     bitset: u32,
 }
 
+fn wrong(tid: DetTid, op: &'static str, phase: Phase) -> SchedError {
+    SchedError::WrongPhase { tid, op, phase }
+}
+
+/// A thread's state under [`Policy::Lead`] and [`Policy::Follow`]. The phases are those of
+/// [`det::sched`] without `Left`: with no competition there is nothing to leave.
+struct FreeThread {
+    phase: Phase,
+    /// A `det_tick(0)` elides the next `det_start`, as under Kendo.
+    skip_next: bool,
+}
+
+/// Who may take the token next under Lead and Follow.
+enum FreeMode {
+    /// The askers in the order they asked; the token goes to the first of them.
+    Lead {
+        log: TurnLog,
+        queue: VecDeque<DetTid>,
+    },
+    /// The primary's log. `heads` mirrors the threads of the follower's pending turns, so
+    /// that the runtime knows whom to wake.
+    Follow {
+        follower: TurnFollower,
+        heads: VecDeque<DetTid>,
+    },
+}
+
+/// The token without logical time ([`Policy::Lead`], [`Policy::Follow`]). Like
+/// [`TokenScheduler`] it never blocks; the runtime sleeps and calls again.
+struct FreeToken {
+    tids: DetTidAllocator,
+    threads: BTreeMap<DetTid, FreeThread>,
+    /// The thread in a det section, if any.
+    holder: Option<DetTid>,
+    mode: FreeMode,
+}
+
+impl FreeToken {
+    fn new(mode: FreeMode) -> Self {
+        let mut t = FreeToken {
+            tids: DetTidAllocator::new(),
+            threads: BTreeMap::new(),
+            holder: None,
+            mode,
+        };
+        // Cannot fail: the first id.
+        if let Ok(main) = t.tids.allocate() {
+            t.threads.insert(
+                main,
+                FreeThread {
+                    phase: Phase::Running,
+                    skip_next: false,
+                },
+            );
+        }
+        t
+    }
+
+    fn get(&mut self, det: DetTid) -> Result<&mut FreeThread, SchedError> {
+        self.threads
+            .get_mut(&det)
+            .ok_or(SchedError::UnknownThread(det))
+    }
+
+    fn det_start(&mut self, det: DetTid) -> Result<Start, DetError> {
+        let free = self.holder.is_none();
+        let th = self
+            .threads
+            .get_mut(&det)
+            .ok_or(SchedError::UnknownThread(det))?;
+        match th.phase {
+            Phase::Running if th.skip_next => {
+                th.skip_next = false;
+                th.phase = Phase::InElidedSection;
+                return Ok(Start::Elided);
+            }
+            Phase::Running | Phase::Waiting => {}
+            phase => return Err(wrong(det, "det_start", phase).into()),
+        }
+        let queued = th.phase == Phase::Waiting;
+        let grant = match &mut self.mode {
+            FreeMode::Lead { log, queue } => {
+                if free && queue.front().is_none_or(|&f| f == det) {
+                    if queued {
+                        queue.pop_front();
+                    }
+                    let turn = log.append(det);
+                    log.pop_front();
+                    Some(turn)
+                } else {
+                    if !queued {
+                        queue.push_back(det);
+                    }
+                    None
+                }
+            }
+            FreeMode::Follow { follower, heads } => match follower.poll(det) {
+                Ok(FollowPoll::Go(turn)) => {
+                    heads.pop_front();
+                    Some(turn)
+                }
+                Ok(FollowPoll::Wait | FollowPoll::NeedLog) => None,
+                Err(e) => return Err(DetError::Diverged(e)),
+            },
+        };
+        match grant {
+            Some(turn) => {
+                th.phase = Phase::InSection;
+                self.holder = Some(det);
+                Ok(Start::Granted(turn))
+            }
+            None => {
+                th.phase = Phase::Waiting;
+                Ok(Start::Wait)
+            }
+        }
+    }
+
+    fn det_end(&mut self, det: DetTid) -> Result<(), DetError> {
+        let th = self
+            .threads
+            .get_mut(&det)
+            .ok_or(SchedError::UnknownThread(det))?;
+        match th.phase {
+            Phase::InSection => {
+                if let FreeMode::Follow { follower, .. } = &mut self.mode {
+                    follower.end(det).map_err(DetError::Diverged)?;
+                }
+                th.phase = Phase::Running;
+                self.holder = None;
+                Ok(())
+            }
+            Phase::InElidedSection => {
+                th.phase = Phase::Running;
+                Ok(())
+            }
+            phase => Err(wrong(det, "det_end", phase).into()),
+        }
+    }
+
+    /// `det_tick`: 0 elides the next `det_start`; n > 0 is a no-op (there is no logical
+    /// time), refused in the same phases as under Kendo.
+    fn det_tick(&mut self, det: DetTid, n: u64) -> Result<(), SchedError> {
+        let th = self.get(det)?;
+        match (n, th.phase) {
+            (0, Phase::Running | Phase::InSection | Phase::InElidedSection) => {
+                th.skip_next = true;
+                Ok(())
+            }
+            (_, Phase::Running | Phase::InElidedSection) => Ok(()),
+            (_, phase) => Err(wrong(det, "det_tick", phase)),
+        }
+    }
+
+    fn spawn(&mut self, creator: DetTid) -> Result<DetTid, SchedError> {
+        let phase = self.get(creator)?.phase;
+        if phase != Phase::InSection {
+            return Err(wrong(creator, "spawn", phase));
+        }
+        let tid = self.tids.allocate()?;
+        self.threads.insert(
+            tid,
+            FreeThread {
+                phase: Phase::Running,
+                skip_next: false,
+            },
+        );
+        Ok(tid)
+    }
+
+    /// Removes an exiting thread; a holder passes the token on. Follow: an error if the log
+    /// still holds turns of the thread.
+    fn exit(&mut self, det: DetTid) -> Result<(), DetError> {
+        self.threads
+            .remove(&det)
+            .ok_or(SchedError::UnknownThread(det))?;
+        let held = self.holder == Some(det);
+        if held {
+            self.holder = None;
+        }
+        match &mut self.mode {
+            FreeMode::Lead { queue, .. } => {
+                queue.retain(|&t| t != det);
+                Ok(())
+            }
+            FreeMode::Follow { follower, .. } => {
+                if held {
+                    follower.end(det).map_err(DetError::Diverged)?;
+                }
+                follower.exit(det).map_err(DetError::Diverged)
+            }
+        }
+    }
+
+    /// Takes back a `det_start` that was abandoned while waiting. Returns whether anything
+    /// changed.
+    fn cancel(&mut self, det: DetTid) -> bool {
+        let Some(th) = self.threads.get_mut(&det) else {
+            return false;
+        };
+        if th.phase != Phase::Waiting {
+            return false;
+        }
+        th.phase = Phase::Running;
+        if let FreeMode::Lead { queue, .. } = &mut self.mode {
+            queue.retain(|&t| t != det);
+        }
+        true
+    }
+
+    /// The thread that holds the token, or else the one that may take it next.
+    fn next(&self) -> Option<DetTid> {
+        self.holder.or_else(|| match &self.mode {
+            FreeMode::Lead { queue, .. } => queue.front().copied(),
+            FreeMode::Follow { heads, .. } => heads.front().copied(),
+        })
+    }
+
+    /// Whether `det_start` by `det` would be granted now.
+    fn may_go(&self, det: DetTid) -> bool {
+        self.holder.is_none()
+            && match &self.mode {
+                FreeMode::Lead { queue, .. } => queue.front().is_none_or(|&f| f == det),
+                FreeMode::Follow { heads, .. } => heads.front() == Some(&det),
+            }
+    }
+}
+
+/// The token under the runtime's [`Policy`].
+enum Order {
+    Kendo(TokenScheduler),
+    Free(FreeToken),
+}
+
+impl Order {
+    fn phase(&self, det: DetTid) -> Option<Phase> {
+        match self {
+            Order::Kendo(s) => s.phase(det),
+            Order::Free(f) => f.threads.get(&det).map(|t| t.phase),
+        }
+    }
+
+    fn time(&self, det: DetTid) -> Option<u64> {
+        match self {
+            Order::Kendo(s) => s.time(det),
+            Order::Free(_) => None,
+        }
+    }
+
+    fn det_start(&mut self, det: DetTid) -> Result<Start, DetError> {
+        match self {
+            Order::Kendo(s) => Ok(s.det_start(det)?),
+            Order::Free(f) => f.det_start(det),
+        }
+    }
+
+    fn det_end(&mut self, det: DetTid) -> Result<(), DetError> {
+        match self {
+            Order::Kendo(s) => Ok(s.det_end(det)?),
+            Order::Free(f) => f.det_end(det),
+        }
+    }
+
+    fn det_tick(&mut self, det: DetTid, n: u64) -> Result<(), DetError> {
+        match self {
+            Order::Kendo(s) => Ok(s.det_tick(det, n)?),
+            Order::Free(f) => Ok(f.det_tick(det, n)?),
+        }
+    }
+
+    fn spawn(&mut self, creator: DetTid) -> Result<DetTid, DetError> {
+        match self {
+            Order::Kendo(s) => Ok(s.spawn(creator)?),
+            Order::Free(f) => Ok(f.spawn(creator)?),
+        }
+    }
+
+    fn exit(&mut self, det: DetTid) -> Result<(), DetError> {
+        match self {
+            Order::Kendo(s) => Ok(s.exit(det)?),
+            Order::Free(f) => f.exit(det),
+        }
+    }
+
+    /// Kendo: out of the competition while blocked, with no pledge. Otherwise nothing.
+    fn leave(&mut self, det: DetTid) -> Result<(), DetError> {
+        match self {
+            Order::Kendo(s) => Ok(s.leave(det, None)?),
+            Order::Free(_) => Ok(()),
+        }
+    }
+
+    fn holder_or_next(&self) -> Option<DetTid> {
+        match self {
+            Order::Kendo(s) => s.holder(),
+            Order::Free(f) => f.next(),
+        }
+    }
+
+    fn may_go(&self, det: DetTid) -> bool {
+        match self {
+            Order::Kendo(s) => s.holder() == Some(det),
+            Order::Free(f) => f.may_go(det),
+        }
+    }
+
+    fn cancel(&mut self, det: DetTid) -> bool {
+        match self {
+            // A Kendo waiter may stay `Waiting`: it holds nothing back.
+            Order::Kendo(_) => false,
+            Order::Free(f) => f.cancel(det),
+        }
+    }
+}
+
 struct Inner {
-    /// The holder's DetTid + 1 (0: none), published for waiters that spin before sleeping.
+    /// The holder's (or, with no holder under Lead/Follow, the next taker's) DetTid + 1
+    /// (0: none), published for waiters that spin before sleeping.
     holder: Arc<AtomicU64>,
-    sched: TokenScheduler,
+    order: Order,
     threads: BTreeMap<i64, Slot>,
     by_det: BTreeMap<DetTid, i64>,
     futex: BTreeMap<u64, VecDeque<Waiter>>,
@@ -111,13 +497,18 @@ impl Inner {
             .ok_or(DetError::UnknownThread(tid))
     }
 
-    /// Wakes the token holder if it is waiting in `det_start`; called after every change.
+    fn woken(&self, tid: i64) -> bool {
+        self.threads.get(&tid).is_some_and(|s| s.woken)
+    }
+
+    /// Wakes the token holder (or the next taker) if it is waiting in `det_start`; called
+    /// after every change.
     fn notify_holder(&self) {
-        let h = self.sched.holder();
+        let h = self.order.holder_or_next();
         self.holder
             .store(h.map_or(0, |h| u64::from(h.0) + 1), Ordering::Release);
         if let Some(h) = h {
-            if self.sched.phase(h) == Some(Phase::Waiting) {
+            if self.order.phase(h) == Some(Phase::Waiting) {
                 if let Some(s) = self.by_det.get(&h).and_then(|t| self.threads.get(t)) {
                     s.cv.notify_one();
                 }
@@ -125,13 +516,22 @@ impl Inner {
         }
     }
 
+    /// Wakes every thread waiting in `det_start`, so that each asks again.
+    fn notify_all_waiting(&self) {
+        for s in self.threads.values() {
+            if self.order.phase(s.det) == Some(Phase::Waiting) {
+                s.cv.notify_one();
+            }
+        }
+    }
+
     /// Ends a section the thread is in (its own or an elided one), so that it can block.
     fn close_section(&mut self, det: DetTid) -> Result<(), DetError> {
         if matches!(
-            self.sched.phase(det),
+            self.order.phase(det),
             Some(Phase::InSection | Phase::InElidedSection)
         ) {
-            self.sched.det_end(det)?;
+            self.order.det_end(det)?;
         }
         Ok(())
     }
@@ -186,18 +586,60 @@ impl Inner {
         count
     }
 
-    /// Puts a thread that left the competition back in, at the earliest allowed time.
-    fn resume(&mut self, tid: i64) {
-        let Some(det) = self.threads.get(&tid).map(|s| s.det) else {
-            return;
+    /// Takes `tid` out of the futex queue it waits in: `addr`'s, or the one a requeue moved
+    /// it to.
+    fn dequeue(&mut self, addr: u64, tid: i64) {
+        let holds = |q: &VecDeque<Waiter>| q.iter().any(|w| w.tid == tid);
+        let at = if self.futex.get(&addr).is_some_and(holds) {
+            Some(addr)
+        } else {
+            self.futex.iter().find(|(_, q)| holds(q)).map(|(&a, _)| a)
         };
-        if let Some(Phase::Left { .. }) = self.sched.phase(det) {
-            let at = self.sched.reentry_floor(det);
-            if let Ok(at) = at {
-                // Cannot fail: `at` is the floor and the thread has no pledge.
-                let _ = self.sched.reenter(det, at);
+        if let Some(a) = at {
+            if let Some(q) = self.futex.get_mut(&a) {
+                q.retain(|w| w.tid != tid);
+                if q.is_empty() {
+                    self.futex.remove(&a);
+                }
             }
         }
+    }
+
+    /// Kendo: puts a thread that left the competition back in, at its pledged time if it
+    /// made a pledge, else at the earliest allowed time; returns that time. None under the
+    /// other policies, or if the thread had not left.
+    fn resume(&mut self, tid: i64) -> Option<u64> {
+        let det = self.threads.get(&tid)?.det;
+        let Order::Kendo(sched) = &mut self.order else {
+            return None;
+        };
+        let at = match sched.phase(det)? {
+            Phase::Left {
+                resume_at: Some(at),
+            } => at,
+            Phase::Left { resume_at: None } => sched.reentry_floor(det).ok()?,
+            _ => return None,
+        };
+        // Cannot fail: `at` is the pledge, or the floor of a thread without one.
+        sched.reenter(det, at).ok()?;
+        Some(at)
+    }
+
+    /// Kendo secondary: makes a thread that never left compete at exactly `at`, the time at
+    /// which the primary's thread re-entered. Nothing under the other policies.
+    ///
+    /// `leave(Some(at))` checks that `at` is not below the thread's own time, and `reenter`
+    /// then takes the pledge without a floor check. The floor would not refuse `at` anyway:
+    /// the thread never left, so it competed at (its time, its id) all along and every turn
+    /// granted meanwhile had a smaller key; its floor is therefore its own time, which is
+    /// the primary thread's time at the same point (the schedule is the same up to here),
+    /// and the primary's `at` was at least that (it was the primary's floor).
+    fn replay_reentry(&mut self, det: DetTid, at: u64) -> Result<(), DetError> {
+        if let Order::Kendo(sched) = &mut self.order {
+            sched.leave(det, Some(at))?;
+            sched.reenter(det, at)?;
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +652,15 @@ pub struct DetStats {
     pub waits: AtomicU64,
     /// Non-blocking retries of pipe/eventfd operations that would have blocked.
     pub retries: AtomicU64,
+    /// Turns taken: acquisitions that were granted the token (not elided, not nested), under
+    /// every policy.
+    pub turns: AtomicU64,
+}
+
+/// The replication side of a replicated runtime.
+struct Link {
+    link: Arc<dyn ScheduleLink>,
+    primary: bool,
 }
 
 /// The det runtime of one program (see the module documentation).
@@ -220,6 +671,10 @@ pub struct DetRuntime {
     pub stats: DetStats,
     /// The host path of libditto.so, served to the program at [`LIBDITTO_GUEST_PATH`].
     preload: Option<std::path::PathBuf>,
+    policy: Policy,
+    link: Option<Link>,
+    /// A divergence was reported to the link (only the first one is).
+    diverged: AtomicBool,
 }
 
 /// Where a dynamic program finds libditto under `--det`: a virtual path that the VMM serves
@@ -229,7 +684,52 @@ pub const LIBDITTO_GUEST_PATH: &str = "/.ditto/libditto.so";
 impl DetRuntime {
     /// A runtime whose main thread has guest id `main_tid` and deterministic id
     /// [`DetTid::MAIN`]. `preload` is the host libditto.so served at [`LIBDITTO_GUEST_PATH`].
+    /// It uses [`Policy::Kendo`] and reports nothing (`ditto run --det`).
     pub fn new(main_tid: i64, preload: Option<std::path::PathBuf>) -> Self {
+        Self::build(main_tid, preload, Policy::Kendo, None)
+    }
+
+    /// A runtime for one replica of `ditto pair` (DESIGN.md §5-6), otherwise as
+    /// [`new`](Self::new).
+    ///
+    /// - `Policy::Kendo`: the `det` mode; `role_is_primary` says which replica this is.
+    ///   The primary reports its timed futex waits to `link` and returns re-entry times from
+    ///   [`blocking`](Self::blocking); the secondary takes both from the primary
+    ///   ([`ScheduleLink::timed_wait_outcome`], [`blocking_replayed`](Self::blocking_replayed)).
+    /// - `Policy::Lead`: the `follow` mode's primary; logs every turn to `link`.
+    /// - `Policy::Follow`: the `follow` mode's secondary; follows the turns given to
+    ///   [`push_turn`](Self::push_turn).
+    ///
+    /// Lead is always a primary and Follow always a secondary: for them the policy decides
+    /// and a contradicting `role_is_primary` is ignored (with a warning).
+    pub fn replicated(
+        main_tid: i64,
+        preload: Option<std::path::PathBuf>,
+        policy: Policy,
+        role_is_primary: bool,
+        link: Arc<dyn ScheduleLink>,
+    ) -> Self {
+        let primary = match policy {
+            Policy::Kendo => role_is_primary,
+            Policy::Lead => true,
+            Policy::Follow => false,
+        };
+        if primary != role_is_primary {
+            tracing::warn!(
+                ?policy,
+                role_is_primary,
+                "the policy decides the replica's role"
+            );
+        }
+        Self::build(main_tid, preload, policy, Some(Link { link, primary }))
+    }
+
+    fn build(
+        main_tid: i64,
+        preload: Option<std::path::PathBuf>,
+        policy: Policy,
+        link: Option<Link>,
+    ) -> Self {
         let mut threads = BTreeMap::new();
         threads.insert(
             main_tid,
@@ -239,19 +739,40 @@ impl DetRuntime {
                 woken: false,
             },
         );
-        let holder = Arc::new(AtomicU64::new(1));
-        DetRuntime {
+        let order = match policy {
+            Policy::Kendo => Order::Kendo(TokenScheduler::new()),
+            Policy::Lead => Order::Free(FreeToken::new(FreeMode::Lead {
+                log: TurnLog::new(),
+                queue: VecDeque::new(),
+            })),
+            Policy::Follow => Order::Free(FreeToken::new(FreeMode::Follow {
+                follower: TurnFollower::new(),
+                heads: VecDeque::new(),
+            })),
+        };
+        let holder = Arc::new(AtomicU64::new(0));
+        let inner = Inner {
             holder: holder.clone(),
-            inner: Mutex::new(Inner {
-                holder,
-                sched: TokenScheduler::new(),
-                threads,
-                by_det: BTreeMap::from([(DetTid::MAIN, main_tid)]),
-                futex: BTreeMap::new(),
-            }),
+            order,
+            threads,
+            by_det: BTreeMap::from([(DetTid::MAIN, main_tid)]),
+            futex: BTreeMap::new(),
+        };
+        inner.notify_holder();
+        DetRuntime {
+            holder,
+            inner: Mutex::new(inner),
             stats: DetStats::default(),
             preload,
+            policy,
+            link,
+            diverged: AtomicBool::new(false),
         }
+    }
+
+    /// How this runtime hands out the token.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// The host file behind [`LIBDITTO_GUEST_PATH`], if one is served.
@@ -264,11 +785,38 @@ impl DetRuntime {
         lock(&self.inner).threads.get(&tid).map(|s| s.det)
     }
 
-    /// The logical time of guest thread `tid`.
+    /// The logical time of guest thread `tid` (Kendo only: the other policies have none).
     pub fn logical_time(&self, tid: i64) -> Option<u64> {
         let g = lock(&self.inner);
         let det = g.threads.get(&tid)?.det;
-        g.sched.time(det)
+        g.order.time(det)
+    }
+
+    /// The link of a primary, or of a secondary.
+    fn link(&self, primary: bool) -> Option<&dyn ScheduleLink> {
+        self.link
+            .as_ref()
+            .filter(|l| l.primary == primary)
+            .map(|l| &*l.link)
+    }
+
+    /// Turns a failed `det_start` into the caller's error; reports the first divergence
+    /// to the link, unless the program is ending anyway (then threads may ask for turns
+    /// that the primary's threads, killed by the exit, never took).
+    fn failed(&self, process: &Process, det: DetTid, e: DetError) -> DetError {
+        let DetError::Diverged(te) = e else {
+            return e;
+        };
+        if process.exiting() {
+            return DetError::Exiting;
+        }
+        if !self.diverged.swap(true, Ordering::SeqCst) {
+            tracing::error!(%det, error = %te, "the secondary cannot follow the primary's schedule");
+            if let Some(l) = &self.link {
+                l.link.schedule_diverged(det, &te);
+            }
+        }
+        DetError::Diverged(te)
     }
 
     /// Waits until `tid` holds the token (or a `det_tick(0)` elides the wait).
@@ -280,19 +828,37 @@ impl DetRuntime {
         implicit: bool,
     ) -> Result<(MutexGuard<'a, Inner>, Held), DetError> {
         let (det, cv) = g.slot(tid)?;
-        match g.sched.phase(det) {
+        match g.order.phase(det) {
             Some(Phase::InSection) if implicit => return Ok((g, Held::Nested)),
             // An implicit point inside an elided section is ordered after all: the elided
             // section ends here (it had no logical time to give back), and the program's own
             // det_end later answers EINVAL, which libditto ignores.
-            Some(Phase::InElidedSection) if implicit => g.sched.det_end(det)?,
+            Some(Phase::InElidedSection) if implicit => g.order.det_end(det)?,
             _ => {}
         }
         self.stats.ops.fetch_add(1, Ordering::Relaxed);
         let mut waited = false;
         loop {
-            match g.sched.det_start(det)? {
-                Start::Granted(_) => return Ok((g, Held::Own)),
+            let start = match g.order.det_start(det) {
+                Ok(start) => start,
+                Err(e) => {
+                    if g.order.cancel(det) {
+                        g.notify_holder();
+                    }
+                    drop(g);
+                    return Err(self.failed(process, det, e));
+                }
+            };
+            match start {
+                Start::Granted(turn) => {
+                    self.stats.turns.fetch_add(1, Ordering::Relaxed);
+                    if self.policy == Policy::Lead {
+                        if let Some(l) = &self.link {
+                            l.link.log_turn(turn);
+                        }
+                    }
+                    return Ok((g, Held::Own));
+                }
                 Start::Elided => return Ok((g, Held::Elided)),
                 Start::Wait => {
                     if !waited {
@@ -312,6 +878,9 @@ impl DetRuntime {
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                     if process.exiting() {
+                        if g.order.cancel(det) {
+                            g.notify_holder();
+                        }
                         return Err(DetError::Exiting);
                     }
                 }
@@ -325,10 +894,10 @@ impl DetRuntime {
             let (det, _) = g.slot(tid)?;
             // A section the program's futex wait closed early is already over.
             if matches!(
-                g.sched.phase(det),
+                g.order.phase(det),
                 Some(Phase::InSection | Phase::InElidedSection)
             ) {
-                g.sched.det_end(det)?;
+                g.order.det_end(det)?;
             }
         }
         g.notify_holder();
@@ -341,32 +910,34 @@ impl DetRuntime {
         self.acquire(g, process, tid, false).map(drop)
     }
 
-    /// Whether a det point by `tid` would go ahead without waiting: it holds the token,
-    /// or it is already inside a section. The doorbell serves such calls on its server
-    /// thread without a VM exit, and bounces the others to the vCPU thread, where waiting
-    /// for the token costs one thread switch instead of two.
+    /// Whether a det point by `tid` would go ahead without waiting: it holds the token (or,
+    /// under Lead and Follow, would be granted it now), or it is already inside a section.
+    /// The doorbell serves such calls on its server thread without a VM exit, and bounces
+    /// the others to the vCPU thread, where waiting for the token costs one thread switch
+    /// instead of two.
     pub fn can_proceed(&self, tid: i64) -> bool {
         let g = lock(&self.inner);
         let Ok((det, _)) = g.slot(tid) else {
             return false;
         };
-        matches!(g.sched.phase(det), Some(Phase::InSection)) || g.sched.holder() == Some(det)
+        matches!(g.order.phase(det), Some(Phase::InSection)) || g.order.may_go(det)
     }
 
     /// `det_end`: ends the section, +1 logical time.
     pub fn det_end(&self, tid: i64) -> Result<(), DetError> {
         let mut g = lock(&self.inner);
         let (det, _) = g.slot(tid)?;
-        g.sched.det_end(det)?;
+        g.order.det_end(det)?;
         g.notify_holder();
         Ok(())
     }
 
-    /// `det_tick(n)`: +n logical time; 0 elides the next `det_start`.
+    /// `det_tick(n)`: +n logical time (a no-op under Lead and Follow, which have none); 0
+    /// elides the next `det_start`.
     pub fn det_tick(&self, tid: i64, n: u64) -> Result<(), DetError> {
         let mut g = lock(&self.inner);
         let (det, _) = g.slot(tid)?;
-        g.sched.det_tick(det, n)?;
+        g.order.det_tick(det, n)?;
         g.notify_holder();
         Ok(())
     }
@@ -424,26 +995,68 @@ impl DetRuntime {
         let g = lock(&self.inner);
         g.threads
             .get(&tid)
-            .and_then(|s| g.sched.phase(s.det))
+            .and_then(|s| g.order.phase(s.det))
             .is_some_and(|p| p == Phase::InSection)
     }
 
-    /// Runs `f`, which may block for an outside event (socket, terminal, sleep), outside the
-    /// competition: the thread leaves, and re-enters at the earliest allowed time when `f`
-    /// returns. That re-entry point depends on real time; it is the event that replication
-    /// logs (DESIGN.md §5).
-    pub fn blocking<R>(&self, tid: i64, f: impl FnOnce() -> R) -> Result<R, DetError> {
+    /// Runs `f`, which may block for an outside event (socket, terminal, sleep). A section
+    /// the thread is in ends first.
+    ///
+    /// Kendo: the thread leaves the competition while `f` runs and re-enters at the earliest
+    /// allowed time when it returns; that time, which depends on real time, is returned as
+    /// `Some(at)`: the event that the primary reports (DESIGN.md §5) and that the secondary
+    /// gives to [`blocking_replayed`](Self::blocking_replayed). Lead and Follow: there is no
+    /// competition to leave; `f` just runs, and the time is None.
+    pub fn blocking<R>(
+        &self,
+        tid: i64,
+        f: impl FnOnce() -> R,
+    ) -> Result<(R, Option<u64>), DetError> {
         {
             let mut g = lock(&self.inner);
             let (det, _) = g.slot(tid)?;
             g.close_section(det)?;
-            g.sched.leave(det, None)?;
+            g.order.leave(det)?;
             g.notify_holder();
         }
         let r = f();
         let mut g = lock(&self.inner);
-        g.resume(tid);
+        let at = g.resume(tid);
         g.notify_holder();
+        Ok((r, at))
+    }
+
+    /// The secondary's [`blocking`](Self::blocking): `f` waits for the primary's record of
+    /// the call and returns its result with the primary's re-entry time (None: the record
+    /// will never come, and the call answers [`DetError::Exiting`]).
+    ///
+    /// Kendo: a section the thread is in ends, but the thread keeps competing at its current
+    /// time while `f` waits, so no other thread gets past a point that the primary's thread
+    /// may have re-entered at; then it competes from exactly the primary's time (see
+    /// `Inner::replay_reentry` for why that time is always allowed). A record without a
+    /// time (not from a Kendo primary) leaves the thread at its current time, with a
+    /// warning. Lead and Follow: `f` just runs.
+    pub fn blocking_replayed<R>(
+        &self,
+        tid: i64,
+        f: impl FnOnce() -> Option<(R, Option<u64>)>,
+    ) -> Result<R, DetError> {
+        let det = {
+            let mut g = lock(&self.inner);
+            let (det, _) = g.slot(tid)?;
+            g.close_section(det)?;
+            g.notify_holder();
+            det
+        };
+        let (r, at) = f().ok_or(DetError::Exiting)?;
+        if self.policy == Policy::Kendo {
+            let mut g = lock(&self.inner);
+            match at {
+                Some(at) => g.replay_reentry(det, at)?,
+                None => tracing::warn!(%det, "replayed blocking call without a re-entry time"),
+            }
+            g.notify_holder();
+        }
         Ok(r)
     }
 
@@ -463,16 +1076,16 @@ impl DetRuntime {
             let (det, _) = g.slot(tid)?;
             // Elided here means the section never held the token; take a real one for the
             // id allocation instead of leaving the child unregistered.
-            if g.sched.phase(det) != Some(Phase::InSection) {
+            if g.order.phase(det) != Some(Phase::InSection) {
                 tracing::warn!(
                     tid,
                     "clone in an elided det section; thread id order may vary"
                 );
-                g.sched.det_end(det).map_err(DetError::from)?;
+                g.order.det_end(det)?;
                 let (g2, _) = self.acquire(g, process, tid, true)?;
                 g = g2;
             }
-            let cdet = g.sched.spawn(det).map_err(DetError::from)?;
+            let cdet = g.order.spawn(det)?;
             g.threads.insert(
                 child as i64,
                 Slot {
@@ -488,7 +1101,8 @@ impl DetRuntime {
     }
 
     /// A thread's exit, as a det point: under the token, zero its CLONE_CHILD_CLEARTID word,
-    /// wake one waiter there (pthread_join), and leave the scheduler.
+    /// wake one waiter there (pthread_join), and leave the scheduler. Follow: a thread that
+    /// exits while the log still holds turns of it is a divergence.
     pub fn thread_exit(&self, process: &Process, tid: i64, clear_child_tid: u64) {
         let g = lock(&self.inner);
         let Ok((mut g, _)) = self.acquire(g, process, tid, true) else {
@@ -497,17 +1111,60 @@ impl DetRuntime {
         if clear_child_tid != 0 && process.mem.write_obj(clear_child_tid, &0u32).is_ok() {
             g.wake(clear_child_tid, 1, u32::MAX);
         }
+        let mut gone = Ok(());
         if let Some(s) = g.threads.remove(&tid) {
             g.by_det.remove(&s.det);
-            let _ = g.sched.exit(s.det);
+            gone = g.order.exit(s.det).map_err(|e| (s.det, e));
         }
         g.notify_holder();
+        drop(g);
+        if let Err((det, e)) = gone {
+            self.failed(process, det, e);
+        }
+    }
+
+    /// Follow: appends the primary's next turn to the log that this runtime follows, and
+    /// wakes its thread if the turn is due. Called by the replication layer's reader thread.
+    /// An error (a missing, repeated or late turn) is the caller's to report; a runtime that
+    /// follows no log answers [`TurnError::Closed`].
+    pub fn push_turn(&self, turn: Turn) -> Result<(), TurnError> {
+        let mut g = lock(&self.inner);
+        let Order::Free(FreeToken {
+            mode: FreeMode::Follow { follower, heads },
+            ..
+        }) = &mut g.order
+        else {
+            return Err(TurnError::Closed);
+        };
+        follower.push(turn)?;
+        heads.push_back(turn.tid);
+        g.notify_holder();
+        Ok(())
+    }
+
+    /// Follow: the primary's log is complete (it finished). A thread that then asks for a
+    /// turn the log does not hold gets [`DetError::Diverged`] instead of waiting forever;
+    /// threads waiting now ask again. Nothing under the other policies.
+    pub fn close_log(&self) {
+        let mut g = lock(&self.inner);
+        if let Order::Free(FreeToken {
+            mode: FreeMode::Follow { follower, .. },
+            ..
+        }) = &mut g.order
+        {
+            follower.close();
+            g.notify_all_waiting();
+        }
     }
 
     /// FUTEX_WAIT / FUTEX_WAIT_BITSET, emulated. `word` is the futex word in guest memory.
-    /// Under the token: compare, queue (FIFO), end the section and leave the competition;
-    /// then sleep until a wake under the token puts the thread back, the deadline passes,
-    /// or the program ends.
+    /// Under the token: compare, queue (FIFO), end the section and (Kendo) leave the
+    /// competition; then sleep until a wake under the token puts the thread back, the
+    /// deadline passes, or the program ends.
+    ///
+    /// In a replicated runtime a wait with a deadline is settled so that both replicas agree:
+    /// the primary takes a turn to time out (see [`TimedWait`]) and reports the outcome; the
+    /// secondary ignores its own deadline and does what the primary did.
     pub fn futex_wait(
         &self,
         process: &Process,
@@ -538,21 +1195,36 @@ impl DetRuntime {
         // A wait inside the program's own section (a contract violation) closes it too,
         // rather than hold the token while asleep.
         g.close_section(det)?;
-        g.sched.leave(det, None).map_err(DetError::from)?;
+        if deadline.is_some() {
+            if let Some(link) = self.link(false) {
+                return self.replay_timed_wait(g, process, (tid, det), addr, &cv, link);
+            }
+        }
+        let primary = self.link(true).filter(|_| deadline.is_some());
+        g.order.leave(det)?;
         g.notify_holder();
         loop {
-            if g.threads.get(&tid).is_some_and(|s| s.woken) {
+            if g.woken(tid) {
+                drop(g);
+                if let Some(link) = primary {
+                    let outcome = TimedWait {
+                        took_turn: false,
+                        timed_out: false,
+                        reentry_at: None,
+                    };
+                    link.log_timed_wait(det, outcome);
+                }
                 return Ok(0);
             }
             let now = Instant::now();
             let timed_out = deadline.is_some_and(|d| now >= d);
-            if timed_out || process.exiting() {
-                if let Some(q) = g.futex.get_mut(&addr) {
-                    q.retain(|w| w.tid != tid);
-                    if q.is_empty() {
-                        g.futex.remove(&addr);
-                    }
+            if timed_out && !process.exiting() {
+                if let Some(link) = primary {
+                    return self.settle_timed_wait(g, process, (tid, det), addr, link);
                 }
+            }
+            if timed_out || process.exiting() {
+                g.dequeue(addr, tid);
                 g.resume(tid);
                 g.notify_holder();
                 return Err(if timed_out {
@@ -566,6 +1238,136 @@ impl DetRuntime {
                 .wait_timeout(g, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+    }
+
+    /// The primary's timed-out futex wait: take a turn (Kendo: re-enter at the floor first),
+    /// and under the token either find that a wake came meanwhile (result 0) or dequeue
+    /// (ETIMEDOUT). Reports the outcome to `link`.
+    fn settle_timed_wait(
+        &self,
+        mut g: MutexGuard<'_, Inner>,
+        process: &Process,
+        (tid, det): (i64, DetTid),
+        addr: u64,
+        link: &dyn ScheduleLink,
+    ) -> Result<u64, Errno> {
+        let reentry_at = g.resume(tid);
+        g.notify_holder();
+        let timed_out = self.settle_in_turn(g, process, tid, addr)?;
+        let outcome = TimedWait {
+            took_turn: true,
+            timed_out,
+            reentry_at,
+        };
+        link.log_timed_wait(det, outcome);
+        if timed_out {
+            Err(Errno::ETIMEDOUT)
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// Takes a turn for a waiter that competes again, and under it dequeues the waiter
+    /// unless a wake came first. Returns whether it timed out (was dequeued).
+    fn settle_in_turn(
+        &self,
+        g: MutexGuard<'_, Inner>,
+        process: &Process,
+        tid: i64,
+        addr: u64,
+    ) -> Result<bool, Errno> {
+        let (mut g, held) = match self.acquire(g, process, tid, true) {
+            Ok(x) => x,
+            Err(e) => {
+                let mut g = lock(&self.inner);
+                g.dequeue(addr, tid);
+                g.notify_holder();
+                return Err(e.into());
+            }
+        };
+        let timed_out = !g.woken(tid);
+        if timed_out {
+            g.dequeue(addr, tid);
+        }
+        self.release(&mut g, tid, held)?;
+        Ok(timed_out)
+    }
+
+    /// The secondary's futex wait with a deadline, from the point where it is queued and its
+    /// section is closed: wait for the primary's outcome and do the same.
+    ///
+    /// Kendo: until the outcome is known the thread keeps competing at its current time (it
+    /// has not left), so that no other thread gets past the time at which the primary's
+    /// waiter may have re-entered. A wake that comes meanwhile comes from a turn with a
+    /// smaller key, after which the primary's floor for the waiter was this same time; so a
+    /// woken thread just stays where it is.
+    fn replay_timed_wait(
+        &self,
+        g: MutexGuard<'_, Inner>,
+        process: &Process,
+        (tid, det): (i64, DetTid),
+        addr: u64,
+        cv: &Condvar,
+        link: &dyn ScheduleLink,
+    ) -> Result<u64, Errno> {
+        g.notify_holder();
+        drop(g);
+        let outcome = link.timed_wait_outcome(det);
+        let mut g = lock(&self.inner);
+        let Some(outcome) = outcome else {
+            g.dequeue(addr, tid);
+            g.notify_holder();
+            return Err(Errno::EINTR);
+        };
+        if !outcome.took_turn {
+            // The primary was woken before it timed out; so is this replica, by the same
+            // turn.
+            if outcome.timed_out {
+                tracing::warn!(%det, ?outcome, "a timed-out wait that took no turn");
+            }
+            if !g.woken(tid) {
+                g.order.leave(det)?;
+            }
+            g.notify_holder();
+            loop {
+                if g.woken(tid) {
+                    return Ok(0);
+                }
+                if process.exiting() {
+                    g.dequeue(addr, tid);
+                    g.resume(tid);
+                    g.notify_holder();
+                    return Err(Errno::EINTR);
+                }
+                g = cv
+                    .wait_timeout(g, EXIT_POLL)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        if self.policy == Policy::Kendo {
+            let Some(at) = outcome.reentry_at else {
+                tracing::warn!(%det, ?outcome, "a Kendo timed wait without a re-entry time");
+                g.dequeue(addr, tid);
+                g.notify_holder();
+                return Err(Errno::EINVAL);
+            };
+            if let Err(e) = g.replay_reentry(det, at) {
+                g.dequeue(addr, tid);
+                g.notify_holder();
+                return Err(e.into());
+            }
+            g.notify_holder();
+        }
+        let timed_out = self.settle_in_turn(g, process, tid, addr)?;
+        if timed_out != outcome.timed_out {
+            tracing::warn!(%det, timed_out, ?outcome, "a timed wait ended otherwise than the primary's");
+        }
+        if timed_out {
+            Err(Errno::ETIMEDOUT)
+        } else {
+            Ok(0)
         }
     }
 
@@ -642,6 +1444,7 @@ mod tests {
     use crate::fd_table::FdTable;
     use crate::guest_mem::GuestMemory;
     use crate::path::FsContext;
+    use crate::process::ExitReason;
 
     fn process() -> Process {
         let mem = GuestMemory::new(64 << 20).unwrap();
@@ -742,7 +1545,7 @@ mod tests {
     fn requeue_moves_waiters() {
         let mut inner = Inner {
             holder: Arc::default(),
-            sched: TokenScheduler::new(),
+            order: Order::Kendo(TokenScheduler::new()),
             threads: BTreeMap::new(),
             by_det: BTreeMap::new(),
             futex: BTreeMap::new(),
@@ -761,5 +1564,442 @@ mod tests {
         );
         assert_eq!(inner.wake(16, 5, 1), 2);
         assert!(!inner.futex.contains_key(&16));
+    }
+
+    /// A link that records what a primary reports, and hands a secondary the outcomes it was
+    /// given (a little late, as a lagging primary would).
+    #[derive(Default)]
+    struct TestLink {
+        turns: Mutex<Vec<Turn>>,
+        logged: Mutex<Vec<(DetTid, TimedWait)>>,
+        outcomes: Mutex<BTreeMap<DetTid, VecDeque<TimedWait>>>,
+        diverged: Mutex<Vec<(DetTid, TurnError)>>,
+    }
+
+    impl TestLink {
+        /// The secondary's link, holding the outcomes that `primary` was told.
+        fn replaying(primary: &TestLink) -> Self {
+            let link = TestLink::default();
+            for &(tid, o) in primary.logged.lock().unwrap().iter() {
+                let mut outcomes = link.outcomes.lock().unwrap();
+                outcomes.entry(tid).or_default().push_back(o);
+            }
+            link
+        }
+    }
+
+    impl ScheduleLink for TestLink {
+        fn log_turn(&self, turn: Turn) {
+            self.turns.lock().unwrap().push(turn);
+        }
+
+        fn log_timed_wait(&self, tid: DetTid, outcome: TimedWait) {
+            self.logged.lock().unwrap().push((tid, outcome));
+        }
+
+        fn timed_wait_outcome(&self, tid: DetTid) -> Option<TimedWait> {
+            std::thread::sleep(Duration::from_millis(3));
+            self.outcomes.lock().unwrap().get_mut(&tid)?.pop_front()
+        }
+
+        fn schedule_diverged(&self, tid: DetTid, error: &TurnError) {
+            self.diverged.lock().unwrap().push((tid, error.clone()));
+        }
+    }
+
+    /// One replica's run of [`scenario`].
+    struct Run {
+        rt: DetRuntime,
+        p: Process,
+        primary: bool,
+        /// (thread, op) in the order the ops ran under the token.
+        trace: Mutex<Vec<(i64, &'static str)>>,
+        /// Each thread's futex results and final logical time.
+        results: Mutex<BTreeMap<i64, Vec<String>>>,
+        /// The external calls' re-entry times: the primary's, in thread order.
+        reentries: Mutex<BTreeMap<i64, VecDeque<Option<u64>>>>,
+        words: [AtomicU32; 3],
+        /// Real-time pause between a thread's ops, in µs, by thread (1001..).
+        pause_us: [u64; 3],
+        /// How long the external call of t1 blocks, in ms.
+        ext_ms: u64,
+    }
+
+    impl Run {
+        fn new(rt: DetRuntime, primary: bool, pause_us: [u64; 3], ext_ms: u64) -> Self {
+            Run {
+                rt,
+                p: process(),
+                primary,
+                trace: Mutex::default(),
+                results: Mutex::default(),
+                reentries: Mutex::default(),
+                words: Default::default(),
+                pause_us,
+                ext_ms,
+            }
+        }
+
+        fn pause(&self, t: i64) {
+            std::thread::sleep(Duration::from_micros(self.pause_us[(t - 1001) as usize]));
+        }
+
+        fn ord(&self, t: i64, op: &'static str) {
+            self.pause(t);
+            let trace = &self.trace;
+            self.rt
+                .ordered(&self.p, t, || trace.lock().unwrap().push((t, op)))
+                .unwrap();
+        }
+
+        fn note(&self, t: i64, what: String) {
+            self.results
+                .lock()
+                .unwrap()
+                .entry(t)
+                .or_default()
+                .push(what);
+        }
+
+        /// A futex wait on word `i` for value 0. The secondary's deadline is far away: it
+        /// must not matter.
+        fn wait(&self, t: i64, i: usize, timeout: Option<Duration>) -> Result<u64, Errno> {
+            let deadline = timeout.map(|d| {
+                Instant::now()
+                    + if self.primary {
+                        d
+                    } else {
+                        Duration::from_secs(10)
+                    }
+            });
+            let w = FutexWait {
+                val: 0,
+                bitset: u32::MAX,
+                deadline,
+            };
+            let r = self
+                .rt
+                .futex_wait(&self.p, t, 64 * i as u64, &self.words[i], w);
+            self.note(t, format!("wait {i}: {r:?}"));
+            r
+        }
+
+        /// Sets word `i` under the token and wakes one waiter.
+        fn post(&self, t: i64, i: usize, op: &'static str) {
+            let (trace, word) = (&self.trace, &self.words[i]);
+            self.rt
+                .ordered(&self.p, t, || {
+                    word.store(1, Ordering::SeqCst);
+                    trace.lock().unwrap().push((t, op));
+                })
+                .unwrap();
+            let n = self.rt.futex_wake(&self.p, t, 64 * i as u64, 1, u32::MAX);
+            self.note(t, format!("wake {i}: {n:?}"));
+        }
+
+        /// An external blocking call: the primary's re-entry time is recorded, and the
+        /// secondary replays it.
+        fn ext(&self, t: i64) {
+            let block = || std::thread::sleep(Duration::from_millis(self.ext_ms));
+            if self.primary {
+                let ((), at) = self.rt.blocking(t, block).unwrap();
+                let mut r = self.reentries.lock().unwrap();
+                r.entry(t).or_default().push_back(at);
+            } else {
+                let replay = || {
+                    block();
+                    let at = self.reentries.lock().unwrap().get_mut(&t)?.pop_front()?;
+                    Some(((), at))
+                };
+                self.rt.blocking_replayed(t, replay).unwrap();
+            }
+        }
+
+        fn worker(&self, t: i64) {
+            let (rt, p) = (&self.rt, &self.p);
+            match t {
+                1001 => {
+                    self.ord(t, "a0");
+                    // An elided section takes no turn.
+                    rt.det_tick(t, 0).unwrap();
+                    rt.det_start(p, t).unwrap();
+                    rt.det_end(t).unwrap();
+                    // The program's own section, with an implicit point nested in it.
+                    rt.det_start(p, t).unwrap();
+                    self.ord(t, "a1 nested");
+                    rt.det_end(t).unwrap();
+                    self.ext(t);
+                    while self.wait(t, 0, None) == Ok(0) {}
+                    self.ord(t, "a2");
+                    self.post(t, 2, "a3 post 2");
+                }
+                1002 => {
+                    for op in ["b0", "b1", "b2", "b3"] {
+                        self.ord(t, op);
+                    }
+                    self.post(t, 0, "b4 post 0");
+                    // Nobody posts word 1: a timeout.
+                    let timeout = Some(Duration::from_millis(15));
+                    assert_eq!(self.wait(t, 1, timeout), Err(Errno::ETIMEDOUT));
+                    self.ord(t, "b5");
+                }
+                _ => {
+                    self.ord(t, "c0");
+                    self.ord(t, "c1");
+                    // Posted by t1 well before the deadline.
+                    while self.wait(t, 2, Some(Duration::from_secs(2))) == Ok(0) {}
+                    self.ord(t, "c2");
+                }
+            }
+            self.note(t, format!("time {:?}", rt.logical_time(t)));
+            rt.thread_exit(p, t, 0);
+        }
+    }
+
+    /// Three threads with sections, elision, futex wait/wake, a timed wait that times out,
+    /// one that is woken, and an external blocking call.
+    fn scenario(run: &Run) {
+        let (rt, p) = (&run.rt, &run.p);
+        // A failing or stuck worker ends the program, so that the others stop too and the
+        // test fails instead of hanging.
+        struct EndOnPanic<'a>(&'a Process);
+        impl Drop for EndOnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.finish(ExitReason::Exited(101));
+                }
+            }
+        }
+        let done = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for t in [1001, 1002, 1003] {
+                rt.clone_thread(p, 1000, || Ok(t as u64)).unwrap();
+                let done = &done;
+                s.spawn(move || {
+                    let _guard = EndOnPanic(&run.p);
+                    run.worker(t);
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            // Kendo: out of the others' way while it waits for them.
+            rt.det_tick(1000, 1 << 20).unwrap();
+            let until = Instant::now() + Duration::from_secs(5);
+            while done.load(Ordering::SeqCst) < 3 && !p.exiting() {
+                if Instant::now() > until {
+                    p.finish(ExitReason::Exited(124));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        assert!(!p.exiting(), "the scenario failed: {:?}", p.exit_reason());
+        rt.thread_exit(p, 1000, 0);
+        assert_eq!(rt.det_tid(1000), None);
+    }
+
+    fn same_schedule(a: &Run, b: &Run) {
+        assert_eq!(*a.trace.lock().unwrap(), *b.trace.lock().unwrap());
+        assert_eq!(*a.results.lock().unwrap(), *b.results.lock().unwrap());
+        let turns = |r: &Run| r.rt.stats.turns.load(Ordering::Relaxed);
+        assert_eq!(turns(a), turns(b));
+    }
+
+    /// What the primary's scenario must report: t2 timed out in a turn, t3 was woken.
+    fn check_outcomes(link: &TestLink, kendo: bool) {
+        let logged = link.logged.lock().unwrap();
+        let t2: Vec<_> = logged.iter().filter(|(t, _)| *t == DetTid(2)).collect();
+        assert_eq!(t2.len(), 1, "{logged:?}");
+        assert!(t2[0].1.took_turn && t2[0].1.timed_out);
+        assert_eq!(t2[0].1.reentry_at.is_some(), kendo);
+        let woken = TimedWait {
+            took_turn: false,
+            timed_out: false,
+            reentry_at: None,
+        };
+        assert_eq!(
+            logged
+                .iter()
+                .filter(|(t, _)| *t == DetTid(3))
+                .collect::<Vec<_>>(),
+            [&(DetTid(3), woken)]
+        );
+    }
+
+    #[test]
+    fn follow_takes_the_leads_turns() {
+        let started = Instant::now();
+        let lead_link = Arc::new(TestLink::default());
+        let rt = DetRuntime::replicated(1000, None, Policy::Lead, true, lead_link.clone());
+        let lead = Run::new(rt, true, [300, 0, 150], 30);
+        scenario(&lead);
+        check_outcomes(&lead_link, false);
+        let turns = lead_link.turns.lock().unwrap().clone();
+        assert_eq!(
+            turns.len() as u64,
+            lead.rt.stats.turns.load(Ordering::Relaxed)
+        );
+        assert!(turns
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.global_seq == i as u64));
+
+        let follow_link = Arc::new(TestLink::replaying(&lead_link));
+        let rt = DetRuntime::replicated(1000, None, Policy::Follow, false, follow_link.clone());
+        // Another real-time order: t1 first and fast, t3 slow.
+        let follow = Run::new(rt, false, [0, 100, 400], 1);
+        *follow.reentries.lock().unwrap() = lead.reentries.lock().unwrap().clone();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (i, &turn) in turns.iter().enumerate() {
+                    if i % 4 == 0 {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                    follow.rt.push_turn(turn).unwrap();
+                }
+                follow.rt.close_log();
+            });
+            scenario(&follow);
+        });
+        same_schedule(&lead, &follow);
+        assert!(follow_link.diverged.lock().unwrap().is_empty());
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn kendo_secondary_replays_reentries_and_timeouts() {
+        let started = Instant::now();
+        let plink = Arc::new(TestLink::default());
+        let rt = DetRuntime::replicated(1000, None, Policy::Kendo, true, plink.clone());
+        let primary = Run::new(rt, true, [300, 0, 150], 30);
+        scenario(&primary);
+        check_outcomes(&plink, true);
+        // Kendo logs no turns.
+        assert!(plink.turns.lock().unwrap().is_empty());
+        let at = primary.reentries.lock().unwrap()[&1001][0];
+        assert!(at.is_some());
+
+        let slink = Arc::new(TestLink::replaying(&plink));
+        let rt = DetRuntime::replicated(1000, None, Policy::Kendo, false, slink);
+        let secondary = Run::new(rt, false, [0, 100, 400], 1);
+        *secondary.reentries.lock().unwrap() = primary.reentries.lock().unwrap().clone();
+        scenario(&secondary);
+        same_schedule(&primary, &secondary);
+        // The logical times agree too (each thread's last note).
+        assert!(secondary.results.lock().unwrap()[&1001]
+            .last()
+            .unwrap()
+            .starts_with("time Some("));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn kendo_blocking_returns_the_reentry_time() {
+        let p = process();
+        let rt = DetRuntime::new(1000, None);
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        // t0 (time 1) blocks; t1 (time 1) takes a turn meanwhile, so t0 re-enters after it.
+        let ((), at) = rt
+            .blocking(1000, || {
+                rt.ordered(&p, 1001, || ()).unwrap();
+            })
+            .unwrap();
+        assert_eq!(at, Some(2));
+        assert_eq!(rt.logical_time(1000), Some(2));
+        // The secondary's replay competes at exactly the given time.
+        let r = rt.blocking_replayed(1000, || Some((7, Some(9)))).unwrap();
+        assert_eq!((r, rt.logical_time(1000)), (7, Some(9)));
+        // A time below the thread's own is refused; a missing record is the end.
+        assert!(matches!(
+            rt.blocking_replayed(1000, || Some(((), Some(3)))),
+            Err(DetError::Sched(SchedError::ReentryTooEarly { .. }))
+        ));
+        assert!(matches!(
+            rt.blocking_replayed(1000, || None::<((), _)>),
+            Err(DetError::Exiting)
+        ));
+    }
+
+    #[test]
+    fn lead_grants_the_first_asker_and_logs_each_turn() {
+        let p = process();
+        let link = Arc::new(TestLink::default());
+        let rt = DetRuntime::replicated(1000, None, Policy::Lead, true, link.clone());
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        assert_eq!(rt.logical_time(1000), None);
+        // No logical time: a tick changes nothing, and t1 goes first because it asks first.
+        rt.det_tick(1000, 100).unwrap();
+        assert!(rt.can_proceed(1001) && rt.can_proceed(1000));
+        rt.det_start(&p, 1001).unwrap();
+        assert!(!rt.can_proceed(1000));
+        rt.det_end(1001).unwrap();
+        rt.det_tick(1000, 0).unwrap();
+        rt.det_start(&p, 1000).unwrap(); // elided: no turn
+        rt.det_end(1000).unwrap();
+        rt.ordered(&p, 1000, || ()).unwrap();
+        let (blocked, at) = rt.blocking(1001, || 5).unwrap();
+        assert_eq!((blocked, at), (5, None));
+        let t = |tid, thread_seq, global_seq| Turn {
+            tid: DetTid(tid),
+            thread_seq,
+            global_seq,
+        };
+        assert_eq!(
+            *link.turns.lock().unwrap(),
+            [t(0, 0, 0), t(1, 0, 1), t(0, 1, 2)]
+        );
+        assert_eq!(rt.stats.turns.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn follow_reports_a_turn_the_closed_log_lacks() {
+        let p = Arc::new(process());
+        let link = Arc::new(TestLink::default());
+        let rt = Arc::new(DetRuntime::replicated(
+            1000,
+            None,
+            Policy::Follow,
+            false,
+            link.clone(),
+        ));
+        let turn = |tid, thread_seq, global_seq| Turn {
+            tid: DetTid(tid),
+            thread_seq,
+            global_seq,
+        };
+        assert_eq!(
+            rt.push_turn(turn(0, 0, 1)),
+            Err(TurnError::GlobalSeqGap {
+                expected: 0,
+                found: 1
+            })
+        );
+        rt.push_turn(turn(0, 0, 0)).unwrap();
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        // t1 asks for a turn the log does not hold (yet): it waits...
+        let (rt2, p2) = (rt.clone(), p.clone());
+        let h = std::thread::spawn(move || rt2.det_start(&p2, 1001));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!h.is_finished());
+        // ...until the log ends without it.
+        rt.close_log();
+        let mismatch = TurnError::Mismatch {
+            tid: DetTid(1),
+            thread_seq: 0,
+        };
+        assert!(matches!(h.join().unwrap(), Err(DetError::Diverged(e)) if e == mismatch));
+        assert_eq!(*link.diverged.lock().unwrap(), [(DetTid(1), mismatch)]);
+        // Later ones fail at once too, and only the first divergence is reported.
+        assert!(matches!(
+            rt.det_start(&p, 1000),
+            Err(DetError::Diverged(TurnError::Mismatch { .. }))
+        ));
+        assert_eq!(
+            Errno::from(DetError::Diverged(TurnError::Closed)),
+            Errno::EINTR
+        );
+        assert_eq!(link.diverged.lock().unwrap().len(), 1);
+        assert_eq!(rt.push_turn(turn(1, 0, 1)), Err(TurnError::Closed));
+        // A runtime that follows no log takes no turns.
+        let kendo = DetRuntime::new(1000, None);
+        assert_eq!(kendo.push_turn(turn(0, 0, 0)), Err(TurnError::Closed));
     }
 }

@@ -152,7 +152,7 @@ pub fn serve(
         DetKind::Ordered => det.ordered(process, tid, || h(ctx, args))?,
         DetKind::Futex => futex(det, ctx, args),
         DetKind::Clone => det.clone_thread(process, tid, || h(ctx, args)),
-        DetKind::External => det.blocking(tid, || h(ctx, args))?,
+        DetKind::External => det.blocking(tid, || h(ctx, args))?.0,
         DetKind::Open => {
             let path_arg = if ctx.nr as i64 == libc::SYS_open {
                 args[0]
@@ -247,7 +247,7 @@ fn io(
     };
     let fd = f.raw();
     match fd_kind(fd) {
-        Some(FdKind::External) if !write => det.blocking(tid, || h(ctx, a))?,
+        Some(FdKind::External) if !write => det.blocking(tid, || h(ctx, a))?.0,
         Some(FdKind::Pollable) if !det.in_section(tid) => {
             let events = if write { libc::POLLOUT } else { libc::POLLIN };
             Ok(det.retry_ordered(process, tid, || {
