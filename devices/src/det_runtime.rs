@@ -10,8 +10,9 @@
 //! How the token is handed out is the runtime's [`Policy`]:
 //! - [`Policy::Kendo`] (`ditto run --det`, and both replicas in the `det` mode): the token
 //!   belongs to the minimal (logical time, DetTid) ([`det::TokenScheduler`]).
-//! - [`Policy::Lead`] (the primary in the `follow` mode): the token goes to the first thread
-//!   that asks while nobody holds it, and every grant is logged as a [`Turn`].
+//! - [`Policy::Lead`] (the primary in the `follow` mode): the token goes to whichever thread
+//!   asks first (threads that wait for it get it in the order they asked), and every grant
+//!   is logged as a [`Turn`].
 //! - [`Policy::Follow`] (the secondary in the `follow` mode): the token goes strictly in the
 //!   order of the primary's turn log ([`det::TurnFollower`]), fed by
 //!   [`DetRuntime::push_turn`].
@@ -28,8 +29,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use det::{
-    DetTid, DetTidAllocator, FollowPoll, Phase, SchedError, Start, TokenScheduler, Turn,
-    TurnError, TurnFollower, TurnLog,
+    DetTid, DetTidAllocator, FollowPoll, Phase, SchedError, Start, TokenScheduler, Turn, TurnError,
+    TurnFollower, TurnLog,
 };
 use thiserror::Error;
 
@@ -78,8 +79,9 @@ impl From<DetError> for Errno {
 pub enum Policy {
     /// The `det` mode: to the minimal (logical time, DetTid), computed by each replica itself.
     Kendo,
-    /// The `follow` mode's primary: to the first thread that asks while nobody holds it;
-    /// every grant is logged as a [`Turn`] ([`ScheduleLink::log_turn`]). No logical time.
+    /// The `follow` mode's primary: to whichever thread asks first (a thread that asks while
+    /// the token is held waits, and waiters get it in the order they asked); every grant is
+    /// logged as a [`Turn`] ([`ScheduleLink::log_turn`]). No logical time.
     Lead,
     /// The `follow` mode's secondary: strictly in the order of the primary's turns, fed by
     /// [`DetRuntime::push_turn`]. No logical time.
@@ -102,7 +104,16 @@ pub struct TimedWait {
 /// The replication side of the schedule. Implemented by the replication layer.
 ///
 /// The runtime calls [`log_turn`](Self::log_turn) with its lock held; it calls the other
-/// methods without it.
+/// methods without it, from the program thread concerned.
+///
+/// Only a futex wait with a deadline that was queued has an outcome: one that finds the word
+/// changed (EAGAIN) reports nothing, on either replica. A thread has at most one such wait
+/// at a time, so the outcomes of one thread come and are asked for in the same order.
+///
+/// Under Kendo the secondary's thread keeps competing while it waits in
+/// [`timed_wait_outcome`](Self::timed_wait_outcome) (and in `f` of
+/// [`DetRuntime::blocking_replayed`]), so threads with later turns wait for it: the link
+/// must deliver a thread's records without waiting for other program threads to progress.
 pub trait ScheduleLink: Send + Sync {
     /// Lead: a turn was granted. Called in grant order, with the runtime lock held (must not
     /// call back into the runtime).
@@ -168,7 +179,10 @@ struct FreeThread {
 /// Who may take the token next under Lead and Follow.
 enum FreeMode {
     /// The askers in the order they asked; the token goes to the first of them.
-    Lead { log: TurnLog, queue: VecDeque<DetTid> },
+    Lead {
+        log: TurnLog,
+        queue: VecDeque<DetTid>,
+    },
     /// The primary's log. `heads` mirrors the threads of the follower's pending turns, so
     /// that the runtime knows whom to wake.
     Follow {
@@ -701,7 +715,11 @@ impl DetRuntime {
             Policy::Follow => false,
         };
         if primary != role_is_primary {
-            tracing::warn!(?policy, role_is_primary, "the policy decides the replica's role");
+            tracing::warn!(
+                ?policy,
+                role_is_primary,
+                "the policy decides the replica's role"
+            );
         }
         Self::build(main_tid, preload, policy, Some(Link { link, primary }))
     }
@@ -1426,6 +1444,7 @@ mod tests {
     use crate::fd_table::FdTable;
     use crate::guest_mem::GuestMemory;
     use crate::path::FsContext;
+    use crate::process::ExitReason;
 
     fn process() -> Process {
         let mem = GuestMemory::new(64 << 20).unwrap();
@@ -1634,7 +1653,12 @@ mod tests {
         }
 
         fn note(&self, t: i64, what: String) {
-            self.results.lock().unwrap().entry(t).or_default().push(what);
+            self.results
+                .lock()
+                .unwrap()
+                .entry(t)
+                .or_default()
+                .push(what);
         }
 
         /// A futex wait on word `i` for value 0. The secondary's deadline is far away: it
@@ -1653,7 +1677,9 @@ mod tests {
                 bitset: u32::MAX,
                 deadline,
             };
-            let r = self.rt.futex_wait(&self.p, t, 64 * i as u64, &self.words[i], w);
+            let r = self
+                .rt
+                .futex_wait(&self.p, t, 64 * i as u64, &self.words[i], w);
             self.note(t, format!("wait {i}: {r:?}"));
             r
         }
@@ -1713,7 +1739,8 @@ mod tests {
                     }
                     self.post(t, 0, "b4 post 0");
                     // Nobody posts word 1: a timeout.
-                    self.wait(t, 1, Some(Duration::from_millis(15)));
+                    let timeout = Some(Duration::from_millis(15));
+                    assert_eq!(self.wait(t, 1, timeout), Err(Errno::ETIMEDOUT));
                     self.ord(t, "b5");
                 }
                 _ => {
@@ -1733,16 +1760,38 @@ mod tests {
     /// one that is woken, and an external blocking call.
     fn scenario(run: &Run) {
         let (rt, p) = (&run.rt, &run.p);
-        for child in [1001, 1002, 1003] {
-            rt.clone_thread(p, 1000, || Ok(child)).unwrap();
+        // A failing or stuck worker ends the program, so that the others stop too and the
+        // test fails instead of hanging.
+        struct EndOnPanic<'a>(&'a Process);
+        impl Drop for EndOnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.finish(ExitReason::Exited(101));
+                }
+            }
         }
-        // Kendo: out of the others' way while it joins them.
-        rt.det_tick(1000, 1 << 20).unwrap();
+        let done = AtomicU32::new(0);
         std::thread::scope(|s| {
             for t in [1001, 1002, 1003] {
-                s.spawn(move || run.worker(t));
+                rt.clone_thread(p, 1000, || Ok(t as u64)).unwrap();
+                let done = &done;
+                s.spawn(move || {
+                    let _guard = EndOnPanic(&run.p);
+                    run.worker(t);
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            // Kendo: out of the others' way while it waits for them.
+            rt.det_tick(1000, 1 << 20).unwrap();
+            let until = Instant::now() + Duration::from_secs(5);
+            while done.load(Ordering::SeqCst) < 3 && !p.exiting() {
+                if Instant::now() > until {
+                    p.finish(ExitReason::Exited(124));
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
         });
+        assert!(!p.exiting(), "the scenario failed: {:?}", p.exit_reason());
         rt.thread_exit(p, 1000, 0);
         assert_eq!(rt.det_tid(1000), None);
     }
@@ -1767,7 +1816,10 @@ mod tests {
             reentry_at: None,
         };
         assert_eq!(
-            logged.iter().filter(|(t, _)| *t == DetTid(3)).collect::<Vec<_>>(),
+            logged
+                .iter()
+                .filter(|(t, _)| *t == DetTid(3))
+                .collect::<Vec<_>>(),
             [&(DetTid(3), woken)]
         );
     }
@@ -1781,13 +1833,20 @@ mod tests {
         scenario(&lead);
         check_outcomes(&lead_link, false);
         let turns = lead_link.turns.lock().unwrap().clone();
-        assert_eq!(turns.len() as u64, lead.rt.stats.turns.load(Ordering::Relaxed));
-        assert!(turns.iter().enumerate().all(|(i, t)| t.global_seq == i as u64));
+        assert_eq!(
+            turns.len() as u64,
+            lead.rt.stats.turns.load(Ordering::Relaxed)
+        );
+        assert!(turns
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.global_seq == i as u64));
 
         let follow_link = Arc::new(TestLink::replaying(&lead_link));
         let rt = DetRuntime::replicated(1000, None, Policy::Follow, false, follow_link.clone());
         // Another real-time order: t1 first and fast, t3 slow.
         let follow = Run::new(rt, false, [0, 100, 400], 1);
+        *follow.reentries.lock().unwrap() = lead.reentries.lock().unwrap().clone();
         std::thread::scope(|s| {
             s.spawn(|| {
                 for (i, &turn) in turns.iter().enumerate() {
@@ -1802,10 +1861,6 @@ mod tests {
         });
         same_schedule(&lead, &follow);
         assert!(follow_link.diverged.lock().unwrap().is_empty());
-        assert_eq!(
-            follow.results.lock().unwrap()[&1002][1],
-            "wait 1: Err(ETIMEDOUT)"
-        );
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 
@@ -1937,7 +1992,10 @@ mod tests {
             rt.det_start(&p, 1000),
             Err(DetError::Diverged(TurnError::Mismatch { .. }))
         ));
-        assert_eq!(Errno::from(DetError::Diverged(TurnError::Closed)), Errno::EINTR);
+        assert_eq!(
+            Errno::from(DetError::Diverged(TurnError::Closed)),
+            Errno::EINTR
+        );
         assert_eq!(link.diverged.lock().unwrap().len(), 1);
         assert_eq!(rt.push_turn(turn(1, 0, 1)), Err(TurnError::Closed));
         // A runtime that follows no log takes no turns.
