@@ -97,9 +97,13 @@ static pthread_mutex_t emulated_token = PTHREAD_MUTEX_INITIALIZER;
 static void init(void)
 {
 #ifndef DITTO_STATIC_WRAP
-    /* Plain dlsym can hand back the pre-2.3.2 condvar ABI, which would corrupt conds. */
+    /* Plain dlsym can hand back the pre-2.3.2 condvar ABI, which would corrupt conds. Only
+     * the functions that had that old ABI are asked for by version: a failed lookup formats
+     * an error message with malloc, and a malloc that locks through these wrappers (jemalloc
+     * does, while the program starts) would re-enter init without end. */
 #define LOOKUP(f)                                                                            \
-    if (strncmp(#f, "pthread_cond_", 13) || !(real_##f = dlvsym(RTLD_NEXT, #f, "GLIBC_2.3.2"))) \
+    if (strncmp(#f, "pthread_cond_", 13) || !strcmp(#f, "pthread_cond_clockwait") ||          \
+        !(real_##f = dlvsym(RTLD_NEXT, #f, "GLIBC_2.3.2")))                                   \
         real_##f = dlsym(RTLD_NEXT, #f);
     DITTO_FUNCS(LOOKUP)
 #endif
