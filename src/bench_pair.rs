@@ -99,6 +99,8 @@ struct PairInfo {
     max_lag_bytes: u64,
     /// Why it was not identical, one line.
     detail: Option<String>,
+    /// How each replica ended, in words.
+    ends: String,
 }
 
 fn pair_info(out: &Path) -> PairInfo {
@@ -122,6 +124,11 @@ fn pair_info(out: &Path) -> PairInfo {
                 max_lag_records: c.max_lag_records,
                 max_lag_bytes: c.max_lag_bytes,
                 detail: (r.outcome != Outcome::Identical).then(|| detail.unwrap_or_default()),
+                ends: format!(
+                    "primary {}, secondary {}",
+                    r.primary.exit.as_deref().unwrap_or("?"),
+                    r.secondary.exit.as_deref().unwrap_or("?")
+                ),
             }
         }
         Err(e) => PairInfo {
@@ -133,6 +140,7 @@ fn pair_info(out: &Path) -> PairInfo {
             max_lag_records: 0,
             max_lag_bytes: 0,
             detail: Some(e.to_string()),
+            ends: String::new(),
         },
     }
 }
@@ -171,9 +179,17 @@ fn sample(
     let mut parts: Vec<String> = Vec::new();
     parts.extend(bad_pair.and_then(|p| p.detail.clone()));
     if let Err((t, why)) = &measured {
-        parts.push(format!("{t}: {why}"));
+        // Under its own tag the measurement's error needs no prefix.
+        parts.push(if *t == tag {
+            why.clone()
+        } else {
+            format!("{t}: {why}")
+        });
     }
     parts.extend(stop_note);
+    if let Some(p) = pair.as_ref().filter(|p| !p.ends.is_empty()) {
+        parts.push(format!("pair {}: {}", p.outcome, p.ends));
+    }
     let value = match (measured, bad_pair) {
         (Ok(v), None) => {
             parts.push(format!("measured {v:.2}, kept"));
@@ -368,21 +384,19 @@ impl Ctx {
     }
 }
 
-/// The last non-empty line of a run's stderr, for error messages.
-fn last_stderr_line(out: &Path) -> String {
-    std::fs::read_to_string(out.join("stderr.txt"))
-        .unwrap_or_default()
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .to_string()
+/// `msg`, followed by the last non-empty line of the run's stderr when there is one.
+fn with_stderr(msg: impl std::fmt::Display, out: &Path) -> String {
+    let text = std::fs::read_to_string(out.join("stderr.txt")).unwrap_or_default();
+    match text.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(line) => format!("{msg}: {line}"),
+        None => msg.to_string(),
+    }
 }
 
 /// Ends a server run: SIGTERM and a bounded wait (longer for a pair, whose secondary drains
-/// the log after the primary ends). Returns a note when the run did not end by itself or
-/// ended badly.
-fn stop(p: Proc, cfg: Config, out: &Path) -> Option<String> {
+/// the log after the primary ends). Returns a note when the run had to be killed, or ended
+/// badly and `ended_already_said` is false.
+fn stop(p: Proc, cfg: Config, out: &Path, ended_already_said: bool) -> Option<String> {
     let grace = Duration::from_secs(if cfg.pair_mode().is_some() { 45 } else { 20 });
     let s = p.terminate(grace);
     if s.killed {
@@ -396,10 +410,11 @@ fn stop(p: Proc, cfg: Config, out: &Path) -> Option<String> {
         // or 4, which its report explains.
         Some(st)
             if cfg.pair_mode().is_none()
+                && !ended_already_said
                 && !st.success()
                 && st.code() != Some(128 + libc::SIGTERM) =>
         {
-            Some(format!("{st}: {}", last_stderr_line(out)))
+            Some(with_stderr(st, out))
         }
         _ => None,
     }
@@ -443,10 +458,7 @@ fn batch(
         {
             Ok(wall)
         }
-        Some(st) => Err((
-            "failed".to_string(),
-            format!("{st}: {}", last_stderr_line(&out)),
-        )),
+        Some(st) => Err(("failed".to_string(), with_stderr(st, &out))),
     };
     let s = sample(measured, None, &out, cfg);
     ctx.done(&out, &s, what, cfg);
@@ -473,14 +485,15 @@ fn serve(ctx: &mut Ctx, cfg: Config, what: &str, srv: &Server) -> Result<Sample,
         cmd.spawn()
             .map_err(|e| format!("cannot start ditto: {e}"))?,
     );
-    let measured = match p.wait_port(port) {
-        Err(e) => Err((
-            "no server".to_string(),
-            format!("{e}: {}", last_stderr_line(&out)),
-        )),
-        Ok(()) => (srv.load)(port).map_err(|e| ("load failed".to_string(), e)),
+    let (measured, ended) = match p.wait_port(port) {
+        // wait_port's error says how the server ended when it ended by itself.
+        Err(e) => (Err(("no server".to_string(), with_stderr(e, &out))), true),
+        Ok(()) => (
+            (srv.load)(port).map_err(|e| ("load failed".to_string(), e)),
+            false,
+        ),
     };
-    let note = stop(p, cfg, &out);
+    let note = stop(p, cfg, &out, ended);
     let s = sample(measured, note, &out, cfg);
     ctx.done(&out, &s, what, cfg);
     Ok(s)

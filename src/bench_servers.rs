@@ -408,6 +408,15 @@ pub(crate) fn test_body(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 7 % 251) as u8).collect()
 }
 
+/// Writes the image configuration `conf`, with `from` replaced by `to`, to STATE/`rel`.
+fn state_conf(state: &Path, rel: &str, conf: &str, from: &str, to: &str) -> Result<(), String> {
+    let path = state.join(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, conf.replace(from, to)).map_err(|e| e.to_string())
+}
+
 /// Prepares a `ditto run --image nginx` state directory: the image's configuration
 /// `conf` listening on `port`, and `file` with `body` in its document root.
 pub(crate) fn nginx_state(
@@ -417,31 +426,24 @@ pub(crate) fn nginx_state(
     file: &str,
     body: &[u8],
 ) -> Result<(), String> {
-    std::fs::create_dir_all(state.join("etc/nginx")).map_err(|e| e.to_string())?;
+    let listen = format!("listen 127.0.0.1:{port};");
+    state_conf(
+        state,
+        "etc/nginx/ditto.conf",
+        conf,
+        "listen 127.0.0.1:8080;",
+        &listen,
+    )?;
     std::fs::create_dir_all(state.join("srv/www")).map_err(|e| e.to_string())?;
-    std::fs::write(
-        state.join("etc/nginx/ditto.conf"),
-        conf.replace(
-            "listen 127.0.0.1:8080;",
-            &format!("listen 127.0.0.1:{port};"),
-        ),
-    )
-    .map_err(|e| e.to_string())?;
     std::fs::write(state.join("srv/www").join(file), body).map_err(|e| e.to_string())
 }
 
 /// Prepares a `ditto run --image mongoose` state directory: the image's civetweb
 /// configuration `conf` listening on `port` instead of 8081.
 pub(crate) fn mongoose_state(state: &Path, conf: &str, port: u16) -> Result<(), String> {
-    std::fs::create_dir_all(state.join("etc/civetweb")).map_err(|e| e.to_string())?;
-    std::fs::write(
-        state.join("etc/civetweb/ditto.conf"),
-        conf.replace(
-            "listening_ports 127.0.0.1:8081",
-            &format!("listening_ports 127.0.0.1:{port}"),
-        ),
-    )
-    .map_err(|e| e.to_string())
+    let listen = format!("listening_ports 127.0.0.1:{port}");
+    let from = "listening_ports 127.0.0.1:8081";
+    state_conf(state, "etc/civetweb/ditto.conf", conf, from, &listen)
 }
 
 fn nginx_conf(conf: &str, port: u16, root: &Path, var: &Path, www: &Path) -> String {
