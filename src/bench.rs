@@ -17,6 +17,9 @@ pub enum Which {
     Servers,
     /// Deterministic execution (`--det`): det section cost, hand-offs, racey, pbzip2.
     Det,
+    /// Replication: single VM, `--det` and `ditto pair` (det, follow) on pbzip2, redis,
+    /// nginx and mongoose, and the channel's throughput (`--only` also takes `channel`).
+    Pair,
 }
 
 /// Arguments of `ditto bench`.
@@ -200,6 +203,7 @@ pub fn main(args: &BenchArgs) -> ExitCode {
         Which::Syscall => syscall_bench(reps),
         Which::Servers => return servers(args.quick, args.only.as_deref()),
         Which::Det => return crate::bench_det::main(reps),
+        Which::Pair => return crate::bench_pair::main(args.quick, args.only.as_deref(), reps),
     };
     match rows {
         Ok(rows) => {

@@ -2,9 +2,10 @@
 //! (the same binaries, through the image's own ld.so) and in ditto in one invocation.
 //! Servers listen on 127.0.0.1 only; every load run is bounded in count or time.
 
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_images::image::{self, BuildOptions, Image};
@@ -51,22 +52,84 @@ fn parse_stats(stderr: &str) -> RunStats {
     }
 }
 
-fn ditto_exe() -> PathBuf {
+/// The running ditto executable, to start runs of it.
+pub(crate) fn ditto_exe() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ditto"))
 }
 
-fn free_port() -> Result<u16, String> {
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub(crate) fn free_port() -> Result<u16, String> {
     Ok(TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port())
 }
 
-/// A process this benchmark started; stopped by its own PID only.
-struct Proc(Option<Child>);
+/// A process this benchmark started; stopped by its own PID only (and, if it must be
+/// killed, the processes it started, found by PID under /proc).
+pub(crate) struct Proc(Option<Child>);
+
+/// How a [`Proc`] ended when it was stopped.
+pub(crate) struct Stopped {
+    /// Its exit status, `None` when it could not be waited for.
+    pub(crate) status: Option<ExitStatus>,
+    /// Whether it had to be killed after the grace period.
+    pub(crate) killed: bool,
+    /// Its stderr, when that was piped.
+    pub(crate) stderr: String,
+}
+
+/// The processes below `pid` (children first, then theirs), from
+/// /proc/PID/task/TID/children.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok())
+            {
+                if !out.contains(&k) {
+                    out.push(k);
+                    todo.push(k);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls `c` until it exits or `timeout` passes.
+fn wait_child(c: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match c.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
+        }
+    }
+}
 
 impl Proc {
-    fn wait_port(&mut self, port: u16) -> Result<(), String> {
+    /// Wraps a child this benchmark spawned.
+    pub(crate) fn new(child: Child) -> Proc {
+        Proc(Some(child))
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_child(self.0.as_mut()?, timeout)
+    }
+
+    /// Waits up to 60 s for something to accept connections on 127.0.0.1:`port`; an error
+    /// if the process exits first.
+    pub(crate) fn wait_port(&mut self, port: u16) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -83,21 +146,96 @@ impl Proc {
     }
 
     /// SIGTERM, bounded wait, and the process's stderr.
-    fn stop(mut self) -> String {
-        let Some(mut c) = self.0.take() else {
-            return String::new();
-        };
-        // SAFETY: signalling a child this benchmark started.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        c.wait_with_output()
-            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-            .unwrap_or_default()
+    fn stop(self) -> String {
+        self.terminate(Duration::from_secs(20)).stderr
     }
+
+    /// SIGTERM to the process (unless it already exited), up to `grace` for it to exit;
+    /// then SIGKILL to the processes it started (so that a supervisor such as `ditto pair`
+    /// sees them end and can still write its report), 5 s more, and SIGKILL to it.
+    pub(crate) fn terminate(mut self, grace: Duration) -> Stopped {
+        let Some(mut c) = self.0.take() else {
+            return Stopped {
+                status: None,
+                killed: false,
+                stderr: String::new(),
+            };
+        };
+        let mut status = c.try_wait().ok().flatten();
+        if status.is_none() {
+            // SAFETY: signalling a child this benchmark started and has not yet waited for.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            status = wait_child(&mut c, grace);
+        }
+        let killed = status.is_none();
+        if killed {
+            for pid in descendants(c.id()) {
+                // SAFETY: a process that our child started (read from /proc just now).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            status = wait_child(&mut c, Duration::from_secs(5));
+            if status.is_none() {
+                let _ = c.kill();
+            }
+        }
+        let stderr = c
+            .wait_with_output()
+            .map(|o| {
+                status = status.or(Some(o.status));
+                String::from_utf8_lossy(&o.stderr).into_owned()
+            })
+            .unwrap_or_default();
+        Stopped {
+            status,
+            killed,
+            stderr,
+        }
+    }
+}
+
+/// Runs a command to its end, with its stdout and stderr captured; kills it (by its PID)
+/// after `timeout`.
+pub(crate) fn output_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{name}: {e}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = wait_child(&mut child, timeout);
+    let timed_out = status.is_none();
+    let status = match status {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            child.wait().map_err(|e| format!("{name}: {e}"))?
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    if timed_out {
+        return Err(format!(
+            "{name} did not finish within {} s",
+            timeout.as_secs()
+        ));
+    }
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 impl Drop for Proc {
@@ -139,26 +277,31 @@ fn ditto_server(image: &str, state: &Path, extra: &[&str]) -> Result<Proc, Strin
 }
 
 /// redis-benchmark's requests per second (sum over the tests it ran) and the number
-/// of requests it made.
-fn redis_benchmark(port: u16, n: u64, clients: u32, pipeline: u32) -> Result<(f64, f64), String> {
-    let out = Command::new("redis-benchmark")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-t",
-            "set,get",
-            "-n",
-            &n.to_string(),
-        ])
-        .args([
-            "-c",
-            &clients.to_string(),
-            "-P",
-            &pipeline.to_string(),
-            "--csv",
-        ])
-        .output()
-        .map_err(|e| format!("redis-benchmark: {e}"))?;
+/// of requests it made; an error if it takes longer than `timeout`.
+pub(crate) fn redis_benchmark(
+    port: u16,
+    n: u64,
+    clients: u32,
+    pipeline: u32,
+    timeout: Duration,
+) -> Result<(f64, f64), String> {
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args([
+        "-p",
+        &port.to_string(),
+        "-t",
+        "set,get",
+        "-n",
+        &n.to_string(),
+    ])
+    .args([
+        "-c",
+        &clients.to_string(),
+        "-P",
+        &pipeline.to_string(),
+        "--csv",
+    ]);
+    let out = output_bounded(cmd, timeout)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rps: Vec<f64> = text
         .lines()
@@ -177,17 +320,18 @@ fn wrk(url: &str, secs: u32) -> Result<(f64, f64), String> {
     wrk_with(url, secs, 10)
 }
 
-fn wrk_with(url: &str, secs: u32, connections: u32) -> Result<(f64, f64), String> {
+/// wrk for `secs` seconds with `connections` connections: requests per second and the
+/// number of requests (bounded: wrk is killed 30 s after its duration).
+pub(crate) fn wrk_with(url: &str, secs: u32, connections: u32) -> Result<(f64, f64), String> {
     let threads = connections.clamp(1, 2);
-    let out = Command::new("wrk")
-        .args([
-            format!("-t{threads}"),
-            format!("-c{connections}"),
-            format!("-d{secs}s"),
-            url.to_string(),
-        ])
-        .output()
-        .map_err(|e| format!("wrk: {e}"))?;
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        format!("-t{threads}"),
+        format!("-c{connections}"),
+        format!("-d{secs}s"),
+        url.to_string(),
+    ]);
+    let out = output_bounded(cmd, Duration::from_secs(u64::from(secs) + 30))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text
         .lines()
@@ -243,19 +387,63 @@ fn redis_rows(n: u64, costs: &Costs) -> Result<Vec<ServerRow>, String> {
         c.arg(&native_conf).args(["--port", &port.to_string()]);
         let mut p = spawn(c)?;
         p.wait_port(port)?;
-        let (native, _) = redis_benchmark(port, n, clients, pipeline)?;
+        let timeout = Duration::from_secs(30 + n / 100);
+        let (native, _) = redis_benchmark(port, n, clients, pipeline, timeout)?;
         p.stop();
 
         let port = free_port()?;
         let state = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut p = ditto_server("redis", state.path(), &["--port", &port.to_string()])?;
         p.wait_port(port)?;
-        let (ditto, requests) = redis_benchmark(port, n, clients, pipeline)?;
+        let (ditto, requests) = redis_benchmark(port, n, clients, pipeline, timeout)?;
         let stats = parse_stats(&p.stop());
         let name = format!("redis set,get -n {n} -c {clients} -P {pipeline}");
         rows.push(row(name, native, ditto, requests, &stats, costs));
     }
     Ok(rows)
+}
+
+/// The contents of the nginx benchmark's file of `size` bytes.
+pub(crate) fn test_body(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// Writes the image configuration `conf`, with `from` replaced by `to`, to STATE/`rel`.
+fn state_conf(state: &Path, rel: &str, conf: &str, from: &str, to: &str) -> Result<(), String> {
+    let path = state.join(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, conf.replace(from, to)).map_err(|e| e.to_string())
+}
+
+/// Prepares a `ditto run --image nginx` state directory: the image's configuration
+/// `conf` listening on `port`, and `file` with `body` in its document root.
+pub(crate) fn nginx_state(
+    state: &Path,
+    conf: &str,
+    port: u16,
+    file: &str,
+    body: &[u8],
+) -> Result<(), String> {
+    let listen = format!("listen 127.0.0.1:{port};");
+    state_conf(
+        state,
+        "etc/nginx/ditto.conf",
+        conf,
+        "listen 127.0.0.1:8080;",
+        &listen,
+    )?;
+    std::fs::create_dir_all(state.join("srv/www")).map_err(|e| e.to_string())?;
+    std::fs::write(state.join("srv/www").join(file), body).map_err(|e| e.to_string())
+}
+
+/// Prepares a `ditto run --image mongoose` state directory: the image's civetweb
+/// configuration `conf` listening on `port` instead of 8081.
+pub(crate) fn mongoose_state(state: &Path, conf: &str, port: u16) -> Result<(), String> {
+    let listen = format!("listening_ports 127.0.0.1:{port}");
+    let from = "listening_ports 127.0.0.1:8081";
+    state_conf(state, "etc/civetweb/ditto.conf", conf, from, &listen)
 }
 
 fn nginx_conf(conf: &str, port: u16, root: &Path, var: &Path, www: &Path) -> String {
@@ -277,7 +465,7 @@ fn nginx_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
         .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for (file, size) in [("small.html", 612usize), ("big.bin", 1 << 20)] {
-        let body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let body = test_body(size);
         // Native: the image's nginx with host paths in its configuration.
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
         let www = tmp.path().join("www");
@@ -303,18 +491,7 @@ fn nginx_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
         // ditto: the image's own configuration, with the port changed in the state.
         let port = free_port()?;
         let state = tempfile::tempdir().map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(state.path().join("etc/nginx")).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(state.path().join("srv/www")).map_err(|e| e.to_string())?;
-        std::fs::write(
-            state.path().join("etc/nginx/ditto.conf"),
-            conf.replace(
-                "listen 127.0.0.1:8080;",
-                &format!("listen 127.0.0.1:{port};"),
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        std::fs::write(state.path().join("srv/www").join(file), &body)
-            .map_err(|e| e.to_string())?;
+        nginx_state(state.path(), &conf, port, file, &body)?;
         let mut p = ditto_server("nginx", state.path(), &[])?;
         p.wait_port(port)?;
         let (ditto, requests) = wrk(&format!("http://127.0.0.1:{port}/{file}"), secs)?;
@@ -331,9 +508,8 @@ fn nginx_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
     Ok(rows)
 }
 
-fn pbzip2_rows(mb: usize, costs: &Costs) -> Result<Vec<ServerRow>, String> {
-    let img = image::open("pbzip2", &BuildOptions::default()).map_err(|e| e.to_string())?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+/// Writes the pbzip2 input, `mb` MiB, to DIR/data and returns its path.
+pub(crate) fn pbzip2_input(dir: &Path, mb: usize) -> Result<PathBuf, String> {
     let data: Vec<u8> = {
         let mut x: u64 = 88172645463325252;
         (0..mb << 20)
@@ -350,8 +526,15 @@ fn pbzip2_rows(mb: usize, costs: &Costs) -> Result<Vec<ServerRow>, String> {
             })
             .collect()
     };
-    let file = dir.path().join("data");
+    let file = dir.join("data");
     std::fs::write(&file, &data).map_err(|e| e.to_string())?;
+    Ok(file)
+}
+
+fn pbzip2_rows(mb: usize, costs: &Costs) -> Result<Vec<ServerRow>, String> {
+    let img = image::open("pbzip2", &BuildOptions::default()).map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let file = pbzip2_input(dir.path(), mb)?;
     let mut rows = Vec::new();
     for threads in [1, 2] {
         let p = format!("-p{threads}");
@@ -434,16 +617,7 @@ fn mongoose_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
         for det in [false, true] {
             let port = free_port()?;
             let state = tempfile::tempdir().map_err(|e| e.to_string())?;
-            std::fs::create_dir_all(state.path().join("etc/civetweb"))
-                .map_err(|e| e.to_string())?;
-            std::fs::write(
-                state.path().join("etc/civetweb/ditto.conf"),
-                conf.replace(
-                    "listening_ports 127.0.0.1:8081",
-                    &format!("listening_ports 127.0.0.1:{port}"),
-                ),
-            )
-            .map_err(|e| e.to_string())?;
+            mongoose_state(state.path(), &conf, port)?;
             let mut c = Command::new(ditto_exe());
             c.args(["run", "--stats"]);
             if det {

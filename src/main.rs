@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod bench_det;
+mod bench_pair;
 mod bench_servers;
 mod compare_cmd;
 mod image_cmd;

@@ -7,13 +7,16 @@
 //! - [`report`]: the JSON report of a `ditto pair` run (its schema is defined there), its
 //!   readable summary, and two runs side by side.
 //! - [`testkit`]: payload patterns and child spawning shared by tests and the benchmark.
+//! - [`bench`]: the channel's cross-process throughput benchmark (`channel_peer bench`,
+//!   `ditto bench pair`).
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bench;
 pub mod channel;
-pub mod status;
 pub mod report;
+pub mod status;
 mod sys;
 pub mod testkit;
 

@@ -11,12 +11,12 @@
 //! of the pattern (max 256 bytes) and exits without closing the channel, as a crash would;
 //! `bench [SCALE]` runs the cross-process benchmark, spawning itself as the consumer.
 
-use replica::testkit::{inherited_socket, payload, socketpair, spawn_with_socket};
-use replica::{recv_fd, send_fd, Channel, ChannelConfig, Consumer};
+use replica::testkit::{inherited_socket, payload};
+use replica::{recv_fd, send_fd, Channel, Consumer};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::process::{exit, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn attach() -> Consumer {
     let sock = inherited_socket();
@@ -57,10 +57,9 @@ fn main() {
             }
         }
         Some("bench-consume") => {
-            let mut c = attach();
-            c.set_peer_timeout(None);
-            for _ in 0..arg(&args, 2) {
-                c.recv().expect("bench record");
+            if let Err(e) = replica::bench::consume(arg(&args, 2)) {
+                eprintln!("bench-consume: {e}");
+                exit(1);
             }
         }
         Some("produce-exit") => {
@@ -109,43 +108,25 @@ fn consume(count: u64, max_len: usize, delay_ms: u64) {
     println!("ok {count} {bytes}");
 }
 
-/// Streams records of each size to a consumer process and prints throughput and lag.
+/// Streams records of each size to a consumer process (this program, `bench-consume`) and
+/// prints throughput and lag.
 fn bench(scale: u64) {
     let exe = std::env::current_exe().expect("own path");
     for (size, count) in [(64usize, 2_000_000u64), (1024, 500_000), (65536, 16_000)] {
         let count = count * scale;
-        let (mine, theirs) = socketpair().expect("socketpair");
         let mut cmd = Command::new(&exe);
         cmd.args(["bench-consume", &count.to_string()]);
-        let mut child = spawn_with_socket(&mut cmd, theirs).expect("spawn consumer");
-        let mut config = ChannelConfig::new(8 << 20);
-        config.peer_timeout = None;
-        let (p, fd) = Channel::create_with(config).expect("create");
-        send_fd(mine.as_fd(), fd.as_fd()).expect("send the memfd");
-        drop(fd);
-        let mut p = p.watch_socket(mine);
-        let buf = vec![0x5a; size];
-        let (mut lag_rec, mut lag_bytes, mut samples) = (0u64, 0u64, 0u64);
-        let start = Instant::now();
-        for i in 0..count {
-            p.send(det::RecordKind::SyscallResult, &buf).expect("send");
-            if i % 64 == 0 {
-                let st = p.stats();
-                lag_rec += st.lag_records();
-                lag_bytes += st.lag_bytes();
-                samples += 1;
-            }
-        }
-        p.wait_acked(count - 1).expect("acked");
-        let secs = start.elapsed().as_secs_f64();
-        let status = child.wait().expect("wait consumer");
-        assert!(status.success(), "consumer failed: {status}");
+        let r = replica::bench::stream(size, count, &mut cmd).unwrap_or_else(|e| {
+            eprintln!("bench: {e}");
+            exit(1);
+        });
         println!(
-            "{size:>6} B x {count:>8}: {:>10.0} rec/s {:>8.1} MB/s  avg lag {:.0} rec / {:.0} KiB  ({secs:.2} s)",
-            count as f64 / secs,
-            (count * size as u64) as f64 / secs / 1e6,
-            lag_rec as f64 / samples as f64,
-            lag_bytes as f64 / samples as f64 / 1024.0,
+            "{size:>6} B x {count:>8}: {:>10.0} rec/s {:>8.1} MB/s  avg lag {:.0} rec / {:.0} KiB  ({:.2} s)",
+            r.records_per_sec(),
+            r.mb_per_sec(),
+            r.avg_lag_records,
+            r.avg_lag_bytes / 1024.0,
+            r.secs,
         );
     }
 }
