@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use devices::replication::{Mismatch, Mode, ReplicaSetup, Replication, Role};
 use replica::report::{
-    Counters, Divergence, DivergenceKind, Event, EventKind, Outcome, Report, ReplicaSummary,
-    Value, REPORT_SCHEMA,
+    Counters, Divergence, DivergenceKind, Event, EventKind, Outcome, ReplicaSummary, Report, Value,
+    REPORT_SCHEMA,
 };
 use replica::status::{Counter, StatusPage};
 use replica::ChannelConfig;
@@ -329,7 +329,12 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         None => tempfile::Builder::new()
             .prefix("ditto-pair-")
             .tempdir()
-            .map_err(|e| (crate::EXIT_HOST_ERROR, format!("cannot create a run directory: {e}")))?
+            .map_err(|e| {
+                (
+                    crate::EXIT_HOST_ERROR,
+                    format!("cannot create a run directory: {e}"),
+                )
+            })?
             .keep(),
     };
     std::fs::create_dir_all(&out).map_err(|e| {
@@ -351,19 +356,38 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         }
     }
     let report_path = a.report.clone().unwrap_or_else(|| out.join("report.json"));
-    let status = StatusPage::create()
-        .map_err(|e| (crate::EXIT_HOST_ERROR, format!("cannot create the status page: {e}")))?;
-    let (s0, s1) = socketpair().map_err(|e| (crate::EXIT_HOST_ERROR, format!("socketpair: {e}")))?;
+    let status = StatusPage::create().map_err(|e| {
+        (
+            crate::EXIT_HOST_ERROR,
+            format!("cannot create the status page: {e}"),
+        )
+    })?;
+    let (s0, s1) =
+        socketpair().map_err(|e| (crate::EXIT_HOST_ERROR, format!("socketpair: {e}")))?;
     let set = block_forwarded_signals();
     let t0 = Instant::now();
     let mode: Mode = a.options.mode.into();
     let mut pflags = option_flags(&a.options);
     pflags.extend(["--out".into(), out.display().to_string()]);
     let mut sflags = pflags.clone();
-    pflags.extend(program_flags(p, &primary_cores, Some(&out.join("primary-state"))));
-    sflags.extend(program_flags(p, &secondary_cores, Some(&out.join("secondary-state"))));
-    let host = |e: std::io::Error| (crate::EXIT_HOST_ERROR, format!("cannot start a replica: {e}"));
-    let mut primary = spawn_replica("primary", pflags, &p.command, s0, &status, false).map_err(host)?;
+    pflags.extend(program_flags(
+        p,
+        &primary_cores,
+        Some(&out.join("primary-state")),
+    ));
+    sflags.extend(program_flags(
+        p,
+        &secondary_cores,
+        Some(&out.join("secondary-state")),
+    ));
+    let host = |e: std::io::Error| {
+        (
+            crate::EXIT_HOST_ERROR,
+            format!("cannot start a replica: {e}"),
+        )
+    };
+    let mut primary =
+        spawn_replica("primary", pflags, &p.command, s0, &status, false).map_err(host)?;
     let mut secondary = match spawn_replica("secondary", sflags, &p.command, s1, &status, true) {
         Ok(c) => c,
         Err(e) => {
@@ -542,7 +566,9 @@ fn fill_counters(c: &mut Counters, st: &StatusPage) {
     c.recorded_syscalls = st.get(Counter::RecordedSyscalls);
     c.compared_outputs = st.get(Counter::ComparedOutputs);
     c.bytes_compared = st.get(Counter::BytesCompared);
-    c.turns = st.get(Counter::PrimaryTurns).max(st.get(Counter::SecondaryTurns));
+    c.turns = st
+        .get(Counter::PrimaryTurns)
+        .max(st.get(Counter::SecondaryTurns));
     c.reentries = st.get(Counter::Reentries);
     c.signals = st.get(Counter::Signals);
     c.max_lag_records = st.get(Counter::MaxLagRecords);
@@ -616,8 +642,12 @@ pub fn replica_main(a: &ReplicaArgs) -> ExitCode {
         }
     };
     // SAFETY: the supervisor put these descriptors here for us; nothing else owns them.
-    let (peer, status_fd) =
-        unsafe { (OwnedFd::from_raw_fd(PEER_FD), OwnedFd::from_raw_fd(STATUS_FD)) };
+    let (peer, status_fd) = unsafe {
+        (
+            OwnedFd::from_raw_fd(PEER_FD),
+            OwnedFd::from_raw_fd(STATUS_FD),
+        )
+    };
     let status = match StatusPage::attach(status_fd) {
         Ok(s) => s,
         Err(e) => {
@@ -717,7 +747,7 @@ pub fn replica_main(a: &ReplicaArgs) -> ExitCode {
             if let Err(e) = &result {
                 report.secondary.error = Some(e.to_string());
             }
-            let _ = report.save(&a.out.join("secondary-part.json"));
+            let _ = report.save(a.out.join("secondary-part.json"));
         }
     }
     ExitCode::from(code)

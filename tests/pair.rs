@@ -54,7 +54,10 @@ fn stress_and_producer_consumer_replicate_in_both_modes() {
                 let r = assert_identical(out.path(), &o);
                 let secondary = std::fs::read(out.path().join("secondary.stdout")).unwrap();
                 assert!(!o.stdout.is_empty());
-                assert_eq!(secondary, o.stdout, "{prog} {mode}: secondary output differs");
+                assert_eq!(
+                    secondary, o.stdout,
+                    "{prog} {mode}: secondary output differs"
+                );
                 assert_eq!(r.counters.bytes_compared, o.stdout.len() as u64);
                 assert!(r.counters.turns > 0, "{prog} {mode}: no turns counted");
             }
@@ -191,7 +194,16 @@ fn redis_pair_has_zero_divergence_under_load() {
         let mut server = start_pair(mode, out.path(), &["--image", "redis", "--", "--port", &p]);
         server.wait_port(port);
         let bench = client(&[
-            "redis-benchmark", "-p", &p, "-n", "2000", "-c", "4", "-t", "set,get", "-q",
+            "redis-benchmark",
+            "-p",
+            &p,
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-t",
+            "set,get",
+            "-q",
         ]);
         assert!(bench.contains("SET") && bench.contains("GET"), "{bench}");
         assert_eq!(redis_cli(port, &["SET", "k", "v1"]), "OK");
@@ -241,14 +253,28 @@ fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
         let mut server = start_pair(
             mode,
             out.path(),
-            &["--image", "nginx", "--state", state.path().to_str().unwrap()],
+            &[
+                "--image",
+                "nginx",
+                "--state",
+                state.path().to_str().unwrap(),
+            ],
         );
         server.wait_port(port);
         let url = format!("http://127.0.0.1:{port}/blob.bin");
         let got = Command::new("curl").args(["-sf", &url]).output().unwrap();
         assert!(got.status.success());
-        assert_eq!(got.stdout, std::fs::read(state.path().join("srv/www/blob.bin")).unwrap());
-        let wrk = client(&["wrk", "-t1", "-c4", "-d2s", &format!("http://127.0.0.1:{port}/")]);
+        assert_eq!(
+            got.stdout,
+            std::fs::read(state.path().join("srv/www/blob.bin")).unwrap()
+        );
+        let wrk = client(&[
+            "wrk",
+            "-t1",
+            "-c4",
+            "-d2s",
+            &format!("http://127.0.0.1:{port}/"),
+        ]);
         assert!(wrk.contains("Requests/sec"), "{wrk}");
         let o = server.stop(libc::SIGTERM);
         let r = assert_identical(out.path(), &o);
@@ -261,7 +287,11 @@ fn the_supervisor_reports_a_dead_primary() {
     let port = free_port();
     let p = port.to_string();
     let out = tempdir();
-    let mut server = start_pair("follow", out.path(), &["--image", "redis", "--", "--port", &p]);
+    let mut server = start_pair(
+        "follow",
+        out.path(),
+        &["--image", "redis", "--", "--port", &p],
+    );
     server.wait_port(port);
     let pid: i32 = std::fs::read_to_string(out.path().join("primary.pid"))
         .unwrap()
@@ -280,7 +310,15 @@ fn the_supervisor_reports_a_dead_primary() {
 #[test]
 fn overlapping_cores_are_refused_in_one_line() {
     let o = ditto()
-        .args(["pair", "--primary-cores", "0", "--secondary-cores", "0", "--", "/bin/true"])
+        .args([
+            "pair",
+            "--primary-cores",
+            "0",
+            "--secondary-cores",
+            "0",
+            "--",
+            "/bin/true",
+        ])
         .output()
         .unwrap();
     if num_cpus() < 2 {

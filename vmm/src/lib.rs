@@ -376,8 +376,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         .set(Arc::new(vcpu::MachineKicker(Arc::downgrade(&machine))));
     let tid = process.new_thread();
     if let Some(rep) = &config.replication {
-        use devices::replication::{Mode, Role};
         use devices::det_runtime::{DetRuntime, Policy};
+        use devices::replication::{Mode, Role};
         let policy = match (rep.mode(), rep.role()) {
             (Mode::Det, _) => Policy::Kendo,
             (Mode::Follow, Role::Primary) => Policy::Lead,

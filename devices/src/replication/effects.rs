@@ -162,7 +162,9 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
             opt(&mut w, a[3], set);
             opt(&mut w, a[4], 16);
         }
-        SYS_epoll_wait | SYS_epoll_pwait | SYS_epoll_pwait2 => opt(&mut w, a[1], r.saturating_mul(12)),
+        SYS_epoll_wait | SYS_epoll_pwait | SYS_epoll_pwait2 => {
+            opt(&mut w, a[1], r.saturating_mul(12))
+        }
         SYS_rt_sigtimedwait => opt(&mut w, a[1], 128),
         SYS_uname => opt(&mut w, a[0], 390),
         SYS_sysinfo => opt(&mut w, a[0], 112),
@@ -189,10 +191,10 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
         SYS_setitimer => opt(&mut w, a[2], 32),
         SYS_getitimer => opt(&mut w, a[1], 32),
         SYS_ioctl => match a[1] {
-            x if x == FIONREAD as u64 => opt(&mut w, a[2], 4),
-            x if x == TIOCGWINSZ as u64 => opt(&mut w, a[2], 8),
-            x if x == TCGETS as u64 => opt(&mut w, a[2], 36),
-            x if x == TIOCGPGRP as u64 => opt(&mut w, a[2], 4),
+            FIONREAD => opt(&mut w, a[2], 4),
+            TIOCGWINSZ => opt(&mut w, a[2], 8),
+            TCGETS => opt(&mut w, a[2], 36),
+            TIOCGPGRP => opt(&mut w, a[2], 4),
             _ => {}
         },
         _ => {}

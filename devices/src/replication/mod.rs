@@ -277,9 +277,7 @@ impl Replication {
                         producer: Mutex::new(Some(producer)),
                         broken: AtomicBool::new(false),
                         error: Mutex::new(None),
-                        corrupt_at: std::env::var(CORRUPT_ENV)
-                            .ok()
-                            .and_then(|v| v.parse().ok()),
+                        corrupt_at: std::env::var(CORRUPT_ENV).ok().and_then(|v| v.parse().ok()),
                     }),
                     None,
                 )
@@ -436,8 +434,7 @@ impl Replication {
         match sent {
             Ok(_) => {
                 self.status.add(Counter::RecordsSent, 1);
-                self.status
-                    .add(Counter::RecordBytes, payload.len() as u64);
+                self.status.add(Counter::RecordBytes, payload.len() as u64);
                 let st = producer.stats();
                 self.status.max(Counter::MaxLagRecords, st.lag_records());
                 self.status.max(Counter::MaxLagBytes, st.lag_bytes());
@@ -452,7 +449,9 @@ impl Replication {
     fn primary_broken(&self, why: String) {
         let Some(p) = &self.primary else { return };
         if !p.broken.swap(true, Ordering::Relaxed) {
-            eprintln!("ditto: primary: replication stopped ({why}); the program continues unreplicated");
+            eprintln!(
+                "ditto: primary: replication stopped ({why}); the program continues unreplicated"
+            );
             *lock(&p.error) = Some(why);
         }
     }
@@ -596,8 +595,9 @@ impl Replication {
                     return;
                 }
                 (None, Some(why)) if empty => {
-                    lock(&s.findings).stopped =
-                        Some(format!("{why}; the secondary replayed the whole log and stopped"));
+                    lock(&s.findings).stopped = Some(format!(
+                        "{why}; the secondary replayed the whole log and stopped"
+                    ));
                     process.finish(ExitReason::Signaled {
                         signal: libc::SIGKILL,
                         report: String::new(),
@@ -626,7 +626,10 @@ impl Replication {
                     let first = q
                         .by_tid
                         .iter()
-                        .filter_map(|(t, d)| d.front().map(|(_, r)| format!("thread {t}: {}", r.describe())))
+                        .filter_map(|(t, d)| {
+                            d.front()
+                                .map(|(_, r)| format!("thread {t}: {}", r.describe()))
+                        })
                         .take(3)
                         .collect::<Vec<_>>()
                         .join(", ");
@@ -821,8 +824,9 @@ impl Replication {
         else {
             return Self::stop_thread(ctx);
         };
-        let (reentry, writes): (Vec<_>, Vec<_>) =
-            writes.into_iter().partition(|(addr, _)| *addr == REENTRY_ADDR);
+        let (reentry, writes): (Vec<_>, Vec<_>) = writes
+            .into_iter()
+            .partition(|(addr, _)| *addr == REENTRY_ADDR);
         ctx.reentry_at = reentry.first().and_then(|(_, b)| {
             let mut v = [0u8; 8];
             (b.len() == 8).then(|| {
@@ -910,8 +914,15 @@ impl Replication {
             SYS_accept4 => (vec![ret], a[3] & SOCK_CLOEXEC as u64 != 0),
             SYS_timerfd_create => (vec![ret], a[1] & TFD_CLOEXEC as u64 != 0),
             SYS_socketpair => {
-                let sv: [i32; 2] = ctx.process.mem.read_obj(a[3]).map_err(|_| "bad socketpair array")?;
-                (vec![sv[0] as i64, sv[1] as i64], a[1] & SOCK_CLOEXEC as u64 != 0)
+                let sv: [i32; 2] = ctx
+                    .process
+                    .mem
+                    .read_obj(a[3])
+                    .map_err(|_| "bad socketpair array")?;
+                (
+                    vec![sv[0] as i64, sv[1] as i64],
+                    a[1] & SOCK_CLOEXEC as u64 != 0,
+                )
             }
             _ => return Ok(()),
         };
@@ -919,7 +930,10 @@ impl Replication {
             // SAFETY: creating a socket; the result is checked and owned below.
             let raw = unsafe { libc::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) };
             if raw < 0 {
-                return Err(format!("cannot create a placeholder descriptor: {}", Errno::last().0));
+                return Err(format!(
+                    "cannot create a placeholder descriptor: {}",
+                    Errno::last().0
+                ));
             }
             // SAFETY: raw was just created and is ours.
             let host = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -969,7 +983,11 @@ impl Replication {
                 Some(d) => first_difference(d, &ours),
                 None => None,
             }
-            .or(if same_len { None } else { Some(ours.len().min(asked as usize) as u64) });
+            .or(if same_len {
+                None
+            } else {
+                Some(ours.len().min(asked as usize) as u64)
+            });
             self.mismatch(
                 ctx.process,
                 Mismatch {
@@ -1118,9 +1136,15 @@ fn treatment(ctx: &SyscallCtx<'_>, entry: &SyscallEntry, a: [u64; 6]) -> Treatme
 }
 
 /// Serves one syscall of a replicated program (see the module documentation).
-pub fn serve(rep: &Replication, ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, a: [u64; 6]) -> SysResult {
+pub fn serve(
+    rep: &Replication,
+    ctx: &mut SyscallCtx<'_>,
+    entry: &SyscallEntry,
+    a: [u64; 6],
+) -> SysResult {
     let handler = entry.handler;
-    let local = |ctx: &mut SyscallCtx<'_>, h: &mut dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult| {
+    let local = |ctx: &mut SyscallCtx<'_>,
+                 h: &mut dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult| {
         crate::syscalls::serve_local(ctx, entry, a, h)
     };
     match (rep.role, treatment(ctx, entry, a)) {
@@ -1189,7 +1213,11 @@ pub fn serve(rep: &Replication, ctx: &mut SyscallCtx<'_>, entry: &SyscallEntry, 
                 Ok(v) => v as i64,
                 Err(e) => -(e.0 as i64),
             };
-            let n = if ret > 0 { (ret as usize).min(ours.len()) } else { 0 };
+            let n = if ret > 0 {
+                (ret as usize).min(ours.len())
+            } else {
+                0
+            };
             let sent = &ours[..n];
             let signal = announce_signal(ctx);
             let tid = Replication::det_tid(ctx);

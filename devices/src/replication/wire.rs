@@ -178,10 +178,7 @@ impl ThreadRecord {
 
     /// Decodes a per-thread record: (tid, seq, record).
     pub fn decode(kind: RecordKind, p: &[u8]) -> Result<(u32, u64, ThreadRecord), WireError> {
-        let err = WireError {
-            kind,
-            len: p.len(),
-        };
+        let err = WireError { kind, len: p.len() };
         let mut r = Cursor(p);
         let tid = r.u32().ok_or(err)?;
         let seq = r.u64().ok_or(err)?;
