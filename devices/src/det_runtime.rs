@@ -852,6 +852,7 @@ impl DetRuntime {
             match start {
                 Start::Granted(turn) => {
                     self.stats.turns.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(target: "ditto::turns", %det, ?turn, implicit, "granted");
                     if self.policy == Policy::Lead {
                         if let Some(l) = &self.link {
                             l.link.log_turn(turn);

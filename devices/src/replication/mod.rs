@@ -1147,7 +1147,17 @@ pub fn serve(
                  h: &mut dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult| {
         crate::syscalls::serve_local(ctx, entry, a, h)
     };
-    match (rep.role, treatment(ctx, entry, a)) {
+    let how = treatment(ctx, entry, a);
+    tracing::trace!(
+        target: "ditto::turns",
+        role = ?rep.role,
+        tid = Replication::det_tid(ctx),
+        seq = ctx.thread.syscalls,
+        syscall = entry.name,
+        ?how,
+        "syscall"
+    );
+    match (rep.role, how) {
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
             let tid = Replication::det_tid(ctx);

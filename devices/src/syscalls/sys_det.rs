@@ -123,12 +123,43 @@ pub fn det_kind(nr: u64) -> DetKind {
         SYS_read | SYS_pread64 | SYS_readv | SYS_preadv | SYS_preadv2 => DetKind::Input,
         SYS_write | SYS_pwrite64 | SYS_writev | SYS_pwritev | SYS_pwritev2 => DetKind::Output,
         SYS_open | SYS_openat => DetKind::Open,
-        SYS_openat2 | SYS_creat | SYS_close | SYS_close_range | SYS_dup | SYS_dup2 | SYS_dup3
-        | SYS_fcntl | SYS_pipe | SYS_pipe2 | SYS_eventfd | SYS_eventfd2 | SYS_socket
-        | SYS_socketpair | SYS_epoll_create | SYS_epoll_create1 | SYS_epoll_ctl
-        | SYS_timerfd_create | SYS_signalfd | SYS_signalfd4 | SYS_memfd_create | SYS_mmap
-        | SYS_munmap | SYS_mremap | SYS_brk | SYS_lseek | SYS_ftruncate | SYS_sendto
-        | SYS_sendmsg | SYS_sendfile | SYS_copy_file_range | SYS_splice => DetKind::Ordered,
+        SYS_openat2
+        | SYS_creat
+        | SYS_close
+        | SYS_close_range
+        | SYS_dup
+        | SYS_dup2
+        | SYS_dup3
+        | SYS_fcntl
+        | SYS_pipe
+        | SYS_pipe2
+        | SYS_eventfd
+        | SYS_eventfd2
+        | SYS_socket
+        | SYS_socketpair
+        | SYS_epoll_create
+        | SYS_epoll_create1
+        | SYS_epoll_ctl
+        | SYS_timerfd_create
+        | SYS_signalfd
+        | SYS_signalfd4
+        | SYS_memfd_create
+        | SYS_mmap
+        | SYS_munmap
+        | SYS_mremap
+        | SYS_brk
+        | SYS_lseek
+        | SYS_ftruncate
+        | SYS_sendto
+        | SYS_sendmsg
+        | SYS_sendfile
+        | SYS_copy_file_range
+        | SYS_splice
+        | SYS_kill
+        | SYS_tgkill
+        | SYS_tkill
+        | SYS_rt_sigqueueinfo
+        | SYS_rt_tgsigqueueinfo => DetKind::Ordered,
         SYS_poll | SYS_ppoll | SYS_select | SYS_pselect6 | SYS_epoll_wait | SYS_epoll_pwait
         | SYS_epoll_pwait2 | SYS_nanosleep | SYS_clock_nanosleep | SYS_accept | SYS_accept4
         | SYS_connect | SYS_recvfrom | SYS_recvmsg | SYS_recvmmsg | SYS_pause
@@ -200,17 +231,24 @@ fn external(
         .replication
         .get()
         .is_some_and(|r| r.role() == crate::replication::Role::Secondary);
-    if secondary {
-        return det.blocking_replayed(tid, || {
+    let r = if secondary {
+        det.blocking_replayed(tid, || {
             let r = h(ctx, args);
             if ctx.action == super::ThreadAction::Stop {
                 return None;
             }
             Some((r, ctx.reentry_at))
-        })?;
-    }
-    let (r, at) = det.blocking(tid, || h(ctx, args))?;
-    ctx.reentry_at = at;
+        })?
+    } else {
+        let (r, at) = det.blocking(tid, || h(ctx, args))?;
+        ctx.reentry_at = at;
+        r
+    };
+    // The return is itself ordered: until the thread takes a turn, nothing it does next
+    // (plain memory writes included) can be seen by others before the turns that came
+    // first. Without it a pair's secondary, which gets the result from the log at once,
+    // could run ahead of the event that caused the result (a signal, a wake-up).
+    det.ordered(ctx.process, tid, || ())?;
     r
 }
 
