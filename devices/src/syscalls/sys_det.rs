@@ -159,7 +159,8 @@ pub fn det_kind(nr: u64) -> DetKind {
         | SYS_tgkill
         | SYS_tkill
         | SYS_rt_sigqueueinfo
-        | SYS_rt_tgsigqueueinfo => DetKind::Ordered,
+        | SYS_rt_tgsigqueueinfo
+        | SYS_sched_yield => DetKind::Ordered,
         SYS_poll | SYS_ppoll | SYS_select | SYS_pselect6 | SYS_epoll_wait | SYS_epoll_pwait
         | SYS_epoll_pwait2 | SYS_nanosleep | SYS_clock_nanosleep | SYS_accept | SYS_accept4
         | SYS_connect | SYS_recvfrom | SYS_recvmsg | SYS_recvmmsg | SYS_pause
