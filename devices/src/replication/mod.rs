@@ -225,8 +225,11 @@ struct SecondarySide {
     queues: Mutex<Queues>,
     findings: Mutex<SecondaryFindings>,
     stop: AtomicBool,
-    /// Threads blocked in `take` on an empty queue.
+    /// Threads blocked in `take` on an empty queue, or parked after asking for a turn
+    /// beyond the end of the primary's log.
     waiting: std::sync::atomic::AtomicUsize,
+    /// The last such turn request, for the report if the secondary never gets to its end.
+    late_schedule: Mutex<Option<String>>,
     stdout: Mutex<File>,
     stderr: Mutex<File>,
     /// Everything else the secondary compared (socket output), in order.
@@ -300,6 +303,7 @@ impl Replication {
                         findings: Mutex::default(),
                         stop: AtomicBool::new(false),
                         waiting: Default::default(),
+                        late_schedule: Mutex::new(None),
                         stdout: Mutex::new(open("secondary.stdout")?),
                         stderr: Mutex::new(open("secondary.stderr")?),
                         net: Mutex::new(open("secondary.net")?),
@@ -638,7 +642,11 @@ impl Replication {
                 self.mismatch(
                     process,
                     Mismatch {
-                        kind: "missing_event",
+                        kind: if lock(&s.late_schedule).is_some() {
+                            "schedule"
+                        } else {
+                            "missing_event"
+                        },
                         thread: 0,
                         syscall_seq: 0,
                         syscall: String::new(),
@@ -657,7 +665,11 @@ impl Replication {
                             } else {
                                 format!("no syscall for {} s", DRAIN_TIMEOUT.as_secs())
                             },
-                            if first.is_empty() { String::new() } else { format!("; next: {first}") }
+                            match (first.is_empty(), lock(&s.late_schedule).clone()) {
+                                (_, Some(late)) => format!("; {late}"),
+                                (true, None) => String::new(),
+                                (false, None) => format!("; next: {first}"),
+                            }
                         ),
                     },
                 );
@@ -937,14 +949,17 @@ impl Replication {
             }
             // SAFETY: raw was just created and is ours.
             let host = unsafe { OwnedFd::from_raw_fd(raw) };
-            let got = lock(&ctx.process.fds)
-                .install_shared(Arc::new(OpenFile::external(host)), cloexec)
-                .map_err(|e| format!("cannot install a placeholder: errno {}", e.0))?;
-            if got != want {
+            // At the primary's number, not the lowest free one: an accept's descriptor is
+            // allocated when the connection arrives, which is not a det point, so the
+            // program's own closes may have run on one side and not yet on the other.
+            let mut fds = lock(&ctx.process.fds);
+            if fds.get(want).is_ok() {
                 return Err(format!(
-                    "the primary's call returned descriptor {want}, the secondary's next free descriptor is {got}"
+                    "the primary's call returned descriptor {want}, which is still open in the secondary"
                 ));
             }
+            fds.install_at(want, Arc::new(OpenFile::external(host)), cloexec)
+                .map_err(|e| format!("cannot install a placeholder at {want}: errno {}", e.0))?;
         }
         Ok(())
     }
@@ -1344,6 +1359,25 @@ impl ScheduleLink for Replication {
     }
 
     fn schedule_diverged(&self, tid: DetTid, error: &det::TurnError) {
+        let Some(s) = &self.secondary else { return };
+        let ended = {
+            let q = lock(&s.queues);
+            q.end.is_some() || q.closed.is_some()
+        };
+        if ended {
+            // The primary's log is over. A thread that wants a turn beyond it may just be
+            // one the primary's exit cut short; the drain decides: the program reaching its
+            // own end is agreement, every thread waiting for the log is a divergence.
+            *lock(&s.late_schedule) = Some(format!("thread {tid}: {error}"));
+            s.waiting.fetch_add(1, Ordering::SeqCst);
+            if let Some(p) = self.process() {
+                while !p.exiting() && !s.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            s.waiting.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         if let Some(process) = self.process() {
             self.mismatch(
                 &process,
