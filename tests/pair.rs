@@ -10,10 +10,8 @@ use common::*;
 use replica::report::{DivergenceKind, Outcome, Report};
 
 const MODES: [&str; 2] = ["det", "follow"];
-/// The modes in which a redis pair shuts down cleanly today (det mode's secondary does not
-/// finish after the primary's shutdown yet; see the issue notes).
-const REDIS_MODES: &[&str] = &["follow"];
-/// The same for nginx (follow mode's secondary does not finish yet).
+/// The modes in which an nginx pair shuts down cleanly today (follow mode's secondary does
+/// not finish after the primary's shutdown yet; see the issue notes).
 const NGINX_MODES: &[&str] = &["det"];
 
 /// A pair needs two cores (one per replica); these machines have two. The tests of this file
@@ -212,9 +210,7 @@ fn redis_cli(port: u16, cmd: &[&str]) -> String {
 fn redis_pair_has_zero_divergence_under_load() {
     let _turn = one_pair_at_a_time();
     image_root("redis");
-    // Follow mode only: in det mode the secondary does not finish after the primary's
-    // shutdown yet (reported in the issue notes).
-    for &mode in REDIS_MODES {
+    for mode in MODES {
         let port = free_port();
         let out = tempdir();
         let p = port.to_string();

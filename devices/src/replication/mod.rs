@@ -729,6 +729,17 @@ impl Replication {
 
     /// Takes `tid`'s next record, waiting for it. None: the secondary is stopping.
     fn take(&self, process: &Process, tid: u32) -> Option<(u64, ThreadRecord)> {
+        self.take_until(process, tid, false)
+    }
+
+    /// [`take`](Self::take); with `until_end`, also None once the primary's log is over and
+    /// holds nothing more for `tid` (a wait the primary's exit cut short has no outcome).
+    fn take_until(
+        &self,
+        process: &Process,
+        tid: u32,
+        until_end: bool,
+    ) -> Option<(u64, ThreadRecord)> {
         let s = self.secondary.as_ref()?;
         let mut q = lock(&s.queues);
         let cv = q.cv(tid);
@@ -739,6 +750,9 @@ impl Replication {
                 return Some(r);
             }
             if s.stop.load(Ordering::Relaxed) || process.exiting() {
+                return None;
+            }
+            if until_end && (q.end.is_some() || q.closed.is_some()) {
                 return None;
             }
             s.waiting.fetch_add(1, Ordering::SeqCst);
@@ -1321,7 +1335,7 @@ impl ScheduleLink for Replication {
 
     fn timed_wait_outcome(&self, tid: DetTid) -> Option<TimedWait> {
         let process = self.process()?;
-        match self.take(&process, tid.0)? {
+        match self.take_until(&process, tid.0, true)? {
             (
                 _,
                 ThreadRecord::TimedWait {
