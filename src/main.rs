@@ -99,8 +99,8 @@ struct RunArgs {
     program: ProgramArgs,
 }
 
-/// Parses `4G`, `512M`, `65536K` or a byte count, rounded up to 2 MiB.
-fn parse_size(s: &str) -> Result<u64, String> {
+/// Parses `4G`, `512M`, `65536K` or a byte count.
+fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
@@ -111,9 +111,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("bad size '{s}': expected e.g. 512M or 4G"))?;
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Parses a guest memory size ([`parse_bytes`]), rounded up to 2 MiB.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s)?;
     let two_mib = 2u64 << 20;
     let rounded = bytes.div_ceil(two_mib) * two_mib;
     if !(16 << 20..=64 << 30).contains(&rounded) {

@@ -71,20 +71,11 @@ pub struct PairOptions {
     max_lag_bytes: u64,
 }
 
+/// A channel size or lag bound ([`crate::parse_bytes`]), between 64K and 4G.
 fn parse_ring(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad size '{s}': expected e.g. 64M"))?;
-    let v = n.checked_mul(mult).ok_or("size too large")?;
+    let v = crate::parse_bytes(s)?;
     if !(64 << 10..=4 << 30).contains(&v) {
-        return Err(format!("size '{s}' must be between 64K and 4G"));
+        return Err(format!("size '{}' must be between 64K and 4G", s.trim()));
     }
     Ok(v)
 }

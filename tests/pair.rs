@@ -190,22 +190,6 @@ fn start_pair(mode: &str, out: &Path, args: &[&str]) -> ServerProc {
     ServerProc::spawn(c)
 }
 
-fn client(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .expect(argv[0]);
-    assert!(out.status.success(), "{argv:?}: {}", stderr(&out));
-    stdout(&out)
-}
-
-fn redis_cli(port: u16, cmd: &[&str]) -> String {
-    let p = port.to_string();
-    let mut argv = vec!["redis-cli", "-p", &p];
-    argv.extend(cmd);
-    client(&argv).trim_end().to_string()
-}
-
 #[test]
 fn redis_pair_has_zero_divergence_under_load() {
     let _turn = one_pair_at_a_time();
@@ -249,24 +233,6 @@ fn redis_pair_has_zero_divergence_under_load() {
     }
 }
 
-fn nginx_state(port: u16) -> tempfile::TempDir {
-    let root = image_root("nginx");
-    let state = tempdir();
-    let conf = std::fs::read_to_string(root.join("etc/nginx/ditto.conf")).unwrap();
-    std::fs::create_dir_all(state.path().join("etc/nginx")).unwrap();
-    std::fs::write(
-        state.path().join("etc/nginx/ditto.conf"),
-        conf.replace(
-            "listen 127.0.0.1:8080;",
-            &format!("listen 127.0.0.1:{port};"),
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(state.path().join("srv/www")).unwrap();
-    write_blob(&state.path().join("srv/www/blob.bin"), 256 << 10);
-    state
-}
-
 #[test]
 fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
     let _turn = one_pair_at_a_time();
@@ -274,7 +240,7 @@ fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
     // shutdown yet (reported in the issue notes).
     for &mode in NGINX_MODES {
         let port = free_port();
-        let state = nginx_state(port);
+        let state = nginx_state(port, "blob.bin", 256 << 10);
         let out = tempdir();
         let mut server = start_pair(
             mode,

@@ -17,22 +17,6 @@ fn start(args: &[&str]) -> ServerProc {
     ServerProc::spawn(c)
 }
 
-fn client(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .expect(argv[0]);
-    assert!(out.status.success(), "{argv:?}: {}", stderr(&out));
-    stdout(&out)
-}
-
-fn redis_cli(port: u16, cmd: &[&str]) -> String {
-    let p = port.to_string();
-    let mut argv = vec!["redis-cli", "-p", &p];
-    argv.extend(cmd);
-    client(&argv).trim_end().to_string()
-}
-
 #[test]
 fn redis_answers_real_clients_and_shuts_down_cleanly() {
     image_root("redis");
@@ -114,29 +98,10 @@ fn redis_port_in_use_is_one_line() {
     );
 }
 
-fn nginx_state(port: u16) -> tempfile::TempDir {
-    let root = image_root("nginx");
-    let state = tempdir();
-    let conf = std::fs::read_to_string(root.join("etc/nginx/ditto.conf")).unwrap();
-    assert!(conf.contains("listen 127.0.0.1:8080;"));
-    std::fs::create_dir_all(state.path().join("etc/nginx")).unwrap();
-    std::fs::write(
-        state.path().join("etc/nginx/ditto.conf"),
-        conf.replace(
-            "listen 127.0.0.1:8080;",
-            &format!("listen 127.0.0.1:{port};"),
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(state.path().join("srv/www")).unwrap();
-    write_blob(&state.path().join("srv/www/big.bin"), 1 << 20);
-    state
-}
-
 #[test]
 fn nginx_serves_files_keepalive_and_404() {
     let port = free_port();
-    let state = nginx_state(port);
+    let state = nginx_state(port, "big.bin", 1 << 20);
     let mut server = start(&[
         "--image",
         "nginx",

@@ -200,3 +200,42 @@ impl Drop for ServerProc {
         }
     }
 }
+
+/// Runs a client program (redis-cli, wrk...) to completion; it must succeed. Its stdout.
+pub fn client(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect(argv[0]);
+    assert!(out.status.success(), "{argv:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// One redis-cli command against 127.0.0.1:`port`; its reply, trimmed.
+pub fn redis_cli(port: u16, cmd: &[&str]) -> String {
+    let p = port.to_string();
+    let mut argv = vec!["redis-cli", "-p", &p];
+    argv.extend(cmd);
+    client(&argv).trim_end().to_string()
+}
+
+/// A state directory for the nginx image that listens on 127.0.0.1:`port` and serves a
+/// `blob_len`-byte file `/blob_name` besides the image's own pages.
+pub fn nginx_state(port: u16, blob_name: &str, blob_len: usize) -> tempfile::TempDir {
+    let root = image_root("nginx");
+    let state = tempdir();
+    let conf = std::fs::read_to_string(root.join("etc/nginx/ditto.conf")).unwrap();
+    assert!(conf.contains("listen 127.0.0.1:8080;"));
+    std::fs::create_dir_all(state.path().join("etc/nginx")).unwrap();
+    std::fs::write(
+        state.path().join("etc/nginx/ditto.conf"),
+        conf.replace(
+            "listen 127.0.0.1:8080;",
+            &format!("listen 127.0.0.1:{port};"),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(state.path().join("srv/www")).unwrap();
+    write_blob(&state.path().join("srv/www").join(blob_name), blob_len);
+    state
+}

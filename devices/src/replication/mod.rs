@@ -125,7 +125,7 @@ pub struct ReplicaSetup {
 }
 
 /// A mismatch found by the secondary.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mismatch {
     /// Report kind: output, syscall, exit, missing_event, extra_event, signal, schedule.
     pub kind: &'static str,
@@ -648,16 +648,6 @@ impl Replication {
                             "missing_event"
                         },
                         thread: 0,
-                        syscall_seq: 0,
-                        syscall: String::new(),
-                        primary_syscall: None,
-                        fd: None,
-                        logical_time: None,
-                        turn: None,
-                        primary: Vec::new(),
-                        secondary: Vec::new(),
-                        primary_hash: None,
-                        first_differing_byte: None,
                         detail: format!(
                             "the primary's program ended but the secondary's did not get there ({}; {pending} records not taken{})",
                             if stuck {
@@ -671,6 +661,7 @@ impl Replication {
                                 (false, None) => format!("; next: {first}"),
                             }
                         ),
+                        ..Default::default()
                     },
                 );
                 return;
@@ -810,16 +801,14 @@ impl Replication {
                     syscall_seq: seq,
                     syscall: ours.clone(),
                     primary_syscall: Some(theirs.clone()),
-                    fd: None,
                     logical_time,
                     turn,
                     primary: format!("#{seq_p} {theirs}").into_bytes(),
                     secondary: format!("#{seq} {ours}").into_bytes(),
-                    primary_hash: None,
-                    first_differing_byte: None,
                     detail: format!(
                         "the secondary's syscall #{seq} is {ours}, the primary's next logged event of this thread is {theirs} (its syscall #{seq_p})"
                     ),
+                    ..Default::default()
                 },
             );
             return None;
@@ -874,17 +863,15 @@ impl Replication {
                         syscall_seq: seq,
                         syscall: names::name(ctx.nr),
                         primary_syscall: Some(names::name(ctx.nr)),
-                        fd: None,
                         logical_time,
                         turn,
                         primary: format!("{} bytes at {addr:#x}", data.len()).into_bytes(),
                         secondary: b"EFAULT".to_vec(),
-                        primary_hash: None,
-                        first_differing_byte: None,
                         detail: format!(
                             "the primary's result writes {} bytes at {addr:#x}, which the secondary cannot write",
                             data.len()
                         ),
+                        ..Default::default()
                     },
                 );
                 return Self::stop_thread(ctx);
@@ -909,9 +896,8 @@ impl Replication {
                         turn,
                         primary: ret.to_string().into_bytes(),
                         secondary: why.clone().into_bytes(),
-                        primary_hash: None,
-                        first_differing_byte: None,
                         detail: why,
+                        ..Default::default()
                     },
                 );
                 return Self::stop_thread(ctx);
@@ -1087,17 +1073,16 @@ impl Replication {
                     syscall_seq: seq,
                     syscall: names::name(ctx.nr),
                     primary_syscall: Some(names::name(ctx.nr)),
-                    fd: None,
                     logical_time,
                     turn,
                     primary: ret.to_string().into_bytes(),
                     secondary: status.to_string().into_bytes(),
-                    primary_hash: None,
                     first_differing_byte: first_difference(
                         ret.to_string().as_bytes(),
                         status.to_string().as_bytes(),
                     ),
                     detail: format!("the primary exited with {ret}, the secondary with {status}"),
+                    ..Default::default()
                 },
             );
             return false;
@@ -1120,7 +1105,10 @@ const REENTRY_ADDR: u64 = u64::MAX - 7;
 
 fn to_result(ret: i64) -> SysResult {
     if ret < 0 {
-        Err(Errno((-ret) as i32))
+        // From the channel, so checked: a negation or narrowing must not overflow.
+        Err(Errno(
+            i32::try_from(ret.unsigned_abs()).unwrap_or(libc::EINVAL),
+        ))
     } else {
         Ok(ret as u64)
     }
@@ -1357,14 +1345,10 @@ impl ScheduleLink for Replication {
                         syscall_seq: seq,
                         syscall: "futex".into(),
                         primary_syscall: Some(other.describe()),
-                        fd: None,
-                        logical_time: None,
-                        turn: None,
                         primary: other.describe().into_bytes(),
                         secondary: b"futex timed wait".to_vec(),
-                        primary_hash: None,
-                        first_differing_byte: None,
                         detail: "the secondary waits on a futex with a deadline where the primary's thread did something else".into(),
+                        ..Default::default()
                     },
                 );
                 None
@@ -1398,17 +1382,8 @@ impl ScheduleLink for Replication {
                 Mismatch {
                     kind: "schedule",
                     thread: tid.0,
-                    syscall_seq: 0,
-                    syscall: String::new(),
-                    primary_syscall: None,
-                    fd: None,
-                    logical_time: None,
-                    turn: None,
-                    primary: Vec::new(),
-                    secondary: Vec::new(),
-                    primary_hash: None,
-                    first_differing_byte: None,
                     detail: error.to_string(),
+                    ..Default::default()
                 },
             );
         }
