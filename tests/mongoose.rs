@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use guest_images::image::recipes::generated_text;
 
-/// The pair modes in which civetweb shuts down cleanly today (follow mode's secondary does
-/// not always finish after the primary's shutdown yet; see the issue notes).
-const PAIR_MODES: &[&str] = &["det"];
+/// `ditto pair`'s modes.
+const PAIR_MODES: &[&str] = &["det", "follow"];
 
 /// The image's static files: name and size (the thesis's 1, 50, 100 and 200 KB).
 const FILES: [(&str, usize); 4] = [
@@ -265,8 +264,6 @@ fn det_mode_serves_byte_identical_files() {
 
 #[test]
 fn pair_has_zero_divergence_and_compares_every_response_byte() {
-    // Det mode only: in follow mode the secondary does not always finish after the
-    // primary's shutdown yet (reported in the issue notes).
     for &mode in PAIR_MODES {
         let out = tempdir();
         let o = out.path().to_str().unwrap();

@@ -22,6 +22,22 @@
 //! blocking calls (sockets, terminals, sleeps): the non-deterministic events of DESIGN.md §5.
 //! A replicated runtime ([`DetRuntime::replicated`]) reports them to its [`ScheduleLink`] on
 //! the primary and takes them from it on the secondary.
+//!
+//! # Futexes in the follow mode
+//!
+//! Under Lead and Follow (the `follow` mode) futex operations are not turns.
+//!
+//! Whether a program makes a futex call at all depends on timing: glibc's internal locks
+//! call futex only when contended (pthread_kill against a thread that is exiting, say),
+//! and libditto's condition wait checks its flag outside any section before it sleeps.
+//! Under Kendo that only shifts a thread's logical time, and both replicas compute their
+//! own schedule. A follow-mode log, though, must hold the same turns, thread by thread,
+//! on both replicas; one more futex call on one side made the secondary wait for a turn
+//! the primary never took. What the program's synchronization decides is decided in its
+//! det sections (the mutex trylocks, the condition variable's waiter list), whose order
+//! the log fixes; a futex wait there is only a sleep until that state changes, so both
+//! replicas may do it their own way. (A raw futex protocol outside libditto is as racy
+//! under follow mode as a data race; det mode orders it.)
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -39,6 +55,13 @@ use crate::process::{lock, Process};
 
 /// How often a thread waiting for the token checks whether the program is ending.
 const EXIT_POLL: Duration = Duration::from_millis(10);
+
+/// How often a follow-mode secondary in a timed futex wait looks at the primary's log.
+const FOLLOW_POLL: Duration = Duration::from_millis(2);
+
+/// How long a woken follow-mode secondary waits for the log to say whether the primary's
+/// thread timed out instead (a record in flight), when nothing else of that thread comes.
+const FOLLOW_WOKEN_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a thread waiting for the token spins (yielding the CPU) before it sleeps: a
 /// hand-off usually comes within microseconds, and a sleep/wake pair costs more.
@@ -123,8 +146,26 @@ pub trait ScheduleLink: Send + Sync {
     /// Secondary (Kendo or Follow): blocks until the primary's outcome of `tid`'s current timed
     /// futex wait is known; None if it never will be (log ended / program exiting).
     fn timed_wait_outcome(&self, tid: DetTid) -> Option<TimedWait>;
+    /// Secondary, Follow: what the primary's log says so far about `tid`'s current timed
+    /// futex wait, without blocking. A timed-out record at the head of the thread's records
+    /// is taken ([`WaitNews::TimedOut`]).
+    fn follow_timed_wait(&self, tid: DetTid) -> WaitNews;
     /// Secondary, Follow: the schedule cannot be followed (a turn the log does not hold, etc.).
     fn schedule_diverged(&self, tid: DetTid, error: &TurnError);
+}
+
+/// What a follow-mode secondary knows of the primary's side of a timed futex wait
+/// ([`ScheduleLink::follow_timed_wait`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitNews {
+    /// The primary's thread timed out here (its record is now taken).
+    TimedOut,
+    /// The primary's thread did something after this wait without timing out.
+    Passed,
+    /// Nothing yet.
+    Unknown,
+    /// The primary's log ended without a word on it.
+    Ended,
 }
 
 /// How the caller of an implicit det point holds the token.
@@ -454,6 +495,11 @@ impl Order {
             Order::Kendo(s) => Ok(s.leave(det, None)?),
             Order::Free(_) => Ok(()),
         }
+    }
+
+    /// Follow: whether the primary's log holds a turn of `det` not yet taken.
+    fn has_pending_turn(&self, det: DetTid) -> bool {
+        matches!(self, Order::Free(FreeToken { mode: FreeMode::Follow { heads, .. }, .. }) if heads.contains(&det))
     }
 
     fn holder_or_next(&self) -> Option<DetTid> {
@@ -852,7 +898,7 @@ impl DetRuntime {
             match start {
                 Start::Granted(turn) => {
                     self.stats.turns.fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(target: "ditto::turns", %det, ?turn, implicit, "granted");
+                    tracing::trace!(target: "ditto::turns", policy = ?self.policy, %det, ?turn, implicit, "granted");
                     if self.policy == Policy::Lead {
                         if let Some(l) = &self.link {
                             l.link.log_turn(turn);
@@ -1174,6 +1220,9 @@ impl DetRuntime {
         word: &AtomicU32,
         wait: FutexWait,
     ) -> Result<u64, Errno> {
+        if self.policy != Policy::Kendo {
+            return self.futex_wait_unordered(process, tid, addr, word, wait);
+        }
         let FutexWait {
             val,
             bitset,
@@ -1237,6 +1286,106 @@ impl DetRuntime {
             let wait = deadline.map_or(EXIT_POLL, |d| (d - now).min(EXIT_POLL));
             g = cv
                 .wait_timeout(g, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Lead and Follow: a futex wait that takes no turn (see the module documentation for why).
+    /// The word is compared and the waiter queued under the runtime's lock, so a wake
+    /// cannot slip in between; wakes still go oldest first.
+    ///
+    /// A deadline: the primary times out on its own and logs that it did
+    /// ([`ScheduleLink::log_timed_wait`]) before the thread does anything else. The
+    /// secondary ignores its own deadline (its clock runs behind the primary's events) and
+    /// times out exactly where the primary's log says the thread did; once woken, it returns
+    /// only when the log shows the primary's thread got past this wait without timing out.
+    fn futex_wait_unordered(
+        &self,
+        process: &Process,
+        tid: i64,
+        addr: u64,
+        word: &AtomicU32,
+        wait: FutexWait,
+    ) -> Result<u64, Errno> {
+        let mut g = lock(&self.inner);
+        if word.load(Ordering::SeqCst) != wait.val {
+            return Err(Errno::EAGAIN);
+        }
+        let (det, cv) = g.slot(tid).map_err(Errno::from)?;
+        g.futex.entry(addr).or_default().push_back(Waiter {
+            tid,
+            bitset: wait.bitset,
+        });
+        if let Some(s) = g.threads.get_mut(&tid) {
+            s.woken = false;
+        }
+        // A wait inside the program's own section (a contract violation) closes it, rather
+        // than hold the token while asleep.
+        g.close_section(det)?;
+        g.notify_holder();
+        let timed = wait.deadline.is_some();
+        let follow = self.link(false).filter(|_| timed);
+        let lead = self.link(true).filter(|_| timed);
+        let mut woken_since: Option<Instant> = None;
+        loop {
+            if let Some(link) = follow {
+                let pending_turn = g.order.has_pending_turn(det);
+                drop(g);
+                let news = link.follow_timed_wait(det);
+                g = lock(&self.inner);
+                let woken = g.woken(tid);
+                match news {
+                    WaitNews::TimedOut => {
+                        if !woken {
+                            g.dequeue(addr, tid);
+                        }
+                        return Err(Errno::ETIMEDOUT);
+                    }
+                    WaitNews::Passed | WaitNews::Ended if woken => return Ok(0),
+                    _ if woken && pending_turn => return Ok(0),
+                    _ if woken => {
+                        // The primary's timed-out record may still be on its way; but a
+                        // primary that got past this wait long ago without a record is
+                        // just blocked in a later wait.
+                        let since = *woken_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= FOLLOW_WOKEN_GRACE {
+                            return Ok(0);
+                        }
+                    }
+                    _ => {}
+                }
+            } else if g.woken(tid) {
+                return Ok(0);
+            }
+            let now = Instant::now();
+            let timed_out = follow.is_none() && wait.deadline.is_some_and(|d| now >= d);
+            if timed_out || process.exiting() {
+                g.dequeue(addr, tid);
+                g.notify_holder();
+                drop(g);
+                if timed_out {
+                    if let Some(link) = lead {
+                        link.log_timed_wait(
+                            det,
+                            TimedWait {
+                                took_turn: false,
+                                timed_out: true,
+                                reentry_at: None,
+                            },
+                        );
+                    }
+                    return Err(Errno::ETIMEDOUT);
+                }
+                return Err(Errno::EINTR);
+            }
+            let sleep = match (follow, wait.deadline) {
+                (Some(_), _) => FOLLOW_POLL,
+                (None, Some(d)) => (d - now).min(EXIT_POLL),
+                (None, None) => EXIT_POLL,
+            };
+            g = cv
+                .wait_timeout(g, sleep)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -1430,6 +1579,13 @@ impl DetRuntime {
         tid: i64,
         f: impl FnOnce(&mut Inner) -> Result<u64, Errno>,
     ) -> Result<u64, Errno> {
+        if self.policy != Policy::Kendo {
+            // No turn: see the module documentation.
+            let mut g = lock(&self.inner);
+            let r = f(&mut g);
+            g.notify_holder();
+            return r;
+        }
         let g = lock(&self.inner);
         let (mut g, held) = self.acquire(g, process, tid, true)?;
         let r = f(&mut g);
@@ -1601,6 +1757,18 @@ mod tests {
         fn timed_wait_outcome(&self, tid: DetTid) -> Option<TimedWait> {
             std::thread::sleep(Duration::from_millis(3));
             self.outcomes.lock().unwrap().get_mut(&tid)?.pop_front()
+        }
+
+        fn follow_timed_wait(&self, tid: DetTid) -> WaitNews {
+            let mut outcomes = self.outcomes.lock().unwrap();
+            match outcomes.get_mut(&tid).and_then(|q| q.front().copied()) {
+                Some(o) if o.timed_out => {
+                    outcomes.get_mut(&tid).map(|q| q.pop_front());
+                    WaitNews::TimedOut
+                }
+                Some(_) => WaitNews::Passed,
+                None => WaitNews::Ended,
+            }
         }
 
         fn schedule_diverged(&self, tid: DetTid, error: &TurnError) {
@@ -1804,11 +1972,22 @@ mod tests {
         assert_eq!(turns(a), turns(b));
     }
 
-    /// What the primary's scenario must report: t2 timed out in a turn, t3 was woken.
+    /// What the primary's scenario must report: t2 timed out (Kendo: in a turn), t3 was
+    /// woken (reported under Kendo only: follow mode's secondary needs only the timeouts).
     fn check_outcomes(link: &TestLink, kendo: bool) {
         let logged = link.logged.lock().unwrap();
         let t2: Vec<_> = logged.iter().filter(|(t, _)| *t == DetTid(2)).collect();
         assert_eq!(t2.len(), 1, "{logged:?}");
+        if !kendo {
+            let timed_out = TimedWait {
+                took_turn: false,
+                timed_out: true,
+                reentry_at: None,
+            };
+            assert_eq!(t2[0].1, timed_out);
+            assert!(!logged.iter().any(|(t, _)| *t == DetTid(3)), "{logged:?}");
+            return;
+        }
         assert!(t2[0].1.took_turn && t2[0].1.timed_out);
         assert_eq!(t2[0].1.reentry_at.is_some(), kendo);
         let woken = TimedWait {
@@ -1863,6 +2042,83 @@ mod tests {
         same_schedule(&lead, &follow);
         assert!(follow_link.diverged.lock().unwrap().is_empty());
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// Follow mode: a futex call that only one replica makes (contention on a lock that
+    /// only one of them met) takes no turn, so the logs still match.
+    #[test]
+    fn follow_mode_futex_calls_take_no_turn() {
+        let p = process();
+        let link = Arc::new(TestLink::default());
+        let lead = DetRuntime::replicated(1000, None, Policy::Lead, true, link.clone());
+        let word = AtomicU32::new(1);
+        lead.det_start(&p, 1000).unwrap();
+        lead.det_end(1000).unwrap();
+        assert_eq!(lead.futex_wake(&p, 1000, 0x1000, 1, u32::MAX), Ok(0));
+        assert_eq!(
+            lead.futex_wait(&p, 1000, 0x1000, &word, wait(0, None)),
+            Err(Errno::EAGAIN)
+        );
+        lead.det_start(&p, 1000).unwrap();
+        lead.det_end(1000).unwrap();
+        let turns = link.turns.lock().unwrap().clone();
+        assert_eq!(turns.len(), 2);
+
+        let flink = Arc::new(TestLink::replaying(&link));
+        let follow = DetRuntime::replicated(1000, None, Policy::Follow, false, flink.clone());
+        for t in turns {
+            follow.push_turn(t).unwrap();
+        }
+        follow.close_log();
+        for _ in 0..2 {
+            follow.det_start(&p, 1000).unwrap();
+            follow.det_end(1000).unwrap();
+        }
+        assert!(flink.diverged.lock().unwrap().is_empty());
+    }
+
+    /// Follow mode's secondary times out where the primary's log says, not by its own clock:
+    /// at once when the log holds the timeout, never while the log says the primary's
+    /// thread was woken.
+    #[test]
+    fn follow_secondary_times_out_where_the_log_says() {
+        let p = process();
+        let link = Arc::new(TestLink::default());
+        link.outcomes
+            .lock()
+            .unwrap()
+            .entry(DetTid(0))
+            .or_default()
+            .push_back(TimedWait {
+                took_turn: false,
+                timed_out: true,
+                reentry_at: None,
+            });
+        let rt = DetRuntime::replicated(1000, None, Policy::Follow, false, link.clone());
+        let word = AtomicU32::new(0);
+        let far = Some(Instant::now() + Duration::from_secs(30));
+        let started = Instant::now();
+        assert_eq!(
+            rt.futex_wait(&p, 1000, 0x1000, &word, wait(0, far)),
+            Err(Errno::ETIMEDOUT)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(link.outcomes.lock().unwrap()[&DetTid(0)].is_empty());
+
+        // Nothing logged, and a deadline already past: the secondary waits for its wake.
+        // (The waker uses the same guest tid: follow-mode wakes take no turn, so it
+        // needs no slot of its own.)
+        let rt = Arc::new(rt);
+        let (rt2, p2) = (rt.clone(), Arc::new(p));
+        let p3 = p2.clone();
+        let waiter = std::thread::spawn(move || {
+            let past = Some(Instant::now());
+            rt2.futex_wait(&p3, 1000, 0x2000, &AtomicU32::new(0), wait(0, past))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "timed out by its own clock");
+        assert_eq!(rt.futex_wake(&p2, 1000, 0x2000, 1, u32::MAX), Ok(1));
+        assert_eq!(waiter.join().unwrap(), Ok(0));
     }
 
     #[test]

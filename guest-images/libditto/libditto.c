@@ -52,6 +52,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <execinfo.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
@@ -116,7 +117,22 @@ static void init(void)
 
 /* A constructor fixes the mode while there is one thread (so ditto_present's section is at
  * a deterministic point); det() initialises lazily for other libraries' constructors. */
-__attribute__((constructor)) static void ctor(void) { if (__atomic_load_n(&mode, __ATOMIC_ACQUIRE) < 0) init(); }
+__attribute__((constructor)) static void ctor(void)
+{
+    if (__atomic_load_n(&mode, __ATOMIC_ACQUIRE) < 0)
+        init();
+#ifndef DITTO_STATIC_WRAP
+    /* glibc loads libgcc_s the first time any thread unwinds (pthread_exit, cancellation),
+     * and which thread gets there first is a race outside every det section: its openat and
+     * mmaps would be det points on one thread in one run and on another in the next, which
+     * a follow-mode log cannot replay. backtrace() takes the same lazy path, so load it
+     * now, while there is one thread. */
+    if (mode == MODE_DITTO) {
+        void *frame[1];
+        backtrace(frame, 1);
+    }
+#endif
+}
 
 static inline int det(void)
 {

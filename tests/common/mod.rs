@@ -222,10 +222,26 @@ pub fn redis_cli(port: u16, cmd: &[&str]) -> String {
 /// A state directory for the nginx image that listens on 127.0.0.1:`port` and serves a
 /// `blob_len`-byte file `/blob_name` besides the image's own pages.
 pub fn nginx_state(port: u16, blob_name: &str, blob_len: usize) -> tempfile::TempDir {
+    nginx_state_with(port, blob_name, blob_len, true)
+}
+
+/// [`nginx_state`], with the image's `aio threads` (file reads on its thread pool) or
+/// without (the event loop reads files itself). Follow mode needs it off: the pool hands
+/// finished reads back through nginx's own spinlock, outside every det section.
+pub fn nginx_state_with(
+    port: u16,
+    blob_name: &str,
+    blob_len: usize,
+    aio_threads: bool,
+) -> tempfile::TempDir {
     let root = image_root("nginx");
     let state = tempdir();
-    let conf = std::fs::read_to_string(root.join("etc/nginx/ditto.conf")).unwrap();
+    let mut conf = std::fs::read_to_string(root.join("etc/nginx/ditto.conf")).unwrap();
     assert!(conf.contains("listen 127.0.0.1:8080;"));
+    if !aio_threads {
+        assert!(conf.contains("aio threads;"));
+        conf = conf.replace("aio threads;", "aio off;");
+    }
     std::fs::create_dir_all(state.path().join("etc/nginx")).unwrap();
     std::fs::write(
         state.path().join("etc/nginx/ditto.conf"),

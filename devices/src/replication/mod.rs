@@ -45,7 +45,7 @@ use det::{DetTid, Turn};
 use replica::status::{Counter, StatusPage};
 use replica::{ChannelConfig, ChannelError, Consumer, Producer};
 
-use crate::det_runtime::{ScheduleLink, TimedWait};
+use crate::det_runtime::{ScheduleLink, TimedWait, WaitNews};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
 use crate::process::{lock, ExitReason, Process};
@@ -201,7 +201,8 @@ pub const CORRUPT_ENV: &str = "DITTO_PAIR_CORRUPT_RECORD";
 
 #[derive(Default)]
 struct Queues {
-    by_tid: HashMap<u32, VecDeque<(u64, ThreadRecord)>>,
+    /// Per deterministic thread: (replicated-event seq, record, payload bytes).
+    by_tid: HashMap<u32, VecDeque<(u64, ThreadRecord, u64)>>,
     cvs: HashMap<u32, Arc<Condvar>>,
     /// The primary's End arrived.
     end: Option<EndInfo>,
@@ -543,7 +544,11 @@ impl Replication {
                                 );
                                 return;
                             }
-                            q.by_tid.entry(tid).or_default().push_back((seq, rec));
+                            q.by_tid.entry(tid).or_default().push_back((
+                                seq,
+                                rec,
+                                payload.len() as u64,
+                            ));
                             q.cv(tid).notify_all();
                         }
                         Err(e) => {
@@ -632,7 +637,7 @@ impl Replication {
                         .iter()
                         .filter_map(|(t, d)| {
                             d.front()
-                                .map(|(_, r)| format!("thread {t}: {}", r.describe()))
+                                .map(|(_, r, _)| format!("thread {t}: {}", r.describe()))
                         })
                         .take(3)
                         .collect::<Vec<_>>()
@@ -735,10 +740,10 @@ impl Replication {
         let mut q = lock(&s.queues);
         let cv = q.cv(tid);
         loop {
-            if let Some(r) = q.by_tid.get_mut(&tid).and_then(|d| d.pop_front()) {
-                q.buffered_bytes = q.buffered_bytes.saturating_sub(1);
+            if let Some((seq, rec, len)) = q.by_tid.get_mut(&tid).and_then(|d| d.pop_front()) {
+                q.buffered_bytes = q.buffered_bytes.saturating_sub(len);
                 self.status.add(Counter::RecordsConsumed, 1);
-                return Some(r);
+                return Some((seq, rec));
             }
             if s.stop.load(Ordering::Relaxed) || process.exiting() {
                 return None;
@@ -1353,6 +1358,32 @@ impl ScheduleLink for Replication {
                 );
                 None
             }
+        }
+    }
+
+    fn follow_timed_wait(&self, tid: DetTid) -> WaitNews {
+        let Some(s) = &self.secondary else {
+            return WaitNews::Ended;
+        };
+        let mut q = lock(&s.queues);
+        let head = q.by_tid.get(&tid.0).and_then(|d| d.front());
+        match head {
+            Some((
+                _,
+                ThreadRecord::TimedWait {
+                    timed_out: true, ..
+                },
+                _,
+            )) => {
+                if let Some((_, _, len)) = q.by_tid.get_mut(&tid.0).and_then(|d| d.pop_front()) {
+                    q.buffered_bytes = q.buffered_bytes.saturating_sub(len);
+                }
+                self.status.add(Counter::RecordsConsumed, 1);
+                WaitNews::TimedOut
+            }
+            Some(_) => WaitNews::Passed,
+            None if q.end.is_some() || q.closed.is_some() => WaitNews::Ended,
+            None => WaitNews::Unknown,
         }
     }
 
