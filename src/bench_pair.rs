@@ -1,14 +1,17 @@
 //! `ditto bench pair`: what replication costs, measured in one run.
 //!
-//! Each workload runs in four configurations: a single VM (`ditto run`, the baseline),
+//! Each workload runs in five configurations: natively (the image's own binary and
+//! libraries, through its dynamic loader, outside any VM), a single VM (`ditto run`),
 //! `ditto run --det`, and `ditto pair` in `det` and in `follow` mode. The table gives each
-//! one's overhead against the single VM beside the figures of the thesis that ditto follows;
+//! one's overhead against native and against the single VM, beside the figures of the
+//! thesis that ditto follows (the thesis's baseline was native);
 //! a second table gives, for each pair run, the outcome and counters of its report
 //! (`OUT/report.json`), and a third the channel's own throughput between two processes
 //! ([`replica::bench`]).
 //!
-//! - The single VM and `--det` runs get `--cores` = the primary's cores, so every
-//!   configuration gives the program the same cores; the secondary runs on the others.
+//! - Native runs (under `taskset`), the single VM and `--det` runs get the primary's
+//!   cores, so every configuration gives the program the same cores; the secondary runs on
+//!   the others.
 //! - Every run is bounded: batch runs by a timeout, servers by a bounded load (request
 //!   count or duration, itself under a timeout) and a bounded stop. A server is stopped by
 //!   SIGTERM to the `ditto run` or `ditto pair` process this benchmark started; if it has not
@@ -22,6 +25,7 @@
 //! The channel benchmark needs a consumer process: this program starts itself with
 //! [`CONSUMER_ENV`] set, and [`main`] then acts as the consumer only.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -30,8 +34,8 @@ use guest_images::image::{self, BuildOptions};
 use replica::report::{Outcome, Report};
 
 use crate::bench_servers::{
-    ditto_exe, free_port, mongoose_state, nginx_state, pbzip2_input, redis_benchmark, test_body,
-    wrk_with, Proc,
+    ditto_exe, free_port, mongoose_state, native_cmd, native_mongoose, native_nginx, native_redis,
+    nginx_state, pbzip2_input, redis_benchmark, test_body, wrk_with, Proc,
 };
 
 /// Set in the environment of the channel benchmark's consumer process (to its record count):
@@ -44,13 +48,15 @@ const WORKLOADS: [&str; 5] = ["pbzip2", "redis", "nginx", "mongoose", "channel"]
 /// One way of running a workload.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
+    Native,
     Run,
     RunDet,
     PairDet,
     PairFollow,
 }
 
-const CONFIGS: [Config; 4] = [
+const CONFIGS: [Config; 5] = [
+    Config::Native,
     Config::Run,
     Config::RunDet,
     Config::PairDet,
@@ -60,6 +66,7 @@ const CONFIGS: [Config; 4] = [
 impl Config {
     fn label(self) -> &'static str {
         match self {
+            Config::Native => "native",
             Config::Run => "run",
             Config::RunDet => "run --det",
             Config::PairDet => "pair det",
@@ -69,11 +76,17 @@ impl Config {
 
     fn slug(self) -> &'static str {
         match self {
+            Config::Native => "native",
             Config::Run => "run",
             Config::RunDet => "run-det",
             Config::PairDet => "pair-det",
             Config::PairFollow => "pair-follow",
         }
+    }
+
+    /// Its place in [`CONFIGS`] (and in a row's cells).
+    fn index(self) -> usize {
+        CONFIGS.iter().position(|&c| c == self).unwrap_or(0)
     }
 
     /// `ditto pair --mode`, for the pair configurations.
@@ -277,10 +290,13 @@ impl Row {
         }
     }
 
-    /// The overhead of configuration `i` against the single VM, in percent of the single
-    /// VM's time per unit of work.
-    fn overhead(&self, i: usize) -> String {
-        match (self.cells[0].median(), self.cells[i].median()) {
+    /// The overhead of configuration `cfg` against `base`, in percent of the base's time
+    /// per unit of work.
+    fn overhead(&self, cfg: Config, base: Config) -> String {
+        match (
+            self.cells[base.index()].median(),
+            self.cells[cfg.index()].median(),
+        ) {
             (Some(base), Some(x)) if base > 0.0 && x > 0.0 => {
                 let ratio = if self.higher_is_better {
                     base / x
@@ -318,17 +334,27 @@ impl Ctx {
         Ok(d)
     }
 
-    /// The `ditto run` or `ditto pair` command for `cfg`, with stderr to OUT/stderr.txt.
+    /// The command for `cfg`: `native` pinned to the primary's cores, or `ditto run` or
+    /// `ditto pair`; stderr to OUT/stderr.txt.
     fn command(
         &self,
         cfg: Config,
         out: &Path,
-        image: &str,
+        (image, native): (&str, Command),
         state: bool,
         args: &[String],
     ) -> Result<Command, String> {
         let mut c = Command::new(ditto_exe());
         match cfg.pair_mode() {
+            None if cfg == Config::Native => {
+                c = Command::new("taskset");
+                c.args(["-c", &self.primary_cores])
+                    .arg(native.get_program())
+                    .args(native.get_args());
+                if let Some(dir) = native.get_current_dir() {
+                    c.current_dir(dir);
+                }
+            }
             None => {
                 c.args(["run", "--cores", &self.primary_cores]);
                 if cfg == Config::RunDet {
@@ -348,7 +374,10 @@ impl Ctx {
                     .args(["--image", image]);
             }
         }
-        c.arg("--").args(args);
+        if cfg != Config::Native {
+            c.arg("--");
+        }
+        c.args(args);
         let err = std::fs::File::create(out.join("stderr.txt")).map_err(|e| e.to_string())?;
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
         Ok(c)
@@ -357,6 +386,7 @@ impl Ctx {
     /// The state directories a run of `cfg` reads its image's writable files from.
     fn state_dirs(cfg: Config, out: &Path) -> Vec<PathBuf> {
         match cfg.pair_mode() {
+            None if cfg == Config::Native => Vec::new(),
             None => vec![out.join("state")],
             Some(_) => vec![out.join("primary-state"), out.join("secondary-state")],
         }
@@ -412,7 +442,8 @@ fn stop(p: Proc, cfg: Config, out: &Path, ended_already_said: bool) -> Option<St
             if cfg.pair_mode().is_none()
                 && !ended_already_said
                 && !st.success()
-                && st.code() != Some(128 + libc::SIGTERM) =>
+                && st.code() != Some(128 + libc::SIGTERM)
+                && st.signal() != Some(libc::SIGTERM) =>
         {
             Some(with_stderr(st, out))
         }
@@ -424,13 +455,13 @@ fn stop(p: Proc, cfg: Config, out: &Path, ended_already_said: bool) -> Option<St
 fn batch(
     ctx: &mut Ctx,
     cfg: Config,
-    what: &str,
+    (what, native): (&str, Command),
     dir: &Path,
     args: &[String],
     timeout: Duration,
 ) -> Result<Sample, String> {
     let out = ctx.out_dir(what, cfg)?;
-    let mut cmd = ctx.command(cfg, &out, "pbzip2", false, args)?;
+    let mut cmd = ctx.command(cfg, &out, ("pbzip2", native), false, args)?;
     cmd.current_dir(dir);
     let t = Instant::now();
     let mut p = Proc::new(
@@ -468,6 +499,8 @@ fn batch(
 /// A server workload: the image, its arguments and state files for a port, and the load.
 struct Server<'a> {
     image: &'static str,
+    /// The native server on a port, with the run's directory for its files.
+    native: &'a dyn Fn(&Path, u16) -> Result<Command, String>,
     args: &'a dyn Fn(u16) -> Vec<String>,
     prepare: &'a dyn Fn(&Path, u16) -> Result<(), String>,
     load: &'a dyn Fn(u16) -> Result<f64, String>,
@@ -480,7 +513,13 @@ fn serve(ctx: &mut Ctx, cfg: Config, what: &str, srv: &Server) -> Result<Sample,
     for state in Ctx::state_dirs(cfg, &out) {
         (srv.prepare)(&state, port)?;
     }
-    let mut cmd = ctx.command(cfg, &out, srv.image, true, &(srv.args)(port))?;
+    let native = (srv.native)(&out, port)?;
+    let args = if cfg == Config::Native {
+        Vec::new()
+    } else {
+        (srv.args)(port)
+    };
+    let mut cmd = ctx.command(cfg, &out, (srv.image, native), true, &args)?;
     let mut p = Proc::new(
         cmd.spawn()
             .map_err(|e| format!("cannot start ditto: {e}"))?,
@@ -500,7 +539,7 @@ fn serve(ctx: &mut Ctx, cfg: Config, what: &str, srv: &Server) -> Result<Sample,
 }
 
 fn pbzip2_rows(ctx: &mut Ctx, mb: usize) -> Result<Vec<Row>, String> {
-    image::open("pbzip2", &BuildOptions::default()).map_err(|e| e.to_string())?;
+    let img = image::open("pbzip2", &BuildOptions::default()).map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     pbzip2_input(dir.path(), mb)?;
     let mut rows = Vec::new();
@@ -511,9 +550,11 @@ fn pbzip2_rows(ctx: &mut Ctx, mb: usize) -> Result<Vec<Row>, String> {
         for _ in 0..ctx.reps {
             for (i, cfg) in CONFIGS.into_iter().enumerate() {
                 // Ten times the single VM's time, at least a minute.
-                let base = row.cells[0].median().unwrap_or(mb as f64);
+                let base = row.cells[Config::Run.index()].median().unwrap_or(mb as f64);
                 let timeout = Duration::from_secs_f64((base * 10.0).max(60.0));
-                let s = batch(ctx, cfg, &what, dir.path(), &args, timeout)?;
+                let mut native = native_cmd(&img, "/usr/bin/pbzip2");
+                native.current_dir(dir.path());
+                let s = batch(ctx, cfg, (&what, native), dir.path(), &args, timeout)?;
                 row.cells[i].add(s);
             }
         }
@@ -539,7 +580,7 @@ fn server_rows(
 }
 
 fn redis_rows(ctx: &mut Ctx, n: u64) -> Result<Vec<Row>, String> {
-    image::open("redis", &BuildOptions::default()).map_err(|e| e.to_string())?;
+    let img = image::open("redis", &BuildOptions::default()).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for (clients, thesis) in [
         (2, ("11.9%", "30.4%")),
@@ -549,8 +590,10 @@ fn redis_rows(ctx: &mut Ctx, n: u64) -> Result<Vec<Row>, String> {
         // SET and GET, n each, at no less than 50 requests a second.
         let timeout = Duration::from_secs(30 + 2 * n / 50);
         let load = move |port| redis_benchmark(port, n, clients, 1, timeout).map(|r| r.0);
+        let img = &img;
         let srv = Server {
             image: "redis",
+            native: &|dir, port| native_redis(img, dir, port),
             args: &|port| vec!["--port".into(), port.to_string()],
             prepare: &|_, _| Ok(()),
             load: &load,
@@ -563,11 +606,18 @@ fn redis_rows(ctx: &mut Ctx, n: u64) -> Result<Vec<Row>, String> {
 
 fn nginx_rows(ctx: &mut Ctx, secs: u32) -> Result<Vec<Row>, String> {
     let img = image::open("nginx", &BuildOptions::default()).map_err(|e| e.to_string())?;
+    // Without the image's thread pool (`aio threads`): the pool hands finished reads back
+    // through nginx's own spinlock, which follow mode cannot order (docs/pair.md), and one
+    // configuration for all five columns keeps them comparable. A 612-byte file is read in
+    // the event loop either way.
     let conf = std::fs::read_to_string(img.root.join("etc/nginx/ditto.conf"))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .replace("aio threads;", "aio off;");
     let body = test_body(612);
+    let img = &img;
     let srv = Server {
         image: "nginx",
+        native: &|dir, port| native_nginx(img, &conf, dir, port, ("small.html", &body)),
         args: &|_| Vec::new(),
         prepare: &|state, port| nginx_state(state, &conf, port, "small.html", &body),
         load: &|port| {
@@ -589,10 +639,13 @@ fn mongoose_rows(ctx: &mut Ctx, secs: u32) -> Result<Vec<Row>, String> {
         (16, ("0.23%", "9.82%")),
     ] {
         let args = move |_| vec!["-num_threads".to_string(), threads.to_string()];
+        let img = &img;
+        let conf = &conf;
         let srv = Server {
             image: "mongoose",
+            native: &|dir, port| native_mongoose(img, conf, dir, port, threads),
             args: &args,
-            prepare: &|state, port| mongoose_state(state, &conf, port),
+            prepare: &|state, port| mongoose_state(state, conf, port),
             load: &|port| {
                 wrk_with(&format!("http://127.0.0.1:{port}/50k.html"), secs, 100).map(|r| r.0)
             },
@@ -648,25 +701,33 @@ fn print_tables(rows: &[Row], ctx: &Ctx) {
         return;
     }
     println!(
-        "Overhead = extra time per unit of work against the single VM (`ditto run`), median of {} run(s); primary (and single VM) on cores {}, secondary on cores {}.",
+        "Overhead = extra time per unit of work, median of {} run(s); native runs, the single VM and the primary on cores {}, the secondary on cores {}. The thesis's figures are against native Linux.",
         ctx.reps, ctx.primary_cores, ctx.secondary_cores
     );
     println!();
-    println!("| workload | unit | run | run --det | pair det | pair follow | run --det overhead | pair det overhead | pair follow overhead | thesis follow | thesis det |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | unit | native | run | run --det | pair det | pair follow |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for r in rows {
         let digits = if r.higher_is_better { 1 } else { 2 };
+        let cells: Vec<String> = r.cells.iter().map(|c| c.show(digits)).collect();
+        println!("| {} | {} | {} |", r.name, r.unit, cells.join(" | "));
+    }
+    println!();
+    println!("| workload | run vs native | run --det vs native | pair det vs native | pair follow vs native | run --det vs run | pair det vs run | pair follow vs run | thesis follow | thesis det |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        use Config::*;
+        let o = |c, b| r.overhead(c, b);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
-            r.unit,
-            r.cells[0].show(digits),
-            r.cells[1].show(digits),
-            r.cells[2].show(digits),
-            r.cells[3].show(digits),
-            r.overhead(1),
-            r.overhead(2),
-            r.overhead(3),
+            o(Run, Native),
+            o(RunDet, Native),
+            o(PairDet, Native),
+            o(PairFollow, Native),
+            o(RunDet, Run),
+            o(PairDet, Run),
+            o(PairFollow, Run),
             r.thesis_follow,
             r.thesis_det
         );

@@ -249,7 +249,7 @@ impl Drop for Proc {
 
 /// Runs an image's program natively: the same binary and libraries, through the
 /// image's own dynamic loader.
-fn native_cmd(img: &Image, program: &str) -> Command {
+pub(crate) fn native_cmd(img: &Image, program: &str) -> Command {
     let root = &img.root;
     let mut c = Command::new(root.join("lib64/ld-linux-x86-64.so.2"));
     c.arg("--library-path")
@@ -371,21 +371,8 @@ fn redis_rows(n: u64, costs: &Costs) -> Result<Vec<ServerRow>, String> {
     let mut rows = Vec::new();
     for (clients, pipeline) in [(1, 1), (1, 16), (50, 1), (50, 16)] {
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let conf = std::fs::read_to_string(img.root.join("etc/redis/ditto.conf"))
-            .map_err(|e| e.to_string())?;
-        let native_conf = tmp.path().join("native.conf");
-        std::fs::write(
-            &native_conf,
-            conf.replace(
-                "dir /var/lib/redis",
-                &format!("dir {}", tmp.path().display()),
-            ),
-        )
-        .map_err(|e| e.to_string())?;
         let port = free_port()?;
-        let mut c = native_cmd(&img, "/usr/bin/redis-server");
-        c.arg(&native_conf).args(["--port", &port.to_string()]);
-        let mut p = spawn(c)?;
+        let mut p = spawn(native_redis(&img, tmp.path(), port)?)?;
         p.wait_port(port)?;
         let timeout = Duration::from_secs(30 + n / 100);
         let (native, _) = redis_benchmark(port, n, clients, pipeline, timeout)?;
@@ -401,6 +388,70 @@ fn redis_rows(n: u64, costs: &Costs) -> Result<Vec<ServerRow>, String> {
         rows.push(row(name, native, ditto, requests, &stats, costs));
     }
     Ok(rows)
+}
+
+/// The image's redis-server run natively on `port`, its configuration and data in `dir`.
+pub(crate) fn native_redis(img: &Image, dir: &Path, port: u16) -> Result<Command, String> {
+    let conf = std::fs::read_to_string(img.root.join("etc/redis/ditto.conf"))
+        .map_err(|e| e.to_string())?;
+    let native_conf = dir.join("native.conf");
+    std::fs::write(
+        &native_conf,
+        conf.replace("dir /var/lib/redis", &format!("dir {}", dir.display())),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = native_cmd(img, "/usr/bin/redis-server");
+    c.arg(&native_conf).args(["--port", &port.to_string()]);
+    Ok(c)
+}
+
+/// The image's nginx run natively on `port` with the image's configuration `conf` (host
+/// paths put in), serving `file` with `body` from `dir`/www; its other files in `dir`.
+pub(crate) fn native_nginx(
+    img: &Image,
+    conf: &str,
+    dir: &Path,
+    port: u16,
+    (file, body): (&str, &[u8]),
+) -> Result<Command, String> {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
+    std::fs::write(www.join(file), body).map_err(|e| e.to_string())?;
+    let native_conf = dir.join("nginx.conf");
+    std::fs::write(&native_conf, nginx_conf(conf, port, &img.root, dir, &www))
+        .map_err(|e| e.to_string())?;
+    let mut c = native_cmd(img, "/usr/sbin/nginx");
+    c.arg("-c")
+        .arg(&native_conf)
+        .args(["-e", "stderr", "-p"])
+        .arg(dir);
+    Ok(c)
+}
+
+/// The image's civetweb run natively on `port` with `threads` workers and the image's
+/// configuration `conf` (written to `dir`), serving the image's document root.
+pub(crate) fn native_mongoose(
+    img: &Image,
+    conf: &str,
+    dir: &Path,
+    port: u16,
+    threads: u32,
+) -> Result<Command, String> {
+    let native_conf = dir.join("civetweb.conf");
+    let listen = format!("listening_ports 127.0.0.1:{port}");
+    std::fs::write(
+        &native_conf,
+        conf.replace("listening_ports 127.0.0.1:8081", &listen)
+            .replace(
+                "document_root /srv/www",
+                &format!("document_root {}", img.root.join("srv/www").display()),
+            ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = native_cmd(img, "/usr/bin/civetweb");
+    c.arg(&native_conf)
+        .args(["-num_threads", &threads.to_string()]);
+    Ok(c)
 }
 
 /// The contents of the nginx benchmark's file of `size` bytes.
@@ -468,22 +519,8 @@ fn nginx_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
         let body = test_body(size);
         // Native: the image's nginx with host paths in its configuration.
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let www = tmp.path().join("www");
-        std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
-        std::fs::write(www.join(file), &body).map_err(|e| e.to_string())?;
         let port = free_port()?;
-        let native_conf = tmp.path().join("nginx.conf");
-        std::fs::write(
-            &native_conf,
-            nginx_conf(&conf, port, &img.root, tmp.path(), &www),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut c = native_cmd(&img, "/usr/sbin/nginx");
-        c.arg("-c")
-            .arg(&native_conf)
-            .args(["-e", "stderr", "-p"])
-            .arg(tmp.path());
-        let mut p = spawn(c)?;
+        let mut p = spawn(native_nginx(&img, &conf, tmp.path(), port, (file, &body))?)?;
         p.wait_port(port)?;
         let (native, _) = wrk(&format!("http://127.0.0.1:{port}/{file}"), secs)?;
         p.stop();
@@ -596,20 +633,7 @@ fn mongoose_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
         let t = threads.to_string();
         let port = free_port()?;
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let native_conf = tmp.path().join("civetweb.conf");
-        let listen = format!("listening_ports 127.0.0.1:{port}");
-        std::fs::write(
-            &native_conf,
-            conf.replace("listening_ports 127.0.0.1:8081", &listen)
-                .replace(
-                    "document_root /srv/www",
-                    &format!("document_root {}", img.root.join("srv/www").display()),
-                ),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut c = native_cmd(&img, "/usr/bin/civetweb");
-        c.arg(&native_conf).args(["-num_threads", &t]);
-        let mut p = spawn(c)?;
+        let mut p = spawn(native_mongoose(&img, &conf, tmp.path(), port, threads)?)?;
         p.wait_port(port)?;
         let url = format!("http://127.0.0.1:{port}/50k.html");
         let (native, _) = wrk_with(&url, secs, 100)?;

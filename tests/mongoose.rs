@@ -277,14 +277,16 @@ fn pair_has_zero_divergence_and_compares_every_response_byte() {
                 .flat_map(|t| (0..per_thread).map(move |i| (t + i) % 4))
                 .map(|f| files[f].1.len())
                 .sum::<usize>();
-        server.stop(libc::SIGTERM);
+        let o = server.proc.stop(libc::SIGTERM);
         let r = replica::report::Report::load(out.path().join("report.json")).unwrap();
         assert_eq!(
             r.outcome,
             replica::report::Outcome::Identical,
-            "{mode}: {}",
-            r.summary()
+            "{mode}: {}\n{}",
+            r.summary(),
+            stderr(&o)
         );
+        assert_eq!(o.status.code(), Some(0), "{mode}: {}", stderr(&o));
         assert!(
             r.counters.bytes_compared >= body_bytes as u64,
             "{mode}: compared {} bytes, the clients received {body_bytes} bytes of bodies",
