@@ -277,6 +277,10 @@ fn pair_has_zero_divergence_and_compares_every_response_byte() {
                 .flat_map(|t| (0..per_thread).map(move |i| (t + i) % 4))
                 .map(|f| files[f].1.len())
                 .sum::<usize>();
+        assert!(
+            wait_connections_closed(server.port, 20),
+            "{mode}: civetweb did not close its connections"
+        );
         let o = server.proc.stop(libc::SIGTERM);
         let r = replica::report::Report::load(out.path().join("report.json")).unwrap();
         assert_eq!(

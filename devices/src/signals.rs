@@ -54,10 +54,67 @@ pub enum Fate {
     Queued(Option<i64>),
 }
 
+/// How long a process-directed signal waits for its preferred thread before any thread
+/// that does not block it may take it (the preferred one may be parked where no signal
+/// reaches it, such as a det-mode futex wait).
+const PREFERRED_TAKER_WAIT: Duration = Duration::from_millis(200);
+
 #[derive(Default)]
 struct State {
     process_pending: u64,
+    /// When `process_pending` last went from empty to non-empty.
+    process_pending_since: Option<Instant>,
     threads: BTreeMap<i64, ThreadSignals>,
+}
+
+impl State {
+    /// The process-pending signals `tid` may take now.
+    ///
+    /// Like Linux (`complete_signal`), a process-directed signal goes to one chosen
+    /// thread: one waiting for it in sigwait, else the lowest thread id that does not
+    /// block it, which is the main thread unless it blocks the signal or has exited.
+    /// Letting whichever thread reaches a syscall first take it would make the taker
+    /// depend on timing; a program whose main loop polls a flag its handler sets (civetweb,
+    /// many daemons) would then see the flag late on one replica of a pair and on time on
+    /// the other. Only after [`PREFERRED_TAKER_WAIT`] may any thread take it.
+    fn process_takeable(&self, tid: i64) -> u64 {
+        let mut pending = self.process_pending;
+        if pending == 0 {
+            return 0;
+        }
+        if self
+            .process_pending_since
+            .is_some_and(|t| t.elapsed() >= PREFERRED_TAKER_WAIT)
+        {
+            return pending;
+        }
+        let mut takeable = 0;
+        while pending != 0 {
+            let sig = pending.trailing_zeros() as i32 + 1;
+            pending &= pending - 1;
+            if self.preferred_taker(sig) == Some(tid) {
+                takeable |= bit(sig);
+            }
+        }
+        takeable
+    }
+
+    /// The thread a process-directed `sig` should go to (see `process_takeable`).
+    fn preferred_taker(&self, sig: i32) -> Option<i64> {
+        let b = bit(sig);
+        self.threads
+            .iter()
+            .find(|(_, t)| t.waiting & b != 0)
+            .or_else(|| self.threads.iter().find(|(_, t)| t.mask & b == 0))
+            .map(|(&tid, _)| tid)
+    }
+
+    fn take_process_pending(&mut self, sig: i32) {
+        self.process_pending &= !bit(sig);
+        if self.process_pending == 0 {
+            self.process_pending_since = None;
+        }
+    }
 }
 
 /// Signal state shared by the program's threads.
@@ -121,7 +178,7 @@ impl Signals {
     pub fn next_deliverable(&self, tid: i64) -> Option<i32> {
         let st = lock(&self.state);
         let t = st.threads.get(&tid)?;
-        let ready = (t.pending | st.process_pending) & !t.mask;
+        let ready = (t.pending | st.process_takeable(tid)) & !t.mask;
         (ready != 0).then(|| ready.trailing_zeros() as i32 + 1)
     }
 
@@ -145,14 +202,12 @@ impl Signals {
                 other => return other,
             }
         }
+        if st.process_pending == 0 {
+            st.process_pending_since = Some(Instant::now());
+        }
         st.process_pending |= bit(sig);
         self.changed.notify_all();
-        let target = waiter.or_else(|| {
-            st.threads
-                .iter()
-                .find(|(_, t)| t.mask & bit(sig) == 0)
-                .map(|(&tid, _)| tid)
-        });
+        let target = st.preferred_taker(sig);
         Fate::Queued(if waiter.is_some() { None } else { target })
     }
 
@@ -196,7 +251,9 @@ impl Signals {
         let st = lock(&self.state);
         st.threads
             .iter()
-            .filter(|(_, t)| (t.pending | st.process_pending) & !t.mask != 0 && t.waiting == 0)
+            .filter(|(&tid, t)| {
+                (t.pending | st.process_takeable(tid)) & !t.mask != 0 && t.waiting == 0
+            })
             .map(|(&tid, _)| tid)
             .collect()
     }
@@ -206,16 +263,16 @@ impl Signals {
         let st = lock(&self.state);
         st.threads
             .get(&tid)
-            .is_some_and(|t| (t.pending | st.process_pending) & !t.mask != 0)
+            .is_some_and(|t| (t.pending | st.process_takeable(tid)) & !t.mask != 0)
     }
 
     /// Takes the lowest deliverable signal for `tid` and returns it with the mask
     /// before delivery; the caller blocks `mask_during` while the handler runs.
     pub fn take_deliverable(&self, tid: i64) -> Option<(i32, u64)> {
         let mut st = lock(&self.state);
-        let process_pending = st.process_pending;
+        let takeable = st.process_takeable(tid);
         let t = st.threads.get_mut(&tid)?;
-        let ready = (t.pending | process_pending) & !t.mask;
+        let ready = (t.pending | takeable) & !t.mask;
         if ready == 0 {
             return None;
         }
@@ -224,7 +281,7 @@ impl Signals {
         if t.pending & bit(sig) != 0 {
             t.pending &= !bit(sig);
         } else {
-            st.process_pending &= !bit(sig);
+            st.take_process_pending(sig);
         }
         Some((sig, old_mask))
     }
@@ -249,7 +306,7 @@ impl Signals {
                 if t.pending & bit(sig) != 0 {
                     t.pending &= !bit(sig);
                 } else {
-                    st.process_pending &= !bit(sig);
+                    st.take_process_pending(sig);
                 }
                 if let Some(t) = st.threads.get_mut(&tid) {
                     t.waiting = 0;
@@ -325,6 +382,25 @@ mod tests {
         assert!(!s.has_deliverable(1));
         assert_eq!(s.take_deliverable(2), Some((libc::SIGTERM, 0)));
         assert!(s.take_deliverable(2).is_none());
+    }
+
+    #[test]
+    fn process_signal_prefers_the_lowest_unblocked_thread() {
+        let s = Signals::default();
+        s.add_thread(1, 0);
+        s.add_thread(7, 0);
+        assert_eq!(
+            s.send_process(libc::SIGTERM, handler()),
+            Fate::Queued(Some(1))
+        );
+        // Another thread reaching a delivery point first does not take it...
+        assert!(!s.has_deliverable(7));
+        assert!(s.take_deliverable(7).is_none());
+        assert_eq!(s.deliverable_tids(), vec![1]);
+        // ...unless the preferred thread leaves it too long.
+        std::thread::sleep(PREFERRED_TAKER_WAIT + Duration::from_millis(20));
+        assert_eq!(s.take_deliverable(7), Some((libc::SIGTERM, 0)));
+        assert!(s.take_deliverable(1).is_none());
     }
 
     #[test]

@@ -40,9 +40,10 @@
  *  - semaphore: glibc's x86-64 layout is kept (u32 value, u32 waiter count) so sem_init,
  *    sem_getvalue and sem_open stay glibc's. wait: section { take a unit, or count self as a
  *    waiter }, then futex-wait on the value outside the token, and retry.
- *  - create: inside a section, so the new thread's deterministic id follows token order.
+ *  - create: inside a section, so the new thread's deterministic id follows token order; the
+ *    new thread first sets up its malloc arena in a section too (start_thread).
  *    join: section { tryjoin }; if the thread is still running, block in the real join
- *    outside the token.
+ *    outside the token and re-enter through an empty section.
  * Deadlock freedom: sections only run non-blocking code, and every futex wait is preceded
  * by a state change made under the token that the waker re-checks under the token (waiter
  * count, woken flag, generation), with the futex value check closing the remaining window.
@@ -493,9 +494,41 @@ int WRAPPER(sem_post)(sem_t *s)
 
 /* ---- threads ---- */
 
+/* A new thread's first malloc makes glibc pick or create its arena: new_heap's mmap calls
+ * depend on a hint another thread's new_heap left in a plain global, and reused_arena on
+ * which arena locks are free at that instant. Left to timing, one replica's thread makes an
+ * extra munmap, the heaps land elsewhere, and every address after that differs. So a thread
+ * starts with one malloc/free inside a section, where arena set-up follows the token. */
+struct start {
+    void *(*fn)(void *);
+    void *arg;
+};
+
+static void *start_thread(void *p)
+{
+    struct start s = *(struct start *)p;
+    sec_start();
+    free(p);
+    free(malloc(1));
+    sec_end();
+    return s.fn(s.arg);
+}
+
 int WRAPPER(pthread_create)(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
 {
-    SECTION_CALL(pthread_create, t, a, fn, arg);
+    if (!det())
+        return REAL(pthread_create)(t, a, fn, arg);
+    struct start *s = malloc(sizeof *s);
+    if (!s)
+        return EAGAIN;
+    s->fn = fn;
+    s->arg = arg;
+    sec_start();
+    int r = REAL(pthread_create)(t, a, start_thread, s);
+    sec_end();
+    if (r)
+        free(s);
+    return r;
 }
 
 int WRAPPER(pthread_join)(pthread_t t, void **ret)
@@ -505,6 +538,14 @@ int WRAPPER(pthread_join)(pthread_t t, void **ret)
     sec_start();
     int r = pthread_tryjoin_np(t, ret);
     sec_end();
-    /* Still running: block outside the token; the VMM logs where we re-enter. */
-    return r == EBUSY ? REAL(pthread_join)(t, ret) : r;
+    if (r != EBUSY)
+        return r;
+    /* Still running: block outside the token, then re-enter through a section, so that
+     * what the joiner does next is ordered after the joined thread's end like everything
+     * else (a follow-mode log would otherwise have no turn between the real join's return
+     * and the joiner's next plain write, such as civetweb's "stopped" flag). */
+    r = REAL(pthread_join)(t, ret);
+    sec_start();
+    sec_end();
+    return r;
 }

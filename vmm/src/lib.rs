@@ -268,9 +268,23 @@ fn forward_signals(process: Arc<Process>) -> Result<std::thread::JoinHandle<()>,
 /// The program's environment: with `--det`, a dynamic program also gets libditto through
 /// LD_PRELOAD (ahead of any LD_PRELOAD it already has). Static programs cannot be
 /// preloaded; they link libditto in (the `-det` builds).
+///
+/// With `--det` (and in a pair) glibc's malloc also gets a fixed arena limit
+/// (`MALLOC_ARENA_MAX=8`, what glibc computes for one CPU) unless the program's environment
+/// sets one. Without it, the first thread that needs a second arena counts the CPUs
+/// (sched_getaffinity, a recorded call), and which thread that is depends on a race on
+/// glibc's internal arena list, outside every det section: one replica's thread would make
+/// a call that the other's does not.
 fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
     let mut env = config.env.clone();
     let det = config.det || config.replication.is_some();
+    if det
+        && !env
+            .iter()
+            .any(|e| e.starts_with(b"MALLOC_ARENA_MAX=") || e.starts_with(b"GLIBC_TUNABLES="))
+    {
+        env.push(b"MALLOC_ARENA_MAX=8".to_vec());
+    }
     if !(det && dynamic && config.det_preload.is_some()) {
         return env;
     }

@@ -220,6 +220,88 @@ fn addr_out(p: &Process, w: &mut Vec<(u64, u64)>, addr: u64, len: u64, cap: u32)
     }
 }
 
+/// Where a replayed call's results go on the secondary, and how many landed at another
+/// address than the primary's.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Placed {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Parts written at the secondary's own address where it differs from the primary's.
+    pub relocated: usize,
+}
+
+/// Why a replayed result could not be placed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlaceError {
+    /// The secondary's call has no buffer, or a buffer of another size, for part `index`.
+    #[error("the primary's result part {index} is {primary_len} bytes at {primary_addr:#x}; the secondary's call {secondary}")]
+    Shape {
+        /// Which part of the result.
+        index: usize,
+        /// Its address in the primary.
+        primary_addr: u64,
+        /// Its size.
+        primary_len: usize,
+        /// What the secondary's call has in its place.
+        secondary: String,
+    },
+    /// The secondary's buffer cannot be written.
+    #[error(
+        "the primary's result part {index} does not fit at {addr:#x} in the secondary's memory"
+    )]
+    Fault {
+        /// Which part of the result.
+        index: usize,
+        /// The secondary's address.
+        addr: u64,
+    },
+}
+
+/// Secondary: copies a Recorded call's results (the primary's `(address, bytes)` parts, in
+/// the order [`written`] lists them) into the buffers the *secondary's own* arguments name.
+///
+/// The replicas' address spaces are the same function of the same calls, but glibc makes a
+/// few of those calls from data races (which thread creates a malloc arena first decides
+/// whether its heap needs trimming, so one replica's thread can make an extra munmap), so a
+/// heap buffer can sit at another address in each. Writing at the primary's addresses would
+/// then corrupt whatever the secondary keeps there while its own buffer stays stale. The
+/// parts are matched by position instead: after each one is written the ranges are
+/// recomputed, because some depend on values an earlier part wrote (`*addrlen`,
+/// `msg_namelen`). A part whose size differs is a divergence.
+pub fn place(
+    p: &Process,
+    nr: u64,
+    a: [u64; 6],
+    plan: &Plan,
+    ret: i64,
+    parts: &[(u64, Vec<u8>)],
+) -> Result<Placed, PlaceError> {
+    let mut placed = Placed::default();
+    for (index, (primary_addr, data)) in parts.iter().enumerate() {
+        let ranges = written(p, nr, a, plan, ret);
+        let shape = |secondary: String| PlaceError::Shape {
+            index,
+            primary_addr: *primary_addr,
+            primary_len: data.len(),
+            secondary,
+        };
+        let &(addr, len) = ranges
+            .get(index)
+            .ok_or_else(|| shape(format!("writes only {} parts", ranges.len())))?;
+        if len != data.len() as u64 {
+            return Err(shape(format!("has {len} bytes at {addr:#x}")));
+        }
+        p.mem
+            .write_bytes(addr, data)
+            .map_err(|_| PlaceError::Fault { index, addr })?;
+        placed.bytes += len;
+        if addr != *primary_addr {
+            placed.relocated += 1;
+        }
+    }
+    Ok(placed)
+}
+
 /// Reads the ranges out of guest memory (primary, after the call).
 pub fn capture(p: &Process, ranges: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
     ranges
@@ -315,6 +397,82 @@ pub fn mimic_output(p: &Process, nr: u64, a: [u64; 6], ret: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::address_space::{AddressSpace, Layout};
+    use crate::fd_table::FdTable;
+    use crate::guest_mem::GuestMemory;
+    use crate::path::FsContext;
+
+    fn process() -> Process {
+        let mem = GuestMemory::new(64 << 20).unwrap();
+        let layout = Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
+        Process::new(
+            mem,
+            AddressSpace::new(layout),
+            FsContext::new(std::path::Path::new("/")).unwrap(),
+            FdTable::new(),
+            "/test".into(),
+        )
+    }
+
+    #[test]
+    fn replayed_result_goes_to_the_secondarys_own_buffer() {
+        let p = process();
+        // The primary's read filled its buffer at 0x50_0000; the secondary's buffer for
+        // the same call is at 0x60_0000, and 0x50_0000 holds something else of its own.
+        p.mem.write_bytes(0x50_0000, b"keep").unwrap();
+        let a = [3, 0x60_0000, 64, 0, 0, 0];
+        let plan = plan(&p, libc::SYS_read as u64, a);
+        let parts = vec![(0x50_0000, b"GET / HTTP/1.1".to_vec())];
+        let placed = place(&p, libc::SYS_read as u64, a, &plan, 14, &parts).unwrap();
+        assert_eq!(
+            placed,
+            Placed {
+                bytes: 14,
+                relocated: 1
+            }
+        );
+        assert_eq!(p.mem.read_bytes(0x60_0000, 14).unwrap(), b"GET / HTTP/1.1");
+        assert_eq!(p.mem.read_bytes(0x50_0000, 4).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn address_length_written_first_sizes_the_address() {
+        let p = process();
+        // accept(fd, addr, &len) with len 128 before the call: the primary wrote len = 16
+        // and then 16 bytes of sockaddr_in.
+        let (addr, lenp) = (0x40_0000u64, 0x40_1000u64);
+        p.mem.write_obj(lenp, &128u32).unwrap();
+        let a = [3, addr, lenp, 0, 0, 0];
+        let nr = libc::SYS_accept4 as u64;
+        let plan = plan(&p, nr, a);
+        let parts = vec![(lenp, 16u32.to_le_bytes().to_vec()), (addr, vec![7; 16])];
+        let placed = place(&p, nr, a, &plan, 5, &parts).unwrap();
+        assert_eq!(
+            placed,
+            Placed {
+                bytes: 20,
+                relocated: 0
+            }
+        );
+        assert_eq!(p.mem.read_obj::<u32>(lenp).unwrap(), 16);
+        assert_eq!(p.mem.read_bytes(addr, 16).unwrap(), vec![7; 16]);
+    }
+
+    #[test]
+    fn a_result_that_does_not_fit_is_a_divergence() {
+        let p = process();
+        let a = [3, 0x60_0000, 64, 0, 0, 0];
+        let nr = libc::SYS_read as u64;
+        let plan = plan(&p, nr, a);
+        // The record claims 20 bytes for a result of 14: not the secondary's call's shape.
+        let parts = vec![(0x60_0000, vec![1; 20])];
+        let e = place(&p, nr, a, &plan, 14, &parts).unwrap_err();
+        assert!(matches!(e, PlaceError::Shape { index: 0, .. }), "{e}");
+        // Two parts where the call writes one.
+        let parts = vec![(0x60_0000, vec![1; 14]), (0x70_0000, vec![2; 4])];
+        let e = place(&p, nr, a, &plan, 14, &parts).unwrap_err();
+        assert!(e.to_string().contains("writes only 1 parts"), "{e}");
+    }
 
     #[test]
     fn scatter_stops_at_the_total() {

@@ -49,7 +49,7 @@ use crate::det_runtime::{ScheduleLink, TimedWait, WaitNews};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
 use crate::process::{lock, ExitReason, Process};
-use crate::syscalls::{names, Class, SysResult, SyscallCtx, SyscallEntry, ThreadAction};
+use crate::syscalls::{names, Class, ParkedFd, SysResult, SyscallCtx, SyscallEntry, ThreadAction};
 use wire::{EndInfo, ThreadRecord};
 
 /// How many agreed events a divergence report shows.
@@ -854,12 +854,25 @@ impl Replication {
                 u64::from_le_bytes(v)
             })
         });
-        let mut bytes = 0u64;
-        for (addr, data) in &writes {
-            if ctx.process.mem.write_bytes(*addr, data).is_err() {
+        let plan = effects::plan(ctx.process, ctx.nr, a);
+        let bytes = match effects::place(ctx.process, ctx.nr, a, &plan, ret, &writes) {
+            Ok(placed) => {
+                if placed.relocated > 0 {
+                    tracing::debug!(
+                        tid = Self::det_tid(ctx),
+                        seq = ctx.thread.syscalls,
+                        syscall = %names::name(ctx.nr),
+                        parts = placed.relocated,
+                        "replayed result placed at the secondary's own buffers"
+                    );
+                }
+                placed.bytes
+            }
+            Err(why) => {
                 let tid = Self::det_tid(ctx);
                 let seq = ctx.thread.syscalls;
                 let (logical_time, turn) = self.where_(ctx);
+                let total: usize = writes.iter().map(|(_, d)| d.len()).sum();
                 self.mismatch(
                     ctx.process,
                     Mismatch {
@@ -870,19 +883,15 @@ impl Replication {
                         primary_syscall: Some(names::name(ctx.nr)),
                         logical_time,
                         turn,
-                        primary: format!("{} bytes at {addr:#x}", data.len()).into_bytes(),
-                        secondary: b"EFAULT".to_vec(),
-                        detail: format!(
-                            "the primary's result writes {} bytes at {addr:#x}, which the secondary cannot write",
-                            data.len()
-                        ),
+                        primary: format!("{} parts, {total} bytes", writes.len()).into_bytes(),
+                        secondary: why.to_string().into_bytes(),
+                        detail: why.to_string(),
                         ..Default::default()
                     },
                 );
                 return Self::stop_thread(ctx);
             }
-            bytes += data.len() as u64;
-        }
+        };
         if ret >= 0 {
             if let Err(why) = self.placeholders(ctx, a, ret) {
                 let tid = Self::det_tid(ctx);
@@ -954,9 +963,17 @@ impl Replication {
             }
             // SAFETY: raw was just created and is ours.
             let host = unsafe { OwnedFd::from_raw_fd(raw) };
-            // At the primary's number, not the lowest free one: an accept's descriptor is
-            // allocated when the connection arrives, which is not a det point, so the
-            // program's own closes may have run on one side and not yet on the other.
+            // At the primary's number, not the lowest free one. An accept's waits for the
+            // call's re-entry turn, as the primary's did (ParkedFd).
+            if matches!(ctx.nr as i64, SYS_accept | SYS_accept4) && ctx.process.det.get().is_some()
+            {
+                ctx.thread.parked_fd = Some(ParkedFd {
+                    file: Arc::new(OpenFile::external(host)),
+                    cloexec,
+                    at: Some(want),
+                });
+                continue;
+            }
             let mut fds = lock(&ctx.process.fds);
             if fds.get(want).is_ok() {
                 return Err(format!(

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::errno::Errno;
+use crate::fd_table::OpenFile;
 use crate::process::Process;
 
 pub mod names;
@@ -87,6 +88,25 @@ pub struct ThreadState {
     /// Replication: Recorded and Compared calls this thread has made (the key its records
     /// are matched by; Local calls such as futexes may differ in number between replicas).
     pub replicated_events: u64,
+    /// Under `--det`: the descriptor of an accept that waited off the token, installed at
+    /// the call's re-entry turn ([`ParkedFd`]).
+    pub parked_fd: Option<ParkedFd>,
+}
+
+/// Under `--det`, an accepted connection is not given a descriptor number when it arrives,
+/// which is not a det point: it waits here until the accepting thread's re-entry turn
+/// (`sys_det::external`), so that its number follows the token order like every other
+/// descriptor's. (Installed on arrival, it could take a number that another thread's open
+/// then skips on one replica and not on the other, or land while a descriptor that a turn
+/// later closes is still open.)
+#[derive(Clone, Debug)]
+pub struct ParkedFd {
+    /// The open file.
+    pub file: Arc<OpenFile>,
+    /// O_CLOEXEC.
+    pub cloexec: bool,
+    /// The number to take: the primary's, on a pair's secondary; else the lowest free one.
+    pub at: Option<i64>,
 }
 
 /// How a new thread starts (clone).

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::util::{buf, file, path};
-use super::{Class, SysResult, SyscallCtx, SyscallEntry};
+use super::{Class, ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::det_runtime::{DetRuntime, FutexWait, Policy, LIBDITTO_GUEST_PATH};
 use crate::errno::Errno;
 use crate::process::{lock, Process};
@@ -259,8 +259,33 @@ fn external(
     // (plain memory writes included) can be seen by others before the turns that came
     // first. Without it a pair's secondary, which gets the result from the log at once,
     // could run ahead of the event that caused the result (a signal, a wake-up).
-    det.ordered(ctx.process, tid, || ())?;
-    r
+    // An accepted connection gets its descriptor number in this turn (ParkedFd).
+    let process = ctx.process;
+    let parked = ctx.thread.parked_fd.take();
+    let installed = det.ordered(process, tid, || parked.map(|p| install_parked(process, p)))?;
+    match installed {
+        Some(fd) if r.is_ok() => fd,
+        _ => r,
+    }
+}
+
+/// Installs a parked descriptor: at the primary's number on a pair's secondary, else at the
+/// lowest free one.
+fn install_parked(process: &Process, p: ParkedFd) -> SysResult {
+    let mut fds = lock(&process.fds);
+    match p.at {
+        None => fds.install_shared(p.file, p.cloexec).map(|fd| fd as u64),
+        Some(at) => {
+            if fds.get(at).is_ok() {
+                tracing::error!(
+                    fd = at,
+                    "the primary's accept returned a descriptor that is still open here"
+                );
+                return Err(Errno::EMFILE);
+            }
+            fds.install_at(at, p.file, p.cloexec).map(|()| at as u64)
+        }
+    }
 }
 
 /// Opens the host libditto.so for the program (read-only, whatever it asked).

@@ -1,9 +1,13 @@
 //! Sockets, passed through to the host on host descriptors. AF_UNIX paths are
 //! placed under the program's root.
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
 use super::util::{buf, epipe_kills, file, install, iovecs, opt_buf, sc};
-use super::{SysResult, SyscallCtx, SyscallEntry};
+use super::{ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
+use crate::fd_table::OpenFile;
 use crate::sys;
 
 /// The socket table.
@@ -154,7 +158,19 @@ fn accept4(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
             0,
         ],
     )?;
-    install(ctx, fd, a[3] & libc::SOCK_CLOEXEC as u64 != 0)
+    let cloexec = a[3] & libc::SOCK_CLOEXEC as u64 != 0;
+    if ctx.process.det.get().is_some() {
+        // SAFETY: fd was just returned by a successful accept4 and is ours.
+        let host = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        ctx.thread.parked_fd = Some(ParkedFd {
+            file: Arc::new(OpenFile::new(host)),
+            cloexec,
+            at: None,
+        });
+        // The number comes at the re-entry turn (ParkedFd).
+        return Ok(0);
+    }
+    install(ctx, fd, cloexec)
 }
 
 fn getsockname(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {

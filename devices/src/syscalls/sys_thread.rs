@@ -81,6 +81,7 @@ fn clone(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         syscalls: 0,
         signal_after: None,
         replicated_events: 0,
+        parked_fd: None,
     };
     if flags & libc::CLONE_PARENT_SETTID as u64 != 0 {
         ctx.process.mem.write_obj(parent_tid, &(tid as i32))?;
