@@ -219,6 +219,45 @@ impl FsContext {
         Ok((self.root.as_raw_fd(), abs.to_owned()))
     }
 
+    /// Whether the absolute guest path `abs` names nothing because its first component is
+    /// missing from the root and no bind provides it (`/proc/...` and `/sys/...` in an image
+    /// root). The answer cannot depend on timing, so an open of such a path needs no det
+    /// point: glibc makes some from whichever thread first needs a lazily read setting
+    /// (`/proc/sys/vm/overcommit_memory` when a malloc heap first shrinks), and as det points
+    /// they would give that race a place in the schedule.
+    pub fn top_level_missing(&self, abs: &[u8]) -> bool {
+        let Some(rest) = abs.strip_prefix(b"/") else {
+            return false;
+        };
+        let first = rest.split(|&b| b == b'/').next().unwrap_or_default();
+        if first.is_empty() || first == b"." || first == b".." {
+            return false;
+        }
+        let covered = self.binds.iter().any(|b| {
+            b.guest.get(1..).is_some_and(|g| {
+                g.starts_with(first) && (g.len() == first.len() || g[first.len()] == b'/')
+            })
+        });
+        if covered {
+            return false;
+        }
+        let Ok(name) = CString::new(first) else {
+            return false;
+        };
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstatat on the root descriptor we own, a NUL-terminated name without a
+        // slash, and a stat buffer of the right size; the result is checked.
+        let r = unsafe {
+            libc::fstatat(
+                self.root.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        r < 0 && Errno::last() == Errno::ENOENT
+    }
+
     /// The canonical host path of the root.
     pub fn root_path(&self) -> &Path {
         &self.root_path
@@ -410,6 +449,22 @@ mod tests {
         let mut s = String::new();
         std::fs::File::from(fd).read_to_string(&mut s).unwrap();
         s
+    }
+
+    #[test]
+    fn only_a_top_level_the_root_lacks_is_missing_for_good() {
+        let (d, mut fs) = setup();
+        assert!(fs.top_level_missing(b"/proc/sys/vm/overcommit_memory"));
+        assert!(fs.top_level_missing(b"/sys"));
+        // Present, relative, or dot components: an open decides.
+        assert!(!fs.top_level_missing(b"/etc/nonexistent"));
+        assert!(!fs.top_level_missing(b"proc/x"));
+        assert!(!fs.top_level_missing(b"/../proc/x"));
+        // A bind provides it.
+        let other = tempfile::tempdir().unwrap();
+        fs.add_bind("/proc/sys", other.path()).unwrap();
+        assert!(!fs.top_level_missing(b"/proc/sys/vm/overcommit_memory"));
+        drop(d);
     }
 
     #[test]

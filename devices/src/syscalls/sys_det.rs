@@ -217,6 +217,9 @@ pub fn serve(
                     return det.ordered(process, tid, || open_preload(ctx, host, flags))?;
                 }
             }
+            if path(ctx, path_arg).is_ok_and(|p| process.fs.top_level_missing(p.as_bytes())) {
+                return Err(Errno::ENOENT);
+            }
             det.ordered(process, tid, || h(ctx, args))?
         }
         DetKind::Input | DetKind::Output => {
