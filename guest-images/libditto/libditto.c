@@ -511,7 +511,14 @@ static void *start_thread(void *p)
     free(p);
     free(malloc(1));
     sec_end();
-    return s.fn(s.arg);
+    void *r = s.fn(s.arg);
+    /* A det point right after the routine returns: what it wrote last (civetweb's master
+     * sets its "stopped" flag as its very last act, which mg_stop polls every 10 ms) is then
+     * followed at once by a turn, not by glibc's thread teardown, so a poller's next turn
+     * falls on one side of the write in both replicas but in a window of microseconds. */
+    sec_start();
+    sec_end();
+    return r;
 }
 
 int WRAPPER(pthread_create)(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)

@@ -275,6 +275,13 @@ fn forward_signals(process: Arc<Process>) -> Result<std::thread::JoinHandle<()>,
 /// (sched_getaffinity, a recorded call), and which thread that is depends on a race on
 /// glibc's internal arena list, outside every det section: one replica's thread would make
 /// a call that the other's does not.
+///
+/// Where the root has no `/etc/localtime` (images), `TZ=UTC0` says what glibc would fall back
+/// to anyway, without its looking for the file. That lookup happens under glibc's internal
+/// `tzset_lock`, from whichever thread first formats a local time; the open in it is a det
+/// point, and in follow mode a lock taken with no turn and held across a turn lets the
+/// secondary, whose threads reach the lock in another order, wait forever for a turn the
+/// lock holder cannot take.
 fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
     let mut env = config.env.clone();
     let det = config.det || config.replication.is_some();
@@ -284,6 +291,12 @@ fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
             .any(|e| e.starts_with(b"MALLOC_ARENA_MAX=") || e.starts_with(b"GLIBC_TUNABLES="))
     {
         env.push(b"MALLOC_ARENA_MAX=8".to_vec());
+    }
+    if det
+        && !env.iter().any(|e| e.starts_with(b"TZ="))
+        && std::fs::symlink_metadata(config.root.join("etc/localtime")).is_err()
+    {
+        env.push(b"TZ=UTC0".to_vec());
     }
     if !(det && dynamic && config.det_preload.is_some()) {
         return env;
