@@ -532,6 +532,10 @@ fn serve(ctx: &mut Ctx, cfg: Config, what: &str, srv: &Server) -> Result<Sample,
             false,
         ),
     };
+    if !ended {
+        // Bounded; a server that keeps a connection open is stopped anyway.
+        replica::testkit::wait_connections_closed(port, Duration::from_secs(10));
+    }
     let note = stop(p, cfg, &out, ended);
     let s = sample(measured, note, &out, cfg);
     ctx.done(&out, &s, what, cfg);

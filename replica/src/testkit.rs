@@ -9,6 +9,41 @@ use std::process::{Child, Command};
 /// The descriptor number at which [`spawn_with_socket`] places the socket in the child.
 pub const CHILD_SOCKET_FD: RawFd = 3;
 
+/// Whether a TCP connection with local port `port` is open or half-closed (ESTABLISHED or
+/// CLOSE_WAIT in /proc/net/tcp or tcp6): the server side of a connection not yet closed.
+pub fn tcp_connections_open(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let local_port = f
+                    .get(1)
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                // 01 ESTABLISHED, 08 CLOSE_WAIT.
+                local_port == Some(port) && matches!(f.get(3), Some(&"01") | Some(&"08"))
+            })
+    })
+}
+
+/// Waits (at most `timeout`) until [`tcp_connections_open`] is false; returns whether it
+/// got there. Servers are stopped only once idle: a stop signal that lands while a server
+/// still winds a connection down races with it (civetweb's workers read its stop flag with
+/// no synchronization), which a pair would report as a divergence.
+pub fn wait_connections_closed(port: u16, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while tcp_connections_open(port) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
 /// A xorshift64* step: cheap, reproducible, good enough for test data.
 pub fn mix(mut x: u64) -> u64 {
     x ^= x >> 12;

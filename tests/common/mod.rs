@@ -127,9 +127,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits (at most `secs`) until no TCP connection with local port `port` is open or
-/// half-closed (ESTABLISHED or CLOSE_WAIT in /proc/net/tcp{,6}): the server has closed every
-/// connection its clients closed. Returns whether it got there.
+/// Waits (at most `secs`) until the server on `port` has closed every connection
+/// ([`replica::testkit::wait_connections_closed`]). Returns whether it got there.
 ///
 /// A pair is stopped only once its server is idle. Servers such as civetweb end a
 /// keep-alive connection early when they see their stop flag, a plain variable the main
@@ -138,31 +137,7 @@ pub fn free_port() -> u16 {
 /// data race that no schedule replay covers (docs/det.md, "What det cannot fix").
 #[allow(dead_code)]
 pub fn wait_connections_closed(port: u16, secs: u64) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    let open = || {
-        ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-            std::fs::read_to_string(table)
-                .unwrap_or_default()
-                .lines()
-                .skip(1)
-                .any(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    let local_port = f
-                        .get(1)
-                        .and_then(|a| a.rsplit(':').next())
-                        .and_then(|p| u16::from_str_radix(p, 16).ok());
-                    // 01 ESTABLISHED, 08 CLOSE_WAIT.
-                    local_port == Some(port) && matches!(f.get(3), Some(&"01") | Some(&"08"))
-                })
-        })
-    };
-    while open() {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    true
+    replica::testkit::wait_connections_closed(port, std::time::Duration::from_secs(secs))
 }
 
 /// A ditto process running a server; killed (by its own PID) when dropped, so a failing
