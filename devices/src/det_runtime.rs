@@ -1005,6 +1005,26 @@ impl DetRuntime {
         Ok(r)
     }
 
+    /// Like [`ordered`](Self::ordered), but a section of its own stays open after `f`:
+    /// the thread keeps the token until it ends the section with [`det_end`](Self::det_end)
+    /// at its next syscall. Returns whether it does (not when nested in or eliding a section).
+    pub fn ordered_holding<R>(
+        &self,
+        process: &Process,
+        tid: i64,
+        f: impl FnOnce() -> R,
+    ) -> Result<(R, bool), DetError> {
+        let g = lock(&self.inner);
+        let (g, held) = self.acquire(g, process, tid, true)?;
+        drop(g);
+        let r = f();
+        if held == Held::Own {
+            return Ok((r, true));
+        }
+        self.release(&mut lock(&self.inner), tid, held)?;
+        Ok((r, false))
+    }
+
     /// Like [`ordered`](Self::ordered), but `f` says whether it is done; if not, the section
     /// still ends (+1 logical time) and `f` is tried again in a later turn. Callers inside
     /// the program's own section ([`in_section`](Self::in_section)) must not use this: that
@@ -1640,6 +1660,35 @@ mod tests {
         rt.thread_exit(&p, 1000, 0);
         rt.thread_exit(&p, 1001, 0);
         assert_eq!(rt.det_tid(1001), None);
+    }
+
+    #[test]
+    fn a_held_turn_keeps_the_token_until_det_end() {
+        let p = Arc::new(process());
+        let rt = Arc::new(DetRuntime::new(1000, None));
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        // Both at time 1 after the clone; the main thread (smaller id) goes first and keeps
+        // the token past its ordered point.
+        let ((), holds) = rt.ordered_holding(&p, 1000, || ()).unwrap();
+        assert!(holds);
+        assert!(rt.in_section(1000));
+        let (rt2, p2) = (rt.clone(), p.clone());
+        let other = std::thread::spawn(move || {
+            rt2.det_start(&p2, 1001).unwrap();
+            rt2.det_end(1001).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !other.is_finished(),
+            "the other thread got the token while it was held"
+        );
+        rt.det_end(1000).unwrap();
+        other.join().unwrap();
+        // Inside a section of its own, nothing is held beyond it.
+        rt.det_start(&p, 1000).unwrap();
+        let ((), holds) = rt.ordered_holding(&p, 1000, || ()).unwrap();
+        assert!(!holds);
+        rt.det_end(1000).unwrap();
     }
 
     fn wait(val: u32, deadline: Option<Instant>) -> FutexWait {

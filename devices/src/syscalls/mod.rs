@@ -91,6 +91,9 @@ pub struct ThreadState {
     /// Under `--det`: the descriptor of an accept that waited off the token, installed at
     /// the call's re-entry turn ([`ParkedFd`]).
     pub parked_fd: Option<ParkedFd>,
+    /// Under `--det`: the thread still holds the turn it re-entered with after a sleep, until
+    /// its next syscall or det hypercall ([`SyscallTable::dispatch`] ends it first).
+    pub holds_reentry_turn: bool,
 }
 
 /// Under `--det`, an accepted connection is not given a descriptor number when it arrives,
@@ -256,6 +259,12 @@ impl SyscallTable {
         use std::sync::atomic::Ordering;
         ctx.process.stats.syscalls.fetch_add(1, Ordering::Relaxed);
         ctx.thread.syscalls += 1;
+        if std::mem::take(&mut ctx.thread.holds_reentry_turn) {
+            if let Some(det) = ctx.process.det.get() {
+                // Not in a section any more (a stop, an exiting program): nothing to end.
+                let _ = det.det_end(ctx.thread.tid);
+            }
+        }
         if let Some(entry) = sys_det::private(nr) {
             return sys_det::serve_private(ctx, entry, args).unwrap_or_else(|e| e.as_return());
         }

@@ -265,7 +265,23 @@ fn external(
     // An accepted connection gets its descriptor number in this turn (ParkedFd).
     let process = ctx.process;
     let parked = ctx.thread.parked_fd.take();
-    let installed = det.ordered(process, tid, || parked.map(|p| install_parked(process, p)))?;
+    let install = || parked.map(|p| install_parked(process, p));
+    // After a sleep the thread keeps its re-entry turn until its next syscall, so that what
+    // it reads right after waking is ordered against the threads whose turns come next.
+    // A sleep is how programs poll a flag another thread sets (`while (!done) sleep(..)`:
+    // civetweb waits so for its master thread at shutdown); without this, a replica whose
+    // poller is preempted between its turn and its read sees a write the other did not.
+    let sleep = matches!(
+        ctx.nr as i64,
+        libc::SYS_nanosleep | libc::SYS_clock_nanosleep
+    );
+    let installed = if sleep {
+        let (installed, holds) = det.ordered_holding(process, tid, install)?;
+        ctx.thread.holds_reentry_turn = holds;
+        installed
+    } else {
+        det.ordered(process, tid, install)?
+    };
     match installed {
         Some(fd) if r.is_ok() => fd,
         _ => r,
