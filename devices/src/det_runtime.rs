@@ -1617,23 +1617,7 @@ impl DetRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address_space::{AddressSpace, Layout};
-    use crate::fd_table::FdTable;
-    use crate::guest_mem::GuestMemory;
-    use crate::path::FsContext;
-    use crate::process::ExitReason;
-
-    fn process() -> Process {
-        let mem = GuestMemory::new(64 << 20).unwrap();
-        let layout = Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
-        Process::new(
-            mem,
-            AddressSpace::new(layout),
-            FsContext::new(std::path::Path::new("/")).unwrap(),
-            FdTable::new(),
-            "/test".into(),
-        )
-    }
+    use crate::process::{test_process as process, ExitReason};
 
     #[test]
     fn sections_and_clone_follow_the_token() {

@@ -232,6 +232,20 @@ impl Process {
     }
 }
 
+/// A process for unit tests: 64 MiB of guest memory, the host root, no descriptors.
+#[cfg(test)]
+pub(crate) fn test_process() -> Process {
+    let mem = GuestMemory::new(64 << 20).unwrap();
+    let layout = crate::address_space::Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
+    Process::new(
+        mem,
+        AddressSpace::new(layout),
+        FsContext::new(std::path::Path::new("/")).unwrap(),
+        FdTable::new(),
+        "/test".into(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -397,22 +397,7 @@ pub fn mimic_output(p: &Process, nr: u64, a: [u64; 6], ret: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address_space::{AddressSpace, Layout};
-    use crate::fd_table::FdTable;
-    use crate::guest_mem::GuestMemory;
-    use crate::path::FsContext;
-
-    fn process() -> Process {
-        let mem = GuestMemory::new(64 << 20).unwrap();
-        let layout = Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
-        Process::new(
-            mem,
-            AddressSpace::new(layout),
-            FsContext::new(std::path::Path::new("/")).unwrap(),
-            FdTable::new(),
-            "/test".into(),
-        )
-    }
+    use crate::process::test_process as process;
 
     #[test]
     fn replayed_result_goes_to_the_secondarys_own_buffer() {

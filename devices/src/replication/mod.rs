@@ -777,6 +777,30 @@ impl Replication {
         )
     }
 
+    /// Secondary: the descriptor `fd` the primary's call returned cannot be given the same
+    /// number here (`why`): reported as a divergence, and the thread stops.
+    pub fn descriptor_mismatch(&self, ctx: &mut SyscallCtx<'_>, fd: i64, why: String) -> SysResult {
+        let (logical_time, turn) = self.where_(ctx);
+        self.mismatch(
+            ctx.process,
+            Mismatch {
+                kind: "syscall",
+                thread: Self::det_tid(ctx),
+                syscall_seq: ctx.thread.syscalls,
+                syscall: names::name(ctx.nr),
+                primary_syscall: Some(names::name(ctx.nr)),
+                fd: Some(fd),
+                logical_time,
+                turn,
+                primary: fd.to_string().into_bytes(),
+                secondary: why.clone().into_bytes(),
+                detail: why,
+                ..Default::default()
+            },
+        );
+        Self::stop_thread(ctx)
+    }
+
     fn stop_thread(ctx: &mut SyscallCtx<'_>) -> SysResult {
         ctx.action = ThreadAction::Stop;
         Err(Errno::EINTR)
@@ -894,27 +918,7 @@ impl Replication {
         };
         if ret >= 0 {
             if let Err(why) = self.placeholders(ctx, a, ret) {
-                let tid = Self::det_tid(ctx);
-                let seq = ctx.thread.syscalls;
-                let (logical_time, turn) = self.where_(ctx);
-                self.mismatch(
-                    ctx.process,
-                    Mismatch {
-                        kind: "syscall",
-                        thread: tid,
-                        syscall_seq: seq,
-                        syscall: names::name(ctx.nr),
-                        primary_syscall: Some(names::name(ctx.nr)),
-                        fd: Some(ret),
-                        logical_time,
-                        turn,
-                        primary: ret.to_string().into_bytes(),
-                        secondary: why.clone().into_bytes(),
-                        detail: why,
-                        ..Default::default()
-                    },
-                );
-                return Self::stop_thread(ctx);
+                return self.descriptor_mismatch(ctx, ret, why);
             }
         }
         Self::replay_signal(ctx, signal, &self.status);

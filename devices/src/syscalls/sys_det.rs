@@ -211,14 +211,17 @@ pub fn serve(
             } else {
                 args[2]
             };
-            if let Some(host) = det.preload() {
-                if path(ctx, path_arg).is_ok_and(|p| p.as_bytes() == LIBDITTO_GUEST_PATH.as_bytes())
+            if let Ok(p) = path(ctx, path_arg) {
+                let p = p.as_bytes();
+                if let Some(host) = det
+                    .preload()
+                    .filter(|_| p == LIBDITTO_GUEST_PATH.as_bytes())
                 {
                     return det.ordered(process, tid, || open_preload(ctx, host, flags))?;
                 }
-            }
-            if path(ctx, path_arg).is_ok_and(|p| process.fs.top_level_missing(p.as_bytes())) {
-                return Err(Errno::ENOENT);
+                if process.fs.top_level_missing(p) {
+                    return Err(Errno::ENOENT);
+                }
             }
             det.ordered(process, tid, || h(ctx, args))?
         }
@@ -283,27 +286,36 @@ fn external(
         det.ordered(process, tid, install)?
     };
     match installed {
-        Some(fd) if r.is_ok() => fd,
+        Some(Ok(fd)) if r.is_ok() => Ok(fd),
+        Some(Err(Err(e))) if r.is_ok() => Err(e),
+        Some(Err(Ok(at))) if r.is_ok() => match process.replication.get() {
+            Some(rep) => rep.descriptor_mismatch(
+                ctx,
+                at,
+                format!(
+                    "the primary's call returned descriptor {at}, which is still open in the secondary"
+                ),
+            ),
+            None => Err(Errno::EMFILE),
+        },
         _ => r,
     }
 }
 
 /// Installs a parked descriptor: at the primary's number on a pair's secondary, else at the
-/// lowest free one.
-fn install_parked(process: &Process, p: ParkedFd) -> SysResult {
+/// lowest free one. `Err(Ok(at))`: that number is still open here.
+fn install_parked(process: &Process, p: ParkedFd) -> Result<u64, Result<i64, Errno>> {
     let mut fds = lock(&process.fds);
     match p.at {
-        None => fds.install_shared(p.file, p.cloexec).map(|fd| fd as u64),
-        Some(at) => {
-            if fds.get(at).is_ok() {
-                tracing::error!(
-                    fd = at,
-                    "the primary's accept returned a descriptor that is still open here"
-                );
-                return Err(Errno::EMFILE);
-            }
-            fds.install_at(at, p.file, p.cloexec).map(|()| at as u64)
-        }
+        None => fds
+            .install_shared(p.file, p.cloexec)
+            .map(|fd| fd as u64)
+            .map_err(Err),
+        Some(at) if fds.get(at).is_ok() => Err(Ok(at)),
+        Some(at) => fds
+            .install_at(at, p.file, p.cloexec)
+            .map(|()| at as u64)
+            .map_err(Err),
     }
 }
 
