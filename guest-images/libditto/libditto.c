@@ -141,16 +141,31 @@ static inline int det(void)
     return mode != MODE_NATIVE;
 }
 
+/* This thread's det-page slot (ditto.h), fetched before its first section: 0 means none
+ * (natively, in a follow-mode pair, or beyond the page), and then every end is a
+ * hypercall. */
+static __thread __attribute__((tls_model("initial-exec"))) unsigned long *slot;
+static __thread __attribute__((tls_model("initial-exec"))) int slot_asked;
+
 static inline void sec_start(void)
 {
-    if (mode == MODE_EMULATE) REAL(pthread_mutex_lock)(&emulated_token);
-    else ditto_det_start();
+    if (mode == MODE_EMULATE) {
+        REAL(pthread_mutex_lock)(&emulated_token);
+        return;
+    }
+    if (__builtin_expect(!slot_asked, 0)) {
+        slot_asked = 1;
+        slot = ditto_det_slot();
+    }
+    ditto_det_start();
 }
 
+/* Without an exit when nobody waits for the token: the VMM folds the end in before its next
+ * decision. */
 static inline void sec_end(void)
 {
     if (mode == MODE_EMULATE) REAL(pthread_mutex_unlock)(&emulated_token);
-    else ditto_det_end();
+    else ditto_det_end_at(slot);
 }
 
 /* Between failed tries. Under ditto det_start itself waits for our turn; the emulated token
