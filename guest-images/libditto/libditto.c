@@ -11,7 +11,8 @@
  *
  * Modes, fixed once at start-up:
  *  - native: the hypercalls answer -ENOSYS; every wrapper passes straight through to glibc.
- *  - ditto: a det section is ditto_det_start() ... ditto_det_end().
+ *  - ditto: a det section is ditto_det_start() ... ditto_det_end(); the end goes through the
+ *    thread's det-page slot (ditto.h), without an exit when no other thread waits.
  *  - emulate (DITTO_LIBDITTO_EMULATE=1, native only): a process-wide mutex stands in for the
  *    token. Nothing is deterministic then, but every det-mode path runs natively, so the
  *    protocol below can be tested for deadlocks and lost wake-ups without a VMM.
