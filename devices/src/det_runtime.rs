@@ -212,6 +212,9 @@ struct Slot {
     /// implicit det point inside it so far: only such a section may be ended through the
     /// det page. Implicit sections are the VMM's own; a slot must not end them.
     own_section: bool,
+    /// Waiting for the token, but still spinning and watching the holder's slot, so the
+    /// holder may post its end: the spinner sees it.
+    spinning: bool,
 }
 
 impl Slot {
@@ -221,6 +224,7 @@ impl Slot {
             cv: Arc::new(Condvar::new()),
             woken: false,
             own_section: false,
+            spinning: false,
         }
     }
 }
@@ -630,7 +634,7 @@ struct Inner {
     by_det: BTreeMap<DetTid, i64>,
     futex: BTreeMap<u64, VecDeque<Waiter>>,
     /// The det page, once a thread asked for its slot (Kendo only).
-    page: Option<DetPage>,
+    page: Option<Arc<DetPage>>,
     /// Section ends and ticks taken from the det page.
     posted: u64,
 }
@@ -663,9 +667,13 @@ impl Inner {
         let Order::Kendo(sched) = &mut self.order else {
             return false;
         };
-        // Someone waits for the token: then every det_end and tick may be what it waits
-        // for, and must come through the hypercall, which wakes it.
-        let contended = sched.waiting().next().is_some();
+        // Someone sleeps until the token comes: then every det_end and tick may be what it
+        // waits for, and must come through the hypercall, which wakes it. (A waiter that
+        // still spins watches the holder's slot itself.)
+        let contended = self
+            .threads
+            .values()
+            .any(|s| !s.spinning && sched.phase(s.det) == Some(Phase::Waiting));
         let mut changed = false;
         for s in self.threads.values_mut() {
             let Some(word) = page.word(s.det) else {
@@ -1078,6 +1086,7 @@ impl DetRuntime {
         }
         self.stats.ops.fetch_add(1, Ordering::Relaxed);
         let mut waited = false;
+        let mut spin_until = Instant::now();
         loop {
             let start = match g.order.det_start(det) {
                 Ok(start) => start,
@@ -1106,20 +1115,34 @@ impl DetRuntime {
                 }
                 Start::Elided => return Ok((g, Held::Elided)),
                 Start::Wait => {
-                    // Now that this thread waits, every slot says CALL; a section that
-                    // ended through the page just before is folded here, and may have been
-                    // all this thread was waiting for.
+                    if !waited {
+                        waited = true;
+                        self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                        spin_until = Instant::now() + SPIN;
+                    }
+                    let spin = Instant::now() < spin_until;
+                    if let Some(s) = g.threads.get_mut(&tid) {
+                        s.spinning = spin;
+                    }
+                    // Before this thread sleeps every slot says CALL. A section that ended
+                    // through the page just before is folded here, and may have been all
+                    // this thread was waiting for.
                     if g.sync() {
                         g.notify_holder();
                         continue;
                     }
-                    if !waited {
-                        waited = true;
-                        self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                    if spin {
+                        // The holder may end its section through its slot, or a thread
+                        // ahead post its ticks: watch that slot as well as the hand-off.
+                        let watch = g.page.clone().zip(g.order.holder_or_next());
+                        let word = watch.as_ref().and_then(|(p, h)| p.word(*h));
+                        let seen = word.map(|w| w.load(Ordering::SeqCst));
                         drop(g);
                         let me = u64::from(det.0) + 1;
-                        let until = Instant::now() + SPIN;
-                        while self.holder.load(Ordering::Acquire) != me && Instant::now() < until {
+                        while self.holder.load(Ordering::Acquire) != me
+                            && Instant::now() < spin_until
+                            && word.map(|w| w.load(Ordering::SeqCst)) == seen
+                        {
                             std::thread::yield_now();
                         }
                         g = self.locked();
@@ -1202,7 +1225,7 @@ impl DetRuntime {
         let det = g.slot(tid).map(|(d, _)| d);
         let r = det.map_err(Errno::from).and_then(|det| {
             if g.page.is_none() {
-                g.page = Some(map()?);
+                g.page = Some(Arc::new(map()?));
             }
             g.page
                 .as_ref()
