@@ -213,7 +213,7 @@ struct Slot {
     /// det page. Implicit sections are the VMM's own; a slot must not end them.
     own_section: bool,
     /// Waiting for the token, but still spinning and watching the holder's slot, so the
-    /// holder may post its end: the spinner sees it.
+    /// holder may post its end (if this is the only waiter): the spinner sees it.
     spinning: bool,
 }
 
@@ -668,12 +668,18 @@ impl Inner {
             return false;
         };
         // Someone sleeps until the token comes: then every det_end and tick may be what it
-        // waits for, and must come through the hypercall, which wakes it. (A waiter that
-        // still spins watches the holder's slot itself.)
-        let contended = self
+        // waits for, and must come through the hypercall, which wakes it. A lone waiter
+        // that still spins watches the holder's slot itself; with several, a post would
+        // send them all to the lock at once, so they are served as sleepers are.
+        let mut waiters = self
             .threads
             .values()
-            .any(|s| !s.spinning && sched.phase(s.det) == Some(Phase::Waiting));
+            .filter(|s| sched.phase(s.det) == Some(Phase::Waiting));
+        let contended = match (waiters.next(), waiters.next()) {
+            (None, _) => false,
+            (Some(w), None) => !w.spinning,
+            (Some(_), Some(_)) => true,
+        };
         let mut changed = false;
         for s in self.threads.values_mut() {
             let Some(word) = page.word(s.det) else {
