@@ -2038,6 +2038,35 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_spinning_waiter_sees_a_posted_end() {
+        let (p, rt, mem) = fast_pair();
+        let w0 = slot_word(mem, 0);
+        rt.det_start(&p, 1000).unwrap();
+        let started = start_in_thread(&p, &rt, 1001);
+        // Wait until t1 waits (spinning or asleep): then t0's post either lands, and the
+        // spinner takes the token without t0's hypercall, or finds CALL (t1 went to
+        // sleep), and the hypercall is due.
+        let until = Instant::now() + Duration::from_secs(5);
+        while rt
+            .det_tid(1001)
+            .is_some_and(|_| lock(&rt.inner).order.phase(DetTid(1)) != Some(Phase::Waiting))
+        {
+            assert!(Instant::now() < until, "t1 never waited");
+            std::thread::yield_now();
+        }
+        if post_end(w0) {
+            started.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(rt.posted(), 1);
+        } else {
+            assert_eq!(w0.load(Ordering::SeqCst), SLOT_CALL);
+            rt.det_end(1000).unwrap();
+            started.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        assert!(rt.in_section(1001));
+        assert_eq!(rt.logical_time(1000), Some(3));
+    }
+
+    #[test]
     fn garbage_in_a_slot_ends_no_section_and_overflows_nothing() {
         let (p, rt, mem) = fast_pair();
         let (w0, w1) = (slot_word(mem, 0), slot_word(mem, 1));
