@@ -25,8 +25,10 @@
 //! whenever it takes its lock, before it decides anything, so the holder is always computed
 //! from the full truth. A posted change can only be late, never wrong: until it is folded a
 //! thread looks *earlier* than it is, which can only make another thread wait, never let it
-//! pass. And nobody waits on a late post: while a thread waits for the token every slot
-//! says CALL, so the thread that must move makes the real hypercall, which wakes the waiter.
+//! pass. And nobody waits on a late post: while a thread sleeps waiting for the token (or
+//! two or more wait) every slot says CALL, so the thread that must move makes the real
+//! hypercall, which wakes the waiter; a lone waiter that still spins watches the holder's
+//! slot itself, and takes the lock when the holder posts.
 //!
 //! The runtime never decides anything on its own: every change of the schedule happens in a
 //! call made by a program thread. The only real-time effects are futex timeouts and external

@@ -46,10 +46,14 @@
  *    section must report); -ENOSPC for threads beyond the page's slots. Callers without a
  *    slot use the plain hypercalls.
  *  - The slot's first u64 is its word: bits 0-1 a state, bits 2-63 pending ticks.
- *      IDLE (0)        outside a section, nobody waits on this thread: ticks may be posted.
- *      IN_SECTION (1)  the VMM granted this thread's det_start; nobody waits for the token.
+ *      IDLE (0)        outside a section, nobody sleeps waiting for the token: ticks may be
+ *                      posted.
+ *      IN_SECTION (1)  the VMM granted this thread's det_start, and nobody sleeps waiting for
+ *                      the token (a lone waiter that still spins watches this word).
  *      ENDED (2)       set by the thread: its section is over (the VMM owes it +1 time).
- *      CALL (3)        someone waits, or the VMM wants to hear: make the real hypercall.
+ *      CALL (3)        the VMM must hear of it (someone sleeps waiting for the token,
+ *                      several wait, or the section is one the VMM runs): make the real
+ *                      hypercall.
  *    The thread may change the word only by compare-and-swap, and only as
  *    ditto_det_end_at() and ditto_det_tick_at() below do (IN_SECTION -> ENDED; add ticks
  *    in IDLE or ENDED). The VMM moves it between IDLE, IN_SECTION and CALL, and folds ENDED
