@@ -1,8 +1,8 @@
 //! `ditto bench det`: what deterministic execution costs, measured in one run.
 //!
 //! - µs per uncontended `det_start`+`det_end` pair, and per contended hand-off with 2 and 4
-//!   threads (the guest program `detbench`), with the VM exits per det operation from
-//!   `--stats`;
+//!   threads (the guest program `detbench`), with the VM exits per det operation and the
+//!   section ends posted through the det page without an exit (`--stats`);
 //! - racey (4 threads) with and without `--det`;
 //! - pbzip2 `-p2` and `-p4` with and without `--det`, as overhead %, when the pbzip2 image
 //!   can be built.
@@ -17,6 +17,7 @@ struct Run {
     stdout: String,
     exits: f64,
     det_ops: f64,
+    det_posted: f64,
 }
 
 fn stat(stderr: &str, key: &str) -> f64 {
@@ -62,6 +63,7 @@ fn ditto_run(
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         exits: stat(&stderr, "exits"),
         det_ops: stat(&stderr, "det_ops"),
+        det_posted: stat(&stderr, "det_posted"),
     })
 }
 
@@ -70,10 +72,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// detbench under --det: (µs per pair, exits per det op), medians over `reps`.
-fn detbench(prog: &Path, args: &[&str], reps: usize) -> Result<(f64, f64), String> {
+/// detbench under --det: (µs per pair, exits per det op, posted ends per det op), medians
+/// over `reps`. A det op is a token acquisition (one per pair).
+fn detbench(prog: &Path, args: &[&str], reps: usize) -> Result<(f64, f64, f64), String> {
     let mut us = Vec::new();
     let mut exits = Vec::new();
+    let mut posted = Vec::new();
     for _ in 0..reps {
         let mut argv = vec![prog.to_str().unwrap_or_default()];
         argv.extend_from_slice(args);
@@ -86,8 +90,9 @@ fn detbench(prog: &Path, args: &[&str], reps: usize) -> Result<(f64, f64), Strin
             .ok_or_else(|| format!("unexpected detbench output: {}", r.stdout))?;
         us.push(ns / 1e3);
         exits.push(r.exits / r.det_ops.max(1.0));
+        posted.push(r.det_posted / r.det_ops.max(1.0));
     }
-    Ok((median(us), median(exits)))
+    Ok((median(us), median(exits), median(posted)))
 }
 
 fn timed(
@@ -109,8 +114,8 @@ fn bench(reps: usize) -> Result<(), String> {
         guest_images::progs::path(n).ok_or_else(|| format!("guest program '{n}' is not built"))
     };
     let db = prog("detbench")?;
-    println!("| det operation | µs | VM exits per det op |");
-    println!("|---|---:|---:|");
+    println!("| det operation | µs | VM exits per det op | ends posted without exit per det op |");
+    println!("|---|---:|---:|---:|");
     for (name, args) in [
         (
             "det_start+det_end, uncontended (per pair)",
@@ -125,8 +130,8 @@ fn bench(reps: usize) -> Result<(), String> {
             vec!["handoff", "4", "1500"],
         ),
     ] {
-        let (us, exits) = detbench(&db, &args, reps)?;
-        println!("| {name} | {us:.2} | {exits:.2} |");
+        let (us, exits, posted) = detbench(&db, &args, reps)?;
+        println!("| {name} | {us:.2} | {exits:.2} | {posted:.2} |");
     }
 
     println!();

@@ -17,6 +17,19 @@
 //!   order of the primary's turn log ([`det::TurnFollower`]), fed by
 //!   [`DetRuntime::push_turn`].
 //!
+//! # The fast path (the det page)
+//!
+//! Under Kendo a thread may post its `det_end` and `det_tick(n > 0)` in its slot of a
+//! [`DetPage`] instead of making the hypercall (the slot protocol is the guest ABI, defined
+//! in `guest-images/include/ditto.h`). The runtime folds every slot into the scheduler
+//! whenever it takes its lock, before it decides anything, so the holder is always computed
+//! from the full truth. A posted change can only be late, never wrong: until it is folded a
+//! thread looks *earlier* than it is, which can only make another thread wait, never let it
+//! pass. And nobody waits on a late post: while a thread sleeps waiting for the token (or
+//! two or more wait) every slot says CALL, so the thread that must move makes the real
+//! hypercall, which wakes the waiter; a lone waiter that still spins watches the holder's
+//! slot itself, and takes the lock when the holder posts.
+//!
 //! The runtime never decides anything on its own: every change of the schedule happens in a
 //! call made by a program thread. The only real-time effects are futex timeouts and external
 //! blocking calls (sockets, terminals, sleeps): the non-deterministic events of DESIGN.md §5.
@@ -52,6 +65,7 @@ use thiserror::Error;
 
 use crate::errno::Errno;
 use crate::process::{lock, Process};
+use crate::syscalls::sys_det::abi;
 
 /// How often a thread waiting for the token checks whether the program is ending.
 const EXIT_POLL: Duration = Duration::from_millis(10);
@@ -196,6 +210,94 @@ struct Slot {
     cv: Arc<Condvar>,
     /// Set by a futex wake under the token; cleared when the thread starts waiting.
     woken: bool,
+    /// The thread's current (or last) section came from its own `det_start`, with no
+    /// implicit det point inside it so far: only such a section may be ended through the
+    /// det page. Implicit sections are the VMM's own; a slot must not end them.
+    own_section: bool,
+    /// Waiting for the token, but still spinning and watching the holder's slot, so the
+    /// holder may post its end (if this is the only waiter): the spinner sees it.
+    spinning: bool,
+}
+
+impl Slot {
+    fn new(det: DetTid) -> Self {
+        Slot {
+            det,
+            cv: Arc::new(Condvar::new()),
+            woken: false,
+            own_section: false,
+            spinning: false,
+        }
+    }
+}
+
+const SLOT_STATE: u64 = abi::DITTO_SLOT_STATE_MASK;
+const SLOT_IDLE: u64 = abi::DITTO_SLOT_IDLE;
+const SLOT_IN_SECTION: u64 = abi::DITTO_SLOT_IN_SECTION;
+const SLOT_ENDED: u64 = abi::DITTO_SLOT_ENDED;
+const SLOT_CALL: u64 = abi::DITTO_SLOT_CALL;
+const SLOT_TICK_SHIFT: u64 = abi::DITTO_SLOT_TICK_SHIFT;
+
+/// The det page: one slot per deterministic thread id below [`DetPage::SLOTS`], in guest
+/// memory, through which threads post `det_end` and `det_tick` without a VM exit (see the
+/// module documentation and ditto.h). Threads with larger ids have no slot and use the
+/// hypercalls.
+pub struct DetPage {
+    gva: u64,
+    words: *const AtomicU64,
+}
+
+// SAFETY: `words` points into the guest mapping, which is shared by every thread of the
+// process and outlives the runtime (see `DetPage::new`); it is only accessed through
+// atomics.
+unsafe impl Send for DetPage {}
+// SAFETY: as for Send: every access is an atomic operation.
+unsafe impl Sync for DetPage {}
+
+impl DetPage {
+    /// Slots per det page: four 4 KiB pages.
+    pub const SLOTS: u32 = 256;
+    /// The page's size in bytes.
+    pub const BYTES: u64 = Self::SLOTS as u64 * abi::DITTO_DET_SLOT_SIZE;
+
+    /// A det page at guest address `gva`, whose [`BYTES`](Self::BYTES) bytes the host sees
+    /// at `host`. Every slot starts as CALL: a thread's first post waits for the runtime
+    /// to publish its state.
+    ///
+    /// # Safety
+    ///
+    /// `host` must be 8-byte aligned and point at `BYTES` bytes that stay mapped, readable
+    /// and writable, for as long as the page lives (guest memory, checked with
+    /// `GuestMemory::user_range`).
+    pub unsafe fn new(gva: u64, host: *mut u8) -> Self {
+        let page = DetPage {
+            gva,
+            words: host as *const AtomicU64,
+        };
+        for i in 0..Self::SLOTS {
+            if let Some(w) = page.word(DetTid(i)) {
+                w.store(SLOT_CALL, Ordering::SeqCst);
+            }
+        }
+        page
+    }
+
+    /// The guest address of `det`'s slot, if it has one.
+    pub fn slot_gva(&self, det: DetTid) -> Option<u64> {
+        (det.0 < Self::SLOTS).then(|| self.gva + u64::from(det.0) * abi::DITTO_DET_SLOT_SIZE)
+    }
+
+    /// The word of `det`'s slot, if it has one.
+    fn word(&self, det: DetTid) -> Option<&AtomicU64> {
+        if det.0 >= Self::SLOTS {
+            return None;
+        }
+        let stride = abi::DITTO_DET_SLOT_SIZE / 8;
+        // SAFETY: in bounds (det < SLOTS, and the page holds SLOTS slots of stride words),
+        // aligned and mapped for the page's life (the contract of `new`); AtomicU64 has
+        // u64's layout, and the guest only touches the word with atomic instructions.
+        Some(unsafe { &*self.words.add(det.0 as usize * stride as usize) })
+    }
 }
 
 /// A futex waiter, queued in FIFO order under the token.
@@ -533,6 +635,10 @@ struct Inner {
     threads: BTreeMap<i64, Slot>,
     by_det: BTreeMap<DetTid, i64>,
     futex: BTreeMap<u64, VecDeque<Waiter>>,
+    /// The det page, once a thread asked for its slot (Kendo only).
+    page: Option<Arc<DetPage>>,
+    /// Section ends and ticks taken from the det page.
+    posted: u64,
 }
 
 impl Inner {
@@ -547,9 +653,103 @@ impl Inner {
         self.threads.get(&tid).is_some_and(|s| s.woken)
     }
 
+    /// Folds what the threads posted in the det page into the scheduler and publishes each
+    /// slot's new state. Returns whether the schedule changed.
+    ///
+    /// Each slot is settled with one compare-and-swap from the word read to the word that
+    /// the runtime wants there, and only what that word said is applied, so a post that
+    /// races with the fold is either in it or finds the new state (and then, if it is CALL,
+    /// makes the hypercall). A word is trusted only as far as its thread could have got
+    /// there honestly: ENDED ends only a section that the thread's own `det_start` began,
+    /// ticks count only outside sections, and anything else is dropped.
+    fn sync(&mut self) -> bool {
+        let Some(page) = &self.page else {
+            return false;
+        };
+        let Order::Kendo(sched) = &mut self.order else {
+            return false;
+        };
+        // Someone sleeps until the token comes: then every det_end and tick may be what it
+        // waits for, and must come through the hypercall, which wakes it. A lone waiter
+        // that still spins watches the holder's slot itself; with several, a post would
+        // send them all to the lock at once, so they are served as sleepers are.
+        let mut waiters = self
+            .threads
+            .values()
+            .filter(|s| sched.phase(s.det) == Some(Phase::Waiting));
+        let contended = match (waiters.next(), waiters.next()) {
+            (None, _) => false,
+            (Some(w), None) => !w.spinning,
+            (Some(_), Some(_)) => true,
+        };
+        let mut changed = false;
+        for s in self.threads.values_mut() {
+            let Some(word) = page.word(s.det) else {
+                continue;
+            };
+            let phase = sched.phase(s.det);
+            let in_section = matches!(phase, Some(Phase::InSection | Phase::InElidedSection));
+            if !in_section {
+                s.own_section = false;
+            }
+            let mut old = word.load(Ordering::SeqCst);
+            loop {
+                let ended = s.own_section && old & SLOT_STATE == SLOT_ENDED;
+                let running = ended || phase == Some(Phase::Running);
+                let new = if contended {
+                    SLOT_CALL
+                } else if running {
+                    SLOT_IDLE
+                } else if s.own_section {
+                    SLOT_IN_SECTION
+                } else {
+                    SLOT_CALL
+                };
+                if old == new {
+                    break;
+                }
+                if let Err(now) =
+                    word.compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
+                {
+                    old = now;
+                    continue;
+                }
+                if ended {
+                    s.own_section = false;
+                    // Cannot fail: the thread is in a section.
+                    if sched.det_end(s.det).is_ok() {
+                        self.posted += 1;
+                        changed = true;
+                    }
+                }
+                let ticks = old >> SLOT_TICK_SHIFT;
+                if ticks > 0 && running {
+                    // A tick past the end of time saturates: the thread has only harmed
+                    // its own place in the schedule.
+                    let room = u64::MAX - sched.time(s.det).unwrap_or(u64::MAX);
+                    let n = ticks.min(room);
+                    if n > 0 && sched.det_tick(s.det, n).is_ok() {
+                        self.posted += 1;
+                        changed = true;
+                    }
+                }
+                break;
+            }
+        }
+        changed
+    }
+
+    /// Folds the det page, and wakes whoever that makes the holder.
+    fn refresh(&mut self) {
+        if self.sync() {
+            self.notify_holder();
+        }
+    }
+
     /// Wakes the token holder (or the next taker) if it is waiting in `det_start`; called
-    /// after every change.
-    fn notify_holder(&self) {
+    /// after every change. Folds the det page first.
+    fn notify_holder(&mut self) {
+        self.sync();
         let h = self.order.holder_or_next();
         self.holder
             .store(h.map_or(0, |h| u64::from(h.0) + 1), Ordering::Release);
@@ -777,14 +977,7 @@ impl DetRuntime {
         link: Option<Link>,
     ) -> Self {
         let mut threads = BTreeMap::new();
-        threads.insert(
-            main_tid,
-            Slot {
-                det: DetTid::MAIN,
-                cv: Arc::new(Condvar::new()),
-                woken: false,
-            },
-        );
+        threads.insert(main_tid, Slot::new(DetTid::MAIN));
         let order = match policy {
             Policy::Kendo => Order::Kendo(TokenScheduler::new()),
             Policy::Lead => Order::Free(FreeToken::new(FreeMode::Lead {
@@ -797,12 +990,14 @@ impl DetRuntime {
             })),
         };
         let holder = Arc::new(AtomicU64::new(0));
-        let inner = Inner {
+        let mut inner = Inner {
             holder: holder.clone(),
             order,
             threads,
             by_det: BTreeMap::from([(DetTid::MAIN, main_tid)]),
             futex: BTreeMap::new(),
+            page: None,
+            posted: 0,
         };
         inner.notify_holder();
         DetRuntime {
@@ -814,6 +1009,13 @@ impl DetRuntime {
             link,
             diverged: AtomicBool::new(false),
         }
+    }
+
+    /// The runtime's state, with the det page folded in: every decision starts here.
+    fn locked(&self) -> MutexGuard<'_, Inner> {
+        let mut g = lock(&self.inner);
+        g.refresh();
+        g
     }
 
     /// How this runtime hands out the token.
@@ -828,12 +1030,12 @@ impl DetRuntime {
 
     /// The deterministic id of guest thread `tid`.
     pub fn det_tid(&self, tid: i64) -> Option<DetTid> {
-        lock(&self.inner).threads.get(&tid).map(|s| s.det)
+        self.locked().threads.get(&tid).map(|s| s.det)
     }
 
     /// The logical time of guest thread `tid` (Kendo only: the other policies have none).
     pub fn logical_time(&self, tid: i64) -> Option<u64> {
-        let g = lock(&self.inner);
+        let g = self.locked();
         let det = g.threads.get(&tid)?.det;
         g.order.time(det)
     }
@@ -874,6 +1076,14 @@ impl DetRuntime {
         implicit: bool,
     ) -> Result<(MutexGuard<'a, Inner>, Held), DetError> {
         let (det, cv) = g.slot(tid)?;
+        if implicit {
+            // A section the VMM starts, or works inside, is the VMM's to end: from here on
+            // the thread's slot cannot end it.
+            if let Some(s) = g.threads.get_mut(&tid) {
+                s.own_section = false;
+            }
+            g.refresh();
+        }
         match g.order.phase(det) {
             Some(Phase::InSection) if implicit => return Ok((g, Held::Nested)),
             // An implicit point inside an elided section is ordered after all: the elided
@@ -884,6 +1094,7 @@ impl DetRuntime {
         }
         self.stats.ops.fetch_add(1, Ordering::Relaxed);
         let mut waited = false;
+        let mut spin_until = Instant::now();
         loop {
             let start = match g.order.det_start(det) {
                 Ok(start) => start,
@@ -904,6 +1115,10 @@ impl DetRuntime {
                             l.link.log_turn(turn);
                         }
                     }
+                    if implicit {
+                        // Publishes CALL in the slot of the section the VMM now runs.
+                        g.refresh();
+                    }
                     return Ok((g, Held::Own));
                 }
                 Start::Elided => return Ok((g, Held::Elided)),
@@ -911,19 +1126,41 @@ impl DetRuntime {
                     if !waited {
                         waited = true;
                         self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                        spin_until = Instant::now() + SPIN;
+                    }
+                    let spin = Instant::now() < spin_until;
+                    if let Some(s) = g.threads.get_mut(&tid) {
+                        s.spinning = spin;
+                    }
+                    // Before this thread sleeps every slot says CALL. A section that ended
+                    // through the page just before is folded here, and may have been all
+                    // this thread was waiting for.
+                    if g.sync() {
+                        g.notify_holder();
+                        continue;
+                    }
+                    if spin {
+                        // The holder may end its section through its slot, or a thread
+                        // ahead post its ticks: watch that slot as well as the hand-off.
+                        let watch = g.page.clone().zip(g.order.holder_or_next());
+                        let word = watch.as_ref().and_then(|(p, h)| p.word(*h));
+                        let seen = word.map(|w| w.load(Ordering::SeqCst));
                         drop(g);
                         let me = u64::from(det.0) + 1;
-                        let until = Instant::now() + SPIN;
-                        while self.holder.load(Ordering::Acquire) != me && Instant::now() < until {
+                        while self.holder.load(Ordering::Acquire) != me
+                            && Instant::now() < spin_until
+                            && word.map(|w| w.load(Ordering::SeqCst)) == seen
+                        {
                             std::thread::yield_now();
                         }
-                        g = lock(&self.inner);
+                        g = self.locked();
                         continue;
                     }
                     g = cv
                         .wait_timeout(g, EXIT_POLL)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
+                    g.refresh();
                     if process.exiting() {
                         if g.order.cancel(det) {
                             g.notify_holder();
@@ -953,8 +1190,15 @@ impl DetRuntime {
 
     /// `det_start`: returns once `tid` holds the token.
     pub fn det_start(&self, process: &Process, tid: i64) -> Result<(), DetError> {
-        let g = lock(&self.inner);
-        self.acquire(g, process, tid, false).map(drop)
+        let g = self.locked();
+        let (mut g, _) = self.acquire(g, process, tid, false)?;
+        if g.page.is_some() {
+            if let Some(s) = g.threads.get_mut(&tid) {
+                s.own_section = true;
+            }
+            g.refresh();
+        }
+        Ok(())
     }
 
     /// Whether a det point by `tid` would go ahead without waiting: it holds the token (or,
@@ -963,16 +1207,51 @@ impl DetRuntime {
     /// the others to the vCPU thread, where waiting for the token costs one thread switch
     /// instead of two.
     pub fn can_proceed(&self, tid: i64) -> bool {
-        let g = lock(&self.inner);
+        let g = self.locked();
         let Ok((det, _)) = g.slot(tid) else {
             return false;
         };
         matches!(g.order.phase(det), Some(Phase::InSection)) || g.order.may_go(det)
     }
 
+    /// `DITTO_SYS_DET_SLOT`: the guest address of `tid`'s slot in the det page, which `map`
+    /// creates on the first call. An implicit det point, so that the page is placed at a
+    /// deterministic point of the address space's history. Errors: EOPNOTSUPP under Lead
+    /// and Follow (their turns are logged and replayed one by one: every section must come
+    /// to the VMM), ENOSPC for a thread without a slot, or `map`'s error.
+    pub fn det_slot(
+        &self,
+        process: &Process,
+        tid: i64,
+        map: impl FnOnce() -> Result<DetPage, Errno>,
+    ) -> Result<u64, Errno> {
+        if self.policy != Policy::Kendo {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let g = self.locked();
+        let (mut g, held) = self.acquire(g, process, tid, true)?;
+        let det = g.slot(tid).map(|(d, _)| d);
+        let r = det.map_err(Errno::from).and_then(|det| {
+            if g.page.is_none() {
+                g.page = Some(Arc::new(map()?));
+            }
+            g.page
+                .as_ref()
+                .and_then(|p| p.slot_gva(det))
+                .ok_or(Errno::ENOSPC)
+        });
+        self.release(&mut g, tid, held)?;
+        r
+    }
+
+    /// How many section ends and ticks the threads posted through the det page.
+    pub fn posted(&self) -> u64 {
+        self.locked().posted
+    }
+
     /// `det_end`: ends the section, +1 logical time.
     pub fn det_end(&self, tid: i64) -> Result<(), DetError> {
-        let mut g = lock(&self.inner);
+        let mut g = self.locked();
         let (det, _) = g.slot(tid)?;
         g.order.det_end(det)?;
         g.notify_holder();
@@ -982,7 +1261,7 @@ impl DetRuntime {
     /// `det_tick(n)`: +n logical time (a no-op under Lead and Follow, which have none); 0
     /// elides the next `det_start`.
     pub fn det_tick(&self, tid: i64, n: u64) -> Result<(), DetError> {
-        let mut g = lock(&self.inner);
+        let mut g = self.locked();
         let (det, _) = g.slot(tid)?;
         g.order.det_tick(det, n)?;
         g.notify_holder();
@@ -997,11 +1276,11 @@ impl DetRuntime {
         tid: i64,
         f: impl FnOnce() -> R,
     ) -> Result<R, DetError> {
-        let g = lock(&self.inner);
+        let g = self.locked();
         let (g, held) = self.acquire(g, process, tid, true)?;
         drop(g);
         let r = f();
-        self.release(&mut lock(&self.inner), tid, held)?;
+        self.release(&mut self.locked(), tid, held)?;
         Ok(r)
     }
 
@@ -1059,7 +1338,7 @@ impl DetRuntime {
 
     /// Whether `tid` is inside its own det section (a call there must not be retried).
     pub fn in_section(&self, tid: i64) -> bool {
-        let g = lock(&self.inner);
+        let g = self.locked();
         g.threads
             .get(&tid)
             .and_then(|s| g.order.phase(s.det))
@@ -1080,14 +1359,14 @@ impl DetRuntime {
         f: impl FnOnce() -> R,
     ) -> Result<(R, Option<u64>), DetError> {
         {
-            let mut g = lock(&self.inner);
+            let mut g = self.locked();
             let (det, _) = g.slot(tid)?;
             g.close_section(det)?;
             g.order.leave(det)?;
             g.notify_holder();
         }
         let r = f();
-        let mut g = lock(&self.inner);
+        let mut g = self.locked();
         let at = g.resume(tid);
         g.notify_holder();
         Ok((r, at))
@@ -1109,7 +1388,7 @@ impl DetRuntime {
         f: impl FnOnce() -> Option<(R, Option<u64>)>,
     ) -> Result<R, DetError> {
         let det = {
-            let mut g = lock(&self.inner);
+            let mut g = self.locked();
             let (det, _) = g.slot(tid)?;
             g.close_section(det)?;
             g.notify_holder();
@@ -1117,7 +1396,7 @@ impl DetRuntime {
         };
         let (r, at) = f().ok_or(DetError::Exiting)?;
         if self.policy == Policy::Kendo {
-            let mut g = lock(&self.inner);
+            let mut g = self.locked();
             match at {
                 Some(at) => g.replay_reentry(det, at)?,
                 None => tracing::warn!(%det, "replayed blocking call without a re-entry time"),
@@ -1136,7 +1415,7 @@ impl DetRuntime {
         tid: i64,
         f: impl FnOnce() -> Result<u64, Errno>,
     ) -> Result<u64, Errno> {
-        let g = lock(&self.inner);
+        let g = self.locked();
         let (mut g, held) = self.acquire(g, process, tid, true)?;
         let r = f();
         if let Ok(child) = r {
@@ -1153,14 +1432,7 @@ impl DetRuntime {
                 g = g2;
             }
             let cdet = g.order.spawn(det)?;
-            g.threads.insert(
-                child as i64,
-                Slot {
-                    det: cdet,
-                    cv: Arc::new(Condvar::new()),
-                    woken: false,
-                },
-            );
+            g.threads.insert(child as i64, Slot::new(cdet));
             g.by_det.insert(cdet, child as i64);
         }
         self.release(&mut g, tid, held)?;
@@ -1171,7 +1443,7 @@ impl DetRuntime {
     /// wake one waiter there (pthread_join), and leave the scheduler. Follow: a thread that
     /// exits while the log still holds turns of it is a divergence.
     pub fn thread_exit(&self, process: &Process, tid: i64, clear_child_tid: u64) {
-        let g = lock(&self.inner);
+        let g = self.locked();
         let Ok((mut g, _)) = self.acquire(g, process, tid, true) else {
             return;
         };
@@ -1181,6 +1453,9 @@ impl DetRuntime {
         let mut gone = Ok(());
         if let Some(s) = g.threads.remove(&tid) {
             g.by_det.remove(&s.det);
+            if let Some(w) = g.page.as_ref().and_then(|p| p.word(s.det)) {
+                w.store(SLOT_CALL, Ordering::SeqCst);
+            }
             gone = g.order.exit(s.det).map_err(|e| (s.det, e));
         }
         g.notify_holder();
@@ -1195,7 +1470,7 @@ impl DetRuntime {
     /// An error (a missing, repeated or late turn) is the caller's to report; a runtime that
     /// follows no log answers [`TurnError::Closed`].
     pub fn push_turn(&self, turn: Turn) -> Result<(), TurnError> {
-        let mut g = lock(&self.inner);
+        let mut g = self.locked();
         let Order::Free(FreeToken {
             mode: FreeMode::Follow { follower, heads },
             ..
@@ -1213,7 +1488,7 @@ impl DetRuntime {
     /// turn the log does not hold gets [`DetError::Diverged`] instead of waiting forever;
     /// threads waiting now ask again. Nothing under the other policies.
     pub fn close_log(&self) {
-        let mut g = lock(&self.inner);
+        let mut g = self.locked();
         if let Order::Free(FreeToken {
             mode: FreeMode::Follow { follower, .. },
             ..
@@ -1248,7 +1523,7 @@ impl DetRuntime {
             bitset,
             deadline,
         } = wait;
-        let g = lock(&self.inner);
+        let g = self.locked();
         let (mut g, held) = self.acquire(g, process, tid, true)?;
         if word.load(Ordering::SeqCst) != val {
             self.release(&mut g, tid, held)?;
@@ -1328,7 +1603,7 @@ impl DetRuntime {
         word: &AtomicU32,
         wait: FutexWait,
     ) -> Result<u64, Errno> {
-        let mut g = lock(&self.inner);
+        let mut g = self.locked();
         if word.load(Ordering::SeqCst) != wait.val {
             return Err(Errno::EAGAIN);
         }
@@ -1353,7 +1628,7 @@ impl DetRuntime {
                 let pending_turn = g.order.has_pending_turn(det);
                 drop(g);
                 let news = link.follow_timed_wait(det);
-                g = lock(&self.inner);
+                g = self.locked();
                 let woken = g.woken(tid);
                 match news {
                     WaitNews::TimedOut => {
@@ -1450,7 +1725,7 @@ impl DetRuntime {
         let (mut g, held) = match self.acquire(g, process, tid, true) {
             Ok(x) => x,
             Err(e) => {
-                let mut g = lock(&self.inner);
+                let mut g = self.locked();
                 g.dequeue(addr, tid);
                 g.notify_holder();
                 return Err(e.into());
@@ -1474,7 +1749,7 @@ impl DetRuntime {
     /// woken thread just stays where it is.
     fn replay_timed_wait(
         &self,
-        g: MutexGuard<'_, Inner>,
+        mut g: MutexGuard<'_, Inner>,
         process: &Process,
         (tid, det): (i64, DetTid),
         addr: u64,
@@ -1484,7 +1759,7 @@ impl DetRuntime {
         g.notify_holder();
         drop(g);
         let outcome = link.timed_wait_outcome(det);
-        let mut g = lock(&self.inner);
+        let mut g = self.locked();
         let Some(outcome) = outcome else {
             g.dequeue(addr, tid);
             g.notify_holder();
@@ -1601,12 +1876,12 @@ impl DetRuntime {
     ) -> Result<u64, Errno> {
         if self.policy != Policy::Kendo {
             // No turn: see the module documentation.
-            let mut g = lock(&self.inner);
+            let mut g = self.locked();
             let r = f(&mut g);
             g.notify_holder();
             return r;
         }
-        let g = lock(&self.inner);
+        let g = self.locked();
         let (mut g, held) = self.acquire(g, process, tid, true)?;
         let r = f(&mut g);
         self.release(&mut g, tid, held)?;
@@ -1675,6 +1950,205 @@ mod tests {
         rt.det_end(1000).unwrap();
     }
 
+    /// A det page in host memory (the tests have no guest), leaked for the test's life.
+    fn det_page() -> (&'static [AtomicU64], DetPage) {
+        let words = (DetPage::BYTES / 8) as usize;
+        let mem: &'static [AtomicU64] =
+            Box::leak((0..words).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>());
+        // SAFETY: `mem` is 8-byte aligned, BYTES long and never freed.
+        let page = unsafe { DetPage::new(0x40_0000, mem.as_ptr() as *mut u8) };
+        (mem, page)
+    }
+
+    fn slot_word(mem: &[AtomicU64], det: u32) -> &AtomicU64 {
+        &mem[det as usize * (abi::DITTO_DET_SLOT_SIZE / 8) as usize]
+    }
+
+    /// libditto's ditto_det_end_at without the fallback: whether the end was posted.
+    fn post_end(w: &AtomicU64) -> bool {
+        let old = w.load(Ordering::SeqCst);
+        old & SLOT_STATE == SLOT_IN_SECTION
+            && w.compare_exchange(
+                old,
+                (old & !SLOT_STATE) | SLOT_ENDED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// ditto_det_tick_at without the fallback: whether the ticks were posted.
+    fn post_tick(w: &AtomicU64, n: u64) -> bool {
+        let old = w.load(Ordering::SeqCst);
+        let s = old & SLOT_STATE;
+        (s == SLOT_IDLE || s == SLOT_ENDED)
+            && (old >> SLOT_TICK_SHIFT)
+                .checked_add(n)
+                .is_some_and(|t| t < 1 << 62)
+            && w.compare_exchange(
+                old,
+                old + (n << SLOT_TICK_SHIFT),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// Two threads (1000 = t0, 1001 = t1), both with slots, at logical time 2.
+    fn fast_pair() -> (Arc<Process>, Arc<DetRuntime>, &'static [AtomicU64]) {
+        let p = Arc::new(process());
+        let rt = Arc::new(DetRuntime::new(1000, None));
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        let (mem, page) = det_page();
+        assert_eq!(rt.det_slot(&p, 1000, || Ok(page)), Ok(0x40_0000));
+        let second = rt.det_slot(&p, 1001, || panic!("one page"));
+        assert_eq!(second, Ok(0x40_0000 + abi::DITTO_DET_SLOT_SIZE));
+        assert_eq!(rt.logical_time(1000), Some(2));
+        assert_eq!(rt.logical_time(1001), Some(2));
+        (p, rt, mem)
+    }
+
+    /// Runs `det_start` for `tid` on another thread; the receiver hears when it returns.
+    fn start_in_thread(
+        p: &Arc<Process>,
+        rt: &Arc<DetRuntime>,
+        tid: i64,
+    ) -> std::sync::mpsc::Receiver<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (p, rt) = (p.clone(), rt.clone());
+        std::thread::spawn(move || {
+            rt.det_start(&p, tid).unwrap();
+            let _ = tx.send(());
+        });
+        rx
+    }
+
+    #[test]
+    fn a_posted_end_is_seen_by_the_next_det_start() {
+        let (p, rt, mem) = fast_pair();
+        let w0 = slot_word(mem, 0);
+        assert_eq!(w0.load(Ordering::SeqCst), SLOT_IDLE);
+        rt.det_start(&p, 1000).unwrap();
+        assert_eq!(w0.load(Ordering::SeqCst), SLOT_IN_SECTION);
+        assert!(post_end(w0));
+        // t1 (2) comes after t0 (2) only while t0's section is not folded in.
+        let started = start_in_thread(&p, &rt, 1001);
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(rt.logical_time(1000), Some(3));
+        assert_eq!(rt.posted(), 1);
+        assert!(rt.in_section(1001));
+        // Ticks outside a section: posted, and counted before the next decision.
+        assert!(post_tick(w0, 5));
+        assert_eq!(rt.logical_time(1000), Some(8));
+        assert!(post_end(slot_word(mem, 1)));
+        assert!(post_tick(slot_word(mem, 1), 2));
+        assert!(!rt.in_section(1001));
+        assert_eq!(rt.logical_time(1001), Some(5));
+        assert_eq!(rt.posted(), 4);
+        // t1 (5) is ahead of t0 (8) again.
+        rt.det_start(&p, 1001).unwrap();
+    }
+
+    #[test]
+    fn a_contended_holder_must_make_the_hypercall() {
+        let (p, rt, mem) = fast_pair();
+        let w0 = slot_word(mem, 0);
+        rt.det_start(&p, 1000).unwrap();
+        let started = start_in_thread(&p, &rt, 1001);
+        // The waiter marks the holder's slot before it sleeps.
+        let until = Instant::now() + Duration::from_secs(5);
+        while w0.load(Ordering::SeqCst) != SLOT_CALL {
+            assert!(Instant::now() < until, "the waiter never marked the holder");
+            std::thread::yield_now();
+        }
+        assert!(!post_end(w0));
+        assert!(!post_tick(slot_word(mem, 1), 1));
+        assert!(started.recv_timeout(Duration::from_millis(50)).is_err());
+        rt.det_end(1000).unwrap();
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(rt.posted(), 0);
+        // Nobody waits any more: the new holder's section may end through its slot.
+        assert_eq!(slot_word(mem, 1).load(Ordering::SeqCst), SLOT_IN_SECTION);
+        assert_eq!(w0.load(Ordering::SeqCst), SLOT_IDLE);
+    }
+
+    #[test]
+    fn a_lone_spinning_waiter_sees_a_posted_end() {
+        let (p, rt, mem) = fast_pair();
+        let w0 = slot_word(mem, 0);
+        rt.det_start(&p, 1000).unwrap();
+        let started = start_in_thread(&p, &rt, 1001);
+        // Wait until t1 waits (spinning or asleep): then t0's post either lands, and the
+        // spinner takes the token without t0's hypercall, or finds CALL (t1 went to
+        // sleep), and the hypercall is due.
+        let until = Instant::now() + Duration::from_secs(5);
+        while rt
+            .det_tid(1001)
+            .is_some_and(|_| lock(&rt.inner).order.phase(DetTid(1)) != Some(Phase::Waiting))
+        {
+            assert!(Instant::now() < until, "t1 never waited");
+            std::thread::yield_now();
+        }
+        if post_end(w0) {
+            started.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(rt.posted(), 1);
+        } else {
+            assert_eq!(w0.load(Ordering::SeqCst), SLOT_CALL);
+            rt.det_end(1000).unwrap();
+            started.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        assert!(rt.in_section(1001));
+        assert_eq!(rt.logical_time(1000), Some(3));
+    }
+
+    #[test]
+    fn garbage_in_a_slot_ends_no_section_and_overflows_nothing() {
+        let (p, rt, mem) = fast_pair();
+        let (w0, w1) = (slot_word(mem, 0), slot_word(mem, 1));
+        rt.det_start(&p, 1000).unwrap();
+        // Another thread's slot cannot end t0's section, nor can a thread end a section
+        // it does not hold.
+        w1.store(SLOT_ENDED, Ordering::SeqCst);
+        let started = start_in_thread(&p, &rt, 1001);
+        assert!(started.recv_timeout(Duration::from_millis(50)).is_err());
+        assert!(rt.in_section(1000));
+        assert_eq!(rt.logical_time(1001), Some(2));
+        // Unknown words, and ticks for a waiting thread, are dropped.
+        w1.store(u64::MAX, Ordering::SeqCst);
+        assert_eq!(rt.logical_time(1001), Some(2));
+        rt.det_end(1000).unwrap();
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        rt.det_end(1001).unwrap();
+        // The largest tick a slot can hold, many times over: the time saturates.
+        for _ in 0..5 {
+            assert!(post_tick(w1, (1 << 62) - 1));
+            assert!(rt.logical_time(1001).is_some());
+        }
+        assert_eq!(rt.logical_time(1001), Some(u64::MAX));
+        // Implicit sections are the VMM's: the slot says CALL and cannot end them.
+        rt.ordered(&p, 1000, || {
+            assert_eq!(w0.load(Ordering::SeqCst), SLOT_CALL);
+            w0.store(SLOT_ENDED, Ordering::SeqCst);
+            assert!(rt.in_section(1000));
+        })
+        .unwrap();
+        assert!(!rt.in_section(1000));
+        // Ids beyond the page have no slot.
+        let (_, page) = det_page();
+        assert_eq!(page.slot_gva(DetTid(DetPage::SLOTS)), None);
+        assert!(page.word(DetTid(DetPage::SLOTS)).is_none());
+    }
+
+    #[test]
+    fn only_kendo_has_a_fast_path() {
+        let p = process();
+        for policy in [Policy::Lead, Policy::Follow] {
+            let rt = DetRuntime::build(1000, None, policy, None);
+            let r = rt.det_slot(&p, 1000, || panic!("no page under {policy:?}"));
+            assert_eq!(r, Err(Errno::EOPNOTSUPP));
+        }
+    }
+
     fn wait(val: u32, deadline: Option<Instant>) -> FutexWait {
         FutexWait {
             val,
@@ -1739,6 +2213,8 @@ mod tests {
             threads: BTreeMap::new(),
             by_det: BTreeMap::new(),
             futex: BTreeMap::new(),
+            page: None,
+            posted: 0,
         };
         for tid in [1, 2, 3] {
             inner.futex.entry(8).or_default().push_back(Waiter {

@@ -41,7 +41,8 @@ errnos!(
     EOPNOTSUPP,
     ETIMEDOUT,
     ELOOP,
-    EXDEV
+    EXDEV,
+    ENOSPC
 );
 
 impl Errno {

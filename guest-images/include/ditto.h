@@ -30,6 +30,38 @@
  *    skipping), for locks whose order cannot affect output, such as allocator locks.
  *
  * All calls return 0 on success and a negative errno on failure, like raw syscalls.
+ *
+ * The fast path (a det page). Each hypercall is a VM exit, several microseconds on hosts
+ * without VMX/SVM. A det_end or det_tick(n > 0) that no other thread is waiting for needs
+ * no decision from the VMM, so it can be posted in shared memory instead: the VMM applies
+ * it before its next decision (every det_start, futex operation, blocking call, thread
+ * exit...), so the token's holder is still computed by the VMM from the full truth.
+ *
+ *  - ditto_det_slot() (the DITTO_SYS_DET_SLOT hypercall) returns the guest address of the
+ *    calling thread's slot in the det page, a 64-byte aligned DITTO_DET_SLOT_SIZE-byte
+ *    record that only the VMM and that thread should touch. It is an implicit det point
+ *    (the first call allocates the page, at a deterministic place in the address space).
+ *    Errors: -ENOSYS natively or without --det; -EOPNOTSUPP when the token policy is not
+ *    Kendo (the secondary of a follow-mode pair replays the primary's turns, which every
+ *    section must report); -ENOSPC for threads beyond the page's slots. Callers without a
+ *    slot use the plain hypercalls.
+ *  - The slot's first u64 is its word: bits 0-1 a state, bits 2-63 pending ticks.
+ *      IDLE (0)        outside a section, nobody sleeps waiting for the token: ticks may be
+ *                      posted.
+ *      IN_SECTION (1)  the VMM granted this thread's det_start, and nobody sleeps waiting for
+ *                      the token (a lone waiter that still spins watches this word).
+ *      ENDED (2)       set by the thread: its section is over (the VMM owes it +1 time).
+ *      CALL (3)        the VMM must hear of it (someone sleeps waiting for the token,
+ *                      several wait, or the section is one the VMM runs): make the real
+ *                      hypercall.
+ *    The thread may change the word only by compare-and-swap, and only as
+ *    ditto_det_end_at() and ditto_det_tick_at() below do (IN_SECTION -> ENDED; add ticks
+ *    in IDLE or ENDED). The VMM moves it between IDLE, IN_SECTION and CALL, and folds ENDED
+ *    and the ticks into its own state (ENDED first: a thread cannot tick in a section).
+ *    Anything else found there is ignored: a slot can only make its own thread's section
+ *    end or its time grow, as the real hypercalls could, never give the token to two
+ *    threads. The other 56 bytes are reserved.
+ *  - A posted tick that overflows the logical time saturates it instead of failing.
  */
 #ifndef DITTO_H
 #define DITTO_H
@@ -43,6 +75,16 @@
 #define DITTO_SYS_DET_START (DITTO_SYS_BASE + 0)
 #define DITTO_SYS_DET_END (DITTO_SYS_BASE + 1)
 #define DITTO_SYS_DET_TICK (DITTO_SYS_BASE + 2)
+#define DITTO_SYS_DET_SLOT (DITTO_SYS_BASE + 3)
+
+/* The det page's slots (see above). */
+#define DITTO_DET_SLOT_SIZE 64
+#define DITTO_SLOT_IDLE 0
+#define DITTO_SLOT_IN_SECTION 1
+#define DITTO_SLOT_ENDED 2
+#define DITTO_SLOT_CALL 3
+#define DITTO_SLOT_STATE_MASK 3
+#define DITTO_SLOT_TICK_SHIFT 2
 
 /* Linux's ENOSYS on x86-64; spelled out so the header needs no libc. */
 #define DITTO_ENOSYS 38
@@ -60,6 +102,46 @@ static inline long ditto_det_end(void) { return ditto_syscall1(DITTO_SYS_DET_END
 static inline long ditto_det_tick(unsigned long n)
 {
     return ditto_syscall1(DITTO_SYS_DET_TICK, (long)n);
+}
+
+/* The calling thread's slot, or 0 (then use the plain hypercalls). */
+static inline unsigned long *ditto_det_slot(void)
+{
+    long r = ditto_syscall1(DITTO_SYS_DET_SLOT, 0);
+    return r < 0 ? (unsigned long *)0 : (unsigned long *)r;
+}
+
+/* ditto_det_end() through the caller's slot (0: the plain hypercall). */
+static inline long ditto_det_end_at(unsigned long *slot)
+{
+    if (slot) {
+        unsigned long w = __atomic_load_n(slot, __ATOMIC_RELAXED);
+        if ((w & DITTO_SLOT_STATE_MASK) == DITTO_SLOT_IN_SECTION &&
+            __atomic_compare_exchange_n(slot, &w, (w & ~(unsigned long)DITTO_SLOT_STATE_MASK) |
+                                                      DITTO_SLOT_ENDED,
+                                        0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+            return 0;
+    }
+    return ditto_det_end();
+}
+
+/* ditto_det_tick(n) through the caller's slot (0: the plain hypercall). */
+static inline long ditto_det_tick_at(unsigned long *slot, unsigned long n)
+{
+    const unsigned long max = ~0UL >> DITTO_SLOT_TICK_SHIFT;
+    if (slot && n > 0 && n <= max) {
+        unsigned long w = __atomic_load_n(slot, __ATOMIC_RELAXED);
+        for (;;) {
+            unsigned long s = w & DITTO_SLOT_STATE_MASK;
+            if ((s != DITTO_SLOT_IDLE && s != DITTO_SLOT_ENDED) ||
+                (w >> DITTO_SLOT_TICK_SHIFT) > max - n)
+                break;
+            if (__atomic_compare_exchange_n(slot, &w, w + (n << DITTO_SLOT_TICK_SHIFT), 0,
+                                            __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+                return 0;
+        }
+    }
+    return ditto_det_tick(n);
 }
 
 /*

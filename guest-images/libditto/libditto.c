@@ -11,7 +11,8 @@
  *
  * Modes, fixed once at start-up:
  *  - native: the hypercalls answer -ENOSYS; every wrapper passes straight through to glibc.
- *  - ditto: a det section is ditto_det_start() ... ditto_det_end().
+ *  - ditto: a det section is ditto_det_start() ... ditto_det_end(); the end goes through the
+ *    thread's det-page slot (ditto.h), without an exit when no other thread waits.
  *  - emulate (DITTO_LIBDITTO_EMULATE=1, native only): a process-wide mutex stands in for the
  *    token. Nothing is deterministic then, but every det-mode path runs natively, so the
  *    protocol below can be tested for deadlocks and lost wake-ups without a VMM.
@@ -142,16 +143,31 @@ static inline int det(void)
     return mode != MODE_NATIVE;
 }
 
+/* This thread's det-page slot (ditto.h), fetched before its first section: 0 means none
+ * (natively, in a follow-mode pair, or beyond the page), and then every end is a
+ * hypercall. */
+static __thread __attribute__((tls_model("initial-exec"))) unsigned long *slot;
+static __thread __attribute__((tls_model("initial-exec"))) int slot_asked;
+
 static inline void sec_start(void)
 {
-    if (mode == MODE_EMULATE) REAL(pthread_mutex_lock)(&emulated_token);
-    else ditto_det_start();
+    if (mode == MODE_EMULATE) {
+        REAL(pthread_mutex_lock)(&emulated_token);
+        return;
+    }
+    if (__builtin_expect(!slot_asked, 0)) {
+        slot_asked = 1;
+        slot = ditto_det_slot();
+    }
+    ditto_det_start();
 }
 
+/* Without an exit when nobody waits for the token: the VMM folds the end in before its next
+ * decision. */
 static inline void sec_end(void)
 {
     if (mode == MODE_EMULATE) REAL(pthread_mutex_unlock)(&emulated_token);
-    else ditto_det_end();
+    else ditto_det_end_at(slot);
 }
 
 /* Between failed tries. Under ditto det_start itself waits for our turn; the emulated token

@@ -137,6 +137,8 @@ pub struct RunOutcome {
     pub exits: u64,
     /// Det operations (token acquisitions), with `--det`.
     pub det_ops: u64,
+    /// Det section ends and ticks posted through the det page (no VM exit), with `--det`.
+    pub det_posted: u64,
     /// Threads started (main included).
     pub threads: u64,
     /// How syscalls reached the VMM.
@@ -465,6 +467,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         vcpus_created: process.stats.vcpus_created.load(Relaxed),
         exits: process.stats.exits.load(Relaxed),
         det_ops: process.det.get().map_or(0, |d| d.stats.ops.load(Relaxed)),
+        det_posted: process.det.get().map_or(0, |d| d.posted()),
         threads: process.stats.threads_started.load(Relaxed),
         entry: machine.syscall_entry(),
         wall,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::util::{buf, file, path};
 use super::{Class, ParkedFd, SysResult, SyscallCtx, SyscallEntry};
-use crate::det_runtime::{DetRuntime, FutexWait, Policy, LIBDITTO_GUEST_PATH};
+use crate::det_runtime::{DetPage, DetRuntime, FutexWait, Policy, LIBDITTO_GUEST_PATH};
 use crate::errno::Errno;
 use crate::process::{lock, Process};
 use crate::syscalls::sys_thread;
@@ -55,6 +55,12 @@ pub const TABLE: &[SyscallEntry] = &[
         name: "ditto_det_tick",
         class: Class::Local,
         handler: det_tick,
+    },
+    SyscallEntry {
+        nr: abi::DITTO_SYS_DET_SLOT as i64,
+        name: "ditto_det_slot",
+        class: Class::Local,
+        handler: det_slot,
     },
 ];
 
@@ -90,6 +96,30 @@ fn det_end(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
 fn det_tick(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     runtime(ctx)?.det_tick(ctx.thread.tid, a[0])?;
     Ok(0)
+}
+
+fn det_slot(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    let det = runtime(ctx)?;
+    let process = ctx.process;
+    det.det_slot(process, ctx.thread.tid, || {
+        // Under the token, like every mmap under --det, so both replicas place it alike.
+        let mut asp = lock(&process.aspace);
+        let gva = asp.alloc(DetPage::BYTES, 0)?;
+        let host = process
+            .mem
+            .reset_range(gva, DetPage::BYTES)
+            .and_then(|()| process.mem.user_range(gva, DetPage::BYTES));
+        match host {
+            // SAFETY: user_range checked that the page lies in guest memory, which stays
+            // mapped for the process's lifetime, longer than its det runtime; the page is
+            // page-aligned (alloc), so every word is 8-byte aligned.
+            Ok(host) => Ok(unsafe { DetPage::new(gva, host) }),
+            Err(e) => {
+                asp.release(gva, gva + DetPage::BYTES);
+                Err(e)
+            }
+        }
+    })
 }
 
 /// How `--det` treats a syscall.
@@ -576,6 +606,14 @@ mod tests {
         assert_eq!(abi::DITTO_SYS_DET_START, abi::DITTO_SYS_BASE);
         assert_eq!(abi::DITTO_SYS_DET_END, abi::DITTO_SYS_BASE + 1);
         assert_eq!(abi::DITTO_SYS_DET_TICK, abi::DITTO_SYS_BASE + 2);
+        assert_eq!(abi::DITTO_SYS_DET_SLOT, abi::DITTO_SYS_BASE + 3);
+        assert_eq!(abi::DITTO_DET_SLOT_SIZE, 64);
+        assert_eq!(abi::DITTO_SLOT_IDLE, 0);
+        assert_eq!(abi::DITTO_SLOT_IN_SECTION, 1);
+        assert_eq!(abi::DITTO_SLOT_ENDED, 2);
+        assert_eq!(abi::DITTO_SLOT_CALL, 3);
+        assert_eq!(abi::DITTO_SLOT_STATE_MASK, 3);
+        assert_eq!(abi::DITTO_SLOT_TICK_SHIFT, 2);
         let h = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../guest-images/include/ditto.h"
@@ -589,10 +627,11 @@ mod tests {
             abi::DITTO_SYS_DET_START,
             abi::DITTO_SYS_DET_END,
             abi::DITTO_SYS_DET_TICK,
+            abi::DITTO_SYS_DET_SLOT,
         ] {
             assert!(private(nr).is_some());
         }
-        assert!(private(abi::DITTO_SYS_BASE + 3).is_none());
+        assert!(private(abi::DITTO_SYS_BASE + 4).is_none());
         assert!(private(libc::SYS_read as u64).is_none());
     }
 
