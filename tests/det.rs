@@ -90,6 +90,16 @@ fn prodcons_varies_without_det() {
     );
 }
 
+/// A counter from `--stats`' line.
+fn stat(o: &std::process::Output, key: &str) -> u64 {
+    stderr(o)
+        .split(&format!(" {key}="))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in the stats line: {}", stderr(o)))
+}
+
 #[test]
 fn pthread_test_passes_under_det_static() {
     let p = prog("pthread_test-det");
@@ -97,12 +107,7 @@ fn pthread_test_passes_under_det_static() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).ends_with("PASS\n"), "{}", stdout(&o));
     // The det hypercalls were served (libditto found ditto) and threads got det ids.
-    let det_ops: u64 = stderr(&o)
-        .split("det_ops=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("stats line");
+    let det_ops = stat(&o, "det_ops");
     assert!(det_ops > 1000, "only {det_ops} det ops");
 }
 
@@ -205,5 +210,56 @@ fn pbzip2_output_is_identical_under_det() {
     assert!(
         det.stdout == plain.stdout,
         "pbzip2 -p4 output differs under --det"
+    );
+}
+
+/// libditto's work hints: each libbz2 call ticks its thread's logical time by its input
+/// size (one tick per 4096 bytes, once per call even though libbz2 calls its own entry
+/// points), DITTO_WORK_HINTS=0 turns them off, and neither changes pbzip2's output, in
+/// compression (BZ2_bzBuffToBuffCompress) or decompression (BZ2_bzDecompress).
+#[test]
+fn pbzip2_work_hints_tick_logical_time() {
+    const BLOCK: usize = 500_000; // -b5
+    let root = image_root("pbzip2");
+    let dir = tempdir();
+    let blob = dir.path().join("blob");
+    write_blob(&blob, 3 << 20);
+    let input = std::fs::read(&blob).unwrap();
+    let run = |hints: &str, argv: &[&str], input: &[u8]| {
+        let o = run_in_env(
+            &["--det", "--stats", "--root", s(&root)],
+            argv,
+            input,
+            &[("DITTO_WORK_HINTS", hints)],
+        );
+        assert!(o.status.success(), "pbzip2 {argv:?}: {}", stderr(&o));
+        o
+    };
+    let compress = ["/usr/bin/pbzip2", "-p2", "-c", "-b5"];
+    let hinted = run("1", &compress, &input);
+    let plain = run("0", &compress, &input);
+    let per_block: u64 = input.chunks(BLOCK).map(|b| (b.len() / 4096) as u64).sum();
+    assert_eq!(stat(&hinted, "det_ticked"), per_block);
+    assert_eq!(stat(&plain, "det_ticked"), 0);
+    assert!(
+        hinted.stdout == plain.stdout,
+        "hints changed pbzip2's output"
+    );
+
+    let decompress = ["/usr/bin/pbzip2", "-p2", "-d", "-c"];
+    let back = run("1", &decompress, &hinted.stdout);
+    assert!(
+        back.stdout == input,
+        "pbzip2 -d did not give the input back"
+    );
+    // pbzip2 -d hands each compressed block to BZ2_bzDecompress whole: one tick per 4 KiB
+    // of compressed input, less under a tick of rounding per block.
+    let compressed_ticks = (hinted.stdout.len() / 4096) as u64;
+    let blocks = input.len().div_ceil(BLOCK) as u64;
+    let ticked = stat(&back, "det_ticked");
+    assert!(
+        ticked <= compressed_ticks && ticked + 2 * blocks >= compressed_ticks,
+        "decompression ticked {ticked} for {} compressed bytes in {blocks} blocks",
+        hinted.stdout.len()
     );
 }

@@ -639,6 +639,8 @@ struct Inner {
     page: Option<Arc<DetPage>>,
     /// Section ends and ticks taken from the det page.
     posted: u64,
+    /// Logical time added by `det_tick`, through the hypercall or the det page (Kendo only).
+    ticked: u64,
 }
 
 impl Inner {
@@ -730,6 +732,7 @@ impl Inner {
                     let n = ticks.min(room);
                     if n > 0 && sched.det_tick(s.det, n).is_ok() {
                         self.posted += 1;
+                        self.ticked = self.ticked.saturating_add(n);
                         changed = true;
                     }
                 }
@@ -998,6 +1001,7 @@ impl DetRuntime {
             futex: BTreeMap::new(),
             page: None,
             posted: 0,
+            ticked: 0,
         };
         inner.notify_holder();
         DetRuntime {
@@ -1249,6 +1253,12 @@ impl DetRuntime {
         self.locked().posted
     }
 
+    /// The logical time that `det_tick` added, through the hypercall or the det page
+    /// (Kendo only; work hints are most of it).
+    pub fn ticked(&self) -> u64 {
+        self.locked().ticked
+    }
+
     /// `det_end`: ends the section, +1 logical time.
     pub fn det_end(&self, tid: i64) -> Result<(), DetError> {
         let mut g = self.locked();
@@ -1264,6 +1274,9 @@ impl DetRuntime {
         let mut g = self.locked();
         let (det, _) = g.slot(tid)?;
         g.order.det_tick(det, n)?;
+        if self.policy == Policy::Kendo {
+            g.ticked = g.ticked.saturating_add(n);
+        }
         g.notify_holder();
         Ok(())
     }
@@ -2215,6 +2228,7 @@ mod tests {
             futex: BTreeMap::new(),
             page: None,
             posted: 0,
+            ticked: 0,
         };
         for tid in [1, 2, 3] {
             inner.futex.entry(8).or_default().push_back(Waiter {

@@ -24,6 +24,18 @@ pub fn run_in(extra: &[&str], argv: &[&str], input: &[u8]) -> Output {
     run_with_input(c, input)
 }
 
+/// `run_in` with extra environment variables for ditto (and so for a `--root` program, which
+/// gets the host's environment).
+pub fn run_in_env(extra: &[&str], argv: &[&str], input: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut c = ditto();
+    c.envs(env.iter().copied())
+        .arg("run")
+        .args(extra)
+        .arg("--")
+        .args(argv);
+    run_with_input(c, input)
+}
+
 /// Runs a command natively with stdin from `input`.
 pub fn native(argv: &[&str], input: &[u8]) -> Output {
     let mut c = Command::new(argv[0]);

@@ -139,6 +139,8 @@ pub struct RunOutcome {
     pub det_ops: u64,
     /// Det section ends and ticks posted through the det page (no VM exit), with `--det`.
     pub det_posted: u64,
+    /// Logical time added by `det_tick` (hypercall or det page), with `--det` under Kendo.
+    pub det_ticked: u64,
     /// Threads started (main included).
     pub threads: u64,
     /// How syscalls reached the VMM.
@@ -468,6 +470,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         exits: process.stats.exits.load(Relaxed),
         det_ops: process.det.get().map_or(0, |d| d.stats.ops.load(Relaxed)),
         det_posted: process.det.get().map_or(0, |d| d.posted()),
+        det_ticked: process.det.get().map_or(0, |d| d.ticked()),
         threads: process.stats.threads_started.load(Relaxed),
         entry: machine.syscall_entry(),
         wall,
