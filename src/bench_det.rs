@@ -4,8 +4,10 @@
 //!   threads (the guest program `detbench`), with the VM exits per det operation and the
 //!   section ends posted through the det page without an exit (`--stats`);
 //! - racey (4 threads) with and without `--det`;
-//! - pbzip2 `-p2` and `-p4` with and without `--det`, as overhead %, when the pbzip2 image
-//!   can be built.
+//! - pbzip2 `-p2` and `-p4` without `--det`, with it, and with it but without libditto's work
+//!   hints (`DITTO_WORK_HINTS=0`), as overhead %, when the pbzip2 image can be built. The
+//!   three are measured in turn within each repetition, so that drift in the shared host's
+//!   load spreads over all three.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -29,16 +31,33 @@ fn stat(stderr: &str, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How a program is run.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// `ditto run`.
+    Plain,
+    /// `ditto run --det`.
+    Det,
+    /// `ditto run --det` with `DITTO_WORK_HINTS=0` (libditto's work hints off).
+    DetWithoutHints,
+}
+
 fn ditto_run(
-    det: bool,
+    mode: Mode,
     root: Option<&Path>,
     argv: &[&str],
     stdin: Option<&Path>,
 ) -> Result<Run, String> {
     let mut c = Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ditto")));
     c.arg("run").arg("--stats");
-    if det {
-        c.arg("--det");
+    match mode {
+        Mode::Plain => {}
+        Mode::Det => {
+            c.arg("--det").env_remove("DITTO_WORK_HINTS");
+        }
+        Mode::DetWithoutHints => {
+            c.arg("--det").env("DITTO_WORK_HINTS", "0");
+        }
     }
     if let Some(r) = root {
         c.arg("--root").arg(r);
@@ -54,7 +73,7 @@ fn ditto_run(
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(format!(
-            "{argv:?} (det={det}) failed: {}\n{stderr}",
+            "{argv:?} ({mode:?}) failed: {}\n{stderr}",
             out.status
         ));
     }
@@ -81,7 +100,7 @@ fn detbench(prog: &Path, args: &[&str], reps: usize) -> Result<(f64, f64, f64), 
     for _ in 0..reps {
         let mut argv = vec![prog.to_str().unwrap_or_default()];
         argv.extend_from_slice(args);
-        let r = ditto_run(true, None, &argv, None)?;
+        let r = ditto_run(Mode::Det, None, &argv, None)?;
         let ns: f64 = r
             .stdout
             .split_whitespace()
@@ -95,18 +114,22 @@ fn detbench(prog: &Path, args: &[&str], reps: usize) -> Result<(f64, f64, f64), 
     Ok((median(us), median(exits), median(posted)))
 }
 
-fn timed(
-    det: bool,
+/// The median wall time of each mode over `reps` repetitions, the modes taking turns within
+/// each repetition.
+fn timed<const N: usize>(
+    modes: [Mode; N],
     root: Option<&Path>,
     argv: &[&str],
     stdin: Option<&Path>,
     reps: usize,
-) -> Result<f64, String> {
-    let mut v = Vec::new();
+) -> Result<[f64; N], String> {
+    let mut v: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
     for _ in 0..reps {
-        v.push(ditto_run(det, root, argv, stdin)?.wall_s);
+        for (i, mode) in modes.iter().enumerate() {
+            v[i].push(ditto_run(*mode, root, argv, stdin)?.wall_s);
+        }
     }
-    Ok(median(v))
+    Ok(v.map(median))
 }
 
 fn bench(reps: usize) -> Result<(), String> {
@@ -139,8 +162,7 @@ fn bench(reps: usize) -> Result<(), String> {
     println!("|---|---:|---:|---:|");
     let racey = prog("racey-det")?;
     let argv = [racey.to_str().unwrap_or_default(), "4", "1000"];
-    let plain = timed(false, None, &argv, None, reps)?;
-    let det = timed(true, None, &argv, None, reps)?;
+    let [plain, det] = timed([Mode::Plain, Mode::Det], None, &argv, None, reps)?;
     println!(
         "| racey 4 threads x 1000 | {plain:.3} | {det:.3} | {:+.0}% |",
         (det / plain - 1.0) * 100.0
@@ -162,13 +184,21 @@ fn bench(reps: usize) -> Result<(), String> {
                 })
                 .collect();
             std::fs::write(&input, data).map_err(|e| e.to_string())?;
+            println!();
+            println!(
+                "| program | without --det (s) | --det (s) | overhead | --det without work hints (s) | overhead |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|");
             for p in ["-p2", "-p4"] {
                 let argv = ["/usr/bin/pbzip2", p, "-c", "-b9"];
-                let plain = timed(false, Some(&img.root), &argv, Some(&input), reps)?;
-                let det = timed(true, Some(&img.root), &argv, Some(&input), reps)?;
+                let modes = [Mode::Plain, Mode::Det, Mode::DetWithoutHints];
+                let [plain, det, unhinted] =
+                    timed(modes, Some(&img.root), &argv, Some(&input), reps)?;
+                let overhead = |t: f64| (t / plain - 1.0) * 100.0;
                 println!(
-                    "| pbzip2 {p} (16 MiB) | {plain:.3} | {det:.3} | {:+.0}% |",
-                    (det / plain - 1.0) * 100.0
+                    "| pbzip2 {p} (16 MiB) | {plain:.3} | {det:.3} | {:+.0}% | {unhinted:.3} | {:+.0}% |",
+                    overhead(det),
+                    overhead(unhinted)
                 );
             }
             let _ = std::fs::remove_dir_all(&dir);
