@@ -45,7 +45,8 @@ const CRC_OFFSET: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum RecordKind {
-    /// A det section taken by the primary in `follow` mode ([`Turn`]).
+    /// A det section taken by the primary: every one in `follow` mode, and in `det` mode
+    /// those taken while one of its threads is away in a blocking call ([`Turn`]).
     Turn = 1,
     /// The result of a recorded syscall, and the bytes it returned.
     SyscallResult = 2,

@@ -351,6 +351,18 @@ impl TokenScheduler {
         self.competing.first().map(|&(_, tid)| tid)
     }
 
+    /// The global sequence number of the turn that `det_start(tid)` would be granted now, or
+    /// None if it would elide its section or wait. Changes nothing: a replica that takes
+    /// turns only as another's log allows asks this before it asks for the token.
+    pub fn would_grant(&self, tid: DetTid) -> Option<u64> {
+        let th = self.threads.get(&tid)?;
+        match th.phase {
+            Phase::Running if th.skip_next => None,
+            Phase::Running | Phase::Waiting if self.holder() == Some(tid) => Some(self.granted),
+            _ => None,
+        }
+    }
+
     /// The threads blocked in `det_start`, by id.
     pub fn waiting(&self) -> impl Iterator<Item = DetTid> + '_ {
         self.threads
@@ -433,6 +445,24 @@ mod tests {
         assert_eq!(s.spawn(T0), Ok(T1));
         assert_eq!(s.time(T1), Some(1));
         assert_eq!(s.holder(), Some(T0));
+    }
+
+    #[test]
+    fn would_grant_predicts_det_start() {
+        let mut s = TokenScheduler::with_threads(2);
+        assert_eq!(s.would_grant(T0), Some(0));
+        assert_eq!(s.would_grant(T1), None);
+        assert!(granted(&mut s, T0));
+        // In its section: det_start is not allowed, so nothing would be granted.
+        assert_eq!(s.would_grant(T0), None);
+        s.det_end(T0).unwrap();
+        assert_eq!(s.would_grant(T1), Some(1));
+        s.det_tick(T1, 0).unwrap();
+        // An elided section takes no turn.
+        assert_eq!(s.would_grant(T1), None);
+        let before = s.clone();
+        assert_eq!(s.would_grant(T0), None);
+        assert_eq!(s, before, "would_grant changed the state");
     }
 
     #[test]

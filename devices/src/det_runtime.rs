@@ -10,6 +10,9 @@
 //! How the token is handed out is the runtime's [`Policy`]:
 //! - [`Policy::Kendo`] (`ditto run --det`, and both replicas in the `det` mode): the token
 //!   belongs to the minimal (logical time, DetTid) ([`det::TokenScheduler`]).
+//!   In a pair the primary also logs its turns while one of its threads is away in a
+//!   blocking call, and the secondary, while its copy of such a thread waits for the
+//!   record, takes only turns that log shows (`Inner::gated`).
 //! - [`Policy::Lead`] (the primary in the `follow` mode): the token goes to whichever thread
 //!   asks first (threads that wait for it get it in the order they asked), and every grant
 //!   is logged as a [`Turn`].
@@ -148,12 +151,15 @@ pub struct TimedWait {
 /// at a time, so the outcomes of one thread come and are asked for in the same order.
 ///
 /// Under Kendo the secondary's thread keeps competing while it waits in
-/// [`timed_wait_outcome`](Self::timed_wait_outcome) (and in `f` of
-/// [`DetRuntime::blocking_replayed`]), so threads with later turns wait for it: the link
-/// must deliver a thread's records without waiting for other program threads to progress.
+/// [`timed_wait_outcome`](Self::timed_wait_outcome), so threads with later turns wait for
+/// it; while one waits in `f` of [`DetRuntime::blocking_replayed`], turns wait for the
+/// primary's log ([`log_turn`](Self::log_turn), which a Kendo primary calls while any of its
+/// threads is away in a blocking call). So the link must deliver a thread's records, and
+/// turns, without waiting for other program threads to progress.
 pub trait ScheduleLink: Send + Sync {
-    /// Lead: a turn was granted. Called in grant order, with the runtime lock held (must not
-    /// call back into the runtime).
+    /// Lead, and Kendo primary while a thread is away in a blocking call: a turn was
+    /// granted. Called in grant order, with the runtime lock held (must not call back into
+    /// the runtime).
     fn log_turn(&self, turn: Turn);
     /// Primary (Kendo or Lead): `tid`'s futex wait with a deadline ended so.
     fn log_timed_wait(&self, tid: DetTid, outcome: TimedWait);
@@ -641,6 +647,18 @@ struct Inner {
     posted: u64,
     /// Logical time added by `det_tick`, through the hypercall or the det page (Kendo only).
     ticked: u64,
+    /// Kendo primary of a pair: threads away in a blocking call ([`DetRuntime::blocking`]).
+    /// While there are any, every grant is logged ([`ScheduleLink::log_turn`]), so that the
+    /// secondary can go on while its copies of them wait for their records (see `gated`).
+    away: u32,
+    /// Kendo secondary: threads waiting for the primary's record of a blocking call
+    /// ([`DetRuntime::blocking_replayed`]). They are out of the competition meanwhile, as
+    /// the primary's were, and every turn must then be one the primary's log shows.
+    awaiting_record: u32,
+    /// Kendo secondary: the primary's logged turns not yet passed, by global sequence.
+    primary_turns: BTreeMap<u64, DetTid>,
+    /// Kendo secondary: the primary's log is complete.
+    primary_log_closed: bool,
 }
 
 impl Inner {
@@ -765,6 +783,43 @@ impl Inner {
         }
     }
 
+    /// Kendo secondary: whether `det`, which would be granted the next turn, must wait for
+    /// the primary's log first.
+    ///
+    /// While some thread waits for the record of a blocking call, this replica does not
+    /// know when the primary's copy came back: until then it competed at a time that only
+    /// the record tells. Other threads may take turns meanwhile, but only those that the
+    /// primary took while that thread was still away (or had come back later than them):
+    /// the primary logs every turn while a thread is away, so a turn is safe exactly when
+    /// the log shows it, at the same global sequence, for the same thread. Anything else
+    /// waits: for more log, or for the record, after which the thread competes again at
+    /// the primary's time. Without any thread waiting for a record (or once the log is
+    /// complete) the schedule is computed freely, as before.
+    fn gated(&self, det: DetTid) -> bool {
+        if self.awaiting_record == 0 || self.primary_log_closed {
+            return false;
+        }
+        let Order::Kendo(sched) = &self.order else {
+            return false;
+        };
+        sched
+            .would_grant(det)
+            .is_some_and(|seq| self.primary_turns.get(&seq) != Some(&det))
+    }
+
+    /// Wakes the holder even if it is not waiting in `det_start` (a thread held back by
+    /// `gated` is not): the log or a record it needs may just have come.
+    fn wake_holder(&self) {
+        if let Some(s) = self
+            .order
+            .holder_or_next()
+            .and_then(|h| self.by_det.get(&h))
+            .and_then(|t| self.threads.get(t))
+        {
+            s.cv.notify_one();
+        }
+    }
+
     /// Wakes every thread waiting in `det_start`, so that each asks again.
     fn notify_all_waiting(&self) {
         for s in self.threads.values() {
@@ -883,9 +938,16 @@ impl Inner {
     /// granted meanwhile had a smaller key; its floor is therefore its own time, which is
     /// the primary thread's time at the same point (the schedule is the same up to here),
     /// and the primary's `at` was at least that (it was the primary's floor).
+    ///
+    /// A thread that did leave (it waited for a blocking call's record, see `gated`) comes
+    /// back at `at` through the floor check, which every turn taken meanwhile satisfies:
+    /// each was logged by the primary before its thread came back at `at`, so its key is
+    /// below `(at, det)`.
     fn replay_reentry(&mut self, det: DetTid, at: u64) -> Result<(), DetError> {
         if let Order::Kendo(sched) = &mut self.order {
-            sched.leave(det, Some(at))?;
+            if sched.phase(det) == Some(Phase::Running) {
+                sched.leave(det, Some(at))?;
+            }
             sched.reenter(det, at)?;
         }
         Ok(())
@@ -1002,6 +1064,10 @@ impl DetRuntime {
             page: None,
             posted: 0,
             ticked: 0,
+            away: 0,
+            awaiting_record: 0,
+            primary_turns: BTreeMap::new(),
+            primary_log_closed: false,
         };
         inner.notify_holder();
         DetRuntime {
@@ -1099,7 +1165,23 @@ impl DetRuntime {
         self.stats.ops.fetch_add(1, Ordering::Relaxed);
         let mut waited = false;
         let mut spin_until = Instant::now();
+        let kendo_secondary = self.policy == Policy::Kendo && self.link(false).is_some();
         loop {
+            if kendo_secondary && g.gated(det) {
+                if !waited {
+                    waited = true;
+                    self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                }
+                g = cv
+                    .wait_timeout(g, EXIT_POLL)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                g.refresh();
+                if process.exiting() {
+                    return Err(DetError::Exiting);
+                }
+                continue;
+            }
             let start = match g.order.det_start(det) {
                 Ok(start) => start,
                 Err(e) => {
@@ -1114,10 +1196,20 @@ impl DetRuntime {
                 Start::Granted(turn) => {
                     self.stats.turns.fetch_add(1, Ordering::Relaxed);
                     tracing::trace!(target: "ditto::turns", policy = ?self.policy, %det, ?turn, implicit, "granted");
-                    if self.policy == Policy::Lead {
-                        if let Some(l) = &self.link {
+                    if let Some(l) = &self.link {
+                        let logged = match self.policy {
+                            Policy::Lead => true,
+                            Policy::Kendo => l.primary && g.away > 0,
+                            Policy::Follow => false,
+                        };
+                        if logged {
                             l.link.log_turn(turn);
                         }
+                    }
+                    if kendo_secondary {
+                        // Turns up to this one are passed; what the log says of them no
+                        // longer matters.
+                        g.primary_turns = g.primary_turns.split_off(&(turn.global_seq + 1));
                     }
                     if implicit {
                         // Publishes CALL in the slot of the section the VMM now runs.
@@ -1371,15 +1463,22 @@ impl DetRuntime {
         tid: i64,
         f: impl FnOnce() -> R,
     ) -> Result<(R, Option<u64>), DetError> {
+        let logs_turns = self.policy == Policy::Kendo && self.link(true).is_some();
         {
             let mut g = self.locked();
             let (det, _) = g.slot(tid)?;
             g.close_section(det)?;
             g.order.leave(det)?;
+            if logs_turns {
+                g.away += 1;
+            }
             g.notify_holder();
         }
         let r = f();
         let mut g = self.locked();
+        if logs_turns {
+            g.away = g.away.saturating_sub(1);
+        }
         let at = g.resume(tid);
         g.notify_holder();
         Ok((r, at))
@@ -1389,34 +1488,56 @@ impl DetRuntime {
     /// the call and returns its result with the primary's re-entry time (None: the record
     /// will never come, and the call answers [`DetError::Exiting`]).
     ///
-    /// Kendo: a section the thread is in ends, but the thread keeps competing at its current
-    /// time while `f` waits, so no other thread gets past a point that the primary's thread
-    /// may have re-entered at; then it competes from exactly the primary's time (see
+    /// Kendo: a section the thread is in ends and the thread leaves the competition, as the
+    /// primary's did, while `f` waits; meanwhile the other threads take only turns that the
+    /// primary's log shows (`Inner::gated`), so none gets past a point where the primary's
+    /// thread had come back. Then it competes from exactly the primary's time (see
     /// `Inner::replay_reentry` for why that time is always allowed). A record without a
-    /// time (not from a Kendo primary) leaves the thread at its current time, with a
-    /// warning. Lead and Follow: `f` just runs.
+    /// time (not from a Kendo primary) puts the thread back at the earliest allowed time,
+    /// with a warning. Lead and Follow: `f` just runs.
     pub fn blocking_replayed<R>(
         &self,
         tid: i64,
         f: impl FnOnce() -> Option<(R, Option<u64>)>,
     ) -> Result<R, DetError> {
+        let kendo = self.policy == Policy::Kendo;
         let det = {
             let mut g = self.locked();
             let (det, _) = g.slot(tid)?;
             g.close_section(det)?;
+            if kendo {
+                g.order.leave(det)?;
+                g.awaiting_record += 1;
+            }
             g.notify_holder();
             det
         };
-        let (r, at) = f().ok_or(DetError::Exiting)?;
-        if self.policy == Policy::Kendo {
+        let out = f();
+        if kendo {
             let mut g = self.locked();
-            match at {
-                Some(at) => g.replay_reentry(det, at)?,
-                None => tracing::warn!(%det, "replayed blocking call without a re-entry time"),
+            g.awaiting_record = g.awaiting_record.saturating_sub(1);
+            let back = match out {
+                Some((_, Some(at))) => g.replay_reentry(det, at),
+                Some((_, None)) => {
+                    tracing::warn!(%det, "replayed blocking call without a re-entry time");
+                    g.resume(tid);
+                    Ok(())
+                }
+                None => {
+                    g.resume(tid);
+                    Ok(())
+                }
+            };
+            if back.is_err() {
+                // Refused (a divergence, reported by the caller): back at the earliest
+                // allowed time rather than out of the competition for good.
+                g.resume(tid);
             }
             g.notify_holder();
+            g.wake_holder();
+            back?;
         }
-        Ok(r)
+        out.map(|(r, _)| r).ok_or(DetError::Exiting)
     }
 
     /// A clone under the token: `f` creates the thread and returns its guest id; the new
@@ -1482,8 +1603,15 @@ impl DetRuntime {
     /// wakes its thread if the turn is due. Called by the replication layer's reader thread.
     /// An error (a missing, repeated or late turn) is the caller's to report; a runtime that
     /// follows no log answers [`TurnError::Closed`].
+    ///
+    /// Kendo secondary: the turn is kept for `Inner::gated`, and the holder woken.
     pub fn push_turn(&self, turn: Turn) -> Result<(), TurnError> {
         let mut g = self.locked();
+        if self.policy == Policy::Kendo && self.link(false).is_some() {
+            g.primary_turns.insert(turn.global_seq, turn.tid);
+            g.wake_holder();
+            return Ok(());
+        }
         let Order::Free(FreeToken {
             mode: FreeMode::Follow { follower, heads },
             ..
@@ -1502,6 +1630,8 @@ impl DetRuntime {
     /// threads waiting now ask again. Nothing under the other policies.
     pub fn close_log(&self) {
         let mut g = self.locked();
+        g.primary_log_closed = true;
+        g.wake_holder();
         if let Order::Free(FreeToken {
             mode: FreeMode::Follow { follower, .. },
             ..
@@ -2229,6 +2359,10 @@ mod tests {
             page: None,
             posted: 0,
             ticked: 0,
+            away: 0,
+            awaiting_record: 0,
+            primary_turns: BTreeMap::new(),
+            primary_log_closed: false,
         };
         for tid in [1, 2, 3] {
             inner.futex.entry(8).or_default().push_back(Waiter {
@@ -2652,13 +2786,22 @@ mod tests {
         let primary = Run::new(rt, true, [300, 0, 150], 30);
         scenario(&primary);
         check_outcomes(&plink, true);
-        // Kendo logs no turns.
-        assert!(plink.turns.lock().unwrap().is_empty());
+        // Kendo logs the turns granted while a thread was away in a blocking call (t1's
+        // external call), and only those: fewer than all turns, in grant order.
+        let turns = plink.turns.lock().unwrap().clone();
+        let all = primary.rt.stats.turns.load(Ordering::Relaxed);
+        assert!(!turns.is_empty() && (turns.len() as u64) < all, "{turns:?}");
+        assert!(turns.windows(2).all(|w| w[0].global_seq < w[1].global_seq));
         let at = primary.reentries.lock().unwrap()[&1001][0];
         assert!(at.is_some());
 
         let slink = Arc::new(TestLink::replaying(&plink));
         let rt = DetRuntime::replicated(1000, None, Policy::Kendo, false, slink);
+        // As the channel would deliver them; the secondary takes no turn the log does not
+        // show while its t1 waits for its record.
+        for t in turns {
+            rt.push_turn(t).unwrap();
+        }
         let secondary = Run::new(rt, false, [0, 100, 400], 1);
         *secondary.reentries.lock().unwrap() = primary.reentries.lock().unwrap().clone();
         scenario(&secondary);
@@ -2669,6 +2812,70 @@ mod tests {
             .unwrap()
             .starts_with("time Some("));
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// A Kendo secondary whose thread waits for a blocking call's record takes only turns
+    /// the primary's log shows: none without log, the logged thread's with it, and none for
+    /// another thread when the log says the waiting thread came back first.
+    #[test]
+    fn kendo_secondary_follows_the_log_while_a_thread_awaits_its_record() {
+        let p = Arc::new(process());
+        let link = Arc::new(TestLink::default());
+        let rt = Arc::new(DetRuntime::replicated(
+            1000,
+            None,
+            Policy::Kendo,
+            false,
+            link,
+        ));
+        // Turn 0: the clone. t0 and t1 then both compete at time 1.
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        let (record_tx, record_rx) = std::sync::mpsc::channel::<u64>();
+        let (rt0, p0) = (rt.clone(), p.clone());
+        let t0 = std::thread::spawn(move || {
+            let at = rt0
+                .blocking_replayed(1000, || record_rx.recv().ok().map(|at| ((), Some(at))))
+                .unwrap();
+            rt0.det_start(&p0, 1000).unwrap();
+            rt0.det_end(1000).unwrap();
+            at
+        });
+        let turn_of_t1 = |rt: &Arc<DetRuntime>| {
+            let (rt1, p1) = (rt.clone(), p.clone());
+            std::thread::spawn(move || {
+                rt1.det_start(&p1, 1001).unwrap();
+                rt1.det_end(1001).unwrap();
+            })
+        };
+        let settle = || std::thread::sleep(Duration::from_millis(60));
+        settle();
+        // t1 holds the token (t0 is away), but the log does not show turn 1 yet.
+        let t1 = turn_of_t1(&rt);
+        settle();
+        assert!(!t1.is_finished(), "a turn the primary's log does not show");
+        rt.push_turn(Turn {
+            tid: DetTid(1),
+            thread_seq: 1,
+            global_seq: 1,
+        })
+        .unwrap();
+        t1.join().unwrap();
+        // The primary's t0 came back at 2 and took turn 2 before t1's next.
+        rt.push_turn(Turn {
+            tid: DetTid(0),
+            thread_seq: 1,
+            global_seq: 2,
+        })
+        .unwrap();
+        let t1 = turn_of_t1(&rt);
+        settle();
+        assert!(!t1.is_finished(), "t1 took the turn the log gives t0");
+        record_tx.send(2).unwrap();
+        t0.join().unwrap();
+        // t0's record is in: nothing is awaited any more, so t1 goes on unlogged.
+        t1.join().unwrap();
+        assert_eq!(rt.logical_time(1000), Some(3));
+        assert_eq!(rt.logical_time(1001), Some(3));
     }
 
     #[test]
