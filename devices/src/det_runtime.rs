@@ -2833,12 +2833,10 @@ mod tests {
         let (record_tx, record_rx) = std::sync::mpsc::channel::<u64>();
         let (rt0, p0) = (rt.clone(), p.clone());
         let t0 = std::thread::spawn(move || {
-            let at = rt0
-                .blocking_replayed(1000, || record_rx.recv().ok().map(|at| ((), Some(at))))
+            rt0.blocking_replayed(1000, || record_rx.recv().ok().map(|at| ((), Some(at))))
                 .unwrap();
             rt0.det_start(&p0, 1000).unwrap();
             rt0.det_end(1000).unwrap();
-            at
         });
         let turn_of_t1 = |rt: &Arc<DetRuntime>| {
             let (rt1, p1) = (rt.clone(), p.clone());
