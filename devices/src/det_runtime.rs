@@ -55,7 +55,7 @@
 //! replicas may do it their own way. (A raw futex protocol outside libditto is as racy
 //! under follow mode as a data race; det mode orders it.)
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -653,8 +653,9 @@ struct Inner {
     away: u32,
     /// Kendo secondary: threads waiting for the primary's record of a blocking call
     /// ([`DetRuntime::blocking_replayed`]). They are out of the competition meanwhile, as
-    /// the primary's were, and every turn must then be one the primary's log shows.
-    awaiting_record: u32,
+    /// the primary's were, and a turn that could have come after one of them came back
+    /// must be one the primary's log shows (see `gated`).
+    awaiting_record: BTreeSet<DetTid>,
     /// Kendo secondary: the primary's logged turns not yet passed, by global sequence.
     primary_turns: BTreeMap<u64, DetTid>,
     /// Kendo secondary: the primary's log is complete.
@@ -786,25 +787,30 @@ impl Inner {
     /// Kendo secondary: whether `det`, which would be granted the next turn, must wait for
     /// the primary's log first.
     ///
-    /// While some thread waits for the record of a blocking call, this replica does not
-    /// know when the primary's copy came back: until then it competed at a time that only
-    /// the record tells. Other threads may take turns meanwhile, but only those that the
-    /// primary took while that thread was still away (or had come back later than them):
-    /// the primary logs every turn while a thread is away, so a turn is safe exactly when
-    /// the log shows it, at the same global sequence, for the same thread. Anything else
-    /// waits: for more log, or for the record, after which the thread competes again at
-    /// the primary's time. Without any thread waiting for a record (or once the log is
-    /// complete) the schedule is computed freely, as before.
+    /// While a thread X waits for the record of a blocking call, this replica does not
+    /// know when the primary's X came back, at a time `at` that only the record tells
+    /// (at least X's time when it left). A turn whose key is below X's key when it left is
+    /// below `(at, X)` too: X could not have taken it first, whether it was away or back,
+    /// so the primary took it as well, and it goes ahead. A later key may have come after
+    /// X's return; the primary logs every turn while a thread is away, so such a turn is
+    /// safe exactly when the log shows it, at the same global sequence, for the same
+    /// thread. Anything else waits: for more log, or for X's record, after which X competes
+    /// again at the primary's time. (Where a thread leaves does not matter: one that leaves
+    /// while it holds the smallest key only lets later keys go, in either replica.) Once the
+    /// log is complete, the schedule is computed freely, as without a waiting thread.
     fn gated(&self, det: DetTid) -> bool {
-        if self.awaiting_record == 0 || self.primary_log_closed {
+        if self.awaiting_record.is_empty() || self.primary_log_closed {
             return false;
         }
         let Order::Kendo(sched) = &self.order else {
             return false;
         };
-        sched
-            .would_grant(det)
-            .is_some_and(|seq| self.primary_turns.get(&seq) != Some(&det))
+        let Some(seq) = sched.would_grant(det) else {
+            return false;
+        };
+        let key = |d: DetTid| sched.time(d).map(|t| (t, d));
+        let after_an_awaited = self.awaiting_record.iter().any(|&x| key(det) > key(x));
+        after_an_awaited && self.primary_turns.get(&seq) != Some(&det)
     }
 
     /// Wakes the holder even if it is not waiting in `det_start` (a thread held back by
@@ -1065,7 +1071,7 @@ impl DetRuntime {
             posted: 0,
             ticked: 0,
             away: 0,
-            awaiting_record: 0,
+            awaiting_record: BTreeSet::new(),
             primary_turns: BTreeMap::new(),
             primary_log_closed: false,
         };
@@ -1507,7 +1513,7 @@ impl DetRuntime {
             g.close_section(det)?;
             if kendo {
                 g.order.leave(det)?;
-                g.awaiting_record += 1;
+                g.awaiting_record.insert(det);
             }
             g.notify_holder();
             det
@@ -1515,7 +1521,7 @@ impl DetRuntime {
         let out = f();
         if kendo {
             let mut g = self.locked();
-            g.awaiting_record = g.awaiting_record.saturating_sub(1);
+            g.awaiting_record.remove(&det);
             let back = match out {
                 Some((_, Some(at))) => g.replay_reentry(det, at),
                 Some((_, None)) => {
@@ -2360,7 +2366,7 @@ mod tests {
             posted: 0,
             ticked: 0,
             away: 0,
-            awaiting_record: 0,
+            awaiting_record: BTreeSet::new(),
             primary_turns: BTreeMap::new(),
             primary_log_closed: false,
         };
@@ -2874,6 +2880,58 @@ mod tests {
         t1.join().unwrap();
         assert_eq!(rt.logical_time(1000), Some(3));
         assert_eq!(rt.logical_time(1001), Some(3));
+    }
+
+    /// Turns with keys below an awaiting thread's need no log: that thread could not have
+    /// taken them first. The first key above it waits for the log.
+    #[test]
+    fn kendo_secondary_needs_no_log_below_an_awaiting_thread() {
+        let p = Arc::new(process());
+        let link = Arc::new(TestLink::default());
+        let rt = Arc::new(DetRuntime::replicated(
+            1000,
+            None,
+            Policy::Kendo,
+            false,
+            link,
+        ));
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        // t0 leaves at time 4; t1 is at 1.
+        rt.det_tick(1000, 3).unwrap();
+        let (record_tx, record_rx) = std::sync::mpsc::channel::<u64>();
+        let rt0 = rt.clone();
+        let t0 = std::thread::spawn(move || {
+            rt0.blocking_replayed(1000, || record_rx.recv().ok().map(|at| ((), Some(at))))
+                .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        // (1, t1), (2, t1), (3, t1): below (4, t0), no log needed.
+        for _ in 0..3 {
+            rt.det_start(&p, 1001).unwrap();
+            rt.det_end(1001).unwrap();
+        }
+        assert_eq!(rt.logical_time(1001), Some(4));
+        // (4, t1) is above (4, t0): it waits for the log (or t0's record).
+        let (rt1, p1) = (rt.clone(), p.clone());
+        let t1 = std::thread::spawn(move || {
+            rt1.det_start(&p1, 1001).unwrap();
+            rt1.det_end(1001).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            !t1.is_finished(),
+            "a turn above an awaiting thread without log"
+        );
+        rt.push_turn(Turn {
+            tid: DetTid(1),
+            thread_seq: 3,
+            global_seq: 4,
+        })
+        .unwrap();
+        t1.join().unwrap();
+        record_tx.send(6).unwrap();
+        t0.join().unwrap();
+        assert_eq!(rt.logical_time(1000), Some(6));
     }
 
     #[test]
