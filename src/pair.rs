@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use devices::replication::{Mismatch, Mode, ReplicaSetup, Replication, Role};
+use devices::replication::{
+    Mismatch, Mode, ReplicaSetup, Replication, Role, STALL_FILE, STALL_REQUEST,
+};
 use replica::report::{
     Counters, Divergence, DivergenceKind, Event, EventKind, Outcome, ReplicaSummary, Report, Value,
     REPORT_SCHEMA,
@@ -104,6 +106,10 @@ pub struct PairArgs {
     /// Do not print the readable summary at the end.
     #[arg(long)]
     quiet: bool,
+    /// Seconds the secondary may make no progress after the primary ended before it is
+    /// stopped; the report then says what each of its threads was waiting for.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    stall_timeout: u64,
     #[command(flatten)]
     program: ProgramArgs,
 }
@@ -443,6 +449,7 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
     let mut p_done_at: Option<Instant> = None;
     let mut last_progress = 0u64;
     let mut last_progress_at = Instant::now();
+    let mut stalled = false;
     loop {
         if p_status.is_none() {
             if let Ok(Some(s)) = primary.try_wait() {
@@ -466,9 +473,14 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
             last_progress_at = Instant::now();
         }
         if let (Some(_), None) = (p_done_at, &s_status) {
-            if last_progress_at.elapsed() > Duration::from_secs(30) {
-                eprintln!("ditto: the secondary made no progress for 30 s after the primary ended; stopping it");
+            if last_progress_at.elapsed() > Duration::from_secs(a.stall_timeout) {
+                eprintln!(
+                    "ditto: the secondary made no progress for {} s after the primary ended; stopping it",
+                    a.stall_timeout
+                );
+                describe_secondary(&out);
                 let _ = secondary.kill();
+                stalled = true;
             }
         }
         if let Some((b, last)) = &mut bar {
@@ -508,6 +520,16 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
     if report.secondary.exit.is_none() {
         report.secondary.exit = Some(s_desc.clone());
     }
+    if stalled {
+        // What its threads were waiting for, as the secondary wrote it down.
+        let why = std::fs::read_to_string(out.join(STALL_FILE))
+            .unwrap_or_else(|_| "(the secondary did not describe its state)".into());
+        report.secondary.error = Some(format!(
+            "stopped: no progress for {} s after the primary ended; {}",
+            a.stall_timeout,
+            why.trim_end()
+        ));
+    }
     let primary_log = out.join("primary-error.txt");
     if let Ok(e) = std::fs::read_to_string(&primary_log) {
         report.primary.error = Some(e.trim().to_string());
@@ -540,6 +562,21 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         Outcome::ChannelError | Outcome::ReplicaFailed => EXIT_REPLICA_FAILED,
         Outcome::Identical => p_code.unwrap_or(1).clamp(0, 255) as u8,
     })
+}
+
+/// Asks the secondary to write down what its threads wait for ([`STALL_REQUEST`]) and
+/// gives it up to two seconds to do so ([`STALL_FILE`]).
+fn describe_secondary(out: &Path) {
+    let answer = out.join(STALL_FILE);
+    let _ = std::fs::remove_file(&answer);
+    if std::fs::write(out.join(STALL_REQUEST), b"").is_err() {
+        return;
+    }
+    // The secondary renames a finished description into place, so existing is complete.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && !answer.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn program_words(p: &ProgramArgs) -> Vec<String> {
@@ -791,6 +828,7 @@ fn demo(a: &PairArgs) -> ExitCode {
         out: a.out.clone(),
         status: a.status,
         quiet: a.quiet,
+        stall_timeout: a.stall_timeout,
         program,
     };
     // The load runs beside the supervisor; when done it asks the supervisor to stop the

@@ -314,6 +314,65 @@ fn overlapping_cores_are_refused_in_one_line() {
     assert!(e.contains("overlap"), "{e}");
 }
 
+/// A secondary that stops making progress after the primary's end is stopped after
+/// `--stall-timeout` and the report says what its threads were waiting for. core_stall
+/// waits forever in a futex on any core but the one with APIC id 0 (cpuid runs natively,
+/// so the pair cannot replay it): the primary on core 0 exits, the secondary on core 1
+/// stalls.
+#[test]
+fn a_stalled_secondary_is_stopped_and_described() {
+    let _turn = one_pair_at_a_time();
+    if num_cpus() < 2 {
+        return;
+    }
+    let prog = prog("core_stall");
+    // The premise, checked natively: core 0 exits at once, core 1 does not.
+    let exits_on_core = |core: &str| {
+        let mut child = Command::new("taskset")
+            .args(["-c", core])
+            .arg(&prog)
+            .spawn()
+            .expect("taskset");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < until {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    };
+    assert!(exits_on_core("0"), "core_stall does not exit on core 0");
+    assert!(!exits_on_core("1"), "core_stall exits on core 1");
+    for mode in MODES {
+        let out = tempdir();
+        let mut c = pair_cmd(mode, out.path());
+        c.args(["--stall-timeout", "2", "--primary-cores", "0"])
+            .args(["--secondary-cores", "1", "--"])
+            .arg(&prog);
+        let o = output_within(c, 60);
+        assert_eq!(o.status.code(), Some(4), "{mode}: {}", stderr(&o));
+        let r = report(out.path());
+        assert_eq!(r.outcome, Outcome::ReplicaFailed, "{}", r.summary());
+        assert_eq!(r.primary.exit_status, Some(0), "{}", r.summary());
+        let why = r.secondary.error.clone().unwrap_or_default();
+        assert!(
+            why.starts_with("stopped: no progress for 2 s after the primary ended;"),
+            "{mode}: {why}"
+        );
+        assert!(
+            why.contains("t0 (guest tid ") && why.contains("waiting on futex 0x"),
+            "{mode}: {why}"
+        );
+        assert!(
+            why.contains("the primary's log is complete"),
+            "{mode}: {why}"
+        );
+    }
+}
+
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -1346,6 +1346,89 @@ impl DetRuntime {
         r
     }
 
+    /// The schedule's state in a few lines, for a report on a replica that stopped making
+    /// progress: the token's holder, each thread's phase and logical time, and (Kendo
+    /// secondary) the threads awaiting a record and the primary's logged turns it holds.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let g = self.locked();
+        let mut out = format!("policy {:?}", self.policy);
+        if let Order::Kendo(sched) = &g.order {
+            let _ = write!(out, ", {} turns granted", sched.granted_turns());
+        }
+        match g.order.holder_or_next() {
+            Some(h) => {
+                let _ = write!(out, ", token: {h}");
+            }
+            None => out.push_str(", token: nobody"),
+        }
+        out.push('\n');
+        let futex_of = |tid: i64| {
+            g.futex
+                .iter()
+                .find(|(_, q)| q.iter().any(|w| w.tid == tid))
+                .map(|(addr, _)| *addr)
+        };
+        for (tid, s) in &g.threads {
+            // Futex waits take no turn under Lead and Follow, so the queue says more than
+            // the phase there.
+            let phase = match (futex_of(*tid), g.order.phase(s.det)) {
+                (Some(addr), _) => format!("waiting on futex {addr:#x}"),
+                (None, None) => "-".to_string(),
+                (None, Some(Phase::Running)) => "running".into(),
+                (None, Some(Phase::Waiting)) => "waiting for the token".into(),
+                (None, Some(Phase::InSection)) => "in a det section".into(),
+                (None, Some(Phase::InElidedSection)) => "in an elided det section".into(),
+                (None, Some(Phase::Left { resume_at: None })) => "blocked in a syscall".into(),
+                (
+                    None,
+                    Some(Phase::Left {
+                        resume_at: Some(at),
+                    }),
+                ) => format!("blocked in a syscall, to re-enter at {at}"),
+            };
+            let time = g
+                .order
+                .time(s.det)
+                .map_or_else(String::new, |t| format!(", logical time {t}"));
+            let awaiting = if g.awaiting_record.contains(&s.det) {
+                ", awaiting the primary's record of a blocking call"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {} (guest tid {tid}): {phase}{time}{awaiting}",
+                s.det
+            );
+        }
+        if !g.awaiting_record.is_empty() {
+            let logged: Vec<String> = g
+                .primary_turns
+                .iter()
+                .take(4)
+                .map(|(seq, t)| format!("#{seq} {t}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  turns above an awaiting thread need the primary's log; it holds {} ({}{}){}",
+                g.primary_turns.len(),
+                logged.join(", "),
+                if g.primary_turns.len() > 4 {
+                    ", ..."
+                } else {
+                    ""
+                },
+                if g.primary_log_closed {
+                    "; the log is complete"
+                } else {
+                    ""
+                }
+            );
+        }
+        out
+    }
+
     /// How many section ends and ticks the threads posted through the det page.
     pub fn posted(&self) -> u64 {
         self.locked().posted
@@ -2932,6 +3015,44 @@ mod tests {
         record_tx.send(6).unwrap();
         t0.join().unwrap();
         assert_eq!(rt.logical_time(1000), Some(6));
+    }
+
+    #[test]
+    fn describe_names_the_holder_and_an_awaiting_thread() {
+        let p = Arc::new(process());
+        let link = Arc::new(TestLink::default());
+        let rt = Arc::new(DetRuntime::replicated(
+            1000,
+            None,
+            Policy::Kendo,
+            false,
+            link,
+        ));
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        let (record_tx, record_rx) = std::sync::mpsc::channel::<u64>();
+        let rt0 = rt.clone();
+        let t0 = std::thread::spawn(move || {
+            rt0.blocking_replayed(1000, || record_rx.recv().ok().map(|at| ((), Some(at))))
+                .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        let d = rt.describe();
+        assert!(
+            d.starts_with("policy Kendo, 1 turns granted, token: t1"),
+            "{d}"
+        );
+        assert!(
+            d.contains("t0 (guest tid 1000): blocked in a syscall, logical time 1, awaiting"),
+            "{d}"
+        );
+        assert!(
+            d.contains("t1 (guest tid 1001): running, logical time 1\n"),
+            "{d}"
+        );
+        assert!(d.contains("it holds 0 ()"), "{d}");
+        record_tx.send(1).unwrap();
+        t0.join().unwrap();
+        assert!(!rt.describe().contains("awaiting"));
     }
 
     #[test]

@@ -235,7 +235,17 @@ struct SecondarySide {
     stderr: Mutex<File>,
     /// Everything else the secondary compared (socket output), in order.
     net: Mutex<File>,
+    /// The pair's output directory, where the supervisor asks for a description of the
+    /// secondary's state ([`STALL_REQUEST`]) and finds it ([`STALL_FILE`]).
+    output_dir: PathBuf,
 }
+
+/// Created in the pair's output directory by the supervisor when the secondary has made no
+/// progress for too long: the secondary then writes [`STALL_FILE`] and removes it.
+pub const STALL_REQUEST: &str = "secondary-stall-request";
+
+/// The secondary's description of what its threads wait for, written on [`STALL_REQUEST`].
+pub const STALL_FILE: &str = "secondary-stall.txt";
 
 /// Records the secondary buffers before it gives up: its threads lag that far behind.
 const MAX_BUFFERED: u64 = 2 << 30;
@@ -308,6 +318,7 @@ impl Replication {
                         stdout: Mutex::new(open("secondary.stdout")?),
                         stderr: Mutex::new(open("secondary.stderr")?),
                         net: Mutex::new(open("secondary.net")?),
+                        output_dir: output_dir.clone(),
                     }),
                 )
             }
@@ -353,6 +364,7 @@ impl Replication {
                     if p.exiting() {
                         return;
                     }
+                    me.describe_if_asked(&p);
                     drop(p);
                     std::thread::sleep(Duration::from_millis(100));
                 });
@@ -364,6 +376,56 @@ impl Replication {
             let _ = std::thread::Builder::new()
                 .name("replica-reader".into())
                 .spawn(move || me.reader(&p));
+        }
+    }
+
+    /// Secondary: if the supervisor asked ([`STALL_REQUEST`]), writes what its threads
+    /// wait for to [`STALL_FILE`]: the det runtime's state and the records buffered per
+    /// thread.
+    fn describe_if_asked(&self, p: &Process) {
+        let Some(s) = &self.secondary else { return };
+        let request = s.output_dir.join(STALL_REQUEST);
+        if std::fs::remove_file(&request).is_err() {
+            return;
+        }
+        let mut text = format!(
+            "{} records consumed, {} turns taken\n",
+            self.status.get(Counter::RecordsConsumed),
+            self.status.get(Counter::SecondaryTurns)
+        );
+        if let Some(det) = p.det.get() {
+            text.push_str(&det.describe());
+        }
+        {
+            let q = lock(&s.queues);
+            let mut buffered: Vec<_> = q
+                .by_tid
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(t, v)| format!("t{t}: {}", v.len()))
+                .collect();
+            buffered.sort();
+            text.push_str(&format!(
+                "  records buffered per thread: {}\n",
+                if buffered.is_empty() {
+                    "none".to_string()
+                } else {
+                    buffered.join(", ")
+                }
+            ));
+            if let Some(closed) = &q.closed {
+                text.push_str(&format!("  channel: {closed}\n"));
+            } else if q.end.is_some() {
+                text.push_str("  the primary's log is complete\n");
+            }
+        }
+        if let Some(late) = lock(&s.late_schedule).as_ref() {
+            text.push_str(&format!("  {late}\n"));
+        }
+        // Written aside and renamed, so that the supervisor never reads half of it.
+        let part = s.output_dir.join(format!("{STALL_FILE}.part"));
+        if std::fs::write(&part, text).is_ok() {
+            let _ = std::fs::rename(&part, s.output_dir.join(STALL_FILE));
         }
     }
 
