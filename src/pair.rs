@@ -812,16 +812,14 @@ fn demo(a: &PairArgs) -> ExitCode {
         }
     };
     eprintln!(
-        "ditto: no program given; running the demo: the {DEMO_IMAGE} image as a pair (follow mode) on 127.0.0.1:{port}, {DEMO_REQUESTS} requests, then SIGTERM"
+        "ditto: no program given; running the demo: the {DEMO_IMAGE} image as a pair ({} mode) on 127.0.0.1:{port}, {DEMO_REQUESTS} requests, then SIGTERM",
+        Mode::from(a.options.mode).name()
     );
     let mut program = a.program.clone();
     program.image = Some(DEMO_IMAGE.into());
     program.command = vec!["--port".into(), port.to_string().into()];
-    // Follow mode: redis in det mode does not yet shut its secondary down cleanly.
-    let mut options = a.options.clone();
-    options.mode = ModeArg::Follow;
     let args = PairArgs {
-        options,
+        options: a.options.clone(),
         primary_cores: a.primary_cores.clone(),
         secondary_cores: a.secondary_cores.clone(),
         report: a.report.clone(),

@@ -373,6 +373,28 @@ fn a_stalled_secondary_is_stopped_and_described() {
     }
 }
 
+/// The README's first command: `ditto pair` with no program runs redis as a pair under a
+/// built-in load, stops it, and finds the replicas identical; in either mode.
+#[test]
+fn the_demo_pair_is_identical_in_both_modes() {
+    let _turn = one_pair_at_a_time();
+    image_root("redis");
+    for mode in MODES {
+        let out = tempdir();
+        let mut c = ditto();
+        c.args(["pair", "--mode", mode, "--out"]).arg(out.path());
+        let o = output_within(c, 300);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("as a pair ({mode} mode)")),
+            "{}",
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("requests answered"), "{}", stderr(&o));
+        assert_identical(out.path(), &o);
+    }
+}
+
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
