@@ -2903,11 +2903,9 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 
-    /// A Kendo secondary whose thread waits for a blocking call's record takes only turns
-    /// the primary's log shows: none without log, the logged thread's with it, and none for
-    /// another thread when the log says the waiting thread came back first.
-    #[test]
-    fn kendo_secondary_follows_the_log_while_a_thread_awaits_its_record() {
+    /// A Kendo secondary's runtime (no primary behind it) with t0 (guest 1000) and t1
+    /// (guest 1001), both at logical time 1 after the clone (turn 0).
+    fn kendo_secondary_with_two_threads() -> (Arc<Process>, Arc<DetRuntime>) {
         let p = Arc::new(process());
         let link = Arc::new(TestLink::default());
         let rt = Arc::new(DetRuntime::replicated(
@@ -2917,47 +2915,69 @@ mod tests {
             false,
             link,
         ));
-        // Turn 0: the clone. t0 and t1 then both compete at time 1.
         rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        (p, rt)
+    }
+
+    /// t0 in a replayed blocking call until the returned sender delivers the primary's
+    /// re-entry time; then `after` runs on the same thread.
+    fn t0_awaits_record(
+        rt: &Arc<DetRuntime>,
+        after: impl FnOnce(&DetRuntime) + Send + 'static,
+    ) -> (std::sync::mpsc::Sender<u64>, std::thread::JoinHandle<()>) {
         let (record_tx, record_rx) = std::sync::mpsc::channel::<u64>();
-        let (rt0, p0) = (rt.clone(), p.clone());
+        let rt0 = rt.clone();
         let t0 = std::thread::spawn(move || {
             rt0.blocking_replayed(1000, || record_rx.recv().ok().map(|at| ((), Some(at))))
                 .unwrap();
-            rt0.det_start(&p0, 1000).unwrap();
-            rt0.det_end(1000).unwrap();
+            after(&rt0);
         });
-        let turn_of_t1 = |rt: &Arc<DetRuntime>| {
-            let (rt1, p1) = (rt.clone(), p.clone());
-            std::thread::spawn(move || {
-                rt1.det_start(&p1, 1001).unwrap();
-                rt1.det_end(1001).unwrap();
-            })
-        };
+        // Long enough for t0 to have left the competition.
+        std::thread::sleep(Duration::from_millis(40));
+        (record_tx, t0)
+    }
+
+    /// One det section of t1 on a thread of its own.
+    fn section_of_t1(p: &Arc<Process>, rt: &Arc<DetRuntime>) -> std::thread::JoinHandle<()> {
+        let (rt1, p1) = (rt.clone(), p.clone());
+        std::thread::spawn(move || {
+            rt1.det_start(&p1, 1001).unwrap();
+            rt1.det_end(1001).unwrap();
+        })
+    }
+
+    fn logged(tid: u32, thread_seq: u64, global_seq: u64) -> Turn {
+        Turn {
+            tid: DetTid(tid),
+            thread_seq,
+            global_seq,
+        }
+    }
+
+    /// A Kendo secondary whose thread waits for a blocking call's record takes only turns
+    /// the primary's log shows: none without log, the logged thread's with it, and none for
+    /// another thread when the log says the waiting thread came back first.
+    #[test]
+    fn kendo_secondary_follows_the_log_while_a_thread_awaits_its_record() {
+        let (p, rt) = kendo_secondary_with_two_threads();
+        let p0 = p.clone();
+        let (record, t0) = t0_awaits_record(&rt, move |rt| {
+            rt.det_start(&p0, 1000).unwrap();
+            rt.det_end(1000).unwrap();
+        });
         let settle = || std::thread::sleep(Duration::from_millis(60));
-        settle();
         // t1 holds the token (t0 is away), but the log does not show turn 1 yet.
-        let t1 = turn_of_t1(&rt);
+        let t1 = section_of_t1(&p, &rt);
         settle();
         assert!(!t1.is_finished(), "a turn the primary's log does not show");
-        rt.push_turn(Turn {
-            tid: DetTid(1),
-            thread_seq: 1,
-            global_seq: 1,
-        })
-        .unwrap();
+        rt.push_turn(logged(1, 1, 1)).unwrap();
         t1.join().unwrap();
         // The primary's t0 came back at 2 and took turn 2 before t1's next.
-        rt.push_turn(Turn {
-            tid: DetTid(0),
-            thread_seq: 1,
-            global_seq: 2,
-        })
-        .unwrap();
-        let t1 = turn_of_t1(&rt);
+        rt.push_turn(logged(0, 1, 2)).unwrap();
+        let t1 = section_of_t1(&p, &rt);
         settle();
         assert!(!t1.is_finished(), "t1 took the turn the log gives t0");
-        record_tx.send(2).unwrap();
+        record.send(2).unwrap();
         t0.join().unwrap();
         // t0's record is in: nothing is awaited any more, so t1 goes on unlogged.
         t1.join().unwrap();
@@ -2969,25 +2989,10 @@ mod tests {
     /// taken them first. The first key above it waits for the log.
     #[test]
     fn kendo_secondary_needs_no_log_below_an_awaiting_thread() {
-        let p = Arc::new(process());
-        let link = Arc::new(TestLink::default());
-        let rt = Arc::new(DetRuntime::replicated(
-            1000,
-            None,
-            Policy::Kendo,
-            false,
-            link,
-        ));
-        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        let (p, rt) = kendo_secondary_with_two_threads();
         // t0 leaves at time 4; t1 is at 1.
         rt.det_tick(1000, 3).unwrap();
-        let (record_tx, record_rx) = std::sync::mpsc::channel::<u64>();
-        let rt0 = rt.clone();
-        let t0 = std::thread::spawn(move || {
-            rt0.blocking_replayed(1000, || record_rx.recv().ok().map(|at| ((), Some(at))))
-                .unwrap();
-        });
-        std::thread::sleep(Duration::from_millis(30));
+        let (record, t0) = t0_awaits_record(&rt, |_| ());
         // (1, t1), (2, t1), (3, t1): below (4, t0), no log needed.
         for _ in 0..3 {
             rt.det_start(&p, 1001).unwrap();
@@ -2995,47 +3000,23 @@ mod tests {
         }
         assert_eq!(rt.logical_time(1001), Some(4));
         // (4, t1) is above (4, t0): it waits for the log (or t0's record).
-        let (rt1, p1) = (rt.clone(), p.clone());
-        let t1 = std::thread::spawn(move || {
-            rt1.det_start(&p1, 1001).unwrap();
-            rt1.det_end(1001).unwrap();
-        });
+        let t1 = section_of_t1(&p, &rt);
         std::thread::sleep(Duration::from_millis(60));
         assert!(
             !t1.is_finished(),
             "a turn above an awaiting thread without log"
         );
-        rt.push_turn(Turn {
-            tid: DetTid(1),
-            thread_seq: 3,
-            global_seq: 4,
-        })
-        .unwrap();
+        rt.push_turn(logged(1, 3, 4)).unwrap();
         t1.join().unwrap();
-        record_tx.send(6).unwrap();
+        record.send(6).unwrap();
         t0.join().unwrap();
         assert_eq!(rt.logical_time(1000), Some(6));
     }
 
     #[test]
     fn describe_names_the_holder_and_an_awaiting_thread() {
-        let p = Arc::new(process());
-        let link = Arc::new(TestLink::default());
-        let rt = Arc::new(DetRuntime::replicated(
-            1000,
-            None,
-            Policy::Kendo,
-            false,
-            link,
-        ));
-        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
-        let (record_tx, record_rx) = std::sync::mpsc::channel::<u64>();
-        let rt0 = rt.clone();
-        let t0 = std::thread::spawn(move || {
-            rt0.blocking_replayed(1000, || record_rx.recv().ok().map(|at| ((), Some(at))))
-                .unwrap();
-        });
-        std::thread::sleep(Duration::from_millis(30));
+        let (_p, rt) = kendo_secondary_with_two_threads();
+        let (record, t0) = t0_awaits_record(&rt, |_| ());
         let d = rt.describe();
         assert!(
             d.starts_with("policy Kendo, 1 turns granted, token: t1"),
@@ -3050,7 +3031,7 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("it holds 0 ()"), "{d}");
-        record_tx.send(1).unwrap();
+        record.send(1).unwrap();
         t0.join().unwrap();
         assert!(!rt.describe().contains("awaiting"));
     }

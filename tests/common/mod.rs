@@ -251,7 +251,7 @@ pub fn nginx_state(port: u16, blob_name: &str, blob_len: usize) -> tempfile::Tem
 }
 
 /// [`nginx_state`], with the image's `aio threads` (file reads on its thread pool) or
-/// without (the event loop reads files itself). Follow mode needs it off: the pool hands
+/// without (the event loop reads files itself). Pairs need it off: the pool hands
 /// finished reads back through nginx's own spinlock, outside every det section.
 pub fn nginx_state_with(
     port: u16,
