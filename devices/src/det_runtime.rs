@@ -1313,7 +1313,9 @@ impl DetRuntime {
         let Ok((det, _)) = g.slot(tid) else {
             return false;
         };
-        matches!(g.order.phase(det), Some(Phase::InSection)) || g.order.may_go(det)
+        let kendo_secondary = self.policy == Policy::Kendo && self.link(false).is_some();
+        matches!(g.order.phase(det), Some(Phase::InSection))
+            || (g.order.may_go(det) && !(kendo_secondary && g.gated(det)))
     }
 
     /// `DITTO_SYS_DET_SLOT`: the guest address of `tid`'s slot in the det page, which `map`
@@ -2970,6 +2972,8 @@ mod tests {
         let t1 = section_of_t1(&p, &rt);
         settle();
         assert!(!t1.is_finished(), "a turn the primary's log does not show");
+        // Nor does the doorbell path think it may go.
+        assert!(!rt.can_proceed(1001));
         rt.push_turn(logged(1, 1, 1)).unwrap();
         t1.join().unwrap();
         // The primary's t0 came back at 2 and took turn 2 before t1's next.
