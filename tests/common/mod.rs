@@ -209,7 +209,14 @@ impl ServerProc {
         while child.try_wait().unwrap().is_none() {
             if std::time::Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("server did not stop within 20 s of signal {sig}");
+                // What ditto said before it hung is the only clue a rare hang leaves.
+                let out = child.wait_with_output().unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                let tail: Vec<&str> = err.lines().rev().take(40).collect();
+                panic!(
+                    "server did not stop within 20 s of signal {sig}; its stderr ended:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
