@@ -2999,8 +2999,16 @@ mod tests {
         let (record, t0) = t0_awaits_record(&rt, |_| ());
         // (1, t1), (2, t1), (3, t1): below (4, t0), no log needed.
         for _ in 0..3 {
-            rt.det_start(&p, 1001).unwrap();
-            rt.det_end(1001).unwrap();
+            let t1 = section_of_t1(&p, &rt);
+            let until = Instant::now() + Duration::from_secs(5);
+            while !t1.is_finished() {
+                assert!(
+                    Instant::now() < until,
+                    "a turn below an awaiting thread waited"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            t1.join().unwrap();
         }
         assert_eq!(rt.logical_time(1001), Some(4));
         // (4, t1) is above (4, t0): it waits for the log (or t0's record).

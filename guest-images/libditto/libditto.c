@@ -687,58 +687,44 @@ static void work_hint(unsigned long bytes)
 /* libbz2's BZ_CONFIG_ERROR: what a call answers when there is no libbz2 to forward to. */
 enum { BZ_NO_LIBRARY = -9 };
 
+/* Forwards `call` to libbz2 through `real` (looked up as `name` if need be), after ticking
+ * for `bytes` of input, with inner entry points marked as inside the kernel. */
+#define HINTED(real, name, bytes, call)                                                      \
+    do {                                                                                     \
+        if (!wrapper_real((void **)&(real), (name)))                                         \
+            return BZ_NO_LIBRARY;                                                            \
+        work_hint(bytes);                                                                    \
+        in_kernel++;                                                                         \
+        int r_ = (call);                                                                     \
+        in_kernel--;                                                                         \
+        return r_;                                                                           \
+    } while (0)
+
 int BZ2_bzBuffToBuffCompress(char *dest, unsigned int *dest_len, char *source,
                              unsigned int source_len, int block_size_100k, int verbosity,
                              int work_factor)
 {
-    bz_buff_compress_fn *f =
-        wrapper_real((void **)&real_bz_buff_compress, "BZ2_bzBuffToBuffCompress");
-    if (!f)
-        return BZ_NO_LIBRARY;
-    work_hint(source_len);
-    in_kernel++;
-    int r = f(dest, dest_len, source, source_len, block_size_100k, verbosity, work_factor);
-    in_kernel--;
-    return r;
+    HINTED(real_bz_buff_compress, "BZ2_bzBuffToBuffCompress", source_len,
+           real_bz_buff_compress(dest, dest_len, source, source_len, block_size_100k,
+                                 verbosity, work_factor));
 }
 
 int BZ2_bzBuffToBuffDecompress(char *dest, unsigned int *dest_len, char *source,
                                unsigned int source_len, int small, int verbosity)
 {
-    bz_buff_decompress_fn *f =
-        wrapper_real((void **)&real_bz_buff_decompress, "BZ2_bzBuffToBuffDecompress");
-    if (!f)
-        return BZ_NO_LIBRARY;
-    work_hint(source_len);
-    in_kernel++;
-    int r = f(dest, dest_len, source, source_len, small, verbosity);
-    in_kernel--;
-    return r;
+    HINTED(real_bz_buff_decompress, "BZ2_bzBuffToBuffDecompress", source_len,
+           real_bz_buff_decompress(dest, dest_len, source, source_len, small, verbosity));
 }
 
 int BZ2_bzCompress(struct bz_stream_head *strm, int action)
 {
-    bz_compress_fn *f = wrapper_real((void **)&real_bz_compress, "BZ2_bzCompress");
-    if (!f)
-        return BZ_NO_LIBRARY;
-    if (strm)
-        work_hint(strm->avail_in);
-    in_kernel++;
-    int r = f(strm, action);
-    in_kernel--;
-    return r;
+    HINTED(real_bz_compress, "BZ2_bzCompress", strm ? strm->avail_in : 0,
+           real_bz_compress(strm, action));
 }
 
 int BZ2_bzDecompress(struct bz_stream_head *strm)
 {
-    bz_decompress_fn *f = wrapper_real((void **)&real_bz_decompress, "BZ2_bzDecompress");
-    if (!f)
-        return BZ_NO_LIBRARY;
-    if (strm)
-        work_hint(strm->avail_in);
-    in_kernel++;
-    int r = f(strm);
-    in_kernel--;
-    return r;
+    HINTED(real_bz_decompress, "BZ2_bzDecompress", strm ? strm->avail_in : 0,
+           real_bz_decompress(strm));
 }
 #endif
