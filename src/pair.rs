@@ -757,9 +757,22 @@ pub fn replica_main(a: &ReplicaArgs) -> ExitCode {
             }
         }
     };
+    // The VMM itself failed (not the program): never part of an `identical` pair, even when
+    // both replicas' VMMs fail the same way.
+    let vmm_error = match &result {
+        Ok(out) => match &out.exit {
+            devices::process::ExitReason::Signaled { report, .. }
+                if report.starts_with(vmm::VMM_ERROR_PREFIX) =>
+            {
+                Some(report.clone())
+            }
+            _ => None,
+        },
+        Err(e) => Some(e.to_string()),
+    };
     match role {
         Role::Primary => {
-            if let Some(e) = rep.primary_error() {
+            if let Some(e) = rep.primary_error().or(vmm_error) {
                 let _ = std::fs::write(a.out.join("primary-error.txt"), e);
             }
         }
@@ -795,9 +808,7 @@ pub fn replica_main(a: &ReplicaArgs) -> ExitCode {
                 },
                 (Err(e), None) => format!("failed: {e}"),
             });
-            if let Err(e) = &result {
-                report.secondary.error = Some(e.to_string());
-            }
+            report.secondary.error = vmm_error;
             let _ = report.save(a.out.join("secondary-part.json"));
         }
     }

@@ -204,6 +204,10 @@ fn host_xcr0() -> u64 {
     }
 }
 
+/// How the report of a program that the VMM itself had to stop begins (an
+/// `ExitReason::Signaled` report), as opposed to a fault of the program.
+pub const VMM_ERROR_PREFIX: &str = "VMM error: ";
+
 /// `arch_prctl` code asking for permission to give a guest a dynamically enabled XSAVE
 /// component (Linux 5.16+, `ARCH_REQ_XCOMP_GUEST_PERM`).
 const ARCH_REQ_XCOMP_GUEST_PERM: libc::c_ulong = 0x1025;

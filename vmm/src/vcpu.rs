@@ -1190,7 +1190,7 @@ impl Machine {
     fn fatal_host(&self, report: &str) {
         self.process.finish(ExitReason::Signaled {
             signal: libc::SIGKILL,
-            report: format!("VMM error: {report}"),
+            report: format!("{}{report}", crate::VMM_ERROR_PREFIX),
         });
     }
 
