@@ -10,6 +10,7 @@ use std::ffi::CString;
 use std::os::fd::RawFd;
 
 use crate::errno::Errno;
+use crate::safecopy::{self, GuestRange};
 
 /// Guest addresses below this are the VMM's system area (NULL guard, GDT, IDT, TSS,
 /// kernel stacks, CPL0 stubs, page tables). Program pointers into it get EFAULT, so a
@@ -36,6 +37,8 @@ pub enum GuestMemoryError {
 pub struct GuestMemory {
     base: *mut u8,
     size: u64,
+    /// Makes faults on program pages inside the safe copy routines EFAULT.
+    _range: GuestRange,
 }
 
 // SAFETY: the mapping lives as long as the GuestMemory and is only accessed through raw
@@ -74,6 +77,7 @@ impl GuestMemory {
         Ok(GuestMemory {
             base: base as *mut u8,
             size,
+            _range: GuestRange::register(base as u64, size),
         })
     }
 
@@ -114,19 +118,30 @@ impl GuestMemory {
         Some(unsafe { self.base.add(gpa as usize) })
     }
 
-    /// Reads a plain-data value from a program address.
+    /// Reads a plain-data value from a program address; EFAULT also when the page
+    /// faults on the host (a file page past EOF).
+    ///
+    /// `T` must be plain data for which every bit pattern is valid (integers, arrays
+    /// and repr(C) structs of them): the bytes come from the program.
     pub fn read_obj<T: Copy>(&self, gva: u64) -> Result<T, Errno> {
-        let p = self.user_range(gva, std::mem::size_of::<T>() as u64)?;
-        // SAFETY: the range is inside the mapping; T is Copy plain data and the read is
-        // unaligned-safe.
-        Ok(unsafe { std::ptr::read_unaligned(p as *const T) })
+        let n = std::mem::size_of::<T>();
+        let p = self.user_range(gva, n as u64)?;
+        let mut v = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the source range is inside the mapping (a host fault becomes an
+        // error); the destination is our own n-byte value.
+        unsafe { safecopy::copy(v.as_mut_ptr().cast::<u8>(), p, n)? };
+        // SAFETY: all n bytes were written, and T is plain data (see above).
+        Ok(unsafe { v.assume_init() })
     }
 
-    /// Writes a plain-data value to a program address.
+    /// Writes a plain-data value to a program address; EFAULT also when the page
+    /// faults on the host (read-only or past EOF).
     pub fn write_obj<T: Copy>(&self, gva: u64, val: &T) -> Result<(), Errno> {
-        let p = self.user_range(gva, std::mem::size_of::<T>() as u64)?;
-        // SAFETY: the range is inside the mapping and writable.
-        unsafe { std::ptr::write_unaligned(p as *mut T, *val) };
+        let n = std::mem::size_of::<T>();
+        let p = self.user_range(gva, n as u64)?;
+        // SAFETY: the destination range is inside the mapping (a host fault becomes an
+        // error); the source is the n bytes of `val`.
+        unsafe { safecopy::copy(p, (val as *const T).cast::<u8>(), n)? };
         Ok(())
     }
 
@@ -134,16 +149,17 @@ impl GuestMemory {
     pub fn read_bytes(&self, gva: u64, len: u64) -> Result<Vec<u8>, Errno> {
         let p = self.user_range(gva, len)?;
         let mut v = vec![0u8; len as usize];
-        // SAFETY: source range checked above; destination is a fresh Vec of len bytes.
-        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len as usize) };
+        // SAFETY: source range checked above (a host fault becomes an error);
+        // destination is a fresh Vec of len bytes.
+        unsafe { safecopy::copy(v.as_mut_ptr(), p, len as usize)? };
         Ok(v)
     }
 
     /// Copies bytes into program memory.
     pub fn write_bytes(&self, gva: u64, data: &[u8]) -> Result<(), Errno> {
         let p = self.user_range(gva, data.len() as u64)?;
-        // SAFETY: destination range checked above.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        // SAFETY: destination range checked above (a host fault becomes an error).
+        unsafe { safecopy::copy(p, data.as_ptr(), data.len())? };
         Ok(())
     }
 
@@ -178,8 +194,11 @@ impl GuestMemory {
             // Read page by page so a string that ends just before unmapped space works.
             let page_left = 4096 - (addr % 4096);
             let p = self.user_range(addr, page_left)?;
-            // SAFETY: the whole chunk was range-checked.
-            let chunk = unsafe { std::slice::from_raw_parts(p as *const u8, page_left as usize) };
+            let mut page = [0u8; 4096];
+            let chunk = &mut page[..page_left as usize];
+            // SAFETY: the whole chunk was range-checked (a host fault becomes an error);
+            // the destination is a local buffer of the same length.
+            unsafe { safecopy::copy(chunk.as_mut_ptr(), p, chunk.len())? };
             if let Some(n) = chunk.iter().position(|&b| b == 0) {
                 out.extend_from_slice(&chunk[..n]);
                 if out.len() > max {
