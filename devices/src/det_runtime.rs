@@ -67,8 +67,8 @@ use det::{
 use thiserror::Error;
 
 use crate::errno::Errno;
-use crate::safecopy::{GuestU32, GuestU64};
 use crate::process::{lock, Process};
+use crate::safecopy::{GuestU32, GuestU64};
 use crate::syscalls::sys_det::abi;
 
 /// How often a thread waiting for the token checks whether the program is ending.
@@ -2419,7 +2419,8 @@ mod tests {
         for t in [1001i64, 1002] {
             let (p2, rt2, order) = (p.clone(), rt.clone(), order.clone());
             hs.push(std::thread::spawn(move || {
-                rt2.futex_wait(&p2, t, 64, (&WORD).into(), wait(0, None)).unwrap();
+                rt2.futex_wait(&p2, t, 64, (&WORD).into(), wait(0, None))
+                    .unwrap();
                 order.lock().unwrap().push(t);
                 // A woken thread competes again; it must go away to let the others on.
                 rt2.thread_exit(&p2, t, 0);
@@ -2875,7 +2876,13 @@ mod tests {
         let p3 = p2.clone();
         let waiter = std::thread::spawn(move || {
             let past = Some(Instant::now());
-            rt2.futex_wait(&p3, 1000, 0x2000, (&AtomicU32::new(0)).into(), wait(0, past))
+            rt2.futex_wait(
+                &p3,
+                1000,
+                0x2000,
+                (&AtomicU32::new(0)).into(),
+                wait(0, past),
+            )
         });
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "timed out by its own clock");

@@ -150,8 +150,7 @@ impl GuestRange {
             return GuestRange { slot: None };
         };
         for (i, s) in RANGE_START.iter().enumerate() {
-            if s
-                .compare_exchange(0, BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            if s.compare_exchange(0, BUSY, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
                 RANGE_END[i].store(end, Ordering::SeqCst);

@@ -19,6 +19,7 @@ pub const PROGRAMS: &[&str] = &[
     "exitcode",
     "fault",
     "hello",
+    "memfault",
     "prodcons",
     "prodcons-det",
     "prodcons-dyn",

@@ -192,6 +192,19 @@ fn absolute_guest_path(fs: &FsContext, path: &CString) -> String {
     }
 }
 
+/// The XCR0 the vCPUs get: the host's, less the state components KVM cannot give a
+/// guest (hosts with AMX enable XTILECFG/XTILEDATA, which kvm_pvm refuses in
+/// KVM_SET_XCRS, so every vCPU set-up failed with EINVAL).
+fn guest_xcr0(supported: &kvm_bindings::CpuId) -> u64 {
+    let kvm_mask = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0)
+        .map_or(u64::MAX, |e| u64::from(e.eax) | (u64::from(e.edx) << 32));
+    // x87 state is architecturally always on.
+    (host_xcr0() & kvm_mask) | 1
+}
+
 fn host_xcr0() -> u64 {
     // SAFETY: xgetbv(0) is valid whenever the OS enabled XSAVE, which every x86-64
     // Linux host running KVM guests with AVX has; checked via cpuid first.
@@ -348,6 +361,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::Kvm)?;
 
+    let xcr0 = guest_xcr0(&cpuid);
+
     let mut fs = FsContext::new(&config.root)?;
     for (guest, host) in &config.writable {
         fs.add_bind(guest, host)?;
@@ -393,12 +408,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     // only one; ditto creates no files of its own while the program runs.
     unsafe { libc::umask(0) };
     vcpu::install_kick_handler().map_err(|e| VmmError::Host(e.to_string()))?;
+    // Before the guest runs: a program page that faults on the host must be EFAULT.
+    devices::safecopy::install();
     let signals = forward_signals(process.clone())?;
 
     let machine = Arc::new(vcpu::Machine::new(
         vm,
         cpuid,
-        host_xcr0(),
+        xcr0,
         process.clone(),
         config.cores.clone(),
     ));
