@@ -12,6 +12,7 @@ use std::path::PathBuf;
 /// Every program `build.rs` produces, by name (`path(name)` finds each).
 pub const PROGRAMS: &[&str] = &[
     "badptr",
+    "badtls",
     "bench",
     "core_stall",
     "detbench",

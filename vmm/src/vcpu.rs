@@ -149,7 +149,7 @@ struct VcpuOps<'a> {
 
 impl CpuOps for VcpuOps<'_> {
     fn set_fs_base(&mut self, base: u64) -> Result<(), Errno> {
-        set_msrs(self.vcpu, &[(cpu::msr::FS_BASE, base)]).map_err(|_| Errno::EINVAL)
+        set_msrs(self.vcpu, &[(cpu::msr::FS_BASE, base)]).map_err(|_| Errno::EPERM)
     }
 
     fn spawn_thread(&mut self, start: ThreadStart) -> Result<(), Errno> {
@@ -220,7 +220,13 @@ fn set_msrs(vcpu: &VcpuFd, values: &[(u32, u64)]) -> Result<(), kvm_ioctls::Erro
         })
         .collect();
     let msrs = Msrs::from_entries(&entries).map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
-    vcpu.set_msrs(&msrs)?;
+    // KVM_SET_MSRS stops at the first MSR it refuses (a non-canonical base) and returns
+    // how many it set; anything short of all of them is a failure, not a success that
+    // leaves the rest stale.
+    let set = vcpu.set_msrs(&msrs)?;
+    if set != entries.len() {
+        return Err(kvm_ioctls::Error::new(libc::EPERM));
+    }
     Ok(())
 }
 
