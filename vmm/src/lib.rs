@@ -217,6 +217,55 @@ fn host_xcr0() -> u64 {
     }
 }
 
+/// `arch_prctl` code asking for permission to give a guest a dynamically enabled XSAVE
+/// component (Linux 5.16+, `ARCH_REQ_XCOMP_GUEST_PERM`).
+const ARCH_REQ_XCOMP_GUEST_PERM: libc::c_ulong = 0x1025;
+/// AMX tile data, the dynamically enabled component (bit 18; bit 17 is its config).
+const XFEATURE_XTILEDATA: libc::c_ulong = 18;
+/// XCR0 bits of AMX (tile config and tile data), which KVM takes only with permission.
+const XCR0_AMX: u64 = (1 << 17) | (1 << 18);
+
+/// The host's XCR0, after asking for guest permission for the components Linux enables on
+/// demand (AMX). On kvm_pvm the program runs xgetbv natively and sees the host's XCR0, so
+/// its vCPU should enable the same components; where the host refuses, they are left out.
+fn host_xcr0_with_guest_permission() -> u64 {
+    let host = host_xcr0();
+    if host & XCR0_AMX == 0 {
+        return host;
+    }
+    // SAFETY: arch_prctl with two integer arguments; it only changes this process's XSAVE
+    // permissions.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_GUEST_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    if r == 0 {
+        host
+    } else {
+        tracing::debug!("no guest permission for AMX; the vCPUs run without it");
+        host & !XCR0_AMX
+    }
+}
+
+/// The guest's XCR0: the host's, limited to what KVM supports (CPUID leaf 0xD, sub-leaf 0,
+/// of KVM_GET_SUPPORTED_CPUID), which KVM_SET_XCRS otherwise refuses with EINVAL.
+fn guest_xcr0(host: u64, supported: &kvm_bindings::CpuId) -> u64 {
+    let kvm_mask = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0)
+        .map_or(u64::MAX, |e| u64::from(e.eax) | (u64::from(e.edx) << 32));
+    let mut xcr0 = host & kvm_mask;
+    // AMX's two bits go together (XCR0 rejects one without the other).
+    if xcr0 & XCR0_AMX != XCR0_AMX {
+        xcr0 &= !XCR0_AMX;
+    }
+    xcr0 | 1
+}
+
 /// The program's standard descriptors: duplicates of ditto's own, so a program that
 /// closes its stdout does not close ditto's.
 fn std_fds() -> FdTable {
@@ -357,9 +406,13 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     // SAFETY: the region is our own mapping, which outlives the VM (both are owned by
     // the Machine/Process that lives until every vCPU thread is joined).
     unsafe { vm.set_user_memory_region(region) }.map_err(VmmError::Kvm)?;
+    // Before KVM_GET_SUPPORTED_CPUID: KVM reports (and accepts in XCR0) dynamically
+    // enabled state components only once the process has permission for them.
+    let host_xcr0 = host_xcr0_with_guest_permission();
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::Kvm)?;
+    let xcr0 = guest_xcr0(host_xcr0, &cpuid);
 
     let xcr0 = guest_xcr0(&cpuid);
 
