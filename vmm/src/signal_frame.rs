@@ -46,7 +46,7 @@ pub fn build(
     let uc = sp;
     // The return address sits just below the ucontext; at handler entry RSP+8 must
     // be 16-byte aligned, as after a call.
-    let ret = uc - 8;
+    let ret = uc.checked_sub(8).ok_or(Errno::EFAULT)?;
 
     let mut siginfo = [0u8; SIGINFO_SIZE as usize];
     siginfo[0..4].copy_from_slice(&sig.to_le_bytes());
@@ -87,8 +87,10 @@ pub fn build(
 /// rt_sigreturn syscall (the handler's `ret` popped the return address, so it
 /// points at the ucontext). Returns the registers and the signal mask.
 pub fn restore(mem: &GuestMemory, rsp: u64) -> Result<(UserRegs, u64), Errno> {
-    let g: [u64; 18] = mem.read_obj(rsp + MCONTEXT)?;
-    let mask: u64 = mem.read_obj(rsp + SIGMASK)?;
+    // rsp is the program's: near the top of the address space the sum would wrap to a
+    // small (system area) address in release builds and panic in debug ones.
+    let g: [u64; 18] = mem.read_obj(rsp.checked_add(MCONTEXT).ok_or(Errno::EFAULT)?)?;
+    let mask: u64 = mem.read_obj(rsp.checked_add(SIGMASK).ok_or(Errno::EFAULT)?)?;
     let regs = UserRegs {
         r8: g[0],
         r9: g[1],
@@ -166,5 +168,11 @@ mod tests {
             Errno::EFAULT
         );
         assert!(restore(&mem, 8).is_err());
+        assert_eq!(restore(&mem, u64::MAX - 8).unwrap_err(), Errno::EFAULT);
+        let top = UserRegs {
+            rsp: 100,
+            ..Default::default()
+        };
+        assert!(build(&mem, &top, 15, &SigAction::default(), 0).is_err());
     }
 }
