@@ -33,6 +33,7 @@ pub const PROGRAMS: &[&str] = &[
     "race_counter",
     "race_counter-det",
     "race_counter-dyn",
+    "sigfpu",
     "signals",
     "thread_churn",
 ];

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod doorbell;
 pub mod elf;
+pub mod fpstate;
 pub mod layout;
 pub mod signal_frame;
 pub mod stack;
@@ -190,19 +191,6 @@ fn absolute_guest_path(fs: &FsContext, path: &CString) -> String {
         let cwd = String::from_utf8_lossy(&fs.cwd()).into_owned();
         format!("{}/{}", cwd.trim_end_matches('/'), p)
     }
-}
-
-/// The XCR0 the vCPUs get: the host's, less the state components KVM cannot give a
-/// guest (hosts with AMX enable XTILECFG/XTILEDATA, which kvm_pvm refuses in
-/// KVM_SET_XCRS, so every vCPU set-up failed with EINVAL).
-fn guest_xcr0(supported: &kvm_bindings::CpuId) -> u64 {
-    let kvm_mask = supported
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 0xd && e.index == 0)
-        .map_or(u64::MAX, |e| u64::from(e.eax) | (u64::from(e.edx) << 32));
-    // x87 state is architecturally always on.
-    (host_xcr0() & kvm_mask) | 1
 }
 
 fn host_xcr0() -> u64 {
@@ -413,8 +401,6 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::Kvm)?;
     let xcr0 = guest_xcr0(host_xcr0, &cpuid);
-
-    let xcr0 = guest_xcr0(&cpuid);
 
     let mut fs = FsContext::new(&config.root)?;
     for (guest, host) in &config.writable {
