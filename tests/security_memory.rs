@@ -33,6 +33,21 @@ fn faulting_file_pages_are_efault_not_a_vmm_crash() {
     assert_eq!(stdout(&o), stdout(&want));
 }
 
+/// A file mapped with MAP_FIXED over the doorbell pages the VMM keeps at the top of
+/// guest memory: refused (main mapped it, and the VMM died of SIGBUS reading its
+/// doorbell page).
+#[test]
+fn doorbell_pages_cannot_be_mapped_over() {
+    let dir = tempdir();
+    let p = prog("memfault");
+    let d = dir.path().to_str().unwrap();
+    // Creates the empty file the doorbell mode maps.
+    assert_eq!(native(&[s(&p), d], b"").status.code(), Some(3));
+    let o = run_in(&["--memory", "1G"], &[s(&p), d, "doorbell"], b"");
+    assert_eq!(o.status.code(), Some(3), "ditto: {}", stderr(&o));
+    assert_eq!(stdout(&o), "mmap_doorbell=-1 errno=12\nsurvived\n");
+}
+
 /// Under `--det` futex is emulated on guest memory by the VMM itself.
 #[test]
 fn det_futex_on_a_faulting_page_is_efault() {

@@ -37,6 +37,9 @@ pub enum GuestMemoryError {
 pub struct GuestMemory {
     base: *mut u8,
     size: u64,
+    /// End of the program-visible range: above it lie VMM pages the program must not
+    /// replace (the doorbell shims and data pages; see `reserve_top`).
+    user_end: u64,
     /// Makes faults on program pages inside the safe copy routines EFAULT.
     _range: GuestRange,
 }
@@ -77,6 +80,7 @@ impl GuestMemory {
         Ok(GuestMemory {
             base: base as *mut u8,
             size,
+            user_end: size,
             _range: GuestRange::register(base as u64, size),
         })
     }
@@ -91,6 +95,14 @@ impl GuestMemory {
         self.base as u64
     }
 
+    /// Takes the top `len` bytes out of the program-visible range: the VMM keeps pages
+    /// there that it reads concurrently (the doorbell pages), and a program pointer into
+    /// them, or a file mapped over them with MAP_FIXED, would let the program break the
+    /// VMM rather than itself. They stay reachable through `system_range`.
+    pub fn reserve_top(&mut self, len: u64) {
+        self.user_end = self.size.saturating_sub(len).max(USER_START);
+    }
+
     /// Host pointer for the program-visible range `[gva, gva+len)`, or EFAULT.
     ///
     /// An empty range is valid anywhere (the kernel does the same: a zero-length read
@@ -100,7 +112,7 @@ impl GuestMemory {
             return Ok(self.base);
         }
         let end = gva.checked_add(len).ok_or(Errno::EFAULT)?;
-        if gva < USER_START || end > self.size {
+        if gva < USER_START || end > self.user_end {
             return Err(Errno::EFAULT);
         }
         // SAFETY: gva < end <= size, so the offset stays inside the mapping.
@@ -321,6 +333,17 @@ mod tests {
         m.write_bytes(at, b"hello\0").unwrap();
         assert_eq!(m.read_cstring(at, 100).unwrap().as_bytes(), b"hello");
         assert_eq!(m.read_cstring(at, 2).unwrap_err(), Errno::ENAMETOOLONG);
+    }
+
+    #[test]
+    fn reserved_top_is_not_program_memory() {
+        let mut m = GuestMemory::new(4 << 20).unwrap();
+        m.reserve_top(8192);
+        let top = (4 << 20) - 8192;
+        assert!(m.user_range(top - 8, 8).is_ok());
+        assert_eq!(m.user_range(top - 4, 8).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.user_range(top, 4096).unwrap_err(), Errno::EFAULT);
+        assert!(m.system_range(top, 8192).is_some());
     }
 
     #[test]

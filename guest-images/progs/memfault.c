@@ -3,8 +3,11 @@
  * empty file (past EOF: SIGBUS on touch) and a read-only MAP_SHARED page of a file opened
  * read-only (SIGSEGV on write). Natively every call returns EFAULT; under ditto the VMM
  * must do the same instead of dying of the fault (issue 17, defect 3).
- * Usage: memfault DIR [futex] (DIR: a writable directory for the two scratch files;
- * "futex": only the futex calls, which `--det` emulates on its own path).
+ * Usage: memfault DIR [futex|doorbell] (DIR: a writable directory for the scratch files;
+ * "futex": only the futex calls, which `--det` emulates on its own path; "doorbell": map
+ * the empty file with MAP_FIXED over the top 4 MiB of ditto's default 1 GiB of guest
+ * memory, where the VMM keeps its doorbell pages, report the mmap, then make 2000
+ * syscalls: ditto must refuse the mapping (ENOMEM, as Linux does past TASK_SIZE)).
  * Output: one "<call>=<ret> errno=<n>" line per call, then "survived"; exit status 3, so a
  * test can tell the program's own exit from a VMM death.
  */
@@ -55,6 +58,18 @@ int main(int argc, char **argv)
     if (!eof || !ro) {
         perror("mmap");
         return 1;
+    }
+    if (argc >= 3 && strcmp(argv[2], "doorbell") == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/memfault-empty", argv[1]);
+        int fd = open(path, O_RDWR);
+        void *at = (void *)(0x40000000UL - (4UL << 20));
+        void *p = mmap(at, 4UL << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        report("mmap_doorbell", p == MAP_FAILED ? -1 : 0);
+        for (int i = 0; i < 2000; i++)
+            syscall(SYS_getppid);
+        printf("survived\n");
+        return 3;
     }
     if (argc < 3 || strcmp(argv[2], "futex") != 0) {
         report("open_eof", syscall(SYS_open, eof, O_RDONLY));

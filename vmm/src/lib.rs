@@ -382,7 +382,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         return Err(VmmError::MissingCap("KVM_CAP_SYNC_REGS"));
     }
     let vm = kvm.create_vm().map_err(VmmError::Kvm)?;
-    let mem = GuestMemory::new(config.memory)?;
+    let mut mem = GuestMemory::new(config.memory)?;
+    // The doorbell pages at the top are the VMM's, not the program's (see reserve_top).
+    mem.reserve_top(doorbell::AREA_SIZE);
     cpu::build_system_area(&mem)?;
     let region = kvm_userspace_memory_region {
         slot: 0,
