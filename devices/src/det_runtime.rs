@@ -2387,6 +2387,35 @@ mod tests {
         assert!(page.word(DetTid(DetPage::SLOTS)).is_none());
     }
 
+    /// The program can map a file over its det page; a page past the file's end faults
+    /// on every access, which must read as "nothing posted", not crash the VMM.
+    #[test]
+    fn a_det_page_the_program_broke_is_ignored() {
+        use std::os::fd::AsRawFd;
+        let file = tempfile::tempfile().unwrap();
+        let mem = crate::guest_mem::GuestMemory::new(4 << 20).unwrap();
+        let gva = crate::guest_mem::USER_START;
+        mem.map_file(gva, DetPage::BYTES, true, true, file.as_raw_fd(), 0)
+            .unwrap();
+        let host = mem.user_range(gva, DetPage::BYTES).unwrap();
+        // SAFETY: page-aligned guest memory that outlives the page (`mem` lives to the
+        // end of the test, after the runtime).
+        let page = unsafe { DetPage::new(gva, host) };
+        let w = page.word(DetTid(0)).unwrap();
+        assert!(w.load().is_err());
+        assert!(w.store(SLOT_IDLE).is_err());
+        assert!(w.compare_exchange(SLOT_CALL, SLOT_IDLE).is_err());
+        let p = process();
+        let rt = DetRuntime::new(1000, None);
+        assert_eq!(rt.det_slot(&p, 1000, || Ok(page)), Ok(gva));
+        for _ in 0..3 {
+            rt.det_start(&p, 1000).unwrap();
+            rt.det_end(1000).unwrap();
+        }
+        assert!(rt.logical_time(1000).is_some_and(|t| t >= 3));
+        drop(rt);
+    }
+
     #[test]
     fn only_kendo_has_a_fast_path() {
         let p = process();

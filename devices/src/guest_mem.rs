@@ -346,6 +346,26 @@ mod tests {
         assert!(m.system_range(top, 8192).is_some());
     }
 
+    /// File pages that fault on the host: EFAULT, not SIGBUS/SIGSEGV in the VMM.
+    #[test]
+    fn faulting_file_pages_are_efault() {
+        use std::os::fd::AsRawFd;
+        let m = GuestMemory::new(4 << 20).unwrap();
+        let empty = tempfile::tempfile().unwrap();
+        m.map_file(USER_START, 4096, true, true, empty.as_raw_fd(), 0)
+            .unwrap();
+        assert_eq!(m.read_obj::<u64>(USER_START).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.write_obj(USER_START, &1u32).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.read_cstring(USER_START, 10).unwrap_err(), Errno::EFAULT);
+        let ro = tempfile::tempfile().unwrap();
+        ro.set_len(4096).unwrap();
+        let at = USER_START + 4096;
+        m.map_file(at, 4096, true, false, ro.as_raw_fd(), 0)
+            .unwrap();
+        assert_eq!(m.read_obj::<u64>(at).unwrap(), 0);
+        assert_eq!(m.write_bytes(at, b"x").unwrap_err(), Errno::EFAULT);
+    }
+
     #[test]
     fn reset_zeroes() {
         let m = GuestMemory::new(4 << 20).unwrap();
