@@ -5,6 +5,10 @@
 //! vm-memory's `GuestMemoryMmap` because passthrough syscalls want a raw host pointer
 //! for a whole checked range (the host kernel does the copy), and because file
 //! mappings are placed *into* this mapping with `MAP_FIXED`, which vm-memory does not model.
+//!
+//! Because of those file mappings a program page can fault on the host (past the file's
+//! end, or read-only), so every copy the VMM itself makes goes through `safecopy` and
+//! turns such a fault into EFAULT, as the kernel does for a native syscall.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -47,7 +51,7 @@ pub struct GuestMemory {
 // SAFETY: the mapping lives as long as the GuestMemory and is only accessed through raw
 // pointers with explicit bounds checks; concurrent access from several vCPU threads is
 // exactly what guest memory is (the guest itself races on it), and the VMM only uses
-// unaligned/volatile-free byte copies whose tearing is harmless to the VMM.
+// fault-safe byte copies (safecopy) whose tearing is harmless to the VMM.
 unsafe impl Send for GuestMemory {}
 // SAFETY: see the Send impl above.
 unsafe impl Sync for GuestMemory {}
