@@ -56,7 +56,7 @@
 //! under follow mode as a data race; det mode orders it.)
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,7 @@ use thiserror::Error;
 
 use crate::errno::Errno;
 use crate::process::{lock, Process};
+use crate::safecopy::{GuestU32, GuestU64};
 use crate::syscalls::sys_det::abi;
 
 /// How often a thread waiting for the token checks whether the program is ending.
@@ -286,7 +287,9 @@ impl DetPage {
         };
         for i in 0..Self::SLOTS {
             if let Some(w) = page.word(DetTid(i)) {
-                w.store(SLOT_CALL, Ordering::SeqCst);
+                // A faulting page was broken by the program itself; its threads fall
+                // back to the hypercalls.
+                let _ = w.store(SLOT_CALL);
             }
         }
         page
@@ -297,16 +300,19 @@ impl DetPage {
         (det.0 < Self::SLOTS).then(|| self.gva + u64::from(det.0) * abi::DITTO_DET_SLOT_SIZE)
     }
 
-    /// The word of `det`'s slot, if it has one.
-    fn word(&self, det: DetTid) -> Option<&AtomicU64> {
+    /// The word of `det`'s slot, if it has one. The program can map a file over its det
+    /// page, so every access is fault-safe: a fault reads as an error, never a crash.
+    fn word(&self, det: DetTid) -> Option<GuestU64<'_>> {
         if det.0 >= Self::SLOTS {
             return None;
         }
         let stride = abi::DITTO_DET_SLOT_SIZE / 8;
         // SAFETY: in bounds (det < SLOTS, and the page holds SLOTS slots of stride words),
-        // aligned and mapped for the page's life (the contract of `new`); AtomicU64 has
-        // u64's layout, and the guest only touches the word with atomic instructions.
-        Some(unsafe { &*self.words.add(det.0 as usize * stride as usize) })
+        // aligned and mapped (possibly faulting) for the page's life (the contract of
+        // `new`); the guest only touches the word with atomic instructions.
+        Some(unsafe {
+            GuestU64::from_ptr(self.words.add(det.0 as usize * stride as usize) as *mut u64)
+        })
     }
 }
 
@@ -717,7 +723,10 @@ impl Inner {
             if !in_section {
                 s.own_section = false;
             }
-            let mut old = word.load(Ordering::SeqCst);
+            // A det page the program broke (a file mapped over it) posts nothing.
+            let Ok(mut old) = word.load() else {
+                continue;
+            };
             loop {
                 let ended = s.own_section && old & SLOT_STATE == SLOT_ENDED;
                 let running = ended || phase == Some(Phase::Running);
@@ -733,11 +742,13 @@ impl Inner {
                 if old == new {
                     break;
                 }
-                if let Err(now) =
-                    word.compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
-                {
-                    old = now;
-                    continue;
+                match word.compare_exchange(old, new) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(now)) => {
+                        old = now;
+                        continue;
+                    }
+                    Err(_) => break,
                 }
                 if ended {
                     s.own_section = false;
@@ -1250,12 +1261,12 @@ impl DetRuntime {
                         // ahead post its ticks: watch that slot as well as the hand-off.
                         let watch = g.page.clone().zip(g.order.holder_or_next());
                         let word = watch.as_ref().and_then(|(p, h)| p.word(*h));
-                        let seen = word.map(|w| w.load(Ordering::SeqCst));
+                        let seen = word.and_then(|w| w.load().ok());
                         drop(g);
                         let me = u64::from(det.0) + 1;
                         while self.holder.load(Ordering::Acquire) != me
                             && Instant::now() < spin_until
-                            && word.map(|w| w.load(Ordering::SeqCst)) == seen
+                            && word.and_then(|w| w.load().ok()) == seen
                         {
                             std::thread::yield_now();
                         }
@@ -1686,7 +1697,8 @@ impl DetRuntime {
         if let Some(s) = g.threads.remove(&tid) {
             g.by_det.remove(&s.det);
             if let Some(w) = g.page.as_ref().and_then(|p| p.word(s.det)) {
-                w.store(SLOT_CALL, Ordering::SeqCst);
+                // A broken page (see `DetPage::word`) has nothing to reset.
+                let _ = w.store(SLOT_CALL);
             }
             gone = g.order.exit(s.det).map_err(|e| (s.det, e));
         }
@@ -1767,7 +1779,7 @@ impl DetRuntime {
         process: &Process,
         tid: i64,
         addr: u64,
-        word: &AtomicU32,
+        word: GuestU32<'_>,
         wait: FutexWait,
     ) -> Result<u64, Errno> {
         if self.policy != Policy::Kendo {
@@ -1780,9 +1792,10 @@ impl DetRuntime {
         } = wait;
         let g = self.locked();
         let (mut g, held) = self.acquire(g, process, tid, true)?;
-        if word.load(Ordering::SeqCst) != val {
+        let cur = word.load();
+        if cur != Ok(val) {
             self.release(&mut g, tid, held)?;
-            return Err(Errno::EAGAIN);
+            return Err(cur.map_or(Errno::EFAULT, |_| Errno::EAGAIN));
         }
         let (det, cv) = g.slot(tid).map_err(Errno::from)?;
         g.futex
@@ -1855,11 +1868,11 @@ impl DetRuntime {
         process: &Process,
         tid: i64,
         addr: u64,
-        word: &AtomicU32,
+        word: GuestU32<'_>,
         wait: FutexWait,
     ) -> Result<u64, Errno> {
         let mut g = self.locked();
-        if word.load(Ordering::SeqCst) != wait.val {
+        if word.load()? != wait.val {
             return Err(Errno::EAGAIN);
         }
         let (det, cv) = g.slot(tid).map_err(Errno::from)?;
@@ -2090,11 +2103,11 @@ impl DetRuntime {
         tid: i64,
         (addr, addr2): (u64, u64),
         (n_wake, n_requeue): (u64, u64),
-        check: Option<(&AtomicU32, u32)>,
+        check: Option<(GuestU32<'_>, u32)>,
     ) -> Result<u64, Errno> {
         self.futex_locked(process, tid, |inner| {
             if let Some((w, v)) = check {
-                if w.load(Ordering::SeqCst) != v {
+                if w.load()? != v {
                     return Err(Errno::EAGAIN);
                 }
             }
@@ -2148,6 +2161,7 @@ impl DetRuntime {
 mod tests {
     use super::*;
     use crate::process::{test_process as process, ExitReason};
+    use std::sync::atomic::AtomicU32;
 
     #[test]
     fn sections_and_clone_follow_the_token() {
@@ -2394,6 +2408,35 @@ mod tests {
         assert!(page.word(DetTid(DetPage::SLOTS)).is_none());
     }
 
+    /// The program can map a file over its det page; a page past the file's end faults
+    /// on every access, which must read as "nothing posted", not crash the VMM.
+    #[test]
+    fn a_det_page_the_program_broke_is_ignored() {
+        use std::os::fd::AsRawFd;
+        let file = tempfile::tempfile().unwrap();
+        let mem = crate::guest_mem::GuestMemory::new(4 << 20).unwrap();
+        let gva = crate::guest_mem::USER_START;
+        mem.map_file(gva, DetPage::BYTES, true, true, file.as_raw_fd(), 0)
+            .unwrap();
+        let host = mem.user_range(gva, DetPage::BYTES).unwrap();
+        // SAFETY: page-aligned guest memory that outlives the page (`mem` lives to the
+        // end of the test, after the runtime).
+        let page = unsafe { DetPage::new(gva, host) };
+        let w = page.word(DetTid(0)).unwrap();
+        assert!(w.load().is_err());
+        assert!(w.store(SLOT_IDLE).is_err());
+        assert!(w.compare_exchange(SLOT_CALL, SLOT_IDLE).is_err());
+        let p = process();
+        let rt = DetRuntime::new(1000, None);
+        assert_eq!(rt.det_slot(&p, 1000, || Ok(page)), Ok(gva));
+        for _ in 0..3 {
+            rt.det_start(&p, 1000).unwrap();
+            rt.det_end(1000).unwrap();
+        }
+        assert!(rt.logical_time(1000).is_some_and(|t| t >= 3));
+        drop(rt);
+    }
+
     #[test]
     fn only_kendo_has_a_fast_path() {
         let p = process();
@@ -2426,7 +2469,8 @@ mod tests {
         for t in [1001i64, 1002] {
             let (p2, rt2, order) = (p.clone(), rt.clone(), order.clone());
             hs.push(std::thread::spawn(move || {
-                rt2.futex_wait(&p2, t, 64, &WORD, wait(0, None)).unwrap();
+                rt2.futex_wait(&p2, t, 64, (&WORD).into(), wait(0, None))
+                    .unwrap();
                 order.lock().unwrap().push(t);
                 // A woken thread competes again; it must go away to let the others on.
                 rt2.thread_exit(&p2, t, 0);
@@ -2438,7 +2482,7 @@ mod tests {
         }
         // A wrong value is EAGAIN, without queueing.
         assert_eq!(
-            rt.futex_wait(&p, 1000, 64, &WORD, wait(1, None)),
+            rt.futex_wait(&p, 1000, 64, (&WORD).into(), wait(1, None)),
             Err(Errno::EAGAIN)
         );
         assert_eq!(rt.futex_wake(&p, 1000, 64, 1, u32::MAX), Ok(1));
@@ -2454,7 +2498,7 @@ mod tests {
         // Timeouts return and leave no waiter behind.
         let soon = Some(Instant::now() + Duration::from_millis(5));
         assert_eq!(
-            rt.futex_wait(&p, 1000, 64, &WORD, wait(0, soon)),
+            rt.futex_wait(&p, 1000, 64, (&WORD).into(), wait(0, soon)),
             Err(Errno::ETIMEDOUT)
         );
         assert!(lock(&rt.inner).futex.is_empty());
@@ -2619,7 +2663,7 @@ mod tests {
             };
             let r = self
                 .rt
-                .futex_wait(&self.p, t, 64 * i as u64, &self.words[i], w);
+                .futex_wait(&self.p, t, 64 * i as u64, (&self.words[i]).into(), w);
             self.note(t, format!("wait {i}: {r:?}"));
             r
         }
@@ -2827,7 +2871,7 @@ mod tests {
         lead.det_end(1000).unwrap();
         assert_eq!(lead.futex_wake(&p, 1000, 0x1000, 1, u32::MAX), Ok(0));
         assert_eq!(
-            lead.futex_wait(&p, 1000, 0x1000, &word, wait(0, None)),
+            lead.futex_wait(&p, 1000, 0x1000, (&word).into(), wait(0, None)),
             Err(Errno::EAGAIN)
         );
         lead.det_start(&p, 1000).unwrap();
@@ -2870,7 +2914,7 @@ mod tests {
         let far = Some(Instant::now() + Duration::from_secs(30));
         let started = Instant::now();
         assert_eq!(
-            rt.futex_wait(&p, 1000, 0x1000, &word, wait(0, far)),
+            rt.futex_wait(&p, 1000, 0x1000, (&word).into(), wait(0, far)),
             Err(Errno::ETIMEDOUT)
         );
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -2884,7 +2928,13 @@ mod tests {
         let p3 = p2.clone();
         let waiter = std::thread::spawn(move || {
             let past = Some(Instant::now());
-            rt2.futex_wait(&p3, 1000, 0x2000, &AtomicU32::new(0), wait(0, past))
+            rt2.futex_wait(
+                &p3,
+                1000,
+                0x2000,
+                (&AtomicU32::new(0)).into(),
+                wait(0, past),
+            )
         });
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "timed out by its own clock");

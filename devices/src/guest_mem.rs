@@ -5,11 +5,16 @@
 //! vm-memory's `GuestMemoryMmap` because passthrough syscalls want a raw host pointer
 //! for a whole checked range (the host kernel does the copy), and because file
 //! mappings are placed *into* this mapping with `MAP_FIXED`, which vm-memory does not model.
+//!
+//! Because of those file mappings a program page can fault on the host (past the file's
+//! end, or read-only), so every copy the VMM itself makes goes through `safecopy` and
+//! turns such a fault into EFAULT, as the kernel does for a native syscall.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
 use crate::errno::Errno;
+use crate::safecopy::{self, GuestRange};
 
 /// Guest addresses below this are the VMM's system area (NULL guard, GDT, IDT, TSS,
 /// kernel stacks, CPL0 stubs, page tables). Program pointers into it get EFAULT, so a
@@ -36,12 +41,17 @@ pub enum GuestMemoryError {
 pub struct GuestMemory {
     base: *mut u8,
     size: u64,
+    /// End of the program-visible range: above it lie VMM pages the program must not
+    /// replace (the doorbell shims and data pages; see `reserve_top`).
+    user_end: u64,
+    /// Makes faults on program pages inside the safe copy routines EFAULT.
+    _range: GuestRange,
 }
 
 // SAFETY: the mapping lives as long as the GuestMemory and is only accessed through raw
 // pointers with explicit bounds checks; concurrent access from several vCPU threads is
 // exactly what guest memory is (the guest itself races on it), and the VMM only uses
-// unaligned/volatile-free byte copies whose tearing is harmless to the VMM.
+// fault-safe byte copies (safecopy) whose tearing is harmless to the VMM.
 unsafe impl Send for GuestMemory {}
 // SAFETY: see the Send impl above.
 unsafe impl Sync for GuestMemory {}
@@ -74,6 +84,8 @@ impl GuestMemory {
         Ok(GuestMemory {
             base: base as *mut u8,
             size,
+            user_end: size,
+            _range: GuestRange::register(base as u64, size),
         })
     }
 
@@ -87,6 +99,14 @@ impl GuestMemory {
         self.base as u64
     }
 
+    /// Takes the top `len` bytes out of the program-visible range: the VMM keeps pages
+    /// there that it reads concurrently (the doorbell pages), and a program pointer into
+    /// them, or a file mapped over them with MAP_FIXED, would let the program break the
+    /// VMM rather than itself. They stay reachable through `system_range`.
+    pub fn reserve_top(&mut self, len: u64) {
+        self.user_end = self.size.saturating_sub(len).max(USER_START);
+    }
+
     /// Host pointer for the program-visible range `[gva, gva+len)`, or EFAULT.
     ///
     /// An empty range is valid anywhere (the kernel does the same: a zero-length read
@@ -96,7 +116,7 @@ impl GuestMemory {
             return Ok(self.base);
         }
         let end = gva.checked_add(len).ok_or(Errno::EFAULT)?;
-        if gva < USER_START || end > self.size {
+        if gva < USER_START || end > self.user_end {
             return Err(Errno::EFAULT);
         }
         // SAFETY: gva < end <= size, so the offset stays inside the mapping.
@@ -114,19 +134,30 @@ impl GuestMemory {
         Some(unsafe { self.base.add(gpa as usize) })
     }
 
-    /// Reads a plain-data value from a program address.
+    /// Reads a plain-data value from a program address; EFAULT also when the page
+    /// faults on the host (a file page past EOF).
+    ///
+    /// `T` must be plain data for which every bit pattern is valid (integers, arrays
+    /// and repr(C) structs of them): the bytes come from the program.
     pub fn read_obj<T: Copy>(&self, gva: u64) -> Result<T, Errno> {
-        let p = self.user_range(gva, std::mem::size_of::<T>() as u64)?;
-        // SAFETY: the range is inside the mapping; T is Copy plain data and the read is
-        // unaligned-safe.
-        Ok(unsafe { std::ptr::read_unaligned(p as *const T) })
+        let n = std::mem::size_of::<T>();
+        let p = self.user_range(gva, n as u64)?;
+        let mut v = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the source range is inside the mapping (a host fault becomes an
+        // error); the destination is our own n-byte value.
+        unsafe { safecopy::copy(v.as_mut_ptr().cast::<u8>(), p, n)? };
+        // SAFETY: all n bytes were written, and T is plain data (see above).
+        Ok(unsafe { v.assume_init() })
     }
 
-    /// Writes a plain-data value to a program address.
+    /// Writes a plain-data value to a program address; EFAULT also when the page
+    /// faults on the host (read-only or past EOF).
     pub fn write_obj<T: Copy>(&self, gva: u64, val: &T) -> Result<(), Errno> {
-        let p = self.user_range(gva, std::mem::size_of::<T>() as u64)?;
-        // SAFETY: the range is inside the mapping and writable.
-        unsafe { std::ptr::write_unaligned(p as *mut T, *val) };
+        let n = std::mem::size_of::<T>();
+        let p = self.user_range(gva, n as u64)?;
+        // SAFETY: the destination range is inside the mapping (a host fault becomes an
+        // error); the source is the n bytes of `val`.
+        unsafe { safecopy::copy(p, (val as *const T).cast::<u8>(), n)? };
         Ok(())
     }
 
@@ -134,16 +165,17 @@ impl GuestMemory {
     pub fn read_bytes(&self, gva: u64, len: u64) -> Result<Vec<u8>, Errno> {
         let p = self.user_range(gva, len)?;
         let mut v = vec![0u8; len as usize];
-        // SAFETY: source range checked above; destination is a fresh Vec of len bytes.
-        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len as usize) };
+        // SAFETY: source range checked above (a host fault becomes an error);
+        // destination is a fresh Vec of len bytes.
+        unsafe { safecopy::copy(v.as_mut_ptr(), p, len as usize)? };
         Ok(v)
     }
 
     /// Copies bytes into program memory.
     pub fn write_bytes(&self, gva: u64, data: &[u8]) -> Result<(), Errno> {
         let p = self.user_range(gva, data.len() as u64)?;
-        // SAFETY: destination range checked above.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        // SAFETY: destination range checked above (a host fault becomes an error).
+        unsafe { safecopy::copy(p, data.as_ptr(), data.len())? };
         Ok(())
     }
 
@@ -178,8 +210,11 @@ impl GuestMemory {
             // Read page by page so a string that ends just before unmapped space works.
             let page_left = 4096 - (addr % 4096);
             let p = self.user_range(addr, page_left)?;
-            // SAFETY: the whole chunk was range-checked.
-            let chunk = unsafe { std::slice::from_raw_parts(p as *const u8, page_left as usize) };
+            let mut page = [0u8; 4096];
+            let chunk = &mut page[..page_left as usize];
+            // SAFETY: the whole chunk was range-checked (a host fault becomes an error);
+            // the destination is a local buffer of the same length.
+            unsafe { safecopy::copy(chunk.as_mut_ptr(), p, chunk.len())? };
             if let Some(n) = chunk.iter().position(|&b| b == 0) {
                 out.extend_from_slice(&chunk[..n]);
                 if out.len() > max {
@@ -302,6 +337,37 @@ mod tests {
         m.write_bytes(at, b"hello\0").unwrap();
         assert_eq!(m.read_cstring(at, 100).unwrap().as_bytes(), b"hello");
         assert_eq!(m.read_cstring(at, 2).unwrap_err(), Errno::ENAMETOOLONG);
+    }
+
+    #[test]
+    fn reserved_top_is_not_program_memory() {
+        let mut m = GuestMemory::new(4 << 20).unwrap();
+        m.reserve_top(8192);
+        let top = (4 << 20) - 8192;
+        assert!(m.user_range(top - 8, 8).is_ok());
+        assert_eq!(m.user_range(top - 4, 8).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.user_range(top, 4096).unwrap_err(), Errno::EFAULT);
+        assert!(m.system_range(top, 8192).is_some());
+    }
+
+    /// File pages that fault on the host: EFAULT, not SIGBUS/SIGSEGV in the VMM.
+    #[test]
+    fn faulting_file_pages_are_efault() {
+        use std::os::fd::AsRawFd;
+        let m = GuestMemory::new(4 << 20).unwrap();
+        let empty = tempfile::tempfile().unwrap();
+        m.map_file(USER_START, 4096, true, true, empty.as_raw_fd(), 0)
+            .unwrap();
+        assert_eq!(m.read_obj::<u64>(USER_START).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.write_obj(USER_START, &1u32).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.read_cstring(USER_START, 10).unwrap_err(), Errno::EFAULT);
+        let ro = tempfile::tempfile().unwrap();
+        ro.set_len(4096).unwrap();
+        let at = USER_START + 4096;
+        m.map_file(at, 4096, true, false, ro.as_raw_fd(), 0)
+            .unwrap();
+        assert_eq!(m.read_obj::<u64>(at).unwrap(), 0);
+        assert_eq!(m.write_bytes(at, b"x").unwrap_err(), Errno::EFAULT);
     }
 
     #[test]

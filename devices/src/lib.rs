@@ -12,6 +12,7 @@ pub mod itimer;
 pub mod path;
 pub mod process;
 pub mod replication;
+pub mod safecopy;
 pub mod signals;
 pub mod syscalls;
 

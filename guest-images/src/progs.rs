@@ -12,6 +12,7 @@ use std::path::PathBuf;
 /// Every program `build.rs` produces, by name (`path(name)` finds each).
 pub const PROGRAMS: &[&str] = &[
     "badptr",
+    "badtls",
     "bench",
     "bigrecord",
     "core_stall",
@@ -20,6 +21,7 @@ pub const PROGRAMS: &[&str] = &[
     "exitcode",
     "fault",
     "hello",
+    "memfault",
     "prodcons",
     "prodcons-det",
     "prodcons-dyn",
@@ -32,6 +34,7 @@ pub const PROGRAMS: &[&str] = &[
     "race_counter",
     "race_counter-det",
     "race_counter-dyn",
+    "sigfpu",
     "signals",
     "thread_churn",
 ];

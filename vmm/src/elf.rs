@@ -202,6 +202,7 @@ fn load_image(
         // Copy from the page start, as mmap would, so bytes before p_vaddr in the
         // first page (often the ELF and program headers) are visible too.
         let lead = (p.p_vaddr % 4096).min(p.p_offset);
+        // lead <= p_offset, and lead <= p_vaddr % 4096 <= start.
         let bytes = &data[(p.p_offset - lead) as usize..file_end as usize];
         mem.write_bytes(start - lead, bytes)
             .map_err(|_| malformed("segment outside memory".into()))?;
@@ -216,15 +217,21 @@ fn load_image(
         .iter()
         .find(|p| p.p_type == program_header::PT_PHDR)
     {
-        phdr = Some(base + p.p_vaddr);
+        phdr = Some(
+            base.checked_add(p.p_vaddr)
+                .ok_or_else(|| malformed("PT_PHDR address overflows".into()))?,
+        );
     }
     let interp = match elf.interpreter {
         Some(i) => Some(CString::new(i).map_err(|_| malformed("bad PT_INTERP".into()))?),
         None => None,
     };
+    let entry = base
+        .checked_add(elf.header.e_entry)
+        .ok_or_else(|| malformed("entry point overflows".into()))?;
     Ok(Image {
         base,
-        entry: base + elf.header.e_entry,
+        entry,
         phdr: phdr.unwrap_or(0),
         phnum: elf.header.e_phnum as u64,
         end,
@@ -255,7 +262,15 @@ pub fn load_program(
         let idata = read_file(fs, &interp)?;
         // 2 MiB-aligned gap after the program keeps the interpreter's own brk-less
         // data clear of anything the program may grow into.
-        let ibase = (prog.end + (4 << 20)) & !((2 << 20) - 1);
+        let ibase = prog
+            .end
+            .checked_add(4 << 20)
+            .ok_or_else(|| LoadError::TooBig {
+                path: name.clone(),
+                end: prog.end,
+                size: mem.size(),
+            })?
+            & !((2 << 20) - 1);
         let i = load_image(mem, &iname, &idata, ibase)?;
         if i.base == 0 {
             return Err(LoadError::WrongArch {

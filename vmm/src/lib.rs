@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod doorbell;
 pub mod elf;
+pub mod fpstate;
 pub mod layout;
 pub mod signal_frame;
 pub mod stack;
@@ -385,7 +386,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         return Err(VmmError::MissingCap("KVM_CAP_SYNC_REGS"));
     }
     let vm = kvm.create_vm().map_err(VmmError::Kvm)?;
-    let mem = GuestMemory::new(config.memory)?;
+    let mut mem = GuestMemory::new(config.memory)?;
+    // The doorbell pages at the top are the VMM's, not the program's (see reserve_top).
+    mem.reserve_top(doorbell::AREA_SIZE);
     cpu::build_system_area(&mem)?;
     let region = kvm_userspace_memory_region {
         slot: 0,
@@ -450,6 +453,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     // only one; ditto creates no files of its own while the program runs.
     unsafe { libc::umask(0) };
     vcpu::install_kick_handler().map_err(|e| VmmError::Host(e.to_string()))?;
+    // Before the guest runs: a program page that faults on the host must be EFAULT.
+    devices::safecopy::install();
     let signals = forward_signals(process.clone())?;
 
     let machine = Arc::new(vcpu::Machine::new(

@@ -1,9 +1,11 @@
 //! The signal frame on the program's stack, laid out as Linux x86-64 does
 //! (`struct rt_sigframe`): the return address (the libc's restorer, which calls
 //! rt_sigreturn), the ucontext with the interrupted registers and signal mask, and the
-//! siginfo. Handlers that inspect their `ucontext_t` see what they would natively;
-//! the FPU state is kept by the VMM instead of in the frame (`fpstate` is NULL).
+//! siginfo. Handlers that inspect their `ucontext_t` see what they would natively,
+//! the FPU/SSE state included: it lies above the frame in FXSAVE layout, pointed to by
+//! `uc_mcontext.fpstate`, and rt_sigreturn restores it from there (see `fpstate`).
 
+use crate::fpstate::{FXSAVE_ALIGN, FXSAVE_SIZE};
 use devices::guest_mem::GuestMemory;
 use devices::process::{SigAction, GUEST_PID};
 use devices::syscalls::UserRegs;
@@ -19,6 +21,9 @@ const SIGINFO_SIZE: u64 = 128;
 const MCONTEXT: u64 = 40;
 /// Offset of uc_sigmask.
 const SIGMASK: u64 = MCONTEXT + 256;
+/// Offset of uc_mcontext.fpstate (after 23 words: gregs, csgsfs, err, trapno, oldmask,
+/// cr2).
+const FPSTATE: u64 = MCONTEXT + 23 * 8;
 /// RFLAGS bits a program may change through sigreturn (Linux's FIX_EFLAGS, less TF).
 const USER_FLAGS: u64 = 0x40CD5;
 
@@ -30,23 +35,39 @@ fn gregs(r: &UserRegs) -> [u64; 18] {
     ]
 }
 
-/// Builds the frame for `sig` below `ctx.rsp` and returns the registers that enter
-/// the handler.
+/// What rt_sigreturn finds in a frame.
+#[derive(Debug)]
+pub struct Restored {
+    /// The registers to resume.
+    pub regs: UserRegs,
+    /// The signal mask to restore.
+    pub mask: u64,
+    /// The FPU/SSE state in FXSAVE layout; None when the frame's fpstate is NULL
+    /// (Linux then resets the FPU to its initial state).
+    pub fpu: Option<[u8; FXSAVE_SIZE]>,
+}
+
+/// Builds the frame for `sig` below `ctx.rsp`, with the interrupted FPU/SSE state
+/// `fpu` (FXSAVE layout), and returns the registers that enter the handler.
 pub fn build(
     mem: &GuestMemory,
     ctx: &UserRegs,
     sig: i32,
     act: &SigAction,
     old_mask: u64,
+    fpu: &[u8; FXSAVE_SIZE],
 ) -> Result<UserRegs, Errno> {
     let mut sp = ctx.rsp.checked_sub(RED_ZONE).ok_or(Errno::EFAULT)?;
+    // As Linux's get_sigframe: the FPU area first, 64-byte aligned, then the frame.
+    sp = sp.checked_sub(FXSAVE_SIZE as u64).ok_or(Errno::EFAULT)? & !(FXSAVE_ALIGN - 1);
+    let fpstate = sp;
     sp = sp.checked_sub(SIGINFO_SIZE).ok_or(Errno::EFAULT)? & !15;
     let info = sp;
     sp = sp.checked_sub(UCONTEXT_SIZE).ok_or(Errno::EFAULT)? & !15;
     let uc = sp;
     // The return address sits just below the ucontext; at handler entry RSP+8 must
     // be 16-byte aligned, as after a call.
-    let ret = uc - 8;
+    let ret = uc.checked_sub(8).ok_or(Errno::EFAULT)?;
 
     let mut siginfo = [0u8; SIGINFO_SIZE as usize];
     siginfo[0..4].copy_from_slice(&sig.to_le_bytes());
@@ -67,6 +88,8 @@ pub fn build(
     let at = MCONTEXT as usize + 21 * 8;
     ucontext[at..at + 8].copy_from_slice(&old_mask.to_le_bytes());
     ucontext[SIGMASK as usize..SIGMASK as usize + 8].copy_from_slice(&old_mask.to_le_bytes());
+    ucontext[FPSTATE as usize..FPSTATE as usize + 8].copy_from_slice(&fpstate.to_le_bytes());
+    mem.write_bytes(fpstate, fpu)?;
     mem.write_bytes(uc, &ucontext)?;
     mem.write_obj(ret, &act.restorer)?;
 
@@ -85,10 +108,19 @@ pub fn build(
 
 /// Reads the context rt_sigreturn restores; `rsp` is the program's RSP at the
 /// rt_sigreturn syscall (the handler's `ret` popped the return address, so it
-/// points at the ucontext). Returns the registers and the signal mask.
-pub fn restore(mem: &GuestMemory, rsp: u64) -> Result<(UserRegs, u64), Errno> {
-    let g: [u64; 18] = mem.read_obj(rsp + MCONTEXT)?;
-    let mask: u64 = mem.read_obj(rsp + SIGMASK)?;
+/// points at the ucontext). Any part of the frame, the FPU area included, that is not
+/// readable program memory is EFAULT, which the caller turns into SIGSEGV as Linux does.
+pub fn restore(mem: &GuestMemory, rsp: u64) -> Result<Restored, Errno> {
+    // rsp is the program's: near the top of the address space the sum would wrap to a
+    // small (system area) address in release builds and panic in debug ones.
+    let g: [u64; 18] = mem.read_obj(rsp.checked_add(MCONTEXT).ok_or(Errno::EFAULT)?)?;
+    let mask: u64 = mem.read_obj(rsp.checked_add(SIGMASK).ok_or(Errno::EFAULT)?)?;
+    let fp_at: u64 = mem.read_obj(rsp.checked_add(FPSTATE).ok_or(Errno::EFAULT)?)?;
+    let fpu = if fp_at == 0 {
+        None
+    } else {
+        Some(mem.read_obj::<[u8; FXSAVE_SIZE]>(fp_at)?)
+    };
     let regs = UserRegs {
         r8: g[0],
         r9: g[1],
@@ -109,7 +141,7 @@ pub fn restore(mem: &GuestMemory, rsp: u64) -> Result<(UserRegs, u64), Errno> {
         rip: g[16],
         rflags: (g[17] & USER_FLAGS) | 0x202,
     };
-    Ok((regs, mask))
+    Ok(Restored { regs, mask, fpu })
 }
 
 #[cfg(test)]
@@ -135,7 +167,9 @@ mod tests {
             restorer: 0x403000,
             ..Default::default()
         };
-        let h = build(&mem, &ctx, libc::SIGTERM, &act, 0x5).unwrap();
+        let mut fpu = [0u8; FXSAVE_SIZE];
+        fpu[160] = 0xab;
+        let h = build(&mem, &ctx, libc::SIGTERM, &act, 0x5, &fpu).unwrap();
         assert_eq!(h.rip, 0x402000);
         assert_eq!((h.rsp + 8) % 16, 0);
         assert!(h.rsp + RED_ZONE < ctx.rsp);
@@ -143,15 +177,25 @@ mod tests {
         assert_eq!(mem.read_obj::<u64>(h.rsp).unwrap(), 0x403000);
         assert_eq!(mem.read_obj::<i32>(h.rsi).unwrap(), libc::SIGTERM);
         // The handler's `ret` pops the restorer; rt_sigreturn sees RSP = ucontext.
-        let (back, mask) = restore(&mem, h.rsp + 8).unwrap();
+        let back = restore(&mem, h.rsp + 8).unwrap();
         assert_eq!(
-            back,
+            back.regs,
             UserRegs {
                 rflags: 0x246,
                 ..ctx
             }
         );
-        assert_eq!(mask, 0x5);
+        assert_eq!(back.mask, 0x5);
+        assert_eq!(back.fpu.unwrap()[160], 0xab);
+        // The FPU area lies above the frame, 64-byte aligned, below the red zone.
+        let fp_at: u64 = mem.read_obj(h.rdx + FPSTATE).unwrap();
+        assert_eq!(fp_at % 64, 0);
+        assert!(fp_at > h.rsi && fp_at + 512 <= ctx.rsp - RED_ZONE);
+        // A frame whose fpstate points outside program memory is bad.
+        mem.write_obj(h.rdx + FPSTATE, &8u64).unwrap();
+        assert_eq!(restore(&mem, h.rdx).unwrap_err(), Errno::EFAULT);
+        mem.write_obj(h.rdx + FPSTATE, &0u64).unwrap();
+        assert!(restore(&mem, h.rdx).unwrap().fpu.is_none());
     }
 
     #[test]
@@ -162,9 +206,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            build(&mem, &ctx, 15, &SigAction::default(), 0).unwrap_err(),
+            build(&mem, &ctx, 15, &SigAction::default(), 0, &[0; FXSAVE_SIZE]).unwrap_err(),
             Errno::EFAULT
         );
         assert!(restore(&mem, 8).is_err());
+        assert_eq!(restore(&mem, u64::MAX - 8).unwrap_err(), Errno::EFAULT);
+        let top = UserRegs {
+            rsp: 100,
+            ..Default::default()
+        };
+        assert!(build(&mem, &top, 15, &SigAction::default(), 0, &[0; FXSAVE_SIZE]).is_err());
     }
 }

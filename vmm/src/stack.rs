@@ -60,7 +60,12 @@ pub fn build(
 ) -> Result<u64, Errno> {
     let mut sp = top;
     let mut push_bytes = |data: &[u8]| -> Result<u64, Errno> {
-        sp -= data.len() as u64 + 1;
+        // Arguments and environment can be as large as the caller likes: ENOMEM (no room) rather
+        // than a wrap below guest address 0.
+        sp = (data.len() as u64)
+            .checked_add(1)
+            .and_then(|n| sp.checked_sub(n))
+            .ok_or(Errno::ENOMEM)?;
         mem.write_bytes(sp, data)?;
         mem.write_bytes(sp + data.len() as u64, &[0])?;
         Ok(sp)
@@ -77,8 +82,7 @@ pub fn build(
         arg_ptrs.push(push_bytes(a)?);
     }
     arg_ptrs.reverse();
-    sp &= !15;
-    sp -= 16;
+    sp = (sp & !15).checked_sub(16).ok_or(Errno::ENOMEM)?;
     let random_at = sp;
     mem.write_bytes(random_at, &at_random(seed))?;
 
@@ -113,8 +117,11 @@ pub fn build(
         (AT_NULL, 0),
     ];
     let words = 1 + arg_ptrs.len() + 1 + env_ptrs.len() + 1 + auxv.len() * 2;
-    sp -= words as u64 * 8;
-    sp &= !15;
+    sp = (words as u64)
+        .checked_mul(8)
+        .and_then(|n| sp.checked_sub(n))
+        .ok_or(Errno::ENOMEM)?
+        & !15;
     let mut w = sp;
     let mut put = |v: u64| -> Result<(), Errno> {
         mem.write_obj(w, &v)?;

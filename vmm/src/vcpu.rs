@@ -28,7 +28,7 @@ use devices::syscalls::{
 use devices::Errno;
 
 use crate::cpu::{self, SyscallEntry, EXC_PORT_BASE, SYSCALL_PORT};
-use crate::{doorbell, layout, signal_frame};
+use crate::{doorbell, fpstate, layout, signal_frame};
 
 /// The signal used to kick vCPU threads out of KVM_RUN and blocking host calls.
 pub fn kick_signal() -> i32 {
@@ -116,8 +116,6 @@ enum Resume {
 struct VcpuLocal {
     index: u64,
     base_sregs: kvm_bindings::kvm_sregs,
-    /// FPU states saved at signal delivery, restored by rt_sigreturn.
-    saved_fpu: Vec<kvm_bindings::kvm_fpu>,
     /// Whether LSTAR points at this vCPU's doorbell shim.
     doorbell_on: bool,
     /// Whether this vCPU's doorbell server runs (it is started once).
@@ -149,7 +147,7 @@ struct VcpuOps<'a> {
 
 impl CpuOps for VcpuOps<'_> {
     fn set_fs_base(&mut self, base: u64) -> Result<(), Errno> {
-        set_msrs(self.vcpu, &[(cpu::msr::FS_BASE, base)]).map_err(|_| Errno::EINVAL)
+        set_msrs(self.vcpu, &[(cpu::msr::FS_BASE, base)]).map_err(|_| Errno::EPERM)
     }
 
     fn spawn_thread(&mut self, start: ThreadStart) -> Result<(), Errno> {
@@ -220,7 +218,13 @@ fn set_msrs(vcpu: &VcpuFd, values: &[(u32, u64)]) -> Result<(), kvm_ioctls::Erro
         })
         .collect();
     let msrs = Msrs::from_entries(&entries).map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
-    vcpu.set_msrs(&msrs)?;
+    // KVM_SET_MSRS stops at the first MSR it refuses (a non-canonical base) and returns
+    // how many it set; anything short of all of them is a failure, not a success that
+    // leaves the rest stale.
+    let set = vcpu.set_msrs(&msrs)?;
+    if set != entries.len() {
+        return Err(kvm_ioctls::Error::new(libc::EPERM));
+    }
     Ok(())
 }
 
@@ -577,7 +581,6 @@ impl Machine {
         let mut local = VcpuLocal {
             index,
             base_sregs,
-            saved_fpu: Vec::new(),
             doorbell_on: false,
             server_started: false,
             doorbell_failed: false,
@@ -596,7 +599,6 @@ impl Machine {
             }
             self.process.signals.add_thread(tid, start.thread.sigmask);
             lock(&self.running).insert(tid, index as usize);
-            local.saved_fpu.clear();
             *lock(&current) = start.thread;
             let end = self.run_thread(&mut vcpu, &mut local, &current);
             lock(&self.running).remove(&tid);
@@ -1087,7 +1089,13 @@ impl Machine {
                 });
                 return ThreadAction::Stop;
             }
-            let handler = match signal_frame::build(&self.process.mem, ctx, sig, &act, old_mask) {
+            // The interrupted FPU state goes into the frame; if KVM cannot read it, the
+            // handler's return resets it rather than restore another thread's.
+            let fpu = vcpu
+                .get_fpu()
+                .map_or([0; fpstate::FXSAVE_SIZE], |f| fpstate::to_fxsave(&f));
+            let frame = signal_frame::build(&self.process.mem, ctx, sig, &act, old_mask, &fpu);
+            let handler = match frame {
                 Ok(h) => h,
                 Err(_) => {
                     self.fatal_program(
@@ -1101,9 +1109,6 @@ impl Machine {
                     return ThreadAction::Stop;
                 }
             };
-            if let Ok(fpu) = vcpu.get_fpu() {
-                local.saved_fpu.push(fpu);
-            }
             let nodefer = act.flags & libc::SA_NODEFER as u64 != 0;
             let during = old_mask
                 | act.mask
@@ -1138,12 +1143,13 @@ impl Machine {
         resume: Resume,
     ) -> ThreadAction {
         match signal_frame::restore(&self.process.mem, rsp) {
-            Ok((regs, mask)) => {
-                self.process.signals.set_mask(tid, mask);
-                if let Some(fpu) = local.saved_fpu.pop() {
-                    let _ = vcpu.set_fpu(&fpu);
-                }
-                if self.set_context(vcpu, local, resume, &regs) {
+            Ok(frame) => {
+                self.process.signals.set_mask(tid, frame.mask);
+                let fpu = frame
+                    .fpu
+                    .map_or_else(cpu::initial_fpu, |b| fpstate::from_fxsave(&b));
+                let _ = vcpu.set_fpu(&fpu);
+                if self.set_context(vcpu, local, resume, &frame.regs) {
                     ThreadAction::Continue
                 } else {
                     ThreadAction::Stop

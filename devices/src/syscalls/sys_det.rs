@@ -20,7 +20,6 @@
 //!   block and re-enter at the earliest allowed point (input from outside is not
 //!   deterministic in a single run).
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::util::{buf, file, path};
@@ -28,6 +27,7 @@ use super::{Class, ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::det_runtime::{DetPage, DetRuntime, FutexWait, Policy, LIBDITTO_GUEST_PATH};
 use crate::errno::Errno;
 use crate::process::{lock, Process};
+use crate::safecopy::GuestU32;
 use crate::syscalls::sys_thread;
 
 /// The det hypercall numbers, generated from `guest-images/include/ditto.h`.
@@ -451,16 +451,16 @@ pub fn thread_gone(process: &Process, tid: i64, clear_child_tid: u64) {
     }
 }
 
-/// The futex word at `gva`, checked and aligned.
-fn word<'a>(ctx: &SyscallCtx<'a>, gva: u64) -> Result<&'a AtomicU32, Errno> {
+/// The futex word at `gva`, checked and aligned. The program may have mapped a file page
+/// there that faults on the host, so the word is only touched fault-safely (EFAULT).
+fn word<'a>(ctx: &SyscallCtx<'a>, gva: u64) -> Result<GuestU32<'a>, Errno> {
     if !gva.is_multiple_of(4) {
         return Err(Errno::EINVAL);
     }
     let p = buf(ctx, gva, 4)?;
     // SAFETY: p points at 4 bytes of guest memory, 4-byte aligned, which stays mapped for
-    // the process's lifetime ('a); AtomicU32 has u32's layout, and the guest accesses the
-    // word atomically too.
-    Ok(unsafe { &*(p as *const AtomicU32) })
+    // the process's lifetime ('a); the guest accesses the word atomically too.
+    Ok(unsafe { GuestU32::from_ptr(p as *mut u32) })
 }
 
 /// The deadline of a futex wait: relative for FUTEX_WAIT, absolute on the chosen clock for
@@ -502,8 +502,11 @@ fn count(v: u64) -> u64 {
     (v as i32).max(0) as u64
 }
 
+/// Compare-and-swap attempts FUTEX_WAKE_OP makes on a contended word.
+const WAKE_OP_TRIES: u32 = 1 << 20;
+
 /// FUTEX_WAKE_OP's operation on the second word; returns whether its comparison holds.
-fn wake_op(w: &AtomicU32, val3: u32) -> Result<bool, Errno> {
+fn wake_op(w: GuestU32<'_>, val3: u32) -> Result<bool, Errno> {
     let sext12 = |v: u32| ((v << 20) as i32) >> 20;
     let op = (val3 >> 28) & 7;
     let shift = (val3 >> 28) & 8 != 0;
@@ -526,9 +529,21 @@ fn wake_op(w: &AtomicU32, val3: u32) -> Result<bool, Errno> {
     if op > 4 || cmp > 5 {
         return Err(Errno::ENOSYS);
     }
-    let old = w
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, apply)
-        .map_err(|_| Errno::ENOSYS)? as i32;
+    // Another thread may keep changing the word; the bound turns a livelock into a
+    // retry for the program (EAGAIN), and a faulting page into EFAULT.
+    let mut cur = w.load()?;
+    let mut done = None;
+    for _ in 0..WAKE_OP_TRIES {
+        let new = apply(cur).ok_or(Errno::ENOSYS)?;
+        match w.compare_exchange(cur, new)? {
+            Ok(_) => {
+                done = Some(cur);
+                break;
+            }
+            Err(now) => cur = now,
+        }
+    }
+    let old = done.ok_or(Errno::EAGAIN)? as i32;
     Ok(match cmp {
         0 => old == cmparg,
         1 => old != cmparg,
@@ -597,6 +612,7 @@ fn futex(det: &DetRuntime, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
     fn abi_matches_ditto_h() {
@@ -649,13 +665,13 @@ mod tests {
         let w = AtomicU32::new(5);
         // FUTEX_OP(FUTEX_OP_SET, 1, FUTEX_OP_CMP_GT, 1): glibc's old condvar encoding.
         let val3 = (4 << 24) | (1 << 12) | 1; // op SET is 0
-        assert_eq!(wake_op(&w, val3), Ok(true));
+        assert_eq!(wake_op((&w).into(), val3), Ok(true));
         assert_eq!(w.load(Ordering::SeqCst), 1);
         // ADD 2, compare old == 1.
         let val3 = (1 << 28) | (2 << 12) | 1; // cmp EQ is 0
-        assert_eq!(wake_op(&w, val3), Ok(true));
+        assert_eq!(wake_op((&w).into(), val3), Ok(true));
         assert_eq!(w.load(Ordering::SeqCst), 3);
-        assert_eq!(wake_op(&w, 7 << 28), Err(Errno::ENOSYS));
+        assert_eq!(wake_op((&w).into(), 7 << 28), Err(Errno::ENOSYS));
     }
 
     #[test]

@@ -52,7 +52,10 @@ fn clone(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         );
         return Err(Errno::ENOSYS);
     }
-    // Check every pointer before creating anything.
+    // Check every pointer, and the TLS base, before creating anything.
+    if flags & libc::CLONE_SETTLS as u64 != 0 {
+        check_fs_base(tls)?;
+    }
     if flags & libc::CLONE_PARENT_SETTID as u64 != 0 {
         buf(ctx, parent_tid, 4)?;
     }
@@ -170,10 +173,23 @@ fn gettid(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
 
 const ARCH_SET_FS: u64 = 0x1002;
 const ARCH_GET_FS: u64 = 0x1003;
+/// Linux's TASK_SIZE_MAX on x86-64 with 4-level paging: an FS base at or above it
+/// (non-canonical, or the last user page) is refused with EPERM, by arch_prctl and by
+/// clone's CLONE_SETTLS alike. KVM would refuse a non-canonical one too, but only
+/// by setting fewer MSRs than asked, which is easy to miss.
+const TASK_SIZE_MAX: u64 = (1 << 47) - 4096;
+
+fn check_fs_base(base: u64) -> Result<(), Errno> {
+    if base >= TASK_SIZE_MAX {
+        return Err(Errno::EPERM);
+    }
+    Ok(())
+}
 
 fn arch_prctl(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     match a[0] {
         ARCH_SET_FS => {
+            check_fs_base(a[1])?;
             ctx.cpu.set_fs_base(a[1])?;
             ctx.thread.fs_base = a[1];
             Ok(0)
