@@ -90,10 +90,13 @@ impl GuestMemory {
     /// Host pointer for the program-visible range `[gva, gva+len)`, or EFAULT.
     ///
     /// An empty range is valid anywhere (the kernel does the same: a zero-length read
-    /// does not fault), but we still return a pointer inside the mapping.
+    /// does not fault). Its pointer is dangling, never the mapping's base: a host call
+    /// that is handed it with a length it reads elsewhere (a socklen_t the program
+    /// changes meanwhile) then faults in the host kernel instead of writing guest
+    /// physical 0, the system area.
     pub fn user_range(&self, gva: u64, len: u64) -> Result<*mut u8, Errno> {
         if len == 0 {
-            return Ok(self.base);
+            return Ok(std::ptr::NonNull::dangling().as_ptr());
         }
         let end = gva.checked_add(len).ok_or(Errno::EFAULT)?;
         if gva < USER_START || end > self.size {
@@ -286,6 +289,18 @@ mod tests {
         assert_eq!(m.user_range((4 << 20) - 4, 8).unwrap_err(), Errno::EFAULT);
         assert_eq!(m.user_range(u64::MAX - 2, 8).unwrap_err(), Errno::EFAULT);
         assert!(m.user_range(USER_START, 8).is_ok());
+    }
+
+    #[test]
+    fn empty_range_is_never_the_base() {
+        let m = GuestMemory::new(4 << 20).unwrap();
+        for gva in [0, 8, USER_START, u64::MAX] {
+            let p = m.user_range(gva, 0).unwrap();
+            assert_ne!(p as u64, m.host_base(), "gva {gva:#x}");
+            assert!((p as u64) < m.host_base() || (p as u64) >= m.host_base() + m.size());
+        }
+        assert!(m.read_bytes(0, 0).unwrap().is_empty());
+        m.write_bytes(0, &[]).unwrap();
     }
 
     #[test]

@@ -295,7 +295,8 @@ impl Signals {
         timeout: Option<Duration>,
         stopping: impl Fn() -> bool,
     ) -> Option<i32> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too far off to be an Instant (tv_sec near INT64_MAX) is forever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = lock(&self.state);
         loop {
             let process_pending = st.process_pending;
@@ -321,7 +322,8 @@ impl Signals {
             }
             // Wake periodically to notice the program stopping.
             let slice = deadline.map_or(Duration::from_millis(50), |d| {
-                (d - now).min(Duration::from_millis(50))
+                d.saturating_duration_since(now)
+                    .min(Duration::from_millis(50))
             });
             st = self
                 .changed

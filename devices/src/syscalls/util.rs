@@ -54,6 +54,30 @@ pub fn install(ctx: &SyscallCtx<'_>, host_fd: u64, cloexec: bool) -> SysResult {
         .map(|fd| fd as u64)
 }
 
+/// Installs the two descriptors a host pipe2/socketpair just returned and writes their
+/// guest numbers to `out`. All or nothing: when the table has room for one only, or the
+/// numbers cannot be written, both are closed and no guest number stays taken.
+pub fn install_pair(ctx: &SyscallCtx<'_>, host: [i32; 2], cloexec: bool, out: u64) -> SysResult {
+    // SAFETY: both were just returned by a successful host call and are ours; owning
+    // them at once closes them on every error below.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(host[0]), OwnedFd::from_raw_fd(host[1])) };
+    let mut table = lock(&ctx.process.fds);
+    let x = table.install(a, cloexec)?;
+    let y = match table.install(b, cloexec) {
+        Ok(y) => y,
+        Err(e) => {
+            let _ = table.close(x);
+            return Err(e);
+        }
+    };
+    if let Err(e) = ctx.process.mem.write_obj(out, &[x as i32, y as i32]) {
+        let _ = table.close(x);
+        let _ = table.close(y);
+        return Err(e);
+    }
+    Ok(0)
+}
+
 /// The directory a `*at` call is relative to: None for AT_FDCWD.
 pub fn dirfd(ctx: &SyscallCtx<'_>, fd: u64) -> Result<Option<Arc<OpenFile>>, Errno> {
     if fd as i32 == libc::AT_FDCWD {
