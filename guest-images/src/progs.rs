@@ -11,20 +11,25 @@ use std::path::PathBuf;
 
 /// Every program `build.rs` produces, by name (`path(name)` finds each).
 pub const PROGRAMS: &[&str] = &[
+    "addrlen_race",
     "badptr",
     "bench",
+    "cmsgwrap",
     "core_stall",
     "detbench",
     "escape",
     "exitcode",
     "fault",
+    "fdleak",
     "hello",
+    "hugetimeout",
     "prodcons",
     "prodcons-det",
     "prodcons-dyn",
     "pthread_test",
     "pthread_test-det",
     "pthread_test-dyn",
+    "pwritev_flags",
     "racey",
     "racey-det",
     "racey-dyn",
@@ -33,6 +38,7 @@ pub const PROGRAMS: &[&str] = &[
     "race_counter-dyn",
     "signals",
     "thread_churn",
+    "unixpath",
 ];
 
 /// Set libditto's emulation mode: natively, a process-wide mutex stands in for the det

@@ -200,9 +200,15 @@ fn host_xcr0() -> u64 {
         if c.ecx & (1 << 27) == 0 {
             return 3;
         }
-        std::arch::x86_64::_xgetbv(0)
+        // AMX tile state (XTILECFG, XTILEDATA: bits 17, 18) needs a per-process
+        // permission (ARCH_REQ_XCOMP_GUEST_PERM) before KVM accepts it in a guest XCR0;
+        // without it KVM_SET_XCRS is EINVAL and no vCPU starts on an AMX host.
+        std::arch::x86_64::_xgetbv(0) & !XCR0_AMX
     }
 }
+
+/// XCR0's AMX bits (XTILECFG | XTILEDATA).
+const XCR0_AMX: u64 = (1 << 17) | (1 << 18);
 
 /// The program's standard descriptors: duplicates of ditto's own, so a program that
 /// closes its stdout does not close ditto's.
