@@ -1,13 +1,15 @@
 /*
- * Another thread flips getsockname's addrlen between 4 and 64 while the main thread
- * calls it with a 4-byte buffer 16 bytes below the top of guest memory (argv[1]: the
- * size given to ditto's --memory). 4 fits, 64 runs past the top, so the VMM must either
- * refuse the call (EFAULT) or let the host write at most the 4 bytes it checked. The 12
- * bytes above the buffer are a canary that an unbound AF_INET getsockname (16 bytes of
- * answer) overwrites only if the host was handed the length the other thread wrote
- * after the VMM's check. Guest-only: natively the top of memory is something else.
- * Output: "canary intact" or "canary overwritten after <n> calls", then "done".
+ * recvfrom with a 4-byte address buffer 16 bytes below the top of guest memory (argv[1]:
+ * the size given to ditto's --memory). The call blocks; meanwhile another thread grows
+ * the addrlen to 64 and then sends the datagram. Linux reads addrlen only after the
+ * receive, so if the VMM hands the host the program's own length pointer, the host
+ * writes the whole 16-byte sockaddr_in past the 4 bytes the VMM checked (64 would not
+ * even fit below the top). The 12 bytes above the buffer are a canary. The VMM must use
+ * the length it checked: 4 bytes written, addrlen answered 16 (truncated, as Linux says).
+ * Guest-only: natively the top of memory is something else.
+ * Output: "recvfrom=1 len=16", then "canary intact" or "canary overwritten", "done".
  */
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -15,27 +17,21 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 static volatile socklen_t len = 4;
-static volatile int stop;
+static struct sockaddr_in to;
 
-static void *flip(void *arg)
+static void *grow_then_send(void *arg)
 {
     (void)arg;
-    while (!stop) {
-        len = 64;
-        len = 4;
-    }
+    /* Long enough for the receiver to be blocked in the host kernel. */
+    usleep(300000);
+    len = 64;
+    int c = socket(AF_INET, SOCK_DGRAM, 0);
+    sendto(c, "x", 1, 0, (struct sockaddr *)&to, sizeof to);
+    close(c);
     return NULL;
-}
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
 }
 
 int main(int argc, char **argv)
@@ -48,27 +44,23 @@ int main(int argc, char **argv)
     unsigned char *canary = buf + 4;
     memset(canary, 0xa5, 12);
     int s = socket(AF_INET, SOCK_DGRAM, 0);
-    if (s < 0)
+    memset(&to, 0, sizeof to);
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t tl = sizeof to;
+    if (s < 0 || bind(s, (struct sockaddr *)&to, sizeof to) != 0 ||
+        getsockname(s, (struct sockaddr *)&to, &tl) != 0)
         return 3;
     pthread_t t;
-    pthread_create(&t, NULL, flip, NULL);
-    double end = now() + 3.0;
-    long calls = 0, hit = -1;
-    while (hit < 0 && calls < 5000000) {
-        syscall(SYS_getsockname, s, buf, &len);
-        calls++;
-        for (int i = 0; i < 12; i++)
-            if (canary[i] != 0xa5)
-                hit = calls;
-        if ((calls & 1023) == 0 && now() > end)
-            break;
-    }
-    stop = 1;
+    pthread_create(&t, NULL, grow_then_send, NULL);
+    char byte;
+    long r = syscall(SYS_recvfrom, s, &byte, 1, 0, buf, &len);
     pthread_join(t, NULL);
-    if (hit >= 0)
-        printf("canary overwritten after %ld calls\n", hit);
-    else
-        printf("canary intact\n");
+    printf("recvfrom=%ld len=%u\n", r, (unsigned)len);
+    int hit = 0;
+    for (int i = 0; i < 12; i++)
+        hit |= canary[i] != 0xa5;
+    printf("canary %s\n", hit ? "overwritten" : "intact");
     printf("done\n");
     return 0;
 }
