@@ -106,7 +106,7 @@ fn full_descriptor_table_leaks_no_host_descriptors() {
         }
     });
     let mut lines = Vec::new();
-    let mut next = |lines: &mut Vec<String>| -> String {
+    let next = |lines: &mut Vec<String>| -> String {
         match rx.recv_timeout(Duration::from_secs(90)) {
             Ok(l) => {
                 lines.push(l.clone());
