@@ -435,6 +435,18 @@ mod tests {
     }
 
     #[test]
+    fn sigwait_with_a_timeout_past_any_instant_waits_forever() {
+        let s = Signals::default();
+        s.add_thread(1, 0);
+        // tv_sec = INT64_MAX: no deadline, so only stopping() ends the wait.
+        let polls = std::sync::atomic::AtomicU32::new(0);
+        let got = s.wait(1, bit(libc::SIGUSR1), Some(Duration::MAX), || {
+            polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 2
+        });
+        assert_eq!(got, None);
+    }
+
+    #[test]
     fn mask_keeps_kill_unblocked() {
         let s = Signals::default();
         s.add_thread(1, 0);

@@ -197,7 +197,14 @@ fn recvfrom(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let mut out = OutLen::addr(ctx, a[4], a[5])?;
     let n = sc(
         libc::SYS_recvfrom,
-        [f.raw() as u64, p as u64, a[2], a[3], out.buf(), out.len_ptr()],
+        [
+            f.raw() as u64,
+            p as u64,
+            a[2],
+            a[3],
+            out.buf(),
+            out.len_ptr(),
+        ],
     )?;
     out.finish(ctx)?;
     Ok(n)

@@ -160,6 +160,15 @@ pub fn at_path(
     })
 }
 
+/// The guest address of element `i` of an array at `base` with `size`-byte elements;
+/// EFAULT when it does not fit in the address space (a wrapped address could land in
+/// the system area's range checks by accident).
+pub fn elem(base: u64, i: u64, size: u64) -> Result<u64, Errno> {
+    i.checked_mul(size)
+        .and_then(|off| base.checked_add(off))
+        .ok_or(Errno::EFAULT)
+}
+
 /// Reads a guest iovec array and returns host iovecs (each range checked).
 pub fn iovecs(ctx: &SyscallCtx<'_>, iov: u64, count: u64) -> Result<Vec<libc::iovec>, Errno> {
     if count > 1024 {
@@ -167,8 +176,9 @@ pub fn iovecs(ctx: &SyscallCtx<'_>, iov: u64, count: u64) -> Result<Vec<libc::io
     }
     let mut v = Vec::with_capacity(count as usize);
     for i in 0..count {
-        let base: u64 = ctx.process.mem.read_obj(iov + i * 16)?;
-        let len: u64 = ctx.process.mem.read_obj(iov + i * 16 + 8)?;
+        // Each entry is read once, into this copy; the host never sees the guest array.
+        let at = elem(iov, i, 16)?;
+        let [base, len]: [u64; 2] = ctx.process.mem.read_obj(at)?;
         if len > isize::MAX as u64 {
             return Err(Errno::EINVAL);
         }
