@@ -168,7 +168,7 @@ fn unix_socket_paths_stay_inside_the_root() {
     }
     assert_eq!(
         text,
-        "bind1=0\nbind2=0\nconnect=0\nrecv=x\ndone\n",
+        "bind1=0\nbind2=0\nname1=/../esc1.sock len=16\nconnect=0\nrecv=x\ndone\n",
         "{}",
         stderr(&out)
     );

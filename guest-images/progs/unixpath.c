@@ -3,7 +3,8 @@
  * and "../../esc2.sock" (relative to the cwd, "/"). Inside a root both must land in the
  * root's top directory, as every other path does; then a client connects to the first
  * by the plain name "/esc1.sock" and sends a byte through it.
- * Output: "bind1=0", "bind2=0", "connect=0", "recv=x", "done" (errno values on failure).
+ * Output: "bind1=0", "bind2=0", "name1=/../esc1.sock len=16", "connect=0", "recv=x",
+ * "done" (errno values on failure).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -30,6 +31,12 @@ int main(void)
     int s1, s2;
     printf("bind1=%d\n", bind_at("/../esc1.sock", &s1));
     printf("bind2=%d\n", bind_at("../../esc2.sock", &s2));
+    /* getsockname answers the name as bound, whatever the VMM handed the host. */
+    struct sockaddr_un n;
+    socklen_t nl = sizeof n;
+    memset(&n, 0, sizeof n);
+    getsockname(s1, (struct sockaddr *)&n, &nl);
+    printf("name1=%s len=%u\n", n.sun_path, (unsigned)nl);
     struct sockaddr_un a;
     memset(&a, 0, sizeof a);
     a.sun_family = AF_UNIX;

@@ -3,14 +3,16 @@
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
+use std::sync::Mutex;
 
 use super::util::buf;
 use super::SyscallCtx;
 use crate::errno::Errno;
 use crate::path::Resolved;
+use crate::process::lock;
 
 /// Largest sockaddr a program may pass (sizeof(struct sockaddr_storage)).
-const SOCKADDR_MAX: u64 = 128;
+pub const SOCKADDR_MAX: u64 = 128;
 
 /// sizeof(sun_path).
 const SUN_PATH: usize = 108;
@@ -21,6 +23,8 @@ pub struct HostSockaddr {
     pub bytes: Vec<u8>,
     /// The descriptor an AF_UNIX path goes through; it must outlive the host call.
     _through: Option<Resolved>,
+    /// The AF_UNIX path as the program gave it (what getsockname answers after bind).
+    guest_path: Vec<u8>,
 }
 
 impl HostSockaddr {
@@ -60,6 +64,7 @@ pub fn sockaddr_in(
         return Ok(HostSockaddr {
             bytes: sa,
             _through: None,
+            guest_path: Vec::new(),
         });
     }
     // Linux ends sun_path at the first NUL or at the address length.
@@ -80,6 +85,7 @@ pub fn sockaddr_in(
     Ok(HostSockaddr {
         bytes,
         _through: Some(resolved),
+        guest_path: path.to_vec(),
     })
 }
 
@@ -116,11 +122,21 @@ pub fn describe_inet(sa: &[u8]) -> Option<String> {
 /// The length is read from the program once, into `len`; the buffer is checked against
 /// that value and the host gets a pointer to the VMM's copy, so another guest thread
 /// that changes the length meanwhile cannot make the host write past the checked
-/// buffer. `finish` writes the host's answer back.
+/// buffer. An address is received into a VMM buffer and copied out (after an AF_UNIX
+/// name of the VMM's is turned back into the program's path); an option value, which
+/// may be large, is written by the host into the checked guest buffer. `finish` writes
+/// the answer back.
 pub struct OutLen {
     lenp: u64,
+    /// The program's length, as read once.
+    guest_len: u32,
+    guest_addr: u64,
+    /// The length the host reads and answers in.
     len: u32,
+    /// Option values: the checked guest buffer. Addresses: null (see `local`).
     addr: *mut u8,
+    /// Addresses: the VMM buffer the host writes the address into.
+    local: Option<Box<[u8; SOCKADDR_MAX as usize]>>,
     active: bool,
 }
 
@@ -131,12 +147,19 @@ impl OutLen {
         if addr == 0 {
             return Ok(OutLen {
                 lenp: 0,
+                guest_len: 0,
+                guest_addr: 0,
                 len: 0,
                 addr: std::ptr::null_mut(),
+                local: None,
                 active: false,
             });
         }
-        Self::read(ctx, addr, lenp)
+        let mut out = Self::read(ctx, addr, lenp)?;
+        out.local = Some(Box::new([0; SOCKADDR_MAX as usize]));
+        out.len = SOCKADDR_MAX as u32;
+        out.addr = std::ptr::null_mut();
+        Ok(out)
     }
 
     /// For getsockopt: the length is always read; a NULL value buffer stays NULL for
@@ -153,22 +176,28 @@ impl OutLen {
         }
         // The answer goes back there: check it now, before the host acts.
         buf(ctx, lenp, 4)?;
-        let addr = if addr == 0 {
+        let p = if addr == 0 {
             std::ptr::null_mut()
         } else {
             buf(ctx, addr, u64::from(len))?
         };
         Ok(OutLen {
             lenp,
+            guest_len: len,
+            guest_addr: addr,
             len,
-            addr,
+            addr: p,
+            local: None,
             active: true,
         })
     }
 
-    /// The checked buffer, for the host.
-    pub fn buf(&self) -> u64 {
-        self.addr as u64
+    /// The buffer the host writes into.
+    pub fn buf(&mut self) -> u64 {
+        match &mut self.local {
+            Some(b) => b.as_mut_ptr() as u64,
+            None => self.addr as u64,
+        }
     }
 
     /// The VMM-local length, for the host (NULL when no address is wanted).
@@ -180,11 +209,82 @@ impl OutLen {
         }
     }
 
-    /// Writes the length the host answered back to the program.
+    /// Writes the host's answer back to the program: for an address, as much of it as
+    /// the program's buffer holds, and its full length, as Linux does.
     pub fn finish(&self, ctx: &SyscallCtx<'_>) -> Result<(), Errno> {
-        if self.active {
-            ctx.process.mem.write_obj(self.lenp, &self.len)?;
+        if !self.active {
+            return Ok(());
         }
-        Ok(())
+        let mem = &ctx.process.mem;
+        let Some(local) = &self.local else {
+            return mem.write_obj(self.lenp, &self.len);
+        };
+        let got = &local[..(self.len as usize).min(local.len())];
+        let sa = guest_sockaddr(got);
+        let n = sa.len().min(self.guest_len as usize);
+        mem.write_bytes(self.guest_addr, &sa[..n])?;
+        mem.write_obj(self.lenp, &(sa.len() as u32))
+    }
+}
+
+/// Host AF_UNIX names the VMM bound for the program, with the program's path for each.
+/// The VMM runs one program, so one table per VMM process is the program's.
+static BOUND: Mutex<Vec<BoundName>> = Mutex::new(Vec::new());
+
+/// How many bound names are remembered; the oldest go first (a socket bound that long
+/// ago answers getsockname with its host name, which is harmless).
+const BOUND_MAX: usize = 1024;
+
+struct BoundName {
+    host: Vec<u8>,
+    guest: Vec<u8>,
+    /// Keeps the directory descriptor in the host name open, so its number is not
+    /// reused for another name while this entry stands.
+    _dir: Resolved,
+}
+
+/// Records a successful bind of `sa` (from `sockaddr_in`), so that the host name it
+/// bound answers as the program's path.
+pub fn remember_bound(sa: HostSockaddr) {
+    let Some(dir) = sa._through else {
+        return;
+    };
+    let guest = sa.guest_path;
+    let host = sun_path(&sa.bytes).to_vec();
+    let mut t = lock(&BOUND);
+    t.retain(|b| b.host != host);
+    if t.len() >= BOUND_MAX {
+        t.remove(0);
+    }
+    t.push(BoundName {
+        host,
+        guest,
+        _dir: dir,
+    });
+}
+
+/// The path of an AF_UNIX sockaddr, without the family and the terminating NUL.
+fn sun_path(sa: &[u8]) -> &[u8] {
+    let p = sa.get(2..).unwrap_or_default();
+    &p[..p.iter().position(|&b| b == 0).unwrap_or(p.len())]
+}
+
+/// An address the host answered, as the program should see it: an AF_UNIX name the
+/// VMM bound for the program becomes the path the program bound.
+pub fn guest_sockaddr(sa: &[u8]) -> Vec<u8> {
+    let is_unix = sa.len() > 2 && u16::from_ne_bytes([sa[0], sa[1]]) == libc::AF_UNIX as u16;
+    if !is_unix || sa[2] == 0 {
+        return sa.to_vec();
+    }
+    let host = sun_path(sa);
+    let t = lock(&BOUND);
+    match t.iter().rev().find(|b| b.host == host) {
+        Some(b) => {
+            let mut v = sa[..2].to_vec();
+            v.extend_from_slice(&b.guest);
+            v.push(0);
+            v
+        }
+        None => sa.to_vec(),
     }
 }

@@ -5,7 +5,9 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::cmsg;
-use super::sockaddr::{describe_inet, sockaddr_in, OutLen, UnixUse};
+use super::sockaddr::{
+    describe_inet, guest_sockaddr, remember_bound, sockaddr_in, OutLen, UnixUse, SOCKADDR_MAX,
+};
 use super::util::{buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
@@ -67,6 +69,9 @@ fn bind(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         if let Some(addr) = describe_inet(&sa.bytes) {
             eprintln!("ditto: {addr} is already in use on this host");
         }
+    }
+    if r.is_ok() {
+        remember_bound(sa);
     }
     r
 }
@@ -278,11 +283,11 @@ fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     // The answer goes back into the header: check it is writable before receiving.
     buf(ctx, a[1], std::mem::size_of::<GuestMsghdr>() as u64)?;
     let iov = iovecs(ctx, m.iov, m.iovlen)?;
-    let name = if m.name != 0 {
-        buf(ctx, m.name, m.namelen as u64)?
-    } else {
-        std::ptr::null_mut()
-    };
+    // The sender's address arrives in a VMM buffer, to be copied out as getsockname's.
+    let mut name = [0u8; SOCKADDR_MAX as usize];
+    if m.name != 0 {
+        buf(ctx, m.name, m.namelen as u64)?;
+    }
     // The host writes at most this much; a larger buffer is simply not filled further.
     let control_len = if m.control != 0 {
         m.controllen.min(CONTROL_MAX)
@@ -293,8 +298,10 @@ fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let mut control = vec![0u8; control_len as usize];
     // SAFETY: msghdr is plain data; zeroed is valid.
     let mut hm: libc::msghdr = unsafe { std::mem::zeroed() };
-    hm.msg_name = name as *mut libc::c_void;
-    hm.msg_namelen = if name.is_null() { 0 } else { m.namelen };
+    if m.name != 0 {
+        hm.msg_name = name.as_mut_ptr() as *mut libc::c_void;
+        hm.msg_namelen = name.len() as u32;
+    }
     hm.msg_iov = iov.as_ptr() as *mut libc::iovec;
     hm.msg_iovlen = iov.len();
     if !control.is_empty() {
@@ -318,7 +325,14 @@ fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         ctx.process.mem.write_bytes(m.control, &got.control)?;
     }
     let mem = &ctx.process.mem;
-    mem.write_obj(a[1] + MSG_NAMELEN_OFF, &hm.msg_namelen)?;
+    if m.name != 0 {
+        let sa = guest_sockaddr(&name[..(hm.msg_namelen as usize).min(name.len())]);
+        let n = sa.len().min(m.namelen as usize);
+        mem.write_bytes(m.name, &sa[..n])?;
+        mem.write_obj(a[1] + MSG_NAMELEN_OFF, &(sa.len() as u32))?;
+    } else {
+        mem.write_obj(a[1] + MSG_NAMELEN_OFF, &0u32)?;
+    }
     mem.write_obj(a[1] + MSG_CONTROLLEN_OFF, &(got.control.len() as u64))?;
     mem.write_obj(a[1] + MSG_FLAGS_OFF, &msg_flags)?;
     Ok(n)
