@@ -288,3 +288,37 @@ pub fn guest_sockaddr(sa: &[u8]) -> Vec<u8> {
         None => sa.to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    fn unix(path: &[u8]) -> Vec<u8> {
+        let mut v = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(path);
+        v.push(0);
+        v
+    }
+
+    #[test]
+    fn bound_names_answer_as_the_programs_path() {
+        let dir: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let host = b"/proc/self/fd/999999/s.sock";
+        let sa = HostSockaddr {
+            bytes: unix(host),
+            _through: Some(Resolved::Parent(dir, c"s.sock".to_owned())),
+            guest_path: b"/../s.sock".to_vec(),
+        };
+        remember_bound(sa);
+        assert_eq!(guest_sockaddr(&unix(host)), unix(b"/../s.sock"));
+        // Names the VMM did not bind, abstract names and other families pass unchanged.
+        assert_eq!(guest_sockaddr(&unix(b"/elsewhere")), unix(b"/elsewhere"));
+        let abs = unix(b"\0abstract");
+        assert_eq!(guest_sockaddr(&abs), abs);
+        let inet = [2u8, 0, 0, 80, 127, 0, 0, 1];
+        assert_eq!(guest_sockaddr(&inet), inet.to_vec());
+        assert_eq!(sun_path(&unix(b"/a")), b"/a");
+        assert_eq!(sun_path(&[1, 0]), b"");
+    }
+}
