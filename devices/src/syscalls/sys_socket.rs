@@ -327,11 +327,9 @@ fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let mem = &ctx.process.mem;
     if m.name != 0 {
         let sa = guest_sockaddr(&name[..(hm.msg_namelen as usize).min(name.len())]);
-        let n = sa.len().min(m.namelen as usize);
-        mem.write_bytes(m.name, &sa[..n])?;
+        let fits = sa.len().min(m.namelen as usize);
+        mem.write_bytes(m.name, &sa[..fits])?;
         mem.write_obj(a[1] + MSG_NAMELEN_OFF, &(sa.len() as u32))?;
-    } else {
-        mem.write_obj(a[1] + MSG_NAMELEN_OFF, &0u32)?;
     }
     mem.write_obj(a[1] + MSG_CONTROLLEN_OFF, &(got.control.len() as u64))?;
     mem.write_obj(a[1] + MSG_FLAGS_OFF, &msg_flags)?;
