@@ -7,7 +7,8 @@
  * even fit below the top). The 12 bytes above the buffer are a canary. The VMM must use
  * the length it checked: 4 bytes written, addrlen answered 16 (truncated, as Linux says).
  * Guest-only: natively the top of memory is something else.
- * Output: "recvfrom=1 len=16", then "canary intact" or "canary overwritten", "done".
+ * Then the same with accept. Output: "recvfrom=1 len=16", "canary intact" (or
+ * "canary overwritten"), "accept=fd len=16", "canary intact", "done".
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -34,6 +35,29 @@ static void *grow_then_send(void *arg)
     return NULL;
 }
 
+static struct sockaddr_in listen_at;
+
+static void *grow_then_connect(void *arg)
+{
+    (void)arg;
+    usleep(300000);
+    len = 64;
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    connect(c, (struct sockaddr *)&listen_at, sizeof listen_at);
+    close(c);
+    return NULL;
+}
+
+/* Whether the canary changed; re-arms it. */
+static int check(unsigned char *canary)
+{
+    int hit = 0;
+    for (int i = 0; i < 12; i++)
+        hit |= canary[i] != 0xa5;
+    memset(canary, 0xa5, 12);
+    return hit;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -57,10 +81,23 @@ int main(int argc, char **argv)
     long r = syscall(SYS_recvfrom, s, &byte, 1, 0, buf, &len);
     pthread_join(t, NULL);
     printf("recvfrom=%ld len=%u\n", r, (unsigned)len);
-    int hit = 0;
-    for (int i = 0; i < 12; i++)
-        hit |= canary[i] != 0xa5;
-    printf("canary %s\n", hit ? "overwritten" : "intact");
+    printf("canary %s\n", check(canary) ? "overwritten" : "intact");
+
+    /* The same with accept, which also reads addrlen only once a peer has come. */
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&listen_at, 0, sizeof listen_at);
+    listen_at.sin_family = AF_INET;
+    listen_at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    tl = sizeof listen_at;
+    if (ls < 0 || bind(ls, (struct sockaddr *)&listen_at, sizeof listen_at) != 0 ||
+        listen(ls, 1) != 0 || getsockname(ls, (struct sockaddr *)&listen_at, &tl) != 0)
+        return 4;
+    len = 4;
+    pthread_create(&t, NULL, grow_then_connect, NULL);
+    r = syscall(SYS_accept, ls, buf, &len);
+    pthread_join(t, NULL);
+    printf("accept=%s len=%u\n", r >= 0 ? "fd" : "error", (unsigned)len);
+    printf("canary %s\n", check(canary) ? "overwritten" : "intact");
     printf("done\n");
     return 0;
 }
