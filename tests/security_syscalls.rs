@@ -27,7 +27,7 @@ fn run_within(extra: &[&str], argv: &[&str], secs: u64) -> std::process::Output 
 }
 
 #[test]
-fn addrlen_grown_during_recvfrom_does_not_widen_the_write() {
+fn addrlen_grown_while_blocked_does_not_widen_the_write() {
     // The 4-byte buffer sits 16 bytes below the top of a 256 MiB guest.
     let p = prog("addrlen_race");
     let out = run_within(&["--memory", "256M"], &[s(&p), "268435456"], 30);
