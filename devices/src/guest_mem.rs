@@ -110,10 +110,21 @@ impl GuestMemory {
     /// Host pointer for the program-visible range `[gva, gva+len)`, or EFAULT.
     ///
     /// An empty range is valid anywhere (the kernel does the same: a zero-length read
-    /// does not fault), but we still return a pointer inside the mapping.
+    /// does not fault). Its pointer is never the mapping's base, which is guest
+    /// physical 0, the system area: it is `gva`'s own host address when `gva` is in the
+    /// program part of guest memory (so a host call sees the program's alignment, as
+    /// madvise and msync check it), else a page-aligned dangling pointer outside the
+    /// mapping, which the host faults on should it ever write there.
     pub fn user_range(&self, gva: u64, len: u64) -> Result<*mut u8, Errno> {
         if len == 0 {
-            return Ok(self.base);
+            if (USER_START..=self.user_end).contains(&gva) {
+                // SAFETY: gva <= user_end <= size: inside the mapping or one past its end.
+                return Ok(unsafe { self.base.add(gva as usize) });
+            }
+            /// Aligned like a page, so the dangling pointer is too.
+            #[repr(align(4096))]
+            struct Page;
+            return Ok(std::ptr::NonNull::<Page>::dangling().as_ptr() as *mut u8);
         }
         let end = gva.checked_add(len).ok_or(Errno::EFAULT)?;
         if gva < USER_START || end > self.user_end {
@@ -321,6 +332,25 @@ mod tests {
         assert_eq!(m.user_range((4 << 20) - 4, 8).unwrap_err(), Errno::EFAULT);
         assert_eq!(m.user_range(u64::MAX - 2, 8).unwrap_err(), Errno::EFAULT);
         assert!(m.user_range(USER_START, 8).is_ok());
+    }
+
+    #[test]
+    fn empty_range_is_never_the_base() {
+        let m = GuestMemory::new(4 << 20).unwrap();
+        // Outside the program part: a page-aligned pointer outside the mapping.
+        for gva in [0, 8, USER_START - 1, (4 << 20) + 1, u64::MAX] {
+            let p = m.user_range(gva, 0).unwrap() as u64;
+            assert!(
+                p < m.host_base() || p > m.host_base() + m.size(),
+                "{gva:#x}"
+            );
+            assert_eq!(p % 4096, 0);
+        }
+        // Inside it: the address itself, so its alignment is the program's.
+        let p = m.user_range(USER_START + 3, 0).unwrap() as u64;
+        assert_eq!(p, m.host_base() + USER_START + 3);
+        assert!(m.read_bytes(0, 0).unwrap().is_empty());
+        m.write_bytes(0, &[]).unwrap();
     }
 
     #[test]

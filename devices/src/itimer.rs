@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 use crate::process::{lock, ExitReason, Process};
 use crate::signals::Fate;
 
+/// The longest timer value Linux represents (KTIME_MAX nanoseconds, ~292 years).
+const KTIME_MAX: Duration = Duration::from_nanos(i64::MAX as u64);
+
 #[derive(Default)]
 struct Armed {
     deadline: Option<Instant>,
@@ -31,8 +34,15 @@ impl RealTimer {
         let timer = &process.real_timer;
         let mut a = lock(&timer.armed);
         let old = Self::remaining(&a);
-        a.deadline = (!value.is_zero()).then(|| Instant::now() + value);
-        a.interval = interval;
+        // Linux keeps timer values as ktime, saturated at KTIME_MAX; so do we, and an
+        // Instant that still cannot hold it means "never".
+        let value = value.min(KTIME_MAX);
+        a.deadline = if value.is_zero() {
+            None
+        } else {
+            Instant::now().checked_add(value)
+        };
+        a.interval = interval.min(KTIME_MAX);
         if a.deadline.is_some() && !a.thread_started {
             a.thread_started = true;
             let p = process.clone();
@@ -63,7 +73,12 @@ impl RealTimer {
             let now = Instant::now();
             match a.deadline {
                 Some(d) if d <= now => {
-                    a.deadline = (!a.interval.is_zero()).then(|| now + a.interval);
+                    // An interval too long to be an Instant: this expiry is the last.
+                    a.deadline = if a.interval.is_zero() {
+                        None
+                    } else {
+                        now.checked_add(a.interval)
+                    };
                     drop(a);
                     let sig = libc::SIGALRM;
                     match process.signals.send_process(sig, process.sigaction(sig)) {
@@ -79,7 +94,8 @@ impl RealTimer {
                 _ => {
                     // Wake at the deadline, and at least every 50 ms to notice the exit.
                     let wait = a.deadline.map_or(Duration::from_millis(50), |d| {
-                        (d - now).min(Duration::from_millis(50))
+                        d.saturating_duration_since(now)
+                            .min(Duration::from_millis(50))
                     });
                     a = timer
                         .changed

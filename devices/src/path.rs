@@ -414,16 +414,6 @@ impl FsContext {
         *lock(&self.cwd) = p;
         Ok(())
     }
-
-    /// A host path for a guest AF_UNIX socket path: the same path under the root.
-    pub fn host_socket_path(&self, guest: &[u8]) -> Vec<u8> {
-        if self.root_path == Path::new("/") || guest.first() != Some(&b'/') {
-            return guest.to_vec();
-        }
-        let mut v = self.root_path.as_os_str().as_bytes().to_vec();
-        v.extend_from_slice(guest);
-        v
-    }
 }
 
 fn unsafe_zeroed_stat() -> libc::stat {

@@ -295,7 +295,8 @@ impl Signals {
         timeout: Option<Duration>,
         stopping: impl Fn() -> bool,
     ) -> Option<i32> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too far off to be an Instant (tv_sec near INT64_MAX) is forever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = lock(&self.state);
         loop {
             let process_pending = st.process_pending;
@@ -321,7 +322,8 @@ impl Signals {
             }
             // Wake periodically to notice the program stopping.
             let slice = deadline.map_or(Duration::from_millis(50), |d| {
-                (d - now).min(Duration::from_millis(50))
+                d.saturating_duration_since(now)
+                    .min(Duration::from_millis(50))
             });
             st = self
                 .changed
@@ -430,6 +432,18 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn sigwait_with_a_timeout_past_any_instant_waits_forever() {
+        let s = Signals::default();
+        s.add_thread(1, 0);
+        // tv_sec = INT64_MAX: no deadline, so only stopping() ends the wait.
+        let polls = std::sync::atomic::AtomicU32::new(0);
+        let got = s.wait(1, bit(libc::SIGUSR1), Some(Duration::MAX), || {
+            polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 2
+        });
+        assert_eq!(got, None);
     }
 
     #[test]

@@ -11,16 +11,20 @@ use std::path::PathBuf;
 
 /// Every program `build.rs` produces, by name (`path(name)` finds each).
 pub const PROGRAMS: &[&str] = &[
+    "addrlen_race",
     "badptr",
     "badtls",
     "bench",
     "bigrecord",
+    "cmsgwrap",
     "core_stall",
     "detbench",
     "escape",
     "exitcode",
     "fault",
+    "fdleak",
     "hello",
+    "hugetimeout",
     "memfault",
     "prodcons",
     "prodcons-det",
@@ -28,15 +32,17 @@ pub const PROGRAMS: &[&str] = &[
     "pthread_test",
     "pthread_test-det",
     "pthread_test-dyn",
-    "racey",
-    "racey-det",
-    "racey-dyn",
+    "pwritev_flags",
     "race_counter",
     "race_counter-det",
     "race_counter-dyn",
+    "racey",
+    "racey-det",
+    "racey-dyn",
     "sigfpu",
     "signals",
     "thread_churn",
+    "unixpath",
 ];
 
 /// Set libditto's emulation mode: natively, a process-wide mutex stands in for the det

@@ -11,7 +11,9 @@ use crate::errno::Errno;
 use crate::fd_table::OpenFile;
 use crate::process::Process;
 
+mod cmsg;
 pub mod names;
+mod sockaddr;
 pub mod sys_det;
 pub mod sys_file;
 pub mod sys_fs;

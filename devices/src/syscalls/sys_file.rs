@@ -1,7 +1,7 @@
 //! Descriptor I/O: read/write and friends, dup, fcntl, ioctl, pipes, eventfds,
 //! sendfile. Paths live in `sys_fs`.
 
-use super::util::{buf, epipe_kills, file, install, iovecs, opt_buf, sc};
+use super::util::{buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::process::lock;
@@ -102,22 +102,35 @@ fn writev(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     epipe_kills(ctx, r)
 }
 
-/// preadv/preadv2 share a layout; the extra flags argument is ignored by preadv.
+/// The RWF_* flags of a preadv/pwritev-family call: preadv and pwritev have no flags
+/// argument, so whatever the program left in that register must not become one (a
+/// stray RWF_APPEND would make pwritev append).
+fn rwf_flags(ctx: &SyscallCtx<'_>, a: &[u64; 6]) -> u64 {
+    if ctx.nr == libc::SYS_preadv2 as u64 || ctx.nr == libc::SYS_pwritev2 as u64 {
+        a[5]
+    } else {
+        0
+    }
+}
+
+/// preadv and preadv2 share a layout; both are served by the host's preadv2.
 fn preadv(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     let v = iovecs(ctx, a[1], a[2])?;
+    let flags = rwf_flags(ctx, &a);
     sc(
         libc::SYS_preadv2,
-        [f.raw() as u64, v.as_ptr() as u64, a[2], a[3], a[4], a[5]],
+        [f.raw() as u64, v.as_ptr() as u64, a[2], a[3], a[4], flags],
     )
 }
 
 fn pwritev(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     let v = iovecs(ctx, a[1], a[2])?;
+    let flags = rwf_flags(ctx, &a);
     let r = sc(
         libc::SYS_pwritev2,
-        [f.raw() as u64, v.as_ptr() as u64, a[2], a[3], a[4], a[5]],
+        [f.raw() as u64, v.as_ptr() as u64, a[2], a[3], a[4], flags],
     );
     epipe_kills(ctx, r)
 }
@@ -298,11 +311,7 @@ fn pipe2(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
             0,
         ],
     )?;
-    let cloexec = a[1] & libc::O_CLOEXEC as u64 != 0;
-    let r = install(ctx, fds[0] as u64, cloexec)?;
-    let w = install(ctx, fds[1] as u64, cloexec)?;
-    ctx.process.mem.write_obj(a[0], &[r as i32, w as i32])?;
-    Ok(0)
+    install_pair(ctx, fds, a[1] & libc::O_CLOEXEC as u64 != 0, a[0])
 }
 
 fn eventfd(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {

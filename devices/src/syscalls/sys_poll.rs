@@ -1,7 +1,7 @@
 //! Readiness: poll, select and epoll over guest descriptors. select is served by
 //! ppoll, so guest fd_sets never meet host descriptor numbers.
 
-use super::util::{buf, file, install, opt_buf, sc};
+use super::util::{buf, elem, file, install, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::process::lock;
@@ -34,7 +34,7 @@ fn poll_guest(ctx: &SyscallCtx<'_>, fds: u64, nfds: u64, ts: *const libc::timesp
     {
         let table = lock(&ctx.process.fds);
         for i in 0..nfds {
-            let g: libc::pollfd = ctx.process.mem.read_obj(fds + i * 8)?;
+            let g: libc::pollfd = ctx.process.mem.read_obj(elem(fds, i, 8)?)?;
             let fd = if g.fd < 0 {
                 -1
             } else {
@@ -78,9 +78,10 @@ fn poll_guest(ctx: &SyscallCtx<'_>, fds: u64, nfds: u64, ts: *const libc::timesp
         } else {
             h.revents
         };
+        // revents is the last field of struct pollfd; elem() succeeded for i above.
         ctx.process
             .mem
-            .write_obj(fds + i as u64 * 8 + 6, &revents)?;
+            .write_obj(elem(fds, i as u64, 8)? + 6, &revents)?;
     }
     drop(held);
     Ok(n + n_invalid)
@@ -120,7 +121,7 @@ fn select_common(
     for (k, &s) in sets.iter().enumerate() {
         bits[k] = if s != 0 {
             (0..words)
-                .map(|w| ctx.process.mem.read_obj::<u64>(s + w * 8))
+                .map(|w| ctx.process.mem.read_obj::<u64>(elem(s, w, 8)?))
                 .collect::<Result<_, _>>()?
         } else {
             vec![0; words as usize]
@@ -185,7 +186,7 @@ fn select_common(
     for (k, &s) in sets.iter().enumerate() {
         if s != 0 {
             for (w, v) in out[k].iter().enumerate() {
-                ctx.process.mem.write_obj(s + w as u64 * 8, v)?;
+                ctx.process.mem.write_obj(elem(s, w as u64, 8)?, v)?;
             }
         }
     }

@@ -4,10 +4,15 @@
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use super::util::{buf, epipe_kills, file, install, iovecs, opt_buf, sc};
+use super::cmsg;
+use super::sockaddr::{
+    describe_inet, guest_sockaddr, remember_bound, sockaddr_in, OutLen, UnixUse, SOCKADDR_MAX,
+};
+use super::util::{buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
+use crate::process::lock;
 use crate::sys;
 
 /// The socket table.
@@ -29,8 +34,6 @@ pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_sendmsg, OutputByFd, sendmsg),
     sys!(SYS_recvmsg, InputByFd, recvmsg),
 ];
-
-const SOCKADDR_MAX: u64 = 128;
 
 fn socket(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let fd = sc(
@@ -54,90 +57,35 @@ fn socketpair(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
             0,
         ],
     )?;
-    let cloexec = a[1] & libc::SOCK_CLOEXEC as u64 != 0;
-    let x = install(ctx, sv[0] as u64, cloexec)?;
-    let y = install(ctx, sv[1] as u64, cloexec)?;
-    ctx.process.mem.write_obj(a[3], &[x as i32, y as i32])?;
-    Ok(0)
-}
-
-/// Copies a guest sockaddr, rewriting an AF_UNIX path into the root.
-fn sockaddr_in(ctx: &SyscallCtx<'_>, addr: u64, len: u64) -> Result<Vec<u8>, Errno> {
-    if len > SOCKADDR_MAX {
-        return Err(Errno::EINVAL);
-    }
-    let mut sa = ctx.process.mem.read_bytes(addr, len)?;
-    if sa.len() > 2 && u16::from_ne_bytes([sa[0], sa[1]]) == libc::AF_UNIX as u16 && sa[2] != 0 {
-        let end = sa[2..]
-            .iter()
-            .position(|&b| b == 0)
-            .map_or(sa.len(), |i| i + 2);
-        let host = ctx.process.fs.host_socket_path(&sa[2..end]);
-        if host.len() >= 108 {
-            return Err(Errno::ENAMETOOLONG);
-        }
-        sa.truncate(2);
-        sa.extend_from_slice(&host);
-        sa.push(0);
-    }
-    Ok(sa)
+    install_pair(ctx, sv, a[1] & libc::SOCK_CLOEXEC as u64 != 0, a[3])
 }
 
 fn bind(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let sa = sockaddr_in(ctx, a[1], a[2])?;
-    let r = sc(
-        libc::SYS_bind,
-        [f.raw() as u64, sa.as_ptr() as u64, sa.len() as u64, 0, 0, 0],
-    );
+    let sa = sockaddr_in(ctx, a[1], a[2], UnixUse::Create)?;
+    let (p, l) = sa.raw();
+    let r = sc(libc::SYS_bind, [f.raw() as u64, p, l, 0, 0, 0]);
     if r == Err(Errno(libc::EADDRINUSE)) {
-        if let Some(addr) = describe_inet(&sa) {
+        if let Some(addr) = describe_inet(&sa.bytes) {
             eprintln!("ditto: {addr} is already in use on this host");
         }
+    }
+    if r.is_ok() {
+        remember_bound(sa);
     }
     r
 }
 
-/// "127.0.0.1:6379" or "[::1]:80" for an AF_INET/AF_INET6 sockaddr.
-fn describe_inet(sa: &[u8]) -> Option<String> {
-    let family = u16::from_ne_bytes([*sa.first()?, *sa.get(1)?]);
-    let port = u16::from_be_bytes([*sa.get(2)?, *sa.get(3)?]);
-    match family as i32 {
-        libc::AF_INET => {
-            let ip = std::net::Ipv4Addr::new(*sa.get(4)?, *sa.get(5)?, *sa.get(6)?, *sa.get(7)?);
-            Some(format!("{ip}:{port}"))
-        }
-        libc::AF_INET6 => {
-            let b: [u8; 16] = sa.get(8..24)?.try_into().ok()?;
-            Some(format!("[{}]:{port}", std::net::Ipv6Addr::from(b)))
-        }
-        _ => None,
-    }
-}
-
 fn connect(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let sa = sockaddr_in(ctx, a[1], a[2])?;
-    sc(
-        libc::SYS_connect,
-        [f.raw() as u64, sa.as_ptr() as u64, sa.len() as u64, 0, 0, 0],
-    )
+    let sa = sockaddr_in(ctx, a[1], a[2], UnixUse::Reach)?;
+    let (p, l) = sa.raw();
+    sc(libc::SYS_connect, [f.raw() as u64, p, l, 0, 0, 0])
 }
 
 fn listen(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     sc(libc::SYS_listen, [f.raw() as u64, a[1], 0, 0, 0, 0])
-}
-
-/// (addr, addrlen*) out-parameters: both checked, addrlen read for the buffer size.
-fn addr_out(ctx: &SyscallCtx<'_>, addr: u64, lenp: u64) -> Result<(u64, u64), Errno> {
-    if addr == 0 {
-        return Ok((0, 0));
-    }
-    let len: u32 = ctx.process.mem.read_obj(lenp)?;
-    let a = buf(ctx, addr, len as u64)?;
-    let l = buf(ctx, lenp, 4)?;
-    Ok((a as u64, l as u64))
 }
 
 fn accept(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
@@ -146,22 +94,24 @@ fn accept(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn accept4(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let (addr, lenp) = addr_out(ctx, a[1], a[2])?;
+    let mut out = OutLen::addr(ctx, a[1], a[2])?;
     let fd = sc(
         libc::SYS_accept4,
         [
             f.raw() as u64,
-            addr,
-            lenp,
+            out.buf(),
+            out.len_ptr(),
             a[3] | libc::SOCK_CLOEXEC as u64,
             0,
             0,
         ],
     )?;
+    // SAFETY: fd was just returned by a successful accept4 and is ours; owning it at
+    // once closes it on every early return below.
+    let host = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    out.finish(ctx)?;
     let cloexec = a[3] & libc::SOCK_CLOEXEC as u64 != 0;
     if ctx.process.det.get().is_some() {
-        // SAFETY: fd was just returned by a successful accept4 and is ours.
-        let host = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         ctx.thread.parked_fd = Some(ParkedFd {
             file: Arc::new(OpenFile::new(host)),
             cloexec,
@@ -170,19 +120,31 @@ fn accept4(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         // The number comes at the re-entry turn (ParkedFd).
         return Ok(0);
     }
-    install(ctx, fd, cloexec)
+    lock(&ctx.process.fds)
+        .install(host, cloexec)
+        .map(|fd| fd as u64)
 }
 
 fn getsockname(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let (addr, lenp) = addr_out(ctx, a[1], a[2])?;
-    sc(libc::SYS_getsockname, [f.raw() as u64, addr, lenp, 0, 0, 0])
+    let mut out = OutLen::addr(ctx, a[1], a[2])?;
+    let r = sc(
+        libc::SYS_getsockname,
+        [f.raw() as u64, out.buf(), out.len_ptr(), 0, 0, 0],
+    )?;
+    out.finish(ctx)?;
+    Ok(r)
 }
 
 fn getpeername(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let (addr, lenp) = addr_out(ctx, a[1], a[2])?;
-    sc(libc::SYS_getpeername, [f.raw() as u64, addr, lenp, 0, 0, 0])
+    let mut out = OutLen::addr(ctx, a[1], a[2])?;
+    let r = sc(
+        libc::SYS_getpeername,
+        [f.raw() as u64, out.buf(), out.len_ptr(), 0, 0, 0],
+    )?;
+    out.finish(ctx)?;
+    Ok(r)
 }
 
 fn setsockopt(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
@@ -196,11 +158,13 @@ fn setsockopt(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn getsockopt(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let (v, lenp) = addr_out(ctx, a[3], a[4])?;
-    sc(
+    let mut out = OutLen::opt(ctx, a[3], a[4])?;
+    let r = sc(
         libc::SYS_getsockopt,
-        [f.raw() as u64, a[1], a[2], v, lenp, 0],
-    )
+        [f.raw() as u64, a[1], a[2], out.buf(), out.len_ptr(), 0],
+    )?;
+    out.finish(ctx)?;
+    Ok(r)
 }
 
 fn shutdown(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
@@ -220,13 +184,11 @@ fn sendto(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     let p = buf(ctx, a[1], a[2])?;
     let sa = if a[4] != 0 {
-        Some(sockaddr_in(ctx, a[4], a[5])?)
+        Some(sockaddr_in(ctx, a[4], a[5], UnixUse::Reach)?)
     } else {
         None
     };
-    let (sap, sal) = sa
-        .as_ref()
-        .map_or((0, 0), |s| (s.as_ptr() as u64, s.len() as u64));
+    let (sap, sal) = sa.as_ref().map_or((0, 0), |s| s.raw());
     let r = sc(
         libc::SYS_sendto,
         [f.raw() as u64, p as u64, a[2], a[3], sap, sal],
@@ -237,11 +199,20 @@ fn sendto(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 fn recvfrom(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     let p = buf(ctx, a[1], a[2])?;
-    let (addr, lenp) = addr_out(ctx, a[4], a[5])?;
-    sc(
+    let mut out = OutLen::addr(ctx, a[4], a[5])?;
+    let n = sc(
         libc::SYS_recvfrom,
-        [f.raw() as u64, p as u64, a[2], a[3], addr, lenp],
-    )
+        [
+            f.raw() as u64,
+            p as u64,
+            a[2],
+            a[3],
+            out.buf(),
+            out.len_ptr(),
+        ],
+    )?;
+    out.finish(ctx)?;
+    Ok(n)
 }
 
 /// struct msghdr as the program lays it out.
@@ -259,76 +230,39 @@ struct GuestMsghdr {
     _pad2: u32,
 }
 
-const SOL_SOCKET: i32 = libc::SOL_SOCKET;
-const SCM_RIGHTS: i32 = libc::SCM_RIGHTS;
+/// Offsets of the msghdr fields recvmsg answers in (the rest is the program's).
+const MSG_NAMELEN_OFF: u64 = 8;
+const MSG_CONTROLLEN_OFF: u64 = 40;
+const MSG_FLAGS_OFF: u64 = 48;
 
-/// Rewrites the descriptors inside SCM_RIGHTS control messages, in place.
-/// `to_host` translates guest -> host on send; otherwise host fds are installed in
-/// the guest table on receive.
-fn translate_rights(ctx: &SyscallCtx<'_>, control: &mut [u8], to_host: bool) -> Result<(), Errno> {
-    let mut off = 0usize;
-    while off + 16 <= control.len() {
-        let len = u64::from_ne_bytes(
-            control[off..off + 8]
-                .try_into()
-                .map_err(|_| Errno::EINVAL)?,
-        ) as usize;
-        let level = i32::from_ne_bytes(
-            control[off + 8..off + 12]
-                .try_into()
-                .map_err(|_| Errno::EINVAL)?,
-        );
-        let kind = i32::from_ne_bytes(
-            control[off + 12..off + 16]
-                .try_into()
-                .map_err(|_| Errno::EINVAL)?,
-        );
-        if len < 16 || off + len > control.len() {
-            break;
-        }
-        if level == SOL_SOCKET && kind == SCM_RIGHTS {
-            for i in (off + 16..off + len).step_by(4) {
-                if i + 4 > off + len {
-                    break;
-                }
-                let fd =
-                    i32::from_ne_bytes(control[i..i + 4].try_into().map_err(|_| Errno::EINVAL)?);
-                let out = if to_host {
-                    file(ctx, fd as u64)?.raw()
-                } else {
-                    install(ctx, fd as u64, false)? as i32
-                };
-                control[i..i + 4].copy_from_slice(&out.to_ne_bytes());
-            }
-        }
-        off += (len + 7) & !7;
-    }
-    Ok(())
-}
+/// Largest control buffer the VMM copies (Linux's default optmem_max is 20 KiB).
+const CONTROL_MAX: u64 = 65536;
 
 fn sendmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
+    // One copy of the header: every length below is this copy's, never re-read.
     let m: GuestMsghdr = ctx.process.mem.read_obj(a[1])?;
     let iov = iovecs(ctx, m.iov, m.iovlen)?;
     let name = if m.name != 0 {
-        Some(sockaddr_in(ctx, m.name, m.namelen as u64)?)
+        Some(sockaddr_in(ctx, m.name, m.namelen as u64, UnixUse::Reach)?)
     } else {
         None
     };
-    let mut control = if m.control != 0 {
-        if m.controllen > 65536 {
-            return Err(Errno::EINVAL);
+    let mut control = if m.control != 0 && m.controllen != 0 {
+        if m.controllen > CONTROL_MAX {
+            return Err(Errno(libc::ENOBUFS));
         }
         ctx.process.mem.read_bytes(m.control, m.controllen)?
     } else {
         Vec::new()
     };
-    translate_rights(ctx, &mut control, true)?;
+    // Held until the host call is done (see rights_to_host).
+    let _held = cmsg::rights_to_host(ctx, &mut control)?;
     // SAFETY: msghdr is plain data; zeroed is valid, and we fill every used field.
     let mut hm: libc::msghdr = unsafe { std::mem::zeroed() };
     if let Some(n) = &name {
-        hm.msg_name = n.as_ptr() as *mut libc::c_void;
-        hm.msg_namelen = n.len() as u32;
+        hm.msg_name = n.bytes.as_ptr() as *mut libc::c_void;
+        hm.msg_namelen = n.bytes.len() as u32;
     }
     hm.msg_iov = iov.as_ptr() as *mut libc::iovec;
     hm.msg_iovlen = iov.len();
@@ -345,28 +279,29 @@ fn sendmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let mut m: GuestMsghdr = ctx.process.mem.read_obj(a[1])?;
+    let m: GuestMsghdr = ctx.process.mem.read_obj(a[1])?;
+    // The answer goes back into the header: check it is writable before receiving.
+    buf(ctx, a[1], std::mem::size_of::<GuestMsghdr>() as u64)?;
     let iov = iovecs(ctx, m.iov, m.iovlen)?;
-    let name = if m.name != 0 {
-        buf(ctx, m.name, m.namelen as u64)?
-    } else {
-        std::ptr::null_mut()
-    };
-    if m.controllen > 65536 {
-        return Err(Errno::EINVAL);
+    // The sender's address arrives in a VMM buffer, to be copied out as getsockname's.
+    let mut name = [0u8; SOCKADDR_MAX as usize];
+    if m.name != 0 {
+        buf(ctx, m.name, m.namelen as u64)?;
     }
-    let mut control = vec![
-        0u8;
-        if m.control != 0 {
-            m.controllen as usize
-        } else {
-            0
-        }
-    ];
+    // The host writes at most this much; a larger buffer is simply not filled further.
+    let control_len = if m.control != 0 {
+        m.controllen.min(CONTROL_MAX)
+    } else {
+        0
+    };
+    buf(ctx, m.control, control_len)?;
+    let mut control = vec![0u8; control_len as usize];
     // SAFETY: msghdr is plain data; zeroed is valid.
     let mut hm: libc::msghdr = unsafe { std::mem::zeroed() };
-    hm.msg_name = name as *mut libc::c_void;
-    hm.msg_namelen = if name.is_null() { 0 } else { m.namelen };
+    if m.name != 0 {
+        hm.msg_name = name.as_mut_ptr() as *mut libc::c_void;
+        hm.msg_namelen = name.len() as u32;
+    }
     hm.msg_iov = iov.as_ptr() as *mut libc::iovec;
     hm.msg_iovlen = iov.len();
     if !control.is_empty() {
@@ -380,13 +315,23 @@ fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         [f.raw() as u64, &mut hm as *mut _ as u64, flags, 0, 0, 0],
     )?;
     control.truncate(hm.msg_controllen);
-    translate_rights(ctx, &mut control, false)?;
-    if !control.is_empty() {
-        ctx.process.mem.write_bytes(m.control, &control)?;
+    let cloexec = a[2] & libc::MSG_CMSG_CLOEXEC as u64 != 0;
+    let got = cmsg::rights_from_host(ctx, &control, cloexec);
+    let mut msg_flags = hm.msg_flags;
+    if got.truncated {
+        msg_flags |= libc::MSG_CTRUNC;
     }
-    m.namelen = hm.msg_namelen;
-    m.controllen = hm.msg_controllen as u64;
-    m.flags = hm.msg_flags;
-    ctx.process.mem.write_obj(a[1], &m)?;
+    if !got.control.is_empty() {
+        ctx.process.mem.write_bytes(m.control, &got.control)?;
+    }
+    let mem = &ctx.process.mem;
+    if m.name != 0 {
+        let sa = guest_sockaddr(&name[..(hm.msg_namelen as usize).min(name.len())]);
+        let fits = sa.len().min(m.namelen as usize);
+        mem.write_bytes(m.name, &sa[..fits])?;
+        mem.write_obj(a[1] + MSG_NAMELEN_OFF, &(sa.len() as u32))?;
+    }
+    mem.write_obj(a[1] + MSG_CONTROLLEN_OFF, &(got.control.len() as u64))?;
+    mem.write_obj(a[1] + MSG_FLAGS_OFF, &msg_flags)?;
     Ok(n)
 }

@@ -54,6 +54,30 @@ pub fn install(ctx: &SyscallCtx<'_>, host_fd: u64, cloexec: bool) -> SysResult {
         .map(|fd| fd as u64)
 }
 
+/// Installs the two descriptors a host pipe2/socketpair just returned and writes their
+/// guest numbers to `out`. All or nothing: when the table has room for one only, or the
+/// numbers cannot be written, both are closed and no guest number stays taken.
+pub fn install_pair(ctx: &SyscallCtx<'_>, host: [i32; 2], cloexec: bool, out: u64) -> SysResult {
+    // SAFETY: both were just returned by a successful host call and are ours; owning
+    // them at once closes them on every error below.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(host[0]), OwnedFd::from_raw_fd(host[1])) };
+    let mut table = lock(&ctx.process.fds);
+    let x = table.install(a, cloexec)?;
+    let y = match table.install(b, cloexec) {
+        Ok(y) => y,
+        Err(e) => {
+            let _ = table.close(x);
+            return Err(e);
+        }
+    };
+    if let Err(e) = ctx.process.mem.write_obj(out, &[x as i32, y as i32]) {
+        let _ = table.close(x);
+        let _ = table.close(y);
+        return Err(e);
+    }
+    Ok(0)
+}
+
 /// The directory a `*at` call is relative to: None for AT_FDCWD.
 pub fn dirfd(ctx: &SyscallCtx<'_>, fd: u64) -> Result<Option<Arc<OpenFile>>, Errno> {
     if fd as i32 == libc::AT_FDCWD {
@@ -136,6 +160,15 @@ pub fn at_path(
     })
 }
 
+/// The guest address of element `i` of an array at `base` with `size`-byte elements;
+/// EFAULT when it does not fit in the address space (a wrapped address could land in
+/// the system area's range checks by accident).
+pub fn elem(base: u64, i: u64, size: u64) -> Result<u64, Errno> {
+    i.checked_mul(size)
+        .and_then(|off| base.checked_add(off))
+        .ok_or(Errno::EFAULT)
+}
+
 /// Reads a guest iovec array and returns host iovecs (each range checked).
 pub fn iovecs(ctx: &SyscallCtx<'_>, iov: u64, count: u64) -> Result<Vec<libc::iovec>, Errno> {
     if count > 1024 {
@@ -143,8 +176,9 @@ pub fn iovecs(ctx: &SyscallCtx<'_>, iov: u64, count: u64) -> Result<Vec<libc::io
     }
     let mut v = Vec::with_capacity(count as usize);
     for i in 0..count {
-        let base: u64 = ctx.process.mem.read_obj(iov + i * 16)?;
-        let len: u64 = ctx.process.mem.read_obj(iov + i * 16 + 8)?;
+        // Each entry is read once, into this copy; the host never sees the guest array.
+        let at = elem(iov, i, 16)?;
+        let [base, len]: [u64; 2] = ctx.process.mem.read_obj(at)?;
         if len > isize::MAX as u64 {
             return Err(Errno::EINVAL);
         }
