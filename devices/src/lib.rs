@@ -10,9 +10,11 @@ pub mod fd_table;
 pub mod guest_mem;
 pub mod itimer;
 pub mod path;
+pub mod procfs;
 pub mod process;
 pub mod replication;
 pub mod signals;
 pub mod syscalls;
+pub mod vma;
 
 pub use errno::Errno;

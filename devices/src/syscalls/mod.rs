@@ -12,6 +12,7 @@ use crate::fd_table::OpenFile;
 use crate::process::Process;
 
 pub mod names;
+mod proc_paths;
 pub mod sys_det;
 pub mod sys_file;
 pub mod sys_fs;
