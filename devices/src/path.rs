@@ -126,12 +126,7 @@ const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 /// reach: /proc paths go to the virtual tree before they get here, but a symlink
 /// (`/tmp/x -> /proc/self/mem`, `/etc/mtab`) or a procfs inside an image root would
 /// still resolve to the host's, where `self` is the VMM. Anything on a procfs is ENOENT.
-fn openat2_guest(
-    dirfd: RawFd,
-    path: &CStr,
-    flags: u64,
-    mode: u64,
-) -> Result<OwnedFd, Errno> {
+fn openat2_guest(dirfd: RawFd, path: &CStr, flags: u64, mode: u64) -> Result<OwnedFd, Errno> {
     let fd = openat2(dirfd, path, flags, mode, CONFINE)?;
     // SAFETY: libc::statfs is plain data; all-zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -542,11 +537,15 @@ mod tests {
         let link = d.path().join("m");
         std::os::unix::fs::symlink("/proc/self/mem", &link).unwrap();
         let c = CString::new(link.as_os_str().as_bytes()).unwrap();
-        assert_eq!(fs.open(None, &c, libc::O_RDWR, 0).unwrap_err(), Errno::ENOENT);
+        assert_eq!(
+            fs.open(None, &c, libc::O_RDWR, 0).unwrap_err(),
+            Errno::ENOENT
+        );
         assert!(fs.target(None, &c, false).is_err());
         assert!(fs.open(None, c"/proc/self/maps", 0, 0).is_err());
         assert_eq!(
-            fs.proc_components(None, None, c"/etc/../proc/self/mem").unwrap(),
+            fs.proc_components(None, None, c"/etc/../proc/self/mem")
+                .unwrap(),
             Some(vec![b"self".to_vec(), b"mem".to_vec()])
         );
         assert_eq!(fs.proc_components(None, None, c"etc/passwd").unwrap(), None);

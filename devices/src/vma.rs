@@ -261,7 +261,10 @@ mod tests {
             },
         );
         t.remove(0x21000, 0x22000);
-        let v: Vec<_> = t.iter().map(|(s, v)| (s, v.file.clone().unwrap().offset)).collect();
+        let v: Vec<_> = t
+            .iter()
+            .map(|(s, v)| (s, v.file.clone().unwrap().offset))
+            .collect();
         assert_eq!(v, vec![(0x20000, 0x1000), (0x22000, 0x3000)]);
     }
 }

@@ -230,10 +230,14 @@ fn load_image(
         mem.write_bytes(start - lead, bytes)
             .map_err(|_| malformed("segment outside memory".into()))?;
         end = end.max(seg_end);
-        let prot = [(4, libc::PROT_READ), (2, libc::PROT_WRITE), (1, libc::PROT_EXEC)]
-            .iter()
-            .filter(|(pf, _)| p.p_flags & pf != 0)
-            .fold(0u32, |acc, (_, pr)| acc | *pr as u32);
+        let prot = [
+            (4, libc::PROT_READ),
+            (2, libc::PROT_WRITE),
+            (1, libc::PROT_EXEC),
+        ]
+        .iter()
+        .filter(|(pf, _)| p.p_flags & pf != 0)
+        .fold(0u32, |acc, (_, pr)| acc | *pr as u32);
         // Linux maps the file pages of a segment and adds anonymous pages for the rest
         // of its memory size (bss).
         let page = (start - lead) & !0xfff;

@@ -182,9 +182,13 @@ mod tests {
         let env0: u64 = mem.read_obj(sp + 32).unwrap();
         assert_eq!(mem.read_cstring(env0, 100).unwrap().as_bytes(), b"K=V");
         assert_eq!(mem.read_obj::<u64>(sp + 48).unwrap(), AT_PHDR);
-        let args = mem.read_bytes(info.arg_start, info.arg_end - info.arg_start).unwrap();
+        let args = mem
+            .read_bytes(info.arg_start, info.arg_end - info.arg_start)
+            .unwrap();
         assert_eq!(args, b"prog\0a1\0");
-        let env = mem.read_bytes(info.env_start, info.env_end - info.env_start).unwrap();
+        let env = mem
+            .read_bytes(info.env_start, info.env_end - info.env_start)
+            .unwrap();
         assert_eq!(env, b"K=V\0");
         assert_eq!(info.auxv_start, sp + 48);
         assert_eq!(mem.read_obj::<u64>(info.auxv_end - 16).unwrap(), AT_NULL);

@@ -64,7 +64,8 @@ fn memfd_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
     }
     // SAFETY: the kernel just gave us this descriptor.
     let rw = unsafe { OwnedFd::from_raw_fd(rw) };
-    let path = CString::new(format!("/proc/self/fd/{}", rw.as_raw_fd())).map_err(|_| Errno::EINVAL)?;
+    let path =
+        CString::new(format!("/proc/self/fd/{}", rw.as_raw_fd())).map_err(|_| Errno::EINVAL)?;
     // SAFETY: reopening our own memfd through the VMM's /proc; the result is checked.
     let ro = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if ro < 0 {
@@ -101,7 +102,8 @@ pub fn open(p: &Process, node: Node, path: Vec<u8>, flags: i32) -> Result<Arc<Op
             // Reopen the object behind the guest's descriptor through the VMM's own fd
             // directory: the number is the host descriptor that guest fd N holds, never
             // a number the guest chose.
-            let c = CString::new(format!("/proc/self/fd/{}", f.raw())).map_err(|_| Errno::EINVAL)?;
+            let c =
+                CString::new(format!("/proc/self/fd/{}", f.raw())).map_err(|_| Errno::EINVAL)?;
             let mode_flags = flags & !(libc::O_CREAT | libc::O_EXCL);
             // SAFETY: a NUL-terminated path; the result is checked.
             let r = unsafe { libc::open(c.as_ptr(), mode_flags | libc::O_CLOEXEC) };
@@ -179,7 +181,14 @@ impl VirtFile {
     }
 
     /// read(2) into guest memory at `buf`; `off` is Some for pread.
-    pub fn read(&self, p: &Process, host: RawFd, buf: u64, len: u64, off: Option<u64>) -> SysResult {
+    pub fn read(
+        &self,
+        p: &Process,
+        host: RawFd,
+        buf: u64,
+        len: u64,
+        off: Option<u64>,
+    ) -> SysResult {
         match &self.kind {
             Kind::Dir { .. } => Err(Errno::EISDIR),
             Kind::Text { .. } => {
@@ -190,7 +199,9 @@ impl VirtFile {
                 let dst = p.mem.user_range(buf, len)?;
                 let r = match off {
                     // SAFETY: a checked guest range and our own descriptor.
-                    Some(o) => unsafe { libc::pread(host, dst.cast(), len as usize, o as libc::off_t) },
+                    Some(o) => unsafe {
+                        libc::pread(host, dst.cast(), len as usize, o as libc::off_t)
+                    },
                     // SAFETY: as above.
                     None => unsafe { libc::read(host, dst.cast(), len as usize) },
                 };

@@ -162,7 +162,12 @@ fn live_tid(p: &Process, tid: i64) -> bool {
 
 /// Resolves the components below `/proc`. `follow` says whether a final symlink is
 /// followed (intermediate `self` and `thread-self` always are).
-pub fn lookup(p: &Process, reader_tid: i64, comps: &[Vec<u8>], follow: bool) -> Result<Node, Errno> {
+pub fn lookup(
+    p: &Process,
+    reader_tid: i64,
+    comps: &[Vec<u8>],
+    follow: bool,
+) -> Result<Node, Errno> {
     let Some((first, rest)) = comps.split_first() else {
         return Ok(Node::Root);
     };
@@ -360,8 +365,7 @@ pub fn fd_link(p: &Process, f: &Arc<crate::fd_table::OpenFile>) -> Vec<u8> {
     if bytes.starts_with(b"/memfd:") {
         return bytes;
     }
-    p.fs
-        .guest_path_of_host(&link)
+    p.fs.guest_path_of_host(&link)
         .unwrap_or_else(|| b"(unreachable)".to_vec())
 }
 
@@ -429,7 +433,10 @@ mod tests {
         let p = crate::process::test_process();
         p.signals.add_thread(GUEST_PID, 0);
         let l = |s: &str, follow| lookup(&p, GUEST_PID, &comps(s)[1..], follow);
-        assert_eq!(l("/proc/self/maps", true), Ok(Node::Task(TaskFile::Maps, None)));
+        assert_eq!(
+            l("/proc/self/maps", true),
+            Ok(Node::Task(TaskFile::Maps, None))
+        );
         assert_eq!(l("/proc/self", false), Ok(Node::SelfLink));
         assert_eq!(l("/proc/1000/mem", true), Ok(Node::Mem));
         assert_eq!(
@@ -443,7 +450,10 @@ mod tests {
         assert_eq!(l("/proc/self/task/1001/stat", true), Err(Errno::ENOENT));
         assert_eq!(l("/proc/1/environ", true), Err(Errno::ENOENT));
         assert_eq!(l("/proc/sysrq-trigger", true), Err(Errno::ENOENT));
-        assert_eq!(l("/proc/sys/vm/overcommit_memory", true), Ok(Node::SysFile("sys/vm/overcommit_memory")));
+        assert_eq!(
+            l("/proc/sys/vm/overcommit_memory", true),
+            Ok(Node::SysFile("sys/vm/overcommit_memory"))
+        );
         assert_eq!(l("/proc/self/maps/x", true), Err(Errno::ENOTDIR));
         assert_eq!(l("/proc/self/fd/0", true), Err(Errno::ENOENT));
     }

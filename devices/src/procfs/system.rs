@@ -8,13 +8,7 @@ use crate::errno::Errno;
 use crate::process::{lock, Process};
 
 /// Directories below /proc that hold system files.
-pub const DIRS: &[&str] = &[
-    "sys",
-    "sys/kernel",
-    "sys/net",
-    "sys/net/core",
-    "sys/vm",
-];
+pub const DIRS: &[&str] = &["sys", "sys/kernel", "sys/net", "sys/net/core", "sys/vm"];
 
 /// Whether a file's text depends on time (uptime, load, counters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +95,11 @@ pub fn generate(p: &Process, f: &str) -> Result<Vec<u8>, Errno> {
         }
         "stat" => {
             let ticks = (uptime_secs() * 100.0) as u64;
-            let _ = writeln!(s, "cpu  {} 0 0 0 0 0 0 0 0 0", ticks.saturating_mul(n as u64));
+            let _ = writeln!(
+                s,
+                "cpu  {} 0 0 0 0 0 0 0 0 0",
+                ticks.saturating_mul(n as u64)
+            );
             for i in 0..n {
                 let _ = writeln!(s, "cpu{i} {ticks} 0 0 0 0 0 0 0 0 0");
             }
@@ -119,7 +117,12 @@ pub fn generate(p: &Process, f: &str) -> Result<Vec<u8>, Errno> {
             let _ = writeln!(s, "{:.2} 0.00", uptime_secs());
         }
         "loadavg" => {
-            let _ = writeln!(s, "0.00 0.00 0.00 1/{} {}", p.live_threads(), crate::process::GUEST_PID);
+            let _ = writeln!(
+                s,
+                "0.00 0.00 0.00 1/{} {}",
+                p.live_threads(),
+                crate::process::GUEST_PID
+            );
         }
         "version" => {
             let u = uname();

@@ -202,7 +202,13 @@ fn stat(p: &Process, tid: i64) -> Vec<u8> {
 
 fn statm(p: &Process) -> Vec<u8> {
     let (vm, rss) = lock(&p.aspace).vmas().totals();
-    format!("{} {} 0 0 0 {} 0\n", vm / PAGE_SIZE, rss / PAGE_SIZE, rss / PAGE_SIZE).into_bytes()
+    format!(
+        "{} {} 0 0 0 {} 0\n",
+        vm / PAGE_SIZE,
+        rss / PAGE_SIZE,
+        rss / PAGE_SIZE
+    )
+    .into_bytes()
 }
 
 /// The text of a per-process (`tid` None) or per-thread file.

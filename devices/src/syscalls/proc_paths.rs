@@ -6,8 +6,8 @@ use std::ffi::CStr;
 use super::util::{dirfd, PATH_MAX};
 use super::{SysResult, SyscallCtx};
 use crate::errno::Errno;
-use crate::procfs::{self, file, Node};
 use crate::process::lock;
+use crate::procfs::{self, file, Node};
 
 /// The /proc node a guest (dirfd, path) names, with its guest path, or None.
 fn node(
@@ -31,11 +31,7 @@ fn node(
 }
 
 /// The node of a virtual descriptor named with AT_EMPTY_PATH and an empty path.
-fn empty_path_node(
-    ctx: &SyscallCtx<'_>,
-    dfd: u64,
-    path_gva: u64,
-) -> Result<Option<Node>, Errno> {
+fn empty_path_node(ctx: &SyscallCtx<'_>, dfd: u64, path_gva: u64) -> Result<Option<Node>, Errno> {
     if path_gva != 0 && !ctx.process.mem.read_cstring(path_gva, PATH_MAX)?.is_empty() {
         return Ok(None);
     }
@@ -138,11 +134,13 @@ pub fn access(ctx: &SyscallCtx<'_>, dfd: u64, path_gva: u64, mode: u64) -> Optio
         Ok(Some((n, _))) => {
             let w = mode & libc::W_OK as u64 != 0;
             let x = mode & libc::X_OK as u64 != 0;
-            Some(if (w && n != Node::Mem) || (x && !n.is_dir() && n != Node::Exe) {
-                Err(Errno::EACCES)
-            } else {
-                Ok(0)
-            })
+            Some(
+                if (w && n != Node::Mem) || (x && !n.is_dir() && n != Node::Exe) {
+                    Err(Errno::EACCES)
+                } else {
+                    Ok(0)
+                },
+            )
         }
         Ok(None) => None,
         Err(e) => Some(Err(e)),
