@@ -176,16 +176,16 @@ pub fn lookup(
         if rest.is_empty() && !follow {
             return Ok(Node::SelfLink);
         }
-        return lookup_task(p, None, rest, follow);
+        return lookup_task(p, None, rest);
     }
     if first == b"thread-self" {
         if rest.is_empty() && !follow {
             return Ok(Node::ThreadSelfLink(reader_tid));
         }
-        return lookup_task(p, Some(reader_tid), rest, follow);
+        return lookup_task(p, Some(reader_tid), rest);
     }
     if parse_id(first) == Some(GUEST_PID) {
-        return lookup_task(p, None, rest, follow);
+        return lookup_task(p, None, rest);
     }
     let joined = comps
         .iter()
@@ -201,12 +201,9 @@ pub fn lookup(
     Err(Errno::ENOENT)
 }
 
-fn lookup_task(
-    p: &Process,
-    tid: Option<i64>,
-    comps: &[Vec<u8>],
-    follow: bool,
-) -> Result<Node, Errno> {
+/// Below a process or thread directory. exe, cwd and fd/N are returned as links; the
+/// caller decides whether to follow them (open and stat do, readlink does not).
+fn lookup_task(p: &Process, tid: Option<i64>, comps: &[Vec<u8>]) -> Result<Node, Errno> {
     let Some((first, rest)) = comps.split_first() else {
         return Ok(Node::TaskDir(tid));
     };
@@ -227,7 +224,7 @@ fn lookup_task(
             return match rest.split_first() {
                 None => Ok(Node::TaskList),
                 Some((t, more)) => match parse_id(t) {
-                    Some(t) if live_tid(p, t) => lookup_task(p, Some(t), more, follow),
+                    Some(t) if live_tid(p, t) => lookup_task(p, Some(t), more),
                     _ => Err(Errno::ENOENT),
                 },
             };
