@@ -16,6 +16,10 @@ fn node(
     p: &CStr,
     follow: bool,
 ) -> Result<Option<(Node, Vec<u8>)>, Errno> {
+    // A trailing slash, `.` or `..` names a directory: the link is followed.
+    let b = p.to_bytes();
+    let last = b.rsplit(|&c| c == b'/').next().unwrap_or_default();
+    let follow = follow || b.ends_with(b"/") || last == b"." || last == b"..";
     let dir = dirfd(ctx, dfd)?;
     let vbase = dir.as_ref().and_then(|d| d.virt()).map(|v| v.path.clone());
     let host_dir = dir.as_ref().filter(|d| d.virt().is_none()).map(|d| d.raw());
