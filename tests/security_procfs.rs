@@ -84,3 +84,19 @@ fn mremap_of_unmapped_ranges_is_efault_as_natively() {
     assert_eq!(stdout(&v), stdout(&native));
     assert!(stdout(&v).contains("hole: errno=14\nunmapped: errno=14\n"));
 }
+
+/// /proc text is built by each replica from its own state: a pair running procself in
+/// either mode agrees (maps, status and the rest are deterministic).
+#[test]
+fn proc_self_in_a_pair_does_not_diverge() {
+    let prog = prog("procself");
+    for mode in ["det", "follow"] {
+        let mut c = common::ditto();
+        c.args(["pair", "--mode", mode, "--", s(&prog), "x"]);
+        let out = output_within(c, 120);
+        let (o, e) = (stdout(&out), stderr(&out));
+        assert!(out.status.success(), "{mode}: {o}\n{e}");
+        assert!(o.ends_with("failures 0\n"), "{mode}: {o}");
+        assert!(e.contains("identical"), "{mode}: {e}");
+    }
+}
