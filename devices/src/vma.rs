@@ -189,16 +189,22 @@ impl VmaTable {
 
     /// How many bytes from `start` on are mapped without a gap (at most `max`).
     pub fn contiguous_from(&self, start: u64, max: u64) -> u64 {
+        self.contiguous_while(start, max, |_| true)
+    }
+
+    /// Like [`contiguous_from`](Self::contiguous_from), stopping also at the first mapping
+    /// `ok` refuses.
+    pub fn contiguous_while(&self, start: u64, max: u64, ok: impl Fn(&Vma) -> bool) -> u64 {
         let limit = start.saturating_add(max);
         let mut at = start;
         match self.map.range(..=at).next_back() {
-            Some((_, v)) if v.end > at => at = v.end,
+            Some((_, v)) if v.end > at && ok(v) => at = v.end,
             _ => return 0,
         }
         while at < limit {
             match self.map.get(&at) {
-                Some(v) => at = v.end,
-                None => break,
+                Some(v) if ok(v) => at = v.end,
+                _ => break,
             }
         }
         at.min(limit) - start

@@ -99,6 +99,16 @@ pub fn open(p: &Process, node: Node, path: Vec<u8>, flags: i32) -> Result<Arc<Op
             if let Some(v) = f.virt() {
                 return open(p, v.node.clone(), v.path.clone(), flags);
             }
+            // A reopen never gains write access the descriptor lacks: the host would
+            // allow it by the file's mode, but the guest may hold a file of a read-only
+            // root (EROFS is ditto's rule, not the host's).
+            // SAFETY: F_GETFL on a descriptor we hold a reference to.
+            let had = unsafe { libc::fcntl(f.raw(), libc::F_GETFL) };
+            let read_only =
+                had < 0 || had & libc::O_PATH != 0 || had & libc::O_ACCMODE == libc::O_RDONLY;
+            if wants_write(flags) && read_only {
+                return Err(Errno::EACCES);
+            }
             // Reopen the object behind the guest's descriptor through the VMM's own fd
             // directory: the number is the host descriptor that guest fd N holds, never
             // a number the guest chose.
@@ -241,8 +251,14 @@ impl VirtFile {
             if addr < USER_START || addr >= top {
                 0
             } else {
+                // Like Linux's FOLL_FORCE: private mappings are written whatever their
+                // protection, shared ones only where writable (the host page may be
+                // read-only there).
+                let writable = |v: &crate::vma::Vma| {
+                    !write || !v.shared || v.prot & libc::PROT_WRITE as u32 != 0
+                };
                 asp.vmas()
-                    .contiguous_from(addr, len.min(MEM_CHUNK).min(top - addr))
+                    .contiguous_while(addr, len.min(MEM_CHUNK).min(top - addr), writable)
             }
         };
         if n == 0 {
@@ -352,4 +368,75 @@ pub fn stat_path(p: &Process, node: &Node, follow: bool) -> Result<libc::stat, E
         return Ok(st);
     }
     Ok(stat_of(node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vma::Vma;
+
+    const RW: u32 = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+
+    #[test]
+    fn mem_copies_only_inside_mappings() {
+        let p = crate::process::test_process();
+        let at = 8 << 20;
+        p.aspace
+            .lock()
+            .unwrap()
+            .vmas_mut()
+            .insert(at, Vma::anon(at + 0x2000, RW, false, None));
+        let shared_ro = at + 0x10000;
+        p.aspace.lock().unwrap().vmas_mut().insert(
+            shared_ro,
+            Vma::anon(shared_ro + 0x1000, libc::PROT_READ as u32, true, None),
+        );
+        p.mem.write_bytes(at, b"guest bytes").unwrap();
+        let f = open(&p, Node::Mem, b"/proc/1000/mem".to_vec(), libc::O_RDWR).unwrap();
+        let v = f.virt().unwrap();
+        let buf = 16 << 20;
+        // Short at the first gap; EIO where nothing is mapped or in the VMM's pages.
+        assert_eq!(v.read(&p, f.raw(), buf, 0x3000, Some(at)), Ok(0x2000));
+        assert_eq!(p.mem.read_bytes(buf, 11).unwrap(), b"guest bytes");
+        assert_eq!(
+            v.read(&p, f.raw(), buf, 8, Some(at + 0x2000)),
+            Err(Errno::EIO)
+        );
+        assert_eq!(v.read(&p, f.raw(), buf, 8, Some(0x1000)), Err(Errno::EIO));
+        assert_eq!(
+            v.read(&p, f.raw(), buf, 8, Some(u64::MAX - 4)),
+            Err(Errno::EIO)
+        );
+        // Writes: private mappings yes, a read-only shared mapping no.
+        p.mem.write_bytes(buf, b"XY").unwrap();
+        assert_eq!(v.write(&p, buf, 2, Some(at)), Ok(2));
+        assert_eq!(p.mem.read_bytes(at, 2).unwrap(), b"XY");
+        assert_eq!(v.write(&p, buf, 2, Some(shared_ro)), Err(Errno::EIO));
+        // The position is the address.
+        assert_eq!(v.lseek(f.raw(), at, libc::SEEK_SET), Ok(at));
+        assert_eq!(v.read(&p, f.raw(), buf, 2, None), Ok(2));
+        assert_eq!(v.position(f.raw()), at + 2);
+        assert_eq!(v.lseek(f.raw(), 0, libc::SEEK_END), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn text_files_are_read_only_and_fd_reopen_gains_no_write() {
+        let p = crate::process::test_process();
+        let maps = super::super::Node::Task(super::super::TaskFile::Maps, None);
+        assert_eq!(
+            open(&p, maps.clone(), Vec::new(), libc::O_WRONLY).unwrap_err(),
+            Errno::EACCES
+        );
+        assert!(open(&p, maps, Vec::new(), libc::O_RDONLY).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let ro: OwnedFd = std::fs::File::open(&path).unwrap().into();
+        let n = lock(&p.fds).install(ro, false).unwrap();
+        assert_eq!(
+            open(&p, Node::Fd(n), Vec::new(), libc::O_RDWR).unwrap_err(),
+            Errno::EACCES
+        );
+        assert!(open(&p, Node::Fd(n), Vec::new(), libc::O_RDONLY).is_ok());
+    }
 }

@@ -58,6 +58,10 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let anon = flags & libc::MAP_ANONYMOUS != 0;
     // Resolve the file before touching the address space, so a bad fd changes nothing.
     let f = if anon { None } else { Some(file(ctx, fd)?) };
+    // /proc files have no pages to map (Linux: ENODEV); their host side is a placeholder.
+    if f.as_ref().is_some_and(|f| f.virt().is_some()) {
+        return Err(Errno(libc::ENODEV));
+    }
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
     let mut asp = lock(&ctx.process.aspace);
     let start = if fixed {
