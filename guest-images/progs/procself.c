@@ -19,8 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -118,10 +120,13 @@ static void check_map(const char *name, void *p, const char *perms, unsigned lon
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int release_threads;
+static pthread_barrier_t started;
+static pid_t thread_tids[2];
 
 static void *waiter(void *arg)
 {
-    (void)arg;
+    thread_tids[(intptr_t)arg] = (pid_t)syscall(SYS_gettid);
+    pthread_barrier_wait(&started);
     pthread_mutex_lock(&mu);
     while (!release_threads)
         pthread_cond_wait(&cv, &mu);
@@ -283,18 +288,42 @@ int main(int argc, char **argv)
 
     /* Threads: in status and stat field 20. */
     pthread_t t[2];
+    pthread_barrier_init(&started, NULL, 3);
     for (int i = 0; i < 2; i++)
-        pthread_create(&t[i], NULL, waiter, NULL);
+        pthread_create(&t[i], NULL, waiter, (void *)(intptr_t)i);
+    pthread_barrier_wait(&started);
     long threads = status_field("Threads:");
     long st20 = stat_field(20);
     snprintf(detail, sizeof detail, "status %ld stat %ld", threads, st20);
     check(threads == 3 && st20 == 3, "threads", detail);
+    /* Each thread has its task directory; its stat starts with its tid. */
+    char tpath[64];
+    snprintf(tpath, sizeof tpath, "/proc/self/task/%d/stat", thread_tids[1]);
+    char *tstat = slurp(tpath, NULL);
+    snprintf(detail, sizeof detail, "%s: %s", tpath, tstat ? tstat : "(cannot open)");
+    check(tstat && atoi(tstat) == thread_tids[1], "task-tid-stat", detail);
+    free(tstat);
     pthread_mutex_lock(&mu);
     release_threads = 1;
     pthread_cond_broadcast(&cv);
     pthread_mutex_unlock(&mu);
     for (int i = 0; i < 2; i++)
         pthread_join(t[i], NULL);
+
+    /* auxv is the vector the program started with. */
+    size_t al;
+    unsigned long *auxv = (unsigned long *)slurp("/proc/self/auxv", &al);
+    unsigned long pagesz = 0, entry = 0;
+    for (size_t i = 0; auxv && (i + 1) * 2 * sizeof(long) <= al && auxv[2 * i]; i++) {
+        if (auxv[2 * i] == AT_PAGESZ)
+            pagesz = auxv[2 * i + 1];
+        if (auxv[2 * i] == AT_ENTRY)
+            entry = auxv[2 * i + 1];
+    }
+    snprintf(detail, sizeof detail, "pagesz %lu entry %lx want %lx", pagesz, entry,
+             getauxval(AT_ENTRY));
+    check(pagesz == 4096 && entry && entry == getauxval(AT_ENTRY), "auxv", detail);
+    free(auxv);
 
     /* comm is the base name (15 bytes at most). */
     char *comm = slurp("/proc/self/comm", NULL);
