@@ -283,7 +283,8 @@ impl FsContext {
     }
 
     /// The components below `/proc` of a path whose lexically normalised absolute form
-    /// lies in /proc (the guest's virtual tree), else None. `virt_base` is the guest path
+    /// lies in /proc (the guest's virtual tree; `/dev/fd/N` and `/dev/std*` are aliases of
+    /// `/proc/self/fd/N`), else None. `virt_base` is the guest path
     /// of a virtual directory the path is relative to; `dirfd` a host directory.
     pub fn proc_components(
         &self,
@@ -304,8 +305,20 @@ impl FsContext {
             },
         };
         let comps = crate::procfs::normalise(&base, path);
-        Ok(match comps.split_first() {
-            Some((first, rest)) if first.as_slice() == b"proc" => Some(rest.to_vec()),
+        let c: Vec<&[u8]> = comps.iter().map(|c| c.as_slice()).collect();
+        let own = |rest: &[Vec<u8>]| {
+            let mut v = vec![b"self".to_vec(), b"fd".to_vec()];
+            v.extend_from_slice(rest);
+            Some(v)
+        };
+        // /dev/fd and /dev/std* are symlinks into /proc/self/fd, whose magic links the
+        // host resolver refuses: they are the virtual tree's too.
+        Ok(match c.as_slice() {
+            [b"proc", ..] => Some(comps[1..].to_vec()),
+            [b"dev", b"fd", ..] => own(&comps[2..]),
+            [b"dev", b"stdin"] => own(&[b"0".to_vec()]),
+            [b"dev", b"stdout"] => own(&[b"1".to_vec()]),
+            [b"dev", b"stderr"] => own(&[b"2".to_vec()]),
             _ => None,
         })
     }
@@ -549,6 +562,11 @@ mod tests {
             Some(vec![b"self".to_vec(), b"mem".to_vec()])
         );
         assert_eq!(fs.proc_components(None, None, c"etc/passwd").unwrap(), None);
+        assert_eq!(
+            fs.proc_components(None, None, c"/dev/stdout").unwrap(),
+            Some(vec![b"self".to_vec(), b"fd".to_vec(), b"1".to_vec()])
+        );
+        assert_eq!(fs.proc_components(None, None, c"/dev/null").unwrap(), None);
     }
 
     #[test]

@@ -353,6 +353,15 @@ int main(int argc, char **argv)
     check(found, "fd-dir-lists", detail);
     close(dfd);
 
+    /* /dev/stdin and /dev/fd/N reopen the program's own descriptors. */
+    int in = open("/dev/stdin", O_RDONLY);
+    struct stat a0, b0;
+    int same = in >= 0 && fstat(in, &a0) == 0 && fstat(0, &b0) == 0 && a0.st_ino == b0.st_ino;
+    snprintf(detail, sizeof detail, "fd %d errno %d", in, errno);
+    check(same, "dev-stdin", detail);
+    if (in >= 0)
+        close(in);
+
     /* Read-only: writes elsewhere than mem fail (at open, or, for root natively, at write). */
     errno = 0;
     int wfd = open("/proc/self/status", O_WRONLY);
