@@ -121,7 +121,14 @@ pub fn open(p: &Process, node: Node, path: Vec<u8>, flags: i32) -> Result<Arc<Op
                 return Err(Errno::last());
             }
             // SAFETY: the kernel just gave us this descriptor.
-            return Ok(Arc::new(OpenFile::new(unsafe { OwnedFd::from_raw_fd(r) })));
+            let host = unsafe { OwnedFd::from_raw_fd(r) };
+            // The same object reaches outside the program as much as the original does
+            // (a pair's stdout stays Compared through /dev/stdout).
+            return Ok(Arc::new(if f.is_external() {
+                OpenFile::external(host)
+            } else {
+                OpenFile::new(host)
+            }));
         }
         _ => {}
     }
