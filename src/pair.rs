@@ -547,6 +547,10 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         Outcome::ReplicaFailed
     } else if report.secondary.error.is_some() || s_code.is_none() {
         Outcome::ReplicaFailed
+    } else if report.primary.error.is_some() {
+        // The primary stopped replicating (a record it could not send...) and ran on
+        // alone: whatever the secondary compared, the pair did not replicate the run.
+        Outcome::ReplicaFailed
     } else {
         Outcome::Identical
     };

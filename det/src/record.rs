@@ -22,8 +22,12 @@
 //!   token competition at logical time `at`. On the replication channel `Reentry` records use
 //!   the per-thread layout of the replication layer instead (tid, syscall number, at).
 //! - `End` ([`RecordKind::End`]): how the primary ended (layout in the replication layer).
-//! - `SyscallResult`, `OutputHash`, `TimedWait` and per-thread `Reentry`: defined by
-//!   the replication layer, `devices/src/replication/wire.rs`.
+//! - `SyscallResult`, `OutputHash`, `TimedWait`, per-thread `Reentry`, `ThreadStart` and
+//!   `Fragment`: defined by the replication layer, `devices/src/replication/wire.rs`.
+//!
+//! Version history: 1, the first; 2 added `ThreadStart` (the secondary accepts per-thread
+//! records only for threads the primary announced) and `Fragment` (a per-thread record larger
+//! than one ring slot travels in pieces instead of ending replication).
 
 use crate::tid::DetTid;
 use crate::turn::Turn;
@@ -32,7 +36,7 @@ use thiserror::Error;
 /// The first two bytes of every record.
 pub const MAGIC: u16 = 0xd170;
 /// The layout version this code reads and writes.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// The size of the header.
 pub const HEADER_LEN: usize = 20;
 /// The largest payload accepted, so that a corrupt `len` cannot make a reader wait for, or
@@ -58,6 +62,10 @@ pub enum RecordKind {
     End = 5,
     /// The outcome of a primary thread's futex wait with a deadline.
     TimedWait = 6,
+    /// The primary created a thread: records of that deterministic thread id may follow.
+    ThreadStart = 7,
+    /// A piece of a per-thread record too large for one record.
+    Fragment = 8,
 }
 
 impl TryFrom<u8> for RecordKind {
@@ -71,6 +79,8 @@ impl TryFrom<u8> for RecordKind {
             4 => RecordKind::Reentry,
             5 => RecordKind::End,
             6 => RecordKind::TimedWait,
+            7 => RecordKind::ThreadStart,
+            8 => RecordKind::Fragment,
             _ => return Err(RecordError::UnknownKind(b)),
         })
     }
@@ -310,7 +320,7 @@ mod tests {
         let bytes = encoded(RecordKind::End, 0x0102_0304_0506_0708, &[]);
         assert_eq!(
             bytes[..16],
-            [0x70, 0xd1, 1, 5, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
+            [0x70, 0xd1, 2, 5, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
         );
         let sum = crc32fast::hash(&bytes[..16]);
         assert_eq!(bytes[16..], sum.to_le_bytes());

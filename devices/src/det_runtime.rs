@@ -161,6 +161,10 @@ pub trait ScheduleLink: Send + Sync {
     /// granted. Called in grant order, with the runtime lock held (must not call back into
     /// the runtime).
     fn log_turn(&self, turn: Turn);
+    /// Primary (every policy): deterministic thread `tid` was created. Called in creation
+    /// order with the runtime lock held, before the new thread can make any call, so the
+    /// secondary can refuse records of threads the primary never created.
+    fn thread_started(&self, tid: DetTid);
     /// Primary (Kendo or Lead): `tid`'s futex wait with a deadline ended so.
     fn log_timed_wait(&self, tid: DetTid, outcome: TimedWait);
     /// Secondary (Kendo or Follow): blocks until the primary's outcome of `tid`'s current timed
@@ -1657,6 +1661,9 @@ impl DetRuntime {
                 g = g2;
             }
             let cdet = g.order.spawn(det)?;
+            if let Some(link) = self.link(true) {
+                link.thread_started(cdet);
+            }
             g.threads.insert(child as i64, Slot::new(cdet));
             g.by_det.insert(cdet, child as i64);
         }
@@ -1714,6 +1721,20 @@ impl DetRuntime {
         heads.push_back(turn.tid);
         g.notify_holder();
         Ok(())
+    }
+
+    /// Secondary: turns of the primary's log received and not yet taken, which the channel
+    /// reader bounds so that a peer cannot make this process hold an unbounded log.
+    pub fn turns_held(&self) -> usize {
+        let g = self.locked();
+        let follow = match &g.order {
+            Order::Free(FreeToken {
+                mode: FreeMode::Follow { follower, .. },
+                ..
+            }) => follower.pending(),
+            _ => 0,
+        };
+        follow + g.primary_turns.len()
     }
 
     /// Follow: the primary's log is complete (it finished). A thread that then asks for a
@@ -2497,6 +2518,8 @@ mod tests {
         fn log_turn(&self, turn: Turn) {
             self.turns.lock().unwrap().push(turn);
         }
+
+        fn thread_started(&self, _: DetTid) {}
 
         fn log_timed_wait(&self, tid: DetTid, outcome: TimedWait) {
             self.logged.lock().unwrap().push((tid, outcome));

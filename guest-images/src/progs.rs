@@ -13,6 +13,7 @@ use std::path::PathBuf;
 pub const PROGRAMS: &[&str] = &[
     "badptr",
     "bench",
+    "bigrecord",
     "core_stall",
     "detbench",
     "escape",

@@ -39,7 +39,7 @@
 //! |---|---|
 //! | `identical` | both replicas ran to the end and agreed on every compared event |
 //! | `diverged` | the replicas disagreed; `first_divergence` says where |
-//! | `replica_failed` | a replica died or its VMM failed before any divergence; the replicas' `exit` and `error` say how |
+//! | `replica_failed` | a replica died, its VMM failed, or the primary stopped replicating (`primary.error`) before any divergence; the replicas' `exit` and `error` say how |
 //! | `channel_error` | the channel between the replicas failed (corrupt record, peer gone); `channel_error` says how |
 //!
 //! ## `ReplicaSummary`: `primary` and `secondary`

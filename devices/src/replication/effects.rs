@@ -108,8 +108,10 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
     }
     let r = ret as u64;
     match nr {
-        SYS_read | SYS_pread64 => opt(&mut w, a[1], r),
-        SYS_getrandom => opt(&mut w, a[0], r),
+        // Lengths from `ret` are clamped to the call's own buffer: on the secondary `ret` is
+        // the primary's, and a record must not make it write past what its call names.
+        SYS_read | SYS_pread64 => opt(&mut w, a[1], r.min(a[2])),
+        SYS_getrandom => opt(&mut w, a[0], r.min(a[1])),
         SYS_readv | SYS_preadv | SYS_preadv2 => {
             if let Ok(iov) = iovecs(p, a[1], a[2]) {
                 scatter(&mut w, &iov, r);
@@ -156,14 +158,14 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
         SYS_times => opt(&mut w, a[0], 32),
         SYS_poll | SYS_ppoll => opt(&mut w, a[0], a[1].saturating_mul(8)),
         SYS_select | SYS_pselect6 => {
-            let set = a[0].div_ceil(64) * 8;
+            let set = a[0].div_ceil(64).saturating_mul(8);
             opt(&mut w, a[1], set);
             opt(&mut w, a[2], set);
             opt(&mut w, a[3], set);
             opt(&mut w, a[4], 16);
         }
         SYS_epoll_wait | SYS_epoll_pwait | SYS_epoll_pwait2 => {
-            opt(&mut w, a[1], r.saturating_mul(12))
+            opt(&mut w, a[1], r.min(a[2]).saturating_mul(12))
         }
         SYS_rt_sigtimedwait => opt(&mut w, a[1], 128),
         SYS_uname => opt(&mut w, a[0], 390),
@@ -171,13 +173,13 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
         SYS_getrlimit => opt(&mut w, a[1], 16),
         SYS_prlimit64 => opt(&mut w, a[3], 16),
         SYS_getrusage => opt(&mut w, a[1], 144),
-        SYS_getgroups if a[0] > 0 => opt(&mut w, a[1], r * 4),
+        SYS_getgroups if a[0] > 0 => opt(&mut w, a[1], r.min(a[0]).saturating_mul(4)),
         SYS_getresuid | SYS_getresgid => {
             opt(&mut w, a[0], 4);
             opt(&mut w, a[1], 4);
             opt(&mut w, a[2], 4);
         }
-        SYS_sched_getaffinity => opt(&mut w, a[2], r),
+        SYS_sched_getaffinity => opt(&mut w, a[2], r.min(a[1])),
         SYS_fstat => opt(&mut w, a[1], 144),
         SYS_newfstatat => opt(&mut w, a[2], 144),
         SYS_statx => opt(&mut w, a[4], 256),
@@ -386,7 +388,7 @@ pub fn mimic_output(p: &Process, nr: u64, a: [u64; 6], ret: i64) {
     }
     if a[2] != 0 {
         if let Ok(off) = read_u64(p, a[2]) {
-            let _ = p.mem.write_obj(a[2], &(off + ret as u64));
+            let _ = p.mem.write_obj(a[2], &off.wrapping_add(ret as u64));
         }
     } else if let Ok(file) = lock(&p.fds).get(a[1] as i64) {
         // SAFETY: lseek on a descriptor kept open by `file`.
@@ -457,6 +459,48 @@ mod tests {
         let parts = vec![(0x60_0000, vec![1; 14]), (0x70_0000, vec![2; 4])];
         let e = place(&p, nr, a, &plan, 14, &parts).unwrap_err();
         assert!(e.to_string().contains("writes only 1 parts"), "{e}");
+    }
+
+    #[test]
+    fn a_primary_result_longer_than_the_secondarys_buffer_is_refused() {
+        let p = process();
+        p.mem.write_bytes(0x60_0040, b"neighbour").unwrap();
+        // read(fd, buf, 64) where the primary's record claims 100 bytes were read: the
+        // ranges stop at the secondary's 64, so the 100-byte part is a divergence, and the
+        // bytes after the buffer stay as they were.
+        let nr = libc::SYS_read as u64;
+        let a = [3, 0x60_0000, 64, 0, 0, 0];
+        assert_eq!(
+            written(&p, nr, a, &Plan::default(), 100),
+            vec![(0x60_0000, 64)]
+        );
+        let e = place(
+            &p,
+            nr,
+            a,
+            &Plan::default(),
+            100,
+            &[(0x60_0000, vec![9; 100])],
+        );
+        assert!(
+            matches!(e, Err(PlaceError::Shape { index: 0, .. })),
+            "{e:?}"
+        );
+        assert_eq!(p.mem.read_bytes(0x60_0040, 9).unwrap(), b"neighbour");
+        for (nr, a, ret, want) in [
+            (libc::SYS_getrandom, [0x60_0000, 16, 0, 0, 0, 0], 4096, 16),
+            (
+                libc::SYS_sched_getaffinity,
+                [0, 8, 0x60_0000, 0, 0, 0],
+                128,
+                8,
+            ),
+            (libc::SYS_epoll_wait, [3, 0x60_0000, 2, 0, 0, 0], 1000, 24),
+            (libc::SYS_getgroups, [2, 0x60_0000, 0, 0, 0, 0], 1 << 40, 8),
+        ] {
+            let w = written(&p, nr as u64, a, &Plan::default(), ret);
+            assert_eq!(w.iter().map(|r| r.1).sum::<u64>(), want, "{nr}");
+        }
     }
 
     #[test]

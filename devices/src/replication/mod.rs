@@ -247,8 +247,79 @@ pub const STALL_REQUEST: &str = "secondary-stall-request";
 /// The secondary's description of what its threads wait for, written on [`STALL_REQUEST`].
 pub const STALL_FILE: &str = "secondary-stall.txt";
 
-/// Records the secondary buffers before it gives up: its threads lag that far behind.
+/// Bytes of records the secondary holds (payloads plus [`RECORD_OVERHEAD`] each, and pieces
+/// of fragmented records) before it gives up: its threads lag that far behind.
 const MAX_BUFFERED: u64 = 2 << 30;
+
+/// What one queued record costs beyond its payload (the decoded record, the queue slot),
+/// counted against [`MAX_BUFFERED`] so that a flood of empty records is bounded too.
+const RECORD_OVERHEAD: u64 = 128;
+
+/// Turns of the primary's log the secondary holds before it gives up (about 64 bytes each).
+const MAX_TURNS_HELD: usize = 8 << 20;
+
+fn behind_by_bytes() -> String {
+    format!(
+        "the secondary fell more than {} MiB of records behind",
+        MAX_BUFFERED >> 20
+    )
+}
+
+/// The reader's state between records.
+struct Intake {
+    /// Deterministic thread ids below this were announced by the primary (the main thread,
+    /// 0, needs no announcement).
+    threads: u32,
+    fragments: wire::Reassembler,
+}
+
+impl Default for Intake {
+    fn default() -> Self {
+        Intake {
+            threads: 1,
+            fragments: wire::Reassembler::default(),
+        }
+    }
+}
+
+impl Intake {
+    /// A `ThreadStart`: ids come in creation order, one at a time.
+    fn announce(&mut self, tid: u32) -> Result<(), String> {
+        if tid != self.threads {
+            return Err(format!(
+                "the primary announced thread {tid} where thread {} comes next",
+                self.threads
+            ));
+        }
+        self.threads = self
+            .threads
+            .checked_add(1)
+            .ok_or("the primary announced too many threads")?;
+        Ok(())
+    }
+
+    /// Whether a whole per-thread record may be queued: its thread was announced and none of
+    /// its records is half reassembled. u32::MAX is what a thread without a deterministic id
+    /// records under ([`Replication::det_tid`]): one more queue, bounded like the others.
+    fn admit(&self, tid: u32, seq: u64, rec: &ThreadRecord) -> Result<(), String> {
+        if tid >= self.threads && tid != u32::MAX {
+            return Err(format!(
+                "a {} record of thread {tid}, which the primary never created ({} so far)",
+                rec.describe(),
+                self.threads
+            ));
+        }
+        self.fragments
+            .check_whole(tid, seq)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// What the reader does after a record.
+enum Intook {
+    More,
+    End,
+}
 
 /// The replication state of one replica process.
 pub struct Replication {
@@ -542,7 +613,20 @@ impl Replication {
     fn send_thread(&self, tid: u32, seq: u64, rec: &ThreadRecord) {
         let mut buf = Vec::new();
         rec.encode(tid, seq, &mut buf);
-        self.send(rec.kind(), &buf);
+        let max = match &self.primary {
+            Some(p) => lock(&p.producer).as_ref().map(|pr| pr.max_payload()),
+            None => None,
+        };
+        match max {
+            // Larger than one ring record (a 20 MiB getrandom, a big read): in pieces,
+            // which the secondary puts back together (wire.rs, `Fragment`).
+            Some(max) if buf.len() > max => {
+                for f in wire::fragments(rec.kind(), &buf, max) {
+                    self.send(RecordKind::Fragment, &f);
+                }
+            }
+            _ => self.send(rec.kind(), &buf),
+        }
     }
 
     // ----- secondary -----
@@ -552,6 +636,7 @@ impl Replication {
         let Some(mut consumer) = lock(&s.consumer).take() else {
             return;
         };
+        let mut intake = Intake::default();
         let closed = loop {
             if process.exiting() {
                 return;
@@ -565,62 +650,11 @@ impl Replication {
                     return;
                 }
             };
-            match kind {
-                RecordKind::Turn => match Turn::from_payload(&payload) {
-                    Ok(t) => {
-                        if let Some(det) = process.det.get() {
-                            if let Err(e) = det.push_turn(t) {
-                                self.schedule_diverged(t.tid, &e);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        self.channel_failed(process, format!("bad turn record: {e}"));
-                        return;
-                    }
-                },
-                RecordKind::End => match EndInfo::decode(&payload) {
-                    Ok(end) => {
-                        lock(&s.queues).end = Some(end);
-                        lock(&s.findings).primary_end = Some(end);
-                        if let Some(det) = process.det.get() {
-                            det.close_log();
-                        }
-                        break String::new();
-                    }
-                    Err(e) => {
-                        self.channel_failed(process, e.to_string());
-                        return;
-                    }
-                },
-                RecordKind::SyscallResult | RecordKind::OutputHash | RecordKind::TimedWait => {
-                    match ThreadRecord::decode(kind, &payload) {
-                        Ok((tid, seq, rec)) => {
-                            let mut q = lock(&s.queues);
-                            q.buffered_bytes += payload.len() as u64;
-                            if q.buffered_bytes > MAX_BUFFERED {
-                                drop(q);
-                                self.channel_failed(
-                                    process,
-                                    "the secondary fell more than 2 GiB of records behind".into(),
-                                );
-                                return;
-                            }
-                            q.by_tid.entry(tid).or_default().push_back((
-                                seq,
-                                rec,
-                                payload.len() as u64,
-                            ));
-                            q.cv(tid).notify_all();
-                        }
-                        Err(e) => {
-                            self.channel_failed(process, e.to_string());
-                            return;
-                        }
-                    }
-                }
-                other => {
-                    self.channel_failed(process, format!("unexpected {other:?} record"));
+            match self.take_in(process, &mut intake, kind, payload) {
+                Ok(Intook::More) => {}
+                Ok(Intook::End) => break String::new(),
+                Err(why) => {
+                    self.channel_failed(process, why);
                     return;
                 }
             }
@@ -633,6 +667,82 @@ impl Replication {
             }
         }
         self.drain(process);
+    }
+
+    /// One record from the primary: routed to the det runtime (turns), to a thread's queue,
+    /// or into reassembly. Everything a peer sends is bounded here ([`MAX_BUFFERED`],
+    /// [`MAX_TURNS_HELD`], announced threads only), and anything malformed is an error (the
+    /// channel's error in the report), never a panic or an unbounded allocation.
+    fn take_in(
+        &self,
+        process: &Arc<Process>,
+        intake: &mut Intake,
+        kind: RecordKind,
+        payload: Vec<u8>,
+    ) -> Result<Intook, String> {
+        let Some(s) = &self.secondary else {
+            return Ok(Intook::End);
+        };
+        let (kind, payload) = match kind {
+            RecordKind::Fragment => match intake.fragments.push(&payload) {
+                Ok(Some(whole)) => whole,
+                Ok(None) => {
+                    let held = lock(&s.queues).buffered_bytes + intake.fragments.held_bytes();
+                    if held > MAX_BUFFERED {
+                        return Err(behind_by_bytes());
+                    }
+                    return Ok(Intook::More);
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+            _ => (kind, payload),
+        };
+        match kind {
+            RecordKind::Turn => {
+                let t =
+                    Turn::from_payload(&payload).map_err(|e| format!("bad turn record: {e}"))?;
+                if let Some(det) = process.det.get() {
+                    if det.turns_held() >= MAX_TURNS_HELD {
+                        return Err(format!(
+                            "the secondary fell more than {MAX_TURNS_HELD} turns behind"
+                        ));
+                    }
+                    if let Err(e) = det.push_turn(t) {
+                        self.schedule_diverged(t.tid, &e);
+                    }
+                }
+                Ok(Intook::More)
+            }
+            RecordKind::ThreadStart => {
+                let tid = wire::decode_thread_start(&payload).map_err(|e| e.to_string())?;
+                intake.announce(tid)?;
+                Ok(Intook::More)
+            }
+            RecordKind::End => {
+                let end = EndInfo::decode(&payload).map_err(|e| e.to_string())?;
+                lock(&s.queues).end = Some(end);
+                lock(&s.findings).primary_end = Some(end);
+                if let Some(det) = process.det.get() {
+                    det.close_log();
+                }
+                Ok(Intook::End)
+            }
+            RecordKind::SyscallResult | RecordKind::OutputHash | RecordKind::TimedWait => {
+                let (tid, seq, rec) =
+                    ThreadRecord::decode(kind, &payload).map_err(|e| e.to_string())?;
+                intake.admit(tid, seq, &rec)?;
+                let cost = payload.len() as u64 + RECORD_OVERHEAD;
+                let mut q = lock(&s.queues);
+                q.buffered_bytes += cost;
+                if q.buffered_bytes + intake.fragments.held_bytes() > MAX_BUFFERED {
+                    return Err(behind_by_bytes());
+                }
+                q.by_tid.entry(tid).or_default().push_back((seq, rec, cost));
+                q.cv(tid).notify_all();
+                Ok(Intook::More)
+            }
+            other => Err(format!("unexpected {other:?} record")),
+        }
     }
 
     /// After the log ended: let the threads consume what is left, then end the program the
@@ -1397,6 +1507,10 @@ impl ScheduleLink for Replication {
         self.send(RecordKind::Turn, &turn.to_payload());
     }
 
+    fn thread_started(&self, tid: DetTid) {
+        self.send(RecordKind::ThreadStart, &wire::encode_thread_start(tid.0));
+    }
+
     fn log_timed_wait(&self, tid: DetTid, outcome: TimedWait) {
         self.send_thread(
             tid.0,
@@ -1507,6 +1621,27 @@ impl ScheduleLink for Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_of_threads_never_announced_are_refused() {
+        let mut intake = Intake::default();
+        let rec = ThreadRecord::Reentry { at: 1 };
+        assert!(
+            intake.admit(0, 1, &rec).is_ok(),
+            "the main thread needs no announcement"
+        );
+        let e = intake.admit(1, 1, &rec).unwrap_err();
+        assert!(e.contains("never created"), "{e}");
+        assert!(intake.admit(70_000, 1, &rec).is_err());
+        intake.announce(1).unwrap();
+        assert!(intake.admit(1, 1, &rec).is_ok());
+        // Out of order or repeated announcements are channel errors.
+        assert!(intake.announce(5).is_err());
+        assert!(intake.announce(1).is_err());
+        intake.announce(2).unwrap();
+        assert!(intake.admit(2, 1, &rec).is_ok());
+        assert!(intake.admit(3, 1, &rec).is_err());
+    }
 
     #[test]
     fn first_difference_finds_the_index() {

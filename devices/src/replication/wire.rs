@@ -27,6 +27,17 @@
 //! `End` (not per-thread): status i32, signal i32 (0 when the program exited): how the
 //! primary's program ended.
 //!
+//! `ThreadStart` (not per-thread): tid u32. The primary created deterministic thread `tid`;
+//! it is sent before that thread can make any call, so a per-thread record naming a thread
+//! that was never announced is a channel error, not a new queue.
+//!
+//! `Fragment` (per-thread prefix): kind u8, last u8, then bytes. A per-thread record whose
+//! payload is larger than one ring record (`replica::channel::Producer::max_payload`) travels
+//! as consecutive fragments of the *whole* encoded payload (its own tid/seq prefix included),
+//! each fragment prefixed with the same tid and seq; `last` = 1 on the final one, whose `kind`
+//! is the kind the reassembled payload decodes as. Fragments of one thread are never
+//! interleaved with another record of that thread.
+//!
 //! Change the layout only together with [`det::record::VERSION`].
 
 use det::record::RecordKind;
@@ -34,6 +45,13 @@ use det::record::RecordKind;
 /// Outputs up to this size travel whole, so a mismatch can name its first differing byte;
 /// larger ones travel as a hash.
 pub const INLINE_OUTPUT_MAX: usize = 1 << 20;
+
+/// The most bytes one reassembled record may hold: a bound on what a peer can make the
+/// secondary allocate for one record (a single call's results are far below it).
+pub const REASSEMBLED_MAX: usize = 1 << 30;
+
+/// The bytes before a fragment's data: tid u32, seq u64, kind u8, last u8.
+pub const FRAGMENT_HEADER: usize = 14;
 
 /// A decoding error: the record does not have the layout its kind promises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -284,6 +302,160 @@ pub fn output_hash(data: &[u8]) -> u64 {
     replica::report::hash64(data)
 }
 
+/// The `ThreadStart` payload.
+pub fn encode_thread_start(tid: u32) -> [u8; 4] {
+    tid.to_le_bytes()
+}
+
+/// Reads a `ThreadStart` payload.
+pub fn decode_thread_start(p: &[u8]) -> Result<u32, WireError> {
+    <[u8; 4]>::try_from(p)
+        .map(u32::from_le_bytes)
+        .map_err(|_| WireError {
+            kind: RecordKind::ThreadStart,
+            len: p.len(),
+        })
+}
+
+/// Splits an encoded per-thread payload (`whole`, of record kind `kind`) into `Fragment`
+/// payloads of at most `max` bytes each (`max` > [`FRAGMENT_HEADER`]).
+pub fn fragments(kind: RecordKind, whole: &[u8], max: usize) -> Vec<Vec<u8>> {
+    let room = max.saturating_sub(FRAGMENT_HEADER).max(1);
+    let prefix = whole.get(..12).unwrap_or(whole);
+    let n = whole.len().div_ceil(room).max(1);
+    (0..n)
+        .map(|i| {
+            let chunk = &whole[i * room..((i + 1) * room).min(whole.len())];
+            let mut f = Vec::with_capacity(FRAGMENT_HEADER + chunk.len());
+            f.extend_from_slice(prefix);
+            f.resize(12, 0);
+            f.push(kind as u8);
+            f.push(u8::from(i + 1 == n));
+            f.extend_from_slice(chunk);
+            f
+        })
+        .collect()
+}
+
+/// One decoded `Fragment` payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fragment<'a> {
+    /// The thread it belongs to.
+    pub tid: u32,
+    /// The thread's replicated-event number of the whole record.
+    pub seq: u64,
+    /// The kind of the whole record.
+    pub kind: RecordKind,
+    /// Whether this is the final piece.
+    pub last: bool,
+    /// This piece of the whole payload.
+    pub data: &'a [u8],
+}
+
+/// Reads a `Fragment` payload.
+pub fn decode_fragment(p: &[u8]) -> Result<Fragment<'_>, WireError> {
+    let err = WireError {
+        kind: RecordKind::Fragment,
+        len: p.len(),
+    };
+    let mut r = Cursor(p);
+    let tid = r.u32().ok_or(err)?;
+    let seq = r.u64().ok_or(err)?;
+    let flags = r.bytes(2).ok_or(err)?;
+    let kind = RecordKind::try_from(flags[0]).map_err(|_| err)?;
+    if !matches!(
+        kind,
+        RecordKind::SyscallResult | RecordKind::OutputHash | RecordKind::TimedWait
+    ) || flags[1] > 1
+    {
+        return Err(err);
+    }
+    Ok(Fragment {
+        tid,
+        seq,
+        kind,
+        last: flags[1] == 1,
+        data: r.0,
+    })
+}
+
+/// Why fragments could not be put back together.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReassemblyError {
+    /// The fragment is malformed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Another record of the thread came between its fragments, or a fragment of another
+    /// record of the same thread.
+    #[error("thread {tid}: fragment of record {seq} interleaved with record {pending}")]
+    Interleaved {
+        /// The thread.
+        tid: u32,
+        /// The fragment's record number.
+        seq: u64,
+        /// The record being reassembled.
+        pending: u64,
+    },
+    /// The pieces add up to more than [`REASSEMBLED_MAX`].
+    #[error("thread {tid}: fragmented record over {REASSEMBLED_MAX} bytes")]
+    TooLarge {
+        /// The thread.
+        tid: u32,
+    },
+}
+
+/// Puts fragmented per-thread records back together, per thread.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    pending: std::collections::HashMap<u32, (u64, Vec<u8>)>,
+}
+
+impl Reassembler {
+    /// Takes one `Fragment` payload; returns the whole record's kind and payload once its
+    /// last piece is in.
+    pub fn push(&mut self, p: &[u8]) -> Result<Option<(RecordKind, Vec<u8>)>, ReassemblyError> {
+        let f = decode_fragment(p)?;
+        let (seq, buf) = self
+            .pending
+            .entry(f.tid)
+            .or_insert_with(|| (f.seq, Vec::new()));
+        if *seq != f.seq {
+            return Err(ReassemblyError::Interleaved {
+                tid: f.tid,
+                seq: f.seq,
+                pending: *seq,
+            });
+        }
+        if buf.len().saturating_add(f.data.len()) > REASSEMBLED_MAX {
+            return Err(ReassemblyError::TooLarge { tid: f.tid });
+        }
+        buf.extend_from_slice(f.data);
+        if !f.last {
+            return Ok(None);
+        }
+        let (_, whole) = self.pending.remove(&f.tid).unwrap_or_default();
+        Ok(Some((f.kind, whole)))
+    }
+
+    /// Whether a whole (unfragmented) record of `tid` may come now: not while one of its
+    /// records is half reassembled.
+    pub fn check_whole(&self, tid: u32, seq: u64) -> Result<(), ReassemblyError> {
+        match self.pending.get(&tid) {
+            Some((pending, _)) => Err(ReassemblyError::Interleaved {
+                tid,
+                seq,
+                pending: *pending,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes held in half-reassembled records.
+    pub fn held_bytes(&self) -> u64 {
+        self.pending.values().map(|(_, b)| b.len() as u64).sum()
+    }
+}
+
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
@@ -383,6 +555,59 @@ mod tests {
         .encode(1, 1, &mut bad);
         bad[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ThreadRecord::decode(RecordKind::SyscallResult, &bad).is_err());
+    }
+
+    #[test]
+    fn fragments_reassemble_to_the_whole_record() {
+        let rec = ThreadRecord::Syscall {
+            nr: 318,
+            syscall_no: 9,
+            ret: 100_000,
+            signal: 0,
+            writes: vec![(0x40_0000, (0..100_000u32).map(|i| i as u8).collect())],
+        };
+        let mut whole = Vec::new();
+        rec.encode(3, 17, &mut whole);
+        let parts = fragments(rec.kind(), &whole, 4096);
+        assert!(parts.len() > 20 && parts.iter().all(|p| p.len() <= 4096));
+        let mut r = Reassembler::default();
+        for (i, p) in parts.iter().enumerate() {
+            let got = r.push(p).unwrap();
+            if i + 1 < parts.len() {
+                assert!(got.is_none());
+                assert!(r.check_whole(3, 18).is_err(), "interleaving is refused");
+                assert!(r.check_whole(4, 1).is_ok(), "other threads go on");
+            } else {
+                let (kind, payload) = got.unwrap();
+                assert_eq!(
+                    ThreadRecord::decode(kind, &payload).unwrap(),
+                    (3, 17, rec.clone())
+                );
+            }
+        }
+        assert_eq!(r.held_bytes(), 0);
+    }
+
+    #[test]
+    fn bad_fragments_are_errors() {
+        let mut r = Reassembler::default();
+        assert!(r.push(&[0; 5]).is_err());
+        let mut f = fragments(RecordKind::SyscallResult, &[1; 100], 40);
+        // A kind that cannot be fragmented.
+        f[0][12] = RecordKind::End as u8;
+        assert!(r.push(&f[0]).is_err());
+        // A fragment of another record of the same thread in the middle.
+        let a = fragments(RecordKind::SyscallResult, &[1; 100], 40);
+        let mut b = fragments(RecordKind::SyscallResult, &[2; 100], 40);
+        b[0][..4].copy_from_slice(&a[0][..4]);
+        b[0][4..12].copy_from_slice(&99u64.to_le_bytes());
+        r.push(&a[0]).unwrap();
+        assert!(matches!(
+            r.push(&b[0]),
+            Err(ReassemblyError::Interleaved { .. })
+        ));
+        assert_eq!(decode_thread_start(&encode_thread_start(7)), Ok(7));
+        assert!(decode_thread_start(&[1, 2, 3]).is_err());
     }
 
     #[test]
