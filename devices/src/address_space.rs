@@ -15,6 +15,9 @@
 use std::collections::BTreeMap;
 
 use crate::errno::Errno;
+use crate::vma::{Vma, VmaTable};
+
+const RW: u32 = (libc::PROT_READ | libc::PROT_WRITE) as u32;
 
 /// Page size the program sees.
 pub const PAGE_SIZE: u64 = 4096;
@@ -76,6 +79,8 @@ pub struct AddressSpace {
     brk: u64,
     /// Free ranges of the mmap area, start -> end. Always coalesced.
     free: BTreeMap<u64, u64>,
+    /// What each used range is (for /proc/self/maps, /proc/self/mem and mremap).
+    vmas: VmaTable,
 }
 
 impl AddressSpace {
@@ -83,11 +88,27 @@ impl AddressSpace {
     pub fn new(layout: Layout) -> Self {
         let mut free = BTreeMap::new();
         free.insert(layout.brk_limit, layout.stack_bottom);
+        let mut vmas = VmaTable::new();
+        vmas.insert(
+            layout.stack_bottom,
+            Vma::anon(layout.top, RW, false, Some("[stack]")),
+        );
         AddressSpace {
             layout,
             brk: layout.brk_start,
             free,
+            vmas,
         }
+    }
+
+    /// The mapping table.
+    pub fn vmas(&self) -> &VmaTable {
+        &self.vmas
+    }
+
+    /// The mapping table, for the calls that change mappings.
+    pub fn vmas_mut(&mut self) -> &mut VmaTable {
+        &mut self.vmas
     }
 
     /// The layout this space was built with.
@@ -108,7 +129,14 @@ impl AddressSpace {
         }
         let old = self.brk;
         self.brk = want;
-        let released = (page_up(want) < page_up(old)).then(|| (page_up(want), page_up(old)));
+        let (new_end, old_end) = (page_up(want), page_up(old));
+        if new_end > old_end {
+            self.vmas
+                .insert(old_end, Vma::anon(new_end, RW, false, Some("[heap]")));
+        } else {
+            self.vmas.remove(new_end, old_end);
+        }
+        let released = (new_end < old_end).then_some((new_end, old_end));
         (want, released)
     }
 

@@ -23,6 +23,8 @@ pub struct OpenFile {
     /// under replication, input through it is Recorded and output Compared (DESIGN.md §6).
     /// Kept on the open file so that dup'ed numbers share it.
     external: AtomicBool,
+    /// For a /proc file: what it is and its own state (see `procfs::file`).
+    virt: Option<crate::procfs::VirtFile>,
 }
 
 impl OpenFile {
@@ -31,7 +33,22 @@ impl OpenFile {
         OpenFile {
             host,
             external: AtomicBool::new(false),
+            virt: None,
         }
+    }
+
+    /// A /proc file: `host` is the placeholder descriptor behind it.
+    pub fn virtual_file(host: OwnedFd, virt: crate::procfs::VirtFile) -> Self {
+        OpenFile {
+            host,
+            external: AtomicBool::new(false),
+            virt: Some(virt),
+        }
+    }
+
+    /// The /proc part of a virtual file.
+    pub fn virt(&self) -> Option<&crate::procfs::VirtFile> {
+        self.virt.as_ref()
     }
 
     /// An open file that reaches outside the program.
@@ -39,6 +56,7 @@ impl OpenFile {
         OpenFile {
             host,
             external: AtomicBool::new(true),
+            virt: None,
         }
     }
 
@@ -167,6 +185,16 @@ impl FdTable {
             }
             None => Err(Errno::EBADF),
         }
+    }
+
+    /// The open guest descriptor numbers, ascending.
+    pub fn numbers(&self) -> Vec<i64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| i as i64)
+            .collect()
     }
 
     /// Number of open guest descriptors.

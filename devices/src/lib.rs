@@ -11,9 +11,11 @@ pub mod guest_mem;
 pub mod itimer;
 pub mod path;
 pub mod process;
+pub mod procfs;
 pub mod replication;
 pub mod safecopy;
 pub mod signals;
 pub mod syscalls;
+pub mod vma;
 
 pub use errno::Errno;

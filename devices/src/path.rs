@@ -119,6 +119,27 @@ fn openat2(
 
 const CONFINE: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
 
+/// statfs f_type of a procfs.
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// `openat2` for a guest path, with the backstop that keeps the host's procfs out of
+/// reach: /proc paths go to the virtual tree before they get here, but a symlink
+/// (`/tmp/x -> /proc/self/mem`, `/etc/mtab`) or a procfs inside an image root would
+/// still resolve to the host's, where `self` is the VMM. Anything on a procfs is ENOENT.
+fn openat2_guest(dirfd: RawFd, path: &CStr, flags: u64, mode: u64) -> Result<OwnedFd, Errno> {
+    let fd = openat2(dirfd, path, flags, mode, CONFINE)?;
+    // SAFETY: libc::statfs is plain data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs of a descriptor we own into a buffer of the right size.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(Errno::last());
+    }
+    if st.f_type as i64 == PROC_SUPER_MAGIC {
+        return Err(Errno::ENOENT);
+    }
+    Ok(fd)
+}
+
 /// Opens a host directory as an O_PATH descriptor, with its canonical path.
 fn open_host_dir(dir: &Path) -> Result<(OwnedFd, PathBuf), RootError> {
     let err = |source| RootError::Open {
@@ -230,6 +251,9 @@ impl FsContext {
             return false;
         };
         let first = rest.split(|&b| b == b'/').next().unwrap_or_default();
+        // An image root has no /proc entry, so under --det its virtual /proc stays
+        // ENOENT here: glibc's lazy, racy reads of /proc/sys/vm settings must not become
+        // det points (see above), and an open that succeeded would need one.
         if first.is_empty() || first == b"." || first == b".." {
             return false;
         }
@@ -256,6 +280,47 @@ impl FsContext {
             )
         };
         r < 0 && Errno::last() == Errno::ENOENT
+    }
+
+    /// The components below `/proc` of a path whose lexically normalised absolute form
+    /// lies in /proc (the guest's virtual tree; `/dev/fd/N` and `/dev/std*` are aliases of
+    /// `/proc/self/fd/N`), else None. `virt_base` is the guest path
+    /// of a virtual directory the path is relative to; `dirfd` a host directory.
+    pub fn proc_components(
+        &self,
+        dirfd: Option<RawFd>,
+        virt_base: Option<&[u8]>,
+        path: &CStr,
+    ) -> Result<Option<Vec<Vec<u8>>>, Errno> {
+        let p = path.to_bytes();
+        let base = match (p.first(), virt_base) {
+            (Some(b'/'), _) => b"/".to_vec(),
+            (_, Some(v)) => v.to_vec(),
+            // A host directory (the cwd included) is never inside the host's procfs (the
+            // backstop refuses those), so only a `..` can climb from it into /proc.
+            _ if !p.split(|&b| b == b'/').any(|c| c == b"..") => return Ok(None),
+            (_, None) => match dirfd {
+                None => self.cwd(),
+                Some(fd) => self.dir_path(fd)?,
+            },
+        };
+        let comps = crate::procfs::normalise(&base, path);
+        let c: Vec<&[u8]> = comps.iter().map(|c| c.as_slice()).collect();
+        let own = |rest: &[Vec<u8>]| {
+            let mut v = vec![b"self".to_vec(), b"fd".to_vec()];
+            v.extend_from_slice(rest);
+            Some(v)
+        };
+        // /dev/fd and /dev/std* are symlinks into /proc/self/fd, whose magic links the
+        // host resolver refuses: they are the virtual tree's too.
+        Ok(match c.as_slice() {
+            [b"proc", ..] => Some(comps[1..].to_vec()),
+            [b"dev", b"fd", ..] => own(&comps[2..]),
+            [b"dev", b"stdin"] => own(&[b"0".to_vec()]),
+            [b"dev", b"stdout"] => own(&[b"1".to_vec()]),
+            [b"dev", b"stderr"] => own(&[b"2".to_vec()]),
+            _ => None,
+        })
     }
 
     /// The canonical host path of the root.
@@ -331,7 +396,7 @@ impl FsContext {
         // O_CLOEXEC on the host side always: the VMM never execs, and descriptors must
         // not leak to anything it spawns.
         let host_flags = (flags | libc::O_CLOEXEC) as u32 as u64;
-        openat2(base, &rel, host_flags, mode, CONFINE)
+        openat2_guest(base, &rel, host_flags, mode)
     }
 
     /// Resolves to the target, following a final symlink (stat, access, chmod, chdir...).
@@ -344,13 +409,7 @@ impl FsContext {
     ) -> Result<Resolved, Errno> {
         let abs = self.absolute(dirfd, path)?;
         let (base, rel) = self.place(&abs, mutating)?;
-        let fd = openat2(
-            base,
-            &rel,
-            (libc::O_PATH | libc::O_CLOEXEC) as u64,
-            0,
-            CONFINE,
-        )?;
+        let fd = openat2_guest(base, &rel, (libc::O_PATH | libc::O_CLOEXEC) as u64, 0)?;
         Ok(Resolved::Target(fd))
     }
 
@@ -397,7 +456,7 @@ impl FsContext {
     fn open_dir(&self, abs: &CStr, mutating: bool) -> Result<OwnedFd, Errno> {
         let (base, rel) = self.place(abs, mutating)?;
         let flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-        openat2(base, &rel, flags, 0, CONFINE)
+        openat2_guest(base, &rel, flags, 0)
     }
 
     /// fchdir and chdir: the cwd becomes the canonical guest path of the directory.
@@ -472,6 +531,32 @@ mod tests {
         );
         assert!(fs.open(None, &c("/etc/shadow"), 0, 0).is_err());
         assert!(fs.open(None, &c("/proc/self/fd/0"), 0, 0).is_err());
+    }
+
+    #[test]
+    fn host_procfs_is_never_opened_even_through_a_symlink() {
+        let fs = FsContext::new(Path::new("/")).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("m");
+        std::os::unix::fs::symlink("/proc/self/mem", &link).unwrap();
+        let c = CString::new(link.as_os_str().as_bytes()).unwrap();
+        assert_eq!(
+            fs.open(None, &c, libc::O_RDWR, 0).unwrap_err(),
+            Errno::ENOENT
+        );
+        assert!(fs.target(None, &c, false).is_err());
+        assert!(fs.open(None, c"/proc/self/maps", 0, 0).is_err());
+        assert_eq!(
+            fs.proc_components(None, None, c"/etc/../proc/self/mem")
+                .unwrap(),
+            Some(vec![b"self".to_vec(), b"mem".to_vec()])
+        );
+        assert_eq!(fs.proc_components(None, None, c"etc/passwd").unwrap(), None);
+        assert_eq!(
+            fs.proc_components(None, None, c"/dev/stdout").unwrap(),
+            Some(vec![b"self".to_vec(), b"fd".to_vec(), b"1".to_vec()])
+        );
+        assert_eq!(fs.proc_components(None, None, c"/dev/null").unwrap(), None);
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct Process {
     pub fs: FsContext,
     /// The program's path inside the root (for /proc/self/exe).
     pub exe_path: String,
+    /// Where argv, envp and auxv lie, for /proc/self/{cmdline,environ,auxv} (set once by
+    /// the loader).
+    pub proc_info: OnceLock<crate::procfs::ProcInfo>,
     /// Signal dispositions, indexed by signal number (0 unused).
     pub sigactions: Mutex<[SigAction; 65]>,
     /// umask.
@@ -127,6 +130,7 @@ impl Process {
             aspace: Mutex::new(aspace),
             fs,
             exe_path,
+            proc_info: OnceLock::new(),
             sigactions: Mutex::new([SigAction::default(); 65]),
             umask: AtomicU64::new(0o022),
             stats: Stats::default(),

@@ -140,6 +140,11 @@ impl Signals {
         );
     }
 
+    /// The live threads' ids, ascending.
+    pub fn tids(&self) -> Vec<i64> {
+        lock(&self.state).threads.keys().copied().collect()
+    }
+
     /// A thread ended; its own pending signals go with it.
     pub fn remove_thread(&self, tid: i64) {
         lock(&self.state).threads.remove(&tid);

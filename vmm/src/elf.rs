@@ -84,9 +84,31 @@ pub struct LoadedProgram {
     pub interp_base: u64,
     /// End of the highest loaded image.
     pub image_end: u64,
+    /// The mappings the images make, for /proc/self/maps.
+    pub segments: Vec<Segment>,
+    /// The interpreter's path (PT_INTERP), for dynamic programs.
+    pub interp_path: Option<String>,
+}
+
+/// One mapping of a loaded image, as Linux's loader would have made it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// First byte (page-aligned).
+    pub start: u64,
+    /// One past the last byte (page-aligned).
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    /// File offset of `start`; None for the zero-filled tail (bss).
+    pub offset: Option<u64>,
+    /// Whether it belongs to the interpreter rather than the program.
+    pub interp: bool,
+    /// The file's device and inode.
+    pub dev_ino: (u64, u64),
 }
 
 struct Image {
+    segments: Vec<Segment>,
     base: u64,
     entry: u64,
     phdr: u64,
@@ -95,7 +117,7 @@ struct Image {
     interp: Option<CString>,
 }
 
-fn read_file(fs: &FsContext, path: &CStr) -> Result<Vec<u8>, LoadError> {
+fn read_file(fs: &FsContext, path: &CStr) -> Result<(Vec<u8>, (u64, u64)), LoadError> {
     let name = path.to_string_lossy().into_owned();
     let fd = fs
         .open(None, path, libc::O_RDONLY, 0)
@@ -116,7 +138,8 @@ fn read_file(fs: &FsContext, path: &CStr) -> Result<Vec<u8>, LoadError> {
         .take(MAX_ELF_SIZE)
         .read_to_end(&mut data)
         .map_err(|source| LoadError::Read { path: name, source })?;
-    Ok(data)
+    use std::os::unix::fs::MetadataExt;
+    Ok((data, (meta.dev(), meta.ino())))
 }
 
 fn load_image(
@@ -170,6 +193,7 @@ fn load_image(
     }
     let mut end = 0u64;
     let mut phdr = None;
+    let mut segments = Vec::new();
     for p in &loads {
         let file_end = p
             .p_offset
@@ -207,6 +231,37 @@ fn load_image(
         mem.write_bytes(start - lead, bytes)
             .map_err(|_| malformed("segment outside memory".into()))?;
         end = end.max(seg_end);
+        let prot = [
+            (4, libc::PROT_READ),
+            (2, libc::PROT_WRITE),
+            (1, libc::PROT_EXEC),
+        ]
+        .iter()
+        .filter(|(pf, _)| p.p_flags & pf != 0)
+        .fold(0u32, |acc, (_, pr)| acc | *pr as u32);
+        // Linux maps the file pages of a segment and adds anonymous pages for the rest
+        // of its memory size (bss).
+        let page = (start - lead) & !0xfff;
+        let mapped_end = (start + p.p_filesz + 0xfff) & !0xfff;
+        let mem_end = (seg_end + 0xfff) & !0xfff;
+        if mapped_end > page {
+            segments.push(Segment {
+                start: page,
+                end: mapped_end,
+                prot,
+                offset: Some((p.p_offset - lead) & !0xfff),
+                ..Default::default()
+            });
+        }
+        if mem_end > mapped_end.max(page) {
+            segments.push(Segment {
+                start: mapped_end.max(page),
+                end: mem_end,
+                prot,
+                offset: None,
+                ..Default::default()
+            });
+        }
         let ph_off = elf.header.e_phoff;
         if phdr.is_none() && ph_off >= p.p_offset && ph_off < file_end {
             phdr = Some(start + (ph_off - p.p_offset));
@@ -230,6 +285,7 @@ fn load_image(
         .checked_add(elf.header.e_entry)
         .ok_or_else(|| malformed("entry point overflows".into()))?;
     Ok(Image {
+        segments,
         base,
         entry,
         phdr: phdr.unwrap_or(0),
@@ -247,8 +303,17 @@ pub fn load_program(
     path: &CStr,
 ) -> Result<LoadedProgram, LoadError> {
     let name = path.to_string_lossy().into_owned();
-    let data = read_file(fs, path)?;
+    let (data, dev_ino) = read_file(fs, path)?;
     let prog = load_image(mem, &name, &data, PIE_BASE)?;
+    let tag = |segs: &[Segment], interp| {
+        segs.iter()
+            .map(|s| Segment {
+                interp,
+                dev_ino,
+                ..s.clone()
+            })
+            .collect::<Vec<_>>()
+    };
     let mut loaded = LoadedProgram {
         start: prog.entry,
         entry: prog.entry,
@@ -256,10 +321,12 @@ pub fn load_program(
         phnum: prog.phnum,
         interp_base: 0,
         image_end: prog.end,
+        segments: tag(&prog.segments, false),
+        interp_path: None,
     };
     if let Some(interp) = prog.interp {
         let iname = interp.to_string_lossy().into_owned();
-        let idata = read_file(fs, &interp)?;
+        let (idata, idev_ino) = read_file(fs, &interp)?;
         // 2 MiB-aligned gap after the program keeps the interpreter's own brk-less
         // data clear of anything the program may grow into.
         let ibase = prog
@@ -278,6 +345,12 @@ pub fn load_program(
                 what: "interpreter is not position-independent".into(),
             });
         }
+        loaded.segments.extend(i.segments.iter().map(|s| Segment {
+            interp: true,
+            dev_ino: idev_ino,
+            ..s.clone()
+        }));
+        loaded.interp_path = Some(iname);
         loaded.start = i.entry;
         loaded.interp_base = i.base;
         loaded.image_end = i.end.max(prog.end);

@@ -193,6 +193,30 @@ fn absolute_guest_path(fs: &FsContext, path: &CString) -> String {
     }
 }
 
+/// Enters the loaded images' mappings in the mapping table (/proc/self/maps).
+fn enter_images(aspace: &mut AddressSpace, loaded: &elf::LoadedProgram, exe: &str) {
+    use devices::vma::{Vma, VmaFile};
+    for s in &loaded.segments {
+        let path = match (&loaded.interp_path, s.interp) {
+            (Some(i), true) => i.as_bytes().to_vec(),
+            _ => exe.as_bytes().to_vec(),
+        };
+        let vma = Vma {
+            end: s.end,
+            prot: s.prot,
+            shared: false,
+            file: s.offset.map(|offset| VmaFile {
+                dev: s.dev_ino.0,
+                ino: s.dev_ino.1,
+                offset,
+                path,
+            }),
+            name: None,
+        };
+        aspace.vmas_mut().insert(s.start, vma);
+    }
+}
+
 fn host_xcr0() -> u64 {
     // SAFETY: xgetbv(0) is valid whenever the OS enabled XSAVE, which every x86-64
     // Linux host running KVM guests with AVX has; checked via cpuid first.
@@ -431,7 +455,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     )?;
     let exe = absolute_guest_path(&fs, &program);
     let env = det_env(config, loaded.interp_base != 0);
-    let sp = stack::build(
+    let (sp, proc_info) = stack::build(
         &mem,
         layout.top - 4096,
         &config.args,
@@ -441,13 +465,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         config.seed,
     )
     .map_err(|_| VmmError::Stack)?;
-    let process = Arc::new(Process::new(
-        mem,
-        AddressSpace::new(layout),
-        fs,
-        std_fds(),
-        exe,
-    ));
+    let mut aspace = AddressSpace::new(layout);
+    enter_images(&mut aspace, &loaded, &exe);
+    let process = Arc::new(Process::new(mem, aspace, fs, std_fds(), exe));
+    let _ = process.proc_info.set(proc_info);
 
     // SAFETY: umask(0) so the program's own umask (applied by the syscall layer) is the
     // only one; ditto creates no files of its own while the program runs.

@@ -3,6 +3,7 @@
 //! every time query is a syscall; AT_RANDOM comes from the seed.
 
 use devices::guest_mem::GuestMemory;
+use devices::procfs::ProcInfo;
 use devices::Errno;
 
 use crate::elf::LoadedProgram;
@@ -48,7 +49,8 @@ fn hwcap() -> u64 {
     std::arch::x86_64::__cpuid(1).edx as u64
 }
 
-/// Builds the stack below `top` and returns the initial RSP (pointing at argc).
+/// Builds the stack below `top` and returns the initial RSP (pointing at argc), with
+/// where the strings and the auxiliary vector lie (for /proc/self/{cmdline,environ,auxv}).
 pub fn build(
     mem: &GuestMemory,
     top: u64,
@@ -57,7 +59,7 @@ pub fn build(
     prog: &LoadedProgram,
     execfn: &[u8],
     seed: u64,
-) -> Result<u64, Errno> {
+) -> Result<(u64, ProcInfo), Errno> {
     let mut sp = top;
     let mut push_bytes = |data: &[u8]| -> Result<u64, Errno> {
         // Arguments and environment can be as large as the caller likes: ENOMEM (no room) rather
@@ -122,6 +124,16 @@ pub fn build(
         .and_then(|n| sp.checked_sub(n))
         .ok_or(Errno::ENOMEM)?
         & !15;
+    let env_start = env_ptrs.first().copied().unwrap_or(platform_at);
+    let auxv_start = sp + (3 + arg_ptrs.len() + env_ptrs.len()) as u64 * 8;
+    let info = ProcInfo {
+        arg_start: arg_ptrs.first().copied().unwrap_or(env_start),
+        arg_end: env_start,
+        env_start,
+        env_end: platform_at,
+        auxv_start,
+        auxv_end: auxv_start + auxv.len() as u64 * 16,
+    };
     let mut w = sp;
     let mut put = |v: u64| -> Result<(), Errno> {
         mem.write_obj(w, &v)?;
@@ -141,7 +153,7 @@ pub fn build(
         put(k)?;
         put(v)?;
     }
-    Ok(sp)
+    Ok((sp, info))
 }
 
 #[cfg(test)]
@@ -159,7 +171,7 @@ mod tests {
         let mem = GuestMemory::new(16 << 20).unwrap();
         let top = 16 << 20;
         let prog = LoadedProgram::default();
-        let sp = build(
+        let (sp, info) = build(
             &mem,
             top,
             &[b"prog".to_vec(), b"a1".to_vec()],
@@ -177,5 +189,15 @@ mod tests {
         let env0: u64 = mem.read_obj(sp + 32).unwrap();
         assert_eq!(mem.read_cstring(env0, 100).unwrap().as_bytes(), b"K=V");
         assert_eq!(mem.read_obj::<u64>(sp + 48).unwrap(), AT_PHDR);
+        let args = mem
+            .read_bytes(info.arg_start, info.arg_end - info.arg_start)
+            .unwrap();
+        assert_eq!(args, b"prog\0a1\0");
+        let env = mem
+            .read_bytes(info.env_start, info.env_end - info.env_start)
+            .unwrap();
+        assert_eq!(env, b"K=V\0");
+        assert_eq!(info.auxv_start, sp + 48);
+        assert_eq!(mem.read_obj::<u64>(info.auxv_end - 16).unwrap(), AT_NULL);
     }
 }

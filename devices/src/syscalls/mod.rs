@@ -14,6 +14,7 @@ use crate::process::Process;
 mod cmsg;
 pub mod names;
 mod sockaddr;
+mod proc_paths;
 pub mod sys_det;
 pub mod sys_file;
 pub mod sys_fs;

@@ -53,12 +53,18 @@ pub const TABLE: &[SyscallEntry] = &[
 
 fn read(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
+    if let Some(v) = f.virt() {
+        return v.read(ctx.process, f.raw(), a[1], a[2], None);
+    }
     let p = buf(ctx, a[1], a[2])?;
     sc(libc::SYS_read, [f.raw() as u64, p as u64, a[2], 0, 0, 0])
 }
 
 fn write(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
+    if let Some(v) = f.virt() {
+        return v.write(ctx.process, a[1], a[2], None);
+    }
     let p = buf(ctx, a[1], a[2])?;
     let r = sc(libc::SYS_write, [f.raw() as u64, p as u64, a[2], 0, 0, 0]);
     epipe_kills(ctx, r)
@@ -66,6 +72,9 @@ fn write(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn pread64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
+    if let Some(v) = f.virt() {
+        return v.read(ctx.process, f.raw(), a[1], a[2], Some(a[3]));
+    }
     let p = buf(ctx, a[1], a[2])?;
     sc(
         libc::SYS_pread64,
@@ -75,6 +84,9 @@ fn pread64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn pwrite64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
+    if let Some(v) = f.virt() {
+        return v.write(ctx.process, a[1], a[2], Some(a[3]));
+    }
     let p = buf(ctx, a[1], a[2])?;
     let r = sc(
         libc::SYS_pwrite64,
@@ -137,6 +149,9 @@ fn pwritev(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn lseek(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
+    if let Some(v) = f.virt() {
+        return v.lseek(f.raw(), a[1], a[2] as i32);
+    }
     sc(libc::SYS_lseek, [f.raw() as u64, a[1], a[2], 0, 0, 0])
 }
 
@@ -257,6 +272,10 @@ fn ioctl(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn fstat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
+    if let Some(v) = f.virt() {
+        let st = crate::procfs::file::stat_of(&v.node);
+        return ctx.process.mem.write_obj(a[1], &st).map(|_| 0);
+    }
     let p = buf(ctx, a[1], std::mem::size_of::<libc::stat>() as u64)?;
     sc(libc::SYS_fstat, [f.raw() as u64, p as u64, 0, 0, 0, 0])
 }
@@ -285,6 +304,9 @@ fn fchdir(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn getdents64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
+    if let Some(v) = f.virt() {
+        return v.getdents64(ctx.process, a[1], a[2]);
+    }
     let p = buf(ctx, a[1], a[2])?;
     sc(
         libc::SYS_getdents64,

@@ -56,6 +56,9 @@ fn open_common(
     mode: u64,
 ) -> SysResult {
     let p = path(ctx, path_gva)?;
+    if let Some(r) = super::proc_paths::open(ctx, dfd, &p, flags) {
+        return r;
+    }
     let dir = dirfd(ctx, dfd)?;
     let mode = mode & !ctx.process.umask.load(std::sync::atomic::Ordering::Relaxed);
     let fd = ctx
@@ -101,12 +104,31 @@ fn stat_at(ctx: &SyscallCtx<'_>, at: &AtPath, out: u64, flags: u64) -> SysResult
     )
 }
 
+/// stat of a /proc path into the guest's buffer, or None when the path is elsewhere.
+fn proc_stat(
+    ctx: &SyscallCtx<'_>,
+    dfd: u64,
+    path_gva: u64,
+    follow: bool,
+    empty_ok: bool,
+    out: u64,
+) -> Option<SysResult> {
+    let st = super::proc_paths::stat(ctx, dfd, path_gva, follow, empty_ok)?;
+    Some(st.and_then(|st| ctx.process.mem.write_obj(out, &st).map(|_| 0)))
+}
+
 fn stat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    if let Some(r) = proc_stat(ctx, AT_FDCWD, a[0], true, false, a[1]) {
+        return r;
+    }
     let at = at_path(ctx, AT_FDCWD, a[0], true, false, false)?;
     stat_at(ctx, &at, a[1], 0)
 }
 
 fn lstat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    if let Some(r) = proc_stat(ctx, AT_FDCWD, a[0], false, false, a[1]) {
+        return r;
+    }
     let at = at_path(ctx, AT_FDCWD, a[0], false, false, false)?;
     stat_at(ctx, &at, a[1], libc::AT_SYMLINK_NOFOLLOW as u64)
 }
@@ -114,6 +136,9 @@ fn lstat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 fn newfstatat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let nofollow = a[3] & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
     let empty_ok = a[3] & libc::AT_EMPTY_PATH as u64 != 0;
+    if let Some(r) = proc_stat(ctx, a[0], a[1], !nofollow, empty_ok, a[2]) {
+        return r;
+    }
     let at = at_path(ctx, a[0], a[1], !nofollow, empty_ok, false)?;
     stat_at(ctx, &at, a[2], a[3] & libc::AT_SYMLINK_NOFOLLOW as u64)
 }
@@ -121,6 +146,9 @@ fn newfstatat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 fn statx(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let nofollow = a[2] & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
     let empty_ok = a[2] & libc::AT_EMPTY_PATH as u64 != 0;
+    if let Some(st) = super::proc_paths::stat(ctx, a[0], a[1], !nofollow, empty_ok) {
+        return super::proc_paths::write_statx(ctx, a[4], &st?);
+    }
     let at = at_path(ctx, a[0], a[1], !nofollow, empty_ok, false)?;
     let p = buf(ctx, a[4], std::mem::size_of::<libc::statx>() as u64)?;
     let mut flags = a[2] & !(libc::AT_EMPTY_PATH as u64);
@@ -152,6 +180,9 @@ fn statfs(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 fn faccess(ctx: &mut SyscallCtx<'_>, dfd: u64, path_gva: u64, mode: u64, flags: u64) -> SysResult {
     let nofollow = flags & libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
     let empty_ok = flags & libc::AT_EMPTY_PATH as u64 != 0;
+    if let Some(r) = super::proc_paths::access(ctx, dfd, path_gva, mode) {
+        return r;
+    }
     let at = at_path(ctx, dfd, path_gva, !nofollow, empty_ok, false)?;
     let mut flags = flags & !(libc::AT_EMPTY_PATH as u64);
     if at.empty {
@@ -183,12 +214,8 @@ fn readlink_common(
     len: u64,
 ) -> SysResult {
     let p = path(ctx, path_gva)?;
-    if p.as_bytes() == b"/proc/self/exe" {
-        // The VMM's own /proc/self/exe is ditto; the program expects itself.
-        let exe = ctx.process.exe_path.as_bytes();
-        let n = exe.len().min(len as usize);
-        ctx.process.mem.write_bytes(out, &exe[..n])?;
-        return Ok(n as u64);
+    if let Some(r) = super::proc_paths::readlink(ctx, dfd, &p, out, len) {
+        return r;
     }
     let at = at_path(ctx, dfd, path_gva, false, true, false)?;
     let o = buf(ctx, out, len)?;

@@ -1,13 +1,19 @@
 //! Memory: brk, mmap and friends, served by the deterministic allocator in
-//! `address_space`. Page tables never change: protections are recorded nowhere and
-//! every mapped page is readable, writable and executable for the program.
+//! `address_space`. Page tables never change: protections are only recorded in the
+//! mapping table (for /proc/self/maps) and every mapped page is readable, writable and
+//! executable for the program.
 
 use super::util::file;
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::address_space::{page_up, PAGE_SIZE};
 use crate::errno::Errno;
+use crate::fd_table::OpenFile;
 use crate::process::lock;
 use crate::sys;
+use crate::vma::{Vma, VmaFile};
+
+/// Bytes mremap moves per copy, so a huge move never needs a huge VMM buffer.
+const MOVE_CHUNK: u64 = 1 << 20;
 
 /// The memory table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -52,6 +58,10 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let anon = flags & libc::MAP_ANONYMOUS != 0;
     // Resolve the file before touching the address space, so a bad fd changes nothing.
     let f = if anon { None } else { Some(file(ctx, fd)?) };
+    // /proc files have no pages to map (Linux: ENODEV); their host side is a placeholder.
+    if f.as_ref().is_some_and(|f| f.virt().is_some()) {
+        return Err(Errno(libc::ENODEV));
+    }
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
     let mut asp = lock(&ctx.process.aspace);
     let start = if fixed {
@@ -88,7 +98,41 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         asp.release(start, start + len);
         return Err(e);
     }
+    let prot = (prot as u32) & (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u32;
+    let vma = match &f {
+        Some(f) => Vma {
+            end: start + len,
+            prot,
+            shared,
+            file: Some(file_of(ctx, f, off)),
+            name: None,
+        },
+        None if shared => Vma::anon(start + len, prot, true, Some("/dev/zero (deleted)")),
+        None => Vma::anon(start + len, prot, false, None),
+    };
+    asp.vmas_mut().insert(start, vma);
     Ok(start)
+}
+
+/// What /proc/self/maps shows for a file mapping: device, inode, offset and the guest's
+/// path of the file (the host path for anything outside the root, like a memfd's name).
+fn file_of(ctx: &SyscallCtx<'_>, f: &OpenFile, offset: u64) -> VmaFile {
+    // SAFETY: libc::stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat of a descriptor we hold into a buffer of the right size.
+    let ok = unsafe { libc::fstat(f.raw(), &mut st) } == 0;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.raw())).unwrap_or_default();
+    let path = ctx
+        .process
+        .fs
+        .guest_path_of_host(&link)
+        .unwrap_or_else(|| std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()).to_vec());
+    VmaFile {
+        dev: if ok { st.st_dev } else { 0 },
+        ino: if ok { st.st_ino } else { 0 },
+        offset,
+        path,
+    }
 }
 
 fn munmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
@@ -99,6 +143,7 @@ fn munmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let mut asp = lock(&ctx.process.aspace);
     ctx.process.mem.reset_range(addr, len)?;
     asp.release(addr, addr + len);
+    asp.vmas_mut().remove(addr, addr + len);
     Ok(0)
 }
 
@@ -108,45 +153,110 @@ fn mprotect(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if !a[0].is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
+    let len = page_up(a[1]);
     ctx.process
         .mem
-        .user_range(a[0], page_up(a[1]))
+        .user_range(a[0], len)
         .map_err(|_| Errno::ENOMEM)?;
+    let prot = (a[2] as u32) & (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u32;
+    lock(&ctx.process.aspace)
+        .vmas_mut()
+        .protect(a[0], a[0] + len, prot);
     Ok(0)
 }
 
 fn mremap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let (old, old_len, new_len, flags) = (a[0], page_up(a[1]), page_up(a[2]), a[3] as i32);
-    if !old.is_multiple_of(PAGE_SIZE) || new_len == 0 || flags & libc::MREMAP_FIXED != 0 {
+    if !old.is_multiple_of(PAGE_SIZE) || old_len == 0 || new_len == 0 {
         return Err(Errno::EINVAL);
     }
+    if flags & libc::MREMAP_FIXED != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let old_end = old.checked_add(old_len).ok_or(Errno::EFAULT)?;
     ctx.process
         .mem
         .user_range(old, old_len)
         .map_err(|_| Errno::EFAULT)?;
     let mut asp = lock(&ctx.process.aspace);
+    // Linux refuses a range that is not wholly mapped: a hole in it is EFAULT. Moving
+    // one would copy bytes from memory the program does not own, and the allocator
+    // could later hand the same addresses out twice.
+    if !asp.vmas().covers(old, old_end) {
+        return Err(Errno::EFAULT);
+    }
     if new_len <= old_len {
-        ctx.process
-            .mem
-            .reset_range(old + new_len, old_len - new_len)?;
-        asp.release(old + new_len, old + old_len);
+        let cut = old + new_len;
+        ctx.process.mem.reset_range(cut, old_len - new_len)?;
+        asp.release(cut, old_end);
+        asp.vmas_mut().remove(cut, old_end);
         return Ok(old);
     }
     let grow_end = old.checked_add(new_len).ok_or(Errno::ENOMEM)?;
-    if asp.is_free(old + old_len, grow_end) {
-        asp.carve(old + old_len, grow_end);
+    if grow_end <= asp.layout().stack_bottom && asp.is_free(old_end, grow_end) {
+        asp.carve(old_end, grow_end);
+        let last = asp
+            .vmas()
+            .iter()
+            .filter(|(s, v)| *s < old_end && v.end == old_end)
+            .map(|(s, v)| {
+                let mut v = v.clone();
+                if let Some(f) = &mut v.file {
+                    f.offset = f.offset.saturating_add(old_end - s);
+                }
+                v.end = grow_end;
+                v
+            })
+            .next();
+        if let Some(v) = last {
+            asp.vmas_mut().insert(old_end, v);
+        }
         return Ok(old);
     }
     if flags & libc::MREMAP_MAYMOVE == 0 {
         return Err(Errno::ENOMEM);
     }
     let new = asp.alloc(new_len, 0)?;
-    let src = ctx.process.mem.user_range(old, old_len)?;
-    let dst = ctx.process.mem.user_range(new, old_len)?;
-    // SAFETY: both ranges are checked, page-aligned and disjoint (new was free).
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, old_len as usize) };
+    // The new range was free, so it cannot overlap the old one.
+    let mut done = 0;
+    while done < old_len {
+        let n = (old_len - done).min(MOVE_CHUNK);
+        let bytes = ctx.process.mem.read_bytes(old + done, n)?;
+        ctx.process.mem.write_bytes(new + done, &bytes)?;
+        done += n;
+    }
     ctx.process.mem.reset_range(old, old_len)?;
-    asp.release(old, old + old_len);
+    asp.release(old, old_end);
+    let moved: Vec<(u64, Vma)> = asp
+        .vmas()
+        .iter()
+        .filter(|(s, v)| *s < old_end && v.end > old)
+        .map(|(s, v)| {
+            let mut v = v.clone();
+            let from = s.max(old);
+            if let Some(f) = &mut v.file {
+                f.offset = f.offset.saturating_add(from - s);
+            }
+            v.end = new + (v.end.min(old_end) - old);
+            (new + (from - old), v)
+        })
+        .collect();
+    asp.vmas_mut().remove(old, old_end);
+    let tail_end = new + new_len;
+    let mut last = None;
+    for (s, v) in moved {
+        last = Some((s, v.clone()));
+        asp.vmas_mut().insert(s, v);
+    }
+    // The grown part continues the last mapping, as Linux extends that VMA.
+    if let Some((s, mut v)) = last {
+        let tail_start = new + old_len;
+        if let Some(f) = &mut v.file {
+            f.offset = f.offset.saturating_add(tail_start - s);
+        }
+        v.end = tail_end;
+        asp.vmas_mut().insert(tail_start, v);
+    }
     Ok(new)
 }
 
