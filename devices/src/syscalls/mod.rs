@@ -13,8 +13,8 @@ use crate::process::Process;
 
 mod cmsg;
 pub mod names;
-mod sockaddr;
 mod proc_paths;
+mod sockaddr;
 pub mod sys_det;
 pub mod sys_file;
 pub mod sys_fs;
