@@ -254,6 +254,27 @@ pub fn initial_msrs(fs_base: u64) -> Vec<(u32, u64)> {
 }
 
 /// The FPU state of a fresh Linux thread.
+/// The CPUID table of vCPU `index`: KVM's supported table with the APIC ids set to the
+/// vCPU's index. KVM_GET_SUPPORTED_CPUID reports the initial APIC id of whichever host core
+/// the VMM happened to run on, and on hosts where KVM emulates the guest's cpuid (Intel
+/// kvm_pvm, with CPUID faulting; VMX/SVM) the program would read that: an input that
+/// differs between replicas and from run to run. Where cpuid runs natively (AMD kvm_pvm)
+/// the table is not consulted and nothing changes.
+pub fn cpuid_for_vcpu(base: &kvm_bindings::CpuId, index: u64) -> kvm_bindings::CpuId {
+    let mut cpuid = base.clone();
+    let id = index as u32;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            // EBX[31:24]: initial APIC id.
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | ((id & 0xff) << 24),
+            // EDX: x2APIC id of the extended topology leaves.
+            0xb | 0x1f => e.edx = id,
+            _ => {}
+        }
+    }
+    cpuid
+}
+
 pub fn initial_fpu() -> kvm_fpu {
     kvm_fpu {
         fcw: 0x37f,
@@ -299,6 +320,22 @@ pub fn vector_name(vec: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_vcpu_reads_its_own_apic_id() {
+        let mut base = kvm_bindings::CpuId::new(3).unwrap();
+        let s = base.as_mut_slice();
+        s[0].function = 1;
+        s[0].ebx = 0x0708_0800; // APIC id 7 from whichever host core, other fields kept
+        s[1].function = 0xb;
+        s[1].edx = 7;
+        s[2].function = 0;
+        s[2].ebx = 0x756e_6547;
+        let c = cpuid_for_vcpu(&base, 3);
+        assert_eq!(c.as_slice()[0].ebx, 0x0308_0800);
+        assert_eq!(c.as_slice()[1].edx, 3);
+        assert_eq!(c.as_slice()[2].ebx, 0x756e_6547);
+    }
 
     #[test]
     fn stubs_fit_and_encode_port() {

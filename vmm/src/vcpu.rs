@@ -564,7 +564,7 @@ impl Machine {
         }
         let run_ptr: *mut kvm_run = vcpu.get_kvm_run();
         KVM_RUN.with(|c| c.set(run_ptr));
-        let base_sregs = match self.init_vcpu(&vcpu) {
+        let base_sregs = match self.init_vcpu(&vcpu, index) {
             Ok(s) => s,
             Err(e) => {
                 self.fatal_host(&format!("cannot set up vCPU {index}: {e}"));
@@ -623,8 +623,12 @@ impl Machine {
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
     }
 
-    fn init_vcpu(&self, vcpu: &VcpuFd) -> Result<kvm_bindings::kvm_sregs, kvm_ioctls::Error> {
-        vcpu.set_cpuid2(&self.cpuid)?;
+    fn init_vcpu(
+        &self,
+        vcpu: &VcpuFd,
+        index: u64,
+    ) -> Result<kvm_bindings::kvm_sregs, kvm_ioctls::Error> {
+        vcpu.set_cpuid2(&cpu::cpuid_for_vcpu(&self.cpuid, index))?;
         let mut xcrs = kvm_xcrs {
             nr_xcrs: 1,
             ..Default::default()
