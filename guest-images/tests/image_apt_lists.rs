@@ -158,3 +158,36 @@ fn lists_are_refreshed_only_when_older_than_a_day() {
         "stale lists were not updated ({after:?} <= {first:?})"
     );
 }
+
+#[test]
+fn fresh_lists_missing_a_package_are_refreshed_and_the_build_retried() {
+    let cache = tempfile::tempdir().unwrap();
+    let o = BuildOptions::in_dir(cache.path());
+    image::build("busybox", &o).unwrap_or_else(|e| panic!("{e}"));
+    let first = stamp_mtime(cache.path());
+
+    // Lists less than a day old that no longer offer the package (as when the archive has
+    // moved on since): keep only the smallest index, which lacks busybox-static.
+    let lists = cache.path().join("apt/lists");
+    let mut indexes: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(&lists)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        .map(|e| (e.metadata().unwrap().len(), e.path()))
+        .collect();
+    indexes.sort();
+    assert!(indexes.len() >= 2, "{indexes:?}");
+    for (_, p) in &indexes[1..] {
+        std::fs::remove_file(p).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let mut again = o.clone();
+    again.rebuild = true;
+    let img = image::build("busybox", &again).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(img.manifest.packages[0].name, "busybox-static");
+    assert!(
+        stamp_mtime(cache.path()) > first,
+        "the lists were not refreshed"
+    );
+}

@@ -230,7 +230,11 @@ fn warnings(out: &Output) -> String {
 /// apt-get's stderr reduced to one line: its errors ("E: ...") when it printed any, else all
 /// it printed, else its exit status.
 pub(crate) fn one_line(stderr: &str, status: std::process::ExitStatus) -> String {
-    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let errors: Vec<&str> = lines
         .iter()
         .copied()
@@ -256,7 +260,10 @@ mod tests {
         assert!(is_stale(None, now), "never updated");
         assert!(!is_stale(Some(now), now));
         assert!(!is_stale(Some(now - hour), now));
-        assert!(!is_stale(Some(now - MAX_AGE), now), "exactly a day is still fresh");
+        assert!(
+            !is_stale(Some(now - MAX_AGE), now),
+            "exactly a day is still fresh"
+        );
         assert!(is_stale(Some(now - MAX_AGE - Duration::from_secs(1)), now));
         assert!(is_stale(Some(now - 30 * MAX_AGE), now));
         // A stamp a few seconds ahead is timestamp granularity; an hour ahead is a changed
@@ -271,7 +278,11 @@ mod tests {
         let a = AptLists::open(t.path().join("apt")).unwrap();
         assert_eq!(a.updated_at(), None);
         write_atomic(&a.stamp(), b"").unwrap();
-        assert_eq!(a.updated_at(), None, "a stamp without index files is no update");
+        assert_eq!(
+            a.updated_at(),
+            None,
+            "a stamp without index files is no update"
+        );
         fs::write(
             a.lists_dir()
                 .join("deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages.lz4"),
@@ -281,14 +292,22 @@ mod tests {
         assert!(!is_stale(a.updated_at(), SystemTime::now()));
         let args = a.apt_args().join(" ");
         assert!(args.contains("Dir::State::Lists="), "{args}");
-        assert!(!args.contains("allow-unauthenticated"), "{args}");
-        assert!(!args.contains("AllowInsecure"), "{args}");
+        for lax in [
+            "allow-unauthenticated",
+            "AllowInsecure",
+            "trusted",
+            "AllowWeak",
+        ] {
+            assert!(!args.contains(lax), "{args}");
+            assert!(!APT_CONF.contains(lax), "{APT_CONF}");
+        }
     }
 
     #[test]
     fn errors_fit_on_one_line() {
         let st = std::process::ExitStatus::from_raw(100 << 8);
-        let e = "W: something\nE: Can't find a source to download version '1' of 'x:amd64'\n\nE: two\n";
+        let e =
+            "W: something\nE: Can't find a source to download version '1' of 'x:amd64'\n\nE: two\n";
         assert_eq!(
             one_line(e, st),
             "E: Can't find a source to download version '1' of 'x:amd64'; E: two"
