@@ -1,14 +1,16 @@
-//! Finding and fetching .deb files with the host's apt, without installing anything.
+//! Finding and fetching .deb files with apt (the host's sources, ditto's own lists), without
+//! installing anything.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{ImageError, IoContext};
 use super::fsutil::sha256_file;
+use super::lists::{one_line, AptLists};
 use super::progress::Progress;
 
 /// One .deb the archive index offers for a package: apt's candidate version.
@@ -28,12 +30,13 @@ pub(crate) struct DebRef {
     pub sha256: Option<String>,
 }
 
-/// Runs apt-get with a stable locale, so its messages can be quoted as they are.
-fn apt_get(args: &[&str], cwd: &Path) -> Result<Output, ImageError> {
-    Command::new("apt-get")
+/// Runs apt-get on ditto's lists in `cwd`.
+fn apt_get(lists: &AptLists, args: &[&str], cwd: &Path) -> Result<Output, ImageError> {
+    lists
+        .command()
         .args(args)
         .current_dir(cwd)
-        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
         .output()
         .map_err(|source| ImageError::Spawn {
             program: "apt-get".into(),
@@ -45,13 +48,13 @@ fn apt_get(args: &[&str], cwd: &Path) -> Result<Output, ImageError> {
 ///
 /// Runs in an empty directory because `apt-get download --print-uris` silently leaves out
 /// packages whose file is already in the current directory.
-pub(crate) fn resolve(packages: &[String]) -> Result<Vec<DebRef>, ImageError> {
+pub(crate) fn resolve(lists: &AptLists, packages: &[String]) -> Result<Vec<DebRef>, ImageError> {
     let empty = tempfile::tempdir().at(&std::env::temp_dir())?;
     let mut args = vec!["download", "--print-uris"];
     args.extend(packages.iter().map(String::as_str));
-    let out = apt_get(&args, empty.path())?;
+    let out = apt_get(lists, &args, empty.path())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<DebRef> = stdout.lines().filter_map(parse_uri_line).collect();
     let mut found = Vec::new();
     let mut missing = Vec::new();
@@ -70,13 +73,13 @@ pub(crate) fn resolve(packages: &[String]) -> Result<Vec<DebRef>, ImageError> {
         } else {
             missing.join(", ")
         };
-        let mut stderr = if stderr.is_empty() {
+        let mut stderr = if stderr.trim().is_empty() {
             format!("apt-get {} offers no file for it", out.status)
         } else {
-            stderr
+            one_line(&stderr, out.status)
         };
-        if stderr.contains("Unable to locate package") {
-            stderr.push_str("\n(check the package name; has `apt-get update` been run?)");
+        if stderr.contains("Unable to locate package") && lists.is_fresh() {
+            stderr.push_str(" (the package lists are up to date; check the package name)");
         }
         return Err(ImageError::Download { package, stderr });
     }
@@ -149,6 +152,7 @@ fn percent_decode(s: &str) -> Option<String> {
 /// download goes to a private temporary directory and each file is renamed into place after its
 /// hash check, so concurrent builds never see a half-written .deb.
 pub(crate) fn fetch_all(
+    lists: &AptLists,
     debs: &[DebRef],
     debs_dir: &Path,
     progress: &Progress,
@@ -179,7 +183,7 @@ pub(crate) fn fetch_all(
         progress.step(&format!("{} packages already downloaded", debs.len()));
     } else {
         progress.plan(missing.len() as u64);
-        download(&missing, debs_dir, progress)?;
+        download(lists, &missing, debs_dir, progress)?;
     }
     debs.iter()
         .zip(hashes)
@@ -191,13 +195,19 @@ pub(crate) fn fetch_all(
 }
 
 /// Downloads `debs` into `debs_dir` with one apt-get run.
-fn download(debs: &[&DebRef], debs_dir: &Path, progress: &Progress) -> Result<(), ImageError> {
+fn download(
+    lists: &AptLists,
+    debs: &[&DebRef],
+    debs_dir: &Path,
+    progress: &Progress,
+) -> Result<(), ImageError> {
     let tmp = tempfile::Builder::new()
         .prefix(".download-")
         .tempdir_in(debs_dir)
         .at(debs_dir)?;
     let mut errors = tempfile::tempfile().at(&std::env::temp_dir())?;
-    let mut child = Command::new("apt-get")
+    let mut child = lists
+        .command()
         .arg("download")
         .args(
             debs.iter()
@@ -228,16 +238,15 @@ fn download(debs: &[&DebRef], debs_dir: &Path, progress: &Progress) -> Result<()
     let mut stderr = String::new();
     let _ = errors.rewind();
     let _ = errors.read_to_string(&mut stderr);
-    let stderr = stderr.trim();
     for deb in debs {
         let got = tmp.path().join(&deb.file);
         if !got.is_file() {
             return Err(ImageError::Download {
                 package: deb.package.clone(),
-                stderr: if stderr.is_empty() {
+                stderr: if stderr.trim().is_empty() {
                     format!("apt-get {status} did not produce {}", deb.file)
                 } else {
-                    stderr.to_owned()
+                    one_line(&stderr, status)
                 },
             });
         }

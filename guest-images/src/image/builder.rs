@@ -6,6 +6,7 @@ use super::apt::{self, DebRef};
 use super::closure::check_closure;
 use super::error::ImageError;
 use super::fsutil::{mkdirs_in_root, sha256_hex, tree_hash, write_in_root};
+use super::lists::AptLists;
 use super::manifest::{Manifest, Package};
 use super::progress::Progress;
 use super::recipes::Recipe;
@@ -45,6 +46,11 @@ fn recipe_key(recipe: &Recipe, debs: &[(&DebRef, &str)]) -> String {
 
 /// The image of `recipe` alone (no user files): from the cache when a complete one with the
 /// same content key is there, else built.
+///
+/// apt works from ditto's own lists, refreshed when older than a day. When a package or the
+/// version the lists name cannot be found or fetched, the lists are refreshed and the build
+/// tried once more: the archive moves on (security updates replace files) and lists that are
+/// hours old can already point at files that are gone.
 pub(crate) fn recipe_image(
     recipe: &Recipe,
     store: &Store,
@@ -52,9 +58,27 @@ pub(crate) fn recipe_image(
     progress: &Progress,
 ) -> Result<Image, ImageError> {
     recipe.validate()?;
+    let lists = AptLists::open(store.apt_dir())?;
+    lists.refresh_if_stale(progress)?;
+    match recipe_image_with(&lists, recipe, store, opts, progress) {
+        Err(ImageError::Download { package, .. }) if !lists.is_fresh() => {
+            lists.update(progress, &format!("{package} not available"))?;
+            recipe_image_with(&lists, recipe, store, opts, progress)
+        }
+        other => other,
+    }
+}
+
+fn recipe_image_with(
+    lists: &AptLists,
+    recipe: &Recipe,
+    store: &Store,
+    opts: &BuildOptions,
+    progress: &Progress,
+) -> Result<Image, ImageError> {
     progress.plan(1);
     progress.step("resolving packages");
-    let debs = apt::resolve(&recipe.packages)?;
+    let debs = apt::resolve(lists, &recipe.packages)?;
     let debs_dir = store.debs_dir();
 
     // The index's sha256 gives the key without downloading anything; only when an index entry
@@ -62,7 +86,7 @@ pub(crate) fn recipe_image(
     let index_hashes: Option<Vec<String>> = debs.iter().map(|d| d.sha256.clone()).collect();
     let (hashes, fetched) = match index_hashes {
         Some(h) => (h, false),
-        None => (apt::fetch_all(&debs, &debs_dir, progress)?, true),
+        None => (apt::fetch_all(lists, &debs, &debs_dir, progress)?, true),
     };
     let pairs: Vec<(&DebRef, &str)> = debs.iter().zip(hashes.iter().map(String::as_str)).collect();
     let key = recipe_key(recipe, &pairs);
@@ -76,7 +100,7 @@ pub(crate) fn recipe_image(
     // Unpacking each package, configuration and check, manifest; fetch_all plans its own.
     progress.plan(debs.len() as u64 + 2);
     if !fetched {
-        apt::fetch_all(&debs, &debs_dir, progress)?;
+        apt::fetch_all(lists, &debs, &debs_dir, progress)?;
     }
     let staging = store.staging(&recipe.name)?;
     let root = staging.path();

@@ -41,6 +41,14 @@ pub enum ImageError {
         /// What apt-get wrote to stderr.
         stderr: String,
     },
+    /// `apt-get update` into ditto's own package lists failed, and there are no older lists.
+    #[error("updating package lists in {} failed: {reason}", lists.display())]
+    ListsUpdate {
+        /// ditto's lists directory.
+        lists: PathBuf,
+        /// apt-get's errors, on one line.
+        reason: String,
+    },
     /// A downloaded .deb does not have the hash the archive index promised.
     #[error(
         "package {package}: {} has sha256 {actual}, but the archive index says {expected}",

@@ -1,7 +1,8 @@
 //! Guest root filesystems ("images") built from Debian packages.
 //!
 //! An image is a directory tree a process VM runs from: the files of a few Debian packages
-//! (fetched with the host's `apt-get download` and unpacked with `dpkg-deb`, nothing installed
+//! (fetched with `apt-get download` from the host's sources, through ditto's own package lists
+//! in the cache (`lists.rs`), and unpacked with `dpkg-deb`, nothing installed
 //! on the host), the recipe's configuration files, and `ditto-manifest.json` describing how to
 //! run it. Before an image is accepted, every ELF program in it must find its interpreter and
 //! all its shared libraries inside the image ([`check_closure`]).
@@ -18,6 +19,7 @@ mod closure;
 mod error;
 mod extract;
 mod fsutil;
+mod lists;
 mod manifest;
 mod progress;
 pub mod recipes;

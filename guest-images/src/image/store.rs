@@ -1,6 +1,7 @@
 //! The on-disk cache: downloaded .debs and finished images, keyed by content.
 //!
 //! ```text
+//! <cache>/apt/                           ditto's own apt lists and state (see lists.rs)
 //! <cache>/debs/<apt file name>.deb       downloaded packages, checked against the index hash
 //! <cache>/images/<name>-<key16>/         one finished image root (manifest + .complete inside)
 //! <cache>/images/<name> -> <name>-<key16> the current image for a name (relative symlink)
@@ -42,6 +43,11 @@ impl Store {
     /// Where .deb files are kept.
     pub(crate) fn debs_dir(&self) -> PathBuf {
         self.dir.join("debs")
+    }
+
+    /// Where ditto's apt lists and state are kept.
+    pub(crate) fn apt_dir(&self) -> PathBuf {
+        self.dir.join("apt")
     }
 
     /// Where images are kept.
