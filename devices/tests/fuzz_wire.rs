@@ -41,13 +41,15 @@ fn thread_record() -> impl Strategy<Value = ThreadRecord> {
             any::<i32>(),
             proptest::collection::vec((any::<u64>(), bytes()), 0..4)
         )
-            .prop_map(|(nr, syscall_no, ret, signal, writes)| ThreadRecord::Syscall {
-                nr,
-                syscall_no,
-                ret,
-                signal,
-                writes
-            }),
+            .prop_map(
+                |(nr, syscall_no, ret, signal, writes)| ThreadRecord::Syscall {
+                    nr,
+                    syscall_no,
+                    ret,
+                    signal,
+                    writes
+                }
+            ),
         (
             (any::<u32>(), any::<u64>(), any::<i32>(), any::<i64>()),
             (any::<i32>(), any::<u64>(), any::<u64>(), bytes())
