@@ -292,3 +292,17 @@ fn load_reads_what_parse_reads() {
     r.save(&path).expect("save");
     assert_eq!(Report::load(&path).expect("load"), r);
 }
+
+/// Found by `mutated_reports_never_panic` with 1M cases: without serde_json's exact float
+/// parsing, a long `wall_seconds` came back one ULP off after a save and load.
+#[test]
+fn long_floats_survive_a_reparse() {
+    let mut text = serde_json::to_vec(&Report::new("det", vec![])).expect("json");
+    let at = text
+        .windows(15)
+        .position(|w| w == b"\"wall_seconds\":")
+        .expect("field")
+        + 15;
+    text.splice(at..at, b"1184467440737095516161450".iter().copied());
+    check(&text).expect("round-trip");
+}
