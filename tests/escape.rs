@@ -127,3 +127,61 @@ fn proc_links_opath_swaps_and_sockets_stay_inside_the_root() {
     assert!(opens > 0, "{swap}");
     assert!(swap.ends_with(", 0 outside"), "{swap}");
 }
+
+/// `..` through the bind points of an image's state directory (`/tmp` of the busybox image,
+/// and the host's working directory, which appears at its own path): symlinks planted in
+/// the state directory that climb out, absolute host paths, /proc/self links. The shell's
+/// own redirections do the reads and writes (busybox sh cannot fork under ditto).
+#[test]
+fn dotdot_through_an_images_bind_points_stays_inside() {
+    let dir = tempdir();
+    let host = dir.path();
+    let h = s(host);
+    let state = host.join("state");
+    let outside = host.join("outside");
+    let cwd = host.join("cwd");
+    for d in [state.join("tmp"), outside.clone(), cwd.clone()] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(outside.join("secret"), "OUTSIDE-SECRET\n").unwrap();
+    std::fs::write(state.join("tmp/inside"), "in-state\n").unwrap();
+    let link = |target: &str, name: &str| {
+        std::os::unix::fs::symlink(target, state.join("tmp").join(name)).unwrap()
+    };
+    link("../../outside/secret", "l1");
+    link(&format!("{h}/outside/secret"), "l2");
+    link("../", "up");
+    link("../..", "up2");
+    image_root("busybox");
+    let script = format!(
+        r#"t() {{ if read -r l < "$1"; then echo "$1: read $l"; else echo "$1: failed"; fi; }}
+t /tmp/inside
+t /tmp/../../outside/secret; t /tmp/../../../../outside/secret
+cd /tmp; t ../../outside/secret; t inside
+t /tmp/l1; t /tmp/l2; t /tmp/up/outside/secret; t /tmp/up/up/outside/secret
+t /tmp/up2/outside/secret; t /tmp/up2{h}/outside/secret
+t {h}/cwd/../outside/secret; cd {h}/cwd; t ../outside/secret; t ../../../..{h}/outside/secret
+t /proc/self/root{h}/outside/secret; t /proc/self/cwd/../outside/secret
+echo m > /tmp/../../outside/new1; echo m > /tmp/up2/outside/new2; echo m > ../outside/new3
+echo m > /tmp/up/../new4; echo m > {h}/cwd/../new5; echo m > /tmp/l1x/../../outside/new6
+echo done
+"#
+    );
+    let before = tree(&outside);
+    let mut c = ditto();
+    c.current_dir(&cwd)
+        .args(["run", "--image", "busybox", "--state", s(&state), "--"])
+        .args(["-c", &script]);
+    let o = output_within(c, 60);
+    let out = stdout(&o);
+    assert!(out.ends_with("done\n"), "{out}{}", stderr(&o));
+    assert!(!out.contains("OUTSIDE"), "read outside the root:\n{out}");
+    assert_eq!(tree(&outside), before, "created outside the root:\n{out}");
+    // The reads and writes were real: inside the bind they work.
+    assert!(out.contains("/tmp/inside: read in-state"), "{out}");
+    assert!(out.contains("\ninside: read in-state"), "{out}");
+    // `..` at a bind point stays in the bind: writes land in the state or working dir.
+    assert!(state.join("tmp/new4").exists(), "{out}");
+    assert!(cwd.join("new5").exists(), "{out}");
+    assert!(!host.join("new5").exists(), "{out}");
+}
