@@ -421,7 +421,12 @@ mod tests {
                 false
             })
         });
-        std::thread::sleep(Duration::from_millis(20));
+        // Once thread 2 is in its sigwait (bounded: 5 s).
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while lock(&s.state).threads.get(&2).map_or(0, |t| t.waiting) == 0 {
+            assert!(std::time::Instant::now() < until, "thread 2 never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Blocked everywhere, default action terminate: still goes to the waiter.
         assert!(matches!(
             s.send_thread(2, libc::SIGQUIT, SigAction::default()),
