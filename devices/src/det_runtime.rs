@@ -2163,6 +2163,37 @@ mod tests {
     use crate::process::{test_process as process, ExitReason};
     use std::sync::atomic::AtomicU32;
 
+    /// Polls `state` until it holds, for at most 5 s: the tests synchronise with another
+    /// thread by what the runtime says of it, not by a guess at how long it needs.
+    fn wait_for(what: &str, state: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !state() {
+            assert!(Instant::now() < until, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// How many token acquisitions have had to wait so far: a thread that found it may not
+    /// go counts one before it parks, so a rise past an earlier reading shows that it got
+    /// there (the Kendo secondary's log gate parks a thread without changing its phase).
+    fn token_waits(rt: &DetRuntime) -> u64 {
+        rt.stats.waits.load(Ordering::SeqCst)
+    }
+
+    /// Whether guest thread `tid` is queued in a futex wait.
+    fn in_futex_wait(rt: &DetRuntime, tid: i64) -> bool {
+        let g = rt.locked();
+        g.futex.iter().any(|(_, q)| q.iter().any(|w| w.tid == tid))
+    }
+
+    /// Whether guest thread `tid` has left the competition for a replayed blocking call.
+    fn awaits_record(rt: &DetRuntime, tid: i64) -> bool {
+        let g = rt.locked();
+        g.threads
+            .get(&tid)
+            .is_some_and(|s| g.awaiting_record.contains(&s.det))
+    }
+
     #[test]
     fn sections_and_clone_follow_the_token() {
         let p = process();
@@ -2201,11 +2232,14 @@ mod tests {
         assert!(holds);
         assert!(rt.in_section(1000));
         let (rt2, p2) = (rt.clone(), p.clone());
+        let w0 = token_waits(&rt);
         let other = std::thread::spawn(move || {
             rt2.det_start(&p2, 1001).unwrap();
             rt2.det_end(1001).unwrap();
         });
-        std::thread::sleep(Duration::from_millis(50));
+        wait_for("t1 waits for the token", || {
+            token_waits(&rt) > w0 || other.is_finished()
+        });
         assert!(
             !other.is_finished(),
             "the other thread got the token while it was held"
@@ -2787,6 +2821,42 @@ mod tests {
         assert_eq!(turns(a), turns(b));
     }
 
+    /// Follow mode orders the sections (the trace and the turns) and replays the primary's
+    /// timeouts; it does not order futex wakes against waits, so how many waiters a wake
+    /// found and how often a wait loop was woken before it saw its word set depend on real
+    /// time. Those are left out; a wait loop's final result, every timeout and each thread's
+    /// final logical time stay in.
+    fn same_follow_schedule(lead: &Run, follow: &Run) {
+        assert_eq!(*lead.trace.lock().unwrap(), *follow.trace.lock().unwrap());
+        let ordered = |r: &Run| {
+            let results = r.results.lock().unwrap();
+            results
+                .iter()
+                .map(|(t, v)| {
+                    let kept: Vec<String> = v
+                        .iter()
+                        .filter(|w| !w.starts_with("wake ") && !w.ends_with(": Ok(0)"))
+                        .cloned()
+                        .collect();
+                    (*t, kept)
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let (l, f) = (ordered(lead), ordered(follow));
+        assert_eq!(l, f);
+        // Not vacuous: the timeout and each loop's ending EAGAIN are compared.
+        assert!(
+            l[&1002].contains(&format!("wait 1: {:?}", Err::<u64, _>(Errno::ETIMEDOUT))),
+            "{l:?}"
+        );
+        assert!(
+            l[&1001].iter().any(|w| w.starts_with("wait 0: Err")),
+            "{l:?}"
+        );
+        let turns = |r: &Run| r.rt.stats.turns.load(Ordering::Relaxed);
+        assert_eq!(turns(lead), turns(follow));
+    }
+
     /// What the primary's scenario must report: t2 timed out (Kendo: in a turn), t3 was
     /// woken (reported under Kendo only: follow mode's secondary needs only the timeouts).
     fn check_outcomes(link: &TestLink, kendo: bool) {
@@ -2854,7 +2924,7 @@ mod tests {
             });
             scenario(&follow);
         });
-        same_schedule(&lead, &follow);
+        same_follow_schedule(&lead, &follow);
         assert!(follow_link.diverged.lock().unwrap().is_empty());
         assert!(started.elapsed() < Duration::from_secs(3));
     }
@@ -2936,7 +3006,9 @@ mod tests {
                 wait(0, past),
             )
         });
-        std::thread::sleep(Duration::from_millis(50));
+        wait_for("the waiter is queued", || {
+            in_futex_wait(&rt, 1000) || waiter.is_finished()
+        });
         assert!(!waiter.is_finished(), "timed out by its own clock");
         assert_eq!(rt.futex_wake(&p2, 1000, 0x2000, 1, u32::MAX), Ok(1));
         assert_eq!(waiter.join().unwrap(), Ok(0));
@@ -3007,8 +3079,7 @@ mod tests {
                 .unwrap();
             after(&rt0);
         });
-        // Long enough for t0 to have left the competition.
-        std::thread::sleep(Duration::from_millis(40));
+        wait_for("t0 has left the competition", || awaits_record(rt, 1000));
         (record_tx, t0)
     }
 
@@ -3040,10 +3111,15 @@ mod tests {
             rt.det_start(&p0, 1000).unwrap();
             rt.det_end(1000).unwrap();
         });
-        let settle = || std::thread::sleep(Duration::from_millis(60));
+        let settle = |w0: u64, t1: &std::thread::JoinHandle<()>| {
+            wait_for("t1 waits for the token", || {
+                token_waits(&rt) > w0 || t1.is_finished()
+            })
+        };
         // t1 holds the token (t0 is away), but the log does not show turn 1 yet.
+        let w0 = token_waits(&rt);
         let t1 = section_of_t1(&p, &rt);
-        settle();
+        settle(w0, &t1);
         assert!(!t1.is_finished(), "a turn the primary's log does not show");
         // Nor does the doorbell path think it may go.
         assert!(!rt.can_proceed(1001));
@@ -3051,8 +3127,9 @@ mod tests {
         t1.join().unwrap();
         // The primary's t0 came back at 2 and took turn 2 before t1's next.
         rt.push_turn(logged(0, 1, 2)).unwrap();
+        let w0 = token_waits(&rt);
         let t1 = section_of_t1(&p, &rt);
-        settle();
+        settle(w0, &t1);
         assert!(!t1.is_finished(), "t1 took the turn the log gives t0");
         record.send(2).unwrap();
         t0.join().unwrap();
@@ -3085,8 +3162,11 @@ mod tests {
         }
         assert_eq!(rt.logical_time(1001), Some(4));
         // (4, t1) is above (4, t0): it waits for the log (or t0's record).
+        let w0 = token_waits(&rt);
         let t1 = section_of_t1(&p, &rt);
-        std::thread::sleep(Duration::from_millis(60));
+        wait_for("t1 waits for the token", || {
+            token_waits(&rt) > w0 || t1.is_finished()
+        });
         assert!(
             !t1.is_finished(),
             "a turn above an awaiting thread without log"
@@ -3206,8 +3286,11 @@ mod tests {
         rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
         // t1 asks for a turn the log does not hold (yet): it waits...
         let (rt2, p2) = (rt.clone(), p.clone());
+        let w0 = token_waits(&rt);
         let h = std::thread::spawn(move || rt2.det_start(&p2, 1001));
-        std::thread::sleep(Duration::from_millis(30));
+        wait_for("t1 waits for the token", || {
+            token_waits(&rt) > w0 || h.is_finished()
+        });
         assert!(!h.is_finished());
         // ...until the log ends without it.
         rt.close_log();

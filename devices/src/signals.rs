@@ -421,7 +421,12 @@ mod tests {
                 false
             })
         });
-        std::thread::sleep(Duration::from_millis(20));
+        // Once thread 2 is in its sigwait (bounded: 5 s).
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while lock(&s.state).threads.get(&2).map_or(0, |t| t.waiting) == 0 {
+            assert!(std::time::Instant::now() < until, "thread 2 never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Blocked everywhere, default action terminate: still goes to the waiter.
         assert!(matches!(
             s.send_thread(2, libc::SIGQUIT, SigAction::default()),
@@ -457,6 +462,15 @@ mod tests {
         s.add_thread(1, 0);
         s.set_mask(1, u64::MAX);
         assert_eq!(s.mask(1) & bit(libc::SIGKILL), 0);
-        assert!(s.send_thread(9, 1, handler()).is_none());
+        // The twin: a signal the mask does block is held pending, not acted on.
+        let dfl = SigAction::default();
+        assert_eq!(
+            s.send_thread(1, libc::SIGUSR1, dfl),
+            Some(Fate::Queued(None))
+        );
+        assert_eq!(s.blocked_pending(1), bit(libc::SIGUSR1));
+        // SIGKILL to the same thread, with the all-ones mask set: it acts at once.
+        assert_eq!(s.send_thread(1, libc::SIGKILL, dfl), Some(Fate::Terminate));
+        assert_eq!(s.blocked_pending(1) & bit(libc::SIGKILL), 0);
     }
 }

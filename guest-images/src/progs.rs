@@ -20,6 +20,7 @@ pub const PROGRAMS: &[&str] = &[
     "core_stall",
     "detbench",
     "escape",
+    "escape2",
     "exitcode",
     "fault",
     "fdleak",

@@ -754,6 +754,9 @@ impl Drop for Consumer {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::testkit::payload;

@@ -682,11 +682,18 @@ impl Report {
                 MAX_REPORT_FILE >> 20
             ))));
         }
+        Self::parse(path, &text)
+    }
+
+    /// Reads a report from its JSON text, checking its schema number before its fields;
+    /// `path` only names the text in errors.
+    pub fn parse(path: impl AsRef<Path>, text: &[u8]) -> Result<Report, ReportError> {
+        let path = path.as_ref();
         let parse_err = |source| ReportError::Parse {
             path: path.to_path_buf(),
             source,
         };
-        let json: serde_json::Value = serde_json::from_slice(&text).map_err(parse_err)?;
+        let json: serde_json::Value = serde_json::from_slice(text).map_err(parse_err)?;
         match json.get("schema").and_then(serde_json::Value::as_u64) {
             Some(n) if n == u64::from(REPORT_SCHEMA) => {}
             found => {
@@ -697,7 +704,7 @@ impl Report {
             }
         }
         // Parsed again from the text so that a bad field's error has its line and column.
-        serde_json::from_slice(&text).map_err(parse_err)
+        serde_json::from_slice(text).map_err(parse_err)
     }
 
     /// Writes the report as pretty JSON, atomically: to a temporary file in the same

@@ -51,11 +51,31 @@ fn run_with_input(mut c: Command, input: &[u8]) -> Output {
     let mut child = c.spawn().expect("spawn");
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();
+    // A program may exit, or close its stdin, before it has read all of `input` (head,
+    // a program that fails early): then the write fails with EPIPE, which is no error of
+    // the harness; the caller's checks on the program's output and status decide. It is
+    // said on stderr so that a test failing for that reason shows it. Any other write
+    // error is the harness's and fails the test.
     let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
+        let mut written = 0;
+        while written < data.len() {
+            match stdin.write(&data[written..]) {
+                Ok(0) => panic!("stdin write returned 0 after {written} bytes"),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    eprintln!(
+                        "note: the program closed its stdin after {written} of {} bytes",
+                        data.len()
+                    );
+                    return;
+                }
+                Err(e) => panic!("writing the program's stdin: {e}"),
+            }
+        }
     });
     let out = child.wait_with_output().expect("wait");
-    let _ = writer.join();
+    writer.join().expect("the stdin writer failed");
     out
 }
 
