@@ -43,6 +43,7 @@ pub const PROGRAMS: &[&str] = &[
     "racey-det",
     "racey-dyn",
     "sigfpu",
+    "sigsetsize",
     "signals",
     "thread_churn",
     "unixpath",
