@@ -43,8 +43,9 @@ pub const PROGRAMS: &[&str] = &[
     "racey-det",
     "racey-dyn",
     "sigfpu",
-    "sigsetsize",
     "signals",
+    "sigsetsize",
+    "sysfuzz",
     "thread_churn",
     "unixpath",
 ];
