@@ -32,6 +32,7 @@ pub const PROGRAMS: &[&str] = &[
     "prodcons",
     "prodcons-det",
     "prodcons-dyn",
+    "protbuf",
     "pthread_test",
     "pthread_test-det",
     "pthread_test-dyn",
