@@ -20,6 +20,7 @@ pub const PROGRAMS: &[&str] = &[
     "core_stall",
     "detbench",
     "escape",
+    "exhaust",
     "exitcode",
     "fault",
     "fdleak",
