@@ -17,11 +17,34 @@ pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_epoll_create1, Local, epoll_create1),
     sys!(SYS_epoll_ctl, Local, epoll_ctl),
     sys!(SYS_epoll_wait, Recorded, epoll_wait),
-    sys!(SYS_epoll_pwait, Recorded, epoll_wait),
+    sys!(SYS_epoll_pwait, Recorded, epoll_pwait),
     sys!(SYS_epoll_pwait2, Recorded, epoll_pwait2),
 ];
 
 const MAX_POLL_FDS: u64 = 65536;
+
+/// The kernel's `sizeof(sigset_t)`: the only signal-mask size these calls accept.
+const SIGSET_SIZE: u64 = 8;
+
+/// Linux's first check of a (mask, size) argument pair: a mask given with any size but
+/// the kernel's is EINVAL, before descriptors or the timeout are looked at. Without it a
+/// call with a bad size and no descriptors would block forever where Linux returns.
+fn sigmask_size(mask: u64, size: u64) -> Result<(), Errno> {
+    if mask != 0 && size != SIGSET_SIZE {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// Checks a guest signal-mask argument as `set_user_sigmask` does: the size, then that
+/// the mask can be read (EFAULT). The mask itself is not applied during the wait.
+fn check_sigmask(ctx: &SyscallCtx<'_>, mask: u64, size: u64) -> Result<(), Errno> {
+    sigmask_size(mask, size)?;
+    if mask != 0 {
+        ctx.process.mem.read_obj::<u64>(mask)?;
+    }
+    Ok(())
+}
 
 /// Polls guest pollfds with an optional host timespec pointer.
 fn poll_guest(ctx: &SyscallCtx<'_>, fds: u64, nfds: u64, ts: *const libc::timespec) -> SysResult {
@@ -103,6 +126,7 @@ fn poll(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn ppoll(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let ts = opt_buf(ctx, a[2], 16)?;
+    check_sigmask(ctx, a[3], a[4])?;
     poll_guest(ctx, a[0], a[1], ts as *const libc::timespec)
 }
 
@@ -113,9 +137,13 @@ fn select_common(
     sets: [u64; 3],
     ts: *const libc::timespec,
 ) -> SysResult {
-    if nfds > 1024 * 64 {
+    // nfds is an `int`: the upper half is not looked at, a negative count is EINVAL, and
+    // Linux caps a large one at its table size rather than refuse it.
+    let nfds = nfds as i32;
+    if nfds < 0 {
         return Err(Errno::EINVAL);
     }
+    let nfds = (nfds as u64).min(MAX_POLL_FDS);
     let words = nfds.div_ceil(64);
     let mut bits: [Vec<u64>; 3] = Default::default();
     for (k, &s) in sets.iter().enumerate() {
@@ -214,6 +242,11 @@ fn select(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn pselect6(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let ts = opt_buf(ctx, a[4], 16)?;
+    // The sixth argument points at { const sigset_t *ss; size_t ss_len; }.
+    if a[5] != 0 {
+        let pack: [u64; 2] = ctx.process.mem.read_obj(a[5])?;
+        check_sigmask(ctx, pack[0], pack[1])?;
+    }
     select_common(ctx, a[0], [a[1], a[2], a[3]], ts as *const libc::timespec)
 }
 
@@ -243,6 +276,12 @@ fn epoll_ctl(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     )
 }
 
+fn epoll_pwait(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    // Linux sets the mask before it looks at the epoll descriptor.
+    check_sigmask(ctx, a[4], a[5])?;
+    epoll_wait(ctx, [a[0], a[1], a[2], a[3], 0, 0])
+}
+
 fn epoll_wait(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let ep = file(ctx, a[0])?;
     let max = a[2] as i32;
@@ -257,6 +296,7 @@ fn epoll_wait(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn epoll_pwait2(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    check_sigmask(ctx, a[4], a[5])?;
     let ep = file(ctx, a[0])?;
     let max = a[2] as i32;
     if max <= 0 || max > 1 << 20 {
@@ -268,4 +308,19 @@ fn epoll_pwait2(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         libc::SYS_epoll_pwait2,
         [ep.raw() as u64, evs as u64, a[2], ts as u64, 0, 8],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mask_with_the_wrong_size_is_einval() {
+        assert_eq!(sigmask_size(0x1000, 7), Err(Errno::EINVAL));
+        assert_eq!(sigmask_size(0x1000, 0), Err(Errno::EINVAL));
+        assert_eq!(sigmask_size(0x1000, 1 << 40), Err(Errno::EINVAL));
+        assert_eq!(sigmask_size(0x1000, SIGSET_SIZE), Ok(()));
+        // No mask: the size is not looked at.
+        assert_eq!(sigmask_size(0, 7), Ok(()));
+    }
 }

@@ -1,0 +1,141 @@
+//! The syscall fuzzer (guest-images/progs/sysfuzz.c) under `ditto run` and as a pair, and
+//! the defects it found. Every run is bounded; only processes these tests start are
+//! signalled (by `common::output_within`).
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+use replica::report::{Outcome, Report};
+
+/// Calls per seed: enough for every syscall number to come up several times.
+const CALLS: &str = "2000";
+
+fn fuzz(seed: u64) -> Output {
+    let p = prog("sysfuzz");
+    let mut c = ditto();
+    c.args(["run", "--"])
+        .arg(&p)
+        .args([&seed.to_string(), CALLS]);
+    output_within(c, 90)
+}
+
+/// What a run must never show, whatever the program did to itself: a VMM panic, an
+/// internal error, or a status that is neither the program's own nor a signal's.
+fn assert_vmm_sound(seed: u64, o: &Output) {
+    let err = stderr(o);
+    assert!(!err.contains("panicked"), "seed {seed}: VMM panic:\n{err}");
+    assert!(
+        !err.contains("internal error"),
+        "seed {seed}: VMM error:\n{err}"
+    );
+    let code = o.status.code().expect("ditto exits, it is not killed");
+    // 0: the program finished; 128+n: ditto reports a guest killed by signal n.
+    assert!(
+        code == 0 || (129..=128 + 64).contains(&code),
+        "seed {seed}: exit {code}:\n{err}"
+    );
+}
+
+#[test]
+fn many_seeds_run_without_vmm_panic_or_hang() {
+    for seed in 1..=24 {
+        let o = fuzz(seed);
+        assert_vmm_sound(seed, &o);
+    }
+}
+
+/// The program ends as it does natively (exit 0 with its digest line). Open: ditto's
+/// syscall layer writes into guest pages that are read-only, PROT_NONE or unmapped
+/// (see `buffers_in_protected_memory_fault_as_on_linux`), and the fuzzer's pointers
+/// into its own read-only data and past its guard page corrupt it under ditto.
+#[test]
+#[ignore = "open defect: syscall buffers are not checked against guest page protections"]
+fn many_seeds_end_as_natively() {
+    let p = prog("sysfuzz");
+    for seed in 1..=24 {
+        let native = native(&[p.to_str().unwrap(), &seed.to_string(), CALLS], b"");
+        assert_eq!(native.status.code(), Some(0), "seed {seed} natively");
+        let o = fuzz(seed);
+        assert_vmm_sound(seed, &o);
+        assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", stderr(&o));
+        assert!(stdout(&o).starts_with(&format!("sysfuzz seed={seed} calls=")));
+    }
+}
+
+/// ppoll, pselect6 and epoll_pwait(2) with a signal mask of the wrong size: EINVAL at
+/// once natively; ditto ignored the size and, with no descriptors and no timeout, its
+/// vCPU thread sat in a host ppoll for ever (the fuzzer's 1-in-8 hang).
+#[test]
+fn a_wrong_sigset_size_is_einval_not_a_wait() {
+    let p = prog("sigsetsize");
+    let want = native(&[p.to_str().unwrap()], b"");
+    assert!(want.status.success());
+    let mut c = ditto();
+    c.args(["run", "--"]).arg(&p);
+    let o = output_within(c, 30);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), stdout(&want));
+    assert!(stdout(&o).contains("ppoll ret=-1 errno=22"));
+    assert!(stdout(&o).ends_with("done\n"));
+}
+
+/// read() into a read-only page, a PROT_NONE page and an unmapped page: EFAULT on Linux,
+/// the page untouched. Open (found by the fuzzer, not fixed in this branch): ditto checks
+/// a buffer only against the bounds of guest memory, so all three succeed and the
+/// read-only page is overwritten.
+#[test]
+#[ignore = "open defect: syscall buffers are not checked against guest page protections"]
+fn buffers_in_protected_memory_fault_as_on_linux() {
+    let p = prog("protbuf");
+    let want = native(&[p.to_str().unwrap()], b"");
+    assert!(want.status.success());
+    assert!(stdout(&want).contains("ro ret=-1 errno=14 intact=1"));
+    let mut c = ditto();
+    c.args(["run", "--"]).arg(&p);
+    let o = output_within(c, 30);
+    assert_eq!(stdout(&o), stdout(&want), "{}", stderr(&o));
+}
+
+fn report(out: &Path) -> Report {
+    Report::load(out.join("report.json")).expect("report.json")
+}
+
+/// Two seeds as a pair in each mode: the secondary sees the same results (and so the
+/// same digest, or the same crash), and the report says identical. Open: seed 3 diverges
+/// at about syscall 20 in both modes (the secondary issues fcntl where the primary's next
+/// logged call is socketpair), and seed 8 does not end within 120 s; not yet diagnosed.
+#[test]
+#[ignore = "open defect: fuzz pairs diverge (seed 3) or stall (seed 8)"]
+fn pairs_of_fuzz_runs_are_identical_in_both_modes() {
+    let p = prog("sysfuzz");
+    for mode in ["det", "follow"] {
+        for seed in [3u64, 8] {
+            let out = tempdir();
+            let mut c = ditto();
+            c.args(["pair", "--quiet", "--mode", mode, "--out"])
+                .arg(out.path())
+                .arg("--")
+                .arg(&p)
+                .args([&seed.to_string(), CALLS]);
+            let o = output_within(c, 180);
+            let r = report(out.path());
+            assert_eq!(
+                r.outcome,
+                Outcome::Identical,
+                "{mode} seed {seed}: {}\n{}",
+                r.summary(),
+                stderr(&o)
+            );
+            let secondary = std::fs::read(out.path().join("secondary.stdout")).unwrap();
+            assert_eq!(secondary, o.stdout, "{mode} seed {seed}");
+            assert!(
+                stdout(&o).starts_with(&format!("sysfuzz seed={seed} ")),
+                "{mode} seed {seed}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}
