@@ -42,6 +42,7 @@ pub const PROGRAMS: &[&str] = &[
     "racey",
     "racey-det",
     "racey-dyn",
+    "seccomp_probe",
     "sigfpu",
     "signals",
     "thread_churn",

@@ -157,8 +157,13 @@ pub fn build(kind: Kind, mismatch: SeccompAction) -> Result<Vec<BpfProgram>, Sec
                 .map_err(err)?,
             Args::Thread => {
                 let t = libc::CLONE_THREAD as u64;
-                vec![vec![cond(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(t), t)
-                    .map_err(err)?]]
+                vec![vec![cond(
+                    0,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(t),
+                    t,
+                )
+                .map_err(err)?]]
             }
             Args::NotSigsys => vec![vec![cond(
                 0,
@@ -382,10 +387,7 @@ mod tests {
                 ("getpid", refused(sys(libc::SYS_getpid, [0; 4]))),
                 ("gettid", refused(sys(libc::SYS_gettid, [0; 4]))),
                 ("sched_yield", refused(sys(libc::SYS_sched_yield, [0; 4]))),
-                (
-                    "execve",
-                    refused(sys(libc::SYS_execve, [missing, 0, 0, 0])),
-                ),
+                ("execve", refused(sys(libc::SYS_execve, [missing, 0, 0, 0]))),
                 (
                     "ptrace",
                     refused(sys(libc::SYS_ptrace, [u64::MAX, 0, 0, 0])),
