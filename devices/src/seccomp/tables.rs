@@ -269,6 +269,8 @@ pub const SUPERVISOR: &[Row] = &[
     (SYS_renameat, ANY),
     (SYS_renameat2, ANY),
     (SYS_fcntl, ANY),
+    (SYS_fsync, ANY),
+    (SYS_fdatasync, ANY),
     (SYS_poll, ANY),
     (SYS_ppoll, ANY),
     (SYS_ioctl, Args::Ioctl(&[0x5401, 0x5413])), // TCGETS, TIOCGWINSZ (terminal checks)
