@@ -105,6 +105,8 @@ fn a_forbidden_syscall_in_a_replica_or_the_supervisor_is_caught() {
 
 #[test]
 fn pairs_run_under_the_filters_in_both_modes() {
+    // prodcons replicates reliably in both modes (tests/pair.rs runs its dynamic twin);
+    // a failure here that `--no-seccomp` does not share is an allowlist gap.
     for mode in ["det", "follow"] {
         let mut c = common::ditto();
         let out = common::tempdir();
@@ -114,7 +116,7 @@ fn pairs_run_under_the_filters_in_both_modes() {
             .arg("--out")
             .arg(out.path())
             .arg("--")
-            .arg(common::prog("pthread_test"));
+            .arg(common::prog("prodcons"));
         let o = common::output_within(c, 90);
         assert_eq!(o.status.code(), Some(0), "{mode}: {}", common::stderr(&o));
         assert!(

@@ -165,6 +165,16 @@ pub fn build(kind: Kind, mismatch: SeccompAction) -> Result<Vec<BpfProgram>, Sec
                 )
                 .map_err(err)?]]
             }
+            Args::NoExec => {
+                let x = libc::PROT_EXEC as u64;
+                vec![vec![cond(
+                    2,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(x),
+                    0,
+                )
+                .map_err(err)?]]
+            }
             Args::NotSigsys => vec![vec![cond(
                 0,
                 SeccompCmpArgLen::Dword,
@@ -409,6 +419,19 @@ mod tests {
                     )),
                 ),
             ];
+            // Executable host memory, never needed by ditto.
+            out.push((
+                "mmap(PROT_EXEC)",
+                refused(sys(
+                    libc::SYS_mmap,
+                    [
+                        0,
+                        4096,
+                        (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                        (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    ],
+                )),
+            ));
             // A process clone: if a filter ever let it through, the child leaves at once.
             let fork = sys(libc::SYS_clone, [libc::SIGCHLD as u64, 0, 0, 0]);
             if fork == Ok(0) {

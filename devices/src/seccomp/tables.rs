@@ -23,6 +23,9 @@ pub enum Args {
     Thread,
     /// `rt_sigaction` for any signal but SIGSYS, so the report handler stays armed.
     NotSigsys,
+    /// `mmap`/`mprotect` without PROT_EXEC: ditto never makes host memory executable
+    /// (the guest's code runs from guest-physical pages, whatever their host prot).
+    NoExec,
 }
 
 /// One row: a syscall and the arguments it may take.
@@ -74,10 +77,10 @@ pub const COMMON: &[Row] = &[
     (SYS_write, ANY),
     (SYS_close, ANY),
     (SYS_futex, ANY),
-    (SYS_mmap, ANY),
+    (SYS_mmap, Args::NoExec),
     (SYS_munmap, ANY),
     (SYS_mremap, ANY),
-    (SYS_mprotect, ANY),
+    (SYS_mprotect, Args::NoExec),
     (SYS_madvise, ANY),
     (SYS_brk, ANY),
     (SYS_rt_sigprocmask, ANY),
