@@ -87,6 +87,10 @@ pub struct ProgramArgs {
     /// into dynamic programs.
     #[arg(long)]
     det: bool,
+    /// Run ditto's own threads without their seccomp filters (for debugging ditto;
+    /// by default each kind of VMM thread may make only the host syscalls it needs).
+    #[arg(long)]
+    no_seccomp: bool,
     /// The program and its arguments. Without one, ditto runs its built-in demo: the
     /// project's pthread test program (threads, mutexes, condvars, TLS).
     #[arg(last = true, value_name = "PROGRAM ARGS")]
@@ -365,6 +369,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let no_seccomp = match &cli.command {
+        Command::Run(r) => r.program.no_seccomp,
+        Command::Pair(p) => pair::no_seccomp(p),
+        Command::Replica(r) => pair::replica_no_seccomp(r),
+        _ => false,
+    };
+    if no_seccomp {
+        devices::seccomp::disable();
+    } else {
+        // Armed before any thread exists, so every filtered thread reports.
+        devices::seccomp::install_handler();
+    }
     match cli.command {
         Command::Run(r) => run(&r.program),
         Command::Bench(b) => bench::main(&b),

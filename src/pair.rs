@@ -155,6 +155,9 @@ fn program_flags(p: &ProgramArgs, cores: &[usize], state: Option<&Path>) -> Vec<
     v.push(p.memory.to_string());
     v.push("--seed".into());
     v.push(p.seed.to_string());
+    if p.no_seccomp {
+        v.push("--no-seccomp".into());
+    }
     v.push("--cores".into());
     v.push(
         cores
@@ -290,6 +293,16 @@ const DEMO_REQUESTS: usize = 300;
 
 /// Runs `ditto pair`. Without a program or image: the demo, a replicated redis driven by a
 /// short built-in load, then stopped.
+/// Whether `ditto pair` runs without seccomp filters (its replicas too).
+pub fn no_seccomp(a: &PairArgs) -> bool {
+    a.program.no_seccomp
+}
+
+/// Whether a replica runs without seccomp filters.
+pub fn replica_no_seccomp(a: &ReplicaArgs) -> bool {
+    a.program.no_seccomp
+}
+
 pub fn main(a: &PairArgs) -> ExitCode {
     if a.program.image.is_none() && a.program.command.is_empty() {
         return demo(a);
@@ -417,6 +430,7 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         let done = done.clone();
         let forwarded = forwarded.clone();
         std::thread::spawn(move || {
+            devices::seccomp::apply_or_exit(devices::seccomp::Kind::Supervisor);
             let ts = libc::timespec {
                 tv_sec: 0,
                 tv_nsec: 50_000_000,
@@ -443,6 +457,9 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         };
         (b, Instant::now())
     });
+    // Both replicas run: from here on the supervisor only waits, signals and writes
+    // the report (the spinner's thread already exists and keeps its own freedom).
+    devices::seccomp::apply_or_exit(devices::seccomp::Kind::Supervisor);
     let mut bar = bar;
     let mut p_status = None;
     let mut s_status = None;

@@ -48,7 +48,10 @@ impl RealTimer {
             let p = process.clone();
             let _ = std::thread::Builder::new()
                 .name("itimer".into())
-                .spawn(move || Self::run(&p));
+                .spawn(move || {
+                    crate::seccomp::apply_or_exit(crate::seccomp::Kind::Signals);
+                    Self::run(&p)
+                });
         }
         timer.changed.notify_all();
         old

@@ -14,6 +14,7 @@ pub mod process;
 pub mod procfs;
 pub mod replication;
 pub mod safecopy;
+pub mod seccomp;
 pub mod signals;
 pub mod syscalls;
 pub mod vma;

@@ -45,6 +45,7 @@ pub const PROGRAMS: &[&str] = &[
     "racey",
     "racey-det",
     "racey-dyn",
+    "seccomp_probe",
     "sigfpu",
     "signals",
     "sigsetsize",

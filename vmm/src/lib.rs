@@ -320,6 +320,7 @@ fn forward_signals(process: Arc<Process>) -> Result<std::thread::JoinHandle<()>,
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            devices::seccomp::apply_or_exit(devices::seccomp::Kind::Signals);
             let ts = libc::timespec {
                 tv_sec: 0,
                 tv_nsec: 5_000_000,

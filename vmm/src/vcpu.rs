@@ -385,6 +385,7 @@ impl Machine {
         let mut threads = Vec::new();
         let machine = self.clone();
         threads.push(spawn_host_thread(format!("vcpu{index}"), move || {
+            devices::seccomp::apply_or_exit(devices::seccomp::Kind::Vcpu);
             machine.worker(vcpu, index, rx, current)
         })?);
         pool.workers.push(Worker {
@@ -433,6 +434,7 @@ impl Machine {
         let last = data.seq();
         let machine = self.clone();
         spawn_host_thread(format!("server{index}"), move || {
+            devices::seccomp::apply_or_exit(devices::seccomp::Kind::Server);
             machine.serve_doorbell(evt, data, last, current)
         })
     }

@@ -429,15 +429,18 @@ impl Replication {
             let weak = Arc::downgrade(process);
             let _ = std::thread::Builder::new()
                 .name("replica-status".into())
-                .spawn(move || loop {
-                    let Some(p) = weak.upgrade() else { return };
-                    me.publish_turns(&p);
-                    if p.exiting() {
-                        return;
+                .spawn(move || {
+                    crate::seccomp::apply_or_exit(crate::seccomp::Kind::Channel);
+                    loop {
+                        let Some(p) = weak.upgrade() else { return };
+                        me.publish_turns(&p);
+                        if p.exiting() {
+                            return;
+                        }
+                        me.describe_if_asked(&p);
+                        drop(p);
+                        std::thread::sleep(Duration::from_millis(100));
                     }
-                    me.describe_if_asked(&p);
-                    drop(p);
-                    std::thread::sleep(Duration::from_millis(100));
                 });
         }
         if self.role == Role::Secondary {
@@ -446,7 +449,10 @@ impl Replication {
             let p = process.clone();
             let _ = std::thread::Builder::new()
                 .name("replica-reader".into())
-                .spawn(move || me.reader(&p));
+                .spawn(move || {
+                    crate::seccomp::apply_or_exit(crate::seccomp::Kind::Channel);
+                    me.reader(&p)
+                });
         }
     }
 
