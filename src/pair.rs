@@ -87,12 +87,6 @@ fn parse_ring(s: &str) -> Result<u64, String> {
 pub struct PairArgs {
     #[command(flatten)]
     options: PairOptions,
-    /// Run the replicas and the supervisor under their seccomp filters. Off by default in
-    /// pairs for now: with them on, about 1 follow-mode pair in 7 of a small threaded
-    /// program (bigrecord) stalled with a thread registered but never started, a cause not
-    /// yet found (`ditto run` uses them by default).
-    #[arg(long)]
-    seccomp: bool,
     /// Host cores for the primary's vCPUs.
     #[arg(long, value_parser = parse_cores)]
     primary_cores: Option<CoreList>,
@@ -301,7 +295,7 @@ const DEMO_REQUESTS: usize = 300;
 /// short built-in load, then stopped.
 /// Whether `ditto pair` runs without seccomp filters (its replicas too).
 pub fn no_seccomp(a: &PairArgs) -> bool {
-    a.program.no_seccomp || !a.seccomp
+    a.program.no_seccomp
 }
 
 /// Whether a replica runs without seccomp filters.
@@ -397,9 +391,6 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
     let mut pflags = option_flags(&a.options);
     pflags.extend(["--out".into(), out.display().to_string()]);
     let mut sflags = pflags.clone();
-    let mut p = p.clone();
-    p.no_seccomp = no_seccomp(a);
-    let p = &p;
     pflags.extend(program_flags(
         p,
         &primary_cores,
@@ -861,7 +852,6 @@ fn demo(a: &PairArgs) -> ExitCode {
     program.command = vec!["--port".into(), port.to_string().into()];
     let args = PairArgs {
         options: a.options.clone(),
-        seccomp: a.seccomp,
         primary_cores: a.primary_cores.clone(),
         secondary_cores: a.secondary_cores.clone(),
         report: a.report.clone(),

@@ -87,7 +87,7 @@ fn a_forbidden_syscall_in_a_replica_or_the_supervisor_is_caught() {
         let mut c = common::ditto();
         let out = common::tempdir();
         c.env(HOOK, kind)
-            .args(["pair", "--seccomp"])
+            .arg("pair")
             .arg("--out")
             .arg(out.path())
             .arg("--")
@@ -104,29 +104,13 @@ fn a_forbidden_syscall_in_a_replica_or_the_supervisor_is_caught() {
 }
 
 #[test]
-fn pairs_run_without_filters_unless_asked() {
-    // Off by default in pairs (see `ditto pair --seccomp`): the hook finds no filter.
-    let mut c = common::ditto();
-    let out = common::tempdir();
-    c.env(HOOK, "channel")
-        .arg("pair")
-        .arg("--out")
-        .arg(out.path())
-        .arg("--")
-        .arg(common::prog("prodcons"));
-    let o = common::output_within(c, 90);
-    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
-    assert!(report_lines(&o).is_empty(), "{}", common::stderr(&o));
-}
-
-#[test]
 fn pairs_run_under_the_filters_in_both_modes() {
     // prodcons replicates reliably in both modes (tests/pair.rs runs its dynamic twin);
     // a failure here that `--no-seccomp` does not share is an allowlist gap.
     for mode in ["det", "follow"] {
         let mut c = common::ditto();
         let out = common::tempdir();
-        c.args(["pair", "--seccomp"])
+        c.arg("pair")
             .arg("--mode")
             .arg(mode)
             .arg("--out")
