@@ -114,8 +114,19 @@ pub fn apply(kind: Kind) -> Result<(), SeccompError> {
     }
     install_handler();
     THREAD_KIND.with(|k| k.set(kind.name()));
-    let filters = build(kind, SeccompAction::Trap)?;
-    for f in &filters {
+    // Compiled once per kind: vCPU threads start while the program runs (every new guest
+    // thread may need one), and compiling the rules costs far more than installing them.
+    static COMPILED: [std::sync::OnceLock<Vec<BpfProgram>>; Kind::ALL.len()] =
+        [const { std::sync::OnceLock::new() }; Kind::ALL.len()];
+    let slot = &COMPILED[kind as usize];
+    let filters = match slot.get() {
+        Some(f) => f,
+        None => {
+            let built = build(kind, SeccompAction::Trap)?;
+            slot.get_or_init(|| built)
+        }
+    };
+    for f in filters {
         seccompiler::apply_filter(f).map_err(|source| SeccompError::Install {
             kind: kind.name(),
             source,
