@@ -1682,14 +1682,28 @@ impl DetRuntime {
         r
     }
 
-    /// A thread's exit, as a det point: under the token, zero its CLONE_CHILD_CLEARTID word,
-    /// wake one waiter there (pthread_join), and leave the scheduler. Follow: a thread that
-    /// exits while the log still holds turns of it is a divergence.
-    pub fn thread_exit(&self, process: &Process, tid: i64, clear_child_tid: u64) {
+    /// A thread's exit, as a det point: under the token, free the thread's vCPU
+    /// (`vcpu_free`), zero its CLONE_CHILD_CLEARTID word, wake one waiter there
+    /// (pthread_join), and leave the scheduler. Follow: a thread that exits while the log
+    /// still holds turns of it is a divergence.
+    ///
+    /// `vcpu_free` runs once the token is held and before the joiner is woken: earlier, a
+    /// thread created meanwhile could be queued on the vCPU behind this exit's wait for the
+    /// token while the token went to that new thread (a follow-mode stall); later, the
+    /// joiner's next pthread_create finds no idle vCPU and makes a new one.
+    pub fn thread_exit(
+        &self,
+        process: &Process,
+        tid: i64,
+        clear_child_tid: u64,
+        vcpu_free: impl FnOnce(),
+    ) {
         let g = self.locked();
         let Ok((mut g, _)) = self.acquire(g, process, tid, true) else {
+            vcpu_free();
             return;
         };
+        vcpu_free();
         if clear_child_tid != 0 && process.mem.write_obj(clear_child_tid, &0u32).is_ok() {
             g.wake(clear_child_tid, 1, u32::MAX);
         }
@@ -2216,8 +2230,8 @@ mod tests {
         rt.det_tick(1001, 5).unwrap();
         assert_eq!(rt.logical_time(1001), Some(7));
         // The main thread (time 2) holds the token, so it exits first.
-        rt.thread_exit(&p, 1000, 0);
-        rt.thread_exit(&p, 1001, 0);
+        rt.thread_exit(&p, 1000, 0, || {});
+        rt.thread_exit(&p, 1001, 0, || {});
         assert_eq!(rt.det_tid(1001), None);
     }
 
@@ -2507,7 +2521,7 @@ mod tests {
                     .unwrap();
                 order.lock().unwrap().push(t);
                 // A woken thread competes again; it must go away to let the others on.
-                rt2.thread_exit(&p2, t, 0);
+                rt2.thread_exit(&p2, t, 0, || {});
             }));
             // Queue them in a known order.
             while lock(&rt.inner).futex.get(&64).map_or(0, |q| q.len()) < (t - 1000) as usize {
@@ -2770,7 +2784,7 @@ mod tests {
                 }
             }
             self.note(t, format!("time {:?}", rt.logical_time(t)));
-            rt.thread_exit(p, t, 0);
+            rt.thread_exit(p, t, 0, || {});
         }
     }
 
@@ -2810,7 +2824,7 @@ mod tests {
             }
         });
         assert!(!p.exiting(), "the scenario failed: {:?}", p.exit_reason());
-        rt.thread_exit(p, 1000, 0);
+        rt.thread_exit(p, 1000, 0, || {});
         assert_eq!(rt.det_tid(1000), None);
     }
 

@@ -610,15 +610,14 @@ impl Machine {
                     status,
                     clear_child_tid,
                 } => {
-                    // The exit is a det point that may wait for the token; only after it
-                    // is this vCPU free. Offered earlier, a thread created meanwhile could be
-                    // queued here behind that wait while the token already went to it: a
-                    // follow-mode secondary stalled so (the new thread held the token,
-                    // registered but never run, ~1 pair in 10).
-                    sys_det::thread_gone(&self.process, tid, clear_child_tid);
-                    if !self.process.exiting() {
-                        lock(&self.pool).idle.push(index as usize);
-                    }
+                    // The exit is a det point that may wait for the token; the vCPU is
+                    // offered for reuse only once that wait is over (see
+                    // `DetRuntime::thread_exit` for both ways to get this wrong).
+                    sys_det::thread_gone(&self.process, tid, clear_child_tid, || {
+                        if !self.process.exiting() {
+                            lock(&self.pool).idle.push(index as usize);
+                        }
+                    });
                     self.process.thread_exited(status);
                 }
                 LoopEnd::Stopped => break,

@@ -441,13 +441,18 @@ fn io(
     }
 }
 
-/// The end of a program thread, called by the vCPU layer once the thread's vCPU is free:
-/// a det point under `--det` (see [`DetRuntime::thread_exit`]), else the plain
-/// CLONE_CHILD_CLEARTID wake.
-pub fn thread_gone(process: &Process, tid: i64, clear_child_tid: u64) {
+/// The end of a program thread, called by the vCPU layer when the thread has left its
+/// vCPU: a det point under `--det` (see [`DetRuntime::thread_exit`]), else the plain
+/// CLONE_CHILD_CLEARTID wake. `vcpu_free` offers the vCPU for reuse; it runs before the
+/// joiner is woken, so a program that creates and joins threads one after another reuses
+/// one vCPU.
+pub fn thread_gone(process: &Process, tid: i64, clear_child_tid: u64, vcpu_free: impl FnOnce()) {
     match process.det.get() {
-        Some(det) => det.thread_exit(process, tid, clear_child_tid),
-        None => sys_thread::clear_child_tid(process, clear_child_tid),
+        Some(det) => det.thread_exit(process, tid, clear_child_tid, vcpu_free),
+        None => {
+            vcpu_free();
+            sys_thread::clear_child_tid(process, clear_child_tid)
+        }
     }
 }
 
