@@ -5,18 +5,15 @@
 
 pub mod address_space;
 pub mod det_runtime;
-pub mod errno;
 pub mod fd_table;
-pub mod guest_mem;
 pub mod itimer;
 pub mod path;
 pub mod process;
 pub mod procfs;
 pub mod replication;
-pub mod safecopy;
 pub mod seccomp;
 pub mod signals;
 pub mod syscalls;
 pub mod vma;
 
-pub use errno::Errno;
+pub use guest_memory::{errno, guest_mem, safecopy, Errno};
