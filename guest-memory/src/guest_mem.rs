@@ -2,9 +2,16 @@
 //!
 //! Guest virtual == guest physical == offset into this mapping, so translating a guest
 //! pointer is a bounds check plus an add. We keep our own small type instead of
-//! vm-memory's `GuestMemoryMmap` because passthrough syscalls want a raw host pointer
-//! for a whole checked range (the host kernel does the copy), and because file
-//! mappings are placed *into* this mapping with `MAP_FIXED`, which vm-memory does not model.
+//! vm-memory's `GuestMemoryMmap` (ARCHITECTURE.md has the whole evaluation):
+//! - its `Bytes` accessors copy with `memcpy` or plain volatile loads and stores, so a
+//!   program page that faults on the host (below) would kill the VMM with SIGBUS/SIGSEGV;
+//!   only `safecopy`'s own routines can be fixed up to EFAULT;
+//! - a program pointer is checked against a policy, not just the region's bounds: the
+//!   system area below `USER_START`, the pages `reserve_top` keeps, and the zero-length
+//!   rule of `user_range`; vm-memory would add a region lookup and remove none of these;
+//! - file mappings are placed *into* this mapping with `MAP_FIXED`, which a region made
+//!   with `MmapRegion::build_raw` (whose prot and flags must describe the whole mapping)
+//!   does not model.
 //!
 //! Because of those file mappings a program page can fault on the host (past the file's
 //! end, or read-only), so every copy the VMM itself makes goes through `safecopy` and
