@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::testkit::payload;
 use det::record::{RecordKind, HEADER_LEN};

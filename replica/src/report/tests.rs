@@ -1,4 +1,3 @@
-
 use super::compare::delta;
 use super::text::{cores, escape_text, shell_words};
 use super::*;
