@@ -100,6 +100,7 @@ pub struct PairArgs {
     program: ProgramArgs,
 }
 
+/// Host cores online, at least 1.
 fn online_cores() -> usize {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as usize
@@ -140,6 +141,7 @@ fn program_flags(p: &ProgramArgs, cores: &[usize], state: Option<&Path>) -> Vec<
     v
 }
 
+/// The `__replica` flags that carry the pair's channel and mode options.
 fn option_flags(o: &PairOptions) -> Vec<String> {
     vec![
         "--mode".into(),
@@ -156,6 +158,7 @@ fn option_flags(o: &PairOptions) -> Vec<String> {
     ]
 }
 
+/// The program as the report names it: `--image NAME` and the arguments.
 fn program_words(p: &ProgramArgs) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
     if let Some(i) = &p.image {
