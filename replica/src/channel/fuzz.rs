@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::testkit::payload;
+use det::record::RecordKind;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 

@@ -1,43 +1,9 @@
-//! `ditto bench`: each benchmark runs the same program natively and in ditto in one
-//! invocation and prints the ratio, because absolute times on shared machines are
-//! noise.
+//! `ditto bench syscall`: syscall round trip, compute, memcpy, thread create+join and
+//! start-up, each run natively and in ditto in one invocation.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
-
-use clap::{Args, ValueEnum};
-
-/// Which benchmark to run.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Which {
-    /// Syscall round trip, compute, memcpy, thread create+join, start-up.
-    Syscall,
-    /// redis (redis-benchmark), nginx (wrk) and pbzip2 from their images.
-    Servers,
-    /// Deterministic execution (`--det`): det section cost, hand-offs, racey, pbzip2.
-    Det,
-    /// Replication: single VM, `--det` and `ditto pair` (det, follow) on pbzip2, redis,
-    /// nginx and mongoose, and the channel's throughput (`--only` also takes `channel`).
-    Pair,
-}
-
-/// Arguments of `ditto bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// The benchmark.
-    #[arg(value_enum)]
-    pub which: Which,
-    /// Repetitions of each measurement; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
-    /// Shorter runs (servers: 10k requests, 3 s of wrk, 20 MB for pbzip2).
-    #[arg(long)]
-    pub quick: bool,
-    /// Servers: only this workload (pbzip2, redis, nginx or mongoose).
-    #[arg(long)]
-    pub only: Option<String>,
-}
 
 /// One row: native and in-VM time per iteration.
 struct Row {
@@ -169,43 +135,9 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
     ])
 }
 
-fn servers(quick: bool, only: Option<&str>) -> ExitCode {
-    match crate::bench_servers::run(quick, only) {
-        Ok(rows) => {
-            println!("| workload | native /s | ditto /s | slowdown | syscalls/req | exit µs/req | other µs/req |");
-            println!("|---|---:|---:|---:|---:|---:|---:|");
-            for r in rows {
-                let per_req_us = 1e6 / r.ditto;
-                println!(
-                    "| {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {:.1} |",
-                    r.name,
-                    r.native,
-                    r.ditto,
-                    r.native / r.ditto,
-                    r.syscalls_per_req,
-                    r.exit_us,
-                    (per_req_us - r.exit_us).max(0.0)
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ditto: bench: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// Runs a benchmark and prints its table.
-pub fn main(args: &BenchArgs) -> ExitCode {
-    let reps = args.reps.max(1);
-    let rows = match args.which {
-        Which::Syscall => syscall_bench(reps),
-        Which::Servers => return servers(args.quick, args.only.as_deref()),
-        Which::Det => return crate::bench_det::main(reps),
-        Which::Pair => return crate::bench_pair::main(args.quick, args.only.as_deref(), reps),
-    };
-    match rows {
+/// Runs `ditto bench syscall` and prints its table.
+pub fn main(reps: usize) -> ExitCode {
+    match syscall_bench(reps) {
         Ok(rows) => {
             println!("| benchmark | unit | native | ditto | ditto/native |");
             println!("|---|---|---:|---:|---:|");

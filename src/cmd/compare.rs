@@ -37,7 +37,7 @@ pub fn main(args: &CompareArgs) -> ExitCode {
     let load = |path: &PathBuf| {
         Report::load(path).map_err(|e| {
             eprintln!("ditto: {e}");
-            ExitCode::from(crate::EXIT_BAD_INPUT)
+            ExitCode::from(super::EXIT_BAD_INPUT)
         })
     };
     let first = match load(&args.report) {

@@ -1,0 +1,51 @@
+//! `ditto bench`: each benchmark runs the same program natively and in ditto in one
+//! invocation and prints the ratio, because absolute times on shared machines are
+//! noise. This module holds the flags; the benchmarks are in [`crate::bench`].
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use crate::bench;
+
+/// Which benchmark to run.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Which {
+    /// Syscall round trip, compute, memcpy, thread create+join, start-up.
+    Syscall,
+    /// redis (redis-benchmark), nginx (wrk) and pbzip2 from their images.
+    Servers,
+    /// Deterministic execution (`--det`): det section cost, hand-offs, racey, pbzip2.
+    Det,
+    /// Replication: single VM, `--det` and `ditto pair` (det, follow) on pbzip2, redis,
+    /// nginx and mongoose, and the channel's throughput (`--only` also takes `channel`).
+    Pair,
+}
+
+/// Arguments of `ditto bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The benchmark.
+    #[arg(value_enum)]
+    pub which: Which,
+    /// Repetitions of each measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Shorter runs (servers: 10k requests, 3 s of wrk, 20 MB for pbzip2).
+    #[arg(long)]
+    pub quick: bool,
+    /// Servers: only this workload (pbzip2, redis, nginx or mongoose).
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+/// Runs a benchmark and prints its table.
+pub fn main(args: &BenchArgs) -> ExitCode {
+    let reps = args.reps.max(1);
+    match args.which {
+        Which::Syscall => bench::syscall::main(reps),
+        Which::Servers => bench::servers::main(args.quick, args.only.as_deref()),
+        Which::Det => bench::det::main(reps),
+        Which::Pair => bench::pair::main(args.quick, args.only.as_deref(), reps),
+    }
+}

@@ -1,0 +1,434 @@
+//! The supervisor of a pair: it creates the status page and a socket pair, starts this
+//! program twice as `ditto __replica` (hidden), one per role, each pinned to its cores,
+//! forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT to the primary only (the secondary ends when the
+//! primary's log does), shows a status line, waits for both, stops a secondary that makes no
+//! progress after the primary ended, and writes the report from the secondary's findings,
+//! the status page and both exit statuses (DESIGN.md §5-6).
+//!
+//! It runs no VM: it needs `replica` (status page, report), the replication layer's mode and
+//! stall-file names, std, and what its caller hands it in a [`Plan`] (the replicas' flags, a
+//! seccomp installer), so that it can move into `replica/` as it is.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+// The replication layer's names (moving to `replica` with it).
+use devices::replication::{Mode, STALL_FILE, STALL_REQUEST};
+use replica::report::{Counters, Outcome, ReplicaSummary, Report, REPORT_SCHEMA};
+use replica::status::{Counter, StatusPage};
+
+/// The descriptor numbers a replica finds its peer socket and status page at.
+pub const PEER_FD: i32 = 3;
+/// See [`PEER_FD`].
+pub const STATUS_FD: i32 = 4;
+
+/// What the supervisor runs and where the run's files go; the caller has checked the
+/// flags, resolved the program and created [`Plan::out`].
+pub struct Plan {
+    /// How the replicas agree on the schedule (for the status line and the report).
+    pub mode: Mode,
+    /// Host cores of the primary's vCPUs (for the report).
+    pub primary_cores: Vec<usize>,
+    /// Host cores of the secondary's vCPUs (for the report).
+    pub secondary_cores: Vec<usize>,
+    /// The primary's `__replica` flags, after `--role primary`.
+    pub primary_flags: Vec<String>,
+    /// The secondary's `__replica` flags, after `--role secondary`.
+    pub secondary_flags: Vec<String>,
+    /// The program's arguments, passed to both replicas after `--`.
+    pub command: Vec<OsString>,
+    /// The program as the report names it.
+    pub program_words: Vec<String>,
+    /// The run's directory: the replicas' files, their pids, the secondary's findings.
+    pub out: PathBuf,
+    /// Where the report goes.
+    pub report_path: PathBuf,
+    /// Print the status line even when stderr is not a terminal (once a second).
+    pub status: bool,
+    /// Do not print the readable summary at the end.
+    pub quiet: bool,
+    /// Seconds the secondary may make no progress after the primary ended.
+    pub stall_timeout: u64,
+    /// Restricts the calling thread to the host syscalls the supervisor needs (its seccomp
+    /// filter): called in the signal forwarder, and in this thread once both replicas run.
+    pub restrict: fn(),
+}
+
+/// Starts this program as `ditto __replica --role ROLE FLAGS [-- COMMAND]` with `peer` at
+/// [`PEER_FD`] and the status page at [`STATUS_FD`], in its own process group, killed when
+/// the supervisor dies; the secondary reads no stdin and writes no stdout.
+fn spawn_replica(
+    role: &str,
+    flags: Vec<String>,
+    command: &[std::ffi::OsString],
+    peer: OwnedFd,
+    status: &StatusPage,
+    secondary: bool,
+) -> std::io::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__replica").arg("--role").arg(role).args(flags);
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    if secondary {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    }
+    let peer_raw = peer.as_raw_fd();
+    let status_raw = status.fd().as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec: dup2, setpgid and
+    // sigprocmask on the child's own state.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move both out of the way first: either may sit on the other's target.
+            let peer = libc::fcntl(peer_raw, libc::F_DUPFD, 10);
+            let status = libc::fcntl(status_raw, libc::F_DUPFD, 10);
+            if peer < 0
+                || status < 0
+                || libc::dup2(peer, PEER_FD) < 0
+                || libc::dup2(status, STATUS_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(peer);
+            libc::close(status);
+            // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
+            // forwards it to the primary alone.
+            libc::setpgid(0, 0);
+            // A replica does not outlive its supervisor.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    drop(peer);
+    child
+}
+
+/// Blocks the signals the supervisor forwards to the primary, in this thread and the threads
+/// it starts after, so that only the forwarder (`sigtimedwait`) takes them; returns the set.
+pub fn block_forwarded_signals() -> libc::sigset_t {
+    // SAFETY: building a sigset and blocking it in this thread (inherited by threads).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn describe_exit(s: std::process::ExitStatus) -> (Option<i32>, String) {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => (Some(c), format!("exited {c}")),
+        (None, Some(sig)) => (Some(128 + sig), format!("killed by signal {sig}")),
+        _ => (None, "unknown".into()),
+    }
+}
+
+fn human(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn status_line(st: &StatusPage, mode: Mode) -> String {
+    let sent = st.get(Counter::RecordsSent);
+    let consumed = st.get(Counter::RecordsConsumed);
+    format!(
+        "pair {}: turns {} / {}, records {} sent, lag {} records, {} compared in {} outputs{}",
+        mode.name(),
+        st.get(Counter::PrimaryTurns),
+        st.get(Counter::SecondaryTurns),
+        sent,
+        sent.saturating_sub(consumed),
+        human(st.get(Counter::BytesCompared)),
+        st.get(Counter::ComparedOutputs),
+        if st.get(Counter::Diverged) != 0 {
+            ", DIVERGED"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Runs the pair as `plan` says and writes its report (printing its summary unless
+/// `quiet`); returns the report. An error is a host failure, one line: the status page, the
+/// socket pair or a replica could not be created.
+pub fn supervise(plan: Plan) -> Result<Report, String> {
+    let Plan {
+        mode,
+        primary_cores,
+        secondary_cores,
+        primary_flags: pflags,
+        secondary_flags: sflags,
+        command,
+        program_words,
+        out,
+        report_path,
+        status: status_flag,
+        quiet,
+        stall_timeout,
+        restrict,
+    } = plan;
+    let status = StatusPage::create().map_err(|e| format!("cannot create the status page: {e}"))?;
+    let (s0, s1) = socketpair().map_err(|e| format!("socketpair: {e}"))?;
+    let set = block_forwarded_signals();
+    let t0 = Instant::now();
+    let host = |e: std::io::Error| format!("cannot start a replica: {e}");
+    let mut primary =
+        spawn_replica("primary", pflags, &command, s0, &status, false).map_err(host)?;
+    let mut secondary = match spawn_replica("secondary", sflags, &command, s1, &status, true) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = primary.kill();
+            let _ = primary.wait();
+            return Err(host(e));
+        }
+    };
+
+    // For tools and tests that watch a replica (e.g. to kill one and see it reported).
+    let _ = std::fs::write(out.join("primary.pid"), primary.id().to_string());
+    let _ = std::fs::write(out.join("secondary.pid"), secondary.id().to_string());
+
+    // Forward SIGINT/SIGTERM/SIGHUP/SIGQUIT to the primary only.
+    let primary_pid = primary.id() as i32;
+    let done = Arc::new(AtomicBool::new(false));
+    let forwarded = Arc::new(AtomicI32::new(0));
+    {
+        let done = done.clone();
+        let forwarded = forwarded.clone();
+        std::thread::spawn(move || {
+            restrict();
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            };
+            while !done.load(Ordering::Relaxed) {
+                // SAFETY: waiting on our own blocked set with a timeout.
+                let s = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+                if s > 0 {
+                    forwarded.store(s, Ordering::Relaxed);
+                    // SAFETY: signalling the child we started (its pid is ours until waited).
+                    unsafe { libc::kill(primary_pid, s) };
+                }
+            }
+        });
+    }
+    let show_status = status_flag || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = show_status.then(|| {
+        let b = if status_flag && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            None
+        } else {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(250));
+            Some(b)
+        };
+        (b, Instant::now())
+    });
+    // Both replicas run: from here on the supervisor only waits, signals and writes
+    // the report (the spinner's thread already exists and keeps its own freedom).
+    restrict();
+    let mut bar = bar;
+    let mut p_status = None;
+    let mut s_status = None;
+    let mut p_done_at: Option<Instant> = None;
+    let mut last_progress = 0u64;
+    let mut last_progress_at = Instant::now();
+    let mut stalled = false;
+    loop {
+        if p_status.is_none() {
+            if let Ok(Some(s)) = primary.try_wait() {
+                p_status = Some(s);
+                p_done_at = Some(Instant::now());
+            }
+        }
+        if s_status.is_none() {
+            if let Ok(Some(s)) = secondary.try_wait() {
+                s_status = Some(s);
+            }
+        }
+        if p_status.is_some() && s_status.is_some() {
+            break;
+        }
+        // After the primary's end the secondary may lag far behind (it takes turns one
+        // thread at a time); it is stuck only when it stops making progress.
+        let progress = status.get(Counter::RecordsConsumed) + status.get(Counter::SecondaryTurns);
+        if progress != last_progress {
+            last_progress = progress;
+            last_progress_at = Instant::now();
+        }
+        if let (Some(_), None) = (p_done_at, &s_status) {
+            if last_progress_at.elapsed() > Duration::from_secs(stall_timeout) {
+                eprintln!(
+                    "ditto: the secondary made no progress for {} s after the primary ended; stopping it",
+                    stall_timeout
+                );
+                describe_secondary(&out);
+                let _ = secondary.kill();
+                stalled = true;
+            }
+        }
+        if let Some((b, last)) = &mut bar {
+            let line = status_line(&status, mode);
+            match b {
+                Some(b) => b.set_message(line),
+                None => {
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        eprintln!("ditto: {line}");
+                        *last = Instant::now();
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done.store(true, Ordering::Relaxed);
+    if let Some((Some(b), _)) = &bar {
+        b.finish_and_clear();
+    }
+    let wall = t0.elapsed();
+    let (p_code, p_desc) = describe_exit(p_status.expect("waited"));
+    let (s_code, s_desc) = describe_exit(s_status.expect("waited"));
+
+    // The secondary's findings, if it got to write them.
+    let part = out.join("secondary-part.json");
+    let mut report = Report::load(&part).unwrap_or_else(|_| empty_report());
+    report.schema = REPORT_SCHEMA;
+    report.mode = mode.name().into();
+    report.program = program_words;
+    report.wall_seconds = wall.as_secs_f64();
+    report.primary.cores = primary_cores;
+    report.primary.exit_status = p_code;
+    report.primary.exit = Some(p_desc.clone());
+    report.secondary.cores = secondary_cores;
+    report.secondary.exit_status = s_code;
+    if report.secondary.exit.is_none() {
+        report.secondary.exit = Some(s_desc.clone());
+    }
+    if stalled {
+        // What its threads were waiting for, as the secondary wrote it down.
+        let why = std::fs::read_to_string(out.join(STALL_FILE))
+            .unwrap_or_else(|_| "(the secondary did not describe its state)".into());
+        report.secondary.error = Some(format!(
+            "stopped: no progress for {} s after the primary ended; {}",
+            stall_timeout,
+            why.trim_end()
+        ));
+    }
+    let primary_log = out.join("primary-error.txt");
+    if let Ok(e) = std::fs::read_to_string(&primary_log) {
+        report.primary.error = Some(e.trim().to_string());
+    }
+    fill_counters(&mut report.counters, &status);
+    let primary_ok = p_status.is_some_and(|s| s.code().is_some());
+    report.outcome = if report.first_divergence.is_some() {
+        Outcome::Diverged
+    } else if report.channel_error.is_some() {
+        Outcome::ChannelError
+    } else if !primary_ok && forwarded.load(Ordering::Relaxed) == 0 {
+        if report.primary.error.is_none() {
+            report.primary.error = Some(format!("the primary {p_desc}"));
+        }
+        Outcome::ReplicaFailed
+    } else if report.secondary.error.is_some() || s_code.is_none() {
+        Outcome::ReplicaFailed
+    } else if report.primary.error.is_some() {
+        // The primary stopped replicating (a record it could not send...) and ran on
+        // alone: whatever the secondary compared, the pair did not replicate the run.
+        Outcome::ReplicaFailed
+    } else {
+        Outcome::Identical
+    };
+    if let Err(e) = report.save(&report_path) {
+        eprintln!("ditto: cannot write the report: {e}");
+    }
+    if !quiet {
+        eprintln!("{}", report.summary());
+        eprintln!("ditto: report: {}", report_path.display());
+    }
+    Ok(report)
+}
+
+/// Asks the secondary to write down what its threads wait for ([`STALL_REQUEST`]) and
+/// gives it up to two seconds to do so ([`STALL_FILE`]).
+fn describe_secondary(out: &Path) {
+    let answer = out.join(STALL_FILE);
+    let _ = std::fs::remove_file(&answer);
+    if std::fs::write(out.join(STALL_REQUEST), b"").is_err() {
+        return;
+    }
+    // The secondary renames a finished description into place, so existing is complete.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && !answer.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The report of a run whose secondary wrote no findings: outcome `replica_failed`; the
+/// secondary starts from it too, when it writes its findings.
+pub fn empty_report() -> Report {
+    Report {
+        schema: REPORT_SCHEMA,
+        mode: String::new(),
+        program: Vec::new(),
+        outcome: Outcome::ReplicaFailed,
+        primary: ReplicaSummary::default(),
+        secondary: ReplicaSummary {
+            error: Some("the secondary wrote no findings".into()),
+            ..Default::default()
+        },
+        first_divergence: None,
+        last_common: Vec::new(),
+        counters: Counters::default(),
+        channel_error: None,
+        wall_seconds: 0.0,
+    }
+}
+
+fn fill_counters(c: &mut Counters, st: &StatusPage) {
+    c.records = st.get(Counter::RecordsSent);
+    c.record_bytes = st.get(Counter::RecordBytes);
+    c.recorded_syscalls = st.get(Counter::RecordedSyscalls);
+    c.compared_outputs = st.get(Counter::ComparedOutputs);
+    c.bytes_compared = st.get(Counter::BytesCompared);
+    c.turns = st
+        .get(Counter::PrimaryTurns)
+        .max(st.get(Counter::SecondaryTurns));
+    c.reentries = st.get(Counter::Reentries);
+    c.signals = st.get(Counter::Signals);
+    c.max_lag_records = st.get(Counter::MaxLagRecords);
+    c.max_lag_bytes = st.get(Counter::MaxLagBytes);
+}
+
+fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socketpair just created both descriptors; they are ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
