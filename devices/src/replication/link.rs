@@ -7,11 +7,11 @@ use det::record::RecordKind;
 use det::{DetTid, Turn};
 use replica::status::Counter;
 
-use super::findings::Mismatch;
-use super::wire::{self, ThreadRecord};
 use super::Replication;
 use crate::det_runtime::{ScheduleLink, TimedWait, WaitNews};
 use crate::process::lock;
+use replica::findings::Mismatch;
+use replica::wire::{self, ThreadRecord};
 
 impl ScheduleLink for Replication {
     fn log_turn(&self, turn: Turn) {

@@ -29,18 +29,16 @@
 //! in order, checking that the syscall number and per-thread syscall count match.
 
 pub mod effects;
-mod findings;
 mod link;
 mod primary;
 mod replay;
 mod secondary;
-pub mod wire;
 
-pub use findings::{
-    first_difference, AgreedEvent, Mismatch, SecondaryFindings, HISTORY, STALL_FILE, STALL_REQUEST,
-};
 pub use primary::CORRUPT_ENV;
 use primary::{announce_signal, mark_external, PrimarySide};
+pub use replica::findings::{
+    first_difference, AgreedEvent, Mismatch, SecondaryFindings, HISTORY, STALL_FILE, STALL_REQUEST,
+};
 use secondary::SecondarySide;
 
 use std::fs::File;
@@ -56,35 +54,9 @@ use replica::{ChannelConfig, ChannelError, Consumer};
 use crate::errno::Errno;
 use crate::process::{lock, ExitReason, Process};
 use crate::syscalls::{Class, SysResult, SyscallCtx, SyscallEntry, ThreadAction};
-use wire::ThreadRecord;
-
-/// Which replica this process is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Runs the program for real and logs.
-    Primary,
-    /// Replays the log and compares.
-    Secondary,
-}
-
-/// How the two replicas agree on the thread schedule (DESIGN.md §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Each computes the Kendo schedule; re-entry times cross the channel.
-    Det,
-    /// The secondary takes turns in the primary's logged order.
-    Follow,
-}
-
-impl Mode {
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Det => "det",
-            Mode::Follow => "follow",
-        }
-    }
-}
+pub use replica::role::{Mode, Role};
+pub use replica::wire;
+use replica::wire::ThreadRecord;
 
 /// Errors of setting replication up.
 #[derive(Debug, thiserror::Error)]

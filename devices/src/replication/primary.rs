@@ -8,10 +8,10 @@ use det::record::RecordKind;
 use replica::status::Counter;
 use replica::Producer;
 
-use super::wire::{self, EndInfo, ThreadRecord};
 use super::Replication;
 use crate::process::{lock, ExitReason};
 use crate::syscalls::{SyscallCtx, ThreadAction};
+use replica::wire::{self, EndInfo, ThreadRecord};
 
 pub(super) struct PrimarySide {
     pub(super) producer: Mutex<Option<Producer>>,

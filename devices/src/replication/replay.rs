@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use replica::status::{Counter, StatusPage};
 
-use super::findings::{first_difference, AgreedEvent, Mismatch};
-use super::wire::{self, ThreadRecord};
 use super::{effects, to_result, Replication, REENTRY_ADDR};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
 use crate::process::lock;
 use crate::syscalls::{names, ParkedFd, SysResult, SyscallCtx};
+use replica::findings::{first_difference, AgreedEvent, Mismatch};
+use replica::wire::{self, ThreadRecord};
 
 impl Replication {
     /// Secondary: the descriptor `fd` the primary's call returned cannot be given the same

@@ -2,11 +2,10 @@
 //! records into one bounded queue per deterministic thread, the program's threads take their
 //! own records from them, and after the primary's end the drain decides how the secondary ends.
 
-use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use det::record::RecordKind;
@@ -14,11 +13,14 @@ use det::Turn;
 use replica::status::Counter;
 use replica::{ChannelError, Consumer};
 
-use super::findings::{AgreedEvent, Mismatch, SecondaryFindings, HISTORY};
-use super::wire::{self, EndInfo, ThreadRecord};
 use super::{Replication, STALL_FILE, STALL_REQUEST};
 use crate::det_runtime::ScheduleLink;
 use crate::process::{lock, ExitReason, Process};
+use replica::findings::{AgreedEvent, Mismatch, SecondaryFindings, HISTORY};
+use replica::secondary::intake::{
+    behind_by_bytes, Intake, Intook, Queues, MAX_BUFFERED, MAX_TURNS_HELD, RECORD_OVERHEAD,
+};
+use replica::wire::{self, EndInfo, ThreadRecord};
 
 /// After the primary's end: how long every secondary thread may wait for records that will
 /// never come before that is reported as a divergence.
@@ -27,28 +29,6 @@ pub(super) const ALL_WAITING_GRACE: Duration = Duration::from_secs(1);
 /// After the primary's end: how long the secondary may make no syscall at all before it is
 /// reported as stuck (a compute-bound thread legitimately makes none for a while).
 pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Default)]
-pub(super) struct Queues {
-    /// Per deterministic thread: (replicated-event seq, record, payload bytes).
-    pub(super) by_tid: HashMap<u32, VecDeque<(u64, ThreadRecord, u64)>>,
-    pub(super) cvs: HashMap<u32, Arc<Condvar>>,
-    /// The primary's End arrived.
-    pub(super) end: Option<EndInfo>,
-    /// The channel ended without End (primary gone) or failed.
-    pub(super) closed: Option<String>,
-    pub(super) buffered_bytes: u64,
-}
-
-impl Queues {
-    pub(super) fn cv(&mut self, tid: u32) -> Arc<Condvar> {
-        self.cvs.entry(tid).or_default().clone()
-    }
-
-    pub(super) fn all_empty(&self) -> bool {
-        self.by_tid.values().all(|q| q.is_empty())
-    }
-}
 
 pub(super) struct SecondarySide {
     pub(super) consumer: Mutex<Option<Consumer>>,
@@ -67,80 +47,6 @@ pub(super) struct SecondarySide {
     /// The pair's output directory, where the supervisor asks for a description of the
     /// secondary's state ([`STALL_REQUEST`]) and finds it ([`STALL_FILE`]).
     pub(super) output_dir: PathBuf,
-}
-
-/// Bytes of records the secondary holds (payloads plus [`RECORD_OVERHEAD`] each, and pieces
-/// of fragmented records) before it gives up: its threads lag that far behind.
-pub(super) const MAX_BUFFERED: u64 = 2 << 30;
-
-/// What one queued record costs beyond its payload (the decoded record, the queue slot),
-/// counted against [`MAX_BUFFERED`] so that a flood of empty records is bounded too.
-pub(super) const RECORD_OVERHEAD: u64 = 128;
-
-/// Turns of the primary's log the secondary holds before it gives up (about 64 bytes each).
-pub(super) const MAX_TURNS_HELD: usize = 8 << 20;
-
-pub(super) fn behind_by_bytes() -> String {
-    format!(
-        "the secondary fell more than {} MiB of records behind",
-        MAX_BUFFERED >> 20
-    )
-}
-
-/// The reader's state between records.
-pub(super) struct Intake {
-    /// Deterministic thread ids below this were announced by the primary (the main thread,
-    /// 0, needs no announcement).
-    pub(super) threads: u32,
-    pub(super) fragments: wire::Reassembler,
-}
-
-impl Default for Intake {
-    fn default() -> Self {
-        Intake {
-            threads: 1,
-            fragments: wire::Reassembler::default(),
-        }
-    }
-}
-
-impl Intake {
-    /// A `ThreadStart`: ids come in creation order, one at a time.
-    pub(super) fn announce(&mut self, tid: u32) -> Result<(), String> {
-        if tid != self.threads {
-            return Err(format!(
-                "the primary announced thread {tid} where thread {} comes next",
-                self.threads
-            ));
-        }
-        self.threads = self
-            .threads
-            .checked_add(1)
-            .ok_or("the primary announced too many threads")?;
-        Ok(())
-    }
-
-    /// Whether a whole per-thread record may be queued: its thread was announced and none of
-    /// its records is half reassembled. u32::MAX is what a thread without a deterministic id
-    /// records under ([`Replication::det_tid`]): one more queue, bounded like the others.
-    pub(super) fn admit(&self, tid: u32, seq: u64, rec: &ThreadRecord) -> Result<(), String> {
-        if tid >= self.threads && tid != u32::MAX {
-            return Err(format!(
-                "a {} record of thread {tid}, which the primary never created ({} so far)",
-                rec.describe(),
-                self.threads
-            ));
-        }
-        self.fragments
-            .check_whole(tid, seq)
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// What the reader does after a record.
-pub(super) enum Intook {
-    More,
-    End,
 }
 
 impl Replication {
@@ -493,31 +399,5 @@ impl Replication {
                 .0;
             s.waiting.fetch_sub(1, Ordering::SeqCst);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_of_threads_never_announced_are_refused() {
-        let mut intake = Intake::default();
-        let rec = ThreadRecord::Reentry { at: 1 };
-        assert!(
-            intake.admit(0, 1, &rec).is_ok(),
-            "the main thread needs no announcement"
-        );
-        let e = intake.admit(1, 1, &rec).unwrap_err();
-        assert!(e.contains("never created"), "{e}");
-        assert!(intake.admit(70_000, 1, &rec).is_err());
-        intake.announce(1).unwrap();
-        assert!(intake.admit(1, 1, &rec).is_ok());
-        // Out of order or repeated announcements are channel errors.
-        assert!(intake.announce(5).is_err());
-        assert!(intake.announce(1).is_err());
-        intake.announce(2).unwrap();
-        assert!(intake.admit(2, 1, &rec).is_ok());
-        assert!(intake.admit(3, 1, &rec).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::wire::EndInfo;
+use crate::wire::EndInfo;
 
 /// How many agreed events a divergence report shows.
 pub const HISTORY: usize = 16;

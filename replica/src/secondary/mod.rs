@@ -1,0 +1,3 @@
+//! The secondary's side of replication.
+
+pub mod intake;
