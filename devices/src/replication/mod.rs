@@ -31,81 +31,41 @@
 pub mod effects;
 mod link;
 mod primary;
+mod program;
 mod replay;
-mod secondary;
 
-pub use primary::CORRUPT_ENV;
-use primary::{announce_signal, mark_external, PrimarySide};
-pub use replica::findings::{
-    first_difference, AgreedEvent, Mismatch, SecondaryFindings, HISTORY, STALL_FILE, STALL_REQUEST,
-};
-use secondary::SecondarySide;
-
-use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use replica::status::{Counter, StatusPage};
-use replica::{ChannelConfig, ChannelError, Consumer};
+use replica::endpoint::Endpoint;
+use replica::status::StatusPage;
+use replica::wire::{EndInfo, ThreadRecord};
 
 use crate::errno::Errno;
 use crate::process::{lock, ExitReason, Process};
 use crate::syscalls::{Class, SysResult, SyscallCtx, SyscallEntry, ThreadAction};
+use primary::{announce_signal, mark_external};
+
+pub use replica::findings::{
+    first_difference, AgreedEvent, Mismatch, SecondaryFindings, HISTORY, STALL_FILE, STALL_REQUEST,
+};
+pub use replica::primary::CORRUPT_ENV;
 pub use replica::role::{Mode, Role};
+pub use replica::setup::{ReplicaSetup, ReplicationError};
 pub use replica::wire;
-use replica::wire::ThreadRecord;
 
-/// Errors of setting replication up.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplicationError {
-    /// The channel could not be created or attached.
-    #[error("replication channel: {0}")]
-    Channel(#[from] ChannelError),
-    /// The secondary's output files could not be created.
-    #[error("cannot create {path}: {source}")]
-    Output {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-/// What a replica process is given.
-pub struct ReplicaSetup {
-    /// Primary or secondary.
-    pub role: Role,
-    /// det or follow.
-    pub mode: Mode,
-    /// Connected to the other replica: the channel's memfd crosses it, and its hang-up is
-    /// how each side notices the other's death.
-    pub peer: OwnedFd,
-    /// Ring size and lag bounds (the primary creates the channel).
-    pub channel: ChannelConfig,
-    /// The counters page shared with the supervisor.
-    pub status: StatusPage,
-    /// Secondary: where its program's stdout and stderr go (`secondary.stdout`, `.stderr`).
-    pub output_dir: PathBuf,
-}
-
-/// The replication state of one replica process.
+/// The replication state of one replica process: replica's [`Endpoint`], bound to the
+/// process whose syscalls it serves.
 pub struct Replication {
-    role: Role,
-    mode: Mode,
-    status: StatusPage,
-    primary: Option<PrimarySide>,
-    secondary: Option<SecondarySide>,
-    process: OnceLock<Weak<Process>>,
+    endpoint: Endpoint,
 }
 
 impl std::fmt::Debug for Replication {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replication")
-            .field("role", &self.role)
-            .field("mode", &self.mode)
+            .field("role", &self.endpoint.role())
+            .field("mode", &self.endpoint.mode())
             .finish()
     }
 }
@@ -114,85 +74,31 @@ impl Replication {
     /// Connects to the other replica: the primary creates the channel and sends its memfd
     /// over `setup.peer`; the secondary receives and maps it.
     pub fn connect(setup: ReplicaSetup) -> Result<Arc<Self>, ReplicationError> {
-        let ReplicaSetup {
-            role,
-            mode,
-            peer,
-            channel,
-            status,
-            output_dir,
-        } = setup;
-        let (primary, secondary) = match role {
-            Role::Primary => {
-                let (producer, memfd) = replica::Channel::create_with(channel)?;
-                replica::send_fd(peer.as_fd(), memfd.as_fd())?;
-                let producer = producer.watch_socket(peer);
-                (
-                    Some(PrimarySide {
-                        producer: Mutex::new(Some(producer)),
-                        broken: AtomicBool::new(false),
-                        error: Mutex::new(None),
-                        corrupt_at: std::env::var(CORRUPT_ENV).ok().and_then(|v| v.parse().ok()),
-                    }),
-                    None,
-                )
-            }
-            Role::Secondary => {
-                let memfd = replica::recv_fd(peer.as_fd())?;
-                let mut consumer = Consumer::attach(memfd)?.watch_socket(peer);
-                // An idle server sends nothing for as long as it likes; a dead primary is
-                // noticed by the socket's hang-up instead.
-                consumer.set_peer_timeout(None);
-                let open = |name: &str| {
-                    let path = output_dir.join(name);
-                    File::create(&path).map_err(|source| ReplicationError::Output { path, source })
-                };
-                (
-                    None,
-                    Some(SecondarySide {
-                        consumer: Mutex::new(Some(consumer)),
-                        queues: Mutex::default(),
-                        findings: Mutex::default(),
-                        stop: AtomicBool::new(false),
-                        waiting: Default::default(),
-                        late_schedule: Mutex::new(None),
-                        stdout: Mutex::new(open("secondary.stdout")?),
-                        stderr: Mutex::new(open("secondary.stderr")?),
-                        net: Mutex::new(open("secondary.net")?),
-                        output_dir: output_dir.clone(),
-                    }),
-                )
-            }
-        };
         Ok(Arc::new(Replication {
-            role,
-            mode,
-            status,
-            primary,
-            secondary,
-            process: OnceLock::new(),
+            endpoint: Endpoint::connect(setup)?,
         }))
     }
 
     /// Primary or secondary.
     pub fn role(&self) -> Role {
-        self.role
+        self.endpoint.role()
     }
 
     /// det or follow.
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.endpoint.mode()
     }
 
     /// The shared counters.
     pub fn status(&self) -> &StatusPage {
-        &self.status
+        self.endpoint.status()
     }
 
     /// Binds to the program (before its first thread starts). The secondary starts its
     /// reader thread and makes its signal state replay-only.
     pub fn start(self: &Arc<Self>, process: &Arc<Process>) {
-        let _ = self.process.set(Arc::downgrade(process));
+        let program: Weak<Process> = Arc::downgrade(process);
+        self.endpoint.bind(program);
         {
             // The turn counter of the status line, from the det runtime's own count.
             let me = self.clone();
@@ -203,17 +109,19 @@ impl Replication {
                     crate::seccomp::apply_or_exit(crate::seccomp::Kind::Channel);
                     loop {
                         let Some(p) = weak.upgrade() else { return };
-                        me.publish_turns(&p);
+                        me.endpoint.publish_turns(&*p);
                         if p.exiting() {
                             return;
                         }
-                        me.describe_if_asked(&p);
+                        if let Some(s) = me.endpoint.secondary() {
+                            s.describe_if_asked(&*p);
+                        }
                         drop(p);
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 });
         }
-        if self.role == Role::Secondary {
+        if self.role() == Role::Secondary {
             process.signals.set_replay_only();
             let me = self.clone();
             let p = process.clone();
@@ -221,47 +129,37 @@ impl Replication {
                 .name("replica-reader".into())
                 .spawn(move || {
                     crate::seccomp::apply_or_exit(crate::seccomp::Kind::Channel);
-                    me.reader(&p)
+                    if let Some(s) = me.endpoint.secondary() {
+                        s.reader(&*p);
+                    }
                 });
-        }
-    }
-
-    fn publish_turns(&self, p: &Process) {
-        if let Some(det) = p.det.get() {
-            let c = match self.role {
-                Role::Primary => Counter::PrimaryTurns,
-                Role::Secondary => Counter::SecondaryTurns,
-            };
-            self.status.set(c, det.stats.turns.load(Ordering::Relaxed));
         }
     }
 
     /// The program ended (either role): final counters; the primary tells the secondary how
     /// it ended and closes the channel.
     pub fn program_ended(&self, exit: &ExitReason) {
-        if let Some(p) = self.process() {
-            self.publish_turns(&p);
-        }
-        if self.role == Role::Primary {
-            self.finish_primary(exit);
-        }
+        let end = match exit {
+            ExitReason::Exited(s) => EndInfo {
+                status: s & 0xff,
+                signal: 0,
+            },
+            ExitReason::Signaled { signal, .. } => EndInfo {
+                status: exit.status(),
+                signal: *signal,
+            },
+        };
+        self.endpoint.program_ended(end);
     }
 
     /// Primary: why the channel broke, if it did (the secondary died or lagged out).
     pub fn primary_error(&self) -> Option<String> {
-        self.primary.as_ref().and_then(|p| lock(&p.error).clone())
+        self.endpoint.primary_error()
     }
 
     /// Secondary: what it found.
     pub fn findings(&self) -> SecondaryFindings {
-        self.secondary
-            .as_ref()
-            .map(|s| lock(&s.findings).clone())
-            .unwrap_or_default()
-    }
-
-    fn process(&self) -> Option<Arc<Process>> {
-        self.process.get().and_then(|w| w.upgrade())
+        self.endpoint.findings()
     }
 
     /// The calling thread's deterministic id.
@@ -345,19 +243,19 @@ pub fn serve(
     let how = treatment(ctx, entry, a);
     tracing::trace!(
         target: "ditto::turns",
-        role = ?rep.role,
+        role = ?rep.role(),
         tid = Replication::det_tid(ctx),
         seq = ctx.thread.syscalls,
         syscall = entry.name,
         ?how,
         "syscall"
     );
-    match (rep.role, how) {
+    match (rep.role(), how) {
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
             let tid = Replication::det_tid(ctx);
             ctx.thread.replicated_events += 1;
-            rep.send_thread(
+            rep.endpoint.send_thread(
                 tid,
                 ctx.thread.replicated_events,
                 &ThreadRecord::Syscall {
@@ -368,7 +266,7 @@ pub fn serve(
                     writes: Vec::new(),
                 },
             );
-            rep.commit();
+            rep.endpoint.commit();
             local(ctx, &mut |c, a| handler(c, a))
         }
         (Role::Secondary, Treatment::Exit) => {
@@ -396,7 +294,7 @@ pub fn serve(
             let signal = announce_signal(ctx);
             let tid = Replication::det_tid(ctx);
             ctx.thread.replicated_events += 1;
-            rep.send_thread(
+            rep.endpoint.send_thread(
                 tid,
                 ctx.thread.replicated_events,
                 &ThreadRecord::Syscall {
@@ -412,7 +310,7 @@ pub fn serve(
         (Role::Secondary, Treatment::Recorded) => local(ctx, &mut |c, a| rep.replay(c, a)),
         (Role::Primary, Treatment::Compared) => {
             let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
-            rep.commit();
+            rep.endpoint.commit();
             let r = local(ctx, &mut |c, a| handler(c, a));
             let ret = match r {
                 Ok(v) => v as i64,
@@ -427,7 +325,7 @@ pub fn serve(
             let signal = announce_signal(ctx);
             let tid = Replication::det_tid(ctx);
             ctx.thread.replicated_events += 1;
-            rep.send_thread(
+            rep.endpoint.send_thread(
                 tid,
                 ctx.thread.replicated_events,
                 &ThreadRecord::Output {

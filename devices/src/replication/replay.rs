@@ -2,7 +2,6 @@
 //! primary's result and memory writes, placeholders for the descriptors it created), a
 //! Compared call's output is compared with the primary's, exit_group's status too.
 
-use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -11,7 +10,7 @@ use replica::status::{Counter, StatusPage};
 use super::{effects, to_result, Replication, REENTRY_ADDR};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
-use crate::process::lock;
+use crate::process::{lock, Process};
 use crate::syscalls::{names, ParkedFd, SysResult, SyscallCtx};
 use replica::findings::{first_difference, AgreedEvent, Mismatch};
 use replica::wire::{self, ThreadRecord};
@@ -156,8 +155,8 @@ impl Replication {
                 return self.descriptor_mismatch(ctx, ret, why);
             }
         }
-        Self::replay_signal(ctx, signal, &self.status);
-        self.status.add(Counter::RecordedSyscalls, 1);
+        Self::replay_signal(ctx, signal, self.status());
+        self.status().add(Counter::RecordedSyscalls, 1);
         self.agreed(AgreedEvent {
             thread: Self::det_tid(ctx),
             syscall_seq: ctx.thread.syscalls,
@@ -292,18 +291,13 @@ impl Replication {
             );
             return Self::stop_thread(ctx);
         }
-        if let Some(s) = &self.secondary {
-            let sink = match fd {
-                1 => &s.stdout,
-                2 => &s.stderr,
-                _ => &s.net,
-            };
-            let _ = lock(sink).write_all(ours_sent);
+        if let Some(s) = self.endpoint.secondary() {
+            s.keep_output(fd, ours_sent);
         }
         effects::mimic_output(ctx.process, ctx.nr, a, ret);
-        Self::replay_signal(ctx, signal, &self.status);
-        self.status.add(Counter::ComparedOutputs, 1);
-        self.status.add(Counter::BytesCompared, n as u64);
+        Self::replay_signal(ctx, signal, self.status());
+        self.status().add(Counter::ComparedOutputs, 1);
+        self.status().add(Counter::BytesCompared, n as u64);
         self.agreed(AgreedEvent {
             thread: Self::det_tid(ctx),
             syscall_seq: ctx.thread.syscalls,
@@ -362,5 +356,24 @@ impl Replication {
             bytes: 0,
         });
         true
+    }
+
+    /// Secondary: records the first mismatch and stops the program.
+    fn mismatch(&self, process: &Process, m: Mismatch) {
+        if let Some(s) = self.endpoint.secondary() {
+            s.mismatch(process, m);
+        }
+    }
+
+    /// Secondary: one more agreed event.
+    fn agreed(&self, ev: AgreedEvent) {
+        if let Some(s) = self.endpoint.secondary() {
+            s.agreed(ev);
+        }
+    }
+
+    /// Secondary: takes `tid`'s next record, waiting for it. None: the secondary is stopping.
+    fn take(&self, process: &Process, tid: u32) -> Option<(u64, ThreadRecord)> {
+        self.endpoint.secondary()?.take(process, tid)
     }
 }
