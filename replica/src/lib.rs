@@ -6,6 +6,18 @@
 //! - [`status`]: the counters page both replicas update and `ditto pair` reads.
 //! - [`report`]: the JSON report of a `ditto pair` run (its schema is defined there), its
 //!   readable summary, and two runs side by side.
+//! - [`wire`]: the payloads of the replication records (the ABI above the channel's framing).
+//! - [`role`]: primary or secondary, det or follow.
+//! - [`findings`]: what the secondary finds (mismatch, agreed events), for the report.
+//! - [`endpoint`]: one replica process's end of the pair ([`endpoint::Endpoint`]): role,
+//!   counters, the primary's or the secondary's side, and the det runtime's schedule link.
+//! - [`primary`]: the primary's side: records, fragmentation, output commit.
+//! - [`secondary`]: the secondary's side: intake of the primary's records into per-thread
+//!   queues, taking them, the drain after the log's end, mismatches and agreed events.
+//! - [`program`]: what replication needs of the replicated program (implemented by the
+//!   syscall layer), so that this crate never depends on it.
+//! - [`setup`]: what a replica process is given to connect.
+//! - [`syscall_names`]: x86-64 syscall names, for reports and messages.
 //! - [`testkit`]: payload patterns and child spawning shared by tests and the benchmark.
 //! - [`bench`]: the channel's cross-process throughput benchmark (`channel_peer bench`,
 //!   `ditto bench pair`).
@@ -15,10 +27,20 @@
 
 pub mod bench;
 pub mod channel;
+pub mod endpoint;
+pub mod findings;
+pub mod primary;
+pub mod program;
 pub mod report;
+pub mod role;
+pub mod secondary;
+pub mod setup;
 pub mod status;
+mod sync;
 mod sys;
+pub mod syscall_names;
 pub mod testkit;
+pub mod wire;
 
 pub use channel::{
     recv_fd, send_fd, Channel, ChannelConfig, ChannelError, Consumer, Producer, Stats,

@@ -14,7 +14,7 @@
 //!   as futexes count too, so it is informative, not a key), ret i64, signal u32, writes u32, then per write: addr u64,
 //!   len u32, bytes. The guest memory the primary's call wrote, which the secondary copies in.
 //! - `OutputHash`: nr u32, syscall_no u64, fd i32, ret i64, signal u32, asked u64 (bytes the call was asked
-//!   to output), hash u64 (XXH3-64 of the `ret` bytes output, [`replica::report::hash64`]), inline u32, then `inline`
+//!   to output), hash u64 (XXH3-64 of the `ret` bytes output, [`crate::report::hash64`]), inline u32, then `inline`
 //!   bytes: the output itself when it is at most [`INLINE_OUTPUT_MAX`] bytes, else none.
 //!
 //! `signal` (0: none) is the signal the primary delivered to the thread right after that
@@ -128,8 +128,8 @@ impl ThreadRecord {
     /// A short name for reports.
     pub fn describe(&self) -> String {
         match self {
-            ThreadRecord::Syscall { nr, .. } => crate::syscalls::names::name(u64::from(*nr)),
-            ThreadRecord::Output { nr, .. } => crate::syscalls::names::name(u64::from(*nr)),
+            ThreadRecord::Syscall { nr, .. } => crate::syscall_names::name(u64::from(*nr)),
+            ThreadRecord::Output { nr, .. } => crate::syscall_names::name(u64::from(*nr)),
             ThreadRecord::TimedWait { .. } => "futex timed wait".into(),
             ThreadRecord::Reentry { .. } => "re-entry".into(),
         }
@@ -299,7 +299,7 @@ impl EndInfo {
 
 /// The output hash of the `OutputHash` record (the report shows it as is).
 pub fn output_hash(data: &[u8]) -> u64 {
-    replica::report::hash64(data)
+    crate::report::hash64(data)
 }
 
 /// The `ThreadStart` payload.

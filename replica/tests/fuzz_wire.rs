@@ -1,15 +1,15 @@
-//! Fuzzing of the replication payload decoders ([`devices::replication::wire`]): what the
+//! Fuzzing of the replication payload decoders ([`replica::wire`]): what the
 //! secondary reads from the primary. Arbitrary bytes and mutations of valid encodings must
 //! give an error or a value, never a panic; valid encodings round-trip.
 //! `DITTO_FUZZ_CASES=N` runs N cases per property (the suite runs a few thousand).
 
 use det::record::RecordKind;
-use devices::replication::wire::{
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use replica::wire::{
     decode_fragment, decode_thread_start, encode_thread_start, fragments, EndInfo, Reassembler,
     ThreadRecord, FRAGMENT_HEADER,
 };
-use proptest::prelude::*;
-use proptest::test_runner::Config;
 
 /// Cases per property: modest in the suite, raised with `DITTO_FUZZ_CASES` for long runs.
 fn config() -> Config {

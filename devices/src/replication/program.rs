@@ -1,0 +1,57 @@
+//! The process as replica's replication layer sees it ([`Program`]): replica never depends
+//! on devices, so the process answers its few questions through this trait.
+
+use std::sync::atomic::Ordering;
+
+use det::{Turn, TurnError};
+use replica::program::Program;
+
+use crate::process::{ExitReason, Process};
+
+impl Program for Process {
+    fn exiting(&self) -> bool {
+        Process::exiting(self)
+    }
+
+    fn end_by_signal(&self, signal: i32) {
+        self.finish(ExitReason::Signaled {
+            signal,
+            report: String::new(),
+        });
+    }
+
+    fn syscalls(&self) -> u64 {
+        self.stats.syscalls.load(Ordering::Relaxed)
+    }
+
+    fn live_threads(&self) -> usize {
+        Process::live_threads(self)
+    }
+
+    fn turns_held(&self) -> Option<usize> {
+        self.det.get().map(|d| d.turns_held())
+    }
+
+    fn push_turn(&self, turn: Turn) -> Result<(), TurnError> {
+        match self.det.get() {
+            Some(d) => d.push_turn(turn),
+            None => Ok(()),
+        }
+    }
+
+    fn close_log(&self) {
+        if let Some(d) = self.det.get() {
+            d.close_log();
+        }
+    }
+
+    fn turns_taken(&self) -> Option<u64> {
+        self.det
+            .get()
+            .map(|d| d.stats.turns.load(Ordering::Relaxed))
+    }
+
+    fn describe_schedule(&self) -> Option<String> {
+        self.det.get().map(|d| d.describe())
+    }
+}

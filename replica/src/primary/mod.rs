@@ -1,0 +1,133 @@
+//! The primary's side of replication: the records it sends to the secondary (fragmented when
+//! larger than one ring record), output commit (an output leaves the program only once the
+//! secondary holds every record sent before it), and the end of its log.
+//!
+//! A broken channel (the secondary died or lagged out) does not stop the program: it goes on
+//! unreplicated, and [`Primary::error`] says why for the report.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use det::record::RecordKind;
+
+use crate::status::{Counter, StatusPage};
+use crate::sync::lock;
+use crate::wire::{self, EndInfo, ThreadRecord};
+use crate::{ChannelConfig, ChannelError, Producer};
+
+/// Fault injection for tests: the primary corrupts its Nth record (from 1) in the ring, after
+/// the checksum, so that the secondary must report a channel error.
+pub const CORRUPT_ENV: &str = "DITTO_PAIR_CORRUPT_RECORD";
+
+/// The primary's end of the channel.
+pub struct Primary {
+    /// None once the log ended or the channel broke.
+    producer: Mutex<Option<Producer>>,
+    broken: AtomicBool,
+    error: Mutex<Option<String>>,
+    /// The counters shared with the supervisor.
+    status: Arc<StatusPage>,
+    /// Fault injection ([`CORRUPT_ENV`]): the record number to corrupt, counted from 1.
+    corrupt_at: Option<u64>,
+}
+
+impl Primary {
+    /// Creates the channel and sends its memfd to the secondary over `peer`, whose hang-up
+    /// then tells the primary that the secondary is gone.
+    pub fn connect(
+        peer: OwnedFd,
+        channel: ChannelConfig,
+        status: Arc<StatusPage>,
+    ) -> Result<Self, ChannelError> {
+        let (producer, memfd) = crate::Channel::create_with(channel)?;
+        crate::send_fd(peer.as_fd(), memfd.as_fd())?;
+        let producer = producer.watch_socket(peer);
+        Ok(Primary {
+            producer: Mutex::new(Some(producer)),
+            broken: AtomicBool::new(false),
+            error: Mutex::new(None),
+            status,
+            corrupt_at: std::env::var(CORRUPT_ENV).ok().and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// Why the channel broke, if it did (the secondary died or lagged out).
+    pub fn error(&self) -> Option<String> {
+        lock(&self.error).clone()
+    }
+
+    /// Sends the program's end and closes the channel.
+    pub fn finish(&self, end: EndInfo) {
+        self.send(RecordKind::End, &end.encode());
+        lock(&self.producer).take();
+    }
+
+    /// Sends one record, counting it on the status page; a failure breaks replication.
+    pub fn send(&self, kind: RecordKind, payload: &[u8]) {
+        if self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut g = lock(&self.producer);
+        let Some(producer) = g.as_mut() else { return };
+        let nth = producer.stats().records_sent + 1;
+        let sent = match self.corrupt_at {
+            Some(n) if n == nth => producer.send_corrupted(kind, payload, 24),
+            _ => producer.send(kind, payload),
+        };
+        match sent {
+            Ok(_) => {
+                self.status.add(Counter::RecordsSent, 1);
+                self.status.add(Counter::RecordBytes, payload.len() as u64);
+                let st = producer.stats();
+                self.status.max(Counter::MaxLagRecords, st.lag_records());
+                self.status.max(Counter::MaxLagBytes, st.lag_bytes());
+            }
+            Err(e) => {
+                g.take();
+                self.broke(format!("{e}"));
+            }
+        }
+    }
+
+    fn broke(&self, why: String) {
+        if !self.broken.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "ditto: primary: replication stopped ({why}); the program continues unreplicated"
+            );
+            *lock(&self.error) = Some(why);
+        }
+    }
+
+    /// Output commit: waits until the secondary holds every record sent so far.
+    pub fn commit(&self) {
+        let mut g = lock(&self.producer);
+        let Some(producer) = g.as_mut() else { return };
+        let sent = producer.stats().records_sent;
+        if sent == 0 {
+            return;
+        }
+        if let Err(e) = producer.wait_acked(sent - 1) {
+            g.take();
+            drop(g);
+            self.broke(format!("{e}"));
+        }
+    }
+
+    /// Sends one per-thread record: `tid`'s replicated event `seq`.
+    pub fn send_thread(&self, tid: u32, seq: u64, rec: &ThreadRecord) {
+        let mut buf = Vec::new();
+        rec.encode(tid, seq, &mut buf);
+        let max = lock(&self.producer).as_ref().map(|pr| pr.max_payload());
+        match max {
+            // Larger than one ring record (a 20 MiB getrandom, a big read): in pieces,
+            // which the secondary puts back together (wire.rs, `Fragment`).
+            Some(max) if buf.len() > max => {
+                for f in wire::fragments(rec.kind(), &buf, max) {
+                    self.send(RecordKind::Fragment, &f);
+                }
+            }
+            _ => self.send(rec.kind(), &buf),
+        }
+    }
+}

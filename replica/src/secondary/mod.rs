@@ -1,0 +1,281 @@
+//! The secondary's side of replication: it runs the same program, takes each thread's
+//! records from the primary's log in order ([`Secondary::take`]), and reports the first
+//! mismatch ([`Secondary::mismatch`]) and the events agreed before it.
+//!
+//! - [`intake`]: the per-thread queues and the bounds on what a peer can make it hold.
+//! - `reader`: the reader thread that fills the queues, and the drain after the log's end.
+//! - `stall`: what its threads wait for, when the supervisor asks.
+//!
+//! What a record means for the program (placing the primary's memory writes, placeholders
+//! for outside descriptors) is the syscall layer's business: it takes the record from here.
+
+pub mod intake;
+mod reader;
+mod stall;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use det::link::{TimedWait, WaitNews};
+use det::{DetTid, TurnError};
+
+use crate::findings::{AgreedEvent, Mismatch, SecondaryFindings, HISTORY};
+use crate::program::Program;
+use crate::setup::ReplicationError;
+use crate::status::{Counter, StatusPage};
+use crate::sync::lock;
+use crate::wire::ThreadRecord;
+use crate::Consumer;
+use intake::Queues;
+
+/// The secondary's end of the channel, its queues and what it found.
+pub struct Secondary {
+    /// Until the reader thread takes it.
+    consumer: Mutex<Option<Consumer>>,
+    queues: Mutex<Queues>,
+    findings: Mutex<SecondaryFindings>,
+    /// Set on a mismatch or channel failure: threads stop taking records.
+    stop: AtomicBool,
+    /// Threads blocked in `take` on an empty queue, or parked after asking for a turn
+    /// beyond the end of the primary's log.
+    waiting: AtomicUsize,
+    /// The last such turn request, for the report if the secondary never gets to its end.
+    late_schedule: Mutex<Option<String>>,
+    stdout: Mutex<File>,
+    stderr: Mutex<File>,
+    /// Everything else the secondary compared (socket output), in order.
+    net: Mutex<File>,
+    /// The pair's output directory, where the supervisor asks for a description of the
+    /// secondary's state ([`crate::findings::STALL_REQUEST`]) and finds it
+    /// ([`crate::findings::STALL_FILE`]).
+    output_dir: PathBuf,
+    /// The counters shared with the supervisor.
+    status: Arc<StatusPage>,
+}
+
+impl Secondary {
+    /// Receives the channel's memfd from the primary over `peer` and maps it; creates the
+    /// files the secondary's compared output goes to in `output_dir`.
+    pub fn connect(
+        peer: OwnedFd,
+        output_dir: PathBuf,
+        status: Arc<StatusPage>,
+    ) -> Result<Self, ReplicationError> {
+        let memfd = crate::recv_fd(peer.as_fd())?;
+        let mut consumer = Consumer::attach(memfd)?.watch_socket(peer);
+        // An idle server sends nothing for as long as it likes; a dead primary is
+        // noticed by the socket's hang-up instead.
+        consumer.set_peer_timeout(None);
+        let open = |name: &str| {
+            let path = output_dir.join(name);
+            File::create(&path).map_err(|source| ReplicationError::Output { path, source })
+        };
+        Ok(Secondary {
+            consumer: Mutex::new(Some(consumer)),
+            queues: Mutex::default(),
+            findings: Mutex::default(),
+            stop: AtomicBool::new(false),
+            waiting: Default::default(),
+            late_schedule: Mutex::new(None),
+            stdout: Mutex::new(open("secondary.stdout")?),
+            stderr: Mutex::new(open("secondary.stderr")?),
+            net: Mutex::new(open("secondary.net")?),
+            output_dir,
+            status,
+        })
+    }
+
+    /// What it found so far.
+    pub fn findings(&self) -> SecondaryFindings {
+        lock(&self.findings).clone()
+    }
+
+    /// Keeps output the secondary compared and found equal: descriptors 1 and 2 in files of
+    /// their own, everything else in one file, in order.
+    pub fn keep_output(&self, fd: i32, bytes: &[u8]) {
+        let sink = match fd {
+            1 => &self.stdout,
+            2 => &self.stderr,
+            _ => &self.net,
+        };
+        let _ = lock(sink).write_all(bytes);
+    }
+
+    /// The channel failed: recorded as the channel's error, and the program stops.
+    pub(crate) fn channel_failed(&self, program: &dyn Program, why: String) {
+        eprintln!("ditto: secondary: channel error: {why}");
+        {
+            let mut f = lock(&self.findings);
+            if f.channel_error.is_none() {
+                f.channel_error = Some(why.clone());
+            }
+            f.stopped = Some(format!("channel error: {why}"));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        lock(&self.queues).closed = Some(why);
+        program.end_by_signal(libc::SIGKILL);
+    }
+
+    /// Records the first mismatch and stops the secondary's program.
+    pub fn mismatch(&self, program: &dyn Program, m: Mismatch) {
+        {
+            let mut f = lock(&self.findings);
+            if f.mismatch.is_none() {
+                eprintln!(
+                    "ditto: secondary: replicas diverged: thread {} syscall #{} ({}): {}",
+                    m.thread, m.syscall_seq, m.syscall, m.detail
+                );
+                f.stopped = Some("diverged".into());
+                f.mismatch = Some(m);
+            }
+        }
+        self.status.set(Counter::Diverged, 1);
+        self.stop.store(true, Ordering::Relaxed);
+        program.end_by_signal(libc::SIGKILL);
+    }
+
+    /// One more event both replicas agreed on, for the report's history.
+    pub fn agreed(&self, ev: AgreedEvent) {
+        let mut f = lock(&self.findings);
+        if f.history.len() == HISTORY {
+            f.history.pop_front();
+        }
+        f.history.push_back(ev);
+    }
+
+    /// Takes `tid`'s next record, waiting for it. None: the secondary is stopping.
+    pub fn take(&self, program: &dyn Program, tid: u32) -> Option<(u64, ThreadRecord)> {
+        self.take_until(program, tid, false)
+    }
+
+    /// [`take`](Self::take); with `until_end`, also None once the primary's log is over and
+    /// holds nothing more for `tid` (a wait the primary's exit cut short has no outcome).
+    pub fn take_until(
+        &self,
+        program: &dyn Program,
+        tid: u32,
+        until_end: bool,
+    ) -> Option<(u64, ThreadRecord)> {
+        let mut q = lock(&self.queues);
+        let cv = q.cv(tid);
+        loop {
+            if let Some((seq, rec, len)) = q.by_tid.get_mut(&tid).and_then(|d| d.pop_front()) {
+                q.buffered_bytes = q.buffered_bytes.saturating_sub(len);
+                self.status.add(Counter::RecordsConsumed, 1);
+                return Some((seq, rec));
+            }
+            if self.stop.load(Ordering::Relaxed) || program.exiting() {
+                return None;
+            }
+            if until_end && (q.end.is_some() || q.closed.is_some()) {
+                return None;
+            }
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            q = cv
+                .wait_timeout(q, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Blocks until the primary's outcome of `tid`'s current timed futex wait is known; None
+    /// if it never will be ([`det::link::ScheduleLink::timed_wait_outcome`]).
+    pub fn timed_wait_outcome(&self, program: &dyn Program, tid: DetTid) -> Option<TimedWait> {
+        match self.take_until(program, tid.0, true)? {
+            (
+                _,
+                ThreadRecord::TimedWait {
+                    took_turn,
+                    timed_out,
+                    at,
+                },
+            ) => Some(TimedWait {
+                took_turn,
+                timed_out,
+                reentry_at: at,
+            }),
+            (seq, other) => {
+                self.mismatch(
+                    program,
+                    Mismatch {
+                        kind: "schedule",
+                        thread: tid.0,
+                        syscall_seq: seq,
+                        syscall: "futex".into(),
+                        primary_syscall: Some(other.describe()),
+                        primary: other.describe().into_bytes(),
+                        secondary: b"futex timed wait".to_vec(),
+                        detail: "the secondary waits on a futex with a deadline where the primary's thread did something else".into(),
+                        ..Default::default()
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// What the primary's log says so far about `tid`'s current timed futex wait
+    /// ([`det::link::ScheduleLink::follow_timed_wait`]).
+    pub fn follow_timed_wait(&self, tid: DetTid) -> WaitNews {
+        let mut q = lock(&self.queues);
+        let head = q.by_tid.get(&tid.0).and_then(|d| d.front());
+        match head {
+            Some((
+                _,
+                ThreadRecord::TimedWait {
+                    timed_out: true, ..
+                },
+                _,
+            )) => {
+                if let Some((_, _, len)) = q.by_tid.get_mut(&tid.0).and_then(|d| d.pop_front()) {
+                    q.buffered_bytes = q.buffered_bytes.saturating_sub(len);
+                }
+                self.status.add(Counter::RecordsConsumed, 1);
+                WaitNews::TimedOut
+            }
+            Some(_) => WaitNews::Passed,
+            None if q.end.is_some() || q.closed.is_some() => WaitNews::Ended,
+            None => WaitNews::Unknown,
+        }
+    }
+
+    /// The schedule cannot be followed ([`det::link::ScheduleLink::schedule_diverged`]).
+    /// `program` is None once the program is gone.
+    pub fn schedule_diverged(&self, program: Option<&dyn Program>, tid: DetTid, error: &TurnError) {
+        let ended = {
+            let q = lock(&self.queues);
+            q.end.is_some() || q.closed.is_some()
+        };
+        if ended {
+            // The primary's log is over. A thread that wants a turn beyond it may just be
+            // one the primary's exit cut short; the drain decides: the program reaching its
+            // own end is agreement, every thread waiting for the log is a divergence.
+            *lock(&self.late_schedule) = Some(format!("thread {tid}: {error}"));
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if let Some(p) = program {
+                while !p.exiting() && !self.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        if let Some(program) = program {
+            self.mismatch(
+                program,
+                Mismatch {
+                    kind: "schedule",
+                    thread: tid.0,
+                    detail: error.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+}
