@@ -54,7 +54,6 @@
 //! the log fixes; a futex wait there is only a sleep until that state changes, so both
 //! replicas may do it their own way. (A raw futex protocol outside libditto is as racy
 //! under follow mode as a data race; det mode orders it.)
-
 //!
 //! # Where things are
 //!
@@ -64,7 +63,7 @@
 //!   of Lead and Follow);
 //! - `token`: taking and giving back the token: explicit sections, implicit det points,
 //!   clone, exit, and blocking calls;
-//! - [`page`]: the det page and the fold of its slots into the scheduler;
+//! - `page`: the det page ([`DetPage`]) and the fold of its slots into the scheduler;
 //! - `futex`: the emulated futex queues and the futex calls;
 //! - `timed`: futex waits with a deadline in a pair, settled so that both replicas agree;
 //! - `secondary`: what a secondary takes from its primary: the turn log, the Kendo
@@ -72,7 +71,7 @@
 
 mod futex;
 mod order;
-pub mod page;
+mod page;
 #[cfg(test)]
 mod scenario_tests;
 mod secondary;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use guest_memory::safecopy::GuestU64;
 use guest_memory::Errno;
 
+use super::order::Order;
 use super::{DetRuntime, Inner, Policy, ProcessView};
 use crate::abi;
-use crate::runtime::order::Order;
 use crate::{DetTid, Phase};
 
 const SLOT_STATE: u64 = abi::DITTO_SLOT_STATE_MASK;
