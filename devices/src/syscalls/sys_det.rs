@@ -2,7 +2,7 @@
 //! det points.
 //!
 //! - The hypercalls `det_start`, `det_end` and `det_tick` have numbers in a private range
-//!   defined once, in `guest-images/include/ditto.h` (devices/build.rs turns its `#define`s
+//!   defined once, in `guest-images/include/ditto.h` (det/build.rs turns its `#define`s
 //!   into the constants of [`abi`]). Without `--det` they answer ENOSYS, which is what
 //!   libditto and `ditto_present()` expect natively, and nothing else here runs.
 //! - With `--det`, [`serve`] wraps the ordinary handlers of the syscalls whose order between
@@ -30,10 +30,9 @@ use crate::process::{lock, Process};
 use crate::safecopy::GuestU32;
 use crate::syscalls::sys_thread;
 
-/// The det hypercall numbers, generated from `guest-images/include/ditto.h`.
-pub mod abi {
-    include!(concat!(env!("OUT_DIR"), "/ditto_abi.rs"));
-}
+/// The det hypercall numbers, generated from `guest-images/include/ditto.h` (by det/build.rs;
+/// defined once, in `det::abi`).
+pub use det::abi;
 
 /// The private det hypercalls. They are not in the Linux-numbered table: dispatch routes
 /// the private range here.
