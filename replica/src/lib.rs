@@ -36,6 +36,7 @@ pub mod role;
 pub mod secondary;
 pub mod setup;
 pub mod status;
+pub mod supervisor;
 mod sync;
 mod sys;
 pub mod syscall_names;

@@ -13,10 +13,10 @@ use replica::report::{Divergence, DivergenceKind, Event, EventKind, Value};
 use replica::status::StatusPage;
 use replica::ChannelConfig;
 
-use super::pair::supervisor::{empty_report, PEER_FD, STATUS_FD};
 use super::pair::PairOptions;
 use super::program::{vm_config, ProgramArgs};
 use super::{EXIT_BAD_INPUT, EXIT_HOST_ERROR};
+use replica::supervisor::{empty_report, PEER_FD, STATUS_FD};
 
 /// `ditto __replica` (internal): one replica of a pair.
 #[derive(Args)]

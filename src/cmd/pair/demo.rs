@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use devices::replication::Mode;
 
-use super::supervisor::block_forwarded_signals;
 use super::{main, PairArgs};
 use crate::cmd::EXIT_HOST_ERROR;
+use replica::supervisor::block_forwarded_signals;
 
 /// The image the demo runs when `ditto pair` is given no program.
 const DEMO_IMAGE: &str = "redis";

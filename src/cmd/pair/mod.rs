@@ -2,7 +2,7 @@
 //! process pinned to its own cores, and reports whether they diverged (DESIGN.md §5-6).
 //!
 //! This module holds the flags, checks them, resolves the program and prepares the run's
-//! directory; [`supervisor`] then starts and watches the two `ditto __replica` processes
+//! directory; [`replica::supervisor`] then starts and watches the two `ditto __replica` processes
 //! ([`crate::cmd::replica`]) and writes the report. Without a program, [`demo`] runs.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,6 @@ use super::program::{parse_bytes, parse_cores, vm_config, CoreList, ProgramArgs}
 use super::{EXIT_BAD_INPUT, EXIT_HOST_ERROR};
 
 mod demo;
-pub mod supervisor;
 
 /// Exit status of `ditto pair` when the replicas diverged.
 pub const EXIT_DIVERGED: u8 = 3;
@@ -189,7 +188,7 @@ pub fn main(a: &PairArgs) -> ExitCode {
 }
 
 /// Checks the flags, resolves the program and prepares the run's directory, then hands the
-/// pair to the [`supervisor`]; the exit status follows its report.
+/// pair to the [`replica::supervisor`]; the exit status follows its report.
 fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
     let p = &a.program;
     if p.cores.is_some() {
@@ -264,7 +263,7 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         &secondary_cores,
         Some(&out.join("secondary-state")),
     ));
-    let plan = supervisor::Plan {
+    let plan = replica::supervisor::Plan {
         mode: a.options.mode.into(),
         primary_cores,
         secondary_cores,
@@ -279,7 +278,7 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         stall_timeout: a.stall_timeout,
         restrict: || devices::seccomp::apply_or_exit(devices::seccomp::Kind::Supervisor),
     };
-    let report = supervisor::supervise(plan).map_err(|e| (EXIT_HOST_ERROR, e))?;
+    let report = replica::supervisor::supervise(plan).map_err(|e| (EXIT_HOST_ERROR, e))?;
     Ok(exit_status(&report))
 }
 

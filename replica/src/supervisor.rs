@@ -5,9 +5,10 @@
 //! progress after the primary ended, and writes the report from the secondary's findings,
 //! the status page and both exit statuses (DESIGN.md §5-6).
 //!
-//! It runs no VM: it needs `replica` (status page, report), the replication layer's mode and
-//! stall-file names, std, and what its caller hands it in a [`Plan`] (the replicas' flags, a
-//! seccomp installer), so that it can move into `replica/` as it is.
+//! It runs no VM: it needs this crate (status page, report, the mode and stall-file names),
+//! std, and what its caller hands it in a [`Plan`] (the replicas' flags, a seccomp
+//! installer). The CLI's `pair` command builds the plan; `__replica`, which runs a VM, stays
+//! in the CLI.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -19,9 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // The replication layer's names (moving to `replica` with it).
-use devices::replication::{Mode, STALL_FILE, STALL_REQUEST};
-use replica::report::{Counters, Outcome, ReplicaSummary, Report, REPORT_SCHEMA};
-use replica::status::{Counter, StatusPage};
+use crate::findings::{STALL_FILE, STALL_REQUEST};
+use crate::report::{Counters, Outcome, ReplicaSummary, Report, REPORT_SCHEMA};
+use crate::role::Mode;
+use crate::status::{Counter, StatusPage};
 
 /// The descriptor numbers a replica finds its peer socket and status page at.
 pub const PEER_FD: i32 = 3;
