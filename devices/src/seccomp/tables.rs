@@ -257,9 +257,13 @@ pub const CHANNEL: &[Row] = &[
 pub const SIGNALS: &[Row] = &[(SYS_rt_sigtimedwait, ANY)];
 
 /// The supervisor of `ditto pair` once both replicas run: waits for them, signals
-/// them, reads their status page and writes the report; its progress spinner and
-/// forwarder threads are threads, never processes.
+/// them, reads their status page and writes the report; its progress spinner thread
+/// is a thread, never a process. Its event loop (pidfds, a signalfd, a timerfd) is
+/// made before the filter, so under it the loop only waits and unregisters.
 pub const SUPERVISOR: &[Row] = &[
+    (SYS_epoll_wait, ANY),
+    (SYS_epoll_pwait, ANY),
+    (SYS_epoll_ctl, ANY),
     (SYS_wait4, ANY),
     (SYS_waitid, ANY),
     (SYS_kill, ANY),

@@ -5,25 +5,32 @@
 //! progress after the primary ended, and writes the report from the secondary's findings,
 //! the status page and both exit statuses (DESIGN.md §5-6).
 //!
+//! Its waiting is one event loop ([`events`]): a pidfd per replica, a signalfd for the
+//! forwarded signals and a timerfd for the status line and the stall check.
+//!
 //! It runs no VM: it needs this crate (status page, report, the mode and stall-file names),
 //! std, and what its caller hands it in a [`Plan`] (the replicas' flags, a seccomp
 //! installer). The CLI's `pair` command builds the plan; `__replica`, which runs a VM, stays
 //! in the CLI.
 
+mod events;
+
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-// The replication layer's names (moving to `replica` with it).
-use crate::findings::{STALL_FILE, STALL_REQUEST};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+use crate::findings::STALL_FILE;
 use crate::report::{Counters, Outcome, ReplicaSummary, Report, REPORT_SCHEMA};
 use crate::role::Mode;
 use crate::status::{Counter, StatusPage};
+use events::{ForwardSignals, Pair, ReplicaExit, Stall, StatusLine, StatusTick, Which};
 
 /// The descriptor numbers a replica finds its peer socket and status page at.
 pub const PEER_FD: i32 = 3;
@@ -58,7 +65,8 @@ pub struct Plan {
     /// Seconds the secondary may make no progress after the primary ended.
     pub stall_timeout: u64,
     /// Restricts the calling thread to the host syscalls the supervisor needs (its seccomp
-    /// filter): called in the signal forwarder, and in this thread once both replicas run.
+    /// filter): called in this thread once both replicas run and the event loop's fds are
+    /// made.
     pub restrict: fn(),
 }
 
@@ -117,7 +125,8 @@ fn spawn_replica(
 }
 
 /// Blocks the signals the supervisor forwards to the primary, in this thread and the threads
-/// it starts after, so that only the forwarder (`sigtimedwait`) takes them; returns the set.
+/// it starts after, so that they stay pending for the supervisor's signalfd (no thread takes
+/// them by default action); returns the set. The replicas unblock them before exec.
 pub fn block_forwarded_signals() -> libc::sigset_t {
     // SAFETY: building a sigset and blocking it in this thread (inherited by threads).
     unsafe {
@@ -194,7 +203,7 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
     let host = |e: std::io::Error| format!("cannot start a replica: {e}");
     let mut primary =
         spawn_replica("primary", pflags, &command, s0, &status, false).map_err(host)?;
-    let mut secondary = match spawn_replica("secondary", sflags, &command, s1, &status, true) {
+    let secondary = match spawn_replica("secondary", sflags, &command, s1, &status, true) {
         Ok(c) => c,
         Err(e) => {
             let _ = primary.kill();
@@ -207,102 +216,79 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
     let _ = std::fs::write(out.join("primary.pid"), primary.id().to_string());
     let _ = std::fs::write(out.join("secondary.pid"), secondary.id().to_string());
 
-    // Forward SIGINT/SIGTERM/SIGHUP/SIGQUIT to the primary only.
-    let primary_pid = primary.id() as i32;
-    let done = Arc::new(AtomicBool::new(false));
-    let forwarded = Arc::new(AtomicI32::new(0));
-    {
-        let done = done.clone();
-        let forwarded = forwarded.clone();
-        std::thread::spawn(move || {
-            restrict();
-            let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 50_000_000,
-            };
-            while !done.load(Ordering::Relaxed) {
-                // SAFETY: waiting on our own blocked set with a timeout.
-                let s = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-                if s > 0 {
-                    forwarded.store(s, Ordering::Relaxed);
-                    // SAFETY: signalling the child we started (its pid is ours until waited).
-                    unsafe { libc::kill(primary_pid, s) };
-                }
-            }
-        });
-    }
     let show_status = status_flag || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = show_status.then(|| {
-        let b = if status_flag && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            None
-        } else {
-            let b = indicatif::ProgressBar::new_spinner();
-            b.enable_steady_tick(Duration::from_millis(250));
-            Some(b)
-        };
-        (b, Instant::now())
-    });
+    let line = if !show_status {
+        StatusLine::Off
+    } else if status_flag && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        StatusLine::Printed {
+            last: Instant::now(),
+        }
+    } else {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(250));
+        StatusLine::Spinner(b)
+    };
+    let spinner = match &line {
+        StatusLine::Spinner(b) => Some(b.clone()),
+        _ => None,
+    };
+    let pair = Rc::new(RefCell::new(Pair {
+        primary,
+        secondary,
+        primary_exit: None,
+        primary_done_at: None,
+        secondary_exit: None,
+        forwarded: 0,
+        stall: Stall::Watching,
+    }));
+    // Every fd of the loop is made and registered here, before the seccomp filter: under
+    // it the loop only waits (epoll_wait), reads, signals, reaps and unregisters.
+    let events = (|| -> std::io::Result<_> {
+        let mut events: EventManager<Box<dyn MutEventSubscriber + '_>> =
+            EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        events.add_subscriber(Box::new(ReplicaExit::new(Which::Primary, pair.clone())?));
+        events.add_subscriber(Box::new(ReplicaExit::new(Which::Secondary, pair.clone())?));
+        // Forward SIGINT/SIGTERM/SIGHUP/SIGQUIT to the primary only.
+        events.add_subscriber(Box::new(ForwardSignals::new(&set, pair.clone())?));
+        events.add_subscriber(Box::new(StatusTick::new(
+            &status,
+            mode,
+            line,
+            out.clone(),
+            stall_timeout,
+            pair.clone(),
+        )?));
+        Ok(events)
+    })();
+    let mut events = match events {
+        Ok(e) => e,
+        Err(e) => {
+            let p = &mut *pair.borrow_mut();
+            for child in [&mut p.primary, &mut p.secondary] {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Err(format!("cannot watch the replicas: {e}"));
+        }
+    };
     // Both replicas run: from here on the supervisor only waits, signals and writes
     // the report (the spinner's thread already exists and keeps its own freedom).
     restrict();
-    let mut bar = bar;
-    let mut p_status = None;
-    let mut s_status = None;
-    let mut p_done_at: Option<Instant> = None;
-    let mut last_progress = 0u64;
-    let mut last_progress_at = Instant::now();
-    let mut stalled = false;
-    loop {
-        if p_status.is_none() {
-            if let Ok(Some(s)) = primary.try_wait() {
-                p_status = Some(s);
-                p_done_at = Some(Instant::now());
-            }
+    while !pair.borrow().finished() {
+        if let Err(e) = events.run() {
+            // Never seen: epoll_wait fails only on a bad epoll fd or buffer.
+            eprintln!("ditto: the supervisor's event loop failed: {e:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if s_status.is_none() {
-            if let Ok(Some(s)) = secondary.try_wait() {
-                s_status = Some(s);
-            }
-        }
-        if p_status.is_some() && s_status.is_some() {
-            break;
-        }
-        // After the primary's end the secondary may lag far behind (it takes turns one
-        // thread at a time); it is stuck only when it stops making progress.
-        let progress = status.get(Counter::RecordsConsumed) + status.get(Counter::SecondaryTurns);
-        if progress != last_progress {
-            last_progress = progress;
-            last_progress_at = Instant::now();
-        }
-        if let (Some(_), None) = (p_done_at, &s_status) {
-            if last_progress_at.elapsed() > Duration::from_secs(stall_timeout) {
-                eprintln!(
-                    "ditto: the secondary made no progress for {} s after the primary ended; stopping it",
-                    stall_timeout
-                );
-                describe_secondary(&out);
-                let _ = secondary.kill();
-                stalled = true;
-            }
-        }
-        if let Some((b, last)) = &mut bar {
-            let line = status_line(&status, mode);
-            match b {
-                Some(b) => b.set_message(line),
-                None => {
-                    if last.elapsed() >= Duration::from_secs(1) {
-                        eprintln!("ditto: {line}");
-                        *last = Instant::now();
-                    }
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    done.store(true, Ordering::Relaxed);
-    if let Some((Some(b), _)) = &bar {
+    drop(events);
+    if let Some(b) = &spinner {
         b.finish_and_clear();
     }
+    let pair = pair.borrow();
+    let (p_status, s_status) = (pair.primary_exit, pair.secondary_exit);
+    let stalled = pair.stall == Stall::Stopped;
+    let forwarded = pair.forwarded;
     let wall = t0.elapsed();
     let (p_code, p_desc) = describe_exit(p_status.expect("waited"));
     let (s_code, s_desc) = describe_exit(s_status.expect("waited"));
@@ -342,7 +328,7 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
         Outcome::Diverged
     } else if report.channel_error.is_some() {
         Outcome::ChannelError
-    } else if !primary_ok && forwarded.load(Ordering::Relaxed) == 0 {
+    } else if !primary_ok && forwarded == 0 {
         if report.primary.error.is_none() {
             report.primary.error = Some(format!("the primary {p_desc}"));
         }
@@ -364,21 +350,6 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
         eprintln!("ditto: report: {}", report_path.display());
     }
     Ok(report)
-}
-
-/// Asks the secondary to write down what its threads wait for ([`STALL_REQUEST`]) and
-/// gives it up to two seconds to do so ([`STALL_FILE`]).
-fn describe_secondary(out: &Path) {
-    let answer = out.join(STALL_FILE);
-    let _ = std::fs::remove_file(&answer);
-    if std::fs::write(out.join(STALL_REQUEST), b"").is_err() {
-        return;
-    }
-    // The secondary renames a finished description into place, so existing is complete.
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until && !answer.exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The report of a run whose secondary wrote no findings: outcome `replica_failed`; the
