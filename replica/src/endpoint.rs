@@ -144,7 +144,7 @@ impl Endpoint {
     }
 
     /// Primary: sends `tid`'s replicated event `seq`; nothing in the secondary.
-    pub fn send_thread(&self, tid: u32, seq: u64, rec: &ThreadRecord) {
+    fn send_thread(&self, tid: u32, seq: u64, rec: &ThreadRecord) {
         if let Some(p) = &self.primary {
             p.send_thread(tid, seq, rec);
         }

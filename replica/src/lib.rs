@@ -11,6 +11,8 @@
 //! - [`findings`]: what the secondary finds (mismatch, agreed events), for the report.
 //! - [`endpoint`]: one replica process's end of the pair ([`endpoint::Endpoint`]): role,
 //!   counters, the primary's or the secondary's side, and the det runtime's schedule link.
+//! - [`call`]: the one interface between the syscall layer and replication for a syscall:
+//!   the primary's records of it, the secondary's decisions about it.
 //! - [`primary`]: the primary's side: records, fragmentation, output commit.
 //! - [`secondary`]: the secondary's side: intake of the primary's records into per-thread
 //!   queues, taking them, the drain after the log's end, mismatches and agreed events.
@@ -26,6 +28,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod call;
 pub mod channel;
 pub mod endpoint;
 pub mod findings;

@@ -13,6 +13,8 @@
 //! - `SyscallResult`: nr u32, syscall_no u64 (the thread's syscall number: Local calls such
 //!   as futexes count too, so it is informative, not a key), ret i64, signal u32, writes u32, then per write: addr u64,
 //!   len u32, bytes. The guest memory the primary's call wrote, which the secondary copies in.
+//!   A write at [`REENTRY_ADDR`] is no memory: its 8 bytes are the det re-entry time of an
+//!   external call.
 //! - `OutputHash`: nr u32, syscall_no u64, fd i32, ret i64, signal u32, asked u64 (bytes the call was asked
 //!   to output), hash u64 (XXH3-64 of the `ret` bytes output, [`crate::report::hash64`]), inline u32, then `inline`
 //!   bytes: the output itself when it is at most [`INLINE_OUTPUT_MAX`] bytes, else none.
@@ -45,6 +47,10 @@ use det::record::RecordKind;
 /// Outputs up to this size travel whole, so a mismatch can name its first differing byte;
 /// larger ones travel as a hash.
 pub const INLINE_OUTPUT_MAX: usize = 1 << 20;
+
+/// The pseudo-address under which a `SyscallResult` record carries the det re-entry time of
+/// an external call: no program address is this high (it is above the 47-bit user range).
+pub const REENTRY_ADDR: u64 = u64::MAX - 7;
 
 /// The most bytes one reassembled record may hold: a bound on what a peer can make the
 /// secondary allocate for one record (a single call's results are far below it).

@@ -16,8 +16,15 @@
 //!   compares its own bytes with them and keeps them in files of its own (`secondary.stdout`,
 //!   `secondary.stderr`, and `secondary.net` for everything else, in order).
 //!
-//! The schedule is made identical by the det runtime in both replicas (the [`ScheduleLink`]
-//! implementation below): Kendo on both sides plus the primary's re-entry times in `det` mode,
+//! This module keeps what each call means: its treatment, which guest memory it reads and
+//! writes ([`effects`]), the descriptors it creates. What the records are and what they decide
+//! is replica's: the two meet through [`replica::call`] only. The syscall context is replica's
+//! [`Call`]; `primary` hands replica what an executed call wrote or output to record;
+//! `secondary` asks replica what to do with a call (replay these bytes, this result; these
+//! output bytes agree; stop, it diverged) and places memory and descriptors accordingly.
+//!
+//! The schedule is made identical by the det runtime in both replicas (the
+//! [`ScheduleLink`](det::link::ScheduleLink) implementation in `link`): Kendo on both sides plus the primary's re-entry times in `det` mode,
 //! or the primary's turn log in `follow` mode.
 //!
 //! Signals: under replication an asynchronous signal reaches a handler only right after a
@@ -26,26 +33,28 @@
 //!
 //! Records are routed by deterministic thread id: the secondary's reader thread
 //! demultiplexes the channel into one queue per thread, and each thread takes its own records
-//! in order, checking that the syscall number and per-thread syscall count match.
+//! in order; replica checks that each is the record of the call (its syscall number and
+//! per-thread replicated-event number).
 
 pub mod effects;
 mod link;
 mod primary;
 mod program;
-mod replay;
+mod secondary;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use replica::call::{call_result, record_result, Call};
 use replica::endpoint::Endpoint;
+use replica::program::Program;
 use replica::status::StatusPage;
-use replica::wire::{EndInfo, ThreadRecord};
+use replica::wire::EndInfo;
 
 use crate::errno::Errno;
 use crate::process::{lock, ExitReason, Process};
 use crate::syscalls::{Class, SysResult, SyscallCtx, SyscallEntry, ThreadAction};
-use primary::{announce_signal, mark_external};
 
 pub use replica::findings::{
     first_difference, AgreedEvent, Mismatch, SecondaryFindings, HISTORY, STALL_FILE, STALL_REQUEST,
@@ -162,42 +171,70 @@ impl Replication {
         self.endpoint.findings()
     }
 
-    /// The calling thread's deterministic id.
-    fn det_tid(ctx: &SyscallCtx<'_>) -> u32 {
-        ctx.process
-            .det
-            .get()
-            .and_then(|d| d.det_tid(ctx.thread.tid))
-            .map_or(u32::MAX, |d| d.0)
+    /// Secondary: the descriptor `fd` the primary's call returned cannot be given the same
+    /// number here (`why`): reported as a divergence, and the thread stops.
+    pub fn descriptor_mismatch(&self, ctx: &mut SyscallCtx<'_>, fd: i64, why: String) -> SysResult {
+        if let Some(s) = self.endpoint.secondary() {
+            s.descriptor_mismatch(&*ctx, fd, why);
+        }
+        stop_thread(ctx)
+    }
+}
+
+/// The calling thread's deterministic id.
+fn det_tid(ctx: &SyscallCtx<'_>) -> u32 {
+    ctx.process
+        .det
+        .get()
+        .and_then(|d| d.det_tid(ctx.thread.tid))
+        .map_or(u32::MAX, |d| d.0)
+}
+
+/// The call, as replica sees it ([`replica::call`]).
+impl Call for SyscallCtx<'_> {
+    fn thread(&self) -> u32 {
+        det_tid(self)
     }
 
-    fn where_(&self, ctx: &SyscallCtx<'_>) -> (Option<u64>, Option<u64>) {
-        let det = ctx.process.det.get();
+    fn nr(&self) -> u64 {
+        self.nr
+    }
+
+    fn syscall_seq(&self) -> u64 {
+        self.thread.syscalls
+    }
+
+    fn event(&self) -> u64 {
+        self.thread.replicated_events
+    }
+
+    fn position(&self) -> (Option<u64>, Option<u64>) {
+        let det = self.process.det.get();
         (
-            det.and_then(|d| d.logical_time(ctx.thread.tid)),
+            det.and_then(|d| d.logical_time(self.thread.tid)),
             det.map(|d| d.stats.turns.load(Ordering::Relaxed)),
         )
     }
 
-    fn stop_thread(ctx: &mut SyscallCtx<'_>) -> SysResult {
-        ctx.action = ThreadAction::Stop;
-        Err(Errno::EINTR)
+    fn program(&self) -> &dyn Program {
+        &**self.process
     }
 }
 
-/// The pseudo-address under which a Syscall record carries the det re-entry time of an
-/// external call: no program address is this high (it is above the 47-bit user range).
-const REENTRY_ADDR: u64 = u64::MAX - 7;
+/// The thread stops: the program ended or diverged.
+fn stop_thread(ctx: &mut SyscallCtx<'_>) -> SysResult {
+    ctx.action = ThreadAction::Stop;
+    Err(Errno::EINTR)
+}
 
+/// A recorded result as the call's.
 fn to_result(ret: i64) -> SysResult {
-    if ret < 0 {
-        // From the channel, so checked: a negation or narrowing must not overflow.
-        Err(Errno(
-            i32::try_from(ret.unsigned_abs()).unwrap_or(libc::EINVAL),
-        ))
-    } else {
-        Ok(ret as u64)
-    }
+    call_result(ret).map_err(Errno)
+}
+
+/// A call's result as a record carries it.
+fn to_ret(r: &SysResult) -> i64 {
+    record_result(r.map_err(|e| e.0))
 }
 
 /// How a syscall is treated in this call: its class, refined by descriptor.
@@ -244,7 +281,7 @@ pub fn serve(
     tracing::trace!(
         target: "ditto::turns",
         role = ?rep.role(),
-        tid = Replication::det_tid(ctx),
+        tid = det_tid(ctx),
         seq = ctx.thread.syscalls,
         syscall = entry.name,
         ?how,
@@ -253,25 +290,12 @@ pub fn serve(
     match (rep.role(), how) {
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
-            let tid = Replication::det_tid(ctx);
-            ctx.thread.replicated_events += 1;
-            rep.endpoint.send_thread(
-                tid,
-                ctx.thread.replicated_events,
-                &ThreadRecord::Syscall {
-                    nr: ctx.nr as u32,
-                    syscall_no: ctx.thread.syscalls,
-                    ret: (a[0] & 0xff) as i64,
-                    signal: 0,
-                    writes: Vec::new(),
-                },
-            );
-            rep.endpoint.commit();
+            primary::exit(rep, ctx, (a[0] & 0xff) as i64);
             local(ctx, &mut |c, a| handler(c, a))
         }
         (Role::Secondary, Treatment::Exit) => {
-            if !rep.compare_exit(ctx, (a[0] & 0xff) as i64) {
-                return Replication::stop_thread(ctx);
+            if !secondary::exit(rep, ctx, (a[0] & 0xff) as i64) {
+                return stop_thread(ctx);
             }
             local(ctx, &mut |c, a| handler(c, a))
         }
@@ -279,68 +303,21 @@ pub fn serve(
             let plan = effects::plan(ctx.process, ctx.nr, a);
             ctx.reentry_at = None;
             let r = local(ctx, &mut |c, a| handler(c, a));
-            let ret = match r {
-                Ok(v) => v as i64,
-                Err(e) => -(e.0 as i64),
-            };
-            if ret >= 0 {
-                mark_external(ctx, a, ret);
-            }
-            let ranges = effects::written(ctx.process, ctx.nr, a, &plan, ret);
-            let mut writes = effects::capture(ctx.process, &ranges);
-            if let Some(at) = ctx.reentry_at {
-                writes.push((REENTRY_ADDR, at.to_le_bytes().to_vec()));
-            }
-            let signal = announce_signal(ctx);
-            let tid = Replication::det_tid(ctx);
-            ctx.thread.replicated_events += 1;
-            rep.endpoint.send_thread(
-                tid,
-                ctx.thread.replicated_events,
-                &ThreadRecord::Syscall {
-                    nr: ctx.nr as u32,
-                    syscall_no: ctx.thread.syscalls,
-                    ret,
-                    signal,
-                    writes,
-                },
-            );
+            primary::recorded(rep, ctx, a, &plan, to_ret(&r));
             r
         }
-        (Role::Secondary, Treatment::Recorded) => local(ctx, &mut |c, a| rep.replay(c, a)),
+        (Role::Secondary, Treatment::Recorded) => {
+            local(ctx, &mut |c, a| secondary::replay(rep, c, a))
+        }
         (Role::Primary, Treatment::Compared) => {
             let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
             rep.endpoint.commit();
             let r = local(ctx, &mut |c, a| handler(c, a));
-            let ret = match r {
-                Ok(v) => v as i64,
-                Err(e) => -(e.0 as i64),
-            };
-            let n = if ret > 0 {
-                (ret as usize).min(ours.len())
-            } else {
-                0
-            };
-            let sent = &ours[..n];
-            let signal = announce_signal(ctx);
-            let tid = Replication::det_tid(ctx);
-            ctx.thread.replicated_events += 1;
-            rep.endpoint.send_thread(
-                tid,
-                ctx.thread.replicated_events,
-                &ThreadRecord::Output {
-                    nr: ctx.nr as u32,
-                    syscall_no: ctx.thread.syscalls,
-                    fd: effects::io_fd(ctx.process, ctx.nr, a).unwrap_or(-1) as i32,
-                    ret,
-                    signal,
-                    asked: ours.len() as u64,
-                    hash: wire::output_hash(sent),
-                    data: (sent.len() <= wire::INLINE_OUTPUT_MAX).then(|| sent.to_vec()),
-                },
-            );
+            primary::compared(rep, ctx, a, &ours, to_ret(&r));
             r
         }
-        (Role::Secondary, Treatment::Compared) => local(ctx, &mut |c, a| rep.compare(c, a)),
+        (Role::Secondary, Treatment::Compared) => {
+            local(ctx, &mut |c, a| secondary::compare(rep, c, a))
+        }
     }
 }

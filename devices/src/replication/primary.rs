@@ -1,12 +1,60 @@
-//! The primary's treatment of a call, beyond recording it: descriptors its recorded calls
-//! create reach outside the program, and the signal its record names.
+//! The primary's side of one call, once executed: what it wrote or output is read from guest
+//! memory and handed to replica's [`Primary`](replica::primary::Primary) to record
+//! ([`replica::call`]); descriptors its recorded calls create reach outside the program, and
+//! the signal to deliver after it is picked here, so that its record can name it.
 
+use super::{effects, Replication};
 use crate::process::lock;
 use crate::syscalls::{SyscallCtx, ThreadAction};
 
+/// exit_group with `status`, before it runs: recorded and committed.
+pub(super) fn exit(rep: &Replication, ctx: &mut SyscallCtx<'_>, status: i64) {
+    ctx.thread.replicated_events += 1;
+    if let Some(p) = rep.endpoint.primary() {
+        p.record_exit(&*ctx, status);
+    }
+}
+
+/// A Recorded call that returned `ret`: the memory it wrote (per `plan`, taken before it
+/// ran), its re-entry time and the signal after it are recorded.
+pub(super) fn recorded(
+    rep: &Replication,
+    ctx: &mut SyscallCtx<'_>,
+    a: [u64; 6],
+    plan: &effects::Plan,
+    ret: i64,
+) {
+    if ret >= 0 {
+        mark_external(ctx, a, ret);
+    }
+    let ranges = effects::written(ctx.process, ctx.nr, a, plan, ret);
+    let writes = effects::capture(ctx.process, &ranges);
+    let signal = announce_signal(ctx);
+    ctx.thread.replicated_events += 1;
+    if let Some(p) = rep.endpoint.primary() {
+        p.record_syscall(&*ctx, ret, signal, writes, ctx.reentry_at);
+    }
+}
+
+/// A Compared call that was asked to output `ours` and returned `ret`: recorded.
+pub(super) fn compared(
+    rep: &Replication,
+    ctx: &mut SyscallCtx<'_>,
+    a: [u64; 6],
+    ours: &[u8],
+    ret: i64,
+) {
+    let signal = announce_signal(ctx);
+    let fd = effects::io_fd(ctx.process, ctx.nr, a).unwrap_or(-1) as i32;
+    ctx.thread.replicated_events += 1;
+    if let Some(p) = rep.endpoint.primary() {
+        p.record_output(&*ctx, fd, ret, signal, ours);
+    }
+}
+
 /// Primary: descriptors that recorded calls create reach outside the program.
 #[allow(non_upper_case_globals)]
-pub(super) fn mark_external(ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
+fn mark_external(ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
     use libc::*;
     let fds: Vec<i64> = match ctx.nr as i64 {
         SYS_socket | SYS_accept | SYS_accept4 | SYS_timerfd_create => vec![ret],
@@ -26,7 +74,7 @@ pub(super) fn mark_external(ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
 
 /// Primary: picks the signal to deliver right after this call (the thread's next
 /// deliverable one), so that its record can name it.
-pub(super) fn announce_signal(ctx: &mut SyscallCtx<'_>) -> i32 {
+fn announce_signal(ctx: &mut SyscallCtx<'_>) -> i32 {
     if ctx.action != ThreadAction::Continue || ctx.process.exiting() {
         return 0;
     }

@@ -2,8 +2,12 @@
 //! larger than one ring record), output commit (an output leaves the program only once the
 //! secondary holds every record sent before it), and the end of its log.
 //!
+//! What the primary records of one syscall is in `call` ([`crate::call`]).
+//!
 //! A broken channel (the secondary died or lagged out) does not stop the program: it goes on
 //! unreplicated, and [`Primary::error`] says why for the report.
+
+mod call;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,9 +6,13 @@
 //! - `reader`: the reader thread that fills the queues, and the drain after the log's end.
 //! - `stall`: what its threads wait for, when the supervisor asks.
 //!
-//! What a record means for the program (placing the primary's memory writes, placeholders
-//! for outside descriptors) is the syscall layer's business: it takes the record from here.
+//! - `call`: what the secondary does with one syscall ([`crate::call`]): the record matched
+//!   to the call, the comparison, the mismatch or the agreed event.
+//!
+//! What a decision means for the program (placing the primary's memory writes, placeholders
+//! for outside descriptors) is the syscall layer's business: it asks here and carries it out.
 
+mod call;
 pub mod intake;
 mod reader;
 mod stall;
@@ -88,6 +92,36 @@ impl Secondary {
             output_dir,
             status,
         })
+    }
+
+    /// A secondary without a channel, its output files in `output_dir`: the tests fill its
+    /// queues themselves.
+    #[cfg(test)]
+    pub(crate) fn unconnected(output_dir: PathBuf, status: Arc<StatusPage>) -> Self {
+        let open = |name: &str| File::create(output_dir.join(name)).expect("output file");
+        Secondary {
+            consumer: Mutex::new(None),
+            queues: Mutex::default(),
+            findings: Mutex::default(),
+            stop: AtomicBool::new(false),
+            waiting: Default::default(),
+            late_schedule: Mutex::new(None),
+            stdout: Mutex::new(open("secondary.stdout")),
+            stderr: Mutex::new(open("secondary.stderr")),
+            net: Mutex::new(open("secondary.net")),
+            output_dir,
+            status,
+        }
+    }
+
+    /// Queues `rec` as `tid`'s replicated event `seq`, as the reader would.
+    #[cfg(test)]
+    pub(crate) fn queue(&self, tid: u32, seq: u64, rec: ThreadRecord) {
+        lock(&self.queues)
+            .by_tid
+            .entry(tid)
+            .or_default()
+            .push_back((seq, rec, 0));
     }
 
     /// What it found so far.

@@ -1,0 +1,148 @@
+//! The secondary's side of one call: it asks replica's [`Secondary`] what to do with it
+//! ([`replica::call`]) and carries the decision out in the program: a Recorded call's result
+//! and memory writes placed in the secondary's own buffers, placeholders for the descriptors
+//! it created, a Compared call's output computed (not performed), the signal after it
+//! delivered at the same point.
+//!
+//! [`Secondary`]: replica::secondary::Secondary
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use super::{effects, stop_thread, to_result, Replication};
+use crate::errno::Errno;
+use crate::fd_table::OpenFile;
+use crate::process::lock;
+use crate::syscalls::{names, ParkedFd, SysResult, SyscallCtx};
+
+/// A Recorded call, replayed.
+pub(super) fn replay(rep: &Replication, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    ctx.thread.replicated_events += 1;
+    let Some(s) = rep.endpoint.secondary() else {
+        return stop_thread(ctx);
+    };
+    let Some(replay) = s.take_recorded(&*ctx) else {
+        return stop_thread(ctx);
+    };
+    ctx.reentry_at = replay.reentry_at;
+    let plan = effects::plan(ctx.process, ctx.nr, a);
+    let bytes = match effects::place(ctx.process, ctx.nr, a, &plan, replay.ret, &replay.writes) {
+        Ok(placed) => {
+            if placed.relocated > 0 {
+                tracing::debug!(
+                    tid = super::det_tid(ctx),
+                    seq = ctx.thread.syscalls,
+                    syscall = %names::name(ctx.nr),
+                    parts = placed.relocated,
+                    "replayed result placed at the secondary's own buffers"
+                );
+            }
+            placed.bytes
+        }
+        Err(why) => {
+            s.replay_failed(&*ctx, &replay, &why.to_string());
+            return stop_thread(ctx);
+        }
+    };
+    if replay.ret >= 0 {
+        if let Err(why) = placeholders(ctx, a, replay.ret) {
+            return rep.descriptor_mismatch(ctx, replay.ret, why);
+        }
+    }
+    if let Some(sig) = replay.signal {
+        deliver_after(ctx, sig);
+    }
+    s.replayed(&*ctx, &replay, bytes);
+    to_result(replay.ret)
+}
+
+/// A Compared call: its output is computed and compared, not performed.
+pub(super) fn compare(rep: &Replication, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
+    ctx.thread.replicated_events += 1;
+    let Some(s) = rep.endpoint.secondary() else {
+        return stop_thread(ctx);
+    };
+    let Some(out) = s.compare_output(&*ctx, &ours) else {
+        return stop_thread(ctx);
+    };
+    effects::mimic_output(ctx.process, ctx.nr, a, out.ret);
+    if let Some(sig) = out.signal {
+        deliver_after(ctx, sig);
+    }
+    let r = to_result(out.ret);
+    if out.ret == -(libc::EPIPE as i64) {
+        return crate::syscalls::util_epipe(ctx, r);
+    }
+    r
+}
+
+/// exit_group with `status`: false if the thread must stop instead (the primary's status
+/// differs, or the secondary is stopping).
+pub(super) fn exit(rep: &Replication, ctx: &mut SyscallCtx<'_>, status: i64) -> bool {
+    ctx.thread.replicated_events += 1;
+    rep.endpoint
+        .secondary()
+        .is_some_and(|s| s.compare_exit(&*ctx, status))
+}
+
+/// The signal the primary delivered right after this call, delivered at the same point.
+fn deliver_after(ctx: &mut SyscallCtx<'_>, sig: i32) {
+    ctx.process.signals.inject(ctx.thread.tid, sig);
+    ctx.thread.signal_after = Some(sig);
+}
+
+/// Descriptors the primary's call created get placeholders at the same numbers.
+#[allow(non_upper_case_globals)]
+fn placeholders(ctx: &mut SyscallCtx<'_>, a: [u64; 6], ret: i64) -> Result<(), String> {
+    use libc::*;
+    let (fds, cloexec): (Vec<i64>, bool) = match ctx.nr as i64 {
+        SYS_socket => (vec![ret], a[1] & SOCK_CLOEXEC as u64 != 0),
+        SYS_accept => (vec![ret], false),
+        SYS_accept4 => (vec![ret], a[3] & SOCK_CLOEXEC as u64 != 0),
+        SYS_timerfd_create => (vec![ret], a[1] & TFD_CLOEXEC as u64 != 0),
+        SYS_socketpair => {
+            let sv: [i32; 2] = ctx
+                .process
+                .mem
+                .read_obj(a[3])
+                .map_err(|_| "bad socketpair array")?;
+            (
+                vec![sv[0] as i64, sv[1] as i64],
+                a[1] & SOCK_CLOEXEC as u64 != 0,
+            )
+        }
+        _ => return Ok(()),
+    };
+    for want in fds {
+        // SAFETY: creating a socket; the result is checked and owned below.
+        let raw = unsafe { libc::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(format!(
+                "cannot create a placeholder descriptor: {}",
+                Errno::last().0
+            ));
+        }
+        // SAFETY: raw was just created and is ours.
+        let host = unsafe { OwnedFd::from_raw_fd(raw) };
+        // At the primary's number, not the lowest free one. An accept's waits for the
+        // call's re-entry turn, as the primary's did (ParkedFd).
+        if matches!(ctx.nr as i64, SYS_accept | SYS_accept4) && ctx.process.det.get().is_some() {
+            ctx.thread.parked_fd = Some(ParkedFd {
+                file: Arc::new(OpenFile::external(host)),
+                cloexec,
+                at: Some(want),
+            });
+            continue;
+        }
+        let mut fds = lock(&ctx.process.fds);
+        if fds.get(want).is_ok() {
+            return Err(format!(
+                "the primary's call returned descriptor {want}, which is still open in the secondary"
+            ));
+        }
+        fds.install_at(want, Arc::new(OpenFile::external(host)), cloexec)
+            .map_err(|e| format!("cannot install a placeholder at {want}: errno {}", e.0))?;
+    }
+    Ok(())
+}
