@@ -57,7 +57,14 @@ fn pbzip2_p2_follow_pairs_never_stall() {
         let out = tempdir();
         let mut c = ditto();
         c.current_dir(dir.path())
-            .args(["pair", "--quiet", "--mode", "follow", "--stall-timeout", "5"])
+            .args([
+                "pair",
+                "--quiet",
+                "--mode",
+                "follow",
+                "--stall-timeout",
+                "5",
+            ])
             .arg("--out")
             .arg(out.path())
             .args(["--image", "pbzip2", "--", "-p2", "-c", "data"]);
@@ -71,9 +78,17 @@ fn pbzip2_p2_follow_pairs_never_stall() {
             r.secondary.error,
             stderr(&o)
         );
-        assert!(o.status.success(), "run {run}: {:?}: {}", o.status, stderr(&o));
+        assert!(
+            o.status.success(),
+            "run {run}: {:?}: {}",
+            o.status,
+            stderr(&o)
+        );
         let secondary = std::fs::read(out.path().join("secondary.stdout")).expect("stdout");
-        assert_eq!(secondary, o.stdout, "run {run}: the replicas' outputs differ");
+        assert_eq!(
+            secondary, o.stdout,
+            "run {run}: the replicas' outputs differ"
+        );
         match &first {
             None => {
                 // The compressed stream is real: it decompresses to the input.
