@@ -55,6 +55,10 @@
 //! replicas may do it their own way. (A raw futex protocol outside libditto is as racy
 //! under follow mode as a data race; det mode orders it.)
 //!
+//! Other implicit det points whose occurrence depends on timing take no turn under Lead and
+//! Follow either (the VMM's syscall layer decides which: `sched_yield`, and `brk`, which
+//! glibc's main arena calls or not depending on when other threads free into it).
+//!
 //! # Where things are
 //!
 //! - this module: the runtime's shared state ([`DetRuntime`], its lock-protected `Inner`), its

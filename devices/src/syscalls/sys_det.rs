@@ -198,6 +198,26 @@ pub fn det_kind(nr: u64) -> DetKind {
     }
 }
 
+/// Whether a program's making call `nr` at all depends on timing. Under Lead and Follow (the
+/// `follow` mode, whose log must hold the same turns, thread by thread, on both replicas)
+/// such a call takes no turn; see the det runtime's "Futexes in the follow mode" for futexes,
+/// the first of these.
+///
+/// - `sched_yield`: how often a program yields in a spin loop.
+/// - `brk`: glibc grows or trims its main arena when a malloc finds no room at the top or a
+///   free leaves too much there, and other threads free into that arena (a consumer freeing
+///   the producer's blocks) with no det point between. pbzip2 -p2's main thread made one
+///   brk more in the primary than in the secondary; the brk was a turn, so every later turn
+///   of that thread was off by one and the secondary stalled. glibc calls brk only under the
+///   main arena's lock, and the break is the only state a brk changes (the heap is apart
+///   from the mmap area, address_space.rs), so the turn ordered nothing that a replica's
+///   own order does not.
+#[allow(non_upper_case_globals)]
+fn timing_made(nr: u64) -> bool {
+    use libc::*;
+    matches!(nr as i64, SYS_sched_yield | SYS_brk)
+}
+
 /// The handler a det wrapper runs: the table's, or the replication layer's replay/compare.
 pub type DetHandler<'h> = dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult + 'h;
 
@@ -214,13 +234,7 @@ pub fn serve(
     let tid = ctx.thread.tid;
     let _ = entry;
     let kind = match det_kind(ctx.nr) {
-        // How often a program yields in a spin loop depends on timing; a follow-mode log
-        // must hold the same turns on both replicas, so there a yield is no turn.
-        DetKind::Ordered
-            if ctx.nr as i64 == libc::SYS_sched_yield && det.policy() != Policy::Kendo =>
-        {
-            DetKind::Free
-        }
+        DetKind::Ordered if det.policy() != Policy::Kendo && timing_made(ctx.nr) => DetKind::Free,
         kind => kind,
     };
     match kind {
