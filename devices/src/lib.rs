@@ -13,6 +13,7 @@ pub mod procfs;
 pub mod replication;
 pub mod seccomp;
 pub mod signals;
+pub mod sync;
 pub mod syscalls;
 pub mod vma;
 

@@ -3,14 +3,19 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use crate::address_space::AddressSpace;
 use crate::det_runtime::DetRuntime;
 use crate::fd_table::FdTable;
 use crate::guest_mem::GuestMemory;
 use crate::path::FsContext;
-use crate::signals::{Kicker, Signals};
+use crate::signals::{Fate, Kicker, Signals};
+
+/// `lock` and `SigAction` now live in `sync` and `signals`; re-exported here so the
+/// VMM and the replication layer keep their import paths.
+pub use crate::signals::SigAction;
+pub use crate::sync::lock;
 
 /// The program's pid as it sees it. Fixed, so replicas and reruns agree.
 pub const GUEST_PID: i64 = 1000;
@@ -38,20 +43,6 @@ impl ExitReason {
             ExitReason::Signaled { signal, .. } => 128 + signal,
         }
     }
-}
-
-/// A signal disposition as the program set it with rt_sigaction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct SigAction {
-    /// Handler address, or SIG_DFL (0) / SIG_IGN (1).
-    pub handler: u64,
-    /// SA_* flags.
-    pub flags: u64,
-    /// The restorer the libc passes for SA_RESTORER.
-    pub restorer: u64,
-    /// The mask during the handler.
-    pub mask: u64,
 }
 
 /// Counters for `--stats`.
@@ -107,12 +98,6 @@ pub struct Process {
     exiting: AtomicBool,
     exit_cv: Condvar,
     warned: Mutex<BTreeSet<u64>>,
-}
-
-/// Locks a mutex, ignoring poisoning: a panic in one vCPU thread must not take the
-/// others down with a second panic while they report.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Process {
@@ -233,6 +218,25 @@ impl Process {
             .ok()
             .and_then(|i| lock(&self.sigactions).get(i).copied())
             .unwrap_or_default()
+    }
+}
+
+/// The ITIMER_REAL thread fires at the whole program.
+impl crate::itimer::AlarmTarget for Process {
+    fn exiting(&self) -> bool {
+        Process::exiting(self)
+    }
+
+    fn alarm(&self) {
+        let sig = libc::SIGALRM;
+        match self.signals.send_process(sig, self.sigaction(sig)) {
+            Fate::Terminate => self.finish(ExitReason::Signaled {
+                signal: sig,
+                report: String::new(),
+            }),
+            Fate::Queued(Some(tid)) => self.kick(tid),
+            _ => {}
+        }
     }
 }
 

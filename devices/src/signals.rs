@@ -10,7 +10,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::process::{lock, SigAction};
+use crate::sync::lock;
+
+/// A signal disposition as the program set it with rt_sigaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SigAction {
+    /// Handler address, or SIG_DFL (0) / SIG_IGN (1).
+    pub handler: u64,
+    /// SA_* flags.
+    pub flags: u64,
+    /// The restorer the libc passes for SA_RESTORER.
+    pub restorer: u64,
+    /// The mask during the handler.
+    pub mask: u64,
+}
 
 /// Bit for signal `sig` in a 64-bit signal set.
 pub fn bit(sig: i32) -> u64 {

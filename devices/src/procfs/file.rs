@@ -15,7 +15,8 @@ use super::{entries, generate, Node};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
 use crate::guest_mem::USER_START;
-use crate::process::{lock, Process};
+use crate::process::Process;
+use crate::sync::lock;
 use crate::syscalls::SysResult;
 
 /// Most bytes one read or write of `mem` copies (a short count, as Linux may give).

@@ -21,12 +21,12 @@ pub mod file;
 mod system;
 mod task;
 
-use std::ffi::CStr;
 use std::sync::Arc;
 
 use crate::errno::Errno;
 use crate::process::{Process, GUEST_PID};
 
+pub use crate::path::normalise;
 pub use file::VirtFile;
 
 /// Where the stack builder put argv, envp and the auxiliary vector (for cmdline, environ
@@ -235,7 +235,7 @@ fn lookup_task(p: &Process, tid: Option<i64>, comps: &[Vec<u8>]) -> Result<Node,
                 [] if info => Ok(Node::FdInfoDir),
                 [] => Ok(Node::FdDir),
                 [n] => match parse_id(n) {
-                    Some(n) if crate::process::lock(&p.fds).get(n).is_ok() => {
+                    Some(n) if crate::sync::lock(&p.fds).get(n).is_ok() => {
                         Ok(if info { Node::FdInfo(n) } else { Node::Fd(n) })
                     }
                     _ => Err(Errno::ENOENT),
@@ -304,7 +304,7 @@ pub fn entries(p: &Process, node: &Node) -> Vec<(String, u8, u64)> {
             }
         }
         Node::FdDir | Node::FdInfoDir => {
-            for n in crate::process::lock(&p.fds).numbers() {
+            for n in crate::sync::lock(&p.fds).numbers() {
                 let child = if *node == Node::FdDir {
                     Node::Fd(n)
                 } else {
@@ -340,7 +340,7 @@ pub fn readlink(p: &Process, node: &Node) -> Result<Vec<u8>, Errno> {
         Node::Exe => Ok(p.exe_path.as_bytes().to_vec()),
         Node::Cwd => Ok(p.fs.cwd()),
         Node::Fd(n) => {
-            let f = crate::process::lock(&p.fds).get(*n)?;
+            let f = crate::sync::lock(&p.fds).get(*n)?;
             Ok(fd_link(p, &f))
         }
         _ => Err(Errno::EINVAL),
@@ -384,29 +384,6 @@ pub fn path_of(comps: &[Vec<u8>]) -> Vec<u8> {
         v.extend_from_slice(c);
     }
     v
-}
-
-/// Splits a relative or absolute path into normalised components, `..` stopping at `/`.
-pub fn normalise(base: &[u8], path: &CStr) -> Vec<Vec<u8>> {
-    let p = path.to_bytes();
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let joined: Vec<&[u8]> = if p.first() == Some(&b'/') {
-        p.split(|&b| b == b'/').collect()
-    } else {
-        base.split(|&b| b == b'/')
-            .chain(p.split(|&b| b == b'/'))
-            .collect()
-    };
-    for c in joined {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                out.pop();
-            }
-            c => out.push(c.to_vec()),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
