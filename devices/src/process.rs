@@ -45,6 +45,24 @@ impl ExitReason {
     }
 }
 
+/// Where the stack builder put argv, envp and the auxiliary vector (for cmdline, environ
+/// and auxv, which are read live, as Linux does, so programs that rewrite argv are seen).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// First byte of the argument strings.
+    pub arg_start: u64,
+    /// One past the last argument string's NUL.
+    pub arg_end: u64,
+    /// First byte of the environment strings.
+    pub env_start: u64,
+    /// One past the last environment string's NUL.
+    pub env_end: u64,
+    /// First byte of the auxiliary vector.
+    pub auxv_start: u64,
+    /// One past its AT_NULL entry.
+    pub auxv_end: u64,
+}
+
 /// Counters for `--stats`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -74,7 +92,7 @@ pub struct Process {
     pub exe_path: String,
     /// Where argv, envp and auxv lie, for /proc/self/{cmdline,environ,auxv} (set once by
     /// the loader).
-    pub proc_info: OnceLock<crate::procfs::ProcInfo>,
+    pub proc_info: OnceLock<ProcInfo>,
     /// Signal dispositions, indexed by signal number (0 unused).
     pub sigactions: Mutex<[SigAction; 65]>,
     /// umask.

@@ -26,26 +26,11 @@ use std::sync::Arc;
 use crate::errno::Errno;
 use crate::process::{Process, GUEST_PID};
 
-pub use crate::path::normalise;
-pub use file::VirtFile;
+/// Set by the loader and kept on the process; re-exported at its old path for the VMM.
+pub use crate::process::ProcInfo;
 
-/// Where the stack builder put argv, envp and the auxiliary vector (for cmdline, environ
-/// and auxv, which are read live, as Linux does, so programs that rewrite argv are seen).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProcInfo {
-    /// First byte of the argument strings.
-    pub arg_start: u64,
-    /// One past the last argument string's NUL.
-    pub arg_end: u64,
-    /// First byte of the environment strings.
-    pub env_start: u64,
-    /// One past the last environment string's NUL.
-    pub env_end: u64,
-    /// First byte of the auxiliary vector.
-    pub auxv_start: u64,
-    /// One past its AT_NULL entry.
-    pub auxv_end: u64,
-}
+pub use crate::path::normalise;
+pub use file::{VirtFile, Virtual};
 
 /// A file of a process or thread directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use super::system::cpus;
 use super::TaskFile;
+use super::Virtual;
 use crate::address_space::PAGE_SIZE;
 use crate::errno::Errno;
 use crate::process::{Process, GUEST_PID};

@@ -6,7 +6,7 @@ use std::ffi::CStr;
 use super::util::{dirfd, PATH_MAX};
 use super::{SysResult, SyscallCtx};
 use crate::errno::Errno;
-use crate::procfs::{self, file, Node};
+use crate::procfs::{self, file, Node, Virtual};
 use crate::sync::lock;
 
 /// The /proc node a guest (dirfd, path) names, with its guest path, or None.

@@ -4,6 +4,7 @@
 use super::util::{buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
+use crate::procfs::Virtual;
 use crate::sync::lock;
 use crate::sys;
 
