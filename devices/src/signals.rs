@@ -26,6 +26,38 @@ pub struct SigAction {
     pub mask: u64,
 }
 
+/// The program's signal dispositions, indexed by signal number (0 unused).
+pub struct SigActions {
+    table: Mutex<[SigAction; 65]>,
+}
+
+impl Default for SigActions {
+    fn default() -> Self {
+        SigActions {
+            table: Mutex::new([SigAction::default(); 65]),
+        }
+    }
+}
+
+impl SigActions {
+    /// Sets a signal's disposition; a signal number out of range is ignored.
+    pub fn set(&self, sig: i32, act: SigAction) {
+        if let Ok(i) = usize::try_from(sig) {
+            if let Some(s) = lock(&self.table).get_mut(i) {
+                *s = act;
+            }
+        }
+    }
+
+    /// The disposition of one signal (the default for a number out of range).
+    pub fn get(&self, sig: i32) -> SigAction {
+        usize::try_from(sig)
+            .ok()
+            .and_then(|i| lock(&self.table).get(i).copied())
+            .unwrap_or_default()
+    }
+}
+
 /// Bit for signal `sig` in a 64-bit signal set.
 pub fn bit(sig: i32) -> u64 {
     1u64 << (sig - 1)
