@@ -5,6 +5,8 @@
 //! invisible to the program, and lets a replica that does not execute a call (the
 //! secondary) still hand out the same numbers.
 
+use std::any::Any;
+use std::fmt::Debug;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +15,11 @@ use crate::errno::Errno;
 
 /// Highest number of guest descriptors (the program's RLIMIT_NOFILE).
 pub const MAX_FDS: usize = 65536;
+
+/// The state of a file ditto serves itself rather than the host (a /proc file). Its
+/// type belongs to the layer that serves it (`procfs::VirtFile`), which reads it back
+/// with a downcast, so the descriptor table sits below that layer.
+pub trait VirtualPart: Any + Debug + Send + Sync {}
 
 /// One open file description, shared by dup'ed guest descriptors.
 #[derive(Debug)]
@@ -24,7 +31,7 @@ pub struct OpenFile {
     /// Kept on the open file so that dup'ed numbers share it.
     external: AtomicBool,
     /// For a /proc file: what it is and its own state (see `procfs::file`).
-    virt: Option<crate::procfs::VirtFile>,
+    virt: Option<Box<dyn VirtualPart>>,
 }
 
 impl OpenFile {
@@ -38,17 +45,19 @@ impl OpenFile {
     }
 
     /// A /proc file: `host` is the placeholder descriptor behind it.
-    pub fn virtual_file(host: OwnedFd, virt: crate::procfs::VirtFile) -> Self {
+    pub fn virtual_file(host: OwnedFd, virt: impl VirtualPart) -> Self {
         OpenFile {
             host,
             external: AtomicBool::new(false),
-            virt: Some(virt),
+            virt: Some(Box::new(virt)),
         }
     }
 
-    /// The /proc part of a virtual file.
-    pub fn virt(&self) -> Option<&crate::procfs::VirtFile> {
-        self.virt.as_ref()
+    /// The virtual part of a file ditto serves itself, as its server's type `V`
+    /// (`procfs::Virtual::virt` names it).
+    pub fn virtual_part<V: VirtualPart>(&self) -> Option<&V> {
+        let part: &dyn Any = self.virt.as_deref()?;
+        part.downcast_ref()
     }
 
     /// An open file that reaches outside the program.

@@ -1,10 +1,12 @@
 //! ITIMER_REAL (setitimer, alarm): a timer thread that sends SIGALRM to the program.
+//!
+//! The timer knows the program only through [`AlarmTarget`] (is it ending, deliver one
+//! SIGALRM), so it sits below the process and signal state it serves.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::process::{lock, ExitReason, Process};
-use crate::signals::Fate;
+use crate::sync::lock;
 
 /// The longest timer value Linux represents (KTIME_MAX nanoseconds, ~292 years).
 const KTIME_MAX: Duration = Duration::from_nanos(i64::MAX as u64);
@@ -16,22 +18,37 @@ struct Armed {
     thread_started: bool,
 }
 
+/// What the timer thread needs from the program it fires at.
+pub trait AlarmTarget: Send + Sync {
+    /// Whether the program is ending (the timer thread then stops).
+    fn exiting(&self) -> bool;
+    /// Delivers one SIGALRM expiry to the program.
+    fn alarm(&self);
+}
+
+#[derive(Default)]
+struct Shared {
+    armed: Mutex<Armed>,
+    changed: Condvar,
+}
+
 /// The program's real-time interval timer.
 #[derive(Default)]
 pub struct RealTimer {
-    armed: Mutex<Armed>,
-    changed: Condvar,
+    /// Shared with the timer thread, once it runs.
+    shared: Arc<Shared>,
 }
 
 impl RealTimer {
     /// Arms (or, with a zero value, disarms) the timer; returns the previous
     /// (remaining, interval).
-    pub fn set(
-        process: &Arc<Process>,
+    pub fn set<T: AlarmTarget + 'static>(
+        &self,
+        target: &Arc<T>,
         value: Duration,
         interval: Duration,
     ) -> (Duration, Duration) {
-        let timer = &process.real_timer;
+        let timer = &*self.shared;
         let mut a = lock(&timer.armed);
         let old = Self::remaining(&a);
         // Linux keeps timer values as ktime, saturated at KTIME_MAX; so do we, and an
@@ -45,12 +62,13 @@ impl RealTimer {
         a.interval = interval.min(KTIME_MAX);
         if a.deadline.is_some() && !a.thread_started {
             a.thread_started = true;
-            let p = process.clone();
+            let target = target.clone();
+            let shared = self.shared.clone();
             let _ = std::thread::Builder::new()
                 .name("itimer".into())
                 .spawn(move || {
                     crate::seccomp::apply_or_exit(crate::seccomp::Kind::Signals);
-                    Self::run(&p)
+                    Self::run(&shared, &*target)
                 });
         }
         timer.changed.notify_all();
@@ -59,7 +77,7 @@ impl RealTimer {
 
     /// The remaining time and interval.
     pub fn get(&self) -> (Duration, Duration) {
-        Self::remaining(&lock(&self.armed))
+        Self::remaining(&lock(&self.shared.armed))
     }
 
     fn remaining(a: &Armed) -> (Duration, Duration) {
@@ -69,10 +87,9 @@ impl RealTimer {
         (left, a.interval)
     }
 
-    fn run(process: &Arc<Process>) {
-        let timer = &process.real_timer;
+    fn run(timer: &Shared, target: &dyn AlarmTarget) {
         let mut a = lock(&timer.armed);
-        while !process.exiting() {
+        while !target.exiting() {
             let now = Instant::now();
             match a.deadline {
                 Some(d) if d <= now => {
@@ -83,15 +100,7 @@ impl RealTimer {
                         now.checked_add(a.interval)
                     };
                     drop(a);
-                    let sig = libc::SIGALRM;
-                    match process.signals.send_process(sig, process.sigaction(sig)) {
-                        Fate::Terminate => process.finish(ExitReason::Signaled {
-                            signal: sig,
-                            report: String::new(),
-                        }),
-                        Fate::Queued(Some(tid)) => process.kick(tid),
-                        _ => {}
-                    }
+                    target.alarm();
                     a = lock(&timer.armed);
                 }
                 _ => {

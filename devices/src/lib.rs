@@ -5,6 +5,7 @@
 //! runtime lives in the `det` crate and is re-exported here as `det_runtime`.
 
 pub mod address_space;
+pub mod exit;
 pub mod fd_table;
 pub mod itimer;
 pub mod path;
@@ -13,6 +14,7 @@ pub mod procfs;
 pub mod replication;
 pub mod seccomp;
 pub mod signals;
+pub mod sync;
 pub mod syscalls;
 pub mod vma;
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::errno::Errno;
-use crate::process::lock;
+use crate::sync::lock;
 
 /// Errors from setting up the root.
 #[derive(Debug, thiserror::Error)]
@@ -304,7 +304,7 @@ impl FsContext {
                 Some(fd) => self.dir_path(fd)?,
             },
         };
-        let comps = crate::procfs::normalise(&base, path);
+        let comps = normalise(&base, path);
         let c: Vec<&[u8]> = comps.iter().map(|c| c.as_slice()).collect();
         let own = |rest: &[Vec<u8>]| {
             let mut v = vec![b"self".to_vec(), b"fd".to_vec()];
@@ -478,6 +478,29 @@ impl FsContext {
 fn unsafe_zeroed_stat() -> libc::stat {
     // SAFETY: libc::stat is plain data; all-zero is a valid value.
     unsafe { std::mem::zeroed() }
+}
+
+/// Splits a relative or absolute path into normalised components, `..` stopping at `/`.
+pub fn normalise(base: &[u8], path: &CStr) -> Vec<Vec<u8>> {
+    let p = path.to_bytes();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let joined: Vec<&[u8]> = if p.first() == Some(&b'/') {
+        p.split(|&b| b == b'/').collect()
+    } else {
+        base.split(|&b| b == b'/')
+            .chain(p.split(|&b| b == b'/'))
+            .collect()
+    };
+    for c in joined {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            c => out.push(c.to_vec()),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,57 +1,47 @@
 //! State shared by all threads of one program: memory, descriptors, address space,
 //! filesystem view, signal dispositions, and how the program ended.
+//!
+//! `Process` is a plain aggregate that the vmm builds; the parts with an owner of their
+//! own live below it (`exit::ExitState`, `signals::{Signals, SigActions}`,
+//! `itimer::RealTimer`, `fd_table`, `path`), so those modules never import this one.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::address_space::AddressSpace;
 use crate::det_runtime::DetRuntime;
+use crate::exit::ExitState;
 use crate::fd_table::FdTable;
 use crate::guest_mem::GuestMemory;
 use crate::path::FsContext;
-use crate::signals::{Kicker, Signals};
+use crate::signals::{Fate, Kicker, SigActions, Signals};
+
+/// `ExitReason`, `SigAction` and `lock` live in `exit`, `signals` and `sync`; they are
+/// re-exported here so the VMM and the replication layer keep their import paths.
+pub use crate::exit::ExitReason;
+pub use crate::signals::SigAction;
+pub use crate::sync::lock;
 
 /// The program's pid as it sees it. Fixed, so replicas and reruns agree.
 pub const GUEST_PID: i64 = 1000;
 
-/// How the program ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitReason {
-    /// exit/exit_group with this status.
-    Exited(i32),
-    /// Killed by a signal: a fault in the program, a signal it raised at itself, or
-    /// one delivered to ditto. `report` is the one-line description.
-    Signaled {
-        /// The signal number.
-        signal: i32,
-        /// One-line report: signal, address, rip, thread.
-        report: String,
-    },
-}
-
-impl ExitReason {
-    /// The exit status ditto itself returns: the status, or 128+signal.
-    pub fn status(&self) -> i32 {
-        match self {
-            ExitReason::Exited(s) => *s & 0xff,
-            ExitReason::Signaled { signal, .. } => 128 + signal,
-        }
-    }
-}
-
-/// A signal disposition as the program set it with rt_sigaction.
+/// Where the stack builder put argv, envp and the auxiliary vector (for cmdline, environ
+/// and auxv, which are read live, as Linux does, so programs that rewrite argv are seen).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct SigAction {
-    /// Handler address, or SIG_DFL (0) / SIG_IGN (1).
-    pub handler: u64,
-    /// SA_* flags.
-    pub flags: u64,
-    /// The restorer the libc passes for SA_RESTORER.
-    pub restorer: u64,
-    /// The mask during the handler.
-    pub mask: u64,
+pub struct ProcInfo {
+    /// First byte of the argument strings.
+    pub arg_start: u64,
+    /// One past the last argument string's NUL.
+    pub arg_end: u64,
+    /// First byte of the environment strings.
+    pub env_start: u64,
+    /// One past the last environment string's NUL.
+    pub env_end: u64,
+    /// First byte of the auxiliary vector.
+    pub auxv_start: u64,
+    /// One past its AT_NULL entry.
+    pub auxv_end: u64,
 }
 
 /// Counters for `--stats`.
@@ -83,9 +73,9 @@ pub struct Process {
     pub exe_path: String,
     /// Where argv, envp and auxv lie, for /proc/self/{cmdline,environ,auxv} (set once by
     /// the loader).
-    pub proc_info: OnceLock<crate::procfs::ProcInfo>,
-    /// Signal dispositions, indexed by signal number (0 unused).
-    pub sigactions: Mutex<[SigAction; 65]>,
+    pub proc_info: OnceLock<ProcInfo>,
+    /// Signal dispositions.
+    pub sigactions: SigActions,
     /// umask.
     pub umask: AtomicU64,
     /// Counters.
@@ -100,19 +90,9 @@ pub struct Process {
     pub det: OnceLock<DetRuntime>,
     /// Replication, set once before the first thread starts when running in a pair.
     pub replication: OnceLock<Arc<crate::replication::Replication>>,
-    next_tid: AtomicI64,
-    live_threads: AtomicUsize,
-    exit: Mutex<Option<ExitReason>>,
-    /// Mirrors `exit.is_some()`: checked after every syscall, so a lock-free read.
-    exiting: AtomicBool,
-    exit_cv: Condvar,
+    /// Threads and how the program ended; shared with what must see the end alone.
+    pub exit: Arc<ExitState>,
     warned: Mutex<BTreeSet<u64>>,
-}
-
-/// Locks a mutex, ignoring poisoning: a panic in one vCPU thread must not take the
-/// others down with a second panic while they report.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Process {
@@ -131,7 +111,7 @@ impl Process {
             fs,
             exe_path,
             proc_info: OnceLock::new(),
-            sigactions: Mutex::new([SigAction::default(); 65]),
+            sigactions: SigActions::default(),
             umask: AtomicU64::new(0o022),
             stats: Stats::default(),
             signals: Signals::default(),
@@ -139,68 +119,50 @@ impl Process {
             real_timer: Default::default(),
             det: OnceLock::new(),
             replication: OnceLock::new(),
-            next_tid: AtomicI64::new(GUEST_PID),
-            live_threads: AtomicUsize::new(0),
-            exit: Mutex::new(None),
-            exiting: AtomicBool::new(false),
-            exit_cv: Condvar::new(),
+            exit: Arc::new(ExitState::new(GUEST_PID)),
             warned: Mutex::new(BTreeSet::new()),
         }
     }
 
     /// Allocates a thread id and counts the thread as live.
     pub fn new_thread(&self) -> i64 {
-        self.live_threads.fetch_add(1, Ordering::SeqCst);
         self.stats.threads_started.fetch_add(1, Ordering::Relaxed);
-        self.next_tid.fetch_add(1, Ordering::SeqCst)
+        self.exit.new_thread()
     }
 
     /// Undoes `new_thread` when starting the thread failed.
     pub fn thread_not_started(&self) {
-        self.live_threads.fetch_sub(1, Ordering::SeqCst);
+        self.exit.thread_not_started()
     }
 
     /// A thread exited with `status`; the last one out ends the program.
     pub fn thread_exited(&self, status: i32) {
-        if self.live_threads.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.finish(ExitReason::Exited(status));
-        }
+        self.exit.thread_exited(status)
     }
 
     /// Number of live threads.
     pub fn live_threads(&self) -> usize {
-        self.live_threads.load(Ordering::SeqCst)
+        self.exit.live_threads()
     }
 
-    /// Ends the program. The first reason wins; later ones (threads dying while the
-    /// group exits) are ignored.
+    /// Ends the program (the first reason wins).
     pub fn finish(&self, reason: ExitReason) {
-        let mut e = lock(&self.exit);
-        if e.is_none() {
-            *e = Some(reason);
-            self.exiting.store(true, Ordering::SeqCst);
-            self.exit_cv.notify_all();
-        }
+        self.exit.finish(reason)
     }
 
     /// Whether the program is ending; vCPU threads check this after every kick.
     pub fn exiting(&self) -> bool {
-        self.exiting.load(Ordering::SeqCst)
+        self.exit.exiting()
     }
 
     /// The exit reason, once there is one.
     pub fn exit_reason(&self) -> Option<ExitReason> {
-        lock(&self.exit).clone()
+        self.exit.exit_reason()
     }
 
     /// Blocks until the program ends, waking every `tick` to let the caller poll.
     pub fn wait_exit(&self, tick: std::time::Duration) -> Option<ExitReason> {
-        let e = lock(&self.exit);
-        let (e, _) = self
-            .exit_cv
-            .wait_timeout_while(e, tick, |e| e.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        e.clone()
+        self.exit.wait_exit(tick)
     }
 
     /// Warns once per syscall number that the program used something ditto does not
@@ -220,19 +182,31 @@ impl Process {
 
     /// Sets a signal's disposition (SA_RESETHAND resets to default after one use).
     pub fn set_sigaction(&self, sig: i32, act: SigAction) {
-        if let Ok(i) = usize::try_from(sig) {
-            if let Some(s) = lock(&self.sigactions).get_mut(i) {
-                *s = act;
-            }
-        }
+        self.sigactions.set(sig, act)
     }
 
     /// The disposition of one signal.
     pub fn sigaction(&self, sig: i32) -> SigAction {
-        usize::try_from(sig)
-            .ok()
-            .and_then(|i| lock(&self.sigactions).get(i).copied())
-            .unwrap_or_default()
+        self.sigactions.get(sig)
+    }
+}
+
+/// The ITIMER_REAL thread fires at the whole program.
+impl crate::itimer::AlarmTarget for Process {
+    fn exiting(&self) -> bool {
+        Process::exiting(self)
+    }
+
+    fn alarm(&self) {
+        let sig = libc::SIGALRM;
+        match self.signals.send_process(sig, self.sigaction(sig)) {
+            Fate::Terminate => self.finish(ExitReason::Signaled {
+                signal: sig,
+                report: String::new(),
+            }),
+            Fate::Queued(Some(tid)) => self.kick(tid),
+            _ => {}
+        }
     }
 }
 
@@ -248,20 +222,4 @@ pub(crate) fn test_process() -> Process {
         FdTable::new(),
         "/test".into(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses() {
-        assert_eq!(ExitReason::Exited(3).status(), 3);
-        assert_eq!(ExitReason::Exited(256 + 4).status(), 4);
-        let s = ExitReason::Signaled {
-            signal: 11,
-            report: String::new(),
-        };
-        assert_eq!(s.status(), 139);
-    }
 }

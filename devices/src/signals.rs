@@ -10,7 +10,53 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::process::{lock, SigAction};
+use crate::sync::lock;
+
+/// A signal disposition as the program set it with rt_sigaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SigAction {
+    /// Handler address, or SIG_DFL (0) / SIG_IGN (1).
+    pub handler: u64,
+    /// SA_* flags.
+    pub flags: u64,
+    /// The restorer the libc passes for SA_RESTORER.
+    pub restorer: u64,
+    /// The mask during the handler.
+    pub mask: u64,
+}
+
+/// The program's signal dispositions, indexed by signal number (0 unused).
+pub struct SigActions {
+    table: Mutex<[SigAction; 65]>,
+}
+
+impl Default for SigActions {
+    fn default() -> Self {
+        SigActions {
+            table: Mutex::new([SigAction::default(); 65]),
+        }
+    }
+}
+
+impl SigActions {
+    /// Sets a signal's disposition; a signal number out of range is ignored.
+    pub fn set(&self, sig: i32, act: SigAction) {
+        if let Ok(i) = usize::try_from(sig) {
+            if let Some(s) = lock(&self.table).get_mut(i) {
+                *s = act;
+            }
+        }
+    }
+
+    /// The disposition of one signal (the default for a number out of range).
+    pub fn get(&self, sig: i32) -> SigAction {
+        usize::try_from(sig)
+            .ok()
+            .and_then(|i| lock(&self.table).get(i).copied())
+            .unwrap_or_default()
+    }
+}
 
 /// Bit for signal `sig` in a 64-bit signal set.
 pub fn bit(sig: i32) -> u64 {

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use super::{entries, generate, Node};
 use crate::errno::Errno;
-use crate::fd_table::OpenFile;
+use crate::fd_table::{OpenFile, VirtualPart};
 use crate::guest_mem::USER_START;
-use crate::process::{lock, Process};
-use crate::syscalls::SysResult;
+use crate::process::Process;
+use crate::sync::lock;
 
 /// Most bytes one read or write of `mem` copies (a short count, as Linux may give).
 const MEM_CHUNK: u64 = 1 << 20;
@@ -40,6 +40,20 @@ pub struct VirtFile {
     /// The guest path it was opened by (what fd/N shows; the base of relative *at paths).
     pub path: Vec<u8>,
     kind: Kind,
+}
+
+impl VirtualPart for VirtFile {}
+
+/// The /proc part of an open file, for the layers above the descriptor table.
+pub trait Virtual {
+    /// The /proc part of a virtual file; None for a host file.
+    fn virt(&self) -> Option<&VirtFile>;
+}
+
+impl Virtual for OpenFile {
+    fn virt(&self) -> Option<&VirtFile> {
+        self.virtual_part()
+    }
 }
 
 impl std::fmt::Debug for VirtFile {
@@ -205,7 +219,7 @@ impl VirtFile {
         buf: u64,
         len: u64,
         off: Option<u64>,
-    ) -> SysResult {
+    ) -> Result<u64, Errno> {
         match &self.kind {
             Kind::Dir { .. } => Err(Errno::EISDIR),
             Kind::Text { .. } => {
@@ -229,7 +243,7 @@ impl VirtFile {
     }
 
     /// write(2) from guest memory; only `mem` is writable.
-    pub fn write(&self, p: &Process, buf: u64, len: u64, off: Option<u64>) -> SysResult {
+    pub fn write(&self, p: &Process, buf: u64, len: u64, off: Option<u64>) -> Result<u64, Errno> {
         match &self.kind {
             Kind::Mem { pos } => self.mem_io(p, pos, buf, len, off, true),
             _ => Err(Errno::EBADF),
@@ -247,7 +261,7 @@ impl VirtFile {
         len: u64,
         off: Option<u64>,
         write: bool,
-    ) -> SysResult {
+    ) -> Result<u64, Errno> {
         if len == 0 {
             return Ok(0);
         }
@@ -285,7 +299,7 @@ impl VirtFile {
     }
 
     /// lseek(2).
-    pub fn lseek(&self, host: RawFd, off: u64, whence: i32) -> SysResult {
+    pub fn lseek(&self, host: RawFd, off: u64, whence: i32) -> Result<u64, Errno> {
         match &self.kind {
             // SAFETY: lseek on a descriptor the caller holds.
             Kind::Text { .. } => host_call(unsafe { libc::lseek(host, off as i64, whence) }),
@@ -309,7 +323,7 @@ impl VirtFile {
     }
 
     /// getdents64(2) into guest memory.
-    pub fn getdents64(&self, p: &Process, buf: u64, len: u64) -> SysResult {
+    pub fn getdents64(&self, p: &Process, buf: u64, len: u64) -> Result<u64, Errno> {
         let Kind::Dir { cursor } = &self.kind else {
             return Err(Errno::ENOTDIR);
         };

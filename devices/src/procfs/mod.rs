@@ -21,31 +21,16 @@ pub mod file;
 mod system;
 mod task;
 
-use std::ffi::CStr;
 use std::sync::Arc;
 
 use crate::errno::Errno;
 use crate::process::{Process, GUEST_PID};
 
-pub use file::VirtFile;
+/// Set by the loader and kept on the process; re-exported at its old path for the VMM.
+pub use crate::process::ProcInfo;
 
-/// Where the stack builder put argv, envp and the auxiliary vector (for cmdline, environ
-/// and auxv, which are read live, as Linux does, so programs that rewrite argv are seen).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProcInfo {
-    /// First byte of the argument strings.
-    pub arg_start: u64,
-    /// One past the last argument string's NUL.
-    pub arg_end: u64,
-    /// First byte of the environment strings.
-    pub env_start: u64,
-    /// One past the last environment string's NUL.
-    pub env_end: u64,
-    /// First byte of the auxiliary vector.
-    pub auxv_start: u64,
-    /// One past its AT_NULL entry.
-    pub auxv_end: u64,
-}
+pub use crate::path::normalise;
+pub use file::{VirtFile, Virtual};
 
 /// A file of a process or thread directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,7 +220,7 @@ fn lookup_task(p: &Process, tid: Option<i64>, comps: &[Vec<u8>]) -> Result<Node,
                 [] if info => Ok(Node::FdInfoDir),
                 [] => Ok(Node::FdDir),
                 [n] => match parse_id(n) {
-                    Some(n) if crate::process::lock(&p.fds).get(n).is_ok() => {
+                    Some(n) if crate::sync::lock(&p.fds).get(n).is_ok() => {
                         Ok(if info { Node::FdInfo(n) } else { Node::Fd(n) })
                     }
                     _ => Err(Errno::ENOENT),
@@ -304,7 +289,7 @@ pub fn entries(p: &Process, node: &Node) -> Vec<(String, u8, u64)> {
             }
         }
         Node::FdDir | Node::FdInfoDir => {
-            for n in crate::process::lock(&p.fds).numbers() {
+            for n in crate::sync::lock(&p.fds).numbers() {
                 let child = if *node == Node::FdDir {
                     Node::Fd(n)
                 } else {
@@ -340,7 +325,7 @@ pub fn readlink(p: &Process, node: &Node) -> Result<Vec<u8>, Errno> {
         Node::Exe => Ok(p.exe_path.as_bytes().to_vec()),
         Node::Cwd => Ok(p.fs.cwd()),
         Node::Fd(n) => {
-            let f = crate::process::lock(&p.fds).get(*n)?;
+            let f = crate::sync::lock(&p.fds).get(*n)?;
             Ok(fd_link(p, &f))
         }
         _ => Err(Errno::EINVAL),
@@ -384,29 +369,6 @@ pub fn path_of(comps: &[Vec<u8>]) -> Vec<u8> {
         v.extend_from_slice(c);
     }
     v
-}
-
-/// Splits a relative or absolute path into normalised components, `..` stopping at `/`.
-pub fn normalise(base: &[u8], path: &CStr) -> Vec<Vec<u8>> {
-    let p = path.to_bytes();
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let joined: Vec<&[u8]> = if p.first() == Some(&b'/') {
-        p.split(|&b| b == b'/').collect()
-    } else {
-        base.split(|&b| b == b'/')
-            .chain(p.split(|&b| b == b'/'))
-            .collect()
-    };
-    for c in joined {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                out.pop();
-            }
-            c => out.push(c.to_vec()),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 use std::fmt::Write;
 
 use crate::errno::Errno;
-use crate::process::{lock, Process};
+use crate::process::Process;
+use crate::sync::lock;
 
 /// Directories below /proc that hold system files.
 pub const DIRS: &[&str] = &["sys", "sys/kernel", "sys/net", "sys/net/core", "sys/vm"];

@@ -5,9 +5,11 @@ use std::fmt::Write;
 
 use super::system::cpus;
 use super::TaskFile;
+use super::Virtual;
 use crate::address_space::PAGE_SIZE;
 use crate::errno::Errno;
-use crate::process::{lock, Process, GUEST_PID};
+use crate::process::{Process, GUEST_PID};
+use crate::sync::lock;
 use crate::vma::Vma;
 
 /// Width Linux pads a maps line to before the name (25 + 6 * sizeof(void *) - 1).

@@ -270,7 +270,7 @@ fn report_line(buf: &mut [u8; 192], thread: &str, nr: i32) -> usize {
     put(&digits[i..]);
     let name = usize::try_from(nr)
         .ok()
-        .and_then(|i| crate::syscalls::names::NAMES.get(i))
+        .and_then(|i| replica::syscall_names::NAMES.get(i))
         .filter(|s| !s.is_empty());
     put(b" (");
     put(name.map_or(&b"unknown"[..], |s| s.as_bytes()));
@@ -309,7 +309,7 @@ mod tests {
         for kind in Kind::ALL {
             let mut names: Vec<String> = tables::rows(kind)
                 .iter()
-                .map(|&(nr, _)| crate::syscalls::names::name(nr as u64))
+                .map(|&(nr, _)| replica::syscall_names::name(nr as u64))
                 .collect();
             names.sort();
             names.dedup();

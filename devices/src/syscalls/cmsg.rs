@@ -11,7 +11,7 @@ use super::util::file;
 use super::SyscallCtx;
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
-use crate::process::lock;
+use crate::sync::lock;
 
 /// sizeof(struct cmsghdr) on x86-64: u64 length, i32 level, i32 type.
 const HDR: usize = 16;

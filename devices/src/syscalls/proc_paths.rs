@@ -6,8 +6,8 @@ use std::ffi::CStr;
 use super::util::{dirfd, PATH_MAX};
 use super::{SysResult, SyscallCtx};
 use crate::errno::Errno;
-use crate::process::lock;
-use crate::procfs::{self, file, Node};
+use crate::procfs::{self, file, Node, Virtual};
+use crate::sync::lock;
 
 /// The /proc node a guest (dirfd, path) names, with its guest path, or None.
 fn node(

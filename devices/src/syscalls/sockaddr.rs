@@ -9,7 +9,7 @@ use super::util::buf;
 use super::SyscallCtx;
 use crate::errno::Errno;
 use crate::path::Resolved;
-use crate::process::lock;
+use crate::sync::lock;
 
 /// Largest sockaddr a program may pass (sizeof(struct sockaddr_storage)).
 pub const SOCKADDR_MAX: u64 = 128;

@@ -26,8 +26,9 @@ use super::util::{buf, file, path};
 use super::{Class, ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::det_runtime::{DetPage, DetRuntime, FutexWait, Policy, LIBDITTO_GUEST_PATH};
 use crate::errno::Errno;
-use crate::process::{lock, Process};
+use crate::process::Process;
 use crate::safecopy::GuestU32;
+use crate::sync::lock;
 use crate::syscalls::sys_thread;
 
 /// The det hypercall numbers, generated from `guest-images/include/ditto.h` (by det/build.rs;

@@ -4,7 +4,8 @@
 use super::util::{buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
-use crate::process::lock;
+use crate::procfs::Virtual;
+use crate::sync::lock;
 use crate::sys;
 
 /// The descriptor I/O table.

@@ -8,7 +8,8 @@ use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::address_space::{page_up, PAGE_SIZE};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
-use crate::process::lock;
+use crate::procfs::Virtual;
+use crate::sync::lock;
 use crate::sys;
 use crate::vma::{Vma, VmaFile};
 

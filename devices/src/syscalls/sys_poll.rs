@@ -4,7 +4,7 @@
 use super::util::{buf, elem, file, install, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
-use crate::process::lock;
+use crate::sync::lock;
 use crate::sys;
 
 /// The readiness table.

@@ -7,8 +7,9 @@ use std::time::Duration;
 use super::util::sc;
 use super::{SysResult, SyscallCtx, SyscallEntry, ThreadAction};
 use crate::errno::Errno;
-use crate::process::{ExitReason, SigAction, GUEST_PID};
+use crate::process::{ExitReason, GUEST_PID};
 use crate::signals::Fate;
+use crate::signals::SigAction;
 use crate::sys;
 
 /// The signal table.

@@ -12,7 +12,7 @@ use super::util::{buf, epipe_kills, file, install, install_pair, iovecs, opt_buf
 use super::{ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
-use crate::process::lock;
+use crate::sync::lock;
 use crate::sys;
 
 /// The socket table.

@@ -3,7 +3,6 @@
 
 use super::util::{buf, file, install, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
-use crate::itimer::RealTimer;
 use crate::sys;
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ fn setitimer(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     };
     let old = if a[0] == libc::ITIMER_REAL as u64 {
         match new {
-            Some(v) => RealTimer::set(
+            Some(v) => ctx.process.real_timer.set(
                 ctx.process,
                 from_timeval([v[2], v[3]])?,
                 from_timeval([v[0], v[1]])?,
@@ -79,7 +78,7 @@ fn getitimer(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn alarm(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let (left, _) = RealTimer::set(
+    let (left, _) = ctx.process.real_timer.set(
         ctx.process,
         Duration::from_secs(a[0] as u32 as u64),
         Duration::ZERO,

@@ -9,7 +9,7 @@ use super::{SysResult, SyscallCtx};
 use crate::errno::{host_result, Errno};
 use crate::fd_table::OpenFile;
 use crate::path::Resolved;
-use crate::process::lock;
+use crate::sync::lock;
 
 /// Linux's PATH_MAX.
 pub const PATH_MAX: usize = 4096;
