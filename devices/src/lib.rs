@@ -18,7 +18,6 @@ pub mod sync;
 pub mod syscalls;
 pub mod vma;
 
-pub use det::runtime as det_runtime;
 pub use guest_memory::{errno, guest_mem, safecopy, Errno};
 
 /// The det runtime (in det/, which does not depend on devices) sees the process through

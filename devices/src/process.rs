@@ -10,18 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::address_space::AddressSpace;
-use crate::det_runtime::DetRuntime;
-use crate::exit::ExitState;
+use crate::exit::{ExitReason, ExitState};
 use crate::fd_table::FdTable;
 use crate::guest_mem::GuestMemory;
 use crate::path::FsContext;
-use crate::signals::{Fate, Kicker, SigActions, Signals};
-
-/// `ExitReason`, `SigAction` and `lock` live in `exit`, `signals` and `sync`; they are
-/// re-exported here so the VMM and the replication layer keep their import paths.
-pub use crate::exit::ExitReason;
-pub use crate::signals::SigAction;
-pub use crate::sync::lock;
+use crate::signals::{Fate, Kicker, SigAction, SigActions, Signals};
+use crate::sync::lock;
+use det::runtime::DetRuntime;
 
 /// The program's pid as it sees it. Fixed, so replicas and reruns agree.
 pub const GUEST_PID: i64 = 1000;

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use devices::replication::{Mismatch, ReplicaSetup, Replication, Role};
+use devices::replication::Replication;
+use replica::findings::Mismatch;
 use replica::report::{Divergence, DivergenceKind, Event, EventKind, Value};
+use replica::role::Role;
+use replica::setup::ReplicaSetup;
 use replica::status::StatusPage;
 use replica::ChannelConfig;
 
@@ -135,7 +138,7 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
     let result = vmm::run(c);
     let code = match &result {
         Ok(out) => {
-            if let devices::process::ExitReason::Signaled { report, .. } = &out.exit {
+            if let devices::exit::ExitReason::Signaled { report, .. } = &out.exit {
                 if !report.is_empty() {
                     eprintln!("ditto: {} replica: {report}", a.role);
                 }
@@ -155,7 +158,7 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
     // both replicas' VMMs fail the same way.
     let vmm_error = match &result {
         Ok(out) => match &out.exit {
-            devices::process::ExitReason::Signaled { report, .. }
+            devices::exit::ExitReason::Signaled { report, .. }
                 if report.starts_with(vmm::VMM_ERROR_PREFIX) =>
             {
                 Some(report.clone())
@@ -195,8 +198,8 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
             report.secondary.exit = Some(match (&result, &f.stopped) {
                 (_, Some(why)) => format!("stopped: {why}"),
                 (Ok(out), None) => match &out.exit {
-                    devices::process::ExitReason::Exited(s) => format!("exited {s}"),
-                    devices::process::ExitReason::Signaled { signal, .. } => {
+                    devices::exit::ExitReason::Exited(s) => format!("exited {s}"),
+                    devices::exit::ExitReason::Signaled { signal, .. } => {
                         format!("killed by signal {signal}")
                     }
                 },

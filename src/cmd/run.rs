@@ -31,7 +31,7 @@ pub fn main(a: &RunArgs) -> ExitCode {
     };
     match vmm::run(&selection.config) {
         Ok(out) => {
-            if let devices::process::ExitReason::Signaled { report, .. } = &out.exit {
+            if let devices::exit::ExitReason::Signaled { report, .. } = &out.exit {
                 if !report.is_empty() {
                     eprintln!("ditto: {report}");
                 }

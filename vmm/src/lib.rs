@@ -23,10 +23,11 @@ use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm};
 
 use devices::address_space::{AddressSpace, Layout};
+use devices::exit::ExitReason;
 use devices::fd_table::FdTable;
 use devices::guest_mem::GuestMemory;
 use devices::path::FsContext;
-use devices::process::{ExitReason, Process};
+use devices::process::Process;
 use devices::signals::Fate;
 use devices::syscalls::{ThreadStart, ThreadState, UserRegs};
 
@@ -68,7 +69,7 @@ pub struct VmConfig {
     /// futexes, clone/exit and shared-object syscalls det points.
     pub det: bool,
     /// With `det`: the host libditto.so that dynamic programs get through LD_PRELOAD, served
-    /// at [`devices::det_runtime::LIBDITTO_GUEST_PATH`] inside the root.
+    /// at [`det::runtime::LIBDITTO_GUEST_PATH`] inside the root.
     pub det_preload: Option<PathBuf>,
 }
 
@@ -384,7 +385,7 @@ fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
     if !(det && dynamic && config.det_preload.is_some()) {
         return env;
     }
-    let ours = devices::det_runtime::LIBDITTO_GUEST_PATH.as_bytes();
+    let ours = det::runtime::LIBDITTO_GUEST_PATH.as_bytes();
     match env.iter_mut().find(|e| e.starts_with(b"LD_PRELOAD=")) {
         Some(e) => {
             let old = e.split_off(b"LD_PRELOAD=".len());
@@ -491,14 +492,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         .set(Arc::new(vcpu::MachineKicker(Arc::downgrade(&machine))));
     let tid = process.new_thread();
     if let Some(rep) = &config.replication {
-        use devices::det_runtime::{DetRuntime, Policy};
-        use devices::replication::{Mode, Role};
+        use det::runtime::{DetRuntime, Policy};
+        use replica::role::{Mode, Role};
         let policy = match (rep.mode(), rep.role()) {
             (Mode::Det, _) => Policy::Kendo,
             (Mode::Follow, Role::Primary) => Policy::Lead,
             (Mode::Follow, Role::Secondary) => Policy::Follow,
         };
-        let link: Arc<dyn devices::det_runtime::ScheduleLink> = rep.clone();
+        let link: Arc<dyn det::runtime::ScheduleLink> = rep.clone();
         let _ = process.det.set(DetRuntime::replicated(
             tid,
             config.det_preload.clone(),
@@ -510,9 +511,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         rep.start(&process);
     } else if config.det {
         let preload = config.det_preload.clone();
-        let _ = process
-            .det
-            .set(devices::det_runtime::DetRuntime::new(tid, preload));
+        let _ = process.det.set(det::runtime::DetRuntime::new(tid, preload));
     }
     let regs = UserRegs {
         rip: loaded.start,

@@ -7,7 +7,8 @@
 
 use crate::fpstate::{FXSAVE_ALIGN, FXSAVE_SIZE};
 use devices::guest_mem::GuestMemory;
-use devices::process::{SigAction, GUEST_PID};
+use devices::process::GUEST_PID;
+use devices::signals::SigAction;
 use devices::syscalls::UserRegs;
 use devices::Errno;
 

@@ -3,7 +3,7 @@
 //! every time query is a syscall; AT_RANDOM comes from the seed.
 
 use devices::guest_mem::GuestMemory;
-use devices::procfs::ProcInfo;
+use devices::process::ProcInfo;
 use devices::Errno;
 
 use crate::elf::LoadedProgram;

@@ -26,10 +26,6 @@ use std::sync::Arc;
 use crate::errno::Errno;
 use crate::process::{Process, GUEST_PID};
 
-/// Set by the loader and kept on the process; re-exported at its old path for the VMM.
-pub use crate::process::ProcInfo;
-
-pub use crate::path::normalise;
 pub use file::{VirtFile, Virtual};
 
 /// A file of a process or thread directory.
@@ -374,6 +370,7 @@ pub fn path_of(comps: &[Vec<u8>]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::path::normalise;
 
     fn comps(s: &str) -> Vec<Vec<u8>> {
         normalise(b"/", &std::ffi::CString::new(s).unwrap())

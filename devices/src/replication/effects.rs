@@ -7,7 +7,8 @@
 //!   the output ([`mimic_output`]).
 
 use crate::errno::Errno;
-use crate::process::{lock, Process};
+use crate::process::Process;
+use crate::sync::lock;
 
 /// Most bytes one output call is compared over; beyond that only the length counts.
 const OUTPUT_CAP: u64 = 64 << 20;

@@ -53,16 +53,14 @@ use replica::status::StatusPage;
 use replica::wire::EndInfo;
 
 use crate::errno::Errno;
-use crate::process::{lock, ExitReason, Process};
+use crate::exit::ExitReason;
+use crate::process::Process;
+use crate::sync::lock;
 use crate::syscalls::{Class, SysResult, SyscallCtx, SyscallEntry, ThreadAction};
 
-pub use replica::findings::{
-    first_difference, AgreedEvent, Mismatch, SecondaryFindings, HISTORY, STALL_FILE, STALL_REQUEST,
-};
-pub use replica::primary::CORRUPT_ENV;
-pub use replica::role::{Mode, Role};
-pub use replica::setup::{ReplicaSetup, ReplicationError};
-pub use replica::wire;
+use replica::findings::SecondaryFindings;
+use replica::role::{Mode, Role};
+use replica::setup::{ReplicaSetup, ReplicationError};
 
 /// The replication state of one replica process: replica's [`Endpoint`], bound to the
 /// process whose syscalls it serves.

@@ -4,7 +4,7 @@
 //! the signal to deliver after it is picked here, so that its record can name it.
 
 use super::{effects, Replication};
-use crate::process::lock;
+use crate::sync::lock;
 use crate::syscalls::{SyscallCtx, ThreadAction};
 
 /// exit_group with `status`, before it runs: recorded and committed.

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use det::{Turn, TurnError};
 use replica::program::Program;
 
-use crate::process::{ExitReason, Process};
+use crate::exit::ExitReason;
+use crate::process::Process;
 
 impl Program for Process {
     fn exiting(&self) -> bool {

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use super::{effects, stop_thread, to_result, Replication};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
-use crate::process::lock;
-use crate::syscalls::{names, ParkedFd, SysResult, SyscallCtx};
+use crate::sync::lock;
+use crate::syscalls::{ParkedFd, SysResult, SyscallCtx};
+use replica::syscall_names as names;
 
 /// A Recorded call, replayed.
 pub(super) fn replay(rep: &Replication, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {

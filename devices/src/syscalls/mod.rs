@@ -12,7 +12,7 @@ use crate::fd_table::OpenFile;
 use crate::process::Process;
 
 mod cmsg;
-pub use replica::syscall_names as names;
+use replica::syscall_names as names;
 mod proc_paths;
 mod sockaddr;
 pub mod sys_det;

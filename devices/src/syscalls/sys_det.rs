@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 
 use super::util::{buf, file, path};
 use super::{Class, ParkedFd, SysResult, SyscallCtx, SyscallEntry};
-use crate::det_runtime::{DetPage, DetRuntime, FutexWait, Policy, LIBDITTO_GUEST_PATH};
 use crate::errno::Errno;
 use crate::process::Process;
 use crate::safecopy::GuestU32;
 use crate::sync::lock;
 use crate::syscalls::sys_thread;
+use det::runtime::{DetPage, DetRuntime, FutexWait, Policy, LIBDITTO_GUEST_PATH};
 
 /// The det hypercall numbers, generated from `guest-images/include/ditto.h` (by det/build.rs;
 /// defined once, in `det::abi`).
@@ -291,7 +291,7 @@ fn external(
         .process
         .replication
         .get()
-        .is_some_and(|r| r.role() == crate::replication::Role::Secondary);
+        .is_some_and(|r| r.role() == replica::role::Role::Secondary);
     let r = if secondary {
         det.blocking_replayed(tid, || {
             let r = h(ctx, args);

@@ -6,7 +6,8 @@ use super::{
     ThreadState,
 };
 use crate::errno::Errno;
-use crate::process::{ExitReason, Process};
+use crate::exit::ExitReason;
+use crate::process::Process;
 use crate::sys;
 
 /// The thread table.

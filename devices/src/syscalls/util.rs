@@ -202,7 +202,7 @@ pub fn epipe_kills(ctx: &mut SyscallCtx<'_>, r: SysResult) -> SysResult {
         .signals
         .send_thread(ctx.thread.tid, sig, ctx.process.sigaction(sig));
     if fate == Some(crate::signals::Fate::Terminate) {
-        ctx.process.finish(crate::process::ExitReason::Signaled {
+        ctx.process.finish(crate::exit::ExitReason::Signaled {
             signal: sig,
             report: String::new(),
         });

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use devices::replication::Mode;
+use replica::role::Mode;
 
 use super::{main, PairArgs};
 use crate::cmd::EXIT_HOST_ERROR;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use devices::replication::Mode;
 use replica::report::{Outcome, Report};
+use replica::role::Mode;
 
 use super::image;
 use super::program::{parse_bytes, parse_cores, vm_config, CoreList, ProgramArgs};

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{SyncReg, VcpuFd};
 
-use devices::process::lock;
+use devices::sync::lock;
 use devices::syscalls::sys_signal::signal_name;
 use devices::syscalls::{CpuOps, SyscallCtx, ThreadAction, ThreadStart, ThreadState, UserRegs};
 use devices::Errno;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use kvm_bindings::kvm_run;
 
-use devices::process::lock;
+use devices::sync::lock;
 
 use super::Machine;
 

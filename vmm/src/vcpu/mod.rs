@@ -63,7 +63,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use kvm_bindings::CpuId;
 use kvm_ioctls::VmFd;
 
-use devices::process::{ExitReason, Process};
+use devices::exit::ExitReason;
+use devices::process::Process;
 use devices::syscalls::SyscallTable;
 
 use crate::cpu::SyscallEntry;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devices::process::lock;
+use devices::sync::lock;
 use devices::syscalls::{ThreadStart, ThreadState};
 use devices::Errno;
 

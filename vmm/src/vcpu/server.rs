@@ -16,7 +16,7 @@ use std::time::Instant;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use devices::process::lock;
+use devices::sync::lock;
 use devices::syscalls::sys_det;
 use devices::syscalls::{CpuOps, SyscallCtx, ThreadAction, ThreadStart, ThreadState, UserRegs};
 use devices::Errno;

@@ -4,7 +4,7 @@
 
 use kvm_ioctls::VcpuFd;
 
-use devices::process::ExitReason;
+use devices::exit::ExitReason;
 use devices::syscalls::sys_signal::signal_name;
 use devices::syscalls::{ThreadAction, UserRegs};
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::{kvm_regs, kvm_run, kvm_xcrs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
-use devices::process::lock;
+use devices::sync::lock;
 use devices::syscalls::sys_det;
 use devices::syscalls::{ThreadAction, ThreadStart, ThreadState};
 
