@@ -10,6 +10,22 @@ use crate::status::Counter;
 use crate::syscall_names::name;
 use crate::wire::{self, ThreadRecord, REENTRY_ADDR};
 
+/// A mismatch of `kind` at `call`: who made it, which call, and where the program was in its
+/// schedule (asked only now, for the report). The caller adds what differed.
+fn at_call(call: &dyn Call, kind: &'static str) -> Mismatch {
+    let (logical_time, turn) = call.position();
+    Mismatch {
+        kind,
+        thread: call.thread(),
+        syscall_seq: call.syscall_seq(),
+        syscall: name(call.nr()),
+        primary_syscall: Some(name(call.nr())),
+        logical_time,
+        turn,
+        ..Default::default()
+    }
+}
+
 impl Secondary {
     /// A Recorded call: how to replay it. None: the thread stops (the record is not this
     /// call's, which is reported, or the secondary is stopping).
@@ -44,22 +60,14 @@ impl Secondary {
     /// The primary's memory writes of `replay` cannot be placed in the secondary's call
     /// (`why`): a divergence; the program stops.
     pub fn replay_failed(&self, call: &dyn Call, replay: &Replay, why: &str) {
-        let (logical_time, turn) = call.position();
         let total: usize = replay.writes.iter().map(|(_, d)| d.len()).sum();
         self.mismatch(
             call.program(),
             Mismatch {
-                kind: "syscall",
-                thread: call.thread(),
-                syscall_seq: call.syscall_seq(),
-                syscall: name(call.nr()),
-                primary_syscall: Some(name(call.nr())),
-                logical_time,
-                turn,
                 primary: format!("{} parts, {total} bytes", replay.writes.len()).into_bytes(),
                 secondary: why.as_bytes().to_vec(),
                 detail: why.to_string(),
-                ..Default::default()
+                ..at_call(call, "syscall")
             },
         );
     }
@@ -67,22 +75,14 @@ impl Secondary {
     /// The descriptor `fd` the primary's call returned cannot be given the same number here
     /// (`why`): a divergence; the program stops.
     pub fn descriptor_mismatch(&self, call: &dyn Call, fd: i64, why: String) {
-        let (logical_time, turn) = call.position();
         self.mismatch(
             call.program(),
             Mismatch {
-                kind: "syscall",
-                thread: call.thread(),
-                syscall_seq: call.syscall_seq(),
-                syscall: name(call.nr()),
-                primary_syscall: Some(name(call.nr())),
                 fd: Some(fd),
-                logical_time,
-                turn,
                 primary: fd.to_string().into_bytes(),
                 secondary: why.clone().into_bytes(),
                 detail: why,
-                ..Default::default()
+                ..at_call(call, "syscall")
             },
         );
     }
@@ -127,7 +127,6 @@ impl Secondary {
             None => wire::output_hash(ours_sent) == hash,
         };
         if !(same_len && same_bytes) {
-            let (logical_time, turn) = call.position();
             let first = match &data {
                 Some(d) => first_difference(d, ours),
                 None => None,
@@ -140,14 +139,7 @@ impl Secondary {
             self.mismatch(
                 call.program(),
                 Mismatch {
-                    kind: "output",
-                    thread: call.thread(),
-                    syscall_seq: call.syscall_seq(),
-                    syscall: name(call.nr()),
-                    primary_syscall: Some(name(call.nr())),
                     fd: Some(i64::from(fd)),
-                    logical_time,
-                    turn,
                     primary: data.clone().unwrap_or_default(),
                     secondary: ours.to_vec(),
                     primary_hash: data.is_none().then_some(hash),
@@ -156,6 +148,7 @@ impl Secondary {
                         "output to fd {fd} differs: the primary wrote {asked} bytes, the secondary would write {}",
                         ours.len()
                     ),
+                    ..at_call(call, "output")
                 },
             );
             return None;
@@ -185,17 +178,9 @@ impl Secondary {
             return false;
         };
         if ret != status {
-            let (logical_time, turn) = call.position();
             self.mismatch(
                 call.program(),
                 Mismatch {
-                    kind: "exit",
-                    thread: call.thread(),
-                    syscall_seq: call.syscall_seq(),
-                    syscall: name(call.nr()),
-                    primary_syscall: Some(name(call.nr())),
-                    logical_time,
-                    turn,
                     primary: ret.to_string().into_bytes(),
                     secondary: status.to_string().into_bytes(),
                     first_differing_byte: first_difference(
@@ -203,7 +188,7 @@ impl Secondary {
                         status.to_string().as_bytes(),
                     ),
                     detail: format!("the primary exited with {ret}, the secondary with {status}"),
-                    ..Default::default()
+                    ..at_call(call, "exit")
                 },
             );
             return false;
