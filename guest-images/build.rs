@@ -16,7 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Programs that synchronise through pthreads and so also get `-det` and `-dyn` builds.
-const VARIANTS: &[&str] = &["racey", "pthread_test", "prodcons", "race_counter"];
+const VARIANTS: &[&str] = &[
+    "racey",
+    "pthread_test",
+    "prodcons",
+    "race_counter",
+    "hostfiles",
+];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -323,6 +323,31 @@ impl FsContext {
         })
     }
 
+    /// Where a guest path lies, lexically (no symlink is followed): its normalised absolute
+    /// form, and the host directory of the bind it falls under (None: the root). A pair
+    /// decides from this which calls touch host files outside a replica's own state
+    /// directory, the same way in both replicas (`replication::hostfs`).
+    pub fn locate(
+        &self,
+        dirfd: Option<RawFd>,
+        path: &CStr,
+    ) -> Result<(Vec<u8>, Option<&Path>), Errno> {
+        let abs = self.absolute(dirfd, path)?;
+        let mut norm = Vec::new();
+        for c in normalise(b"/", &abs) {
+            norm.push(b'/');
+            norm.extend_from_slice(&c);
+        }
+        if norm.is_empty() {
+            norm.push(b'/');
+        }
+        let bind = self.binds.iter().find(|b| {
+            norm.starts_with(&b.guest)
+                && (norm.len() == b.guest.len() || norm[b.guest.len()] == b'/')
+        });
+        Ok((norm, bind.map(|b| b.host.as_path())))
+    }
+
     /// The canonical host path of the root.
     pub fn root_path(&self) -> &Path {
         &self.root_path
@@ -632,5 +657,24 @@ mod tests {
         assert_eq!(fs.cwd(), b"/etc");
         assert_eq!(read(fs.open(None, &c("passwd"), 0, 0).unwrap()), "inside");
         assert_eq!(fs.chdir(None, &c("passwd")).unwrap_err(), Errno::ENOTDIR);
+    }
+
+    #[test]
+    fn locate_is_lexical_and_names_the_bind() {
+        let (d, mut fs) = setup();
+        let state = tempfile::tempdir().unwrap();
+        fs.add_bind("/state", state.path()).unwrap();
+        fs.set_cwd("/etc");
+        let c = |s: &str| CString::new(s).unwrap();
+        let (p, bind) = fs.locate(None, &c("../tmp/./x/../y")).unwrap();
+        assert_eq!(p, b"/tmp/y");
+        assert!(bind.is_none());
+        let (p, bind) = fs.locate(None, &c("/state/a//b")).unwrap();
+        assert_eq!(p, b"/state/a/b");
+        assert_eq!(bind, Some(std::fs::canonicalize(state.path()).unwrap().as_path()));
+        // A name that only starts like a bind is not under it.
+        assert!(fs.locate(None, &c("/stateless")).unwrap().1.is_none());
+        assert_eq!(fs.locate(None, &c("/..")).unwrap().0, b"/");
+        drop(d);
     }
 }

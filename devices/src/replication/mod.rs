@@ -37,6 +37,7 @@
 //! per-thread replicated-event number).
 
 pub mod effects;
+mod hostfs;
 mod link;
 mod primary;
 mod program;
@@ -66,6 +67,8 @@ use replica::setup::{ReplicaSetup, ReplicationError};
 /// process whose syscalls it serves.
 pub struct Replication {
     endpoint: Endpoint,
+    /// Which calls touch the host's files outside the replica's own state ([`hostfs`]).
+    host_files: hostfs::HostFiles,
 }
 
 impl std::fmt::Debug for Replication {
@@ -81,8 +84,10 @@ impl Replication {
     /// Connects to the other replica: the primary creates the channel and sends its memfd
     /// over `setup.peer`; the secondary receives and maps it.
     pub fn connect(setup: ReplicaSetup) -> Result<Arc<Self>, ReplicationError> {
+        let host_files = hostfs::HostFiles::new(&setup.output_dir);
         Ok(Arc::new(Replication {
             endpoint: Endpoint::connect(setup)?,
+            host_files,
         }))
     }
 
@@ -244,7 +249,15 @@ enum Treatment {
     Exit,
 }
 
-fn treatment(ctx: &SyscallCtx<'_>, entry: &SyscallEntry, a: [u64; 6]) -> Treatment {
+fn treatment(
+    rep: &Replication,
+    ctx: &SyscallCtx<'_>,
+    entry: &SyscallEntry,
+    a: [u64; 6],
+) -> Treatment {
+    if entry.class != Class::Unsupported && hostfs::outside(&rep.host_files, ctx, a) {
+        return Treatment::Recorded;
+    }
     let external = || {
         effects::io_fd(ctx.process, ctx.nr, a).is_some_and(|fd| {
             lock(&ctx.process.fds)
@@ -275,7 +288,7 @@ pub fn serve(
                  h: &mut dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult| {
         crate::syscalls::serve_local(ctx, entry, a, h)
     };
-    let how = treatment(ctx, entry, a);
+    let how = treatment(rep, ctx, entry, a);
     tracing::trace!(
         target: "ditto::turns",
         role = ?rep.role(),

@@ -62,6 +62,7 @@ fn mark_external(ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
             Ok(sv) => vec![sv[0] as i64, sv[1] as i64],
             Err(_) => vec![],
         },
+        _ if super::hostfs::opens_descriptor(ctx.nr) => vec![ret],
         _ => return,
     };
     let t = lock(&ctx.process.fds);

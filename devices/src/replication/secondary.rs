@@ -113,6 +113,9 @@ fn placeholders(ctx: &mut SyscallCtx<'_>, a: [u64; 6], ret: i64) -> Result<(), S
                 a[1] & SOCK_CLOEXEC as u64 != 0,
             )
         }
+        _ if super::hostfs::opens_descriptor(ctx.nr) => {
+            (vec![ret], super::hostfs::open_cloexec(ctx.nr, a))
+        }
         _ => return Ok(()),
     };
     for want in fds {

@@ -63,6 +63,12 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if f.as_ref().is_some_and(|f| f.virt().is_some()) {
         return Err(Errno(libc::ENODEV));
     }
+    // In a pair, a descriptor that reaches outside (a host file the pair writes, a socket)
+    // is a placeholder in the secondary, and a mapping of the primary's file would see
+    // bytes the secondary cannot: both replicas refuse it alike (docs/pair.md, Host files).
+    if ctx.process.replication.get().is_some() && f.as_ref().is_some_and(|f| f.is_external()) {
+        return Err(Errno(libc::ENODEV));
+    }
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
     let mut asp = lock(&ctx.process.aspace);
     let start = if fixed {
