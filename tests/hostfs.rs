@@ -60,9 +60,7 @@ fn expected_log() -> Vec<u8> {
 
 #[test]
 fn host_files_are_written_once_and_read_back_alike_in_both_modes() {
-    let _turn = ONE_PAIR_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_PAIR_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let prog = prog("hostfiles-dyn");
     let (native, native_files) = native_run(&prog);
     assert_eq!(native_files["app.log"], expected_log());
@@ -111,7 +109,11 @@ fn a_single_run_still_writes_the_files_itself() {
     let (native, native_files) = native_run(&prog);
     let dir = tempdir();
     let mut c = ditto();
-    c.current_dir(dir.path()).arg("run").arg("--").arg(&prog).args(ARGS);
+    c.current_dir(dir.path())
+        .arg("run")
+        .arg("--")
+        .arg(&prog)
+        .args(ARGS);
     let o = output_within(c, 60);
     assert!(o.status.success(), "{:?} {}", o.status, stderr(&o));
     assert_eq!(stdout(&o), stdout(&native));

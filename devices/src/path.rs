@@ -671,7 +671,10 @@ mod tests {
         assert!(bind.is_none());
         let (p, bind) = fs.locate(None, &c("/state/a//b")).unwrap();
         assert_eq!(p, b"/state/a/b");
-        assert_eq!(bind, Some(std::fs::canonicalize(state.path()).unwrap().as_path()));
+        assert_eq!(
+            bind,
+            Some(std::fs::canonicalize(state.path()).unwrap().as_path())
+        );
         // A name that only starts like a bind is not under it.
         assert!(fs.locate(None, &c("/stateless")).unwrap().1.is_none());
         assert_eq!(fs.locate(None, &c("/..")).unwrap().0, b"/");

@@ -186,9 +186,7 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
         SYS_readlink => opt(&mut w, a[1], r.min(a[2])),
         SYS_readlinkat => opt(&mut w, a[2], r.min(a[3])),
         SYS_getdents64 => opt(&mut w, a[1], r.min(a[2])),
-        SYS_fcntl if a[1] as i32 == F_GETLK || a[1] as i32 == F_OFD_GETLK => {
-            opt(&mut w, a[2], 32)
-        }
+        SYS_fcntl if a[1] as i32 == F_GETLK || a[1] as i32 == F_OFD_GETLK => opt(&mut w, a[2], 32),
         SYS_copy_file_range => {
             opt(&mut w, a[1], 8);
             opt(&mut w, a[3], 8);

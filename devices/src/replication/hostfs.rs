@@ -21,8 +21,8 @@ use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::process::Process;
 use crate::sync::lock;
-use crate::syscalls::SyscallCtx;
 
 /// Longest path read from the guest (as the path syscalls read them).
 const PATH_MAX: usize = 4096;
@@ -50,7 +50,11 @@ impl Written {
         set.insert(path.to_vec());
         // The directory that holds it: a listing of it shows the change.
         if let Some(i) = path.iter().rposition(|&b| b == b'/') {
-            set.insert(if i == 0 { b"/".to_vec() } else { path[..i].to_vec() });
+            set.insert(if i == 0 {
+                b"/".to_vec()
+            } else {
+                path[..i].to_vec()
+            });
         }
     }
 
@@ -84,8 +88,8 @@ impl HostFiles {
 }
 
 /// Whether a guest descriptor reaches outside the program.
-fn external_fd(ctx: &SyscallCtx<'_>, fd: u64) -> bool {
-    lock(&ctx.process.fds)
+fn external_fd(p: &Process, fd: u64) -> bool {
+    lock(&p.fds)
         .get(fd as i32 as i64)
         .is_ok_and(|f| f.is_external())
 }
@@ -100,18 +104,18 @@ const CWD: u64 = libc::AT_FDCWD as u32 as u64;
 /// lexically because its directory descriptor reaches outside (a placeholder in the
 /// secondary): then the primary must decide.
 fn outside_path(
-    ctx: &SyscallCtx<'_>,
+    p: &Process,
     files: &HostFiles,
     (dfd, gva): PathArg,
 ) -> Result<Option<Vec<u8>>, ()> {
-    let Ok(path) = ctx.process.mem.read_cstring(gva, PATH_MAX) else {
+    let Ok(path) = p.mem.read_cstring(gva, PATH_MAX) else {
         // EFAULT alike in both replicas.
         return Ok(None);
     };
     let dir = if dfd as i32 == libc::AT_FDCWD {
         None
     } else {
-        match lock(&ctx.process.fds).get(dfd as i32 as i64) {
+        match lock(&p.fds).get(dfd as i32 as i64) {
             Ok(f) if f.is_external() => return Err(()),
             Ok(f) => Some(f),
             // EBADF alike in both replicas.
@@ -119,29 +123,29 @@ fn outside_path(
         }
     };
     let dirfd = dir.as_ref().map(|d| d.raw());
-    if virtual_path(ctx, dirfd, &path) {
+    if virtual_path(p, dirfd, &path) {
         return Ok(None);
     }
-    match ctx.process.fs.locate(dirfd, &path) {
+    match p.fs.locate(dirfd, &path) {
         Ok((norm, bind)) if !files.is_own(bind) => Ok(Some(norm)),
         _ => Ok(None),
     }
 }
 
 /// Whether the path names ditto's virtual /proc (served alike by each replica).
-fn virtual_path(ctx: &SyscallCtx<'_>, dirfd: Option<i32>, path: &CStr) -> bool {
+fn virtual_path(p: &Process, dirfd: Option<i32>, path: &CStr) -> bool {
     if dirfd.is_some_and(|d| d < 0) {
         return false;
     }
-    matches!(ctx.process.fs.proc_components(dirfd, None, path), Ok(Some(_)))
+    matches!(p.fs.proc_components(dirfd, None, path), Ok(Some(_)))
 }
 
 /// A call that changes the locations it names: outside when any of them is, and then each
 /// outside one is remembered as changed.
-fn changes(ctx: &SyscallCtx<'_>, files: &HostFiles, args: &[PathArg]) -> bool {
+fn changes(p: &Process, files: &HostFiles, args: &[PathArg]) -> bool {
     let mut outside = false;
     for &arg in args {
-        match outside_path(ctx, files, arg) {
+        match outside_path(p, files, arg) {
             Ok(Some(p)) => {
                 files.written.insert(&p);
                 outside = true;
@@ -154,8 +158,8 @@ fn changes(ctx: &SyscallCtx<'_>, files: &HostFiles, args: &[PathArg]) -> bool {
 }
 
 /// A call that only reads the location it names: outside when the pair changed it.
-fn reads(ctx: &SyscallCtx<'_>, files: &HostFiles, arg: PathArg) -> bool {
-    match outside_path(ctx, files, arg) {
+fn reads(p: &Process, files: &HostFiles, arg: PathArg) -> bool {
+    match outside_path(p, files, arg) {
         Ok(Some(p)) => files.written.contains(&p),
         Ok(None) => false,
         Err(()) => true,
@@ -169,11 +173,11 @@ fn write_intent(flags: u64) -> bool {
         || f & libc::O_TMPFILE == libc::O_TMPFILE
 }
 
-fn open_path(ctx: &SyscallCtx<'_>, files: &HostFiles, arg: PathArg, flags: u64) -> bool {
+fn open_path(p: &Process, files: &HostFiles, arg: PathArg, flags: u64) -> bool {
     if write_intent(flags) {
-        changes(ctx, files, &[arg])
+        changes(p, files, &[arg])
     } else {
-        reads(ctx, files, arg)
+        reads(p, files, arg)
     }
 }
 
@@ -181,37 +185,37 @@ fn open_path(ctx: &SyscallCtx<'_>, files: &HostFiles, arg: PathArg, flags: u64) 
 /// primary must perform it alone (Recorded). Called in both replicas before the call, with
 /// the same arguments, cwd and [`Written`] set, so both decide alike.
 #[allow(non_upper_case_globals)]
-pub(super) fn outside(files: &HostFiles, ctx: &SyscallCtx<'_>, a: [u64; 6]) -> bool {
+pub(super) fn outside(files: &HostFiles, p: &Process, nr: u64, a: [u64; 6]) -> bool {
     use libc::*;
     let fd_form = |flags: u64, path: u64| {
         flags & AT_EMPTY_PATH as u64 != 0
-            && (path == 0 || ctx.process.mem.read_obj::<u8>(path).is_ok_and(|b| b == 0))
+            && (path == 0 || p.mem.read_obj::<u8>(path).is_ok_and(|b| b == 0))
     };
-    match ctx.nr as i64 {
-        SYS_open => open_path(ctx, files, (CWD, a[0]), a[1]),
-        SYS_openat => open_path(ctx, files, (a[0], a[1]), a[2]),
+    match nr as i64 {
+        SYS_open => open_path(p, files, (CWD, a[0]), a[1]),
+        SYS_openat => open_path(p, files, (a[0], a[1]), a[2]),
         SYS_creat | SYS_mkdir | SYS_rmdir | SYS_unlink | SYS_chmod | SYS_chown | SYS_lchown
-        | SYS_truncate | SYS_mknod => changes(ctx, files, &[(CWD, a[0])]),
+        | SYS_truncate | SYS_mknod => changes(p, files, &[(CWD, a[0])]),
         SYS_mkdirat | SYS_unlinkat | SYS_fchmodat | SYS_mknodat => {
-            changes(ctx, files, &[(a[0], a[1])])
+            changes(p, files, &[(a[0], a[1])])
         }
-        SYS_fchownat if fd_form(a[4], a[1]) => external_fd(ctx, a[0]),
-        SYS_fchownat => changes(ctx, files, &[(a[0], a[1])]),
-        SYS_utimensat if a[1] == 0 => external_fd(ctx, a[0]),
-        SYS_utimensat => changes(ctx, files, &[(a[0], a[1])]),
-        SYS_rename | SYS_link => changes(ctx, files, &[(CWD, a[0]), (CWD, a[1])]),
-        SYS_renameat | SYS_renameat2 => changes(ctx, files, &[(a[0], a[1]), (a[2], a[3])]),
+        SYS_fchownat if fd_form(a[4], a[1]) => external_fd(p, a[0]),
+        SYS_fchownat => changes(p, files, &[(a[0], a[1])]),
+        SYS_utimensat if a[1] == 0 => external_fd(p, a[0]),
+        SYS_utimensat => changes(p, files, &[(a[0], a[1])]),
+        SYS_rename | SYS_link => changes(p, files, &[(CWD, a[0]), (CWD, a[1])]),
+        SYS_renameat | SYS_renameat2 => changes(p, files, &[(a[0], a[1]), (a[2], a[3])]),
         SYS_linkat if fd_form(a[4], a[1]) => {
-            external_fd(ctx, a[0]) || changes(ctx, files, &[(a[2], a[3])])
+            external_fd(p, a[0]) || changes(p, files, &[(a[2], a[3])])
         }
-        SYS_linkat => changes(ctx, files, &[(a[0], a[1]), (a[2], a[3])]),
-        SYS_symlink => changes(ctx, files, &[(CWD, a[1])]),
-        SYS_symlinkat => changes(ctx, files, &[(a[1], a[2])]),
-        SYS_stat | SYS_lstat | SYS_access | SYS_readlink => reads(ctx, files, (CWD, a[0])),
-        SYS_newfstatat if !fd_form(a[3], a[1]) => reads(ctx, files, (a[0], a[1])),
-        SYS_statx if !fd_form(a[2], a[1]) => reads(ctx, files, (a[0], a[1])),
-        SYS_faccessat | SYS_faccessat2 | SYS_readlinkat => reads(ctx, files, (a[0], a[1])),
-        SYS_copy_file_range => external_fd(ctx, a[0]) || external_fd(ctx, a[2]),
+        SYS_linkat => changes(p, files, &[(a[0], a[1]), (a[2], a[3])]),
+        SYS_symlink => changes(p, files, &[(CWD, a[1])]),
+        SYS_symlinkat => changes(p, files, &[(a[1], a[2])]),
+        SYS_stat | SYS_lstat | SYS_access | SYS_readlink => reads(p, files, (CWD, a[0])),
+        SYS_newfstatat if !fd_form(a[3], a[1]) => reads(p, files, (a[0], a[1])),
+        SYS_statx if !fd_form(a[2], a[1]) => reads(p, files, (a[0], a[1])),
+        SYS_faccessat | SYS_faccessat2 | SYS_readlinkat => reads(p, files, (a[0], a[1])),
+        SYS_copy_file_range => external_fd(p, a[0]) || external_fd(p, a[2]),
         _ => false,
     }
 }
@@ -245,7 +249,9 @@ mod tests {
         assert!(!write_intent((libc::O_RDONLY | libc::O_DIRECTORY) as u64));
         assert!(!write_intent((libc::O_RDONLY | libc::O_CLOEXEC) as u64));
         assert!(write_intent(libc::O_WRONLY as u64));
-        assert!(write_intent((libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) as u64));
+        assert!(write_intent(
+            (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) as u64
+        ));
         assert!(write_intent((libc::O_RDONLY | libc::O_APPEND) as u64));
         assert!(write_intent(libc::O_TMPFILE as u64));
     }
@@ -261,11 +267,104 @@ mod tests {
         assert!(w.contains(b"/"));
     }
 
+    /// A process with root / and the run directory's `primary-state` at /state, and the
+    /// call's path strings written into its memory.
+    struct Setup {
+        process: Process,
+        files: HostFiles,
+        _out: tempfile::TempDir,
+        next: std::cell::Cell<u64>,
+    }
+
+    impl Setup {
+        fn new() -> Setup {
+            let out = tempfile::tempdir().unwrap();
+            let state = out.path().join("primary-state");
+            std::fs::create_dir(&state).unwrap();
+            let mut fs = crate::path::FsContext::new(Path::new("/")).unwrap();
+            fs.add_bind("/state", &state).unwrap();
+            fs.set_cwd("/tmp");
+            let mem = crate::guest_mem::GuestMemory::new(64 << 20).unwrap();
+            let layout = crate::address_space::Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
+            let process = Process::new(
+                mem,
+                crate::address_space::AddressSpace::new(layout),
+                fs,
+                crate::fd_table::FdTable::new(),
+                "/test".into(),
+            );
+            Setup {
+                files: HostFiles::new(out.path()),
+                process,
+                _out: out,
+                next: std::cell::Cell::new(0x50_0000),
+            }
+        }
+
+        /// A guest copy of `s`, NUL-terminated.
+        fn s(&self, s: &str) -> u64 {
+            let at = self.next.get();
+            let mut b = s.as_bytes().to_vec();
+            b.push(0);
+            self.process.mem.write_bytes(at, &b).unwrap();
+            self.next.set(at + 4096);
+            at
+        }
+
+        fn outside(&self, nr: i64, a: [u64; 6]) -> bool {
+            outside(&self.files, &self.process, nr as u64, a)
+        }
+
+        fn openat(&self, path: &str, flags: i32) -> bool {
+            self.outside(
+                libc::SYS_openat,
+                [CWD, self.s(path), flags as u64, 0o644, 0, 0],
+            )
+        }
+    }
+
+    #[test]
+    fn changes_outside_are_the_primarys_and_so_are_reads_of_what_they_changed() {
+        let t = Setup::new();
+        // Only read, never changed: each replica reads it itself.
+        assert!(!t.openat("/tmp/d/f", libc::O_RDONLY));
+        assert!(!t.outside(libc::SYS_stat, [t.s("d/f"), 0x60_0000, 0, 0, 0, 0]));
+        // A create outside: the primary's; and from then on, reads of it and of its
+        // directory are too (relative to the cwd or not, however spelled).
+        assert!(t.openat("d/f", libc::O_RDWR | libc::O_CREAT | libc::O_EXCL));
+        assert!(t.openat("/tmp/d/./f", libc::O_RDONLY));
+        assert!(t.openat("/tmp/d", libc::O_RDONLY | libc::O_DIRECTORY));
+        assert!(t.outside(libc::SYS_access, [t.s("/tmp/x/../d/f"), 0, 0, 0, 0, 0]));
+        assert!(!t.openat("/tmp/d/other", libc::O_RDONLY));
+        // A rename's target becomes a changed path.
+        assert!(t.outside(libc::SYS_rename, [t.s("d/f"), t.s("/var/g"), 0, 0, 0, 0]));
+        assert!(t.outside(libc::SYS_lstat, [t.s("/var/g"), 0x60_0000, 0, 0, 0, 0]));
+        // Every kind of change, outside.
+        assert!(t.outside(libc::SYS_unlink, [t.s("/var/h"), 0, 0, 0, 0, 0]));
+        assert!(t.outside(libc::SYS_mkdirat, [CWD, t.s("e"), 0o755, 0, 0, 0]));
+        assert!(t.outside(libc::SYS_symlinkat, [t.s("x"), CWD, t.s("l"), 0, 0, 0]));
+        assert!(t.openat("/tmp/log", libc::O_WRONLY | libc::O_APPEND));
+    }
+
+    #[test]
+    fn the_replicas_own_state_and_virtual_proc_stay_local() {
+        let t = Setup::new();
+        assert!(!t.openat("/state/dump.rdb", libc::O_RDWR | libc::O_CREAT));
+        assert!(!t.outside(libc::SYS_unlink, [t.s("/state/x"), 0, 0, 0, 0, 0]));
+        assert!(!t.openat("/proc/self/comm", libc::O_WRONLY));
+        // A bad path pointer fails alike in both replicas: nothing to record.
+        assert!(!t.outside(libc::SYS_unlink, [0x10, 0, 0, 0, 0, 0]));
+        // A bad directory descriptor likewise.
+        assert!(!t.outside(libc::SYS_unlinkat, [77, t.s("x"), 0, 0, 0, 0]));
+    }
+
     #[test]
     fn own_binds_are_those_under_the_run_directory() {
         let out = tempfile::tempdir().unwrap();
         let files = HostFiles::new(out.path());
-        let own = std::fs::canonicalize(out.path()).unwrap().join("primary-state");
+        let own = std::fs::canonicalize(out.path())
+            .unwrap()
+            .join("primary-state");
         assert!(files.is_own(Some(&own)));
         assert!(!files.is_own(Some(Path::new("/tmp"))));
         assert!(!files.is_own(None));

@@ -255,7 +255,8 @@ fn treatment(
     entry: &SyscallEntry,
     a: [u64; 6],
 ) -> Treatment {
-    if entry.class != Class::Unsupported && hostfs::outside(&rep.host_files, ctx, a) {
+    if entry.class != Class::Unsupported && hostfs::outside(&rep.host_files, ctx.process, ctx.nr, a)
+    {
         return Treatment::Recorded;
     }
     let external = || {
