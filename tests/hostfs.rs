@@ -119,3 +119,37 @@ fn a_single_run_still_writes_the_files_itself() {
     assert_eq!(stdout(&o), stdout(&native));
     assert_eq!(contents(dir.path()), native_files);
 }
+
+/// A map of a host file the pair writes is refused alike in both replicas (the secondary
+/// holds a placeholder): ENODEV and an identical report, where natively it maps.
+#[test]
+fn a_map_of_a_written_host_file_is_refused_alike_in_both_replicas() {
+    let _turn = ONE_PAIR_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let prog = prog("hostfiles-dyn");
+    let dir = tempdir();
+    let native = Command::new(&prog)
+        .arg("mmap")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&native), "mmap=ok m\n");
+    for mode in ["det", "follow"] {
+        let out = tempdir();
+        let mut c = ditto();
+        c.current_dir(dir.path())
+            .args(["pair", "--quiet", "--mode", mode, "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(&prog)
+            .arg("mmap");
+        let o = output_within(c, 60);
+        let r = Report::load(out.path().join("report.json")).expect("report.json");
+        assert_eq!(r.outcome, Outcome::Identical, "{mode}: {}", r.summary());
+        assert_eq!(
+            stdout(&o),
+            format!("mmap=errno {}\n", libc::ENODEV),
+            "{mode}"
+        );
+        assert!(!dir.path().join("m.bin").exists(), "{mode}");
+    }
+}

@@ -9,6 +9,9 @@
  * Output: "jobs=<T*N> kept=<done files listed> lines=<lines in app.log> sum=<16 hex digits>"
  * (the sum is order-independent, so a native run prints the same line); exit 1 with an
  * ERROR line when anything read back is not what was written.
+ * hostfiles mmap: instead, writes one page to "m.bin", maps it read-only and private, and
+ * prints "mmap=ok <first byte>" or "mmap=errno <n>" (a pair refuses maps of host files it
+ * writes: ENODEV in both replicas); then unlinks it.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -17,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -79,8 +84,28 @@ static void *worker(void *arg)
     return NULL;
 }
 
+static int map_written_file(void)
+{
+    char page[4096];
+    memset(page, 'm', sizeof page);
+    int fd = open("m.bin", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, page, sizeof page) != (ssize_t)sizeof page)
+        fail("write m.bin", -1, -1);
+    char *m = mmap(NULL, sizeof page, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED)
+        printf("mmap=errno %d\n", errno);
+    else
+        printf("mmap=ok %c\n", m[0]);
+    close(fd);
+    if (unlink("m.bin") != 0)
+        fail("unlink m.bin", -1, -1);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "mmap") == 0)
+        return map_written_file();
     if (argc > 1)
         T = atoi(argv[1]);
     if (argc > 2)
