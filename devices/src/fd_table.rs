@@ -26,7 +26,8 @@ pub trait VirtualPart: Any + Debug + Send + Sync {}
 pub struct OpenFile {
     /// The host descriptor.
     pub host: OwnedFd,
-    /// Whether it reaches outside the program (the standard descriptors, sockets, timers):
+    /// Whether it reaches outside the program (the standard descriptors, sockets, timers,
+    /// and in a pair the host files outside the replica's state that it writes):
     /// under replication, input through it is Recorded and output Compared (DESIGN.md §6).
     /// Kept on the open file so that dup'ed numbers share it.
     external: AtomicBool,

@@ -37,10 +37,11 @@ pub enum Class {
     /// Output leaving the program: performed by the primary, hashed and compared.
     Compared,
     /// Input through a descriptor: Local for files, pipes and eventfds of the
-    /// program's own, Recorded for sockets and terminals (input from outside).
+    /// program's own, Recorded for sockets, terminals and, in a pair, host files outside
+    /// the replica's state that it opened to write or had changed (`replication::hostfs`).
     InputByFd,
     /// Output through a descriptor: Local for the replica's own files, Compared for
-    /// sockets, stdout and stderr.
+    /// sockets, stdout, stderr and, in a pair, host files outside the replica's state.
     OutputByFd,
     /// Not provided: ENOSYS and a warning (fork, execve...).
     Unsupported,
