@@ -116,7 +116,7 @@ impl Replication {
                     crate::seccomp::apply_or_exit(crate::seccomp::Kind::Channel);
                     loop {
                         let Some(p) = weak.upgrade() else { return };
-                        me.endpoint.publish_turns(&*p);
+                        me.endpoint.publish_counters(&*p);
                         if p.exiting() {
                             return;
                         }

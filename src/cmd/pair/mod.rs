@@ -95,6 +95,10 @@ pub struct PairArgs {
     /// stopped; the report then says what each of its threads was waiting for.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     stall_timeout: u64,
+    /// Serve the pair's counters as Prometheus text at http://ADDR/metrics while it runs
+    /// (records, lag, turns, outputs compared, exits and syscalls by class, replicas up).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     program: ProgramArgs,
 }
@@ -216,6 +220,18 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
             ),
         ));
     }
+    // Bound before anything starts: an address in use is the user's one-line error.
+    let metrics = a
+        .metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).map_err(|e| {
+                (
+                    EXIT_BAD_INPUT,
+                    format!("--metrics: cannot listen on {addr}: {e}"),
+                )
+            })
+        })
+        .transpose()?;
     // Resolve (and build) the program once here, so bad input fails before any replica.
     drop(vm_config(p)?);
     let out = match &a.out {
@@ -276,6 +292,7 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         status: a.status,
         quiet: a.quiet,
         stall_timeout: a.stall_timeout,
+        metrics,
         restrict: || devices::seccomp::apply_or_exit(devices::seccomp::Kind::Supervisor),
     };
     let report = replica::supervisor::supervise(plan).map_err(|e| (EXIT_HOST_ERROR, e))?;
