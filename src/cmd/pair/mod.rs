@@ -56,6 +56,15 @@ pub struct PairOptions {
     /// Backpressure: the primary waits while this many bytes are unconsumed.
     #[arg(long, default_value = "32M", value_parser = parse_ring)]
     pub(crate) max_lag_bytes: u64,
+    /// Keep each replica's recent events per thread (syscalls with their treatment and
+    /// result, turns, signals) and write them to OUT/trace-{primary,secondary}.json for
+    /// `ditto compare --trace OUT`.
+    #[arg(long)]
+    pub(crate) trace: bool,
+    /// With --trace: events kept per thread (the last ones).
+    #[arg(long, default_value_t = replica::trace::DEFAULT_CAPACITY as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) trace_events: u64,
 }
 
 /// A channel size or lag bound ([`parse_bytes`]), between 64K and 4G.
@@ -146,7 +155,7 @@ fn program_flags(p: &ProgramArgs, cores: &[usize], state: Option<&Path>) -> Vec<
 
 /// The `__replica` flags that carry the pair's channel and mode options.
 fn option_flags(o: &PairOptions) -> Vec<String> {
-    vec![
+    let mut v: Vec<String> = vec![
         "--mode".into(),
         match o.mode {
             ModeArg::Det => "det".into(),
@@ -158,7 +167,13 @@ fn option_flags(o: &PairOptions) -> Vec<String> {
         o.max_lag_records.to_string(),
         "--max-lag-bytes".into(),
         o.max_lag_bytes.to_string(),
-    ]
+        "--trace-events".into(),
+        o.trace_events.to_string(),
+    ];
+    if o.trace {
+        v.push("--trace".into());
+    }
+    v
 }
 
 /// The program as the report names it: `--image NAME` and the arguments.
