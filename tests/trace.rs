@@ -134,6 +134,7 @@ fn a_racy_pair_parts_where_the_report_says() {
             .unwrap();
         assert_eq!(both.status.code(), Some(1));
         assert!(stdout(&both).contains("first parting") && stdout(&both).contains("diverged"));
+        check_html_page(out.path(), &d);
         return;
     }
     panic!("race_counter never diverged in 4 follow pairs");
@@ -150,4 +151,72 @@ fn missing_or_corrupt_traces_are_one_line_errors() {
     let o = compare_trace(dir.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a ditto trace"), "{}", stderr(&o));
+}
+
+/// `ditto compare --html` of the run in `out`, opened from the disk in headless Chromium:
+/// a screenshot is taken, and the page as the browser built it holds the divergence's
+/// text and the line only its inline script writes.
+fn check_html_page(out: &std::path::Path, d: &replica::report::Divergence) {
+    let page = out.join("pair.html");
+    let o = ditto()
+        .args(["compare", "--html"])
+        .arg(&page)
+        .arg("--trace")
+        .arg(out)
+        .arg(out.join("report.json"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page must not reach out"
+    );
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect(
+            "headless Chromium is needed for this test (.ci/run installs the chromium package)",
+        );
+    let url = format!("file://{}", page.display());
+    let browser = |extra: &[&str]| {
+        let mut c = std::process::Command::new(chromium);
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1400,1000",
+        ])
+        .args(extra)
+        .arg(&url)
+        .current_dir(out);
+        output_within(c, 120)
+    };
+    let shot = out.join("pair.png");
+    let o = browser(&[&format!("--screenshot={}", shot.display())]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    let dom = stdout(&browser(&["--dump-dom"]));
+    let heading = format!(
+        "First divergence: output in thread {}, syscall #{} (write)",
+        d.thread, d.syscall_seq
+    );
+    assert!(dom.contains(&heading), "{heading} not on the page");
+    // Written by the page's script: digits appear only if it ran.
+    let drawn = dom
+        .split("timeline: ")
+        .filter_map(|rest| rest.split(' ').next())
+        .any(|n| n.parse::<u32>().is_ok_and(|n| n > 10));
+    assert!(drawn, "the page's script did not run");
+    assert!(dom.contains("first divergence at slot"));
 }

@@ -31,6 +31,15 @@ pub struct CompareArgs {
     /// events lined up, and the first place they part with what led to it.
     #[arg(long, value_name = "DIR", conflicts_with = "other")]
     trace: Option<PathBuf>,
+    /// Write one self-contained HTML page of REPORT (with --trace, of the traces too): both
+    /// replicas as lanes along the turn order, the first divergence and its bytes.
+    #[arg(
+        long,
+        value_name = "OUT.html",
+        requires = "report",
+        conflicts_with = "other"
+    )]
+    html: Option<PathBuf>,
 }
 
 /// The exit status for a report: 0 identical, 1 otherwise.
@@ -49,6 +58,9 @@ pub fn main(args: &CompareArgs) -> ExitCode {
             ExitCode::from(super::EXIT_BAD_INPUT)
         })
     };
+    if let Some(page) = &args.html {
+        return write_html(args, page);
+    }
     let trace_parted = match &args.trace {
         None => None,
         Some(dir) => match compare_traces(dir) {
@@ -93,6 +105,40 @@ pub fn main(args: &CompareArgs) -> ExitCode {
         }
     }
     ExitCode::from(exit_for(&first))
+}
+
+/// `--html`: the page of the report (and the traces) to `page`.
+fn write_html(args: &CompareArgs, page: &std::path::Path) -> ExitCode {
+    let bad = |e: String| {
+        eprintln!("ditto: {e}");
+        ExitCode::from(super::EXIT_BAD_INPUT)
+    };
+    let Some(path) = &args.report else {
+        return bad("--html needs a REPORT".into());
+    };
+    let report = match Report::load(path) {
+        Ok(r) => r,
+        Err(e) => return bad(e.to_string()),
+    };
+    let traces = match &args.trace {
+        None => None,
+        Some(dir) => {
+            let load = |role| Trace::load(&trace_path(dir, role));
+            match (load(Role::Primary), load(Role::Secondary)) {
+                (Ok(p), Ok(s)) => Some((p, s)),
+                (Err(e), _) | (_, Err(e)) => return bad(e.to_string()),
+            }
+        }
+    };
+    let html = replica::report::render_html(&report, traces.as_ref().map(|(p, s)| (p, s)));
+    if let Err(e) = std::fs::write(page, html) {
+        return ExitCode::from({
+            eprintln!("ditto: cannot write {}: {e}", page.display());
+            super::EXIT_HOST_ERROR
+        });
+    }
+    eprintln!("ditto: wrote {}", page.display());
+    ExitCode::from(exit_for(&report))
 }
 
 /// The traces of `dir` lined up, as text, and whether they part.
