@@ -351,9 +351,9 @@ pub fn render_html(report: &Report, traces: Option<(&Trace, &Trace)>) -> String 
     });
     // `</` would end the script element early.
     let data = data.to_string().replace("</", "<\\/");
-    let _ = write!(
+    let _ = writeln!(
         page,
-        "<script type=application/json id=data>{data}</script><script>{SCRIPT}</script></body></html>\n"
+        "<script type=application/json id=data>{data}</script><script>{SCRIPT}</script></body></html>"
     );
     page
 }
