@@ -52,6 +52,9 @@ pub struct Stats {
     pub doorbell_syscalls: AtomicU64,
     /// VM exits taken by vCPU threads (KVM_RUN returns).
     pub exits: AtomicU64,
+    /// Syscalls served, by their table entry's class (`Class::index`); private det calls
+    /// and unknown numbers are in `syscalls` only.
+    pub syscalls_by_class: [AtomicU64; 6],
 }
 
 /// Everything shared by the program's threads.

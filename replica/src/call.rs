@@ -149,6 +149,9 @@ pub(crate) mod test_call {
         fn turns_taken(&self) -> Option<u64> {
             None
         }
+        fn counters(&self) -> crate::status::ReplicaCounters {
+            Default::default()
+        }
         fn describe_schedule(&self) -> Option<String> {
             None
         }

@@ -101,8 +101,10 @@ impl Endpoint {
         self.program.get().and_then(|w| w.upgrade())
     }
 
-    /// Publishes the det runtime's turn count on the status line.
-    pub fn publish_turns(&self, program: &dyn Program) {
+    /// Publishes the det runtime's turn count and the VMM's own counters on the status page.
+    pub fn publish_counters(&self, program: &dyn Program) {
+        self.status
+            .publish_replica(self.role == Role::Secondary, &program.counters());
         if let Some(turns) = program.turns_taken() {
             let c = match self.role {
                 Role::Primary => Counter::PrimaryTurns,
@@ -116,7 +118,7 @@ impl Endpoint {
     /// it ended and closes the channel.
     pub fn program_ended(&self, end: EndInfo) {
         if let Some(p) = self.program() {
-            self.publish_turns(&*p);
+            self.publish_counters(&*p);
         }
         if let Some(primary) = &self.primary {
             primary.finish(end);

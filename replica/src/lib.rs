@@ -19,6 +19,8 @@
 //! - [`program`]: what replication needs of the replicated program (implemented by the
 //!   syscall layer), so that this crate never depends on it.
 //! - [`setup`]: what a replica process is given to connect.
+//! - [`trace`]: `ditto pair --trace`: per-thread rings of each replica's recent events, the
+//!   trace file's schema, and lining two traces up (`ditto compare --trace`).
 //! - [`syscall_names`]: x86-64 syscall names, for reports and messages.
 //! - [`testkit`]: payload patterns and child spawning shared by tests and the benchmark.
 //! - [`bench`]: the channel's cross-process throughput benchmark (`channel_peer bench`,
@@ -44,6 +46,7 @@ mod sync;
 mod sys;
 pub mod syscall_names;
 pub mod testkit;
+pub mod trace;
 pub mod wire;
 
 pub use channel::{

@@ -23,6 +23,8 @@ pub trait Program: Send + Sync {
     fn close_log(&self);
     /// Turns taken so far; None without a det runtime.
     fn turns_taken(&self) -> Option<u64>;
+    /// The VMM's own counters (exits, syscalls by class) for the status page.
+    fn counters(&self) -> crate::status::ReplicaCounters;
     /// The det runtime's state in words, for a stall report; None without one.
     fn describe_schedule(&self) -> Option<String>;
 }

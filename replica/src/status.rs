@@ -1,8 +1,11 @@
 //! The pair's status page: a small shared memfd of counters that both replicas update and
 //! the supervisor reads for its status line and report, without any message passing.
 //!
-//! Layout: [`Counter::COUNT`] little-endian `u64` atomics at index `Counter as usize`; the
-//! rest of the page is zero. Every process maps it read-write; each counter has one writer.
+//! Layout: [`Counter::COUNT`] little-endian `u64` atomics at index `Counter as usize`, then
+//! one block of [`ReplicaCounters`] per role at [`ROLE_BLOCK`] (primary) and twice that
+//! (secondary), on their own cache lines so that the replicas never write the same line;
+//! the rest of the page is zero. Every process maps it read-write; each counter has one
+//! writer.
 
 use crate::sys::{sealed_memfd, Mapping};
 use std::io;
@@ -41,11 +44,45 @@ pub enum Counter {
     MaxLagBytes,
     /// Non-zero once the secondary found a divergence.
     Diverged,
+    /// Record payload bytes the secondary consumed (the lag in bytes is
+    /// [`RecordBytes`](Counter::RecordBytes) minus this).
+    RecordBytesConsumed,
 }
 
 impl Counter {
     /// How many counters there are.
-    pub const COUNT: usize = Counter::Diverged as usize + 1;
+    pub const COUNT: usize = Counter::RecordBytesConsumed as usize + 1;
+}
+
+/// The syscall classes of the syscall table (DESIGN.md §6), in the order of
+/// [`ReplicaCounters::syscalls_by_class`]; the names are the metrics' `class` label.
+pub const SYSCALL_CLASSES: [&str; 6] = [
+    "local",
+    "recorded",
+    "compared",
+    "input_by_fd",
+    "output_by_fd",
+    "unsupported",
+];
+
+/// Index (in `u64`s) of the primary's [`ReplicaCounters`] block; the secondary's is at
+/// twice this. 64 u64s = 512 bytes: past the shared counters and on its own cache lines.
+pub const ROLE_BLOCK: usize = 64;
+
+/// What one replica's VMM counts about its own run, published to the page about ten
+/// times a second (not on the syscall path: the page is shared between processes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaCounters {
+    /// VM exits (KVM_RUN returns) of all its vCPUs.
+    pub exits: u64,
+    /// Syscalls served through the exitless doorbell.
+    pub doorbell_syscalls: u64,
+    /// Syscalls served, by the class of their table entry ([`SYSCALL_CLASSES`]).
+    pub syscalls_by_class: [u64; 6],
+}
+
+impl ReplicaCounters {
+    const SLOTS: usize = 2 + SYSCALL_CLASSES.len();
 }
 
 /// A mapped status page.
@@ -83,9 +120,47 @@ impl StatusPage {
     }
 
     fn slot(&self, c: Counter) -> &AtomicU64 {
-        // SAFETY: the page is PAGE bytes, page-aligned, and COUNT * 8 < PAGE; AtomicU64 has
-        // u64's layout and every access to the page is atomic.
-        unsafe { &*(self.map.ptr().cast::<AtomicU64>().add(c as usize)) }
+        self.at(c as usize)
+    }
+
+    fn at(&self, index: usize) -> &AtomicU64 {
+        const _: () = assert!(Counter::COUNT <= ROLE_BLOCK);
+        const _: () = assert!((3 * ROLE_BLOCK) * 8 <= PAGE);
+        assert!(index < PAGE / 8);
+        // SAFETY: the page is PAGE bytes and page-aligned, index < PAGE / 8 (checked);
+        // AtomicU64 has u64's layout and every access to the page is atomic.
+        unsafe { &*(self.map.ptr().cast::<AtomicU64>().add(index)) }
+    }
+
+    fn role_base(secondary: bool) -> usize {
+        if secondary {
+            2 * ROLE_BLOCK
+        } else {
+            ROLE_BLOCK
+        }
+    }
+
+    /// Publishes one replica's own counters (`secondary` says which block).
+    pub fn publish_replica(&self, secondary: bool, c: &ReplicaCounters) {
+        let base = Self::role_base(secondary);
+        let values = [c.exits, c.doorbell_syscalls]
+            .into_iter()
+            .chain(c.syscalls_by_class);
+        for (i, v) in values.enumerate() {
+            self.at(base + i).store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// One replica's counters as last published.
+    pub fn replica(&self, secondary: bool) -> ReplicaCounters {
+        let base = Self::role_base(secondary);
+        let v: [u64; ReplicaCounters::SLOTS] =
+            std::array::from_fn(|i| self.at(base + i).load(Ordering::Relaxed));
+        ReplicaCounters {
+            exits: v[0],
+            doorbell_syscalls: v[1],
+            syscalls_by_class: std::array::from_fn(|i| v[2 + i]),
+        }
     }
 
     /// Reads a counter.
@@ -127,5 +202,27 @@ mod tests {
         b.max(Counter::MaxLagBytes, 3);
         assert_eq!(b.get(Counter::RecordsSent), 5);
         assert_eq!(a.get(Counter::MaxLagBytes), 9);
+    }
+
+    #[test]
+    fn replica_blocks_are_apart_and_round_trip() {
+        let page = StatusPage::create().unwrap();
+        let p = ReplicaCounters {
+            exits: 7,
+            doorbell_syscalls: 2,
+            syscalls_by_class: [1, 2, 3, 4, 5, 6],
+        };
+        let s = ReplicaCounters {
+            exits: 70,
+            ..Default::default()
+        };
+        page.publish_replica(false, &p);
+        page.publish_replica(true, &s);
+        assert_eq!(page.replica(false), p);
+        assert_eq!(page.replica(true), s);
+        // The shared counters are untouched by either block.
+        for c in [Counter::PrimaryTurns, Counter::RecordBytesConsumed] {
+            assert_eq!(page.get(c), 0);
+        }
     }
 }

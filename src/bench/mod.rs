@@ -9,6 +9,7 @@
 
 pub mod det;
 pub mod pair;
+pub mod plot;
 pub mod proc;
 pub mod servers;
 pub mod syscall;

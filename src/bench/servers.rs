@@ -22,6 +22,8 @@ pub struct ServerRow {
     pub syscalls_per_req: f64,
     /// Of a request's time in ditto, the estimated syscall transport (exit) cost, in µs.
     pub exit_us: f64,
+    /// For the threads chart: the configuration (`run`, `run --det`) and worker threads.
+    pub series: Option<(&'static str, u32)>,
 }
 
 /// Per-syscall transport costs measured in this run.
@@ -168,6 +170,7 @@ fn row(
         ditto,
         syscalls_per_req: stats.syscalls / requests.max(1.0),
         exit_us: exit_ns / requests.max(1.0) / 1e3,
+        series: None,
     }
 }
 
@@ -461,14 +464,16 @@ fn mongoose_rows(secs: u32, costs: &Costs) -> Result<Vec<ServerRow>, String> {
                 wrk_with(&format!("http://127.0.0.1:{port}/50k.html"), secs, 100)?;
             let stats = parse_stats(&p.stop());
             let mode = if det { " --det" } else { "" };
-            rows.push(row(
+            let mut r = row(
                 format!("mongoose{mode} {threads} threads, wrk -c100 50 KB"),
                 native,
                 ditto,
                 requests,
                 &stats,
                 costs,
-            ));
+            );
+            r.series = Some((if det { "ditto run --det" } else { "ditto run" }, threads));
+            rows.push(r);
         }
     }
     Ok(rows)
@@ -531,9 +536,10 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<Vec<ServerRow>, String> {
 }
 
 /// Runs `ditto bench servers` and prints its table.
-pub fn main(quick: bool, only: Option<&str>) -> ExitCode {
+pub fn main(quick: bool, only: Option<&str>, svg: Option<&Path>) -> ExitCode {
     match run(quick, only) {
         Ok(rows) => {
+            let chart = svg.map(|dir| threads_chart(&rows, dir));
             println!("| workload | native /s | ditto /s | slowdown | syscalls/req | exit µs/req | other µs/req |");
             println!("|---|---:|---:|---:|---:|---:|---:|");
             for r in rows {
@@ -549,11 +555,51 @@ pub fn main(quick: bool, only: Option<&str>) -> ExitCode {
                     (per_req_us - r.exit_us).max(0.0)
                 );
             }
-            ExitCode::SUCCESS
+            match chart {
+                Some(Err(e)) => {
+                    eprintln!("ditto: bench: {e}");
+                    ExitCode::from(1)
+                }
+                Some(Ok(Some(path))) => {
+                    println!("\nChart: {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("ditto: bench: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// `--svg`: civetweb's requests per second against worker threads, natively and in ditto;
+/// None when no row has threads (civetweb was not measured).
+fn threads_chart(rows: &[ServerRow], dir: &Path) -> Result<Option<PathBuf>, String> {
+    let mut native: Vec<(u32, f64)> = Vec::new();
+    let mut series: Vec<(String, Vec<(u32, f64)>)> = Vec::new();
+    for r in rows {
+        let Some((label, threads)) = r.series else {
+            continue;
+        };
+        if !native.iter().any(|p| p.0 == threads) {
+            native.push((threads, r.native));
+        }
+        match series.iter_mut().find(|s| s.0 == label) {
+            Some(s) => s.1.push((threads, r.ditto)),
+            None => series.push((label.to_string(), vec![(threads, r.ditto)])),
+        }
+    }
+    if native.is_empty() {
+        return Ok(None);
+    }
+    series.insert(0, ("native".to_string(), native));
+    let path = dir.join("civetweb-threads.svg");
+    super::plot::throughput_chart(
+        &path,
+        "civetweb, wrk -c100 on a 50 KB file: requests/s against worker threads",
+        &series,
+    )?;
+    Ok(Some(path))
 }

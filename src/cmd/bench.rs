@@ -37,15 +37,29 @@ pub struct BenchArgs {
     /// Servers: only this workload (pbzip2, redis, nginx or mongoose).
     #[arg(long)]
     pub only: Option<String>,
+    /// pair and servers: also write SVG charts into this directory (pair-overhead.svg;
+    /// civetweb-threads.svg when civetweb is measured).
+    #[arg(long, value_name = "DIR")]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 /// Runs a benchmark and prints its table.
 pub fn main(args: &BenchArgs) -> ExitCode {
     let reps = args.reps.max(1);
+    if let Some(dir) = &args.svg {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("ditto: bench: --svg {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    }
     match args.which {
         Which::Syscall => bench::syscall::main(reps),
-        Which::Servers => bench::servers::main(args.quick, args.only.as_deref()),
+        Which::Servers => {
+            bench::servers::main(args.quick, args.only.as_deref(), args.svg.as_deref())
+        }
         Which::Det => bench::det::main(reps),
-        Which::Pair => bench::pair::main(args.quick, args.only.as_deref(), reps),
+        Which::Pair => {
+            bench::pair::main(args.quick, args.only.as_deref(), reps, args.svg.as_deref())
+        }
     }
 }

@@ -125,6 +125,9 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
     c.det = true;
     c.det_preload = Some(guest_images::progs::libditto());
     c.replication = Some(rep.clone());
+    if a.options.trace {
+        rep.enable_trace(a.options.trace_events as usize);
+    }
     if role == Role::Secondary {
         // The secondary sees the host's files but changes none: its writes would land on
         // the primary's files. Only its own image state directory is writable.
@@ -154,6 +157,11 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
             }
         }
     };
+    if let Some(trace) = rep.trace() {
+        if let Err(e) = trace.save(&replica::trace::trace_path(&a.out, role)) {
+            eprintln!("ditto: {} replica: {e}", a.role);
+        }
+    }
     // The VMM itself failed (not the program): never part of an `identical` pair, even when
     // both replicas' VMMs fail the same way.
     let vmm_error = match &result {

@@ -44,13 +44,14 @@ mod program;
 mod secondary;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use replica::call::{call_result, record_result, Call};
 use replica::endpoint::Endpoint;
 use replica::program::Program;
 use replica::status::StatusPage;
+use replica::trace::{Trace, TraceEvent, TraceKind, Tracer};
 use replica::wire::EndInfo;
 
 use crate::errno::Errno;
@@ -69,6 +70,8 @@ pub struct Replication {
     endpoint: Endpoint,
     /// Which calls touch the host's files outside the replica's own state ([`hostfs`]).
     host_files: hostfs::HostFiles,
+    /// `--trace`: the per-thread rings of this replica's recent events.
+    tracer: OnceLock<Tracer>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -88,7 +91,26 @@ impl Replication {
         Ok(Arc::new(Replication {
             endpoint: Endpoint::connect(setup)?,
             host_files,
+            tracer: OnceLock::new(),
         }))
+    }
+
+    /// `--trace`: keeps the last `capacity` events of each thread from now on.
+    pub fn enable_trace(&self, capacity: usize) {
+        let _ = self.tracer.set(Tracer::new(capacity));
+    }
+
+    /// What the trace rings hold now (None without `--trace`).
+    pub fn trace(&self) -> Option<Trace> {
+        self.tracer.get().map(|t| t.snapshot(self.role()))
+    }
+
+    /// `--trace`: a signal handler of `tid` is entered.
+    pub fn trace_signal(&self, process: &Process, tid: i64, signal: i32) {
+        if let Some(t) = self.tracer.get() {
+            let (logical_time, turn) = det_position(process, tid);
+            t.push_signal(tid, signal, turn, logical_time);
+        }
     }
 
     /// Primary or secondary.
@@ -121,7 +143,7 @@ impl Replication {
                     crate::seccomp::apply_or_exit(crate::seccomp::Kind::Channel);
                     loop {
                         let Some(p) = weak.upgrade() else { return };
-                        me.endpoint.publish_turns(&*p);
+                        me.endpoint.publish_counters(&*p);
                         if p.exiting() {
                             return;
                         }
@@ -212,11 +234,7 @@ impl Call for SyscallCtx<'_> {
     }
 
     fn position(&self) -> (Option<u64>, Option<u64>) {
-        let det = self.process.det.get();
-        (
-            det.and_then(|d| d.logical_time(self.thread.tid)),
-            det.map(|d| d.stats.turns.load(Ordering::Relaxed)),
-        )
+        det_position(self.process, self.thread.tid)
     }
 
     fn program(&self) -> &dyn Program {
@@ -299,7 +317,7 @@ pub fn serve(
         ?how,
         "syscall"
     );
-    match (rep.role(), how) {
+    let result = match (rep.role(), how) {
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
             primary::exit(rep, ctx, (a[0] & 0xff) as i64);
@@ -331,5 +349,48 @@ pub fn serve(
         (Role::Secondary, Treatment::Compared) => {
             local(ctx, &mut |c, a| secondary::compare(rep, c, a))
         }
+    };
+    if let Some(t) = rep.tracer.get() {
+        trace_call(t, ctx, entry, how, &result);
     }
+    result
+}
+
+/// The det runtime's (logical time, turns granted) for `tid`; None without one.
+fn det_position(process: &Process, tid: i64) -> (Option<u64>, Option<u64>) {
+    let det = process.det.get();
+    (
+        det.and_then(|d| d.logical_time(tid)),
+        det.map(|d| d.stats.turns.load(Ordering::Relaxed)),
+    )
+}
+
+/// `--trace`: one served syscall into its thread's ring.
+fn trace_call(
+    t: &Tracer,
+    ctx: &SyscallCtx<'_>,
+    entry: &SyscallEntry,
+    how: Treatment,
+    result: &SysResult,
+) {
+    let treatment = match how {
+        Treatment::Local => "local",
+        Treatment::Recorded => "recorded",
+        Treatment::Compared => "compared",
+        Treatment::Exit => "exit",
+    };
+    let (logical_time, turn) = det_position(ctx.process, ctx.thread.tid);
+    t.push(
+        ctx.thread.tid,
+        TraceEvent {
+            seq: ctx.thread.syscalls,
+            kind: TraceKind::Syscall,
+            syscall: entry.name.to_string(),
+            treatment: treatment.into(),
+            event: (how != Treatment::Local).then_some(ctx.thread.replicated_events),
+            result: to_ret(result),
+            turn,
+            logical_time,
+        },
+    );
 }

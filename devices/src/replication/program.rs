@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use det::{Turn, TurnError};
 use replica::program::Program;
+use replica::status::ReplicaCounters;
 
 use crate::exit::ExitReason;
 use crate::process::Process;
@@ -50,6 +51,17 @@ impl Program for Process {
         self.det
             .get()
             .map(|d| d.stats.turns.load(Ordering::Relaxed))
+    }
+
+    fn counters(&self) -> ReplicaCounters {
+        let s = &self.stats;
+        ReplicaCounters {
+            exits: s.exits.load(Ordering::Relaxed),
+            doorbell_syscalls: s.doorbell_syscalls.load(Ordering::Relaxed),
+            syscalls_by_class: std::array::from_fn(|i| {
+                s.syscalls_by_class[i].load(Ordering::Relaxed)
+            }),
+        }
     }
 
     fn describe_schedule(&self) -> Option<String> {

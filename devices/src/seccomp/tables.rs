@@ -287,7 +287,13 @@ pub const SUPERVISOR: &[Row] = &[
     (SYS_fdatasync, ANY),
     (SYS_poll, ANY),
     (SYS_ppoll, ANY),
-    (SYS_ioctl, Args::Ioctl(&[0x5401, 0x5413])), // TCGETS, TIOCGWINSZ (terminal checks)
+    // TCGETS, TIOCGWINSZ (terminal checks); FIONBIO (`--metrics` clients made non-blocking)
+    (SYS_ioctl, Args::Ioctl(&[0x5401, 0x5413, 0x5421])),
+    // `--metrics`: the listener is bound before the filter; under it clients are accepted,
+    // read and answered (std's socket reads and writes are recv and send).
+    (SYS_accept4, ANY),
+    (SYS_recvfrom, ANY),
+    (SYS_sendto, ANY),
 ];
 
 /// The rows of `kind`'s filter, common rows first.

@@ -47,6 +47,14 @@ pub enum Class {
     Unsupported,
 }
 
+impl Class {
+    /// Its place in [`replica::status::SYSCALL_CLASSES`] (the metrics' `class` label) and
+    /// in [`Stats::syscalls_by_class`](crate::process::Stats::syscalls_by_class).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The general-purpose registers of the calling thread, as the program left them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -279,6 +287,7 @@ impl SyscallTable {
         if entry.class == Class::Unsupported {
             ctx.process.warn_unsupported(nr, entry.name);
         }
+        ctx.process.stats.syscalls_by_class[entry.class.index()].fetch_add(1, Ordering::Relaxed);
         let handler = entry.handler;
         let result = match ctx.process.replication.get() {
             Some(rep) => crate::replication::serve(rep, ctx, entry, args),
@@ -325,6 +334,34 @@ pub fn enosys_quiet(_: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn class_indexes_match_the_metrics_names() {
+        let all = [
+            Class::Local,
+            Class::Recorded,
+            Class::Compared,
+            Class::InputByFd,
+            Class::OutputByFd,
+            Class::Unsupported,
+        ];
+        assert_eq!(all.len(), replica::status::SYSCALL_CLASSES.len());
+        for c in all {
+            let snake: String = format!("{c:?}")
+                .chars()
+                .enumerate()
+                .flat_map(|(i, ch)| {
+                    let lower = ch.to_ascii_lowercase();
+                    if ch.is_ascii_uppercase() && i > 0 {
+                        vec!['_', lower]
+                    } else {
+                        vec![lower]
+                    }
+                })
+                .collect();
+            assert_eq!(replica::status::SYSCALL_CLASSES[c.index()], snake);
+        }
+    }
 
     #[test]
     fn no_syscall_is_listed_twice() {

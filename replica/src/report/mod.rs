@@ -128,12 +128,14 @@ use thiserror::Error;
 
 mod compare;
 mod file;
+mod html;
 mod summary;
 #[cfg(test)]
 mod tests;
 mod text;
 
 pub use compare::compare_reports;
+pub use html::render_html;
 use text::{escape_text, hex, thousands, unhex};
 
 /// The schema version this code writes and reads (the `schema` field).

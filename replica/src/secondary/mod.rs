@@ -35,7 +35,7 @@ use crate::status::{Counter, StatusPage};
 use crate::sync::lock;
 use crate::wire::ThreadRecord;
 use crate::Consumer;
-use intake::Queues;
+use intake::{Queues, RECORD_OVERHEAD};
 
 /// The secondary's end of the channel, its queues and what it found.
 pub struct Secondary {
@@ -201,6 +201,10 @@ impl Secondary {
             if let Some((seq, rec, len)) = q.by_tid.get_mut(&tid).and_then(|d| d.pop_front()) {
                 q.buffered_bytes = q.buffered_bytes.saturating_sub(len);
                 self.status.add(Counter::RecordsConsumed, 1);
+                self.status.add(
+                    Counter::RecordBytesConsumed,
+                    len.saturating_sub(RECORD_OVERHEAD),
+                );
                 return Some((seq, rec));
             }
             if self.stop.load(Ordering::Relaxed) || program.exiting() {
@@ -269,6 +273,10 @@ impl Secondary {
             )) => {
                 if let Some((_, _, len)) = q.by_tid.get_mut(&tid.0).and_then(|d| d.pop_front()) {
                     q.buffered_bytes = q.buffered_bytes.saturating_sub(len);
+                    self.status.add(
+                        Counter::RecordBytesConsumed,
+                        len.saturating_sub(RECORD_OVERHEAD),
+                    );
                 }
                 self.status.add(Counter::RecordsConsumed, 1);
                 WaitNews::TimedOut

@@ -78,7 +78,7 @@ pub(super) type SharedPair = Rc<RefCell<Pair>>;
 
 /// A subscriber's registration failed: the loop could never learn of its fd, so the
 /// supervisor cannot go on (epoll_ctl ADD fails only for lack of memory or a bad fd).
-fn registered(what: &str, r: Result<(), event_manager::Error>) {
+pub(super) fn registered(what: &str, r: Result<(), event_manager::Error>) {
     if let Err(e) = r {
         panic!("ditto: cannot watch the {what}: {e:?}");
     }

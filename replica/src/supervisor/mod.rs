@@ -6,7 +6,8 @@
 //! the status page and both exit statuses (DESIGN.md §5-6).
 //!
 //! Its waiting is one event loop ([`events`]): a pidfd per replica, a signalfd for the
-//! forwarded signals and a timerfd for the status line and the stall check.
+//! forwarded signals, a timerfd for the status line and the stall check, and with
+//! `--metrics` the Prometheus endpoint's listener and connections ([`metrics`]).
 //!
 //! It runs no VM: it needs this crate (status page, report, the mode and stall-file names),
 //! std, and what its caller hands it in a [`Plan`] (the replicas' flags, a seccomp
@@ -14,6 +15,7 @@
 //! in the CLI.
 
 mod events;
+mod metrics;
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -64,6 +66,8 @@ pub struct Plan {
     pub quiet: bool,
     /// Seconds the secondary may make no progress after the primary ended.
     pub stall_timeout: u64,
+    /// `--metrics`: the bound listener `/metrics` is served on while the pair runs.
+    pub metrics: Option<std::net::TcpListener>,
     /// Restricts the calling thread to the host syscalls the supervisor needs (its seccomp
     /// filter): called in this thread once both replicas run and the event loop's fds are
     /// made.
@@ -194,6 +198,7 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
         status: status_flag,
         quiet,
         stall_timeout,
+        metrics,
         restrict,
     } = plan;
     let status = StatusPage::create().map_err(|e| format!("cannot create the status page: {e}"))?;
@@ -258,6 +263,14 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
             stall_timeout,
             pair.clone(),
         )?));
+        if let Some(listener) = metrics {
+            events.add_subscriber(Box::new(metrics::MetricsEndpoint::new(
+                listener,
+                &status,
+                mode,
+                pair.clone(),
+            )?));
+        }
         Ok(events)
     })();
     let mut events = match events {

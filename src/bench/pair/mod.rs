@@ -294,7 +294,8 @@ impl Row {
 
     /// The overhead of configuration `cfg` against `base`, in percent of the base's time
     /// per unit of work.
-    fn overhead(&self, cfg: Config, base: Config) -> String {
+    /// Extra time per unit of work of `cfg` over `base`, in percent.
+    fn overhead_pct(&self, cfg: Config, base: Config) -> Option<f64> {
         match (
             self.cells[base.index()].median(),
             self.cells[cfg.index()].median(),
@@ -305,10 +306,15 @@ impl Row {
                 } else {
                     x / base
                 };
-                format!("{:.1}%", (ratio - 1.0) * 100.0)
+                Some((ratio - 1.0) * 100.0)
             }
-            _ => "—".into(),
+            _ => None,
         }
+    }
+
+    fn overhead(&self, cfg: Config, base: Config) -> String {
+        self.overhead_pct(cfg, base)
+            .map_or("—".into(), |p| format!("{p:.1}%"))
     }
 }
 
@@ -476,7 +482,7 @@ fn core_split() -> (String, String) {
 
 /// Runs `ditto bench pair`. `quick` shortens every run; with it, each measurement runs once
 /// unless `--reps` was given on the command line.
-pub fn main(quick: bool, only: Option<&str>, reps: usize) -> ExitCode {
+pub fn main(quick: bool, only: Option<&str>, reps: usize, svg: Option<&Path>) -> ExitCode {
     if let Ok(count) = std::env::var(CONSUMER_ENV) {
         let count = count.parse().unwrap_or(0);
         return match replica::bench::consume(count) {
@@ -544,6 +550,27 @@ pub fn main(quick: bool, only: Option<&str>, reps: usize) -> ExitCode {
         Vec::new()
     };
     print_tables(&rows, &ctx);
+    if let Some(dir) = svg.filter(|_| !rows.is_empty()) {
+        let bars: Vec<crate::bench::plot::OverheadBars> = rows
+            .iter()
+            .map(|r| crate::bench::plot::OverheadBars {
+                workload: r.name.clone(),
+                det: r.overhead_pct(Config::PairDet, Config::Run),
+                follow: r.overhead_pct(Config::PairFollow, Config::Run),
+                thesis_det: crate::bench::plot::thesis_percent(r.thesis_det),
+                thesis_follow: crate::bench::plot::thesis_percent(r.thesis_follow),
+            })
+            .collect();
+        let path = dir.join("pair-overhead.svg");
+        match crate::bench::plot::overhead_chart(
+            &path,
+            "ditto pair: extra time over one VM, beside the thesis's (vs native)",
+            &bars,
+        ) {
+            Ok(()) => println!("\nChart: {}", path.display()),
+            Err(e) => failed.push(format!("- the chart: {e}")),
+        }
+    }
     if !channel_rows.is_empty() {
         print_channel(&channel_rows);
     }

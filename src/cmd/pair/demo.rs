@@ -42,6 +42,7 @@ pub(super) fn demo(a: &PairArgs) -> ExitCode {
         status: a.status,
         quiet: a.quiet,
         stall_timeout: a.stall_timeout,
+        metrics: a.metrics,
         program,
     };
     // The load runs beside the supervisor; when done it asks the supervisor to stop the

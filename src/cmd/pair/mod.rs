@@ -56,6 +56,15 @@ pub struct PairOptions {
     /// Backpressure: the primary waits while this many bytes are unconsumed.
     #[arg(long, default_value = "32M", value_parser = parse_ring)]
     pub(crate) max_lag_bytes: u64,
+    /// Keep each replica's recent events per thread (syscalls with their treatment and
+    /// result, turns, signals) and write them to OUT/trace-{primary,secondary}.json for
+    /// `ditto compare --trace OUT`.
+    #[arg(long)]
+    pub(crate) trace: bool,
+    /// With --trace: events kept per thread (the last ones).
+    #[arg(long, default_value_t = replica::trace::DEFAULT_CAPACITY as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) trace_events: u64,
 }
 
 /// A channel size or lag bound ([`parse_bytes`]), between 64K and 4G.
@@ -95,6 +104,10 @@ pub struct PairArgs {
     /// stopped; the report then says what each of its threads was waiting for.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     stall_timeout: u64,
+    /// Serve the pair's counters as Prometheus text at http://ADDR/metrics while it runs
+    /// (records, lag, turns, outputs compared, exits and syscalls by class, replicas up).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     program: ProgramArgs,
 }
@@ -142,7 +155,7 @@ fn program_flags(p: &ProgramArgs, cores: &[usize], state: Option<&Path>) -> Vec<
 
 /// The `__replica` flags that carry the pair's channel and mode options.
 fn option_flags(o: &PairOptions) -> Vec<String> {
-    vec![
+    let mut v: Vec<String> = vec![
         "--mode".into(),
         match o.mode {
             ModeArg::Det => "det".into(),
@@ -154,7 +167,13 @@ fn option_flags(o: &PairOptions) -> Vec<String> {
         o.max_lag_records.to_string(),
         "--max-lag-bytes".into(),
         o.max_lag_bytes.to_string(),
-    ]
+        "--trace-events".into(),
+        o.trace_events.to_string(),
+    ];
+    if o.trace {
+        v.push("--trace".into());
+    }
+    v
 }
 
 /// The program as the report names it: `--image NAME` and the arguments.
@@ -216,6 +235,18 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
             ),
         ));
     }
+    // Bound before anything starts: an address in use is the user's one-line error.
+    let metrics = a
+        .metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).map_err(|e| {
+                (
+                    EXIT_BAD_INPUT,
+                    format!("--metrics: cannot listen on {addr}: {e}"),
+                )
+            })
+        })
+        .transpose()?;
     // Resolve (and build) the program once here, so bad input fails before any replica.
     drop(vm_config(p)?);
     let out = match &a.out {
@@ -276,6 +307,7 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         status: a.status,
         quiet: a.quiet,
         stall_timeout: a.stall_timeout,
+        metrics,
         restrict: || devices::seccomp::apply_or_exit(devices::seccomp::Kind::Supervisor),
     };
     let report = replica::supervisor::supervise(plan).map_err(|e| (EXIT_HOST_ERROR, e))?;

@@ -46,7 +46,12 @@ impl Machine {
                 .map_or([0; fpstate::FXSAVE_SIZE], |f| fpstate::to_fxsave(&f));
             let frame = signal_frame::build(&self.process.mem, ctx, sig, &act, old_mask, &fpu);
             let handler = match frame {
-                Ok(h) => h,
+                Ok(h) => {
+                    if let Some(rep) = self.process.replication.get() {
+                        rep.trace_signal(&self.process, tid, sig);
+                    }
+                    h
+                }
                 Err(_) => {
                     self.fatal_program(
                         libc::SIGSEGV,
