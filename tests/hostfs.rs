@@ -153,3 +153,29 @@ fn a_map_of_a_written_host_file_is_refused_alike_in_both_replicas() {
         assert!(!dir.path().join("m.bin").exists(), "{mode}");
     }
 }
+
+/// /dev/urandom opened and read as a file (busybox hexdump): its bytes are input from
+/// outside, so the secondary is given the primary's and prints the same; each replica
+/// reading its own diverged on main.
+#[test]
+fn random_devices_read_alike_in_both_replicas() {
+    let _turn = ONE_PAIR_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for mode in ["det", "follow"] {
+        let out = tempdir();
+        let mut c = ditto();
+        c.args(["pair", "--quiet", "--mode", mode, "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(busybox())
+            .args(["hexdump", "-n", "16", "-e", "16/1 \"%02x\" \"\\n\""])
+            .arg("/dev/urandom");
+        let o = output_within(c, 120);
+        let r = Report::load(out.path().join("report.json")).expect("report.json");
+        assert_eq!(r.outcome, Outcome::Identical, "{mode}: {}", r.summary());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let hex = stdout(&o);
+        assert_eq!(hex.trim().len(), 32, "{hex}");
+        let secondary = std::fs::read_to_string(out.path().join("secondary.stdout")).unwrap();
+        assert_eq!(secondary, hex);
+    }
+}

@@ -173,11 +173,17 @@ fn write_intent(flags: u64) -> bool {
         || f & libc::O_TMPFILE == libc::O_TMPFILE
 }
 
+/// Devices whose bytes are new at every read: each replica reading its own would read
+/// other bytes, so they are input from outside, like a socket (the primary reads, the
+/// secondary is given the bytes). /dev/null, /dev/zero and /dev/full read alike everywhere.
+const RANDOM_DEVICES: [&[u8]; 3] = [b"/dev/random", b"/dev/urandom", b"/dev/hwrng"];
+
 fn open_path(p: &Process, files: &HostFiles, arg: PathArg, flags: u64) -> bool {
     if write_intent(flags) {
         changes(p, files, &[arg])
     } else {
         reads(p, files, arg)
+            || matches!(outside_path(p, files, arg), Ok(Some(n)) if RANDOM_DEVICES.contains(&n.as_slice()))
     }
 }
 
