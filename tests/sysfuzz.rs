@@ -52,7 +52,6 @@ fn many_seeds_run_without_vmm_panic_or_hang() {
 /// (see `buffers_in_protected_memory_fault_as_on_linux`), and the fuzzer's pointers
 /// into its own read-only data and past its guard page corrupt it under ditto.
 #[test]
-#[ignore = "open defect: syscall buffers are not checked against guest page protections"]
 fn many_seeds_end_as_natively() {
     let p = prog("sysfuzz");
     for seed in 1..=24 {
@@ -87,7 +86,6 @@ fn a_wrong_sigset_size_is_einval_not_a_wait() {
 /// a buffer only against the bounds of guest memory, so all three succeed and the
 /// read-only page is overwritten.
 #[test]
-#[ignore = "open defect: syscall buffers are not checked against guest page protections"]
 fn buffers_in_protected_memory_fault_as_on_linux() {
     let p = prog("protbuf");
     let want = native(&[p.to_str().unwrap()], b"");

@@ -93,12 +93,15 @@ pub struct Process {
 impl Process {
     /// Builds the shared state. Thread ids start at the pid, as Linux's main thread.
     pub fn new(
-        mem: GuestMemory,
-        aspace: AddressSpace,
+        mut mem: GuestMemory,
+        mut aspace: AddressSpace,
         fs: FsContext,
         fds: FdTable,
         exe_path: String,
     ) -> Self {
+        // From here on every buffer a syscall names is checked against the program's
+        // mappings, which the mapping table keeps in the guest memory's page table.
+        aspace.vmas_mut().mirror_into(mem.enforce_protections());
         Process {
             mem,
             fds: Mutex::new(fds),

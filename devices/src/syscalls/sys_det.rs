@@ -20,6 +20,7 @@
 //!   block and re-enter at the earliest allowed point (input from outside is not
 //!   deterministic in a single run).
 
+use guest_memory::Access;
 use std::time::{Duration, Instant};
 
 use super::util::{buf, file, path};
@@ -108,9 +109,9 @@ fn det_slot(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
         let host = process
             .mem
             .reset_range(gva, DetPage::BYTES)
-            .and_then(|()| process.mem.user_range(gva, DetPage::BYTES));
+            .and_then(|()| process.mem.user_bounds(gva, DetPage::BYTES));
         match host {
-            // SAFETY: user_range checked that the page lies in guest memory, which stays
+            // SAFETY: user_bounds checked that the page lies in guest memory, which stays
             // mapped for the process's lifetime, longer than its det runtime; the page is
             // page-aligned (alloc), so every word is 8-byte aligned.
             Ok(host) => Ok(unsafe { DetPage::new(gva, host) }),
@@ -476,7 +477,7 @@ fn word<'a>(ctx: &SyscallCtx<'a>, gva: u64) -> Result<GuestU32<'a>, Errno> {
     if !gva.is_multiple_of(4) {
         return Err(Errno::EINVAL);
     }
-    let p = buf(ctx, gva, 4)?;
+    let p = buf(ctx, gva, 4, Access::Read)?;
     // SAFETY: p points at 4 bytes of guest memory, 4-byte aligned, which stays mapped for
     // the process's lifetime ('a); the guest accesses the word atomically too.
     Ok(unsafe { GuestU32::from_ptr(p as *mut u32) })
