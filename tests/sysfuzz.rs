@@ -103,8 +103,7 @@ fn report(out: &Path) -> Report {
 /// Two seeds as a pair in each mode: the secondary sees the same results (and so the
 /// same digest, or the same crash), and the report says identical. Seed 3 diverged at its
 /// work directory: the secondary's root was read-only and the primary's writable, so
-/// mkdtemp failed in the secondary alone (each replica of a host program now has its own
-/// /tmp). Seed 8 hung under `--det`: a read of a blocking epoll descriptor waited for
+/// mkdtemp failed in the secondary alone (`--private-tmp` gives each replica its own /tmp). Seed 8 hung under `--det`: a read of a blocking epoll descriptor waited for
 /// POLLIN for ever where Linux answers EINVAL at once.
 #[test]
 fn pairs_of_fuzz_runs_are_identical_in_both_modes() {
@@ -113,7 +112,7 @@ fn pairs_of_fuzz_runs_are_identical_in_both_modes() {
         for seed in [3u64, 8] {
             let out = tempdir();
             let mut c = ditto();
-            c.args(["pair", "--quiet", "--mode", mode, "--out"])
+            c.args(["pair", "--quiet", "--private-tmp", "--mode", mode, "--out"])
                 .arg(out.path())
                 .arg("--")
                 .arg(&p)

@@ -122,8 +122,8 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
         }
     };
     let c = &mut selection.config;
-    if a.program.image.is_none() {
-        // A host program gets a private, empty /tmp in each replica (and a read-only root
+    if a.options.private_tmp && a.program.image.is_none() {
+        // `--private-tmp`: a private, empty /tmp in each replica (and a read-only root
         // around it, in both): the secondary may not write the primary's files, and a
         // program that makes a temporary file (the fuzzer's work directory) must find the
         // same filesystem in both replicas, not a writable one in the primary only.

@@ -56,6 +56,12 @@ pub struct PairOptions {
     /// Backpressure: the primary waits while this many bytes are unconsumed.
     #[arg(long, default_value = "32M", value_parser = parse_ring)]
     pub(crate) max_lag_bytes: u64,
+    /// A host program (not an image) gets an empty /tmp of its own in each replica,
+    /// OUT/primary-state/tmp and OUT/secondary-state/tmp, and a read-only root in both;
+    /// without it the primary writes the host's files and the secondary none, so a
+    /// program that makes temporary files diverges. The host's /tmp is hidden then.
+    #[arg(long)]
+    pub(crate) private_tmp: bool,
 }
 
 /// A channel size or lag bound ([`parse_bytes`]), between 64K and 4G.
@@ -142,7 +148,7 @@ fn program_flags(p: &ProgramArgs, cores: &[usize], state: Option<&Path>) -> Vec<
 
 /// The `__replica` flags that carry the pair's channel and mode options.
 fn option_flags(o: &PairOptions) -> Vec<String> {
-    vec![
+    let mut v = vec![
         "--mode".into(),
         match o.mode {
             ModeArg::Det => "det".into(),
@@ -154,7 +160,11 @@ fn option_flags(o: &PairOptions) -> Vec<String> {
         o.max_lag_records.to_string(),
         "--max-lag-bytes".into(),
         o.max_lag_bytes.to_string(),
-    ]
+    ];
+    if o.private_tmp {
+        v.push("--private-tmp".into());
+    }
+    v
 }
 
 /// The program as the report names it: `--image NAME` and the arguments.
