@@ -500,7 +500,10 @@ mod tests {
         assert_eq!(m.read_obj::<u64>(USER_START).unwrap_err(), Errno::EFAULT);
         let (_, n) = m.user_prefix(at + 0xff0, 0x100, Access::Write).unwrap();
         assert_eq!(n, 0x10);
-        assert_eq!(m.user_prefix(at + 0x1000, 8, Access::Write).unwrap_err(), Errno::EFAULT);
+        assert_eq!(
+            m.user_prefix(at + 0x1000, 8, Access::Write).unwrap_err(),
+            Errno::EFAULT
+        );
         m.write_bytes_forced(at + 0x1000, b"forced").unwrap();
         assert_eq!(m.read_bytes(at + 0x1000, 6).unwrap(), b"forced");
         assert_eq!(m.read_bytes_forced(USER_START, 1).unwrap(), vec![0]);

@@ -75,7 +75,11 @@ impl PageProt {
         let b = bits(prot);
         let first = (start >> PAGE_SHIFT) as usize;
         let last = (end.saturating_add((1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT) as usize;
-        for p in self.pages.get(first..last.min(self.pages.len())).unwrap_or(&[]) {
+        for p in self
+            .pages
+            .get(first..last.min(self.pages.len()))
+            .unwrap_or(&[])
+        {
             p.store(b, Relaxed);
         }
     }

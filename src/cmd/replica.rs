@@ -129,7 +129,11 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
         // same filesystem in both replicas, not a writable one in the primary only.
         let tmp = a.out.join(format!("{}-state", a.role)).join("tmp");
         if let Err(e) = std::fs::create_dir_all(&tmp) {
-            eprintln!("ditto: {} replica: cannot create {}: {e}", a.role, tmp.display());
+            eprintln!(
+                "ditto: {} replica: cannot create {}: {e}",
+                a.role,
+                tmp.display()
+            );
             return ExitCode::from(EXIT_HOST_ERROR);
         }
         c.writable.push(("/tmp".into(), tmp));

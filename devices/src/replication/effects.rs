@@ -6,10 +6,10 @@
 //!   compute the same way, and the side effects the secondary must mimic without performing
 //!   the output ([`mimic_output`]).
 
-use guest_memory::Access;
 use crate::errno::Errno;
 use crate::process::Process;
 use crate::sync::lock;
+use guest_memory::Access;
 
 /// Most bytes one output call is compared over; beyond that only the length counts.
 const OUTPUT_CAP: u64 = 64 << 20;

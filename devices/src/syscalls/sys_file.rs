@@ -1,15 +1,13 @@
 //! Descriptor I/O: read/write and friends, dup, fcntl, ioctl, pipes, eventfds,
 //! sendfile. Paths live in `sys_fs`.
 
-use super::util::{
-    buf, data_buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc,
-};
-use guest_memory::Access;
+use super::util::{buf, data_buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::procfs::Virtual;
 use crate::sync::lock;
 use crate::sys;
+use guest_memory::Access;
 
 /// The descriptor I/O table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -80,10 +78,7 @@ fn pread64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         return v.read(ctx.process, f.raw(), a[1], a[2], Some(a[3]));
     }
     let (p, n) = data_buf(ctx, a[1], a[2], Access::Write)?;
-    sc(
-        libc::SYS_pread64,
-        [f.raw() as u64, p as u64, n, a[3], 0, 0],
-    )
+    sc(libc::SYS_pread64, [f.raw() as u64, p as u64, n, a[3], 0, 0])
 }
 
 fn pwrite64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
@@ -136,7 +131,14 @@ fn preadv(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let flags = rwf_flags(ctx, &a);
     sc(
         libc::SYS_preadv2,
-        [f.raw() as u64, v.as_ptr() as u64, v.len() as u64, a[3], a[4], flags],
+        [
+            f.raw() as u64,
+            v.as_ptr() as u64,
+            v.len() as u64,
+            a[3],
+            a[4],
+            flags,
+        ],
     )
 }
 
@@ -146,7 +148,14 @@ fn pwritev(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let flags = rwf_flags(ctx, &a);
     let r = sc(
         libc::SYS_pwritev2,
-        [f.raw() as u64, v.as_ptr() as u64, v.len() as u64, a[3], a[4], flags],
+        [
+            f.raw() as u64,
+            v.as_ptr() as u64,
+            v.len() as u64,
+            a[3],
+            a[4],
+            flags,
+        ],
     );
     epipe_kills(ctx, r)
 }
@@ -291,13 +300,23 @@ fn fstat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         let st = crate::procfs::file::stat_of(&v.node);
         return ctx.process.mem.write_obj(a[1], &st).map(|_| 0);
     }
-    let p = buf(ctx, a[1], std::mem::size_of::<libc::stat>() as u64, Access::Write)?;
+    let p = buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<libc::stat>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_fstat, [f.raw() as u64, p as u64, 0, 0, 0, 0])
 }
 
 fn fstatfs(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let p = buf(ctx, a[1], std::mem::size_of::<libc::statfs>() as u64, Access::Write)?;
+    let p = buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<libc::statfs>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_fstatfs, [f.raw() as u64, p as u64, 0, 0, 0, 0])
 }
 

@@ -1,12 +1,12 @@
 //! Identity and host facts: ids, uname, limits, usage, and randomness.
 //! The pid is virtual (fixed); user and group ids are the host's, read-only.
 
-use guest_memory::Access;
 use super::util::{buf, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::process::GUEST_PID;
 use crate::sys;
+use guest_memory::Access;
 
 /// The identity table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -84,12 +84,22 @@ fn getresid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn uname(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[0], std::mem::size_of::<libc::utsname>() as u64, Access::Write)?;
+    let p = buf(
+        ctx,
+        a[0],
+        std::mem::size_of::<libc::utsname>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_uname, [p as u64, 0, 0, 0, 0, 0])
 }
 
 fn sysinfo(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[0], std::mem::size_of::<libc::sysinfo>() as u64, Access::Write)?;
+    let p = buf(
+        ctx,
+        a[0],
+        std::mem::size_of::<libc::sysinfo>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_sysinfo, [p as u64, 0, 0, 0, 0, 0])
 }
 
@@ -112,7 +122,12 @@ fn prlimit64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn getrusage(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[1], std::mem::size_of::<libc::rusage>() as u64, Access::Write)?;
+    let p = buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<libc::rusage>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_getrusage, [a[0], p as u64, 0, 0, 0, 0])
 }
 

@@ -1,12 +1,12 @@
 //! Readiness: poll, select and epoll over guest descriptors. select is served by
 //! ppoll, so guest fd_sets never meet host descriptor numbers.
 
-use guest_memory::Access;
 use super::util::{buf, elem, file, install, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::sync::lock;
 use crate::sys;
+use guest_memory::Access;
 
 /// The readiness table.
 pub const TABLE: &[SyscallEntry] = &[

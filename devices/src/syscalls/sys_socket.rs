@@ -9,9 +9,7 @@ use super::cmsg;
 use super::sockaddr::{
     describe_inet, guest_sockaddr, remember_bound, sockaddr_in, OutLen, UnixUse, SOCKADDR_MAX,
 };
-use super::util::{
-    buf, data_buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc,
-};
+use super::util::{buf, data_buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
@@ -284,7 +282,12 @@ fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     let m: GuestMsghdr = ctx.process.mem.read_obj(a[1])?;
     // The answer goes back into the header: check it is writable before receiving.
-    buf(ctx, a[1], std::mem::size_of::<GuestMsghdr>() as u64, Access::Write)?;
+    buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<GuestMsghdr>() as u64,
+        Access::Write,
+    )?;
     let iov = iovecs(ctx, m.iov, m.iovlen, Access::Write)?;
     // The sender's address arrives in a VMM buffer, to be copied out as getsockname's.
     let mut name = [0u8; SOCKADDR_MAX as usize];

@@ -1,6 +1,5 @@
 //! Threads: clone, exit, futex, TLS, scheduling. One guest thread is one vCPU.
 
-use guest_memory::Access;
 use super::util::{buf, sc};
 use super::{
     enosys_quiet, unsupported, SysResult, SyscallCtx, SyscallEntry, ThreadAction, ThreadStart,
@@ -10,6 +9,7 @@ use crate::errno::Errno;
 use crate::exit::ExitReason;
 use crate::process::Process;
 use crate::sys;
+use guest_memory::Access;
 
 /// The thread table.
 pub const TABLE: &[SyscallEntry] = &[

@@ -1,10 +1,10 @@
 //! Time: clocks, sleeps and timerfds. There is no vDSO, so every clock read is a
 //! syscall, which is what lets replication record it.
 
-use guest_memory::Access;
 use super::util::{buf, file, install, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::sys;
+use guest_memory::Access;
 use std::time::Duration;
 
 /// The time table.

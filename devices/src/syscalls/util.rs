@@ -8,9 +8,9 @@ use std::sync::Arc;
 use super::{SysResult, SyscallCtx};
 use crate::errno::{host_result, Errno};
 use crate::fd_table::OpenFile;
-use guest_memory::Access;
 use crate::path::Resolved;
 use crate::sync::lock;
+use guest_memory::Access;
 
 /// Linux's PATH_MAX.
 pub const PATH_MAX: usize = 4096;
@@ -28,12 +28,7 @@ pub fn buf(ctx: &SyscallCtx<'_>, gva: u64, len: u64, access: Access) -> Result<*
 }
 
 /// Like `buf`, but NULL stays NULL (optional out-parameters).
-pub fn opt_buf(
-    ctx: &SyscallCtx<'_>,
-    gva: u64,
-    len: u64,
-    access: Access,
-) -> Result<*mut u8, Errno> {
+pub fn opt_buf(ctx: &SyscallCtx<'_>, gva: u64, len: u64, access: Access) -> Result<*mut u8, Errno> {
     if gva == 0 {
         Ok(std::ptr::null_mut())
     } else {
