@@ -208,14 +208,23 @@ impl crate::itimer::AlarmTarget for Process {
     }
 }
 
-/// A process for unit tests: 64 MiB of guest memory, the host root, no descriptors.
+/// A process for unit tests: 64 MiB of guest memory, the host root, no descriptors;
+/// [4 MiB, 8 MiB) and [16 MiB, 32 MiB) are mapped read-write for the tests' buffers
+/// (syscall buffers are checked against the mappings).
 #[cfg(test)]
 pub(crate) fn test_process() -> Process {
     let mem = GuestMemory::new(64 << 20).unwrap();
     let layout = crate::address_space::Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
+    let mut aspace = AddressSpace::new(layout);
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    for (start, end) in [(4 << 20, 8 << 20), (16 << 20, 32 << 20)] {
+        aspace
+            .vmas_mut()
+            .insert(start, crate::vma::Vma::anon(end, rw, false, None));
+    }
     Process::new(
         mem,
-        AddressSpace::new(layout),
+        aspace,
         FsContext::new(std::path::Path::new("/")).unwrap(),
         FdTable::new(),
         "/test".into(),
