@@ -52,6 +52,19 @@ fn a_forbidden_syscall_on_the_signal_thread_is_caught_too() {
     );
 }
 
+/// The main thread of `ditto run` is filtered too once the program runs (kind "main").
+#[test]
+fn a_forbidden_syscall_on_the_main_thread_is_caught() {
+    let o = run_with_hook("main", &[], "hello");
+    assert_eq!(o.status.code(), Some(148), "{}", common::stderr(&o));
+    assert_eq!(
+        report_lines(&o),
+        ["ditto: seccomp: thread main made forbidden syscall 101 (ptrace)"],
+        "{}",
+        common::stderr(&o)
+    );
+}
+
 #[test]
 fn no_seccomp_runs_without_filters() {
     // The twin of the tests above: without filters the hook never fires and the
@@ -83,7 +96,8 @@ fn the_guest_service_calls_work_under_the_filters() {
 
 #[test]
 fn a_forbidden_syscall_in_a_replica_or_the_supervisor_is_caught() {
-    for kind in ["channel", "supervisor"] {
+    // "main": each replica's main thread, filtered once its program runs.
+    for kind in ["channel", "supervisor", "main"] {
         let mut c = common::ditto();
         let out = common::tempdir();
         c.env(HOOK, kind)

@@ -47,12 +47,11 @@ fn many_seeds_run_without_vmm_panic_or_hang() {
     }
 }
 
-/// The program ends as it does natively (exit 0 with its digest line). Open: ditto's
-/// syscall layer writes into guest pages that are read-only, PROT_NONE or unmapped
-/// (see `buffers_in_protected_memory_fault_as_on_linux`), and the fuzzer's pointers
-/// into its own read-only data and past its guard page corrupt it under ditto.
+/// The program ends as it does natively (exit 0 with its digest line). It did not while
+/// ditto's syscall layer wrote into guest pages that were read-only, PROT_NONE or
+/// unmapped (see `buffers_in_protected_memory_fault_as_on_linux`): the fuzzer's pointers
+/// into its own read-only data and past its guard page corrupted it.
 #[test]
-#[ignore = "open defect: syscall buffers are not checked against guest page protections"]
 fn many_seeds_end_as_natively() {
     let p = prog("sysfuzz");
     for seed in 1..=24 {
@@ -83,11 +82,9 @@ fn a_wrong_sigset_size_is_einval_not_a_wait() {
 }
 
 /// read() into a read-only page, a PROT_NONE page and an unmapped page: EFAULT on Linux,
-/// the page untouched. Open (found by the fuzzer, not fixed in this branch): ditto checks
-/// a buffer only against the bounds of guest memory, so all three succeed and the
-/// read-only page is overwritten.
+/// the page untouched (found by the fuzzer: ditto checked a buffer only against the
+/// bounds of guest memory, so all three succeeded and the read-only page was overwritten).
 #[test]
-#[ignore = "open defect: syscall buffers are not checked against guest page protections"]
 fn buffers_in_protected_memory_fault_as_on_linux() {
     let p = prog("protbuf");
     let want = native(&[p.to_str().unwrap()], b"");
@@ -104,18 +101,18 @@ fn report(out: &Path) -> Report {
 }
 
 /// Two seeds as a pair in each mode: the secondary sees the same results (and so the
-/// same digest, or the same crash), and the report says identical. Open: seed 3 diverges
-/// at about syscall 20 in both modes (the secondary issues fcntl where the primary's next
-/// logged call is socketpair), and seed 8 does not end within 120 s; not yet diagnosed.
+/// same digest, or the same crash), and the report says identical. Seed 3 diverged at its
+/// work directory: the secondary's root was read-only and the primary's writable, so
+/// mkdtemp failed in the secondary alone (`--private-tmp` gives each replica its own /tmp). Seed 8 hung under `--det`: a read of a blocking epoll descriptor waited for
+/// POLLIN for ever where Linux answers EINVAL at once.
 #[test]
-#[ignore = "open defect: fuzz pairs diverge (seed 3) or stall (seed 8)"]
 fn pairs_of_fuzz_runs_are_identical_in_both_modes() {
     let p = prog("sysfuzz");
     for mode in ["det", "follow"] {
         for seed in [3u64, 8] {
             let out = tempdir();
             let mut c = ditto();
-            c.args(["pair", "--quiet", "--mode", mode, "--out"])
+            c.args(["pair", "--quiet", "--private-tmp", "--mode", mode, "--out"])
                 .arg(out.path())
                 .arg("--")
                 .arg(&p)

@@ -96,12 +96,15 @@ pub struct Process {
 impl Process {
     /// Builds the shared state. Thread ids start at the pid, as Linux's main thread.
     pub fn new(
-        mem: GuestMemory,
-        aspace: AddressSpace,
+        mut mem: GuestMemory,
+        mut aspace: AddressSpace,
         fs: FsContext,
         fds: FdTable,
         exe_path: String,
     ) -> Self {
+        // From here on every buffer a syscall names is checked against the program's
+        // mappings, which the mapping table keeps in the guest memory's page table.
+        aspace.vmas_mut().mirror_into(mem.enforce_protections());
         Process {
             mem,
             fds: Mutex::new(fds),
@@ -208,14 +211,23 @@ impl crate::itimer::AlarmTarget for Process {
     }
 }
 
-/// A process for unit tests: 64 MiB of guest memory, the host root, no descriptors.
+/// A process for unit tests: 64 MiB of guest memory, the host root, no descriptors;
+/// [4 MiB, 8 MiB) and [16 MiB, 32 MiB) are mapped read-write for the tests' buffers
+/// (syscall buffers are checked against the mappings).
 #[cfg(test)]
 pub(crate) fn test_process() -> Process {
     let mem = GuestMemory::new(64 << 20).unwrap();
     let layout = crate::address_space::Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
+    let mut aspace = AddressSpace::new(layout);
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    for (start, end) in [(4 << 20, 8 << 20), (16 << 20, 32 << 20)] {
+        aspace
+            .vmas_mut()
+            .insert(start, crate::vma::Vma::anon(end, rw, false, None));
+    }
     Process::new(
         mem,
-        AddressSpace::new(layout),
+        aspace,
         FsContext::new(std::path::Path::new("/")).unwrap(),
         FdTable::new(),
         "/test".into(),

@@ -6,8 +6,15 @@
 //! (`[heap]`, `[stack]`). It is a pure function of the program's calls, so replicas agree.
 //! VMM-owned pages (the system area below `USER_START`, the doorbell pages above the
 //! stack) are never entered.
+//!
+//! Every change is mirrored into the page-protection table the guest memory checks
+//! syscall buffers against (`guest_memory::protect`), so that table cannot drift from
+//! this one: the three mutators below are the only way in.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use guest_memory::PageProt;
 
 /// The file behind a file mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,12 +87,41 @@ impl Vma {
 #[derive(Clone, Debug, Default)]
 pub struct VmaTable {
     map: BTreeMap<u64, Vma>,
+    /// The guest memory's protection table, kept equal to `map` once attached.
+    mirror: Option<Arc<PageProt>>,
 }
 
 impl VmaTable {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Mirrors this table into `prot` from now on (it starts with nothing mapped).
+    pub fn mirror_into(&mut self, prot: Arc<PageProt>) {
+        for (&s, v) in &self.map {
+            prot.set(s, v.end, v.prot);
+        }
+        self.mirror = Some(prot);
+    }
+
+    /// Copies the protections of `[start, end)` into the mirror: unmapped where no
+    /// mapping is.
+    fn sync(&self, start: u64, end: u64) {
+        let Some(t) = &self.mirror else {
+            return;
+        };
+        t.set(start, end, 0);
+        let from = self
+            .map
+            .range(..start)
+            .next_back()
+            .map_or(start, |(&s, _)| s);
+        for (&s, v) in self.map.range(from..end) {
+            if v.end > start {
+                t.set(s.max(start), v.end.min(end), v.prot);
+            }
+        }
     }
 
     /// Splits the mapping that straddles `at`, if any, so that `at` is a boundary.
@@ -114,6 +150,7 @@ impl VmaTable {
         for s in inside {
             self.map.remove(&s);
         }
+        self.sync(start, end);
     }
 
     /// Enters a mapping at `[start, vma.end)`, replacing what was there.
@@ -125,6 +162,7 @@ impl VmaTable {
         self.remove(start, end);
         self.map.insert(start, vma);
         self.merge_around(start, end);
+        self.sync(start, end);
     }
 
     /// Sets the protection of the mapped parts of `[start, end)` (mprotect).
@@ -138,6 +176,7 @@ impl VmaTable {
             v.prot = prot;
         }
         self.merge_around(start, end);
+        self.sync(start, end);
     }
 
     /// Merges mappings from the one before `start` to the one at `end`.
@@ -245,6 +284,28 @@ mod tests {
         assert!(t.covers(0x12000, 0x14000));
         assert_eq!(t.contiguous_from(0x10800, 0x10000), 0x800);
         assert_eq!(t.contiguous_from(0x11000, 0x10000), 0);
+    }
+
+    #[test]
+    fn the_mirror_follows_every_change() {
+        use guest_memory::Access;
+        let mut t = VmaTable::new();
+        t.insert(0x10000, Vma::anon(0x14000, RW, false, None));
+        let m = Arc::new(PageProt::new(1 << 20));
+        t.mirror_into(Arc::clone(&m));
+        assert!(m.allows(0x10000, 0x4000, Access::Write));
+        t.protect(0x11000, 0x12000, R);
+        assert_eq!(m.prefix(0x10000, 0x4000, Access::Write), 0x1000);
+        assert!(m.allows(0x10000, 0x4000, Access::Read));
+        t.protect(0x12000, 0x13000, 0);
+        assert_eq!(m.prefix(0x10000, 0x4000, Access::Read), 0x2000);
+        t.remove(0x13000, 0x14000);
+        assert!(!m.allows(0x13000, 1, Access::Read));
+        // mprotect of a hole leaves it unmapped.
+        t.protect(0x13000, 0x15000, RW);
+        assert!(!m.allows(0x13000, 1, Access::Read));
+        t.insert(0x13000, Vma::anon(0x15000, RW, false, None));
+        assert!(m.allows(0x13000, 0x2000, Access::Write));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 /*
- * bench getpid N | compute N | memcpy MB | thread N: micro benchmarks for the VMM's costs.
+ * bench getpid N | rw N | compute N | memcpy MB | thread N: micro benchmarks for the VMM's costs.
  * Each prints one line on stdout: "<name> <iterations> <total_ns> <ns_per_iter>", with
  * ns_per_iter to two decimals. Time is read once before and once after the loop, so the
  * measurement adds only two clock_gettime calls.
  *   getpid N   N raw getpid syscalls (one VM exit each under ditto)
+ *   rw N       N rounds of a 64-byte write into a pipe and a 64-byte read back out: 2N
+ *              raw syscalls with a buffer each (iterations are the 2N calls)
  *   compute N  N iterations of an integer loop (no exits); its result goes to stderr
  *   memcpy MB  copies MB MiB, REPS times, after touching both buffers; iterations are the
  *              MiB copied in all, so ns_per_iter is ns per MiB
@@ -31,7 +33,7 @@ static void *nothing(void *arg) { return arg; }
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: bench getpid|compute|memcpy|thread N\n");
+        fprintf(stderr, "usage: bench getpid|rw|compute|memcpy|thread N\n");
         return 2;
     }
     const char *what = argv[1];
@@ -42,6 +44,24 @@ int main(int argc, char **argv)
         for (long i = 0; i < n; i++)
             syscall(SYS_getpid);
         t1 = now_ns();
+    } else if (strcmp(what, "rw") == 0) {
+        int p[2];
+        char buf[64];
+        memset(buf, 'x', sizeof buf);
+        if (pipe(p) != 0) {
+            fprintf(stderr, "rw: pipe failed\n");
+            return 1;
+        }
+        t0 = now_ns();
+        for (long i = 0; i < n; i++) {
+            if (syscall(SYS_write, p[1], buf, sizeof buf) != sizeof buf ||
+                syscall(SYS_read, p[0], buf, sizeof buf) != sizeof buf) {
+                fprintf(stderr, "rw: short transfer at %ld\n", i);
+                return 1;
+            }
+        }
+        t1 = now_ns();
+        iters = 2 * n;
     } else if (strcmp(what, "compute") == 0) {
         unsigned long x = 88172645463325252ul, acc = 0;
         t0 = now_ns();

@@ -8,7 +8,7 @@
 //!   only `safecopy`'s own routines can be fixed up to EFAULT;
 //! - a program pointer is checked against a policy, not just the region's bounds: the
 //!   system area below `USER_START`, the pages `reserve_top` keeps, and the zero-length
-//!   rule of `user_range`; vm-memory would add a region lookup and remove none of these;
+//!   rule of `user_bounds`; vm-memory would add a region lookup and remove none of these;
 //! - file mappings are placed *into* this mapping with `MAP_FIXED`, which a region made
 //!   with `MmapRegion::build_raw` (whose prot and flags must describe the whole mapping)
 //!   does not model.
@@ -19,8 +19,10 @@
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use crate::errno::Errno;
+use crate::protect::{Access, PageProt};
 use crate::safecopy::{self, GuestRange};
 
 /// Guest addresses below this are the VMM's system area (NULL guard, GDT, IDT, TSS,
@@ -51,6 +53,9 @@ pub struct GuestMemory {
     /// End of the program-visible range: above it lie VMM pages the program must not
     /// replace (the doorbell shims and data pages; see `reserve_top`).
     user_end: u64,
+    /// The program's page protections, once the syscall layer keeps them
+    /// (`enforce_protections`); before that (loading, unit tests) only bounds count.
+    prot: Option<Arc<PageProt>>,
     /// Makes faults on program pages inside the safe copy routines EFAULT.
     _range: GuestRange,
 }
@@ -92,6 +97,7 @@ impl GuestMemory {
             base: base as *mut u8,
             size,
             user_end: size,
+            prot: None,
             _range: GuestRange::register(base as u64, size),
         })
     }
@@ -114,7 +120,51 @@ impl GuestMemory {
         self.user_end = self.size.saturating_sub(len).max(USER_START);
     }
 
-    /// Host pointer for the program-visible range `[gva, gva+len)`, or EFAULT.
+    /// From now on, checks every program access against the returned page table, which
+    /// starts with nothing mapped; the caller keeps it equal to the program's mappings.
+    pub fn enforce_protections(&mut self) -> Arc<PageProt> {
+        let t = Arc::new(PageProt::new(self.size));
+        self.prot = Some(Arc::clone(&t));
+        t
+    }
+
+    /// Host pointer for the program range `[gva, gva+len)` when the program's mappings
+    /// allow `access` on all of it, else EFAULT (as a Linux copy that faults).
+    pub fn user_range(&self, gva: u64, len: u64, access: Access) -> Result<*mut u8, Errno> {
+        let p = self.user_bounds(gva, len)?;
+        match &self.prot {
+            Some(t) if len != 0 && !t.allows(gva, len, access) => Err(Errno::EFAULT),
+            _ => Ok(p),
+        }
+    }
+
+    /// Host pointer and length for the part of `[gva, gva+len)` a Linux copy would get
+    /// through before it faults: the calls that return a short count instead of EFAULT
+    /// (read, write, recv, send...) use only that part. EFAULT when not even one byte is
+    /// accessible (and `len` is not 0).
+    pub fn user_prefix(&self, gva: u64, len: u64, access: Access) -> Result<(*mut u8, u64), Errno> {
+        let n = self.accessible(gva, len, access);
+        if n == 0 && len != 0 {
+            return Err(Errno::EFAULT);
+        }
+        Ok((self.user_bounds(gva, n)?, n))
+    }
+
+    /// How many bytes from `gva` on (at most `len`) are program memory allowing `access`.
+    pub fn accessible(&self, gva: u64, len: u64, access: Access) -> u64 {
+        let len = len.min(self.user_end.saturating_sub(gva));
+        if gva < USER_START || len == 0 {
+            return 0;
+        }
+        match &self.prot {
+            Some(t) => t.prefix(gva, len, access),
+            None => len,
+        }
+    }
+
+    /// Host pointer for the program-visible range `[gva, gva+len)`, or EFAULT, whatever
+    /// the program's protections there: for the calls that change mappings (mmap,
+    /// munmap, madvise) and for FOLL_FORCE access (/proc/self/mem).
     ///
     /// An empty range is valid anywhere (the kernel does the same: a zero-length read
     /// does not fault). Its pointer is never the mapping's base, which is guest
@@ -122,7 +172,7 @@ impl GuestMemory {
     /// program part of guest memory (so a host call sees the program's alignment, as
     /// madvise and msync check it), else a page-aligned dangling pointer outside the
     /// mapping, which the host faults on should it ever write there.
-    pub fn user_range(&self, gva: u64, len: u64) -> Result<*mut u8, Errno> {
+    pub fn user_bounds(&self, gva: u64, len: u64) -> Result<*mut u8, Errno> {
         if len == 0 {
             if (USER_START..=self.user_end).contains(&gva) {
                 // SAFETY: gva <= user_end <= size: inside the mapping or one past its end.
@@ -159,7 +209,7 @@ impl GuestMemory {
     /// and repr(C) structs of them): the bytes come from the program.
     pub fn read_obj<T: Copy>(&self, gva: u64) -> Result<T, Errno> {
         let n = std::mem::size_of::<T>();
-        let p = self.user_range(gva, n as u64)?;
+        let p = self.user_range(gva, n as u64, Access::Read)?;
         let mut v = std::mem::MaybeUninit::<T>::uninit();
         // SAFETY: the source range is inside the mapping (a host fault becomes an
         // error); the destination is our own n-byte value.
@@ -172,7 +222,7 @@ impl GuestMemory {
     /// faults on the host (read-only or past EOF).
     pub fn write_obj<T: Copy>(&self, gva: u64, val: &T) -> Result<(), Errno> {
         let n = std::mem::size_of::<T>();
-        let p = self.user_range(gva, n as u64)?;
+        let p = self.user_range(gva, n as u64, Access::Write)?;
         // SAFETY: the destination range is inside the mapping (a host fault becomes an
         // error); the source is the n bytes of `val`.
         unsafe { safecopy::copy(p, (val as *const T).cast::<u8>(), n)? };
@@ -181,7 +231,20 @@ impl GuestMemory {
 
     /// Copies `len` bytes out of program memory.
     pub fn read_bytes(&self, gva: u64, len: u64) -> Result<Vec<u8>, Errno> {
-        let p = self.user_range(gva, len)?;
+        self.read_bytes_as(gva, len, Some(Access::Read))
+    }
+
+    /// Copies `len` bytes out of program memory whatever its protection (FOLL_FORCE:
+    /// /proc/self/mem, mremap's move); only the bounds are checked.
+    pub fn read_bytes_forced(&self, gva: u64, len: u64) -> Result<Vec<u8>, Errno> {
+        self.read_bytes_as(gva, len, None)
+    }
+
+    fn read_bytes_as(&self, gva: u64, len: u64, access: Option<Access>) -> Result<Vec<u8>, Errno> {
+        let p = match access {
+            Some(a) => self.user_range(gva, len, a)?,
+            None => self.user_bounds(gva, len)?,
+        };
         let mut v = vec![0u8; len as usize];
         // SAFETY: source range checked above (a host fault becomes an error);
         // destination is a fresh Vec of len bytes.
@@ -191,7 +254,21 @@ impl GuestMemory {
 
     /// Copies bytes into program memory.
     pub fn write_bytes(&self, gva: u64, data: &[u8]) -> Result<(), Errno> {
-        let p = self.user_range(gva, data.len() as u64)?;
+        self.write_bytes_as(gva, data, Some(Access::Write))
+    }
+
+    /// Copies bytes into program memory whatever its protection (FOLL_FORCE); a host
+    /// read-only page (a shared file mapping opened read-only) is still EFAULT.
+    pub fn write_bytes_forced(&self, gva: u64, data: &[u8]) -> Result<(), Errno> {
+        self.write_bytes_as(gva, data, None)
+    }
+
+    fn write_bytes_as(&self, gva: u64, data: &[u8], access: Option<Access>) -> Result<(), Errno> {
+        let len = data.len() as u64;
+        let p = match access {
+            Some(a) => self.user_range(gva, len, a)?,
+            None => self.user_bounds(gva, len)?,
+        };
         // SAFETY: destination range checked above (a host fault becomes an error).
         unsafe { safecopy::copy(p, data.as_ptr(), data.len())? };
         Ok(())
@@ -227,7 +304,7 @@ impl GuestMemory {
         loop {
             // Read page by page so a string that ends just before unmapped space works.
             let page_left = 4096 - (addr % 4096);
-            let p = self.user_range(addr, page_left)?;
+            let p = self.user_range(addr, page_left, Access::Read)?;
             let mut page = [0u8; 4096];
             let chunk = &mut page[..page_left as usize];
             // SAFETY: the whole chunk was range-checked (a host fault becomes an error);
@@ -252,7 +329,7 @@ impl GuestMemory {
     /// Replaces `[gva, gva+len)` with fresh zero-filled anonymous memory. Used for munmap
     /// and to undo file mappings, so a reused range reads as zeros, as Linux promises.
     pub fn reset_range(&self, gva: u64, len: u64) -> Result<(), Errno> {
-        let p = self.user_range(gva, len)?;
+        let p = self.user_bounds(gva, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -284,7 +361,7 @@ impl GuestMemory {
         fd: RawFd,
         offset: u64,
     ) -> Result<(), Errno> {
-        let p = self.user_range(gva, len)?;
+        let p = self.user_bounds(gva, len)?;
         // A private mapping is always host-writable (copy-on-write), because the program
         // may mprotect it writable later and we cannot change host protections per page
         // cheaply; a shared one must respect the file's open mode.
@@ -334,11 +411,11 @@ mod tests {
     #[test]
     fn rejects_system_area_and_out_of_range() {
         let m = GuestMemory::new(4 << 20).unwrap();
-        assert_eq!(m.user_range(0, 8).unwrap_err(), Errno::EFAULT);
-        assert_eq!(m.user_range(USER_START - 4, 8).unwrap_err(), Errno::EFAULT);
-        assert_eq!(m.user_range((4 << 20) - 4, 8).unwrap_err(), Errno::EFAULT);
-        assert_eq!(m.user_range(u64::MAX - 2, 8).unwrap_err(), Errno::EFAULT);
-        assert!(m.user_range(USER_START, 8).is_ok());
+        assert_eq!(m.user_bounds(0, 8).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.user_bounds(USER_START - 4, 8).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.user_bounds((4 << 20) - 4, 8).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.user_bounds(u64::MAX - 2, 8).unwrap_err(), Errno::EFAULT);
+        assert!(m.user_bounds(USER_START, 8).is_ok());
     }
 
     #[test]
@@ -346,7 +423,7 @@ mod tests {
         let m = GuestMemory::new(4 << 20).unwrap();
         // Outside the program part: a page-aligned pointer outside the mapping.
         for gva in [0, 8, USER_START - 1, (4 << 20) + 1, u64::MAX] {
-            let p = m.user_range(gva, 0).unwrap() as u64;
+            let p = m.user_bounds(gva, 0).unwrap() as u64;
             assert!(
                 p < m.host_base() || p > m.host_base() + m.size(),
                 "{gva:#x}"
@@ -354,7 +431,7 @@ mod tests {
             assert_eq!(p % 4096, 0);
         }
         // Inside it: the address itself, so its alignment is the program's.
-        let p = m.user_range(USER_START + 3, 0).unwrap() as u64;
+        let p = m.user_bounds(USER_START + 3, 0).unwrap() as u64;
         assert_eq!(p, m.host_base() + USER_START + 3);
         assert!(m.read_bytes(0, 0).unwrap().is_empty());
         m.write_bytes(0, &[]).unwrap();
@@ -381,9 +458,9 @@ mod tests {
         let mut m = GuestMemory::new(4 << 20).unwrap();
         m.reserve_top(8192);
         let top = (4 << 20) - 8192;
-        assert!(m.user_range(top - 8, 8).is_ok());
-        assert_eq!(m.user_range(top - 4, 8).unwrap_err(), Errno::EFAULT);
-        assert_eq!(m.user_range(top, 4096).unwrap_err(), Errno::EFAULT);
+        assert!(m.user_bounds(top - 8, 8).is_ok());
+        assert_eq!(m.user_bounds(top - 4, 8).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.user_bounds(top, 4096).unwrap_err(), Errno::EFAULT);
         assert!(m.system_range(top, 8192).is_some());
     }
 
@@ -405,6 +482,31 @@ mod tests {
             .unwrap();
         assert_eq!(m.read_obj::<u64>(at).unwrap(), 0);
         assert_eq!(m.write_bytes(at, b"x").unwrap_err(), Errno::EFAULT);
+    }
+
+    /// Once protections are enforced, a copy needs the access the program's mapping
+    /// gives; forced copies (FOLL_FORCE) need only the bounds.
+    #[test]
+    fn enforced_protections_decide_each_access() {
+        let mut m = GuestMemory::new(4 << 20).unwrap();
+        let t = m.enforce_protections();
+        let at = USER_START + 0x1000;
+        t.set(at, at + 0x1000, (libc::PROT_READ | libc::PROT_WRITE) as u32);
+        t.set(at + 0x1000, at + 0x2000, libc::PROT_READ as u32);
+        m.write_obj(at, &7u64).unwrap();
+        assert_eq!(m.write_obj(at + 0x1000, &7u64).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.read_obj::<u64>(at + 0x1000).unwrap(), 0);
+        assert_eq!(m.read_obj::<u64>(at + 0x2000).unwrap_err(), Errno::EFAULT);
+        assert_eq!(m.read_obj::<u64>(USER_START).unwrap_err(), Errno::EFAULT);
+        let (_, n) = m.user_prefix(at + 0xff0, 0x100, Access::Write).unwrap();
+        assert_eq!(n, 0x10);
+        assert_eq!(
+            m.user_prefix(at + 0x1000, 8, Access::Write).unwrap_err(),
+            Errno::EFAULT
+        );
+        m.write_bytes_forced(at + 0x1000, b"forced").unwrap();
+        assert_eq!(m.read_bytes(at + 0x1000, 6).unwrap(), b"forced");
+        assert_eq!(m.read_bytes_forced(USER_START, 1).unwrap(), vec![0]);
     }
 
     #[test]

@@ -107,6 +107,15 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
         micro(
             &bench,
             reps,
+            "pipe write/read 64 B",
+            "ns/call",
+            &["rw"],
+            "500000",
+            "10000",
+        )?,
+        micro(
+            &bench,
+            reps,
             "compute loop",
             "ns/iter",
             &["compute"],

@@ -212,6 +212,7 @@ fn image_selection(p: &ProgramArgs, name: &str) -> Result<Selection, (u8, String
             read_only: Vec::new(),
             read_only_root: false,
             replication: None,
+            filter_main: true,
         },
         _state: temp,
     })
@@ -252,6 +253,7 @@ pub fn vm_config(p: &ProgramArgs) -> Result<Selection, (u8, String)> {
             read_only: Vec::new(),
             read_only_root: false,
             replication: None,
+            filter_main: true,
         },
         _state: None,
     })

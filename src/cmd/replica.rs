@@ -122,6 +122,22 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
         }
     };
     let c = &mut selection.config;
+    if a.options.private_tmp && a.program.image.is_none() {
+        // `--private-tmp`: a private, empty /tmp in each replica (and a read-only root
+        // around it, in both): the secondary may not write the primary's files, and a
+        // program that makes a temporary file (the fuzzer's work directory) must find the
+        // same filesystem in both replicas, not a writable one in the primary only.
+        let tmp = a.out.join(format!("{}-state", a.role)).join("tmp");
+        if let Err(e) = std::fs::create_dir_all(&tmp) {
+            eprintln!(
+                "ditto: {} replica: cannot create {}: {e}",
+                a.role,
+                tmp.display()
+            );
+            return ExitCode::from(EXIT_HOST_ERROR);
+        }
+        c.writable.push(("/tmp".into(), tmp));
+    }
     c.det = true;
     c.det_preload = Some(guest_images::progs::libditto());
     c.replication = Some(rep.clone());

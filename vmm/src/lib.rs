@@ -71,6 +71,11 @@ pub struct VmConfig {
     /// With `det`: the host libditto.so that dynamic programs get through LD_PRELOAD, served
     /// at [`det::runtime::LIBDITTO_GUEST_PATH`] inside the root.
     pub det_preload: Option<PathBuf>,
+    /// Once the program's first thread runs, restrict the calling thread with the `main`
+    /// seccomp filter (docs/seccomp.md): for a process that runs one program and then
+    /// only waits, reports and exits (`ditto run`, a replica). The thread cannot set up
+    /// another VM afterwards.
+    pub filter_main: bool,
 }
 
 /// Errors that stop a program from starting. Each is bad input or a host problem,
@@ -529,6 +534,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
             },
         })
         .map_err(|e| VmmError::Host(format!("cannot start the main thread: {e}")))?;
+    if config.filter_main {
+        // Every thread this one starts exists now; what is left is waiting and reporting.
+        devices::seccomp::apply_or_exit(devices::seccomp::Kind::Main);
+    }
     let exit = loop {
         if let Some(r) = process.wait_exit(Duration::from_millis(200)) {
             break r;

@@ -53,7 +53,7 @@ impl DetPage {
     ///
     /// `host` must be 8-byte aligned and point at `BYTES` bytes that stay mapped, readable
     /// and writable, for as long as the page lives (guest memory, checked with
-    /// `GuestMemory::user_range`).
+    /// `GuestMemory::user_bounds`).
     pub unsafe fn new(gva: u64, host: *mut u8) -> Self {
         let page = DetPage {
             gva,
@@ -427,7 +427,7 @@ mod tests {
         let gva = USER_START;
         mem.map_file(gva, DetPage::BYTES, true, true, file.as_raw_fd(), 0)
             .unwrap();
-        let host = mem.user_range(gva, DetPage::BYTES).unwrap();
+        let host = mem.user_bounds(gva, DetPage::BYTES).unwrap();
         // SAFETY: page-aligned guest memory that outlives the page (`mem` lives to the
         // end of the test, after the runtime).
         let page = unsafe { DetPage::new(gva, host) };

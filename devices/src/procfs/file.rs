@@ -227,7 +227,7 @@ impl VirtFile {
                 if at == 0 {
                     self.regenerate(p)?;
                 }
-                let dst = p.mem.user_range(buf, len)?;
+                let dst = p.mem.user_range(buf, len, guest_memory::Access::Write)?;
                 let r = match off {
                     // SAFETY: a checked guest range and our own descriptor.
                     Some(o) => unsafe {
@@ -287,9 +287,11 @@ impl VirtFile {
         }
         if write {
             let data = p.mem.read_bytes(buf, n)?;
-            p.mem.write_bytes(addr, &data).map_err(|_| Errno::EIO)?;
+            p.mem
+                .write_bytes_forced(addr, &data)
+                .map_err(|_| Errno::EIO)?;
         } else {
-            let data = p.mem.read_bytes(addr, n).map_err(|_| Errno::EIO)?;
+            let data = p.mem.read_bytes_forced(addr, n).map_err(|_| Errno::EIO)?;
             p.mem.write_bytes(buf, &data)?;
         }
         if off.is_none() {

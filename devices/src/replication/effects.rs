@@ -9,6 +9,7 @@
 use crate::errno::Errno;
 use crate::process::Process;
 use crate::sync::lock;
+use guest_memory::Access;
 
 /// Most bytes one output call is compared over; beyond that only the length counts.
 const OUTPUT_CAP: u64 = 64 << 20;
@@ -350,15 +351,21 @@ pub fn would_output(p: &Process, nr: u64, a: [u64; 6]) -> Result<Vec<u8>, Errno>
         let mut out = Vec::new();
         for (base, len) in iov {
             let room = OUTPUT_CAP - out.len() as u64;
-            out.extend_from_slice(&p.mem.read_bytes(base, len.min(room))?);
-            if out.len() as u64 >= OUTPUT_CAP {
+            // The call writes only what it can read before a fault (util::iovecs).
+            let want = len.min(room);
+            let n = p.mem.accessible(base, want, Access::Read);
+            out.extend_from_slice(&p.mem.read_bytes(base, n)?);
+            if n < want || out.len() as u64 >= OUTPUT_CAP {
                 break;
             }
         }
         Ok(out)
     };
     match nr as i64 {
-        SYS_write | SYS_pwrite64 | SYS_sendto => p.mem.read_bytes(a[1], a[2].min(OUTPUT_CAP)),
+        SYS_write | SYS_pwrite64 | SYS_sendto => {
+            let n = p.mem.accessible(a[1], a[2].min(OUTPUT_CAP), Access::Read);
+            p.mem.read_bytes(a[1], n)
+        }
         SYS_writev | SYS_pwritev | SYS_pwritev2 => gather(iovecs(p, a[1], a[2])?),
         SYS_sendmsg => {
             let m = read_msghdr(p, a[1])?;

@@ -40,16 +40,20 @@ pub enum Kind {
     Signals,
     /// The supervisor of `ditto pair`, once both replicas run.
     Supervisor,
+    /// The main thread of `ditto run` and of a replica, once the program's first thread
+    /// runs: it waits for the end, shuts the machine down and writes its reports.
+    Main,
 }
 
 impl Kind {
     /// Every kind, in the order of the golden file.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Vcpu,
         Kind::Server,
         Kind::Channel,
         Kind::Signals,
         Kind::Supervisor,
+        Kind::Main,
     ];
 
     /// The kind's name, as the report line and the test hook spell it.
@@ -60,6 +64,7 @@ impl Kind {
             Kind::Channel => "channel",
             Kind::Signals => "signals",
             Kind::Supervisor => "supervisor",
+            Kind::Main => "main",
         }
     }
 }

@@ -296,6 +296,42 @@ pub const SUPERVISOR: &[Row] = &[
     (SYS_sendto, ANY),
 ];
 
+/// The main thread of `ditto run` and of a replica once the program runs: it waits
+/// for the program's end (futex, in [`COMMON`]), stops the vCPU threads (tgkill,
+/// joins), says goodbye on the channel (the primary's end record and acks, the
+/// secondary's drain: socket reads and writes, polls), writes its files (the
+/// secondary's findings, the primary's error) and removes a temporary state
+/// directory. It creates no thread and no process after this point, and makes no KVM
+/// call: dropping the VM only closes descriptors and unmaps memory.
+pub const MAIN: &[Row] = &[
+    (SYS_open, ANY),
+    (SYS_openat, ANY),
+    (SYS_fstat, ANY),
+    (SYS_newfstatat, ANY),
+    (SYS_statx, ANY),
+    (SYS_lseek, ANY),
+    (SYS_fcntl, ANY),
+    (SYS_getdents64, ANY),
+    (SYS_mkdir, ANY),
+    (SYS_mkdirat, ANY),
+    (SYS_unlink, ANY),
+    (SYS_unlinkat, ANY),
+    (SYS_rmdir, ANY),
+    (SYS_rename, ANY),
+    (SYS_renameat, ANY),
+    (SYS_renameat2, ANY),
+    (SYS_fsync, ANY),
+    (SYS_fdatasync, ANY),
+    (SYS_poll, ANY),
+    (SYS_ppoll, ANY),
+    (SYS_sendto, ANY),
+    (SYS_recvfrom, ANY),
+    (SYS_sendmsg, ANY),
+    (SYS_recvmsg, ANY),
+    (SYS_shutdown, ANY),
+    (SYS_ioctl, Args::Ioctl(&[0x5401, 0x5413])), // TCGETS, TIOCGWINSZ (terminal checks)
+];
+
 /// The rows of `kind`'s filter, common rows first.
 pub fn rows(kind: Kind) -> Vec<Row> {
     let own: &[&[Row]] = match kind {
@@ -303,6 +339,7 @@ pub fn rows(kind: Kind) -> Vec<Row> {
         Kind::Channel => &[CHANNEL],
         Kind::Signals => &[SIGNALS],
         Kind::Supervisor => &[THREADS, SUPERVISOR],
+        Kind::Main => &[MAIN],
     };
     let mut v = COMMON.to_vec();
     for part in own {

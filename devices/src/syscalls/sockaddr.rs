@@ -1,6 +1,7 @@
 //! Socket addresses: guest sockaddrs copied in (AF_UNIX paths confined to the root),
 //! and (addr, len*) out-parameters whose length the host never reads from guest memory.
 
+use guest_memory::Access;
 use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::sync::Mutex;
@@ -175,11 +176,11 @@ impl OutLen {
             return Err(Errno::EINVAL);
         }
         // The answer goes back there: check it now, before the host acts.
-        buf(ctx, lenp, 4)?;
+        buf(ctx, lenp, 4, Access::Write)?;
         let p = if addr == 0 {
             std::ptr::null_mut()
         } else {
-            buf(ctx, addr, u64::from(len))?
+            buf(ctx, addr, u64::from(len), Access::Write)?
         };
         Ok(OutLen {
             lenp,

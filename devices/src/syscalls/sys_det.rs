@@ -20,6 +20,7 @@
 //!   block and re-enter at the earliest allowed point (input from outside is not
 //!   deterministic in a single run).
 
+use guest_memory::Access;
 use std::time::{Duration, Instant};
 
 use super::util::{buf, file, path};
@@ -108,9 +109,9 @@ fn det_slot(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
         let host = process
             .mem
             .reset_range(gva, DetPage::BYTES)
-            .and_then(|()| process.mem.user_range(gva, DetPage::BYTES));
+            .and_then(|()| process.mem.user_bounds(gva, DetPage::BYTES));
         match host {
-            // SAFETY: user_range checked that the page lies in guest memory, which stays
+            // SAFETY: user_bounds checked that the page lies in guest memory, which stays
             // mapped for the process's lifetime, longer than its det runtime; the page is
             // page-aligned (alloc), so every word is 8-byte aligned.
             Ok(host) => Ok(unsafe { DetPage::new(gva, host) }),
@@ -416,6 +417,25 @@ fn nonblocking(fd: i32) -> bool {
     fl >= 0 && fl & libc::O_NONBLOCK != 0
 }
 
+/// Runs `call` with O_NONBLOCK set on `fd`'s file description when `blocking`, and puts
+/// the flags back after. No other program thread can see the flag meanwhile: the call runs
+/// under the token, and a program's pipes and anonymous objects are its own.
+fn without_blocking(fd: i32, blocking: bool, call: impl FnOnce() -> SysResult) -> SysResult {
+    if !blocking {
+        return call();
+    }
+    // SAFETY: F_GETFL/F_SETFL on a descriptor the caller holds a reference to.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+        return Err(Errno::EAGAIN);
+    }
+    let r = call();
+    // SAFETY: as above; restores the flags read before.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, fl) };
+    r
+}
+
 fn io(
     det: &DetRuntime,
     ctx: &mut SyscallCtx<'_>,
@@ -443,11 +463,18 @@ fn io(
             let events = if write { libc::POLLOUT } else { libc::POLLIN };
             Ok(det.retry_ordered(process, tid, || {
                 if ready(fd, events) {
-                    Some(h(ctx, a))
-                } else if nonblocking(fd) {
-                    Some(Err(Errno::EAGAIN))
-                } else {
+                    return Some(h(ctx, a));
+                }
+                // Not ready: the call is made without blocking, so an object that is never
+                // ready in this direction but answers at once (read of an epoll or pidfd,
+                // write of a timerfd: EINVAL) answers as natively instead of being retried
+                // for ever. A blocking descriptor's EAGAIN means: try again in a later turn.
+                let blocking = !nonblocking(fd);
+                let r = without_blocking(fd, blocking, || h(ctx, a));
+                if blocking && r == Err(Errno::EAGAIN) {
                     None
+                } else {
+                    Some(r)
                 }
             })??)
         }
@@ -476,7 +503,7 @@ fn word<'a>(ctx: &SyscallCtx<'a>, gva: u64) -> Result<GuestU32<'a>, Errno> {
     if !gva.is_multiple_of(4) {
         return Err(Errno::EINVAL);
     }
-    let p = buf(ctx, gva, 4)?;
+    let p = buf(ctx, gva, 4, Access::Read)?;
     // SAFETY: p points at 4 bytes of guest memory, 4-byte aligned, which stays mapped for
     // the process's lifetime ('a); the guest accesses the word atomically too.
     Ok(unsafe { GuestU32::from_ptr(p as *mut u32) })

@@ -1,12 +1,13 @@
 //! Descriptor I/O: read/write and friends, dup, fcntl, ioctl, pipes, eventfds,
 //! sendfile. Paths live in `sys_fs`.
 
-use super::util::{buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
+use super::util::{buf, data_buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::procfs::Virtual;
 use crate::sync::lock;
 use crate::sys;
+use guest_memory::Access;
 
 /// The descriptor I/O table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -57,8 +58,8 @@ fn read(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if let Some(v) = f.virt() {
         return v.read(ctx.process, f.raw(), a[1], a[2], None);
     }
-    let p = buf(ctx, a[1], a[2])?;
-    sc(libc::SYS_read, [f.raw() as u64, p as u64, a[2], 0, 0, 0])
+    let (p, n) = data_buf(ctx, a[1], a[2], Access::Write)?;
+    sc(libc::SYS_read, [f.raw() as u64, p as u64, n, 0, 0, 0])
 }
 
 fn write(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
@@ -66,8 +67,8 @@ fn write(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if let Some(v) = f.virt() {
         return v.write(ctx.process, a[1], a[2], None);
     }
-    let p = buf(ctx, a[1], a[2])?;
-    let r = sc(libc::SYS_write, [f.raw() as u64, p as u64, a[2], 0, 0, 0]);
+    let (p, n) = data_buf(ctx, a[1], a[2], Access::Read)?;
+    let r = sc(libc::SYS_write, [f.raw() as u64, p as u64, n, 0, 0, 0]);
     epipe_kills(ctx, r)
 }
 
@@ -76,11 +77,8 @@ fn pread64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if let Some(v) = f.virt() {
         return v.read(ctx.process, f.raw(), a[1], a[2], Some(a[3]));
     }
-    let p = buf(ctx, a[1], a[2])?;
-    sc(
-        libc::SYS_pread64,
-        [f.raw() as u64, p as u64, a[2], a[3], 0, 0],
-    )
+    let (p, n) = data_buf(ctx, a[1], a[2], Access::Write)?;
+    sc(libc::SYS_pread64, [f.raw() as u64, p as u64, n, a[3], 0, 0])
 }
 
 fn pwrite64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
@@ -88,29 +86,29 @@ fn pwrite64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if let Some(v) = f.virt() {
         return v.write(ctx.process, a[1], a[2], Some(a[3]));
     }
-    let p = buf(ctx, a[1], a[2])?;
+    let (p, n) = data_buf(ctx, a[1], a[2], Access::Read)?;
     let r = sc(
         libc::SYS_pwrite64,
-        [f.raw() as u64, p as u64, a[2], a[3], 0, 0],
+        [f.raw() as u64, p as u64, n, a[3], 0, 0],
     );
     epipe_kills(ctx, r)
 }
 
 fn readv(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let v = iovecs(ctx, a[1], a[2])?;
+    let v = iovecs(ctx, a[1], a[2], Access::Write)?;
     sc(
         libc::SYS_readv,
-        [f.raw() as u64, v.as_ptr() as u64, a[2], 0, 0, 0],
+        [f.raw() as u64, v.as_ptr() as u64, v.len() as u64, 0, 0, 0],
     )
 }
 
 fn writev(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let v = iovecs(ctx, a[1], a[2])?;
+    let v = iovecs(ctx, a[1], a[2], Access::Read)?;
     let r = sc(
         libc::SYS_writev,
-        [f.raw() as u64, v.as_ptr() as u64, a[2], 0, 0, 0],
+        [f.raw() as u64, v.as_ptr() as u64, v.len() as u64, 0, 0, 0],
     );
     epipe_kills(ctx, r)
 }
@@ -129,21 +127,35 @@ fn rwf_flags(ctx: &SyscallCtx<'_>, a: &[u64; 6]) -> u64 {
 /// preadv and preadv2 share a layout; both are served by the host's preadv2.
 fn preadv(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let v = iovecs(ctx, a[1], a[2])?;
+    let v = iovecs(ctx, a[1], a[2], Access::Write)?;
     let flags = rwf_flags(ctx, &a);
     sc(
         libc::SYS_preadv2,
-        [f.raw() as u64, v.as_ptr() as u64, a[2], a[3], a[4], flags],
+        [
+            f.raw() as u64,
+            v.as_ptr() as u64,
+            v.len() as u64,
+            a[3],
+            a[4],
+            flags,
+        ],
     )
 }
 
 fn pwritev(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let v = iovecs(ctx, a[1], a[2])?;
+    let v = iovecs(ctx, a[1], a[2], Access::Read)?;
     let flags = rwf_flags(ctx, &a);
     let r = sc(
         libc::SYS_pwritev2,
-        [f.raw() as u64, v.as_ptr() as u64, a[2], a[3], a[4], flags],
+        [
+            f.raw() as u64,
+            v.as_ptr() as u64,
+            v.len() as u64,
+            a[3],
+            a[4],
+            flags,
+        ],
     );
     epipe_kills(ctx, r)
 }
@@ -238,7 +250,13 @@ fn fcntl(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         | libc::F_OFD_SETLK
         | libc::F_OFD_SETLKW => {
             let f = file(ctx, a[0])?;
-            let p = buf(ctx, a[2], std::mem::size_of::<libc::flock>() as u64)?;
+            // The GETLK forms write the lock they find back; the others only read it.
+            let access = if cmd == libc::F_GETLK || cmd == libc::F_OFD_GETLK {
+                Access::Write
+            } else {
+                Access::Read
+            };
+            let p = buf(ctx, a[2], std::mem::size_of::<libc::flock>() as u64, access)?;
             sc(
                 libc::SYS_fcntl,
                 [f.raw() as u64, cmd as u64, p as u64, 0, 0, 0],
@@ -267,7 +285,12 @@ fn ioctl(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         }
         _ => return Err(Errno::ENOTTY),
     };
-    let p = buf(ctx, a[2], size)?;
+    // The get forms write their argument; the set forms (and FIONBIO) read it.
+    let access = match req {
+        0x5401 | 0x5413 | 0x540F | 0x541B | 0x5411 => Access::Write,
+        _ => Access::Read,
+    };
+    let p = buf(ctx, a[2], size, access)?;
     sc(libc::SYS_ioctl, [f.raw() as u64, req, p as u64, 0, 0, 0])
 }
 
@@ -277,13 +300,23 @@ fn fstat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         let st = crate::procfs::file::stat_of(&v.node);
         return ctx.process.mem.write_obj(a[1], &st).map(|_| 0);
     }
-    let p = buf(ctx, a[1], std::mem::size_of::<libc::stat>() as u64)?;
+    let p = buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<libc::stat>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_fstat, [f.raw() as u64, p as u64, 0, 0, 0, 0])
 }
 
 fn fstatfs(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let p = buf(ctx, a[1], std::mem::size_of::<libc::statfs>() as u64)?;
+    let p = buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<libc::statfs>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_fstatfs, [f.raw() as u64, p as u64, 0, 0, 0, 0])
 }
 
@@ -308,7 +341,7 @@ fn getdents64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if let Some(v) = f.virt() {
         return v.getdents64(ctx.process, a[1], a[2]);
     }
-    let p = buf(ctx, a[1], a[2])?;
+    let p = buf(ctx, a[1], a[2], Access::Write)?;
     sc(
         libc::SYS_getdents64,
         [f.raw() as u64, p as u64, a[2], 0, 0, 0],
@@ -321,7 +354,7 @@ fn pipe(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn pipe2(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     // Check the destination before creating anything, so EFAULT leaks nothing.
-    buf(ctx, a[0], 8)?;
+    buf(ctx, a[0], 8, Access::Write)?;
     let mut fds = [0i32; 2];
     sc(
         libc::SYS_pipe2,
@@ -368,7 +401,7 @@ fn memfd_create(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 fn sendfile(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let out = file(ctx, a[0])?;
     let inp = file(ctx, a[1])?;
-    let off = opt_buf(ctx, a[2], 8)?;
+    let off = opt_buf(ctx, a[2], 8, Access::Write)?;
     let r = sc(
         libc::SYS_sendfile,
         [out.raw() as u64, inp.raw() as u64, off as u64, a[3], 0, 0],
@@ -378,9 +411,9 @@ fn sendfile(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn copy_file_range(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let inp = file(ctx, a[0])?;
-    let ioff = opt_buf(ctx, a[1], 8)?;
+    let ioff = opt_buf(ctx, a[1], 8, Access::Write)?;
     let out = file(ctx, a[2])?;
-    let ooff = opt_buf(ctx, a[3], 8)?;
+    let ooff = opt_buf(ctx, a[3], 8, Access::Write)?;
     sc(
         libc::SYS_copy_file_range,
         [
@@ -396,9 +429,9 @@ fn copy_file_range(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn splice(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let inp = file(ctx, a[0])?;
-    let ioff = opt_buf(ctx, a[1], 8)?;
+    let ioff = opt_buf(ctx, a[1], 8, Access::Write)?;
     let out = file(ctx, a[2])?;
-    let ooff = opt_buf(ctx, a[3], 8)?;
+    let ooff = opt_buf(ctx, a[3], 8, Access::Write)?;
     let r = sc(
         libc::SYS_splice,
         [

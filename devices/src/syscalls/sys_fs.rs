@@ -4,6 +4,7 @@ use super::util::{at_path, buf, dirfd, install, path, sc, AtPath};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::sys;
+use guest_memory::Access;
 
 /// The filesystem table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -84,7 +85,12 @@ fn creat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 /// fstatat-like call with a resolved path.
 fn stat_at(ctx: &SyscallCtx<'_>, at: &AtPath, out: u64, flags: u64) -> SysResult {
-    let p = buf(ctx, out, std::mem::size_of::<libc::stat>() as u64)?;
+    let p = buf(
+        ctx,
+        out,
+        std::mem::size_of::<libc::stat>() as u64,
+        Access::Write,
+    )?;
     let flags = flags
         | if at.empty {
             libc::AT_EMPTY_PATH as u64
@@ -150,7 +156,12 @@ fn statx(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         return super::proc_paths::write_statx(ctx, a[4], &st?);
     }
     let at = at_path(ctx, a[0], a[1], !nofollow, empty_ok, false)?;
-    let p = buf(ctx, a[4], std::mem::size_of::<libc::statx>() as u64)?;
+    let p = buf(
+        ctx,
+        a[4],
+        std::mem::size_of::<libc::statx>() as u64,
+        Access::Write,
+    )?;
     let mut flags = a[2] & !(libc::AT_EMPTY_PATH as u64);
     if at.empty {
         flags |= libc::AT_EMPTY_PATH as u64;
@@ -170,7 +181,12 @@ fn statx(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn statfs(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let at = at_path(ctx, AT_FDCWD, a[0], true, false, false)?;
-    let p = buf(ctx, a[1], std::mem::size_of::<libc::statfs>() as u64)?;
+    let p = buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<libc::statfs>() as u64,
+        Access::Write,
+    )?;
     sc(
         libc::SYS_statfs,
         [at.name.as_ptr() as u64, p as u64, 0, 0, 0, 0],
@@ -218,7 +234,7 @@ fn readlink_common(
         return r;
     }
     let at = at_path(ctx, dfd, path_gva, false, true, false)?;
-    let o = buf(ctx, out, len)?;
+    let o = buf(ctx, out, len, Access::Write)?;
     sc(
         libc::SYS_readlinkat,
         [
@@ -458,7 +474,7 @@ fn truncate(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn utimensat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let times = super::util::opt_buf(ctx, a[2], 32)?;
+    let times = super::util::opt_buf(ctx, a[2], 32, Access::Read)?;
     if a[1] == 0 {
         // utimensat(fd, NULL, ...) is futimens.
         let f = super::util::file(ctx, a[0])?;

@@ -6,6 +6,7 @@ use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::process::GUEST_PID;
 use crate::sys;
+use guest_memory::Access;
 
 /// The identity table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -71,29 +72,39 @@ fn getgroups(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if n < 0 {
         return Err(Errno::EINVAL);
     }
-    let p = opt_buf(ctx, a[1], n as u64 * 4)?;
+    let p = opt_buf(ctx, a[1], n as u64 * 4, Access::Write)?;
     sc(libc::SYS_getgroups, [n as u64, p as u64, 0, 0, 0, 0])
 }
 
 fn getresid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p0 = buf(ctx, a[0], 4)?;
-    let p1 = buf(ctx, a[1], 4)?;
-    let p2 = buf(ctx, a[2], 4)?;
+    let p0 = buf(ctx, a[0], 4, Access::Write)?;
+    let p1 = buf(ctx, a[1], 4, Access::Write)?;
+    let p2 = buf(ctx, a[2], 4, Access::Write)?;
     sc(ctx.nr as i64, [p0 as u64, p1 as u64, p2 as u64, 0, 0, 0])
 }
 
 fn uname(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[0], std::mem::size_of::<libc::utsname>() as u64)?;
+    let p = buf(
+        ctx,
+        a[0],
+        std::mem::size_of::<libc::utsname>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_uname, [p as u64, 0, 0, 0, 0, 0])
 }
 
 fn sysinfo(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[0], std::mem::size_of::<libc::sysinfo>() as u64)?;
+    let p = buf(
+        ctx,
+        a[0],
+        std::mem::size_of::<libc::sysinfo>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_sysinfo, [p as u64, 0, 0, 0, 0, 0])
 }
 
 fn getrlimit(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[1], 16)?;
+    let p = buf(ctx, a[1], 16, Access::Write)?;
     sc(libc::SYS_getrlimit, [a[0], p as u64, 0, 0, 0, 0])
 }
 
@@ -104,14 +115,19 @@ fn prlimit64(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         return Err(Errno::ESRCH);
     }
     if a[2] != 0 {
-        buf(ctx, a[2], 16)?;
+        buf(ctx, a[2], 16, Access::Read)?;
     }
-    let old = opt_buf(ctx, a[3], 16)?;
+    let old = opt_buf(ctx, a[3], 16, Access::Write)?;
     sc(libc::SYS_prlimit64, [0, a[1], 0, old as u64, 0, 0])
 }
 
 fn getrusage(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[1], std::mem::size_of::<libc::rusage>() as u64)?;
+    let p = buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<libc::rusage>() as u64,
+        Access::Write,
+    )?;
     sc(libc::SYS_getrusage, [a[0], p as u64, 0, 0, 0, 0])
 }
 
@@ -129,6 +145,6 @@ fn personality(_: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn getrandom(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[0], a[1])?;
-    sc(libc::SYS_getrandom, [p as u64, a[1], a[2], 0, 0, 0])
+    let (p, n) = super::util::data_buf(ctx, a[0], a[1], Access::Write)?;
+    sc(libc::SYS_getrandom, [p as u64, n, a[2], 0, 0, 0])
 }

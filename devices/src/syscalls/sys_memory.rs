@@ -78,7 +78,7 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
         ctx.process
             .mem
-            .user_range(addr, len)
+            .user_bounds(addr, len)
             .map_err(|_| Errno::ENOMEM)?;
         if flags & libc::MAP_FIXED_NOREPLACE != 0 && asp.fixed_would_clobber(addr, end) {
             return Err(Errno::EEXIST);
@@ -155,20 +155,24 @@ fn munmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn mprotect(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    // Protections cannot be enforced with fixed page tables; checking the range keeps
-    // the answer for nonsense addresses right.
+    // The page tables are fixed, so the new protection binds the VMM's copies only: the
+    // mapping table mirrors it into the page table syscall buffers are checked against.
     if !a[0].is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     let len = page_up(a[1]);
     ctx.process
         .mem
-        .user_range(a[0], len)
+        .user_bounds(a[0], len)
         .map_err(|_| Errno::ENOMEM)?;
     let prot = (a[2] as u32) & (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u32;
-    lock(&ctx.process.aspace)
-        .vmas_mut()
-        .protect(a[0], a[0] + len, prot);
+    let mut asp = lock(&ctx.process.aspace);
+    // As Linux: the mappings up to the first hole change, and a hole is ENOMEM.
+    let mapped = asp.vmas().contiguous_from(a[0], len);
+    asp.vmas_mut().protect(a[0], a[0] + mapped, prot);
+    if mapped < len {
+        return Err(Errno::ENOMEM);
+    }
     Ok(0)
 }
 
@@ -183,7 +187,7 @@ fn mremap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let old_end = old.checked_add(old_len).ok_or(Errno::EFAULT)?;
     ctx.process
         .mem
-        .user_range(old, old_len)
+        .user_bounds(old, old_len)
         .map_err(|_| Errno::EFAULT)?;
     let mut asp = lock(&ctx.process.aspace);
     // Linux refuses a range that is not wholly mapped: a hole in it is EFAULT. Moving
@@ -228,8 +232,9 @@ fn mremap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let mut done = 0;
     while done < old_len {
         let n = (old_len - done).min(MOVE_CHUNK);
-        let bytes = ctx.process.mem.read_bytes(old + done, n)?;
-        ctx.process.mem.write_bytes(new + done, &bytes)?;
+        // Moving pages is no access by the program: their protection does not matter.
+        let bytes = ctx.process.mem.read_bytes_forced(old + done, n)?;
+        ctx.process.mem.write_bytes_forced(new + done, &bytes)?;
         done += n;
     }
     ctx.process.mem.reset_range(old, old_len)?;
@@ -274,7 +279,7 @@ fn madvise(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let p = ctx
         .process
         .mem
-        .user_range(a[0], page_up(a[1]))
+        .user_bounds(a[0], page_up(a[1]))
         .map_err(|_| Errno::ENOMEM)?;
     match a[2] as i32 {
         // These change contents, so they must really happen; the rest are hints.
@@ -300,7 +305,7 @@ fn msync(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let p = ctx
         .process
         .mem
-        .user_range(a[0], a[1])
+        .user_bounds(a[0], a[1])
         .map_err(|_| Errno::ENOMEM)?;
     // SAFETY: checked range of our mapping.
     let r = unsafe { libc::msync(p as *mut libc::c_void, a[1] as usize, a[2] as i32) };
@@ -314,7 +319,7 @@ fn mincore(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let pages = page_up(a[1]) / PAGE_SIZE;
     ctx.process
         .mem
-        .user_range(a[0], a[1])
+        .user_bounds(a[0], a[1])
         .map_err(|_| Errno::ENOMEM)?;
     // Every page of guest memory is always mapped.
     ctx.process

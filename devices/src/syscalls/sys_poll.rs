@@ -6,6 +6,7 @@ use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::sync::lock;
 use crate::sys;
+use guest_memory::Access;
 
 /// The readiness table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -125,7 +126,7 @@ fn poll(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn ppoll(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let ts = opt_buf(ctx, a[2], 16)?;
+    let ts = opt_buf(ctx, a[2], 16, Access::Read)?;
     check_sigmask(ctx, a[3], a[4])?;
     poll_guest(ctx, a[0], a[1], ts as *const libc::timespec)
 }
@@ -241,7 +242,7 @@ fn select(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn pselect6(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let ts = opt_buf(ctx, a[4], 16)?;
+    let ts = opt_buf(ctx, a[4], 16, Access::Read)?;
     // The sixth argument points at { const sigset_t *ss; size_t ss_len; }.
     if a[5] != 0 {
         let pack: [u64; 2] = ctx.process.mem.read_obj(a[5])?;
@@ -269,7 +270,7 @@ fn epoll_ctl(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let ep = file(ctx, a[0])?;
     let target = file(ctx, a[2])?;
     // struct epoll_event is packed: u32 events, u64 data; data is opaque to us.
-    let ev = opt_buf(ctx, a[3], 12)?;
+    let ev = opt_buf(ctx, a[3], 12, Access::Read)?;
     sc(
         libc::SYS_epoll_ctl,
         [ep.raw() as u64, a[1], target.raw() as u64, ev as u64, 0, 0],
@@ -288,7 +289,7 @@ fn epoll_wait(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if max <= 0 || max > 1 << 20 {
         return Err(Errno::EINVAL);
     }
-    let evs = buf(ctx, a[1], max as u64 * 12)?;
+    let evs = buf(ctx, a[1], max as u64 * 12, Access::Write)?;
     sc(
         libc::SYS_epoll_pwait,
         [ep.raw() as u64, evs as u64, a[2], a[3], 0, 8],
@@ -302,8 +303,8 @@ fn epoll_pwait2(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if max <= 0 || max > 1 << 20 {
         return Err(Errno::EINVAL);
     }
-    let evs = buf(ctx, a[1], max as u64 * 12)?;
-    let ts = opt_buf(ctx, a[3], 16)?;
+    let evs = buf(ctx, a[1], max as u64 * 12, Access::Write)?;
+    let ts = opt_buf(ctx, a[3], 16, Access::Read)?;
     sc(
         libc::SYS_epoll_pwait2,
         [ep.raw() as u64, evs as u64, a[2], ts as u64, 0, 8],

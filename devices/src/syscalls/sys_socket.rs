@@ -1,6 +1,7 @@
 //! Sockets, passed through to the host on host descriptors. AF_UNIX paths are
 //! placed under the program's root.
 
+use guest_memory::Access;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use super::cmsg;
 use super::sockaddr::{
     describe_inet, guest_sockaddr, remember_bound, sockaddr_in, OutLen, UnixUse, SOCKADDR_MAX,
 };
-use super::util::{buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
+use super::util::{buf, data_buf, epipe_kills, file, install, install_pair, iovecs, opt_buf, sc};
 use super::{ParkedFd, SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
@@ -44,7 +45,7 @@ fn socket(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn socketpair(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    buf(ctx, a[3], 8)?;
+    buf(ctx, a[3], 8, Access::Write)?;
     let mut sv = [0i32; 2];
     sc(
         libc::SYS_socketpair,
@@ -149,7 +150,7 @@ fn getpeername(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn setsockopt(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let v = opt_buf(ctx, a[3], a[4])?;
+    let v = opt_buf(ctx, a[3], a[4], Access::Read)?;
     sc(
         libc::SYS_setsockopt,
         [f.raw() as u64, a[1], a[2], v as u64, a[4], 0],
@@ -182,7 +183,7 @@ fn nosignal(ctx: &mut SyscallCtx<'_>, flags: u64, r: SysResult) -> SysResult {
 
 fn sendto(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let p = buf(ctx, a[1], a[2])?;
+    let (p, len) = data_buf(ctx, a[1], a[2], Access::Read)?;
     let sa = if a[4] != 0 {
         Some(sockaddr_in(ctx, a[4], a[5], UnixUse::Reach)?)
     } else {
@@ -191,21 +192,21 @@ fn sendto(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let (sap, sal) = sa.as_ref().map_or((0, 0), |s| s.raw());
     let r = sc(
         libc::SYS_sendto,
-        [f.raw() as u64, p as u64, a[2], a[3], sap, sal],
+        [f.raw() as u64, p as u64, len, a[3], sap, sal],
     );
     nosignal(ctx, a[3], r)
 }
 
 fn recvfrom(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let p = buf(ctx, a[1], a[2])?;
+    let (p, len) = data_buf(ctx, a[1], a[2], Access::Write)?;
     let mut out = OutLen::addr(ctx, a[4], a[5])?;
     let n = sc(
         libc::SYS_recvfrom,
         [
             f.raw() as u64,
             p as u64,
-            a[2],
+            len,
             a[3],
             out.buf(),
             out.len_ptr(),
@@ -242,7 +243,7 @@ fn sendmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     // One copy of the header: every length below is this copy's, never re-read.
     let m: GuestMsghdr = ctx.process.mem.read_obj(a[1])?;
-    let iov = iovecs(ctx, m.iov, m.iovlen)?;
+    let iov = iovecs(ctx, m.iov, m.iovlen, Access::Read)?;
     let name = if m.name != 0 {
         Some(sockaddr_in(ctx, m.name, m.namelen as u64, UnixUse::Reach)?)
     } else {
@@ -281,12 +282,17 @@ fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
     let m: GuestMsghdr = ctx.process.mem.read_obj(a[1])?;
     // The answer goes back into the header: check it is writable before receiving.
-    buf(ctx, a[1], std::mem::size_of::<GuestMsghdr>() as u64)?;
-    let iov = iovecs(ctx, m.iov, m.iovlen)?;
+    buf(
+        ctx,
+        a[1],
+        std::mem::size_of::<GuestMsghdr>() as u64,
+        Access::Write,
+    )?;
+    let iov = iovecs(ctx, m.iov, m.iovlen, Access::Write)?;
     // The sender's address arrives in a VMM buffer, to be copied out as getsockname's.
     let mut name = [0u8; SOCKADDR_MAX as usize];
     if m.name != 0 {
-        buf(ctx, m.name, m.namelen as u64)?;
+        buf(ctx, m.name, m.namelen as u64, Access::Write)?;
     }
     // The host writes at most this much; a larger buffer is simply not filled further.
     let control_len = if m.control != 0 {
@@ -294,7 +300,7 @@ fn recvmsg(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     } else {
         0
     };
-    buf(ctx, m.control, control_len)?;
+    buf(ctx, m.control, control_len, Access::Write)?;
     let mut control = vec![0u8; control_len as usize];
     // SAFETY: msghdr is plain data; zeroed is valid.
     let mut hm: libc::msghdr = unsafe { std::mem::zeroed() };

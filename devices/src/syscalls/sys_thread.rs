@@ -9,6 +9,7 @@ use crate::errno::Errno;
 use crate::exit::ExitReason;
 use crate::process::Process;
 use crate::sys;
+use guest_memory::Access;
 
 /// The thread table.
 pub const TABLE: &[SyscallEntry] = &[
@@ -58,10 +59,10 @@ fn clone(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         check_fs_base(tls)?;
     }
     if flags & libc::CLONE_PARENT_SETTID as u64 != 0 {
-        buf(ctx, parent_tid, 4)?;
+        buf(ctx, parent_tid, 4, Access::Write)?;
     }
     if flags & (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64 != 0 {
-        buf(ctx, child_tid, 4)?;
+        buf(ctx, child_tid, 4, Access::Write)?;
     }
     let tid = ctx.process.new_thread();
     let mut regs = *ctx.regs;
@@ -110,7 +111,7 @@ pub fn clear_child_tid(process: &Process, addr: u64) {
         return;
     }
     if process.mem.write_obj(addr, &0u32).is_ok() {
-        if let Ok(p) = process.mem.user_range(addr, 4) {
+        if let Ok(p) = process.mem.user_range(addr, 4, Access::Write) {
             let _ = sc(
                 libc::SYS_futex,
                 [p as u64, libc::FUTEX_WAKE as u64, 1, 0, 0, 0],
@@ -135,17 +136,18 @@ fn exit_group(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 fn futex(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let op = a[1] as i32;
     let cmd = op & libc::FUTEX_CMD_MASK;
-    let uaddr = buf(ctx, a[0], 4)?;
+    // Linux reads the word (wait) or only hashes its address (wake): readable is enough.
+    let uaddr = buf(ctx, a[0], 4, Access::Read)?;
     let mut args = [uaddr as u64, a[1], a[2], a[3], a[4], a[5]];
     match cmd {
         libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => {
             if a[3] != 0 {
-                args[3] = buf(ctx, a[3], 16)? as u64;
+                args[3] = buf(ctx, a[3], 16, Access::Read)? as u64;
             }
         }
         libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => {}
         libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE | libc::FUTEX_WAKE_OP => {
-            args[4] = buf(ctx, a[4], 4)? as u64;
+            args[4] = buf(ctx, a[4], 4, Access::Write)? as u64;
         }
         // PI futexes store host thread ids in the word, which would leak host tids
         // and break guest-tid semantics; glibc only uses them for PRIO_INHERIT mutexes.
@@ -213,7 +215,7 @@ fn sched_getaffinity(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if a[0] != 0 && a[0] as i64 != ctx.thread.tid {
         return Err(Errno::ESRCH);
     }
-    let p = buf(ctx, a[2], a[1])?;
+    let p = buf(ctx, a[2], a[1], Access::Write)?;
     sc(libc::SYS_sched_getaffinity, [0, a[1], p as u64, 0, 0, 0])
 }
 

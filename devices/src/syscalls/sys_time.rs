@@ -4,6 +4,7 @@
 use super::util::{buf, file, install, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::sys;
+use guest_memory::Access;
 use std::time::Duration;
 
 /// The time table.
@@ -89,35 +90,35 @@ fn alarm(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 const TIMESPEC: u64 = 16;
 
 fn clock_gettime(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = buf(ctx, a[1], TIMESPEC)?;
+    let p = buf(ctx, a[1], TIMESPEC, Access::Write)?;
     sc(libc::SYS_clock_gettime, [a[0], p as u64, 0, 0, 0, 0])
 }
 
 fn clock_getres(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = opt_buf(ctx, a[1], TIMESPEC)?;
+    let p = opt_buf(ctx, a[1], TIMESPEC, Access::Write)?;
     sc(libc::SYS_clock_getres, [a[0], p as u64, 0, 0, 0, 0])
 }
 
 fn gettimeofday(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let tv = opt_buf(ctx, a[0], 16)?;
-    let tz = opt_buf(ctx, a[1], 8)?;
+    let tv = opt_buf(ctx, a[0], 16, Access::Write)?;
+    let tz = opt_buf(ctx, a[1], 8, Access::Write)?;
     sc(libc::SYS_gettimeofday, [tv as u64, tz as u64, 0, 0, 0, 0])
 }
 
 fn time(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let t = opt_buf(ctx, a[0], 8)?;
+    let t = opt_buf(ctx, a[0], 8, Access::Write)?;
     sc(libc::SYS_time, [t as u64, 0, 0, 0, 0, 0])
 }
 
 fn nanosleep(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let req = buf(ctx, a[0], TIMESPEC)?;
-    let rem = opt_buf(ctx, a[1], TIMESPEC)?;
+    let req = buf(ctx, a[0], TIMESPEC, Access::Read)?;
+    let rem = opt_buf(ctx, a[1], TIMESPEC, Access::Write)?;
     sc(libc::SYS_nanosleep, [req as u64, rem as u64, 0, 0, 0, 0])
 }
 
 fn clock_nanosleep(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let req = buf(ctx, a[2], TIMESPEC)?;
-    let rem = opt_buf(ctx, a[3], TIMESPEC)?;
+    let req = buf(ctx, a[2], TIMESPEC, Access::Read)?;
+    let rem = opt_buf(ctx, a[3], TIMESPEC, Access::Write)?;
     // clock_nanosleep returns the error number itself, not -1/errno.
     // SAFETY: checked pointers into guest memory.
     let r = unsafe { libc::syscall(libc::SYS_clock_nanosleep, a[0], a[1], req, rem) };
@@ -128,7 +129,7 @@ fn clock_nanosleep(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 fn times(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p = opt_buf(ctx, a[0], 32)?;
+    let p = opt_buf(ctx, a[0], 32, Access::Write)?;
     sc(libc::SYS_times, [p as u64, 0, 0, 0, 0, 0])
 }
 
@@ -142,8 +143,8 @@ fn timerfd_create(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn timerfd_settime(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let new = buf(ctx, a[2], 2 * TIMESPEC)?;
-    let old = opt_buf(ctx, a[3], 2 * TIMESPEC)?;
+    let new = buf(ctx, a[2], 2 * TIMESPEC, Access::Read)?;
+    let old = opt_buf(ctx, a[3], 2 * TIMESPEC, Access::Write)?;
     sc(
         libc::SYS_timerfd_settime,
         [f.raw() as u64, a[1], new as u64, old as u64, 0, 0],
@@ -152,7 +153,7 @@ fn timerfd_settime(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 fn timerfd_gettime(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let f = file(ctx, a[0])?;
-    let cur = buf(ctx, a[1], 2 * TIMESPEC)?;
+    let cur = buf(ctx, a[1], 2 * TIMESPEC, Access::Write)?;
     sc(
         libc::SYS_timerfd_gettime,
         [f.raw() as u64, cur as u64, 0, 0, 0, 0],

@@ -10,6 +10,7 @@ use crate::errno::{host_result, Errno};
 use crate::fd_table::OpenFile;
 use crate::path::Resolved;
 use crate::sync::lock;
+use guest_memory::Access;
 
 /// Linux's PATH_MAX.
 pub const PATH_MAX: usize = 4096;
@@ -19,18 +20,32 @@ pub fn file(ctx: &SyscallCtx<'_>, fd: u64) -> Result<Arc<OpenFile>, Errno> {
     lock(&ctx.process.fds).get(fd as i32 as i64)
 }
 
-/// A checked host pointer for a program buffer.
-pub fn buf(ctx: &SyscallCtx<'_>, gva: u64, len: u64) -> Result<*mut u8, Errno> {
-    ctx.process.mem.user_range(gva, len)
+/// A checked host pointer for a program buffer the host call will `access` (Write: the
+/// kernel writes into it; Read: it reads it): EFAULT unless the program's mappings
+/// allow that on the whole buffer, as Linux's copies fault.
+pub fn buf(ctx: &SyscallCtx<'_>, gva: u64, len: u64, access: Access) -> Result<*mut u8, Errno> {
+    ctx.process.mem.user_range(gva, len, access)
 }
 
 /// Like `buf`, but NULL stays NULL (optional out-parameters).
-pub fn opt_buf(ctx: &SyscallCtx<'_>, gva: u64, len: u64) -> Result<*mut u8, Errno> {
+pub fn opt_buf(ctx: &SyscallCtx<'_>, gva: u64, len: u64, access: Access) -> Result<*mut u8, Errno> {
     if gva == 0 {
         Ok(std::ptr::null_mut())
     } else {
-        buf(ctx, gva, len)
+        buf(ctx, gva, len, access)
     }
+}
+
+/// The data buffer of a call that returns a short count when its copy faults part-way
+/// (read, write, recv, send, getrandom): the host pointer and the accessible length to
+/// pass on, EFAULT when not one byte is accessible.
+pub fn data_buf(
+    ctx: &SyscallCtx<'_>,
+    gva: u64,
+    len: u64,
+    access: Access,
+) -> Result<(*mut u8, u64), Errno> {
+    ctx.process.mem.user_prefix(gva, len, access)
 }
 
 /// A path argument.
@@ -169,12 +184,21 @@ pub fn elem(base: u64, i: u64, size: u64) -> Result<u64, Errno> {
         .ok_or(Errno::EFAULT)
 }
 
-/// Reads a guest iovec array and returns host iovecs (each range checked).
-pub fn iovecs(ctx: &SyscallCtx<'_>, iov: u64, count: u64) -> Result<Vec<libc::iovec>, Errno> {
+/// Reads a guest iovec array and returns host iovecs for the host call to `access`.
+///
+/// As Linux's vectored copies, which stop at the first fault and return what they
+/// copied: the list ends where the first inaccessible byte is (that entry cut short);
+/// EFAULT when that leaves nothing of a non-empty request.
+pub fn iovecs(
+    ctx: &SyscallCtx<'_>,
+    iov: u64,
+    count: u64,
+    access: Access,
+) -> Result<Vec<libc::iovec>, Errno> {
     if count > 1024 {
         return Err(Errno::EINVAL);
     }
-    let mut v = Vec::with_capacity(count as usize);
+    let mut entries = Vec::with_capacity(count as usize);
     for i in 0..count {
         // Each entry is read once, into this copy; the host never sees the guest array.
         let at = elem(iov, i, 16)?;
@@ -182,10 +206,21 @@ pub fn iovecs(ctx: &SyscallCtx<'_>, iov: u64, count: u64) -> Result<Vec<libc::io
         if len > isize::MAX as u64 {
             return Err(Errno::EINVAL);
         }
+        entries.push((base, len));
+    }
+    let mut v = Vec::with_capacity(entries.len());
+    for (base, len) in entries {
+        let n = ctx.process.mem.accessible(base, len, access);
         v.push(libc::iovec {
-            iov_base: buf(ctx, base, len)? as *mut libc::c_void,
-            iov_len: len as usize,
+            iov_base: ctx.process.mem.user_bounds(base, n)? as *mut libc::c_void,
+            iov_len: n as usize,
         });
+        if n < len {
+            if v.iter().all(|e| e.iov_len == 0) {
+                return Err(Errno::EFAULT);
+            }
+            break;
+        }
     }
     Ok(v)
 }

@@ -65,6 +65,12 @@ pub struct PairOptions {
     #[arg(long, default_value_t = replica::trace::DEFAULT_CAPACITY as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) trace_events: u64,
+    /// A host program (not an image) gets an empty /tmp of its own in each replica,
+    /// OUT/primary-state/tmp and OUT/secondary-state/tmp, and a read-only root in both;
+    /// without it the primary writes the host's files and the secondary none, so a
+    /// program that makes temporary files diverges. The host's /tmp is hidden then.
+    #[arg(long)]
+    pub(crate) private_tmp: bool,
 }
 
 /// A channel size or lag bound ([`parse_bytes`]), between 64K and 4G.
@@ -172,6 +178,9 @@ fn option_flags(o: &PairOptions) -> Vec<String> {
     ];
     if o.trace {
         v.push("--trace".into());
+    }
+    if o.private_tmp {
+        v.push("--private-tmp".into());
     }
     v
 }
