@@ -55,6 +55,10 @@
 //! replicas may do it their own way. (A raw futex protocol outside libditto is as racy
 //! under follow mode as a data race; det mode orders it.)
 //!
+//! A thread whose turn is due can still be asleep in a futex wait; `wait_for` lets it out
+//! (a wake that went to another waiter here), or reports that the replicas went different
+//! ways through synchronisation no turn orders (every thread waits on another).
+//!
 //! Other implicit det points whose occurrence depends on timing take no turn under Lead and
 //! Follow either (the VMM's syscall layer decides which: `sched_yield`, and `brk`, which
 //! glibc's main arena calls or not depending on when other threads free into it).
