@@ -215,10 +215,15 @@ mod tests {
         let t2 = waiter(1002, false);
         let t1 = waiter(1001, true);
         wait_for("t1 sleeps", || in_futex_wait(&rt, 1001));
-        rt.ordered(&*p, 1000, || VALUE.store(1, Ordering::SeqCst))
+        // The post, and its wake while the turn is still held (so that t1's turn is not
+        // due yet): the oldest waiter, t2, gets it, the wrong one for the log.
+        let woken = rt
+            .ordered(&*p, 1000, || {
+                VALUE.store(1, Ordering::SeqCst);
+                rt.futex_wake(&*p, 1000, 64, 1, u32::MAX)
+            })
             .unwrap();
-        // The oldest waiter, t2, gets the wake: the wrong one for the log.
-        assert_eq!(rt.futex_wake(&*p, 1000, 64, 1, u32::MAX), Ok(1));
+        assert_eq!(woken, Ok(1));
         let until = Instant::now() + Duration::from_secs(5);
         while !(t1.is_finished() && t2.is_finished()) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(2));
