@@ -1,11 +1,11 @@
 //! Builds the project's guest programs (progs/*.c) and libditto with the host's C compiler.
 //!
 //! Outputs, all in `$OUT_DIR/progs/` (see src/progs.rs):
-//! - `<name>`: every progs/*.c, static (`-static -O2 -pthread`), the guest contract's
-//!   "ordinary static program".
+//! - `<name>`: every progs/*.c but [`DYNAMIC_ONLY`], static (`-static -O2 -pthread`), the
+//!   guest contract's "ordinary static program".
 //! - `<name>-det` for [`VARIANTS`]: static, with libditto linked in through
 //!   `-Wl,--wrap`, because LD_PRELOAD cannot reach a static program.
-//! - `<name>-dyn` for [`VARIANTS`]: dynamically linked, for libditto injected by LD_PRELOAD
+//! - `<name>-dyn` for [`VARIANTS`] and [`DYNAMIC_ONLY`]: dynamically linked, for libditto injected by LD_PRELOAD
 //!   (needs ld.so and libc in the image).
 //! - `libditto.so`: the LD_PRELOAD interposer.
 
@@ -23,6 +23,10 @@ const VARIANTS: &[&str] = &[
     "race_counter",
     "hostfiles",
 ];
+
+/// Programs built only as `<name>-dyn`: they use glibc parts that a static program cannot
+/// load (getaddrinfo's NSS modules), so a static build would only warn and fail at run time.
+const DYNAMIC_ONLY: &[&str] = &["glibc_locks"];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -54,6 +58,14 @@ fn main() {
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
         let name = src.file_stem().unwrap().to_str().unwrap();
+        if DYNAMIC_ONLY.contains(&name) {
+            let dyn_ = out.join(format!("{name}-dyn"));
+            cc.run(
+                &[&"-O2", &"-pthread", &"-o", &dyn_, src],
+                &format!("{name}-dyn"),
+            );
+            continue;
+        }
         cc.run(
             &[&"-static", &"-O2", &"-pthread", &"-o", &out.join(name), src],
             name,

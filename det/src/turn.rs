@@ -53,6 +53,17 @@ pub enum TurnError {
     /// `tid` exits while the log still holds its turn `next`.
     #[error("{tid} exits with its turn {next:?} still in the log")]
     ExitWithPendingTurns { tid: DetTid, next: Turn },
+    /// The log's next turn is `tid`'s, but `tid` sleeps in a futex wait that no thread of
+    /// this replica can end: each of the others waits for a later turn or sleeps in a futex
+    /// too. The primary's thread took that turn, so it was not asleep there: this replica's
+    /// threads took another path, through synchronisation that no turn orders (a data race,
+    /// a lock that libditto does not see). `waits` says what each thread waits for.
+    #[error("{tid} is due to take its turn {thread_seq} but sleeps in a futex wait that no thread can end (synchronisation ditto cannot order); {waits}")]
+    Unorderable {
+        tid: DetTid,
+        thread_seq: u64,
+        waits: String,
+    },
 }
 
 /// Numbers the turns of both sides: the next global sequence and each thread's next one.
@@ -223,6 +234,16 @@ impl TurnFollower {
     /// turn the log does not hold gets [`TurnError::Mismatch`] instead of waiting forever.
     pub fn close(&mut self) {
         self.closed = true;
+    }
+
+    /// The next turn of the log not yet taken, if it has arrived.
+    pub fn next(&self) -> Option<Turn> {
+        self.pending.front().copied()
+    }
+
+    /// Whether the log is complete ([`close`](Self::close)).
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// How many received turns are not yet taken.

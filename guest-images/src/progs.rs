@@ -25,6 +25,7 @@ pub const PROGRAMS: &[&str] = &[
     "exitcode",
     "fault",
     "fdleak",
+    "glibc_locks-dyn",
     "hello",
     "hostfiles",
     "hostfiles-det",

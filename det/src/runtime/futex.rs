@@ -10,8 +10,8 @@ use guest_memory::safecopy::GuestU32;
 use guest_memory::Errno;
 
 use super::{
-    DetRuntime, FutexWait, Inner, Policy, ProcessView, TimedWait, WaitNews, Waiter, EXIT_POLL,
-    FOLLOW_POLL, FOLLOW_WOKEN_GRACE,
+    DetError, DetRuntime, FutexWait, Inner, Policy, ProcessView, TimedWait, WaitNews, Waiter,
+    EXIT_POLL, FOLLOW_POLL, FOLLOW_WOKEN_GRACE,
 };
 
 impl Inner {
@@ -191,6 +191,23 @@ impl DetRuntime {
         word: GuestU32<'_>,
         wait: FutexWait,
     ) -> Result<u64, Errno> {
+        let r = self.futex_sleep_unordered(process, tid, addr, word, wait);
+        let mut g = self.locked();
+        g.progress += 1;
+        if let Some(s) = g.threads.get_mut(&tid) {
+            s.timed_wait = false;
+        }
+        r
+    }
+
+    fn futex_sleep_unordered(
+        &self,
+        process: &dyn ProcessView,
+        tid: i64,
+        addr: u64,
+        word: GuestU32<'_>,
+        wait: FutexWait,
+    ) -> Result<u64, Errno> {
         let mut g = self.locked();
         if word.load()? != wait.val {
             return Err(Errno::EAGAIN);
@@ -202,6 +219,7 @@ impl DetRuntime {
         });
         if let Some(s) = g.threads.get_mut(&tid) {
             s.woken = false;
+            s.timed_wait = wait.deadline.is_some();
         }
         // A wait inside the program's own section (a contract violation) closes it, rather
         // than hold the token while asleep.
@@ -227,6 +245,9 @@ impl DetRuntime {
                     }
                     WaitNews::Passed | WaitNews::Ended if woken => return Ok(0),
                     _ if woken && pending_turn => return Ok(0),
+                    // No timeout logged before the thread's next turn: the primary's wait
+                    // ended without one.
+                    _ if g.turn_due_in_futex(addr, tid) => return Ok(0),
                     _ if woken => {
                         // The primary's timed-out record may still be on its way; but a
                         // primary that got past this wait long ago without a record is
@@ -238,8 +259,13 @@ impl DetRuntime {
                     }
                     _ => {}
                 }
-            } else if g.woken(tid) {
+            } else if g.woken(tid) || g.turn_due_in_futex(addr, tid) {
                 return Ok(0);
+            }
+            if let Some(e) = g.unorderable(tid) {
+                g.dequeue(addr, tid);
+                drop(g);
+                return Err(self.failed(process, det, DetError::Diverged(e)).into());
             }
             let now = Instant::now();
             let timed_out = follow.is_none() && wait.deadline.is_some_and(|d| now >= d);
@@ -424,6 +450,8 @@ mod tests {
             awaiting_record: BTreeSet::new(),
             primary_turns: BTreeMap::new(),
             primary_log_closed: false,
+            progress: 0,
+            stuck_since: None,
         };
         for tid in [1, 2, 3] {
             inner.futex.entry(8).or_default().push_back(Waiter {

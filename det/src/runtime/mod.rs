@@ -55,6 +55,10 @@
 //! replicas may do it their own way. (A raw futex protocol outside libditto is as racy
 //! under follow mode as a data race; det mode orders it.)
 //!
+//! A thread whose turn is due can still be asleep in a futex wait; `wait_for` lets it out
+//! (a wake that went to another waiter here), or reports that the replicas went different
+//! ways through synchronisation no turn orders (every thread waits on another).
+//!
 //! Other implicit det points whose occurrence depends on timing take no turn under Lead and
 //! Follow either (the VMM's syscall layer decides which: `sched_yield`, and `brk`, which
 //! glibc's main arena calls or not depending on when other threads free into it).
@@ -83,6 +87,7 @@ mod secondary;
 mod testing;
 mod timed;
 mod token;
+mod wait_for;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -220,6 +225,13 @@ struct Slot {
     /// Waiting for the token, but still spinning and watching the holder's slot, so the
     /// holder may post its end (if this is the only waiter): the spinner sees it.
     spinning: bool,
+    /// Follow: how many of the primary's turns had been taken when this thread was last let
+    /// out of a futex wait because its turn was due (`Inner::turn_due_in_futex`), so that a
+    /// thread that goes back to sleep is let out once per turn, not in a busy loop.
+    released_at: Option<u64>,
+    /// Asleep in a futex wait with a deadline (Lead and Follow), whose end a pair's
+    /// secondary takes from the primary's log.
+    timed_wait: bool,
 }
 
 impl Slot {
@@ -230,6 +242,8 @@ impl Slot {
             woken: false,
             own_section: false,
             spinning: false,
+            released_at: None,
+            timed_wait: false,
         }
     }
 }
@@ -268,6 +282,12 @@ struct Inner {
     primary_turns: BTreeMap<u64, DetTid>,
     /// Kendo secondary: the primary's log is complete.
     primary_log_closed: bool,
+    /// Follow: bumped whenever a thread moves (a turn granted, a futex wait ended), so that
+    /// the wait-for check (`wait_for`) sees a state that stayed still, not two alike.
+    progress: u64,
+    /// Follow: since when, and at which `progress`, the wait-for check has found the
+    /// replica stuck.
+    stuck_since: Option<(Instant, u64)>,
 }
 
 impl Inner {
@@ -297,7 +317,10 @@ impl Inner {
         self.holder
             .store(h.map_or(0, |h| u64::from(h.0) + 1), Ordering::Release);
         if let Some(h) = h {
-            if self.order.phase(h) == Some(Phase::Waiting) {
+            // Follow: the thread whose turn is next may be asleep in a futex wait, which it
+            // must leave (`turn_due_in_futex`).
+            let follow = self.order.follow_taken().is_some();
+            if follow || self.order.phase(h) == Some(Phase::Waiting) {
                 if let Some(s) = self.by_det.get(&h).and_then(|t| self.threads.get(t)) {
                     s.cv.notify_one();
                 }
@@ -473,6 +496,8 @@ impl DetRuntime {
             awaiting_record: BTreeSet::new(),
             primary_turns: BTreeMap::new(),
             primary_log_closed: false,
+            progress: 0,
+            stuck_since: None,
         };
         inner.notify_holder();
         DetRuntime {

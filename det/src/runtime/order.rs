@@ -308,6 +308,23 @@ impl Order {
         matches!(self, Order::Free(FreeToken { mode: FreeMode::Follow { heads, .. }, .. }) if heads.contains(&det))
     }
 
+    /// Follow: the primary's turn log as followed so far (None under the other policies).
+    pub(super) fn follower(&self) -> Option<&TurnFollower> {
+        match self {
+            Order::Free(FreeToken {
+                mode: FreeMode::Follow { follower, .. },
+                ..
+            }) => Some(follower),
+            _ => None,
+        }
+    }
+
+    /// Follow: how many of the primary's turns have been taken (None under the other
+    /// policies).
+    pub(super) fn follow_taken(&self) -> Option<u64> {
+        self.follower().map(TurnFollower::taken)
+    }
+
     pub(super) fn holder_or_next(&self) -> Option<DetTid> {
         match self {
             Order::Kendo(s) => s.holder(),

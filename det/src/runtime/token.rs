@@ -70,6 +70,7 @@ impl DetRuntime {
             };
             match start {
                 Start::Granted(turn) => {
+                    g.progress += 1;
                     self.stats.turns.fetch_add(1, Ordering::Relaxed);
                     tracing::trace!(target: "ditto::turns", policy = ?self.policy, %det, ?turn, implicit, "granted");
                     if let Some(l) = &self.link {

@@ -290,11 +290,14 @@ impl Secondary {
     /// The schedule cannot be followed ([`det::link::ScheduleLink::schedule_diverged`]).
     /// `program` is None once the program is gone.
     pub fn schedule_diverged(&self, program: Option<&dyn Program>, tid: DetTid, error: &TurnError) {
+        // A thread due for a turn that no thread can wake is stuck whatever the log holds;
+        // the drain below would only find it after its timeout.
+        let stuck = matches!(error, TurnError::Unorderable { .. });
         let ended = {
             let q = lock(&self.queues);
             q.end.is_some() || q.closed.is_some()
         };
-        if ended {
+        if ended && !stuck {
             // The primary's log is over. A thread that wants a turn beyond it may just be
             // one the primary's exit cut short; the drain decides: the program reaching its
             // own end is agreement, every thread waiting for the log is a divergence.
