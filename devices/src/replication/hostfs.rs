@@ -127,6 +127,11 @@ fn outside_path(
         return Ok(None);
     }
     match p.fs.locate(dirfd, &path) {
+        // A path under a top-level name the root lacks and no bind provides is ENOENT in
+        // both replicas before any handler runs (the det layer answers it without a turn,
+        // `FsContext::top_level_missing`): nothing of the host's is touched, and a
+        // Recorded call there would be recorded by the primary and never replayed.
+        Ok((norm, _)) if p.fs.top_level_missing(&norm) => Ok(None),
         Ok((norm, bind)) if !files.is_own(bind) => Ok(Some(norm)),
         _ => Ok(None),
     }
