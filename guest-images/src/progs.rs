@@ -29,6 +29,7 @@ pub const PROGRAMS: &[&str] = &[
     "hugetimeout",
     "memfault",
     "mremap_hole",
+    "privdrop",
     "procescape",
     "procself",
     "prodcons",
