@@ -84,6 +84,9 @@ pub trait Kicker: Send + Sync {
 #[derive(Clone, Copy, Debug, Default)]
 struct ThreadSignals {
     mask: u64,
+    /// Linux's saved_sigmask: the mask to restore once the handler a sigsuspend woke for
+    /// is entered (the handler's frame saves this one, not the temporary mask).
+    saved_mask: Option<u64>,
     pending: u64,
     /// Non-zero while the thread waits in rt_sigtimedwait for these signals.
     waiting: u64,
@@ -211,6 +214,33 @@ impl Signals {
         old
     }
 
+    /// The end of a sigsuspend that ran with a temporary mask: when a signal is deliverable
+    /// under it, the temporary mask stays until that signal's handler is entered (its
+    /// frame gets `old`, which sigreturn restores), as on Linux; otherwise `old` is back
+    /// now. (Restoring `old` at once would block the very signal that ended the wait, and
+    /// the call would return EINTR with no handler run.)
+    pub fn end_suspend(&self, tid: i64, old: u64) {
+        let mut st = lock(&self.state);
+        let takeable = st.process_takeable(tid);
+        let t = st.threads.entry(tid).or_default();
+        if (t.pending | takeable) & !t.mask != 0 {
+            t.saved_mask = Some(old);
+        } else {
+            t.mask = old & !UNBLOCKABLE;
+        }
+    }
+
+    /// Puts back a mask that `end_suspend` saved, when no handler was entered after all
+    /// (the signal was ignored by then).
+    pub fn restore_saved_mask(&self, tid: i64) {
+        let mut st = lock(&self.state);
+        if let Some(t) = st.threads.get_mut(&tid) {
+            if let Some(m) = t.saved_mask.take() {
+                t.mask = m;
+            }
+        }
+    }
+
     /// Makes this the signal state of a pair's secondary (see `replay_only`).
     pub fn set_replay_only(&self) {
         self.replay_only.store(true, Ordering::Relaxed);
@@ -328,7 +358,7 @@ impl Signals {
             return None;
         }
         let sig = ready.trailing_zeros() as i32 + 1;
-        let old_mask = t.mask;
+        let old_mask = t.saved_mask.take().unwrap_or(t.mask);
         if t.pending & bit(sig) != 0 {
             t.pending &= !bit(sig);
         } else {

@@ -218,9 +218,18 @@ fn rt_sigsuspend(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let tid = ctx.thread.tid;
     let old = ctx.process.signals.set_mask(tid, mask);
     let r = wait_for_signal(ctx);
-    // Approximation: the handler then runs with the old mask, not the temporary one.
-    ctx.process.signals.set_mask(tid, old);
+    ctx.process.signals.end_suspend(tid, old);
     r
+}
+
+/// A pair's secondary replays rt_sigsuspend without waiting; the signal the primary's
+/// call woke for must still reach its handler under the call's temporary mask.
+pub(crate) fn replayed_sigsuspend(ctx: &SyscallCtx<'_>, a: [u64; 6]) {
+    if let Ok(mask) = ctx.process.mem.read_obj::<u64>(a[0]) {
+        let tid = ctx.thread.tid;
+        let old = ctx.process.signals.set_mask(tid, mask);
+        ctx.process.signals.end_suspend(tid, old);
+    }
 }
 
 /// The conventional name of a signal, for reports.

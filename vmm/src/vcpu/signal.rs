@@ -76,7 +76,9 @@ impl Machine {
             }
             return ThreadAction::Continue;
         }
-        // Nothing deliverable after all: resume the interrupted context as it was.
+        // Nothing deliverable after all: resume the interrupted context as it was, with
+        // the mask a sigsuspend replaced.
+        signals.restore_saved_mask(tid);
         if resume != Resume::User {
             self.set_context(vcpu, local, resume, ctx);
         }
