@@ -82,7 +82,10 @@ fn ditto_pair(mode: &str, image: &str, args: &[&str], cwd: &Path) -> (Output, Du
     );
     assert!(o.status.success(), "{image} {mode}: {}", stderr(&o));
     let secondary = std::fs::read(out.path().join("secondary.stdout")).unwrap();
-    assert_eq!(secondary, o.stdout, "{image} {mode}: the replicas' outputs differ");
+    assert_eq!(
+        secondary, o.stdout,
+        "{image} {mode}: the replicas' outputs differ"
+    );
     (o, took)
 }
 
@@ -93,10 +96,16 @@ fn corpus(image: &str, entry: &str, args: &[&str], cwd: &Path, check: impl Fn(&[
     let native = native_in_image(image, entry, args, cwd);
     check(&native.stdout);
     let (run, run_t) = ditto_run(image, args, cwd);
-    assert_eq!(run.stdout, native.stdout, "{image}: ditto run differs from native");
+    assert_eq!(
+        run.stdout, native.stdout,
+        "{image}: ditto run differs from native"
+    );
     for mode in MODES {
         let (pair, pair_t) = ditto_pair(mode, image, args, cwd);
-        assert_eq!(pair.stdout, native.stdout, "{image} {mode}: pair differs from native");
+        assert_eq!(
+            pair.stdout, native.stdout,
+            "{image} {mode}: pair differs from native"
+        );
         eprintln!(
             "TIMING {image} {mode}: run {:.2}s pair {:.2}s ({:.1}x)",
             run_t.as_secs_f64(),
@@ -128,9 +137,15 @@ fn host_decompress(tool: &[&str], data: &[u8]) -> Vec<u8> {
 #[test]
 fn pigz_parallel_gzip() {
     let (dir, text) = text_input();
-    corpus("pigz", "/usr/bin/pigz", &["-p4", "-c", "in.txt"], dir.path(), |out| {
-        assert_eq!(host_decompress(&["gzip", "-dc"], out), text);
-    });
+    corpus(
+        "pigz",
+        "/usr/bin/pigz",
+        &["-p4", "-c", "in.txt"],
+        dir.path(),
+        |out| {
+            assert_eq!(host_decompress(&["gzip", "-dc"], out), text);
+        },
+    );
 }
 
 #[test]
@@ -138,25 +153,43 @@ fn pigz_parallel_gunzip_round_trip() {
     let (dir, text) = text_input();
     let gz = host_decompress(&["gzip", "-9c"], &text);
     std::fs::write(dir.path().join("in.gz"), gz).unwrap();
-    corpus("pigz", "/usr/bin/pigz", &["-p4", "-dc", "in.gz"], dir.path(), |out| {
-        assert_eq!(out, text);
-    });
+    corpus(
+        "pigz",
+        "/usr/bin/pigz",
+        &["-p4", "-dc", "in.gz"],
+        dir.path(),
+        |out| {
+            assert_eq!(out, text);
+        },
+    );
 }
 
 #[test]
 fn zstd_multithreaded() {
     let (dir, text) = text_input();
-    corpus("zstd", "/usr/bin/zstd", &["-T4", "-q", "-c", "in.txt"], dir.path(), |out| {
-        assert_eq!(host_decompress(&["zstd", "-dcq"], out), text);
-    });
+    corpus(
+        "zstd",
+        "/usr/bin/zstd",
+        &["-T4", "-q", "-c", "in.txt"],
+        dir.path(),
+        |out| {
+            assert_eq!(host_decompress(&["zstd", "-dcq"], out), text);
+        },
+    );
 }
 
 #[test]
 fn lbzip2_parallel_bzip2() {
     let (dir, text) = text_input();
-    corpus("lbzip2", "/usr/bin/lbzip2", &["-n4", "-c", "in.txt"], dir.path(), |out| {
-        assert_eq!(host_decompress(&["bunzip2", "-c"], out), text);
-    });
+    corpus(
+        "lbzip2",
+        "/usr/bin/lbzip2",
+        &["-n4", "-c", "in.txt"],
+        dir.path(),
+        |out| {
+            assert_eq!(host_decompress(&["bunzip2", "-c"], out), text);
+        },
+    );
 }
 
 #[test]
@@ -164,9 +197,15 @@ fn lbzip2_parallel_decompression() {
     let (dir, text) = text_input();
     let bz = host_decompress(&["bzip2", "-c"], &text);
     std::fs::write(dir.path().join("in.bz2"), bz).unwrap();
-    corpus("lbzip2", "/usr/bin/lbzip2", &["-n4", "-dc", "in.bz2"], dir.path(), |out| {
-        assert_eq!(out, text);
-    });
+    corpus(
+        "lbzip2",
+        "/usr/bin/lbzip2",
+        &["-n4", "-dc", "in.bz2"],
+        dir.path(),
+        |out| {
+            assert_eq!(out, text);
+        },
+    );
 }
 
 #[test]
@@ -191,17 +230,28 @@ fn fasttree_openmp() {
     let mut x: u64 = 12345;
     for n in 0..24 {
         for _ in 0..6 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let at = (x >> 33) as usize % seq.len();
             seq[at] = b"ACGT"[(x >> 20) as usize % 4];
         }
         fa.push_str(&format!(">s{n}\n{}\n", String::from_utf8_lossy(&seq)));
     }
     std::fs::write(dir.path().join("aln.fa"), fa).unwrap();
-    corpus("fasttree", "/usr/bin/fasttreeMP", &["-nt", "-quiet", "aln.fa"], dir.path(), |out| {
-        let tree = String::from_utf8_lossy(out);
-        assert!(tree.trim_end().ends_with(");") && tree.contains("s23"), "{tree}");
-    });
+    corpus(
+        "fasttree",
+        "/usr/bin/fasttreeMP",
+        &["-nt", "-quiet", "aln.fa"],
+        dir.path(),
+        |out| {
+            let tree = String::from_utf8_lossy(out);
+            assert!(
+                tree.trim_end().ends_with(");") && tree.contains("s23"),
+                "{tree}"
+            );
+        },
+    );
 }
 
 const PY_THREADS: &str = "\
@@ -240,7 +290,13 @@ fn python(script: &str, check: impl Fn(&[u8])) {
         .tempdir_in("/tmp")
         .unwrap();
     std::fs::write(dir.path().join("t.py"), script).unwrap();
-    corpus("python3-stdlib", "/usr/bin/python3.11", &["t.py"], dir.path(), check);
+    corpus(
+        "python3-stdlib",
+        "/usr/bin/python3.11",
+        &["t.py"],
+        dir.path(),
+        check,
+    );
 }
 
 #[test]
@@ -289,10 +345,24 @@ if (isMainThread) {
     });
 }
 
-/// A Go HTTP server from Debian (webhook), under a real client.
+/// A Go HTTP server from Debian (webhook), under a real client (curl): under `ditto run`
+/// and as a pair in both modes. Go's runtime preempts goroutines with SIGURG, which its
+/// handler takes only on a sigaltstack.
 #[test]
-#[ignore = "needs sigaltstack: Go's SIGURG preemption aborts with 'signal 23 received on thread with no signal stack'"]
-fn webhook_go_http_server() {
+fn webhook_go_http_server_run() {
+    webhook(&["run"]);
+}
+
+/// The same as a pair in both modes.
+#[test]
+#[ignore = "Go's runtime threads make timing-dependent numbers of calls: det pair diverges \
+            at thread 1's syscall #20 nanosleep (sysmon), follow pair at thread 2's #18 \
+            clock_gettime; ditto limitation, not fixed yet"]
+fn webhook_go_http_server_pair() {
+    webhook(&MODES);
+}
+
+fn webhook(hows: &[&str]) {
     let _turn = one_at_a_time();
     let dir = tempfile::Builder::new()
         .prefix("ditto-compat")
@@ -303,17 +373,54 @@ fn webhook_go_http_server() {
         r#"[{"id":"hello","execute-command":"/bin/true","response-message":"hi"}]"#,
     )
     .unwrap();
-    let port = free_port();
-    let p = port.to_string();
-    let mut c = ditto();
-    c.args(["run", "--image", "webhook", "--", "-hooks", "hooks.json", "-ip", "127.0.0.1"])
+    for &how in hows {
+        let port = free_port();
+        let p = port.to_string();
+        let out = tempdir();
+        let mut c = ditto();
+        if how == "run" {
+            c.arg("run");
+        } else {
+            c.args(["pair", "--quiet", "--mode", how, "--out"])
+                .arg(out.path());
+        }
+        c.args([
+            "--image",
+            "webhook",
+            "--",
+            "-hooks",
+            "hooks.json",
+            "-ip",
+            "127.0.0.1",
+        ])
         .args(["-port", &p])
         .current_dir(dir.path());
-    let mut server = ServerProc::spawn(c);
-    server.wait_port(port);
-    let body = client(&["curl", "-s", &format!("http://127.0.0.1:{p}/hooks/none")]);
-    assert!(body.contains("Hook not found"), "{body}");
-    server.stop(libc::SIGTERM);
+        let t = Instant::now();
+        let mut server = ServerProc::spawn(c);
+        server.wait_port(port);
+        for _ in 0..3 {
+            let body = client(&[
+                "curl",
+                "-s",
+                "-m",
+                "20",
+                &format!("http://127.0.0.1:{p}/hooks/none"),
+            ]);
+            assert_eq!(body, "Hook not found.", "{how}");
+        }
+        let o = server.stop(libc::SIGTERM);
+        eprintln!("TIMING webhook {how}: {:.2}s", t.elapsed().as_secs_f64());
+        if how != "run" {
+            let r = Report::load(out.path().join("report.json")).expect("report.json");
+            assert_eq!(
+                r.outcome,
+                Outcome::Identical,
+                "{how}: {}\n{}",
+                r.summary(),
+                stderr(&o)
+            );
+        }
+    }
 }
 
 /// A daemon started as root binds its port, drops to nobody with setgroups/setgid/setuid
@@ -348,7 +455,8 @@ fn privdrop_daemon_serves_after_dropping_root() {
         if how == "run" {
             c.arg("run");
         } else {
-            c.args(["pair", "--quiet", "--mode", how, "--out"]).arg(out.path());
+            c.args(["pair", "--quiet", "--mode", how, "--out"])
+                .arg(out.path());
         }
         c.arg("--").arg(&prog).arg(&p);
         let mut server = ServerProc::spawn(c);

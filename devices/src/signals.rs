@@ -87,6 +87,8 @@ struct ThreadSignals {
     /// Linux's saved_sigmask: the mask to restore once the handler a sigsuspend woke for
     /// is entered (the handler's frame saves this one, not the temporary mask).
     saved_mask: Option<u64>,
+    /// sigaltstack: (base, size) of the thread's alternate signal stack, if enabled.
+    altstack: Option<(u64, u64)>,
     pending: u64,
     /// Non-zero while the thread waits in rt_sigtimedwait for these signals.
     waiting: u64,
@@ -197,6 +199,16 @@ impl Signals {
     /// A thread ended; its own pending signals go with it.
     pub fn remove_thread(&self, tid: i64) {
         lock(&self.state).threads.remove(&tid);
+    }
+
+    /// The thread's alternate signal stack (base, size), if it has one.
+    pub fn altstack(&self, tid: i64) -> Option<(u64, u64)> {
+        lock(&self.state).threads.get(&tid).and_then(|t| t.altstack)
+    }
+
+    /// Sets or (None) disables the thread's alternate signal stack.
+    pub fn set_altstack(&self, tid: i64, stack: Option<(u64, u64)>) {
+        lock(&self.state).threads.entry(tid).or_default().altstack = stack;
     }
 
     /// The thread's blocked set.

@@ -44,7 +44,8 @@ impl Machine {
             let fpu = vcpu
                 .get_fpu()
                 .map_or([0; fpstate::FXSAVE_SIZE], |f| fpstate::to_fxsave(&f));
-            let frame = signal_frame::build(&self.process.mem, ctx, sig, &act, old_mask, &fpu);
+            let alt = signals.altstack(tid);
+            let frame = signal_frame::build(&self.process.mem, ctx, sig, &act, old_mask, &fpu, alt);
             let handler = match frame {
                 Ok(h) => h,
                 Err(_) => {
