@@ -452,6 +452,25 @@ mod tests {
     }
 
     #[test]
+    fn sigsuspend_mask_stays_until_the_woken_handler() {
+        let s = Signals::default();
+        let usr2 = bit(libc::SIGUSR2);
+        s.add_thread(1, usr2);
+        // sigsuspend with USR2 unblocked; USR2 arrives.
+        let old = s.set_mask(1, 0);
+        s.inject(1, libc::SIGUSR2);
+        s.end_suspend(1, old);
+        // The handler's frame must save the pre-sigsuspend mask, and the signal is taken.
+        assert_eq!(s.take_deliverable(1), Some((libc::SIGUSR2, usr2)));
+        // (The handler's sigreturn restores the saved mask.)
+        s.set_mask(1, usr2);
+        // Nothing woke it: the old mask is back at once.
+        let old = s.set_mask(1, 0);
+        s.end_suspend(1, old);
+        assert_eq!(s.mask(1), usr2);
+    }
+
+    #[test]
     fn default_actions() {
         let s = Signals::default();
         s.add_thread(1, 0);

@@ -223,6 +223,29 @@ mod tests {
     }
 
     #[test]
+    fn sa_onstack_frame_goes_on_the_alternate_stack() {
+        let mem = GuestMemory::new(16 << 20).unwrap();
+        let ctx = UserRegs {
+            rsp: USER_START + (1 << 20),
+            ..Default::default()
+        };
+        let alt = (USER_START + (4 << 20), 64 << 10);
+        let mut act = SigAction {
+            handler: 0x402000,
+            flags: libc::SA_ONSTACK as u64,
+            ..Default::default()
+        };
+        let h = build(&mem, &ctx, 23, &act, 0, &[0; FXSAVE_SIZE], Some(alt)).unwrap();
+        assert!(h.rsp > alt.0 && h.rsp < alt.0 + alt.1, "{:#x}", h.rsp);
+        // uc_stack says the handler runs on it.
+        assert_eq!(mem.read_obj::<i32>(h.rdx + 24).unwrap(), libc::SS_ONSTACK);
+        // Without SA_ONSTACK the thread's own stack is used.
+        act.flags = 0;
+        let h = build(&mem, &ctx, 23, &act, 0, &[0; FXSAVE_SIZE], Some(alt)).unwrap();
+        assert!(h.rsp < ctx.rsp && h.rsp > ctx.rsp - 4096);
+    }
+
+    #[test]
     fn bad_stack_is_efault() {
         let mem = GuestMemory::new(16 << 20).unwrap();
         let ctx = UserRegs {
