@@ -5,6 +5,7 @@
 //! runtime lives in the `det` crate and is re-exported here as `det_runtime`.
 
 pub mod address_space;
+pub mod creds;
 pub mod exit;
 pub mod fd_table;
 pub mod itimer;

@@ -462,6 +462,12 @@ impl FsContext {
             // from the host (e.g. EEXIST for mkdir of an existing dir).
             return self.target(None, &abs, mutating);
         }
+        if self.binds.iter().any(|b| b.guest == trimmed) {
+            // A bind's own path names the bound directory, as a mount point does: its
+            // entry in the parent (if the parent has one) is not what lstat must see.
+            // (Node's realpath lstats the working directory, bound at its host path.)
+            return self.target(None, &abs, mutating);
+        }
         let dir_c = CString::new(dir).map_err(|_| Errno::EINVAL)?;
         let dfd = self.open_dir(&dir_c, mutating)?;
         Ok(Resolved::Parent(
@@ -647,6 +653,22 @@ mod tests {
             .is_err());
         fs.chdir(None, &c("/var/lib")).unwrap();
         assert_eq!(fs.cwd(), b"/var/lib");
+    }
+
+    #[test]
+    fn a_bind_point_resolves_to_the_bound_directory_without_following() {
+        let (_t, mut fs) = setup();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("marker"), b"x").unwrap();
+        fs.add_bind("/no/such/dir", host.path()).unwrap();
+        let path = CString::new("/no/such/dir").unwrap();
+        let Resolved::Target(fd) = fs.parent(None, &path, false).unwrap() else {
+            panic!("a bind point must resolve to its directory");
+        };
+        let marker = CString::new("marker").unwrap();
+        // SAFETY: fd is an O_PATH directory descriptor we own; the name is a C string.
+        let r = unsafe { libc::faccessat(fd.as_raw_fd(), marker.as_ptr(), libc::F_OK, 0) };
+        assert_eq!(r, 0);
     }
 
     #[test]

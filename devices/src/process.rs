@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::address_space::AddressSpace;
+use crate::creds::Credentials;
 use crate::exit::{ExitReason, ExitState};
 use crate::fd_table::FdTable;
 use crate::guest_mem::GuestMemory;
@@ -76,6 +77,8 @@ pub struct Process {
     pub sigactions: SigActions,
     /// umask.
     pub umask: AtomicU64,
+    /// The program's virtual user and group ids, groups and capabilities.
+    pub creds: Mutex<Credentials>,
     /// Counters.
     pub stats: Stats,
     /// Masks, pending signals, sigwait.
@@ -114,6 +117,7 @@ impl Process {
             proc_info: OnceLock::new(),
             sigactions: SigActions::default(),
             umask: AtomicU64::new(0o022),
+            creds: Mutex::new(Credentials::from_host()),
             stats: Stats::default(),
             signals: Signals::default(),
             kicker: OnceLock::new(),

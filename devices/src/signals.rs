@@ -84,6 +84,11 @@ pub trait Kicker: Send + Sync {
 #[derive(Clone, Copy, Debug, Default)]
 struct ThreadSignals {
     mask: u64,
+    /// Linux's saved_sigmask: the mask to restore once the handler a sigsuspend woke for
+    /// is entered (the handler's frame saves this one, not the temporary mask).
+    saved_mask: Option<u64>,
+    /// sigaltstack: (base, size) of the thread's alternate signal stack, if enabled.
+    altstack: Option<(u64, u64)>,
     pending: u64,
     /// Non-zero while the thread waits in rt_sigtimedwait for these signals.
     waiting: u64,
@@ -196,6 +201,16 @@ impl Signals {
         lock(&self.state).threads.remove(&tid);
     }
 
+    /// The thread's alternate signal stack (base, size), if it has one.
+    pub fn altstack(&self, tid: i64) -> Option<(u64, u64)> {
+        lock(&self.state).threads.get(&tid).and_then(|t| t.altstack)
+    }
+
+    /// Sets or (None) disables the thread's alternate signal stack.
+    pub fn set_altstack(&self, tid: i64, stack: Option<(u64, u64)>) {
+        lock(&self.state).threads.entry(tid).or_default().altstack = stack;
+    }
+
     /// The thread's blocked set.
     pub fn mask(&self, tid: i64) -> u64 {
         lock(&self.state).threads.get(&tid).map_or(0, |t| t.mask)
@@ -209,6 +224,33 @@ impl Signals {
         let old = t.mask;
         t.mask = mask & !UNBLOCKABLE;
         old
+    }
+
+    /// The end of a sigsuspend that ran with a temporary mask: when a signal is deliverable
+    /// under it, the temporary mask stays until that signal's handler is entered (its
+    /// frame gets `old`, which sigreturn restores), as on Linux; otherwise `old` is back
+    /// now. (Restoring `old` at once would block the very signal that ended the wait, and
+    /// the call would return EINTR with no handler run.)
+    pub fn end_suspend(&self, tid: i64, old: u64) {
+        let mut st = lock(&self.state);
+        let takeable = st.process_takeable(tid);
+        let t = st.threads.entry(tid).or_default();
+        if (t.pending | takeable) & !t.mask != 0 {
+            t.saved_mask = Some(old);
+        } else {
+            t.mask = old & !UNBLOCKABLE;
+        }
+    }
+
+    /// Puts back a mask that `end_suspend` saved, when no handler was entered after all
+    /// (the signal was ignored by then).
+    pub fn restore_saved_mask(&self, tid: i64) {
+        let mut st = lock(&self.state);
+        if let Some(t) = st.threads.get_mut(&tid) {
+            if let Some(m) = t.saved_mask.take() {
+                t.mask = m;
+            }
+        }
     }
 
     /// Makes this the signal state of a pair's secondary (see `replay_only`).
@@ -328,7 +370,7 @@ impl Signals {
             return None;
         }
         let sig = ready.trailing_zeros() as i32 + 1;
-        let old_mask = t.mask;
+        let old_mask = t.saved_mask.take().unwrap_or(t.mask);
         if t.pending & bit(sig) != 0 {
             t.pending &= !bit(sig);
         } else {
@@ -407,6 +449,25 @@ mod tests {
             handler: 0x1234,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn sigsuspend_mask_stays_until_the_woken_handler() {
+        let s = Signals::default();
+        let usr2 = bit(libc::SIGUSR2);
+        s.add_thread(1, usr2);
+        // sigsuspend with USR2 unblocked; USR2 arrives.
+        let old = s.set_mask(1, 0);
+        s.inject(1, libc::SIGUSR2);
+        s.end_suspend(1, old);
+        // The handler's frame must save the pre-sigsuspend mask, and the signal is taken.
+        assert_eq!(s.take_deliverable(1), Some((libc::SIGUSR2, usr2)));
+        // (The handler's sigreturn restores the saved mask.)
+        s.set_mask(1, usr2);
+        // Nothing woke it: the old mask is back at once.
+        let old = s.set_mask(1, 0);
+        s.end_suspend(1, old);
+        assert_eq!(s.mask(1), usr2);
     }
 
     #[test]

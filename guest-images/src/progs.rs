@@ -33,6 +33,7 @@ pub const PROGRAMS: &[&str] = &[
     "hugetimeout",
     "memfault",
     "mremap_hole",
+    "privdrop",
     "procescape",
     "procself",
     "prodcons",

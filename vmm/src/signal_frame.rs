@@ -57,8 +57,17 @@ pub fn build(
     act: &SigAction,
     old_mask: u64,
     fpu: &[u8; FXSAVE_SIZE],
+    altstack: Option<(u64, u64)>,
 ) -> Result<UserRegs, Errno> {
-    let mut sp = ctx.rsp.checked_sub(RED_ZONE).ok_or(Errno::EFAULT)?;
+    // SA_ONSTACK with an alternate stack the thread is not already on: the frame goes at
+    // its top, as Linux's get_sigframe; uc_stack describes it either way.
+    let on_alt =
+        altstack.is_some_and(|(b, n)| devices::syscalls::sys_signal::on_stack(ctx.rsp, b, n));
+    let switch = act.flags & libc::SA_ONSTACK as u64 != 0 && altstack.is_some() && !on_alt;
+    let mut sp = match altstack {
+        Some((base, size)) if switch => base.checked_add(size).ok_or(Errno::EFAULT)?,
+        _ => ctx.rsp.checked_sub(RED_ZONE).ok_or(Errno::EFAULT)?,
+    };
     // As Linux's get_sigframe: the FPU area first, 64-byte aligned, then the frame.
     sp = sp.checked_sub(FXSAVE_SIZE as u64).ok_or(Errno::EFAULT)? & !(FXSAVE_ALIGN - 1);
     let fpstate = sp;
@@ -76,8 +85,22 @@ pub fn build(
     mem.write_bytes(info, &siginfo)?;
 
     let mut ucontext = [0u8; UCONTEXT_SIZE as usize];
-    // uc_stack.ss_flags = SS_DISABLE
-    ucontext[24..28].copy_from_slice(&(libc::SS_DISABLE).to_le_bytes());
+    // uc_stack: { ss_sp at 16, ss_flags at 24, ss_size at 32 }.
+    let (ss_sp, ss_flags, ss_size) = match altstack {
+        None => (0, libc::SS_DISABLE, 0),
+        Some((b, n)) => (
+            b,
+            if switch || on_alt {
+                libc::SS_ONSTACK
+            } else {
+                0
+            },
+            n,
+        ),
+    };
+    ucontext[16..24].copy_from_slice(&ss_sp.to_le_bytes());
+    ucontext[24..28].copy_from_slice(&ss_flags.to_le_bytes());
+    ucontext[32..40].copy_from_slice(&ss_size.to_le_bytes());
     for (i, v) in gregs(ctx).iter().enumerate() {
         let at = MCONTEXT as usize + i * 8;
         ucontext[at..at + 8].copy_from_slice(&v.to_le_bytes());
@@ -170,7 +193,7 @@ mod tests {
         };
         let mut fpu = [0u8; FXSAVE_SIZE];
         fpu[160] = 0xab;
-        let h = build(&mem, &ctx, libc::SIGTERM, &act, 0x5, &fpu).unwrap();
+        let h = build(&mem, &ctx, libc::SIGTERM, &act, 0x5, &fpu, None).unwrap();
         assert_eq!(h.rip, 0x402000);
         assert_eq!((h.rsp + 8) % 16, 0);
         assert!(h.rsp + RED_ZONE < ctx.rsp);
@@ -200,6 +223,29 @@ mod tests {
     }
 
     #[test]
+    fn sa_onstack_frame_goes_on_the_alternate_stack() {
+        let mem = GuestMemory::new(16 << 20).unwrap();
+        let ctx = UserRegs {
+            rsp: USER_START + (1 << 20),
+            ..Default::default()
+        };
+        let alt = (USER_START + (4 << 20), 64 << 10);
+        let mut act = SigAction {
+            handler: 0x402000,
+            flags: libc::SA_ONSTACK as u64,
+            ..Default::default()
+        };
+        let h = build(&mem, &ctx, 23, &act, 0, &[0; FXSAVE_SIZE], Some(alt)).unwrap();
+        assert!(h.rsp > alt.0 && h.rsp < alt.0 + alt.1, "{:#x}", h.rsp);
+        // uc_stack says the handler runs on it.
+        assert_eq!(mem.read_obj::<i32>(h.rdx + 24).unwrap(), libc::SS_ONSTACK);
+        // Without SA_ONSTACK the thread's own stack is used.
+        act.flags = 0;
+        let h = build(&mem, &ctx, 23, &act, 0, &[0; FXSAVE_SIZE], Some(alt)).unwrap();
+        assert!(h.rsp < ctx.rsp && h.rsp > ctx.rsp - 4096);
+    }
+
+    #[test]
     fn bad_stack_is_efault() {
         let mem = GuestMemory::new(16 << 20).unwrap();
         let ctx = UserRegs {
@@ -207,7 +253,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            build(&mem, &ctx, 15, &SigAction::default(), 0, &[0; FXSAVE_SIZE]).unwrap_err(),
+            build(
+                &mem,
+                &ctx,
+                15,
+                &SigAction::default(),
+                0,
+                &[0; FXSAVE_SIZE],
+                None
+            )
+            .unwrap_err(),
             Errno::EFAULT
         );
         assert!(restore(&mem, 8).is_err());
@@ -216,6 +271,15 @@ mod tests {
             rsp: 100,
             ..Default::default()
         };
-        assert!(build(&mem, &top, 15, &SigAction::default(), 0, &[0; FXSAVE_SIZE]).is_err());
+        assert!(build(
+            &mem,
+            &top,
+            15,
+            &SigAction::default(),
+            0,
+            &[0; FXSAVE_SIZE],
+            None
+        )
+        .is_err());
     }
 }

@@ -120,26 +120,28 @@ fn status(p: &Process, tid: i64) -> Vec<u8> {
     let fds = lock(&p.fds).numbers().last().map_or(0, |&n| n + 1);
     let fdsize = (fds.max(64) as u64).next_power_of_two();
     let (blocked, ign, cgt) = sig_sets(p, tid);
-    // SAFETY: these getters cannot fail.
-    let (uid, euid, gid, egid) = unsafe {
-        (
-            libc::getuid(),
-            libc::geteuid(),
-            libc::getgid(),
-            libc::getegid(),
-        )
-    };
+    let creds = lock(&p.creds).clone();
+    let (u, g, caps) = (creds.uid, creds.gid, creds.caps);
+    let groups: String = creds.groups.iter().map(|g| format!("{g} ")).collect();
     let kb = |b: u64| b / 1024;
     let n = cpus();
     let mut s = String::new();
     let _ = write!(
         s,
         "Name:\t{}\nUmask:\t{umask:04o}\nState:\tR (running)\nTgid:\t{GUEST_PID}\nNgid:\t0\n\
-         Pid:\t{tid}\nPPid:\t0\nTracerPid:\t0\nUid:\t{uid}\t{euid}\t{euid}\t{euid}\n\
-         Gid:\t{gid}\t{egid}\t{egid}\t{egid}\nFDSize:\t{fdsize}\nGroups:\t \n\
+         Pid:\t{tid}\nPPid:\t0\nTracerPid:\t0\nUid:\t{}\t{}\t{}\t{}\n\
+         Gid:\t{}\t{}\t{}\t{}\nFDSize:\t{fdsize}\nGroups:\t{groups}\n\
          NStgid:\t{GUEST_PID}\nNSpid:\t{tid}\nNSpgid:\t{GUEST_PID}\nNSsid:\t{GUEST_PID}\n\
          Kthread:\t0\n",
-        comm(p)
+        comm(p),
+        u.real,
+        u.effective,
+        u.saved,
+        u.fs,
+        g.real,
+        g.effective,
+        g.saved,
+        g.fs,
     );
     for (k, v) in [
         ("VmPeak", vm),
@@ -165,14 +167,19 @@ fn status(p: &Process, tid: i64) -> Vec<u8> {
         s,
         "CoreDumping:\t0\nTHP_enabled:\t0\nuntag_mask:\t0xffffffffffffffff\nThreads:\t{}\n\
          SigQ:\t0/63936\nSigPnd:\t{:016x}\nShdPnd:\t0000000000000000\nSigBlk:\t{blocked:016x}\n\
-         SigIgn:\t{ign:016x}\nSigCgt:\t{cgt:016x}\nCapInh:\t0000000000000000\n\
-         CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\n\
-         CapAmb:\t0000000000000000\nNoNewPrivs:\t0\nSeccomp:\t0\nSeccomp_filters:\t0\n\
+         SigIgn:\t{ign:016x}\nSigCgt:\t{cgt:016x}\nCapInh:\t{:016x}\n\
+         CapPrm:\t{:016x}\nCapEff:\t{:016x}\nCapBnd:\t{:016x}\n\
+         CapAmb:\t{:016x}\nNoNewPrivs:\t0\nSeccomp:\t0\nSeccomp_filters:\t0\n\
          Speculation_Store_Bypass:\tthread vulnerable\nSpeculationIndirectBranch:\tconditional enabled\n\
          Cpus_allowed:\t{:x}\nCpus_allowed_list:\t0-{}\nMems_allowed:\t1\nMems_allowed_list:\t0\n\
          voluntary_ctxt_switches:\t0\nnonvoluntary_ctxt_switches:\t0\n",
         p.live_threads(),
         p.signals.blocked_pending(tid),
+        caps.inheritable,
+        caps.permitted,
+        caps.effective,
+        caps.bounding,
+        caps.ambient,
         if n >= 64 { u64::MAX } else { (1u64 << n) - 1 },
         n.saturating_sub(1)
     );

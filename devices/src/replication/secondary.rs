@@ -52,6 +52,9 @@ pub(super) fn replay(rep: &Replication, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -
     }
     if let Some(sig) = replay.signal {
         deliver_after(ctx, sig);
+        if ctx.nr as i64 == libc::SYS_rt_sigsuspend {
+            crate::syscalls::sys_signal::replayed_sigsuspend(ctx, a);
+        }
     }
     s.replayed(&*ctx, &replay, bytes);
     to_result(replay.ret)

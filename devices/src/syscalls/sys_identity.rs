@@ -1,10 +1,19 @@
 //! Identity and host facts: ids, uname, limits, usage, and randomness.
-//! The pid is virtual (fixed); user and group ids are the host's, read-only.
+//! The pid is virtual (fixed); user and group ids, groups and capabilities are the
+//! program's virtual credentials ([`crate::creds`]), never the VMM's own.
+//!
+//! Every credential call is Local: the credentials start from the same host ids in both
+//! replicas of a pair and change only through the program's own set*id calls, which take
+//! det turns in the same order in both, so each replica computes the same answers itself
+//! (a Recorded get*id would ship answers the secondary can compute, and a Recorded set*id
+//! would leave the secondary's own set, which its later calls read, unchanged).
 
 use super::util::{buf, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
+use crate::creds::{CredError, Credentials, IdSet, NGROUPS_MAX};
 use crate::errno::Errno;
 use crate::process::GUEST_PID;
+use crate::sync::lock;
 use crate::sys;
 use guest_memory::Access;
 
@@ -12,25 +21,29 @@ use guest_memory::Access;
 pub const TABLE: &[SyscallEntry] = &[
     sys!(SYS_getpid, Local, getpid),
     sys!(SYS_getppid, Recorded, passthrough0),
-    sys!(SYS_getuid, Recorded, passthrough0),
-    sys!(SYS_geteuid, Recorded, passthrough0),
-    sys!(SYS_getgid, Recorded, passthrough0),
-    sys!(SYS_getegid, Recorded, passthrough0),
+    sys!(SYS_getuid, Local, getuid),
+    sys!(SYS_geteuid, Local, geteuid),
+    sys!(SYS_getgid, Local, getgid),
+    sys!(SYS_getegid, Local, getegid),
     sys!(SYS_getpgrp, Recorded, passthrough0),
     sys!(SYS_getsid, Recorded, getpgid_like),
     sys!(SYS_getpgid, Recorded, getpgid_like),
     sys!(SYS_setpgid, Local, eperm),
     sys!(SYS_setsid, Local, eperm),
-    sys!(SYS_setuid, Local, eperm),
-    sys!(SYS_setgid, Local, eperm),
-    sys!(SYS_setreuid, Local, eperm),
-    sys!(SYS_setregid, Local, eperm),
-    sys!(SYS_setresuid, Local, eperm),
-    sys!(SYS_setresgid, Local, eperm),
-    sys!(SYS_setgroups, Local, eperm),
-    sys!(SYS_getgroups, Recorded, getgroups),
-    sys!(SYS_getresuid, Recorded, getresid),
-    sys!(SYS_getresgid, Recorded, getresid),
+    sys!(SYS_setuid, Local, setuid),
+    sys!(SYS_setgid, Local, setgid),
+    sys!(SYS_setreuid, Local, setreuid),
+    sys!(SYS_setregid, Local, setregid),
+    sys!(SYS_setresuid, Local, setresuid),
+    sys!(SYS_setresgid, Local, setresgid),
+    sys!(SYS_setfsuid, Local, setfsuid),
+    sys!(SYS_setfsgid, Local, setfsgid),
+    sys!(SYS_setgroups, Local, setgroups),
+    sys!(SYS_getgroups, Local, getgroups),
+    sys!(SYS_getresuid, Local, getresuid),
+    sys!(SYS_getresgid, Local, getresgid),
+    sys!(SYS_capget, Local, capget),
+    sys!(SYS_capset, Local, capset),
     sys!(SYS_uname, Recorded, uname),
     sys!(SYS_sysinfo, Recorded, sysinfo),
     sys!(SYS_getrlimit, Recorded, getrlimit),
@@ -67,20 +80,229 @@ fn ok_zero(_: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
     Ok(0)
 }
 
+fn creds<'a>(ctx: &SyscallCtx<'a>) -> std::sync::MutexGuard<'a, Credentials> {
+    lock(&ctx.process.creds)
+}
+
+fn cred_result(r: Result<(), CredError>) -> SysResult {
+    match r {
+        Ok(()) => Ok(0),
+        Err(CredError::NotPermitted) => Err(Errno::EPERM),
+        Err(CredError::Invalid) => Err(Errno::EINVAL),
+    }
+}
+
+/// An id argument: the ABI's `uid_t`/`gid_t` is 32 bits, so -1 arrives as 0xffffffff
+/// or as a sign-extended 64-bit -1 depending on the caller.
+fn id(a: u64) -> u32 {
+    a as u32
+}
+
+fn getuid(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    Ok(creds(ctx).uid.real as u64)
+}
+
+fn geteuid(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    Ok(creds(ctx).uid.effective as u64)
+}
+
+fn getgid(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    Ok(creds(ctx).gid.real as u64)
+}
+
+fn getegid(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
+    Ok(creds(ctx).gid.effective as u64)
+}
+
+fn setuid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    cred_result(creds(ctx).setuid(id(a[0])))
+}
+
+fn setgid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    cred_result(creds(ctx).setgid(id(a[0])))
+}
+
+fn setreuid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    cred_result(creds(ctx).setreuid(id(a[0]), id(a[1])))
+}
+
+fn setregid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    cred_result(creds(ctx).setregid(id(a[0]), id(a[1])))
+}
+
+fn setresuid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    cred_result(creds(ctx).setresuid(id(a[0]), id(a[1]), id(a[2])))
+}
+
+fn setresgid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    cred_result(creds(ctx).setresgid(id(a[0]), id(a[1]), id(a[2])))
+}
+
+fn setfsuid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    Ok(creds(ctx).setfsuid(id(a[0])) as u64)
+}
+
+fn setfsgid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    Ok(creds(ctx).setfsgid(id(a[0])) as u64)
+}
+
+fn setgroups(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let n = a[0] as i32;
+    if n < 0 || n as usize > NGROUPS_MAX {
+        return Err(Errno::EINVAL);
+    }
+    let bytes = if n == 0 {
+        Vec::new()
+    } else {
+        ctx.process.mem.read_bytes(a[1], n as u64 * 4)?
+    };
+    let groups = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    cred_result(creds(ctx).setgroups(groups))
+}
+
 fn getgroups(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let n = a[0] as i32;
     if n < 0 {
         return Err(Errno::EINVAL);
     }
-    let p = opt_buf(ctx, a[1], n as u64 * 4, Access::Write)?;
-    sc(libc::SYS_getgroups, [n as u64, p as u64, 0, 0, 0, 0])
+    let groups = creds(ctx).groups.clone();
+    if n == 0 {
+        return Ok(groups.len() as u64);
+    }
+    if (n as usize) < groups.len() {
+        return Err(Errno::EINVAL);
+    }
+    let bytes: Vec<u8> = groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+    ctx.process.mem.write_bytes(a[1], &bytes)?;
+    Ok(groups.len() as u64)
 }
 
-fn getresid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
-    let p0 = buf(ctx, a[0], 4, Access::Write)?;
-    let p1 = buf(ctx, a[1], 4, Access::Write)?;
-    let p2 = buf(ctx, a[2], 4, Access::Write)?;
-    sc(ctx.nr as i64, [p0 as u64, p1 as u64, p2 as u64, 0, 0, 0])
+fn write_ids(ctx: &SyscallCtx<'_>, a: [u64; 6], ids: IdSet) -> SysResult {
+    for (gva, v) in [(a[0], ids.real), (a[1], ids.effective), (a[2], ids.saved)] {
+        ctx.process.mem.write_obj(gva, &v)?;
+    }
+    Ok(0)
+}
+
+fn getresuid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let ids = creds(ctx).uid;
+    write_ids(ctx, a, ids)
+}
+
+fn getresgid(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let ids = creds(ctx).gid;
+    write_ids(ctx, a, ids)
+}
+
+/// `_LINUX_CAPABILITY_VERSION_1`: one 32-bit set of each kind.
+const CAP_V1: u32 = 0x1998_0330;
+/// Versions 2 and 3: two 32-bit words of each kind (3 is what the kernel prefers).
+const CAP_V2: u32 = 0x2007_1026;
+const CAP_V3: u32 = 0x2008_0522;
+
+/// capget/capset's header: the version, and whose capabilities (0 or the caller).
+fn cap_header(ctx: &SyscallCtx<'_>, gva: u64) -> Result<Option<usize>, Errno> {
+    let version: u32 = ctx.process.mem.read_obj(gva)?;
+    let pid: i32 = ctx.process.mem.read_obj(gva + 4)?;
+    let words = match version {
+        CAP_V1 => 1,
+        CAP_V2 | CAP_V3 => 2,
+        _ => {
+            // As Linux: tell the caller which version to use.
+            ctx.process.mem.write_obj(gva, &CAP_V3)?;
+            return Ok(None);
+        }
+    };
+    if pid < 0 || (pid != 0 && pid as i64 != GUEST_PID) {
+        return Err(Errno::ESRCH);
+    }
+    Ok(Some(words))
+}
+
+fn capget(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let Some(words) = cap_header(ctx, a[0])? else {
+        return if a[1] == 0 { Ok(0) } else { Err(Errno::EINVAL) };
+    };
+    if a[1] == 0 {
+        return Ok(0);
+    }
+    let c = creds(ctx).caps;
+    let mut out = Vec::with_capacity(words * 12);
+    for w in 0..words {
+        for set in [c.effective, c.permitted, c.inheritable] {
+            out.extend_from_slice(&((set >> (32 * w)) as u32).to_ne_bytes());
+        }
+    }
+    ctx.process.mem.write_bytes(a[1], &out)?;
+    Ok(0)
+}
+
+fn capset(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let Some(words) =
+        cap_header(ctx, a[0]).map_err(|e| if e == Errno::ESRCH { Errno::EPERM } else { e })?
+    else {
+        return Err(Errno::EINVAL);
+    };
+    let raw = ctx.process.mem.read_bytes(a[1], words as u64 * 12)?;
+    let word = |i: usize| u32::from_ne_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]) as u64;
+    let (mut eff, mut prm, mut inh) = (0u64, 0u64, 0u64);
+    for w in 0..words {
+        let base = w * 12;
+        eff |= word(base) << (32 * w);
+        prm |= word(base + 4) << (32 * w);
+        inh |= word(base + 8) << (32 * w);
+    }
+    cred_result(creds(ctx).capset(eff, prm, inh))
+}
+
+/// The capability operations of prctl (PR_SET_KEEPCAPS, the bounding and ambient sets);
+/// `None` for other options.
+pub(super) fn prctl_caps(ctx: &SyscallCtx<'_>, a: [u64; 6]) -> Option<SysResult> {
+    let cap_valid = |c: u64| c < 41;
+    let mut cr = creds(ctx);
+    let r = match a[0] as i32 {
+        libc::PR_GET_KEEPCAPS => Ok(cr.keep_caps as u64),
+        libc::PR_SET_KEEPCAPS if a[1] > 1 => Err(Errno::EINVAL),
+        libc::PR_SET_KEEPCAPS => {
+            cr.keep_caps = a[1] == 1;
+            Ok(0)
+        }
+        libc::PR_CAPBSET_READ if !cap_valid(a[1]) => Err(Errno::EINVAL),
+        libc::PR_CAPBSET_READ => Ok((cr.caps.bounding >> a[1]) & 1),
+        libc::PR_CAPBSET_DROP if !cap_valid(a[1]) => Err(Errno::EINVAL),
+        libc::PR_CAPBSET_DROP if cr.caps.effective & (1 << 8) == 0 => Err(Errno::EPERM),
+        libc::PR_CAPBSET_DROP => {
+            cr.caps.bounding &= !(1 << a[1]);
+            Ok(0)
+        }
+        libc::PR_CAP_AMBIENT => match a[1] as i32 {
+            libc::PR_CAP_AMBIENT_CLEAR_ALL => {
+                cr.caps.ambient = 0;
+                Ok(0)
+            }
+            _ if !cap_valid(a[2]) => Err(Errno::EINVAL),
+            libc::PR_CAP_AMBIENT_IS_SET => Ok((cr.caps.ambient >> a[2]) & 1),
+            libc::PR_CAP_AMBIENT_LOWER => {
+                cr.caps.ambient &= !(1 << a[2]);
+                Ok(0)
+            }
+            libc::PR_CAP_AMBIENT_RAISE => {
+                let bit = 1 << a[2];
+                if cr.caps.permitted & cr.caps.inheritable & bit == 0 {
+                    Err(Errno::EPERM)
+                } else {
+                    cr.caps.ambient |= bit;
+                    Ok(0)
+                }
+            }
+            _ => Err(Errno::EINVAL),
+        },
+        _ => return None,
+    };
+    Some(r)
 }
 
 fn uname(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {

@@ -76,14 +76,54 @@ fn rt_sigprocmask(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     Ok(0)
 }
 
+/// Linux's MINSIGSTKSZ on x86-64.
+const MINSIGSTKSZ: u64 = 2048;
+
+/// sigaltstack: a per-thread alternate stack, which SA_ONSTACK handlers run on (the vmm's
+/// frame builder asks [`crate::signals::Signals::altstack`]). Go needs it: its signal
+/// handler refuses to run on a thread whose alternate stack is disabled.
 fn sigaltstack(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let tid = ctx.thread.tid;
+    let cur = ctx.process.signals.altstack(tid);
+    let rsp = ctx.regs.rsp;
+    let on = cur.is_some_and(|(sp, size)| on_stack(rsp, sp, size));
+    if a[0] != 0 {
+        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
+        let new: [u64; 3] = ctx.process.mem.read_obj(a[0])?;
+        let flags = new[1] as i32;
+        if on {
+            return Err(Errno::EPERM);
+        }
+        let known = libc::SS_DISABLE | SS_AUTODISARM;
+        if flags & !known != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if flags & libc::SS_DISABLE != 0 {
+            ctx.process.signals.set_altstack(tid, None);
+        } else if new[2] < MINSIGSTKSZ {
+            return Err(Errno::ENOMEM);
+        } else {
+            ctx.process
+                .signals
+                .set_altstack(tid, Some((new[0], new[2])));
+        }
+    }
     if a[1] != 0 {
-        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }: report "disabled";
-        // handlers always run on the thread's own stack.
-        let disabled: [u64; 3] = [0, libc::SS_DISABLE as u64, 0];
-        ctx.process.mem.write_obj(a[1], &disabled)?;
+        let old: [u64; 3] = match cur {
+            None => [0, libc::SS_DISABLE as u64, 0],
+            Some((sp, size)) => [sp, if on { libc::SS_ONSTACK as u64 } else { 0 }, size],
+        };
+        ctx.process.mem.write_obj(a[1], &old)?;
     }
     Ok(0)
+}
+
+/// SS_AUTODISARM (Linux 4.7): accepted; the stack stays armed (no nested use here).
+const SS_AUTODISARM: i32 = 1 << 31;
+
+/// Whether `rsp` lies on the stack [sp, sp + size).
+pub fn on_stack(rsp: u64, sp: u64, size: u64) -> bool {
+    rsp > sp && rsp <= sp.saturating_add(size)
 }
 
 fn rt_sigreturn(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
@@ -218,9 +258,18 @@ fn rt_sigsuspend(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let tid = ctx.thread.tid;
     let old = ctx.process.signals.set_mask(tid, mask);
     let r = wait_for_signal(ctx);
-    // Approximation: the handler then runs with the old mask, not the temporary one.
-    ctx.process.signals.set_mask(tid, old);
+    ctx.process.signals.end_suspend(tid, old);
     r
+}
+
+/// A pair's secondary replays rt_sigsuspend without waiting; the signal the primary's
+/// call woke for must still reach its handler under the call's temporary mask.
+pub(crate) fn replayed_sigsuspend(ctx: &SyscallCtx<'_>, a: [u64; 6]) {
+    if let Ok(mask) = ctx.process.mem.read_obj::<u64>(a[0]) {
+        let tid = ctx.thread.tid;
+        let old = ctx.process.signals.set_mask(tid, mask);
+        ctx.process.signals.end_suspend(tid, old);
+    }
 }
 
 /// The conventional name of a signal, for reports.

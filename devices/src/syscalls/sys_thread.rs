@@ -248,7 +248,7 @@ fn prctl(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
             ctx.process.mem.write_bytes(a[1], &name)?;
             Ok(0)
         }
-        _ => Err(Errno::EINVAL),
+        _ => super::sys_identity::prctl_caps(ctx, a).unwrap_or(Err(Errno::EINVAL)),
     }
 }
 

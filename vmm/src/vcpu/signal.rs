@@ -44,7 +44,8 @@ impl Machine {
             let fpu = vcpu
                 .get_fpu()
                 .map_or([0; fpstate::FXSAVE_SIZE], |f| fpstate::to_fxsave(&f));
-            let frame = signal_frame::build(&self.process.mem, ctx, sig, &act, old_mask, &fpu);
+            let alt = signals.altstack(tid);
+            let frame = signal_frame::build(&self.process.mem, ctx, sig, &act, old_mask, &fpu, alt);
             let handler = match frame {
                 Ok(h) => {
                     if let Some(rep) = self.process.replication.get() {
@@ -81,7 +82,9 @@ impl Machine {
             }
             return ThreadAction::Continue;
         }
-        // Nothing deliverable after all: resume the interrupted context as it was.
+        // Nothing deliverable after all: resume the interrupted context as it was, with
+        // the mask a sigsuspend replaced.
+        signals.restore_saved_mask(tid);
         if resume != Resume::User {
             self.set_context(vcpu, local, resume, ctx);
         }
