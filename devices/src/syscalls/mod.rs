@@ -293,10 +293,27 @@ impl SyscallTable {
             Some(rep) => crate::replication::serve(rep, ctx, entry, args),
             None => serve_local(ctx, entry, args, &mut |c, a| handler(c, a)),
         };
-        match result {
+        let ret = match result {
             Ok(v) => v,
             Err(e) => e.as_return(),
-        }
+        };
+        // Every syscall with its arguments and result, for diagnosing a guest that hangs or
+        // spins (RUST_LOG=ditto::syscalls=trace); off, it costs one level check.
+        tracing::trace!(
+            target: "ditto::syscalls",
+            tid = ctx.thread.tid,
+            seq = ctx.thread.syscalls,
+            "{}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {}",
+            entry.name,
+            args[0],
+            args[1],
+            args[2],
+            args[3],
+            args[4],
+            args[5],
+            ret as i64
+        );
+        ret
     }
 }
 

@@ -91,12 +91,7 @@ fn stat_at(ctx: &SyscallCtx<'_>, at: &AtPath, out: u64, flags: u64) -> SysResult
         std::mem::size_of::<libc::stat>() as u64,
         Access::Write,
     )?;
-    let flags = flags
-        | if at.empty {
-            libc::AT_EMPTY_PATH as u64
-        } else {
-            0
-        };
+    let flags = at.host_flags(flags);
     sc(
         libc::SYS_newfstatat,
         [
@@ -162,10 +157,7 @@ fn statx(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         std::mem::size_of::<libc::statx>() as u64,
         Access::Write,
     )?;
-    let mut flags = a[2] & !(libc::AT_EMPTY_PATH as u64);
-    if at.empty {
-        flags |= libc::AT_EMPTY_PATH as u64;
-    }
+    let flags = at.host_flags(a[2]);
     sc(
         libc::SYS_statx,
         [
@@ -200,10 +192,7 @@ fn faccess(ctx: &mut SyscallCtx<'_>, dfd: u64, path_gva: u64, mode: u64, flags: 
         return r;
     }
     let at = at_path(ctx, dfd, path_gva, !nofollow, empty_ok, false)?;
-    let mut flags = flags & !(libc::AT_EMPTY_PATH as u64);
-    if at.empty {
-        flags |= libc::AT_EMPTY_PATH as u64;
-    }
+    let flags = at.host_flags(flags);
     sc(
         libc::SYS_faccessat2,
         [at.dirfd as u64, at.name.as_ptr() as u64, mode, flags, 0, 0],
@@ -234,6 +223,11 @@ fn readlink_common(
         return r;
     }
     let at = at_path(ctx, dfd, path_gva, false, true, false)?;
+    if at.resolved_link {
+        // The name is a directory the resolver opened (the root, a bind's own path), never
+        // a symlink; reading the host's magic link would hand the guest a host path.
+        return Err(Errno::EINVAL);
+    }
     let o = buf(ctx, out, len, Access::Write)?;
     sc(
         libc::SYS_readlinkat,
@@ -434,12 +428,7 @@ fn chown_common(
         flags & libc::AT_EMPTY_PATH as u64 != 0,
         true,
     )?;
-    let flags = (flags & libc::AT_SYMLINK_NOFOLLOW as u64)
-        | if at.empty {
-            libc::AT_EMPTY_PATH as u64
-        } else {
-            0
-        };
+    let flags = at.host_flags(flags & (libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH) as u64);
     sc(
         libc::SYS_fchownat,
         [at.dirfd as u64, at.name.as_ptr() as u64, uid, gid, flags, 0],
@@ -491,7 +480,7 @@ fn utimensat(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
             at.dirfd as u64,
             at.name.as_ptr() as u64,
             times as u64,
-            a[3] & libc::AT_SYMLINK_NOFOLLOW as u64,
+            at.host_flags(a[3] & libc::AT_SYMLINK_NOFOLLOW as u64),
             0,
             0,
         ],

@@ -113,6 +113,27 @@ pub struct AtPath {
     pub name: CString,
     /// Whether the caller must pass AT_EMPTY_PATH (name is empty, dirfd is the object).
     pub empty: bool,
+    /// Whether name is the `/proc/self/fd/N` magic link to the already resolved object
+    /// (a path the resolver opened itself: the root, `.`, `..`, a bind's own path). That
+    /// link is the host's, not the guest's: AT_SYMLINK_NOFOLLOW on it would stat or read
+    /// the link itself (a symlink to a host path) instead of the directory the guest named.
+    pub resolved_link: bool,
+}
+
+impl AtPath {
+    /// The flags for the host `*at` call from the guest's: AT_EMPTY_PATH when the
+    /// descriptor is the object, and AT_SYMLINK_NOFOLLOW dropped on the resolver's own
+    /// magic link (the object behind it is what the guest's name, unfollowed, names).
+    pub fn host_flags(&self, guest_flags: u64) -> u64 {
+        let mut f = guest_flags & !(libc::AT_EMPTY_PATH as u64);
+        if self.empty {
+            f |= libc::AT_EMPTY_PATH as u64;
+        }
+        if self.resolved_link {
+            f &= !(libc::AT_SYMLINK_NOFOLLOW as u64);
+        }
+        f
+    }
 }
 
 /// Resolves a guest (dirfd, path, flags) triple. `follow` says whether a final symlink
@@ -145,6 +166,7 @@ pub fn at_path(
                 _resolved: None,
                 name: CString::default(),
                 empty: true,
+                resolved_link: false,
             }),
             None => {
                 let r = ctx.process.fs.target(None, c".", mutating)?;
@@ -155,6 +177,7 @@ pub fn at_path(
                     dirfd,
                     name,
                     empty: false,
+                    resolved_link: true,
                 })
             }
         };
@@ -166,12 +189,14 @@ pub fn at_path(
         ctx.process.fs.parent(host_dir, &p, mutating)?
     };
     let (dirfd, name) = r.at();
+    let resolved_link = matches!(r, Resolved::Target(_));
     Ok(AtPath {
         _dir: dir,
         _resolved: Some(r),
         dirfd,
         name,
         empty: false,
+        resolved_link,
     })
 }
 
