@@ -48,8 +48,15 @@ fn native_in_image(image: &str, entry: &str, args: &[&str], cwd: &Path) -> Outpu
 
 /// Runs `ditto run --image IMAGE -- ARGS` in `cwd`; its output and wall time.
 fn ditto_run(image: &str, args: &[&str], cwd: &Path) -> (Output, Duration) {
+    ditto_run_with(image, &[], args, cwd)
+}
+
+/// `ditto_run` with ditto options (`--memory 2G`) before `--image`.
+fn ditto_run_with(image: &str, opts: &[&str], args: &[&str], cwd: &Path) -> (Output, Duration) {
     let mut c = ditto();
-    c.args(["run", "--image", image, "--"])
+    c.arg("run")
+        .args(opts)
+        .args(["--image", image, "--"])
         .args(args)
         .current_dir(cwd);
     let t = Instant::now();
@@ -62,10 +69,22 @@ fn ditto_run(image: &str, args: &[&str], cwd: &Path) -> (Output, Duration) {
 /// Runs a pair in `mode`; checks the report says identical and the secondary's stdout is
 /// the primary's. The primary's output and the wall time.
 fn ditto_pair(mode: &str, image: &str, args: &[&str], cwd: &Path) -> (Output, Duration) {
+    ditto_pair_with(mode, image, &[], args, cwd)
+}
+
+/// `ditto_pair` with ditto options (`--memory 2G`) before `--image`.
+fn ditto_pair_with(
+    mode: &str,
+    image: &str,
+    opts: &[&str],
+    args: &[&str],
+    cwd: &Path,
+) -> (Output, Duration) {
     let out = tempdir();
     let mut c = ditto();
     c.args(["pair", "--quiet", "--mode", mode, "--out"])
         .arg(out.path())
+        .args(opts)
         .args(["--image", image, "--"])
         .args(args)
         .current_dir(cwd);
@@ -316,15 +335,11 @@ fn python_concurrent_futures_pool() {
     });
 }
 
-/// Node.js worker_threads.
-#[test]
-#[ignore = "node hangs at start under ditto (even console.log): not diagnosed yet, see README Compatibility"]
-fn nodejs_worker_threads() {
-    let dir = tempfile::Builder::new()
-        .prefix("ditto-compat")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let js = "\
+/// Node.js worker_threads: three Workers hash their inputs and post the digests back. The
+/// image's node cannot run natively from the host (it looks for /usr/share/nodejs in the
+/// host's root), so the output is checked against the known digests (sha256 of
+/// "I:0".."I:4999", first 16 hex digits) instead.
+const NODE_WORKERS_JS: &str = "\
 const { Worker, isMainThread, parentPort, workerData } = require('worker_threads');
 const crypto = require('crypto');
 if (isMainThread) {
@@ -339,10 +354,47 @@ if (isMainThread) {
   parentPort.postMessage({ i: workerData, d: h.digest('hex').slice(0, 16) });
 }
 ";
-    std::fs::write(dir.path().join("w.js"), js).unwrap();
-    corpus("nodejs", "/usr/bin/node", &["w.js"], dir.path(), |out| {
-        assert_eq!(String::from_utf8_lossy(out).lines().count(), 3);
-    });
+
+/// What NODE_WORKERS_JS prints (computed outside node: Python's hashlib).
+const NODE_WORKERS_OUT: &str = "0 d865b092b680a97b\n1 c151a3ccd1de1050\n2 78397bcf7e736fca\n";
+
+/// Each V8 isolate (one per Worker) reserves its code range and heap cages; with the
+/// default 1 GiB the fourth isolate's CodeRange reservation fails ("Fatal process OOM").
+const NODE_OPTS: [&str; 2] = ["--memory", "2G"];
+
+/// A directory under /tmp holding the script, as the working directory of the run.
+fn node_workers_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ditto-compat")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::write(dir.path().join("w.js"), NODE_WORKERS_JS).unwrap();
+    dir
+}
+
+/// Node.js worker_threads under `ditto run`. (It once spun forever in node's realpath of
+/// the script: the working directory, a bind, lstat'ed as a symlink to itself.)
+#[test]
+fn nodejs_worker_threads() {
+    let _turn = one_at_a_time();
+    let dir = node_workers_dir();
+    let (run, _) = ditto_run_with("nodejs", &NODE_OPTS, &["w.js"], dir.path());
+    assert_eq!(stdout(&run), NODE_WORKERS_OUT, "stderr: {}", stderr(&run));
+}
+
+/// The same as a pair in both modes.
+#[test]
+#[ignore = "det pair diverges: a Worker thread's tgkill (V8) meets the primary's \
+            clock_gettime (timing-dependent call counts); follow pair: the secondary \
+            stops with 'sleeps in a futex wait that no thread can end' (V8 platform \
+            workers); ditto limitations, not fixed yet"]
+fn nodejs_worker_threads_pair() {
+    let _turn = one_at_a_time();
+    let dir = node_workers_dir();
+    for mode in MODES {
+        let (pair, _) = ditto_pair_with(mode, "nodejs", &NODE_OPTS, &["w.js"], dir.path());
+        assert_eq!(stdout(&pair), NODE_WORKERS_OUT, "{mode}");
+    }
 }
 
 /// A Go HTTP server from Debian (webhook), under a real client (curl): under `ditto run`

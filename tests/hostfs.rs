@@ -179,3 +179,28 @@ fn random_devices_read_alike_in_both_replicas() {
         assert_eq!(secondary, hex);
     }
 }
+
+/// Directories that ditto resolves itself ("/", ".", "..", and in an image run the bound
+/// working directory) are directories to lstat, fstatat/statx/faccessat with
+/// AT_SYMLINK_NOFOLLOW and readlink (EINVAL), natively and under `ditto run`; a real symlink
+/// is still one. Each check is a line of lstat_dirs' output, so a failure names its call.
+#[test]
+fn resolver_opened_directories_are_not_symlinks() {
+    let prog = prog("lstat_dirs");
+    let dir = tempdir();
+    let native = Command::new(&prog)
+        .arg("/tmp")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(native.status.success(), "native: {}", stdout(&native));
+    let mut c = ditto();
+    c.current_dir(dir.path())
+        .arg("run")
+        .arg("--")
+        .arg(&prog)
+        .arg("/tmp");
+    let o = output_within(c, 60);
+    assert_eq!(stdout(&o), stdout(&native), "ditto run: {}", stderr(&o));
+    assert!(o.status.success(), "ditto run: {}", stderr(&o));
+}

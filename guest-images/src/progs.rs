@@ -31,6 +31,7 @@ pub const PROGRAMS: &[&str] = &[
     "hostfiles-det",
     "hostfiles-dyn",
     "hugetimeout",
+    "lstat_dirs",
     "memfault",
     "mremap_hole",
     "privdrop",
