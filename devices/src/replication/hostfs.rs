@@ -17,7 +17,7 @@
 //! call's arguments, the cwd and the set, so both replicas make it alike without a record.
 
 use std::collections::HashSet;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -26,6 +26,9 @@ use crate::sync::lock;
 
 /// Longest path read from the guest (as the path syscalls read them).
 const PATH_MAX: usize = 4096;
+
+/// Largest socket address a bind takes (sizeof(struct sockaddr_storage)).
+const SOCKADDR_MAX: u64 = 128;
 
 /// Most paths [`Written`] remembers; beyond that every outside read is Recorded, which is
 /// correct, only slower.
@@ -112,6 +115,16 @@ fn outside_path(
         // EFAULT alike in both replicas.
         return Ok(None);
     };
+    outside_name(p, files, dfd, &path)
+}
+
+/// [`outside_path`] of a path already read from the program.
+fn outside_name(
+    p: &Process,
+    files: &HostFiles,
+    dfd: u64,
+    path: &CStr,
+) -> Result<Option<Vec<u8>>, ()> {
     let dir = if dfd as i32 == libc::AT_FDCWD {
         None
     } else {
@@ -123,10 +136,10 @@ fn outside_path(
         }
     };
     let dirfd = dir.as_ref().map(|d| d.raw());
-    if virtual_path(p, dirfd, &path) {
+    if virtual_path(p, dirfd, path) {
         return Ok(None);
     }
-    match p.fs.locate(dirfd, &path) {
+    match p.fs.locate(dirfd, path) {
         Ok((norm, bind)) if !files.is_own(bind) => Ok(Some(norm)),
         _ => Ok(None),
     }
@@ -187,6 +200,36 @@ fn open_path(p: &Process, files: &HostFiles, arg: PathArg, flags: u64) -> bool {
     }
 }
 
+/// The file name a bind of an AF_UNIX socket to the address at `addr` (`len` bytes) makes:
+/// its path as Linux reads it (up to the first NUL or the address's end), None for another
+/// family, an abstract or unnamed address, or one that cannot be read (the call fails).
+fn unix_socket_path(p: &Process, addr: u64, len: u64) -> Option<CString> {
+    if !(3..=SOCKADDR_MAX).contains(&len) {
+        return None;
+    }
+    let sa = p.mem.read_bytes(addr, len).ok()?;
+    if u16::from_ne_bytes([sa[0], sa[1]]) != libc::AF_UNIX as u16 || sa[2] == 0 {
+        return None;
+    }
+    let path = &sa[2..];
+    CString::new(&path[..path.iter().position(|&b| b == 0).unwrap_or(path.len())]).ok()
+}
+
+/// A bind that made a socket file in the replica's own state: the secondary must make
+/// it too. bind is Recorded (the primary binds its socket, the secondary holds a
+/// placeholder), but the file it leaves is as much the replica's own as one that open
+/// makes there, and the program's later Local calls on that name (chmod, unlink, a create
+/// of the same name) must find it in both replicas (sysfuzz seed 20: a bind of "d/x" in
+/// its work directory, then a chown of "d/x"). A file made outside is the primary's alone
+/// ([`outside`] remembers it as changed).
+pub(super) fn binds_own_file(files: &HostFiles, p: &Process, nr: u64, a: [u64; 6]) -> bool {
+    if nr as i64 != libc::SYS_bind {
+        return false;
+    }
+    unix_socket_path(p, a[1], a[2])
+        .is_some_and(|path| matches!(outside_name(p, files, CWD, &path), Ok(None)))
+}
+
 /// Whether this call touches the host's files outside the replica's own state, so that the
 /// primary must perform it alone (Recorded). Called in both replicas before the call, with
 /// the same arguments, cwd and [`Written`] set, so both decide alike.
@@ -222,6 +265,16 @@ pub(super) fn outside(files: &HostFiles, p: &Process, nr: u64, a: [u64; 6]) -> b
         SYS_statx if !fd_form(a[2], a[1]) => reads(p, files, (a[0], a[1])),
         SYS_faccessat | SYS_faccessat2 | SYS_readlinkat => reads(p, files, (a[0], a[1])),
         SYS_copy_file_range => external_fd(p, a[0]) || external_fd(p, a[2]),
+        SYS_bind => unix_socket_path(p, a[1], a[2]).is_some_and(|path| {
+            match outside_name(p, files, CWD, &path) {
+                Ok(Some(name)) => {
+                    files.written.insert(&name);
+                    true
+                }
+                Ok(None) => false,
+                Err(()) => true,
+            }
+        }),
         _ => false,
     }
 }
