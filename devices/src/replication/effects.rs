@@ -505,6 +505,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_calls_earlier_outputs_are_replayed_where_writable() {
+        let p = process();
+        let efault = -(libc::EFAULT as i64);
+        // getcpu(&cpu, bad node): the primary wrote the cpu before the node faulted.
+        let nr = libc::SYS_getcpu as u64;
+        let a = [0x60_0000, 0x3e7, 0, 0, 0, 0];
+        assert_eq!(
+            written(&p, nr, a, &Plan::default(), efault),
+            vec![(0x60_0000, 4)]
+        );
+        p.mem.write_obj(0x60_0000, &0xffff_ffffu32).unwrap();
+        let parts = vec![(0x60_0000, 0u32.to_le_bytes().to_vec())];
+        place(&p, nr, a, &Plan::default(), efault, &parts).unwrap();
+        assert_eq!(p.mem.read_obj::<u32>(0x60_0000).unwrap(), 0);
+        // A bad cpu pointer first: the call stopped there, and the node it did not reach
+        // is copied as the primary holds it, unchanged.
+        let a = [0x3e7, 0x60_0000, 0, 0, 0, 0];
+        assert_eq!(
+            written(&p, nr, a, &Plan::default(), efault),
+            vec![(0x60_0000, 4)]
+        );
+        // A call with one output writes nothing when it fails.
+        let a = [0, 0x60_0000, 0, 0, 0, 0];
+        let nr = libc::SYS_clock_gettime as u64;
+        assert!(written(&p, nr, a, &Plan::default(), -22).is_empty());
+    }
+
+    #[test]
     fn a_result_that_does_not_fit_is_a_divergence() {
         let p = process();
         let a = [3, 0x60_0000, 64, 0, 0, 0];

@@ -345,9 +345,16 @@ mod tests {
             fs.set_cwd("/tmp");
             let mem = crate::guest_mem::GuestMemory::new(64 << 20).unwrap();
             let layout = crate::address_space::Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
+            let mut aspace = crate::address_space::AddressSpace::new(layout);
+            // The path strings' pages: path arguments are read as the program's mappings
+            // allow.
+            let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+            aspace
+                .vmas_mut()
+                .insert(4 << 20, crate::vma::Vma::anon(8 << 20, rw, false, None));
             let process = Process::new(
                 mem,
-                crate::address_space::AddressSpace::new(layout),
+                aspace,
                 fs,
                 crate::fd_table::FdTable::new(),
                 "/test".into(),
@@ -415,6 +422,42 @@ mod tests {
         assert!(!t.outside(libc::SYS_unlink, [0x10, 0, 0, 0, 0, 0]));
         // A bad directory descriptor likewise.
         assert!(!t.outside(libc::SYS_unlinkat, [77, t.s("x"), 0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn a_unix_bind_makes_a_file_outside_or_in_the_replicas_own_state() {
+        let t = Setup::new();
+        let sockaddr = |path: &str| {
+            let mut sa = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+            sa.extend_from_slice(path.as_bytes());
+            sa.push(0);
+            let at = t.s("");
+            t.process.mem.write_bytes(at, &sa).unwrap();
+            [5, at, sa.len() as u64, 0, 0, 0]
+        };
+        let bind = libc::SYS_bind as u64;
+        // In the replica's own state: the secondary makes the file too.
+        let own = sockaddr("/state/sock");
+        assert!(binds_own_file(&t.files, &t.process, bind, own));
+        assert!(!t.outside(libc::SYS_bind, own));
+        // Outside: the primary's alone, and a changed path from then on.
+        let out = sockaddr("s.sock");
+        assert!(!binds_own_file(&t.files, &t.process, bind, out));
+        assert!(t.outside(libc::SYS_bind, out));
+        assert!(t.outside(libc::SYS_stat, [t.s("/tmp/s.sock"), 0x60_0000, 0, 0, 0, 0]));
+        // Abstract and unnamed addresses name no file.
+        let mut abs = sockaddr("xabstract");
+        t.process.mem.write_bytes(abs[1] + 2, &[0]).unwrap();
+        assert!(!binds_own_file(&t.files, &t.process, bind, abs));
+        abs[2] = 2;
+        assert!(!binds_own_file(&t.files, &t.process, bind, abs));
+        // Another call: no.
+        assert!(!binds_own_file(
+            &t.files,
+            &t.process,
+            libc::SYS_connect as u64,
+            own
+        ));
     }
 
     #[test]
