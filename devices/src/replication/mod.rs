@@ -332,9 +332,10 @@ pub fn serve(
         (Role::Primary, Treatment::Recorded) => {
             let plan = effects::plan(ctx.process, ctx.nr, a);
             ctx.reentry_at = None;
-            // A record exists only for a call the handler served: the det layer answers
-            // some calls without it (the program is ending), and on the secondary those
-            // never reach the replay that would take the record.
+            // A record exists only for a call the handler served: the det layer answers a
+            // few calls without it (libditto's own open, a call made as the program ends),
+            // alike in both replicas, and on the secondary those never reach the replay
+            // that would take the record.
             let mut served = false;
             let r = local(ctx, &mut |c, a| {
                 served = true;

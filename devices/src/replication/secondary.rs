@@ -104,7 +104,7 @@ pub(super) fn exit(rep: &Replication, ctx: &mut SyscallCtx<'_>, status: i64) -> 
 fn bind_placeholder(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let entry = crate::syscalls::sys_socket::TABLE
         .iter()
-        .find(|e| e.nr as i64 == libc::SYS_bind)
+        .find(|e| e.nr == libc::SYS_bind)
         .ok_or(Errno::ENOSYS)?;
     (entry.handler)(ctx, a)
 }
