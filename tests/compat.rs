@@ -319,16 +319,19 @@ fn python(script: &str, check: impl Fn(&[u8])) {
 }
 
 #[test]
-#[ignore = "det pair diverges: the secondary's clock_gettime meets the primary's futex timed \
-            wait (CPython's GIL waits on a condvar with a 5 ms deadline); follow pair: the \
-            secondary stalls after the primary ends (helper fstall's area)"]
+#[ignore = "a data race in CPython by design, both modes: a thread that waits 5 ms for the GIL \
+            sets gil_drop_request (Python/ceval_gil.h, take_gil) and the holder reads it between \
+            bytecodes with no synchronisation, so each replica switches threads at another \
+            bytecode; reports: det diverged at a thread's clock_gettime where the primary made a \
+            timed futex wait; follow reports a schedule divergence (README Compatibility)"]
 fn python_threads_lock_and_event() {
     python(PY_THREADS, |out| assert_eq!(out, b"total 12000 woken\n"));
 }
 
 #[test]
-#[ignore = "follow pair: the secondary makes no progress for 30 s after the primary ends \
-            (internal-lock stall, helper fstall's area); det pair passes (8.3x run time)"]
+#[ignore = "the same CPython GIL race as python_threads_lock_and_event: det pairs diverge at a \
+            clock_gettime (2026-12-07: thread 0 syscall #11154), follow pairs report a schedule \
+            divergence; identical in 1 det run of several"]
 fn python_concurrent_futures_pool() {
     python(PY_FUTURES, |out| {
         assert_eq!(String::from_utf8_lossy(out).lines().count(), 12);

@@ -100,16 +100,27 @@ fn report(out: &Path) -> Report {
     Report::load(out.join("report.json")).expect("report.json")
 }
 
-/// Two seeds as a pair in each mode: the secondary sees the same results (and so the
-/// same digest, or the same crash), and the report says identical. Seed 3 diverged at its
-/// work directory: the secondary's root was read-only and the primary's writable, so
-/// mkdtemp failed in the secondary alone (`--private-tmp` gives each replica its own /tmp). Seed 8 hung under `--det`: a read of a blocking epoll descriptor waited for
-/// POLLIN for ever where Linux answers EINVAL at once.
+/// Seeds as a pair in each mode: the secondary sees the same results (and so the same
+/// digest, or the same crash), and the report says identical. Each diverged once:
+/// - 3 at its work directory: the secondary's root was read-only and the primary's
+///   writable, so mkdtemp failed in the secondary alone (`--private-tmp` gives each
+///   replica its own /tmp);
+/// - 8 hung under `--det`: a read of a blocking epoll descriptor waited for POLLIN for
+///   ever where Linux answers EINVAL at once;
+/// - 13: an O_CREAT open of "/nonexistent/q" (Recorded: a change outside) was answered
+///   ENOENT by the det layer without its handler in both replicas, yet the primary
+///   recorded it, and the secondary's next replicated call met that record;
+/// - 14 (and 21): getcpu into the scratch memory with a bad node pointer wrote the cpu and
+///   failed with EFAULT; the record of a failed call carried no memory, so the secondary's
+///   scratch kept its old bytes, and a later path read from there differed;
+/// - 20: a bind of an AF_UNIX socket to "d/x" in the work directory made the socket file
+///   in the primary's /tmp only (bind is Recorded), so a later chown of "d/x" succeeded
+///   in the primary and failed with ENOENT in the secondary.
 #[test]
 fn pairs_of_fuzz_runs_are_identical_in_both_modes() {
     let p = prog("sysfuzz");
     for mode in ["det", "follow"] {
-        for seed in [3u64, 8] {
+        for seed in [3u64, 8, 13, 14, 20] {
             let out = tempdir();
             let mut c = ditto();
             c.args(["pair", "--quiet", "--private-tmp", "--mode", mode, "--out"])

@@ -111,6 +111,16 @@ static long raw(long nr, uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_
     return r == -1 ? -errno : r;
 }
 
+/* The arguments of the last fuzzed call, for SYSFUZZ_TRACE. */
+static uint64_t last_args[6];
+
+/* Issues a fuzzed call (as opposed to the fuzzer's own housekeeping calls). */
+static long issue(long nr, const uint64_t a[6])
+{
+    memcpy(last_args, a, sizeof last_args);
+    return raw(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
 static void refill_scratch(void)
 {
     /* A few random bytes somewhere: enough to vary what calls read. */
@@ -462,7 +472,7 @@ static int fuzz_one(long nr, long *out)
         if (below(2))
             a[3] = (a[3] & ~0xfULL) | MAP_PRIVATE | MAP_ANONYMOUS;
         a[4] = below(2) ? (uint64_t)-1 : fd_arg();
-        *out = raw(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+        *out = issue(nr, a);
         remember_map(*out, a[1]);
         return 1;
     case SYS_munmap:
@@ -478,7 +488,7 @@ static int fuzz_one(long nr, long *out)
             a[2] = below(26); /* never MADV_HWPOISON (100) or MADV_SOFT_OFFLINE (101) */
         if (nr == SYS_mincore)
             a[2] = (uint64_t)(scratch + below(SCRATCH_SIZE));
-        *out = raw(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+        *out = issue(nr, a);
         if (nr == SYS_munmap && *out == 0)
             forget_map(a[0]);
         return 1;
@@ -486,7 +496,7 @@ static int fuzz_one(long nr, long *out)
         a[0] = map_addr(&a[1]);
         a[2] = below(2) ? 4096 * (1 + below(16)) : length();
         a[3] &= ~(uint64_t)(MREMAP_FIXED | 4 /* MREMAP_DONTUNMAP */);
-        *out = raw(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+        *out = issue(nr, a);
         if (*out >= 0 || *out < -4095) {
             forget_map(a[0]);
             remember_map(*out, a[2]);
@@ -564,7 +574,7 @@ static int fuzz_one(long nr, long *out)
         if (!fd_ok(a[0]))
             return 0;
     }
-    *out = raw(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    *out = issue(nr, a);
     /* Whatever descriptor a call made is made non-blocking before the next call. */
     if (*out >= 3 && *out < 65536)
         make_nonblocking(*out);
@@ -578,6 +588,15 @@ static int fuzz_one(long nr, long *out)
         }
     }
     return 1;
+}
+
+/* FNV-1a of the scratch memory (SYSFUZZ_TRACE=2). */
+static uint64_t scratch_hash(void)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (int i = 0; i < SCRATCH_SIZE; i++)
+        h = (h ^ scratch[i]) * 1099511628211ULL;
+    return h;
 }
 
 static void setup(void)
@@ -684,8 +703,15 @@ int main(int argc, char **argv)
 {
     uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 1;
     long n = argc > 2 ? strtol(argv[2], NULL, 0) : 1000;
-    /* SYSFUZZ_TRACE=1: each call's index and number on stderr, to find a culprit. */
-    int trace = getenv("SYSFUZZ_TRACE") != NULL;
+    /*
+     * SYSFUZZ_TRACE=1: each call's index, number, arguments and result on stderr, to find
+     * a culprit; SYSFUZZ_TRACE=2 adds a hash of the scratch memory after the call, so that
+     * a pair's first differing stderr line names the call that left different bytes there.
+     */
+    const char *trace_env = getenv("SYSFUZZ_TRACE");
+    int trace = trace_env ? atoi(trace_env) : 0;
+    if (trace_env && trace == 0)
+        trace = 1;
     rng = seed * 0x9E3779B97F4A7C15ULL + 0x1234567;
     if (!rng)
         rng = 1;
@@ -699,8 +725,15 @@ int main(int argc, char **argv)
         long nr = pick_nr();
         long r;
         int issued = fuzz_one(nr, &r);
-        if (trace && issued)
-            fprintf(stderr, "%ld: %ld -> %ld\n", i, nr, r);
+        if (trace && issued) {
+            fprintf(stderr, "%ld: %ld(%llx, %llx, %llx, %llx, %llx, %llx) -> %ld", i, nr,
+                    (unsigned long long)last_args[0], (unsigned long long)last_args[1],
+                    (unsigned long long)last_args[2], (unsigned long long)last_args[3],
+                    (unsigned long long)last_args[4], (unsigned long long)last_args[5], r);
+            if (trace > 1)
+                fprintf(stderr, " scratch=%016llx", (unsigned long long)scratch_hash());
+            fputc('\n', stderr);
+        }
         if (!issued) {
             skipped++;
             continue;

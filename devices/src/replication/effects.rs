@@ -99,14 +99,7 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
     let mut w = Vec::new();
     let nr = nr as i64;
     if ret < 0 {
-        if ret == -(EINTR as i64) {
-            match nr {
-                SYS_nanosleep => opt(&mut w, a[1], 16),
-                SYS_clock_nanosleep => opt(&mut w, a[3], 16),
-                _ => {}
-            }
-        }
-        return w;
+        return written_before_failing(p, nr, a);
     }
     let r = ret as u64;
     match nr {
@@ -212,6 +205,55 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
         },
         _ => {}
     }
+    w
+}
+
+/// What a failed Recorded call may have written: the outputs a call writes one after
+/// another, so that it can fail on a later one (a bad pointer) after writing an earlier one,
+/// as Linux does (getcpu's cpu before its node), or write one as it fails (the remaining
+/// time of a sleep that a signal ended), where the program can write them.
+///
+/// The primary ships each as its memory holds it after the call, written or not, and the
+/// secondary, whose memory there is the primary's before the call, copies them in: an
+/// output the call did not reach is copied over itself. Without them the secondary kept
+/// its old bytes where the primary's call had written (sysfuzz seeds 14 and 21: a getcpu
+/// into the fuzzer's scratch memory with a bad node pointer, and later calls read paths
+/// from there). Both replicas list the same ranges: the call's arguments and the program's
+/// protections are the same in both, and a Recorded call changes no protection.
+#[allow(non_upper_case_globals)]
+fn written_before_failing(p: &Process, nr: i64, a: [u64; 6]) -> Vec<(u64, u64)> {
+    use libc::*;
+    let mut w = Vec::new();
+    match nr {
+        SYS_nanosleep => opt(&mut w, a[1], 16),
+        SYS_clock_nanosleep => opt(&mut w, a[3], 16),
+        SYS_getcpu => {
+            opt(&mut w, a[0], 4);
+            opt(&mut w, a[1], 4);
+        }
+        SYS_gettimeofday => {
+            opt(&mut w, a[0], 16);
+            opt(&mut w, a[1], 8);
+        }
+        SYS_getresuid | SYS_getresgid => {
+            opt(&mut w, a[0], 4);
+            opt(&mut w, a[1], 4);
+            opt(&mut w, a[2], 4);
+        }
+        SYS_select | SYS_pselect6 => {
+            let set = a[0].div_ceil(64).saturating_mul(8);
+            opt(&mut w, a[1], set);
+            opt(&mut w, a[2], set);
+            opt(&mut w, a[3], set);
+            opt(&mut w, a[4], 16);
+        }
+        SYS_copy_file_range => {
+            opt(&mut w, a[1], 8);
+            opt(&mut w, a[3], 8);
+        }
+        _ => {}
+    }
+    w.retain(|&(gva, len)| p.mem.accessible(gva, len, Access::Write) == len);
     w
 }
 
@@ -460,6 +502,34 @@ mod tests {
         );
         assert_eq!(p.mem.read_obj::<u32>(lenp).unwrap(), 16);
         assert_eq!(p.mem.read_bytes(addr, 16).unwrap(), vec![7; 16]);
+    }
+
+    #[test]
+    fn a_failed_calls_earlier_outputs_are_replayed_where_writable() {
+        let p = process();
+        let efault = -(libc::EFAULT as i64);
+        // getcpu(&cpu, bad node): the primary wrote the cpu before the node faulted.
+        let nr = libc::SYS_getcpu as u64;
+        let a = [0x60_0000, 0x3e7, 0, 0, 0, 0];
+        assert_eq!(
+            written(&p, nr, a, &Plan::default(), efault),
+            vec![(0x60_0000, 4)]
+        );
+        p.mem.write_obj(0x60_0000, &0xffff_ffffu32).unwrap();
+        let parts = vec![(0x60_0000, 0u32.to_le_bytes().to_vec())];
+        place(&p, nr, a, &Plan::default(), efault, &parts).unwrap();
+        assert_eq!(p.mem.read_obj::<u32>(0x60_0000).unwrap(), 0);
+        // A bad cpu pointer first: the call stopped there, and the node it did not reach
+        // is copied as the primary holds it, unchanged.
+        let a = [0x3e7, 0x60_0000, 0, 0, 0, 0];
+        assert_eq!(
+            written(&p, nr, a, &Plan::default(), efault),
+            vec![(0x60_0000, 4)]
+        );
+        // A call with one output writes nothing when it fails.
+        let a = [0, 0x60_0000, 0, 0, 0, 0];
+        let nr = libc::SYS_clock_gettime as u64;
+        assert!(written(&p, nr, a, &Plan::default(), -22).is_empty());
     }
 
     #[test]

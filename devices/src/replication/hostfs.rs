@@ -17,7 +17,7 @@
 //! call's arguments, the cwd and the set, so both replicas make it alike without a record.
 
 use std::collections::HashSet;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -26,6 +26,9 @@ use crate::sync::lock;
 
 /// Longest path read from the guest (as the path syscalls read them).
 const PATH_MAX: usize = 4096;
+
+/// Largest socket address a bind takes (sizeof(struct sockaddr_storage)).
+const SOCKADDR_MAX: u64 = 128;
 
 /// Most paths [`Written`] remembers; beyond that every outside read is Recorded, which is
 /// correct, only slower.
@@ -112,6 +115,16 @@ fn outside_path(
         // EFAULT alike in both replicas.
         return Ok(None);
     };
+    outside_name(p, files, dfd, &path)
+}
+
+/// [`outside_path`] of a path already read from the program.
+fn outside_name(
+    p: &Process,
+    files: &HostFiles,
+    dfd: u64,
+    path: &CStr,
+) -> Result<Option<Vec<u8>>, ()> {
     let dir = if dfd as i32 == libc::AT_FDCWD {
         None
     } else {
@@ -123,15 +136,10 @@ fn outside_path(
         }
     };
     let dirfd = dir.as_ref().map(|d| d.raw());
-    if virtual_path(p, dirfd, &path) {
+    if virtual_path(p, dirfd, path) {
         return Ok(None);
     }
-    match p.fs.locate(dirfd, &path) {
-        // A path under a top-level name the root lacks and no bind provides is ENOENT in
-        // both replicas before any handler runs (the det layer answers it without a turn,
-        // `FsContext::top_level_missing`): nothing of the host's is touched, and a
-        // Recorded call there would be recorded by the primary and never replayed.
-        Ok((norm, _)) if p.fs.top_level_missing(&norm) => Ok(None),
+    match p.fs.locate(dirfd, path) {
         Ok((norm, bind)) if !files.is_own(bind) => Ok(Some(norm)),
         _ => Ok(None),
     }
@@ -192,6 +200,36 @@ fn open_path(p: &Process, files: &HostFiles, arg: PathArg, flags: u64) -> bool {
     }
 }
 
+/// The file name a bind of an AF_UNIX socket to the address at `addr` (`len` bytes) makes:
+/// its path as Linux reads it (up to the first NUL or the address's end), None for another
+/// family, an abstract or unnamed address, or one that cannot be read (the call fails).
+fn unix_socket_path(p: &Process, addr: u64, len: u64) -> Option<CString> {
+    if !(3..=SOCKADDR_MAX).contains(&len) {
+        return None;
+    }
+    let sa = p.mem.read_bytes(addr, len).ok()?;
+    if u16::from_ne_bytes([sa[0], sa[1]]) != libc::AF_UNIX as u16 || sa[2] == 0 {
+        return None;
+    }
+    let path = &sa[2..];
+    CString::new(&path[..path.iter().position(|&b| b == 0).unwrap_or(path.len())]).ok()
+}
+
+/// A bind that made a socket file in the replica's own state: the secondary must make
+/// it too. bind is Recorded (the primary binds its socket, the secondary holds a
+/// placeholder), but the file it leaves is as much the replica's own as one that open
+/// makes there, and the program's later Local calls on that name (chmod, unlink, a create
+/// of the same name) must find it in both replicas (sysfuzz seed 20: a bind of "d/x" in
+/// its work directory, then a chown of "d/x"). A file made outside is the primary's alone
+/// ([`outside`] remembers it as changed).
+pub(super) fn binds_own_file(files: &HostFiles, p: &Process, nr: u64, a: [u64; 6]) -> bool {
+    if nr as i64 != libc::SYS_bind {
+        return false;
+    }
+    unix_socket_path(p, a[1], a[2])
+        .is_some_and(|path| matches!(outside_name(p, files, CWD, &path), Ok(None)))
+}
+
 /// Whether this call touches the host's files outside the replica's own state, so that the
 /// primary must perform it alone (Recorded). Called in both replicas before the call, with
 /// the same arguments, cwd and [`Written`] set, so both decide alike.
@@ -227,6 +265,16 @@ pub(super) fn outside(files: &HostFiles, p: &Process, nr: u64, a: [u64; 6]) -> b
         SYS_statx if !fd_form(a[2], a[1]) => reads(p, files, (a[0], a[1])),
         SYS_faccessat | SYS_faccessat2 | SYS_readlinkat => reads(p, files, (a[0], a[1])),
         SYS_copy_file_range => external_fd(p, a[0]) || external_fd(p, a[2]),
+        SYS_bind => unix_socket_path(p, a[1], a[2]).is_some_and(|path| {
+            match outside_name(p, files, CWD, &path) {
+                Ok(Some(name)) => {
+                    files.written.insert(&name);
+                    true
+                }
+                Ok(None) => false,
+                Err(()) => true,
+            }
+        }),
         _ => false,
     }
 }
@@ -297,9 +345,16 @@ mod tests {
             fs.set_cwd("/tmp");
             let mem = crate::guest_mem::GuestMemory::new(64 << 20).unwrap();
             let layout = crate::address_space::Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
+            let mut aspace = crate::address_space::AddressSpace::new(layout);
+            // The path strings' pages: path arguments are read as the program's mappings
+            // allow.
+            let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+            aspace
+                .vmas_mut()
+                .insert(4 << 20, crate::vma::Vma::anon(8 << 20, rw, false, None));
             let process = Process::new(
                 mem,
-                crate::address_space::AddressSpace::new(layout),
+                aspace,
                 fs,
                 crate::fd_table::FdTable::new(),
                 "/test".into(),
@@ -367,6 +422,42 @@ mod tests {
         assert!(!t.outside(libc::SYS_unlink, [0x10, 0, 0, 0, 0, 0]));
         // A bad directory descriptor likewise.
         assert!(!t.outside(libc::SYS_unlinkat, [77, t.s("x"), 0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn a_unix_bind_makes_a_file_outside_or_in_the_replicas_own_state() {
+        let t = Setup::new();
+        let sockaddr = |path: &str| {
+            let mut sa = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+            sa.extend_from_slice(path.as_bytes());
+            sa.push(0);
+            let at = t.s("");
+            t.process.mem.write_bytes(at, &sa).unwrap();
+            [5, at, sa.len() as u64, 0, 0, 0]
+        };
+        let bind = libc::SYS_bind as u64;
+        // In the replica's own state: the secondary makes the file too.
+        let own = sockaddr("/state/sock");
+        assert!(binds_own_file(&t.files, &t.process, bind, own));
+        assert!(!t.outside(libc::SYS_bind, own));
+        // Outside: the primary's alone, and a changed path from then on.
+        let out = sockaddr("s.sock");
+        assert!(!binds_own_file(&t.files, &t.process, bind, out));
+        assert!(t.outside(libc::SYS_bind, out));
+        assert!(t.outside(libc::SYS_stat, [t.s("/tmp/s.sock"), 0x60_0000, 0, 0, 0, 0]));
+        // Abstract and unnamed addresses name no file.
+        let mut abs = sockaddr("xabstract");
+        t.process.mem.write_bytes(abs[1] + 2, &[0]).unwrap();
+        assert!(!binds_own_file(&t.files, &t.process, bind, abs));
+        abs[2] = 2;
+        assert!(!binds_own_file(&t.files, &t.process, bind, abs));
+        // Another call: no.
+        assert!(!binds_own_file(
+            &t.files,
+            &t.process,
+            libc::SYS_connect as u64,
+            own
+        ));
     }
 
     #[test]

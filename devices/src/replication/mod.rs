@@ -303,11 +303,11 @@ pub fn serve(
     a: [u64; 6],
 ) -> SysResult {
     let handler = entry.handler;
+    let how = treatment(rep, ctx, entry, a);
     let local = |ctx: &mut SyscallCtx<'_>,
                  h: &mut dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult| {
-        crate::syscalls::serve_local(ctx, entry, a, h)
+        crate::syscalls::serve_local(ctx, entry, a, how == Treatment::Recorded, h)
     };
-    let how = treatment(rep, ctx, entry, a);
     tracing::trace!(
         target: "ditto::turns",
         role = ?rep.role(),
@@ -332,8 +332,18 @@ pub fn serve(
         (Role::Primary, Treatment::Recorded) => {
             let plan = effects::plan(ctx.process, ctx.nr, a);
             ctx.reentry_at = None;
-            let r = local(ctx, &mut |c, a| handler(c, a));
-            primary::recorded(rep, ctx, a, &plan, to_ret(&r));
+            // A record exists only for a call the handler served: the det layer answers a
+            // few calls without it (libditto's own open, a call made as the program ends),
+            // alike in both replicas, and on the secondary those never reach the replay
+            // that would take the record.
+            let mut served = false;
+            let r = local(ctx, &mut |c, a| {
+                served = true;
+                handler(c, a)
+            });
+            if served {
+                primary::recorded(rep, ctx, a, &plan, to_ret(&r));
+            }
             r
         }
         (Role::Secondary, Treatment::Recorded) => {

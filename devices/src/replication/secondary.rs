@@ -49,6 +49,18 @@ pub(super) fn replay(rep: &Replication, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -
         if let Err(why) = placeholders(ctx, a, replay.ret) {
             return rep.descriptor_mismatch(ctx, replay.ret, why);
         }
+        if super::hostfs::binds_own_file(&rep.host_files, ctx.process, ctx.nr, a) {
+            // The placeholder is an AF_UNIX socket: bound to the same name, it leaves the
+            // same socket file in this replica's own state.
+            if let Err(e) = bind_placeholder(ctx, a) {
+                let why = format!(
+                    "the primary's bind made its socket file; the secondary's failed with errno {}",
+                    e.0
+                );
+                s.replay_failed(&*ctx, &replay, &why);
+                return stop_thread(ctx);
+            }
+        }
     }
     if let Some(sig) = replay.signal {
         deliver_after(ctx, sig);
@@ -88,6 +100,16 @@ pub(super) fn exit(rep: &Replication, ctx: &mut SyscallCtx<'_>, status: i64) -> 
     rep.endpoint
         .secondary()
         .is_some_and(|s| s.compare_exit(&*ctx, status))
+}
+
+/// Binds the placeholder at the bind's descriptor to the bind's address, with the
+/// socket table's own handler (its AF_UNIX paths resolve as every other path does).
+fn bind_placeholder(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+    let entry = crate::syscalls::sys_socket::TABLE
+        .iter()
+        .find(|e| e.nr == libc::SYS_bind)
+        .ok_or(Errno::ENOSYS)?;
+    (entry.handler)(ctx, a)
 }
 
 /// The signal the primary delivered right after this call, delivered at the same point.

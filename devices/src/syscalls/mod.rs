@@ -291,7 +291,7 @@ impl SyscallTable {
         let handler = entry.handler;
         let result = match ctx.process.replication.get() {
             Some(rep) => crate::replication::serve(rep, ctx, entry, args),
-            None => serve_local(ctx, entry, args, &mut |c, a| handler(c, a)),
+            None => serve_local(ctx, entry, args, false, &mut |c, a| handler(c, a)),
         };
         let ret = match result {
             Ok(v) => v,
@@ -318,15 +318,17 @@ impl SyscallTable {
 }
 
 /// Runs `h` for `entry` the way this process runs syscalls itself: under the det runtime's
-/// rules when there is one.
+/// rules when there is one. `recorded`: a pair's Recorded call, whose answer is the
+/// primary's handler's alone (see [`sys_det::serve`]).
 pub fn serve_local(
     ctx: &mut SyscallCtx<'_>,
     entry: &SyscallEntry,
     args: [u64; 6],
+    recorded: bool,
     h: &mut sys_det::DetHandler<'_>,
 ) -> SysResult {
     match ctx.process.det.get() {
-        Some(det) => sys_det::serve(det, ctx, entry, args, h),
+        Some(det) => sys_det::serve(det, ctx, entry, args, recorded, h),
         None => h(ctx, args),
     }
 }

@@ -225,11 +225,19 @@ pub type DetHandler<'h> = dyn FnMut(&mut SyscallCtx<'_>, [u64; 6]) -> SysResult 
 
 /// Serves a Linux syscall under `--det`: `h` (the entry's handler, or what replication puts
 /// in its place), wrapped as [`det_kind`] says.
+///
+/// `recorded`: a pair's Recorded call. An open of a path whose top-level directory is
+/// missing is then not answered here (ENOENT without a det point) but by `h`: on the
+/// secondary `h` replays the primary's record, and the host's root, which both replicas
+/// see, may have changed between the primary's call and the secondary's (a top-level
+/// directory the program itself made or removed), so the secondary's own look would not
+/// be the primary's answer.
 pub fn serve(
     det: &DetRuntime,
     ctx: &mut SyscallCtx<'_>,
     entry: &SyscallEntry,
     args: [u64; 6],
+    recorded: bool,
     h: &mut DetHandler<'_>,
 ) -> SysResult {
     let process = ctx.process;
@@ -264,7 +272,7 @@ pub fn serve(
                 {
                     return det.ordered(process, tid, || open_preload(ctx, host, flags))?;
                 }
-                if process.fs.top_level_missing(p) {
+                if !recorded && process.fs.top_level_missing(p) {
                     return Err(Errno::ENOENT);
                 }
             }

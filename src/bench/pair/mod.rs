@@ -318,6 +318,29 @@ impl Row {
     }
 }
 
+/// A workload's name short enough to stand under its bars: the program and what varies
+/// between its rows (threads, clients).
+fn chart_label(name: &str) -> String {
+    let words: Vec<&str> = name.split_whitespace().collect();
+    match words.first().copied() {
+        Some("redis") => match words.iter().position(|w| *w == "-c") {
+            Some(i) if i + 1 < words.len() => format!("redis -c {}", words[i + 1]),
+            _ => "redis".into(),
+        },
+        Some("mongoose") => words
+            .iter()
+            .take(3)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_end_matches(',')
+            .to_string(),
+        Some("pbzip2") => words.iter().take(2).copied().collect::<Vec<_>>().join(" "),
+        Some(first) => first.to_string(),
+        None => String::new(),
+    }
+}
+
 /// Where the replicas run and where the runs' directories go.
 struct Ctx {
     primary_cores: String,
@@ -554,7 +577,7 @@ pub fn main(quick: bool, only: Option<&str>, reps: usize, svg: Option<&Path>) ->
         let bars: Vec<crate::bench::plot::OverheadBars> = rows
             .iter()
             .map(|r| crate::bench::plot::OverheadBars {
-                workload: r.name.clone(),
+                workload: chart_label(&r.name),
                 det: r.overhead_pct(Config::PairDet, Config::Run),
                 follow: r.overhead_pct(Config::PairFollow, Config::Run),
                 thesis_det: crate::bench::plot::thesis_percent(r.thesis_det),
@@ -595,5 +618,21 @@ pub fn main(quick: bool, only: Option<&str>, reps: usize, svg: Option<&Path>) ->
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chart_label;
+
+    #[test]
+    fn chart_labels_are_short() {
+        assert_eq!(chart_label("redis set,get -n 1000 -c 16"), "redis -c 16");
+        assert_eq!(
+            chart_label("mongoose 8 threads, wrk -c100 2s 50 KB"),
+            "mongoose 8 threads"
+        );
+        assert_eq!(chart_label("pbzip2 -p4 8 MB"), "pbzip2 -p4");
+        assert_eq!(chart_label("nginx wrk -c10 2s small.html (612 B)"), "nginx");
     }
 }
