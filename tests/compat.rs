@@ -387,8 +387,9 @@ fn nodejs_worker_threads() {
 
 /// The same as a pair in both modes.
 #[test]
-#[ignore = "det pair diverges: a Worker thread's tgkill (V8) meets the primary's \
-            clock_gettime (timing-dependent call counts); follow pair: the secondary \
+#[ignore = "det pair diverges: the secondary's tgkill (a Worker thread's once, the main \
+            thread's once) meets the primary's clock_gettime (timing-dependent call \
+            counts); follow pair: the secondary \
             stops with 'sleeps in a futex wait that no thread can end' (V8 platform \
             workers); ditto limitations, not fixed yet"]
 fn nodejs_worker_threads_pair() {
