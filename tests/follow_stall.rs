@@ -302,10 +302,13 @@ fn python_time_sliced_workers_never_stall_in_follow_mode() {
 
 /// glibc's internal locks, which no det point sees, from 4 threads: stdio's FILE lock
 /// (lines to one stdout), malloc's arena locks (blocks freed by other threads than their
-/// allocators). Identical, with the lines the program prints natively.
+/// allocators). Identical, with the lines the program prints natively; or, when a thread
+/// held such a lock across a det point in the secondary and another whose turn is due
+/// waits on it (the invisible-lock class, 1 run in 3 under a busy machine), the secondary
+/// says so at once as a schedule divergence. Never a stall, never another divergence.
 #[test]
-fn glibc_internal_locks_replicate_in_follow_mode() {
-    if !two_cpus("glibc_internal_locks_replicate_in_follow_mode") {
+fn glibc_internal_locks_replicate_or_are_reported_in_follow_mode() {
+    if !two_cpus("glibc_internal_locks_replicate_or_are_reported_in_follow_mode") {
         return;
     }
     let dir = tempdir();
@@ -320,6 +323,21 @@ fn glibc_internal_locks_replicate_in_follow_mode() {
     assert!(native.status.success());
     for run in 0..runs(3) {
         let (r, primary, secondary) = follow_pair(dir.path(), &[], &argv, 30);
+        if r.outcome == Outcome::Diverged {
+            let d = r.first_divergence.as_ref().expect("a divergence");
+            assert_eq!(
+                d.kind,
+                DivergenceKind::Schedule,
+                "run {run}: {}",
+                r.summary()
+            );
+            assert!(
+                d.detail.contains("futex wait that no thread can end"),
+                "run {run}: {}",
+                r.summary()
+            );
+            continue;
+        }
         assert_eq!(
             r.outcome,
             Outcome::Identical,
