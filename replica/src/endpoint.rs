@@ -48,13 +48,19 @@ impl Endpoint {
             channel,
             status,
             output_dir,
+            failover,
         } = setup;
         let status = Arc::new(status);
         let (primary, secondary) = match role {
             Role::Primary => (Some(Primary::connect(peer, channel, status.clone())?), None),
             Role::Secondary => (
                 None,
-                Some(Secondary::connect(peer, output_dir, status.clone())?),
+                Some(Secondary::connect(
+                    peer,
+                    output_dir,
+                    status.clone(),
+                    failover,
+                )?),
             ),
         };
         Ok(Endpoint {

@@ -69,6 +69,32 @@ pub struct SecondaryFindings {
     pub primary_end: Option<EndInfo>,
     /// Why the secondary stopped early, if it did (primary gone, mismatch...).
     pub stopped: Option<String>,
+    /// The secondary took over from a dead primary (failover).
+    pub takeover: Option<Takeover>,
+}
+
+/// How the secondary took over from a primary that died (failover), for the report's
+/// `failover` object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Takeover {
+    /// How the secondary noticed the death ("the primary is gone", "the primary closed the
+    /// channel").
+    pub noticed: String,
+    /// From the death being noticed to the secondary serving live, in milliseconds.
+    pub takeover_ms: f64,
+    /// Records the primary had logged that the secondary had not consumed when it noticed;
+    /// all of them are replayed before it goes live.
+    pub records_drained: u64,
+    /// Outside descriptors (listening sockets, connections, host files, timers) whose host
+    /// descriptions the secondary now uses.
+    pub descriptors: u64,
+    /// Of those, connected TCP sockets.
+    pub connections: u64,
+    /// Output calls the primary may have performed in part or in full when it died.
+    pub in_doubt_outputs: u64,
+    /// Bytes of the secondary's own writes skipped because the primary had already sent
+    /// them.
+    pub output_bytes_skipped: u64,
 }
 
 /// Created in the pair's output directory by the supervisor when the secondary has made no

@@ -27,4 +27,18 @@ pub trait Program: Send + Sync {
     fn counters(&self) -> crate::status::ReplicaCounters;
     /// The det runtime's state in words, for a stall report; None without one.
     fn describe_schedule(&self) -> Option<String>;
+    /// Failover: the secondary's program goes live. Its det runtime stops following the
+    /// primary and decides like a primary that logs nowhere, and the outside descriptors the
+    /// primary passed replace their placeholders. Called once, after every record the
+    /// primary logged is consumed.
+    fn go_live(&self) -> WentLive;
+}
+
+/// What [`Program::go_live`] took over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WentLive {
+    /// Outside descriptors whose placeholders now hold the primary's host descriptions.
+    pub descriptors: u64,
+    /// Of those, connected TCP sockets.
+    pub connections: u64,
 }

@@ -38,4 +38,7 @@ pub struct ReplicaSetup {
     pub status: StatusPage,
     /// Secondary: where its program's stdout and stderr go (`secondary.stdout`, `.stderr`).
     pub output_dir: PathBuf,
+    /// Secondary: when the primary dies without ending its log, replay what it logged and
+    /// then go live on its descriptors (failover) instead of stopping.
+    pub failover: bool,
 }

@@ -114,6 +114,7 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
         channel,
         status,
         output_dir: a.out.clone(),
+        failover: !a.options.no_failover,
     }) {
         Ok(r) => r,
         Err(e) => {

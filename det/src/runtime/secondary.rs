@@ -158,6 +158,12 @@ impl DetRuntime {
         follow + g.primary_turns.len()
     }
 
+    /// Failover: this secondary's runtime stops following the primary and from now on
+    /// decides like a primary whose link logs nowhere.
+    ///
+    /// UNFINISHED: not implemented yet.
+    pub fn go_live(&self) {}
+
     /// Follow: the primary's log is complete (it finished). A thread that then asks for a
     /// turn the log does not hold gets [`DetError::Diverged`] instead of waiting forever;
     /// threads waiting now ask again. Nothing under the other policies.

@@ -42,6 +42,7 @@ mod link;
 mod primary;
 mod program;
 mod secondary;
+mod takeover;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};

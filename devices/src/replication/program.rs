@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use det::{Turn, TurnError};
-use replica::program::Program;
+use replica::program::{Program, WentLive};
 use replica::status::ReplicaCounters;
 
 use crate::exit::ExitReason;
@@ -66,5 +66,12 @@ impl Program for Process {
 
     fn describe_schedule(&self) -> Option<String> {
         self.det.get().map(|d| d.describe())
+    }
+
+    fn go_live(&self) -> WentLive {
+        if let Some(d) = self.det.get() {
+            d.go_live();
+        }
+        super::takeover::take_over_descriptors(self)
     }
 }

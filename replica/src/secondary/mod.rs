@@ -60,6 +60,8 @@ pub struct Secondary {
     output_dir: PathBuf,
     /// The counters shared with the supervisor.
     status: Arc<StatusPage>,
+    /// Go live when the primary dies without ending its log ([`crate::setup::ReplicaSetup::failover`]).
+    failover: bool,
 }
 
 impl Secondary {
@@ -69,6 +71,7 @@ impl Secondary {
         peer: OwnedFd,
         output_dir: PathBuf,
         status: Arc<StatusPage>,
+        failover: bool,
     ) -> Result<Self, ReplicationError> {
         let memfd = crate::recv_fd(peer.as_fd())?;
         let mut consumer = Consumer::attach(memfd)?.watch_socket(peer);
@@ -91,6 +94,7 @@ impl Secondary {
             net: Mutex::new(open("secondary.net")?),
             output_dir,
             status,
+            failover,
         })
     }
 
@@ -111,6 +115,7 @@ impl Secondary {
             net: Mutex::new(open("secondary.net")),
             output_dir,
             status,
+            failover: false,
         }
     }
 
@@ -122,6 +127,11 @@ impl Secondary {
             .entry(tid)
             .or_default()
             .push_back((seq, rec, 0));
+    }
+
+    /// Whether it goes live when the primary dies (failover).
+    pub fn failover(&self) -> bool {
+        self.failover
     }
 
     /// What it found so far.

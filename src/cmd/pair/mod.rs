@@ -71,6 +71,11 @@ pub struct PairOptions {
     /// program that makes temporary files diverges. The host's /tmp is hidden then.
     #[arg(long)]
     pub(crate) private_tmp: bool,
+    /// Keep today's behaviour when the primary dies: the pair ends with a replica failure.
+    /// By default the secondary replays what the primary logged and then takes over its
+    /// connections and files (docs/pair.md, Failover).
+    #[arg(long)]
+    pub(crate) no_failover: bool,
 }
 
 /// A channel size or lag bound ([`parse_bytes`]), between 64K and 4G.
@@ -181,6 +186,9 @@ fn option_flags(o: &PairOptions) -> Vec<String> {
     }
     if o.private_tmp {
         v.push("--private-tmp".into());
+    }
+    if o.no_failover {
+        v.push("--no-failover".into());
     }
     v
 }
