@@ -28,6 +28,7 @@ use std::time::Duration;
 use det::link::{TimedWait, WaitNews};
 use det::{DetTid, TurnError};
 
+use crate::handoff::{Held, Tag};
 use crate::findings::{AgreedEvent, Mismatch, SecondaryFindings, HISTORY};
 use crate::program::Program;
 use crate::setup::ReplicationError;
@@ -62,6 +63,10 @@ pub struct Secondary {
     status: Arc<StatusPage>,
     /// Go live when the primary dies without ending its log ([`crate::setup::ReplicaSetup::failover`]).
     failover: bool,
+    /// Failover: the descriptor channel's end, until the receiver thread takes it.
+    handoff: Mutex<Option<OwnedFd>>,
+    /// Failover: the descriptors the primary passed, until the replay takes them.
+    held: Option<Held>,
 }
 
 impl Secondary {
@@ -74,6 +79,11 @@ impl Secondary {
         failover: bool,
     ) -> Result<Self, ReplicationError> {
         let memfd = crate::recv_fd(peer.as_fd())?;
+        let handoff = if failover {
+            Some(crate::recv_fd(peer.as_fd())?)
+        } else {
+            None
+        };
         let mut consumer = Consumer::attach(memfd)?.watch_socket(peer);
         // An idle server sends nothing for as long as it likes; a dead primary is
         // noticed by the socket's hang-up instead.
@@ -95,6 +105,8 @@ impl Secondary {
             output_dir,
             status,
             failover,
+            held: handoff.as_ref().map(|_| Held::new()),
+            handoff: Mutex::new(handoff),
         })
     }
 
@@ -116,6 +128,8 @@ impl Secondary {
             output_dir,
             status,
             failover: false,
+            handoff: Mutex::new(None),
+            held: None,
         }
     }
 
@@ -132,6 +146,28 @@ impl Secondary {
     /// Whether it goes live when the primary dies (failover).
     pub fn failover(&self) -> bool {
         self.failover
+    }
+
+    /// Failover: receives the descriptors the primary passes until its end closes (run by
+    /// a thread of its own from the start, so the primary never blocks on a full socket).
+    /// Err: a malformed message or a failed socket, to report as a channel error.
+    pub fn receive_descriptors(&self) -> Result<(), String> {
+        let Some(held) = &self.held else {
+            return Ok(());
+        };
+        let Some(sock) = lock(&self.handoff).take() else {
+            return Ok(());
+        };
+        held.receive(sock.as_fd()).map_err(|e| e.to_string())
+    }
+
+    /// Failover: takes the primary's descriptor `tag`, waiting up to `wait` for it.
+    /// `Ok(None)`: none (no failover, or the primary had closed it). Err: it did not come.
+    pub fn take_descriptor(&self, tag: Tag, wait: Duration) -> Result<Option<OwnedFd>, String> {
+        match &self.held {
+            Some(held) => held.take(tag, wait),
+            None => Ok(None),
+        }
     }
 
     /// What it found so far.
