@@ -40,6 +40,19 @@ pub struct OpenFile {
     /// (its open file description, O_NONBLOCK included, is the primary's) until the
     /// secondary goes live and puts it in `host`'s place (`replication::takeover`).
     takeover: Mutex<Option<OwnedFd>>,
+    /// A pair's primary under failover: whether this is a TCP stream socket (asked once),
+    /// and the lock that keeps one reader between its peek and its discard
+    /// (`replication::input`).
+    pub input: InputOrder,
+}
+
+/// Per open file, what the primary's logged-before-consumed input needs.
+#[derive(Debug, Default)]
+pub struct InputOrder {
+    /// Whether the host descriptor is a TCP stream socket (None: not asked yet).
+    pub tcp: std::sync::OnceLock<bool>,
+    /// Held from a reader's peek until its bytes are discarded.
+    pub reader: Mutex<()>,
 }
 
 impl OpenFile {
@@ -51,6 +64,7 @@ impl OpenFile {
             virt: None,
             placeholder: AtomicBool::new(false),
             takeover: Mutex::new(None),
+            input: InputOrder::default(),
         }
     }
 
@@ -62,6 +76,7 @@ impl OpenFile {
             virt: Some(Box::new(virt)),
             placeholder: AtomicBool::new(false),
             takeover: Mutex::new(None),
+            input: InputOrder::default(),
         }
     }
 
@@ -80,6 +95,7 @@ impl OpenFile {
             virt: None,
             placeholder: AtomicBool::new(false),
             takeover: Mutex::new(None),
+            input: InputOrder::default(),
         }
     }
 
@@ -92,6 +108,7 @@ impl OpenFile {
             virt: None,
             placeholder: AtomicBool::new(true),
             takeover: Mutex::new(takeover),
+            input: InputOrder::default(),
         }
     }
 

@@ -38,6 +38,7 @@
 
 pub mod effects;
 mod hostfs;
+mod input;
 mod link;
 mod primary;
 mod program;
@@ -229,6 +230,13 @@ impl Replication {
         s.take_descriptor(tag, HANDOFF_WAIT)
     }
 
+    /// Primary with failover: input from TCP connections is logged before it is consumed.
+    fn peeks_input(&self) -> bool {
+        self.endpoint
+            .primary()
+            .is_some_and(|p| p.passes_descriptors())
+    }
+
     /// Secondary: the program's epoll_ctl succeeded; tracked for failover ([`takeover`]).
     pub fn epoll_ctl_done(&self, epoll: i32, op: i32, target: i32, events: u32, data: u64) {
         if self.role() == Role::Secondary {
@@ -416,12 +424,25 @@ pub fn serve(
             // alike in both replicas, and on the secondary those never reach the replay
             // that would take the record.
             let mut served = false;
+            // Failover: TCP input is peeked, logged, then discarded (`input`).
+            let peek = rep.peeks_input().then(|| input::peek_for(ctx, a)).flatten();
+            let mut peeked = None;
             let r = local(ctx, &mut |c, a| {
                 served = true;
-                handler(c, a)
+                match &peek {
+                    Some(p) => {
+                        let (r, reader) = p.serve(c, a, handler);
+                        peeked = reader;
+                        r
+                    }
+                    None => handler(c, a),
+                }
             });
             if served {
                 primary::recorded(rep, ctx, a, &plan, to_ret(&r));
+            }
+            if let (Some(p), Some(_reader), Ok(n)) = (&peek, peeked, &r) {
+                p.consume(*n);
             }
             r
         }

@@ -80,6 +80,11 @@ impl Primary {
         })
     }
 
+    /// Whether it passes its outside descriptors to the secondary (failover).
+    pub fn passes_descriptors(&self) -> bool {
+        self.handoff.is_some()
+    }
+
     /// Failover: passes the descriptors det thread `thread`'s replicated event `event`
     /// created (`None`: closed before it could be passed) to the secondary, before that
     /// event's record is sent. A failure breaks replication, as a full ring does: a record
