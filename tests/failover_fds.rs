@@ -65,9 +65,7 @@ fn dump(dir: &Path, name: &str) -> BTreeMap<i64, (u64, u64, String)> {
 
 #[test]
 fn the_secondary_holds_the_primarys_descriptions_and_takes_them_over() {
-    let _turn = ONE_PAIR_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_PAIR_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for mode in ["det", "follow"] {
         let (_o, out) = pair(mode, "takeover", &[]);
         let primary = dump(out.path(), "primary.fds");
@@ -99,9 +97,7 @@ fn the_secondary_holds_the_primarys_descriptions_and_takes_them_over() {
 
 #[test]
 fn without_failover_the_secondary_holds_nothing() {
-    let _turn = ONE_PAIR_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_PAIR_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (_o, out) = pair("det", "held", &["--no-failover"]);
     assert_eq!(dump(out.path(), "primary.fds").len(), OUTSIDE.len());
     assert!(dump(out.path(), "secondary.held").is_empty());

@@ -111,7 +111,9 @@ fn decode(data: &[u8], fds: usize, truncated: bool) -> Result<(Tag, usize), Hand
     };
     let count = u32_at(data, 20) as usize;
     if count > MAX_FDS_PER_MESSAGE {
-        return bad(format!("{count} descriptors, at most {MAX_FDS_PER_MESSAGE}"));
+        return bad(format!(
+            "{count} descriptors, at most {MAX_FDS_PER_MESSAGE}"
+        ));
     }
     if count != fds {
         return bad(format!("header names {count} descriptors, {fds} came"));
@@ -253,7 +255,9 @@ impl Held {
                 return Ok(slot);
             }
             if let Some(why) = &st.closed {
-                return Err(format!("the primary's descriptor {tag:?} never came ({why})"));
+                return Err(format!(
+                    "the primary's descriptor {tag:?} never came ({why})"
+                ));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -325,7 +329,9 @@ mod tests {
         assert!(held.take(Tag::stdio(1), short).unwrap().is_some());
         assert!(held.take(tag(3, 9, 0), short).unwrap().is_none());
         // Closed and gone: an error at once, not a wait.
-        let err = held.take(tag(3, 7, 0), Duration::from_secs(60)).unwrap_err();
+        let err = held
+            .take(tag(3, 7, 0), Duration::from_secs(60))
+            .unwrap_err();
         assert!(err.contains("never came"), "{err}");
     }
 
@@ -393,7 +399,9 @@ mod tests {
         crate::sys::send_fds(ours.as_fd(), b"not a header", &[]).unwrap();
         let held = Held::new();
         assert!(held.receive(theirs.as_fd()).is_err());
-        let err = held.take(tag(0, 1, 0), Duration::from_secs(60)).unwrap_err();
+        let err = held
+            .take(tag(0, 1, 0), Duration::from_secs(60))
+            .unwrap_err();
         assert!(err.contains("malformed"), "{err}");
     }
 

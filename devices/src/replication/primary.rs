@@ -77,7 +77,10 @@ fn mark_external(rep: &Replication, ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64)
     }
     if let Some(p) = rep.endpoint.primary() {
         // The OpenFiles keep the host numbers open while they are sent.
-        let host: Vec<_> = files.iter().map(|f| f.as_ref().map(|f| f.host.as_fd())).collect();
+        let host: Vec<_> = files
+            .iter()
+            .map(|f| f.as_ref().map(|f| f.host.as_fd()))
+            .collect();
         p.pass_descriptors(super::det_tid(ctx), ctx.thread.replicated_events, &host);
     }
 }

@@ -343,7 +343,10 @@ mod tests {
             .into_iter()
             .filter(|&(e, t, ev, d)| still_registered(e, t, ev, d))
             .collect();
-        assert_eq!(again, vec![(ep.as_raw_fd(), placeholder.as_raw_fd(), 1, 11)]);
+        assert_eq!(
+            again,
+            vec![(ep.as_raw_fd(), placeholder.as_raw_fd(), 1, 11)]
+        );
         swap(&primary, placeholder.as_raw_fd()).unwrap();
         swap(&primary2, gone.as_raw_fd()).unwrap();
         assert!(ready(&ep).is_empty(), "dup3 dropped the old registrations");

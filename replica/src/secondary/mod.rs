@@ -28,8 +28,8 @@ use std::time::Duration;
 use det::link::{TimedWait, WaitNews};
 use det::{DetTid, TurnError};
 
-use crate::handoff::{Held, Tag};
 use crate::findings::{AgreedEvent, Mismatch, SecondaryFindings, HISTORY};
+use crate::handoff::{Held, Tag};
 use crate::program::Program;
 use crate::setup::ReplicationError;
 use crate::status::{Counter, StatusPage};
