@@ -29,6 +29,9 @@ pub use crate::sys::MAX_FDS_PER_MESSAGE;
 /// replicated event number starts at 1, so no call's tag is ever one of them).
 pub const STDIO_THREAD: u32 = u32::MAX;
 
+/// The messages of the primary's standard descriptors (0, 1, 2), the first on the channel.
+pub const STDIO_MESSAGES: usize = 3;
+
 /// Descriptors received and not taken yet that the secondary holds at most.
 pub const MAX_HELD: usize = 4096;
 
@@ -180,16 +183,34 @@ impl Held {
     }
 
     fn receive_inner(&self, sock: BorrowedFd) -> Result<(), HandoffError> {
+        while self.receive_one(sock)? {}
+        Ok(())
+    }
+
+    /// Receives exactly `n` messages (the standard descriptors the primary sends at connect,
+    /// before anything else), blocking. A hang-up before them is an error.
+    pub fn receive_first(&self, sock: BorrowedFd, n: usize) -> Result<(), HandoffError> {
+        for _ in 0..n {
+            if !self.receive_one(sock)? {
+                return Err(HandoffError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One message into the map; false: the primary's end closed.
+    fn receive_one(&self, sock: BorrowedFd) -> Result<bool, HandoffError> {
         // One byte more than a header: a longer message shows as a wrong length.
         let mut buf = [0u8; HEADER_LEN + 1];
         loop {
             let msg = match crate::sys::recv_fds(sock, &mut buf) {
                 Ok(Some(m)) => m,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(false),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             };
             self.insert_message(&buf[..msg.len], msg.fds, msg.truncated)?;
+            return Ok(true);
         }
     }
 
@@ -340,6 +361,19 @@ mod tests {
         let f = std::fs::File::create(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         f.into()
+    }
+
+    #[test]
+    fn the_first_messages_are_read_at_once_and_a_hang_up_before_them_is_an_error() {
+        let (ours, theirs) = pair().unwrap();
+        send(ours.as_fd(), Tag::stdio(0), &[devnull().as_fd()]).unwrap();
+        send(ours.as_fd(), Tag::stdio(1), &[]).unwrap();
+        let held = Held::new();
+        held.receive_first(theirs.as_fd(), 2).unwrap();
+        assert!(held.take(Tag::stdio(0), Duration::ZERO).unwrap().is_some());
+        assert!(held.take(Tag::stdio(1), Duration::ZERO).unwrap().is_none());
+        drop(ours);
+        assert!(held.receive_first(theirs.as_fd(), 1).is_err());
     }
 
     #[test]

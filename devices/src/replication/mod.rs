@@ -198,7 +198,8 @@ impl Replication {
         };
         for fd in 0..3u32 {
             let tag = replica::handoff::Tag::stdio(fd);
-            match s.take_descriptor(tag, Duration::from_secs(5)) {
+            // Received at connect (Secondary::connect): no wait.
+            match s.take_descriptor(tag, Duration::ZERO) {
                 Ok(Some(primary)) => {
                     if let Ok(f) = lock(&process.fds).get(fd as i64) {
                         f.hold_takeover(primary);

@@ -55,15 +55,16 @@ impl Primary {
         let handoff = if failover {
             let (ours, theirs) = handoff::pair().map_err(handoff_io)?;
             crate::send_fd(peer.as_fd(), theirs.as_fd())?;
-            for fd in 0..3 {
+            // Exactly STDIO_MESSAGES messages, before any other: the secondary reads them
+            // at connect. A closed one goes as an empty message.
+            for fd in 0..handoff::STDIO_MESSAGES as i32 {
                 // SAFETY: F_GETFD only asks whether the number is open.
-                if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-                    continue;
-                }
+                let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
                 // SAFETY: `fd` is open (checked above) and stays open for this call: the
                 // standard descriptors are closed by nobody in the VMM.
-                let std = unsafe { BorrowedFd::borrow_raw(fd) };
-                handoff::send(ours.as_fd(), Tag::stdio(fd as u32), &[std]).map_err(handoff_io)?;
+                let std = open.then(|| unsafe { BorrowedFd::borrow_raw(fd) });
+                let fds: Vec<BorrowedFd> = std.into_iter().collect();
+                handoff::send(ours.as_fd(), Tag::stdio(fd as u32), &fds).map_err(handoff_io)?;
             }
             Some(ours)
         } else {

@@ -84,6 +84,19 @@ impl Secondary {
         } else {
             None
         };
+        // The standard descriptors come first, right after the socket: read here, so that
+        // the program's 0, 1 and 2 hold them before it starts, whatever the receiver
+        // thread's scheduling.
+        let held = match &handoff {
+            Some(sock) => {
+                let held = Held::new();
+                held.receive_first(sock.as_fd(), crate::handoff::STDIO_MESSAGES)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .map_err(crate::ChannelError::Io)?;
+                Some(held)
+            }
+            None => None,
+        };
         let mut consumer = Consumer::attach(memfd)?.watch_socket(peer);
         // An idle server sends nothing for as long as it likes; a dead primary is
         // noticed by the socket's hang-up instead.
@@ -105,7 +118,7 @@ impl Secondary {
             output_dir,
             status,
             failover,
-            held: handoff.as_ref().map(|_| Held::new()),
+            held,
             handoff: Mutex::new(handoff),
         })
     }
