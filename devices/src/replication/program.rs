@@ -73,6 +73,7 @@ impl Program for Process {
             d.go_live();
         }
         let went = super::takeover::take_over_descriptors(self);
+        self.fs.go_live();
         self.signals.end_replay_only();
         went
     }
