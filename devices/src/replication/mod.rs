@@ -39,6 +39,7 @@
 pub mod effects;
 mod hostfs;
 mod input;
+mod in_doubt;
 mod link;
 mod primary;
 mod program;
@@ -79,6 +80,8 @@ pub struct Replication {
     held: takeover::Held,
     /// The pair's output directory (the [`takeover::FDS_DUMP_ENV`] test hook writes there).
     output_dir: std::path::PathBuf,
+    /// Secondary: input bytes replayed per outside descriptor ([`in_doubt`]).
+    replayed_input: in_doubt::ReplayedInput,
 }
 
 impl std::fmt::Debug for Replication {
@@ -102,6 +105,7 @@ impl Replication {
             tracer: OnceLock::new(),
             held: takeover::Held::default(),
             output_dir,
+            replayed_input: Default::default(),
         }))
     }
 
@@ -121,6 +125,12 @@ impl Replication {
             let (logical_time, turn) = det_position(process, tid);
             t.push_signal(tid, signal, turn, logical_time);
         }
+    }
+
+    /// Whether this replica is a secondary that took over from a dead primary (failover):
+    /// its program then runs as an unreplicated one does, signals included.
+    pub fn is_live(&self) -> bool {
+        self.endpoint.is_live()
     }
 
     /// Primary or secondary.
@@ -403,8 +413,12 @@ pub fn serve(
         ?how,
         "syscall"
     );
+    // Failover: a secondary that took over serves every call itself, as a primary without
+    // a peer.
+    let live = rep.role() == Role::Secondary && rep.endpoint.is_live();
     let result = match (rep.role(), how) {
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
+        (Role::Secondary, _) if live => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
             takeover::dump_at_exit(ctx.process, &rep.output_dir, false);
             primary::exit(rep, ctx, (a[0] & 0xff) as i64);
@@ -448,17 +462,20 @@ pub fn serve(
             r
         }
         (Role::Secondary, Treatment::Recorded) => {
-            local(ctx, &mut |c, a| secondary::replay(rep, c, a))
+            local(ctx, &mut |c, a| secondary::replay(rep, c, a, handler))
         }
         (Role::Primary, Treatment::Compared) => {
             let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
+            if rep.endpoint.failover() {
+                in_doubt::announce(rep, ctx, a);
+            }
             rep.endpoint.commit();
             let r = local(ctx, &mut |c, a| handler(c, a));
             primary::compared(rep, ctx, a, &ours, to_ret(&r));
             r
         }
         (Role::Secondary, Treatment::Compared) => {
-            local(ctx, &mut |c, a| secondary::compare(rep, c, a))
+            local(ctx, &mut |c, a| secondary::compare(rep, c, a, handler))
         }
     };
     if let Some(t) = rep.tracer.get() {

@@ -250,6 +250,14 @@ pub const CHANNEL: &[Row] = &[
     (SYS_rename, ANY),
     (SYS_renameat, ANY),
     (SYS_renameat2, ANY),
+    // Failover: the reader thread takes the program live (replication::takeover): the
+    // primary's descriptors put in place of the placeholders, epoll interests registered
+    // again, connected TCP sockets counted (TCP_INFO), and unconsumed logged input measured
+    // (FIONREAD = SIOCINQ).
+    (SYS_dup3, ANY),
+    (SYS_epoll_ctl, ANY),
+    (SYS_getsockopt, ANY),
+    (SYS_ioctl, Args::Ioctl(&[0x541B])),
 ];
 
 /// The signal forwarder of `ditto run` and the itimer thread: wait for a signal or
