@@ -38,8 +38,8 @@
 
 pub mod effects;
 mod hostfs;
-mod input;
 mod in_doubt;
+mod input;
 mod link;
 mod primary;
 mod program;
