@@ -75,13 +75,13 @@ pub struct Replication {
     host_files: hostfs::HostFiles,
     /// `--trace`: the per-thread rings of this replica's recent events.
     tracer: OnceLock<Tracer>,
+    /// Secondary: input bytes replayed per outside descriptor ([`in_doubt`]).
+    replayed_input: in_doubt::ReplayedInput,
     /// Secondary: the placeholders holding the primary's descriptors, and the program's
     /// epoll interests ([`takeover`]).
     held: takeover::Held,
     /// The pair's output directory (the [`takeover::FDS_DUMP_ENV`] test hook writes there).
     output_dir: std::path::PathBuf,
-    /// Secondary: input bytes replayed per outside descriptor ([`in_doubt`]).
-    replayed_input: in_doubt::ReplayedInput,
 }
 
 impl std::fmt::Debug for Replication {
@@ -103,9 +103,9 @@ impl Replication {
             endpoint: Endpoint::connect(setup)?,
             host_files,
             tracer: OnceLock::new(),
+            replayed_input: Default::default(),
             held: takeover::Held::default(),
             output_dir,
-            replayed_input: Default::default(),
         }))
     }
 

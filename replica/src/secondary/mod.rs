@@ -66,10 +66,6 @@ pub struct Secondary {
     status: Arc<StatusPage>,
     /// Go live when the primary dies without ending its log ([`crate::setup::ReplicaSetup::failover`]).
     failover: bool,
-    /// Failover: the descriptor channel's end, until the receiver thread takes it.
-    handoff: Mutex<Option<OwnedFd>>,
-    /// Failover: the descriptors the primary passed, until the replay takes them.
-    held: Option<Held>,
     /// The primary died and this secondary is draining its log to go live: threads that
     /// find no record wait for [`live`](Self::live) instead of ending.
     going_live: AtomicBool,
@@ -78,6 +74,10 @@ pub struct Secondary {
     /// Per thread: the intent of the output it is comparing, until that output's record
     /// arrives; what is left at the takeover is in doubt.
     in_doubt: Mutex<HashMap<u32, InDoubt>>,
+    /// Failover: the descriptor channel's end, until the receiver thread takes it.
+    handoff: Mutex<Option<OwnedFd>>,
+    /// Failover: the descriptors the primary passed, until the replay takes them.
+    held: Option<Held>,
 }
 
 impl Secondary {
@@ -129,11 +129,11 @@ impl Secondary {
             output_dir,
             status,
             failover,
-            held,
-            handoff: Mutex::new(handoff),
             going_live: AtomicBool::new(false),
             live: AtomicBool::new(false),
             in_doubt: Mutex::default(),
+            held,
+            handoff: Mutex::new(handoff),
         })
     }
 
@@ -155,11 +155,11 @@ impl Secondary {
             output_dir,
             status,
             failover: false,
-            handoff: Mutex::new(None),
-            held: None,
             going_live: AtomicBool::new(false),
             live: AtomicBool::new(false),
             in_doubt: Mutex::default(),
+            handoff: Mutex::new(None),
+            held: None,
         }
     }
 
