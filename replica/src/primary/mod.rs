@@ -10,8 +10,9 @@
 mod call;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use det::record::RecordKind;
 
@@ -37,7 +38,24 @@ pub struct Primary {
     corrupt_at: Option<u64>,
     /// Failover: the descriptor channel's end ([`crate::handoff`]); None without failover.
     handoff: Option<OwnedFd>,
+    /// Per-thread records sent (a fragmented one once), against which the secondary's
+    /// [`Counter::RecordsConsumed`] measures its replay lag.
+    thread_records: AtomicU64,
 }
+
+/// Failover: how many per-thread records the secondary's replay may lag behind the primary
+/// when an output is committed. A takeover replays that lag first, so it bounds the
+/// takeover time (about 20-100 µs a record on these machines).
+pub const MAX_REPLAY_LAG: u64 = 512;
+
+/// Failover: the longest an output waits for the secondary's replay to come within
+/// [`MAX_REPLAY_LAG`]; past it the output goes ahead (a secondary whose next record only a
+/// later output of the primary produces must not hold the primary up).
+const REPLAY_WAIT_MAX: Duration = Duration::from_millis(200);
+
+/// Failover: an output stops waiting for the secondary's replay once the replay has not
+/// moved for this long.
+const REPLAY_STILL: Duration = Duration::from_millis(2);
 
 impl Primary {
     /// Creates the channel and sends its memfd to the secondary over `peer`, whose hang-up
@@ -78,6 +96,7 @@ impl Primary {
             status,
             corrupt_at: std::env::var(CORRUPT_ENV).ok().and_then(|v| v.parse().ok()),
             handoff,
+            thread_records: AtomicU64::new(0),
         })
     }
 
@@ -167,23 +186,60 @@ impl Primary {
         }
     }
 
-    /// Output commit: waits until the secondary holds every record sent so far.
+    /// Output commit: waits until the secondary holds every record sent so far; with
+    /// failover, also until its replay lags at most [`MAX_REPLAY_LAG`] records behind, for
+    /// at most [`REPLAY_WAIT_MAX`].
     pub fn commit(&self) {
-        let mut g = lock(&self.producer);
-        let Some(producer) = g.as_mut() else { return };
-        let sent = producer.stats().records_sent;
-        if sent == 0 {
+        {
+            let mut g = lock(&self.producer);
+            let Some(producer) = g.as_mut() else { return };
+            let sent = producer.stats().records_sent;
+            if sent == 0 {
+                return;
+            }
+            if let Err(e) = producer.wait_acked(sent - 1) {
+                g.take();
+                drop(g);
+                self.broke(format!("{e}"));
+                return;
+            }
+        }
+        if self.handoff.is_some() {
+            self.wait_for_replay();
+        }
+    }
+
+    /// Failover: waits (briefly, see [`REPLAY_WAIT_MAX`]) until the secondary's replay is
+    /// within [`MAX_REPLAY_LAG`] records, as long as the replay moves: a secondary may wait
+    /// for what only the primary's future records tell (the det mode's gate, a turn of the
+    /// log), and waiting for it then would only stall both.
+    fn wait_for_replay(&self) {
+        let sent = self.thread_records.load(Ordering::Relaxed);
+        let consumed = || self.status.get(Counter::RecordsConsumed);
+        let mut seen = consumed();
+        if sent.saturating_sub(seen) <= MAX_REPLAY_LAG {
             return;
         }
-        if let Err(e) = producer.wait_acked(sent - 1) {
-            g.take();
-            drop(g);
-            self.broke(format!("{e}"));
+        let until = Instant::now() + REPLAY_WAIT_MAX;
+        let mut moved_at = Instant::now();
+        while Instant::now() < until && !self.broken.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_micros(100));
+            let now = consumed();
+            if sent.saturating_sub(now) <= MAX_REPLAY_LAG {
+                return;
+            }
+            if now != seen {
+                seen = now;
+                moved_at = Instant::now();
+            } else if moved_at.elapsed() >= REPLAY_STILL {
+                return;
+            }
         }
     }
 
     /// Sends one per-thread record: `tid`'s replicated event `seq`.
     pub fn send_thread(&self, tid: u32, seq: u64, rec: &ThreadRecord) {
+        self.thread_records.fetch_add(1, Ordering::Relaxed);
         let mut buf = Vec::new();
         rec.encode(tid, seq, &mut buf);
         let max = lock(&self.producer).as_ref().map(|pr| pr.max_payload());
