@@ -155,6 +155,9 @@ pub(crate) mod test_call {
         fn describe_schedule(&self) -> Option<String> {
             None
         }
+        fn go_live(&self) -> crate::program::WentLive {
+            crate::program::WentLive::default()
+        }
     }
 
     /// One call of thread `thread`: syscall `nr`, the thread's syscall `seq` and replicated

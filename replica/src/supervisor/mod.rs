@@ -383,6 +383,7 @@ pub fn empty_report() -> Report {
         counters: Counters::default(),
         channel_error: None,
         wall_seconds: 0.0,
+        failover: None,
     }
 }
 
