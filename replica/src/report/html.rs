@@ -396,7 +396,10 @@ mod tests {
         f.kill_after_seconds = Some(2.4);
         r.failover = Some(f);
         let page = render_html(&r, None);
-        assert!(page.contains("outcome <b class=bad>failed_over</b>"), "{page}");
+        assert!(
+            page.contains("outcome <b class=bad>failed_over</b>"),
+            "{page}"
+        );
         assert!(page.contains(
             "<h2>Failover</h2><p id=failover>the secondary died (killed by SIGKILL, injected at 2.400 s) at 2.500 s; the primary served on, unreplicated.</p>"
         ), "{page}");

@@ -519,5 +519,8 @@ fn reports_written_before_failover_still_load() {
     });
     fs::write(&path, json.to_string()).unwrap();
     let f = Report::load(&path).unwrap().failover.unwrap();
-    assert_eq!(f, Failover::death(Died::Secondary, "killed by SIGKILL", 3.5));
+    assert_eq!(
+        f,
+        Failover::death(Died::Secondary, "killed by SIGKILL", 3.5)
+    );
 }

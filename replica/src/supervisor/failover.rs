@@ -128,7 +128,10 @@ pub(super) fn monotonic_now() -> libc::timespec {
 
 impl MutEventSubscriber for KillTimer {
     fn init(&mut self, ops: &mut EventOps) {
-        registered("kill timer", ops.add(Events::new(&self.timer, EventSet::IN)));
+        registered(
+            "kill timer",
+            ops.add(Events::new(&self.timer, EventSet::IN)),
+        );
     }
 
     fn process(&mut self, _events: Events, ops: &mut EventOps) {
@@ -272,7 +275,10 @@ mod tests {
             None
         ));
         let f = r.failover.clone().unwrap();
-        assert_eq!((f.died, f.how.as_str()), (Died::Secondary, "killed by SIGKILL"));
+        assert_eq!(
+            (f.died, f.how.as_str()),
+            (Died::Secondary, "killed by SIGKILL")
+        );
         assert!((f.at_seconds - 2.5).abs() < 1e-9);
         assert_eq!(f.kill_after_seconds, Some(2.49));
         assert!(!f.took_over());
@@ -315,7 +321,14 @@ mod tests {
             target: Died::Primary,
             after: Duration::from_millis(990),
         };
-        assert!(fill_failover(&mut r, Some(&death), Some(kill), t0, true, None));
+        assert!(fill_failover(
+            &mut r,
+            Some(&death),
+            Some(kill),
+            t0,
+            true,
+            None
+        ));
         let f = r.failover.unwrap();
         assert_eq!(f.how, "killed by SIGKILL");
         assert_eq!(f.records_drained, Some(5));

@@ -418,7 +418,10 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         let after = render_counters(&page(), Mode::Det, true, false, 1);
-        assert!(after.lines().any(|l| l == "ditto_failovers_total 1"), "{after}");
+        assert!(
+            after.lines().any(|l| l == "ditto_failovers_total 1"),
+            "{after}"
+        );
         // Every sample belongs to a family announced just before it.
         let mut typed = std::collections::HashSet::new();
         for l in text.lines() {

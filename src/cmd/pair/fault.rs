@@ -173,8 +173,24 @@ mod tests {
     #[test]
     fn bad_values_are_one_line_errors() {
         for s in [
-            "", "5", "s", "1.5", "abc", "1.5h", "-1s", "+1s", "1e3s", "1..2s", "1s..", "..2s",
-            "1.s", ".5s", "1s..2s..3s", "inf s", "NaNs", "1 s",
+            "",
+            "5",
+            "s",
+            "1.5",
+            "abc",
+            "1.5h",
+            "-1s",
+            "+1s",
+            "1e3s",
+            "1..2s",
+            "1s..",
+            "..2s",
+            "1.s",
+            ".5s",
+            "1s..2s..3s",
+            "inf s",
+            "NaNs",
+            "1 s",
         ] {
             let e = KillAfter::parse(s).unwrap_err();
             let msg = e.to_string();
