@@ -154,7 +154,8 @@ impl MutEventSubscriber for KillTimer {
         // Unreaped (its exit is not recorded), so the pid is still this child's.
         if child.kill().is_ok() {
             eprintln!(
-                "ditto: killed the {name} (pid {pid}) with SIGKILL at {:.3} s",
+                "ditto: killed the {name} (pid {pid}) with SIGKILL at {:.3} s (chosen: {:.3} s)",
+                pair.started.elapsed().as_secs_f64(),
                 self.kill.after.as_secs_f64()
             );
             pair.killed = Some(self.kill);
