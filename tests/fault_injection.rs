@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -105,6 +105,18 @@ fn count_across_the_kill(port: u16, victim: i32, after_death: u64) -> Seen {
     panic!("200,000 requests and the replica {victim} is still alive");
 }
 
+/// The value of the sample `name` (no labels) on the pair's `/metrics` page at `port`.
+fn metric(port: u16, name: &str) -> u64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).expect("read /metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in {page}"))
+}
+
 /// Starts a redis pair with `flags`, waits until it serves; the pair and its port.
 fn redis_pair(mode: &str, out: &Path, flags: &[&str]) -> (ServerProc, u16) {
     image_root("redis");
@@ -128,7 +140,14 @@ fn a_killed_secondary_leaves_the_primary_serving() {
     let _turn = one_pair_at_a_time();
     for (mode, failover) in [("det", true), ("follow", true), ("follow", false)] {
         let out = tempdir();
-        let mut flags = vec!["--kill-secondary-after", "3s..5s"];
+        let metrics_port = free_port();
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let mut flags = vec![
+            "--kill-secondary-after",
+            "3s..5s",
+            "--metrics",
+            &metrics_addr,
+        ];
         if !failover {
             flags.push("--no-failover");
         }
@@ -140,6 +159,11 @@ fn a_killed_secondary_leaves_the_primary_serving() {
         assert!(
             !dead(primary),
             "{mode}: the primary died with the secondary"
+        );
+        assert_eq!(
+            metric(metrics_port, "ditto_failovers_total"),
+            failover as u64,
+            "{mode}"
         );
         // The count the client kept is the server's.
         let total = seen.before + seen.after;
