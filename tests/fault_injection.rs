@@ -147,6 +147,7 @@ fn a_killed_secondary_leaves_the_primary_serving() {
             "3s..5s",
             "--metrics",
             &metrics_addr,
+            "--status",
         ];
         if !failover {
             flags.push("--no-failover");
@@ -169,6 +170,19 @@ fn a_killed_secondary_leaves_the_primary_serving() {
         let total = seen.before + seen.after;
         assert_eq!(redis_cli(port, &["GET", "ctr"]), total.to_string());
         let o = server.stop(libc::SIGTERM);
+        // The status line (printed once a second without a terminal) shows the death.
+        let err = stderr(&o);
+        assert!(
+            err.contains("ditto: the secondary (pid ")
+                && err.contains("will be killed with SIGKILL at"),
+            "{err}"
+        );
+        assert!(
+            err.lines().any(|l| l.starts_with("ditto: pair ")
+                && l.contains(", SECONDARY DIED at ")
+                && l.ends_with("(killed by SIGKILL): primary serving unreplicated")),
+            "{err}"
+        );
         let r = report(out.path());
         let f = r.failover.clone().expect("a failover object");
         assert_eq!(f.died, Died::Secondary, "{}", r.summary());
