@@ -251,6 +251,57 @@ fn a_killed_primary_without_failover_is_a_replica_failure() {
         .contains("failover:  the primary died (killed by SIGKILL, injected at 1.500 s)"));
 }
 
+/// The primary killed with failover on (the default): the secondary replays what the
+/// primary logged, goes live and runs the program to its end; the pair exits with the
+/// survivor's status and the report has the takeover; in both modes. The program is a
+/// busybox shell counting in a loop without syscalls (no fork: ditto has none), long
+/// enough to outlive the kill by seconds.
+#[test]
+fn a_killed_primary_fails_over_to_the_secondary() {
+    let _turn = one_pair_at_a_time();
+    for mode in ["det", "follow"] {
+        let out = tempdir();
+        let mut c = ditto();
+        c.args(["pair", "--quiet", "--mode", mode, "--out"])
+            .arg(out.path())
+            .args(["--kill-primary-after", "1s", "--"])
+            .arg(busybox())
+            .args([
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 4000000 ]; do i=$((i+1)); done; exit 3",
+            ]);
+        let o = output_within(c, 180);
+        let r = report(out.path());
+        assert_eq!(r.outcome, Outcome::FailedOver, "{mode}: {}", r.summary());
+        assert_eq!(o.status.code(), Some(3), "{mode}: {}", stderr(&o));
+        assert_eq!(r.primary.exit.as_deref(), Some("killed by SIGKILL"));
+        assert_eq!(
+            r.secondary.exit.as_deref(),
+            Some("exited 3"),
+            "{}",
+            r.summary()
+        );
+        let f = r.failover.clone().expect("a failover object");
+        assert_eq!(f.died, Died::Primary);
+        assert_eq!(f.how, "killed by SIGKILL");
+        assert_eq!(f.kill_after_seconds, Some(1.0));
+        assert!(f.at_seconds >= 1.0, "{}", r.summary());
+        assert!(f.noticed.is_some(), "{}", r.summary());
+        let ms = f.takeover_ms.expect("the takeover time");
+        assert!(ms >= 0.0 && ms < 60_000.0, "{}", r.summary());
+        assert!(f.records_drained.is_some() && f.output_bytes_skipped.is_some());
+        assert!(
+            r.summary().starts_with(
+                "failed over: the primary died (killed by SIGKILL, injected at 1.000 s)"
+            ),
+            "{}",
+            r.summary()
+        );
+        eprintln!("{mode}: {}", r.summary().lines().next().unwrap());
+    }
+}
+
 /// Bad DURATION values and both flags at once: one line of error, exit 2, before any
 /// replica starts.
 #[test]

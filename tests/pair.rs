@@ -264,6 +264,9 @@ fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
     }
 }
 
+/// Without failover, a primary killed from outside (by the PID in its run directory) ends
+/// the pair as a replica failure. (With failover the secondary takes over:
+/// tests/fault_injection.rs.)
 #[test]
 fn the_supervisor_reports_a_dead_primary() {
     let _turn = one_pair_at_a_time();
@@ -273,7 +276,7 @@ fn the_supervisor_reports_a_dead_primary() {
     let mut server = start_pair(
         "follow",
         out.path(),
-        &["--image", "redis", "--", "--port", &p],
+        &["--no-failover", "--image", "redis", "--", "--port", &p],
     );
     server.wait_port(port);
     let pid: i32 = std::fs::read_to_string(out.path().join("primary.pid"))
@@ -288,6 +291,10 @@ fn the_supervisor_reports_a_dead_primary() {
     let r = report(out.path());
     assert_eq!(r.outcome, Outcome::ReplicaFailed, "{}", r.summary());
     assert_eq!(r.primary.exit_status, Some(128 + 9), "{}", r.summary());
+    // Reported as a death that nobody took over, not injected.
+    let f = r.failover.clone().expect("a failover object");
+    assert_eq!(f.how, "killed by SIGKILL", "{}", r.summary());
+    assert_eq!((f.kill_after_seconds, f.takeover_ms), (None, None));
 }
 
 #[test]
