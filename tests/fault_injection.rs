@@ -169,8 +169,11 @@ fn a_killed_secondary_leaves_the_primary_serving() {
         // The count the client kept is the server's.
         let total = seen.before + seen.after;
         assert_eq!(redis_cli(port, &["GET", "ctr"]), total.to_string());
+        // The status line is printed once a second without a terminal: one more after the
+        // death for sure.
+        std::thread::sleep(Duration::from_millis(1500));
         let o = server.stop(libc::SIGTERM);
-        // The status line (printed once a second without a terminal) shows the death.
+        // The status line shows the death.
         let err = stderr(&o);
         assert!(
             err.contains("ditto: the secondary (pid ")

@@ -1,4 +1,4 @@
-//! The supervisor's event loop: one epoll set (rust-vmm's event-manager) with three kinds
+//! The supervisor's event loop: one epoll set (rust-vmm's event-manager) with these kinds
 //! of subscriber, all on the supervisor's own thread.
 //!
 //! - [`ReplicaExit`]: a pidfd per replica; when it turns readable the replica has ended and
@@ -8,7 +8,6 @@
 //!   the secondary once it survives a dead primary (failover).
 //! - [`StatusTick`]: a 20 ms timerfd that refreshes the status line and watches for a
 //!   secondary that makes no progress after the primary ended (the stall stop).
-//!
 //! - [`super::failover::KillTimer`] (`--kill-*-after`): a one-shot timerfd that SIGKILLs one
 //!   replica.
 //!
