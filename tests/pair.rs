@@ -264,9 +264,9 @@ fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
     }
 }
 
-/// Without failover, a primary killed from outside (by the PID in its run directory) ends
-/// the pair as a replica failure. (With failover the secondary takes over:
-/// tests/fault_injection.rs.)
+/// `--no-failover`: a dead primary, killed from outside by the PID in its run directory,
+/// ends the pair as a replica failure (failover itself: tests/fault_injection.rs,
+/// tests/failover_fds.rs).
 #[test]
 fn the_supervisor_reports_a_dead_primary() {
     let _turn = one_pair_at_a_time();
