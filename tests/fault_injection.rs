@@ -272,12 +272,14 @@ fn a_killed_primary_fails_over_to_the_secondary() {
             .args([
                 "sh",
                 "-c",
-                "i=0; while [ $i -lt 4000000 ]; do i=$((i+1)); done; exit 3",
+                "i=0; while [ $i -lt 4000000 ]; do i=$((i+1)); done; echo done $i; exit 3",
             ]);
         let o = output_within(c, 180);
         let r = report(out.path());
         assert_eq!(r.outcome, Outcome::FailedOver, "{mode}: {}", r.summary());
         assert_eq!(o.status.code(), Some(3), "{mode}: {}", stderr(&o));
+        // The survivor wrote to the primary's stdout, which it took over.
+        assert_eq!(stdout(&o), "done 4000000\n", "{mode}: {}", stderr(&o));
         assert_eq!(r.primary.exit.as_deref(), Some("killed by SIGKILL"));
         assert_eq!(
             r.secondary.exit.as_deref(),
@@ -294,6 +296,8 @@ fn a_killed_primary_fails_over_to_the_secondary() {
         let ms = f.takeover_ms.expect("the takeover time");
         assert!((0.0..60_000.0).contains(&ms), "{}", r.summary());
         assert!(f.records_drained.is_some() && f.output_bytes_skipped.is_some());
+        // At least stdin, stdout and stderr.
+        assert!(f.descriptors >= Some(3), "{}", r.summary());
         assert!(
             r.summary().starts_with(
                 "failed over: the primary died (killed by SIGKILL, injected at 1.000 s)"

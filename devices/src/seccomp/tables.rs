@@ -250,6 +250,14 @@ pub const CHANNEL: &[Row] = &[
     (SYS_rename, ANY),
     (SYS_renameat, ANY),
     (SYS_renameat2, ANY),
+    // Failover: the go-live runs on the reader thread. It swaps the primary's descriptors
+    // onto their placeholders (dup3), re-registers their epoll interests (epoll_ctl),
+    // counts connections and logged-but-unread TCP input (getsockopt TCP_INFO, FIONREAD,
+    // TIOCOUTQ) and discards that input (recvfrom, above).
+    (SYS_dup3, ANY),
+    (SYS_epoll_ctl, ANY),
+    (SYS_getsockopt, ANY),
+    (SYS_ioctl, Args::Ioctl(&[0x5411, 0x541B])),
 ];
 
 /// The signal forwarder of `ditto run` and the itimer thread: wait for a signal or
