@@ -233,8 +233,16 @@ pub const GUEST_SERVICE: &[Row] = &[
 ];
 
 /// The replica threads: the secondary's channel reader and the status thread that
-/// publishes counters and, when asked, writes the stall description file.
+/// publishes counters and, when asked, writes the stall description file. The reader also
+/// takes over from a dead primary (failover): its descriptors replace the placeholders
+/// (dup3), epoll interests are registered again, and TCP counters are read (TCP_INFO,
+/// SIOCINQ) to drop input the primary logged but did not consume (recvfrom MSG_TRUNC).
 pub const CHANNEL: &[Row] = &[
+    (SYS_dup3, ANY),
+    (SYS_epoll_ctl, ANY),
+    (SYS_getsockopt, ANY),
+    (SYS_fcntl, ANY),
+    (SYS_ioctl, Args::Ioctl(&[0x541B /* FIONREAD */, 0x5411 /* TIOCOUTQ */])),
     (SYS_open, ANY),
     (SYS_openat, ANY),
     (SYS_recvmsg, ANY),
@@ -250,14 +258,6 @@ pub const CHANNEL: &[Row] = &[
     (SYS_rename, ANY),
     (SYS_renameat, ANY),
     (SYS_renameat2, ANY),
-    // Failover: the go-live runs on the reader thread. It swaps the primary's descriptors
-    // onto their placeholders (dup3), re-registers their epoll interests (epoll_ctl),
-    // counts connections and logged-but-unread TCP input (getsockopt TCP_INFO, FIONREAD,
-    // TIOCOUTQ) and discards that input (recvfrom, above).
-    (SYS_dup3, ANY),
-    (SYS_epoll_ctl, ANY),
-    (SYS_getsockopt, ANY),
-    (SYS_ioctl, Args::Ioctl(&[0x5411, 0x541B])),
 ];
 
 /// The signal forwarder of `ditto run` and the itimer thread: wait for a signal or
