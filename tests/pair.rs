@@ -264,8 +264,9 @@ fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
     }
 }
 
-/// `--no-failover`: a dead primary ends the pair as a replica failure (failover itself is
-/// tests/failover.rs').
+/// `--no-failover`: a dead primary, killed from outside by the PID in its run directory,
+/// ends the pair as a replica failure (failover itself: tests/fault_injection.rs,
+/// tests/failover_fds.rs).
 #[test]
 fn the_supervisor_reports_a_dead_primary() {
     let _turn = one_pair_at_a_time();
@@ -290,6 +291,10 @@ fn the_supervisor_reports_a_dead_primary() {
     let r = report(out.path());
     assert_eq!(r.outcome, Outcome::ReplicaFailed, "{}", r.summary());
     assert_eq!(r.primary.exit_status, Some(128 + 9), "{}", r.summary());
+    // Reported as a death that nobody took over, not injected.
+    let f = r.failover.clone().expect("a failover object");
+    assert_eq!(f.how, "killed by SIGKILL", "{}", r.summary());
+    assert_eq!((f.kill_after_seconds, f.takeover_ms), (None, None));
 }
 
 #[test]

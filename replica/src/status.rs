@@ -47,11 +47,16 @@ pub enum Counter {
     /// Record payload bytes the secondary consumed (the lag in bytes is
     /// [`RecordBytes`](Counter::RecordBytes) minus this).
     RecordBytesConsumed,
+    /// Failover: 0 until the secondary serves live after the primary's death; then the
+    /// takeover time (death noticed to live) in microseconds, at least 1. The secondary sets
+    /// it once, at go-live; the supervisor shows it in the status line, stops watching the
+    /// secondary for stalls and counts the failover in `ditto_failovers_total`.
+    TakeoverMicros,
 }
 
 impl Counter {
     /// How many counters there are.
-    pub const COUNT: usize = Counter::RecordBytesConsumed as usize + 1;
+    pub const COUNT: usize = Counter::TakeoverMicros as usize + 1;
 }
 
 /// The syscall classes of the syscall table (DESIGN.md §6), in the order of

@@ -6,8 +6,8 @@
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use replica::report::{
-    first_difference, Counters, Divergence, DivergenceKind, Event, EventKind, Outcome,
-    ReplicaSummary, Report, Value,
+    first_difference, Counters, Died, Divergence, DivergenceKind, Event, EventKind, Failover,
+    Outcome, ReplicaSummary, Report, Value,
 };
 
 /// Cases per property: modest in the suite, raised with `DITTO_FUZZ_CASES` for long runs.
@@ -130,12 +130,42 @@ fn event() -> impl Strategy<Value = Event> {
         )
 }
 
+fn failover() -> impl Strategy<Value = Failover> {
+    (
+        prop::sample::select(vec![Died::Primary, Died::Secondary]),
+        text(),
+        0u32..100_000,
+        proptest::option::of(0u32..100_000),
+        proptest::option::of((
+            text(),
+            0u32..100_000,
+            proptest::collection::vec(any::<u64>(), 5),
+        )),
+    )
+        .prop_map(|(died, how, at_ms, kill_ms, takeover)| {
+            // Whole milliseconds: integer-valued f64s round-trip exactly through JSON.
+            let mut f = Failover::death(died, how, f64::from(at_ms));
+            f.kill_after_seconds = kill_ms.map(f64::from);
+            if let Some((noticed, ms, n)) = takeover {
+                f.noticed = Some(noticed);
+                f.takeover_ms = Some(f64::from(ms));
+                f.records_drained = Some(n[0]);
+                f.descriptors = Some(n[1]);
+                f.connections = Some(n[2]);
+                f.in_doubt_outputs = Some(n[3]);
+                f.output_bytes_skipped = Some(n[4]);
+            }
+            f
+        })
+}
+
 fn report() -> impl Strategy<Value = Report> {
     let outcomes = [
         Outcome::Identical,
         Outcome::Diverged,
         Outcome::ReplicaFailed,
         Outcome::ChannelError,
+        Outcome::FailedOver,
     ];
     (
         (
@@ -150,12 +180,14 @@ fn report() -> impl Strategy<Value = Report> {
             proptest::option::of(text()),
             0u32..100_000,
         ),
+        proptest::option::of(failover()),
     )
         .prop_map(
             |(
                 (mode, program, outcome),
                 (primary, secondary, first_divergence),
                 (last_common, c, channel_error, ms),
+                failover,
             )| {
                 let mut r = Report::new(mode, program);
                 r.outcome = outcome;
@@ -178,6 +210,7 @@ fn report() -> impl Strategy<Value = Report> {
                 r.channel_error = channel_error;
                 // Whole milliseconds as an integer-valued f64 round-trip exactly through JSON.
                 r.wall_seconds = f64::from(ms);
+                r.failover = failover;
                 r
             },
         )

@@ -15,7 +15,8 @@ const EXIT_NOT_IDENTICAL: u8 = 1;
 
 /// The exit statuses, for `--help`.
 pub const AFTER_HELP: &str = "Exit status: 0 when the (first) report says the replicas were \
-identical; 1 when it says they diverged, a replica failed or the channel failed; 2 when a \
+identical; 1 when it says they diverged, a replica failed, the pair failed over (a replica \
+died and the other carried on) or the channel failed; 2 when a \
 report or trace cannot be read (missing, not JSON, another schema version). With --trace \
 alone: 0 when the traces do not part, 1 when they do.";
 
@@ -46,7 +47,10 @@ pub struct CompareArgs {
 fn exit_for(report: &Report) -> u8 {
     match report.outcome {
         Outcome::Identical => 0,
-        Outcome::Diverged | Outcome::ReplicaFailed | Outcome::ChannelError => EXIT_NOT_IDENTICAL,
+        Outcome::Diverged
+        | Outcome::ReplicaFailed
+        | Outcome::ChannelError
+        | Outcome::FailedOver => EXIT_NOT_IDENTICAL,
     }
 }
 
@@ -161,6 +165,7 @@ mod tests {
             Outcome::Diverged,
             Outcome::ReplicaFailed,
             Outcome::ChannelError,
+            Outcome::FailedOver,
         ] {
             r.outcome = o;
             assert_eq!(exit_for(&r), 1);

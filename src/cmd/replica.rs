@@ -195,6 +195,14 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
         },
         Err(e) => Some(e.to_string()),
     };
+    // For the supervisor: a replica whose VMM failed died (docs/pair.md, Failover).
+    if let Some(e) = &vmm_error {
+        let died = match role {
+            Role::Primary => replica::report::Died::Primary,
+            Role::Secondary => replica::report::Died::Secondary,
+        };
+        let _ = std::fs::write(a.out.join(replica::supervisor::vmm_error_file(died)), e);
+    }
     match role {
         Role::Primary => {
             if let Some(e) = rep.primary_error().or(vmm_error) {
@@ -223,6 +231,11 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
                 })
                 .collect();
             report.channel_error = f.channel_error.clone();
+            // It went live after the primary's death: the supervisor completes the rest.
+            report.failover = f
+                .takeover
+                .as_ref()
+                .map(replica::report::Failover::taken_over);
             report.secondary.exit = Some(match (&result, &f.stopped) {
                 (_, Some(why)) => format!("stopped: {why}"),
                 (Ok(out), None) => match &out.exit {

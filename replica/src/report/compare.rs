@@ -51,6 +51,12 @@ fn write_comparison(out: &mut String, a: &Report, b: &Report) -> fmt::Result {
             String::new(),
         ),
         (
+            "failover".into(),
+            failover_cell(a),
+            failover_cell(b),
+            String::new(),
+        ),
+        (
             "wall_seconds".into(),
             format!("{:.3}", a.wall_seconds),
             format!("{:.3}", b.wall_seconds),
@@ -120,6 +126,23 @@ fn write_comparison(out: &mut String, a: &Report, b: &Report) -> fmt::Result {
         (Some(_), Some(_)) => "the runs diverged at different places".to_string(),
     };
     writeln!(out, "{verdict}")
+}
+
+/// A report's failover in one short cell: `"primary killed by SIGKILL at 2.003 s, taken
+/// over in 12.3 ms"`, or `"none"`.
+fn failover_cell(r: &Report) -> String {
+    let Some(f) = &r.failover else {
+        return "none".into();
+    };
+    let mut s = format!("{} {} at {:.3} s", f.died.as_str(), f.how, f.at_seconds);
+    match f.takeover_ms {
+        Some(ms) => {
+            let _ = write!(s, ", taken over in {ms:.1} ms");
+        }
+        None if f.died == super::Died::Secondary => s.push_str(", primary served on"),
+        None => s.push_str(", not taken over"),
+    }
+    s
 }
 
 pub(super) fn delta(x: u64, y: u64) -> String {

@@ -309,7 +309,7 @@ pub fn render_html(report: &Report, traces: Option<(&Trace, &Trace)>) -> String 
         _ => report_marks(report),
     };
     let program = report.program.join(" ");
-    let outcome = format!("{:?}", report.outcome).to_lowercase();
+    let outcome = report.outcome.as_str();
     let mut page = String::new();
     let _ = write!(
         page,
@@ -322,12 +322,20 @@ pub fn render_html(report: &Report, traces: Option<(&Trace, &Trace)>) -> String 
         esc(&program),
         esc(&report.mode),
         if report.first_divergence.is_none() && outcome == "identical" { "ok" } else { "bad" },
-        esc(&outcome),
+        esc(outcome),
         report.wall_seconds,
         report.counters.records,
         report.counters.compared_outputs,
         report.counters.turns
     );
+    if let Some(f) = &report.failover {
+        let _ = write!(
+            page,
+            "<h2>Failover</h2><p id=failover>{}; {}.</p>",
+            esc(&f.death_line()),
+            esc(&f.survivor_line())
+        );
+    }
     if let Some(d) = &report.first_divergence {
         page.push_str(&divergence_html(d));
     }
@@ -374,6 +382,27 @@ mod tests {
         let page = render_html(&r, None);
         assert!(!page.contains("</script><b>"));
         assert_eq!(page.matches("</script>").count(), 2);
+    }
+
+    #[test]
+    fn a_failover_is_in_the_summary() {
+        let mut r = Report::new("follow", vec!["redis-server".into()]);
+        r.outcome = Outcome::FailedOver;
+        let mut f = crate::report::Failover::death(
+            crate::report::Died::Secondary,
+            "killed by SIGKILL",
+            2.5,
+        );
+        f.kill_after_seconds = Some(2.4);
+        r.failover = Some(f);
+        let page = render_html(&r, None);
+        assert!(
+            page.contains("outcome <b class=bad>failed_over</b>"),
+            "{page}"
+        );
+        assert!(page.contains(
+            "<h2>Failover</h2><p id=failover>the secondary died (killed by SIGKILL, injected at 2.400 s) at 2.500 s; the primary served on, unreplicated.</p>"
+        ), "{page}");
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //!
 //! Compatibility:
 //! - Readers ignore fields they do not know. Adding a field therefore keeps the schema number.
+//!   Readers also default fields that a report lacks when the field came later (`failover`):
+//!   reports written before it load unchanged.
+//! - A new value of an enum (`outcome: "failed_over"`) is an addition too and keeps the
+//!   number; a reader older than the value refuses such a report with a parse error.
 //! - Removing or renaming a field, or changing what one means, bumps [`REPORT_SCHEMA`].
 //! - [`Report::load`] refuses any schema number but its own.
 //!
@@ -32,6 +36,7 @@
 //! | `counters` | [`Counters`] | what crossed the channel and what was compared |
 //! | `channel_error` | string or null | the channel's error, one line; set when `outcome` is `channel_error` |
 //! | `wall_seconds` | f64 | wall-clock time of the pair run (written as 0 if not finite) |
+//! | `failover` | [`Failover`] or null | a replica died before the run's end (killed, crashed, its VMM failed): which, how, when, and what the other did; null when neither died. Absent in reports written before it: read as null |
 //!
 //! ## `outcome`
 //!
@@ -41,6 +46,7 @@
 //! | `diverged` | the replicas disagreed; `first_divergence` says where |
 //! | `replica_failed` | a replica died, its VMM failed, or the primary stopped replicating (`primary.error`) before any divergence; the replicas' `exit` and `error` say how |
 //! | `channel_error` | the channel between the replicas failed (corrupt record, peer gone); `channel_error` says how |
+//! | `failed_over` | a replica died and the other carried the program on, with failover on (the default): the secondary went live after the primary's death, or the primary served on, unreplicated, after the secondary's; `failover` says which and how. Without failover (`--no-failover`), or when the secondary did not go live, a death is `replica_failed` (with `failover` set all the same) |
 //!
 //! ## `ReplicaSummary`: `primary` and `secondary`
 //!
@@ -50,6 +56,24 @@
 //! | `exit_status` | i32 or null | ditto's exit status for it: the program's own status, or 128+N when killed by signal N; null when it did not finish |
 //! | `exit` | string or null | how it ended, in words: `"exited 0"`, `"killed by SIGKILL"` |
 //! | `error` | string or null | a failure of the replica's VMM, one line |
+//!
+//! ## `Failover`: `failover`
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `died` | string | `"primary"` or `"secondary"`: the replica that died first |
+//! | `how` | string | how, in words: `"killed by SIGKILL"`, `"exited 3"` (its VMM process ended while the other ran), `"VMM error: ..."` |
+//! | `at_seconds` | f64 | when the supervisor saw its process gone, in seconds since the replicas started |
+//! | `kill_after_seconds` | f64 or null | the time `--kill-primary-after` / `--kill-secondary-after` chose (from a range: at random), in seconds since the replicas started, when this death was that injected kill; null otherwise |
+//! | `noticed` | string or null | how the secondary noticed the primary's death (`"the primary is gone"`); null when it did not go live |
+//! | `takeover_ms` | f64 or null | from the secondary noticing the death to it serving live, in milliseconds; null when no replica took over (the secondary died, or it did not go live) |
+//! | `records_drained` | u64 or null | records the primary had logged that the secondary had not consumed when it noticed; all replayed before it went live |
+//! | `descriptors` | u64 or null | outside descriptors (listening sockets, connections, host files) the secondary took over |
+//! | `connections` | u64 or null | of those, connected TCP sockets |
+//! | `in_doubt_outputs` | u64 or null | output calls the primary may have performed in part or in full when it died |
+//! | `output_bytes_skipped` | u64 or null | bytes of the secondary's own writes skipped because the primary had already sent them |
+//!
+//! The takeover fields (`noticed` to `output_bytes_skipped`) are null together.
 //!
 //! ## `Divergence`: `first_divergence`
 //!
@@ -127,6 +151,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 mod compare;
+mod failover;
 mod file;
 mod html;
 mod summary;
@@ -135,6 +160,7 @@ mod tests;
 mod text;
 
 pub use compare::compare_reports;
+pub use failover::{Died, Failover};
 pub use html::render_html;
 use text::{escape_text, hex, thousands, unhex};
 
@@ -176,6 +202,10 @@ pub struct Report {
     /// Wall-clock time of the run in seconds.
     #[serde(serialize_with = "finite_or_zero")]
     pub wall_seconds: f64,
+    /// A replica died before the run's end, and what the other did; `None` when neither
+    /// died (and in reports written before the field).
+    #[serde(default)]
+    pub failover: Option<Failover>,
 }
 
 /// How a pair run ended.
@@ -190,6 +220,8 @@ pub enum Outcome {
     ReplicaFailed,
     /// The channel between the replicas failed.
     ChannelError,
+    /// A replica died and the other carried the program on; [`Report::failover`] says how.
+    FailedOver,
 }
 
 /// One replica's placement and end.
@@ -564,13 +596,14 @@ impl ReplicaSummary {
 
 impl Outcome {
     /// The schema's name for it: `"identical"`, `"diverged"`, `"replica_failed"`,
-    /// `"channel_error"`.
+    /// `"channel_error"`, `"failed_over"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Identical => "identical",
             Outcome::Diverged => "diverged",
             Outcome::ReplicaFailed => "replica_failed",
             Outcome::ChannelError => "channel_error",
+            Outcome::FailedOver => "failed_over",
         }
     }
 }
@@ -662,6 +695,7 @@ impl Report {
             counters: Counters::default(),
             channel_error: None,
             wall_seconds: 0.0,
+            failover: None,
         }
     }
 

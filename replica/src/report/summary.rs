@@ -55,6 +55,10 @@ impl Report {
                 "channel error: {}",
                 self.channel_error.as_deref().unwrap_or("(no message)")
             ),
+            Outcome::FailedOver => match &self.failover {
+                Some(f) => format!("failed over: {}; {}", f.death_line(), f.survivor_line()),
+                None => "failed over (the report holds no failover)".to_string(),
+            },
         }
     }
 
@@ -74,6 +78,11 @@ impl Report {
                 cores(&r.cores),
                 r.describe()
             )?;
+        }
+        if let Some(f) = &self.failover {
+            if self.outcome != Outcome::FailedOver {
+                writeln!(out, "failover:  {}; {}", f.death_line(), f.survivor_line())?;
+            }
         }
         if let Some(e) = &self.channel_error {
             if self.outcome != Outcome::ChannelError {

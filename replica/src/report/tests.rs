@@ -195,6 +195,7 @@ fn json_round_trip_and_names() {
         Outcome::Identical,
         Outcome::Diverged,
         Outcome::ReplicaFailed,
+        Outcome::FailedOver,
         Outcome::ChannelError,
     ] {
         let r = sample(outcome);
@@ -436,5 +437,90 @@ fn helpers() {
     assert_eq!(
         shell_words(&["a".into(), "it's".into(), String::new()]),
         r"a 'it'\''s' ''"
+    );
+}
+
+fn sample_failover() -> Failover {
+    Failover {
+        kill_after_seconds: Some(1.75),
+        at_seconds: 1.752,
+        how: "killed by SIGKILL".into(),
+        ..Failover::taken_over(&crate::findings::Takeover {
+            noticed: "the primary is gone".into(),
+            takeover_ms: 8.5,
+            records_drained: 120,
+            descriptors: 4,
+            connections: 2,
+            in_doubt_outputs: 1,
+            output_bytes_skipped: 6,
+        })
+    }
+}
+
+#[test]
+fn a_failover_round_trips_and_reads_in_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.json");
+    let mut r = sample(Outcome::FailedOver);
+    r.failover = Some(sample_failover());
+    r.save(&path).unwrap();
+    assert_eq!(Report::load(&path).unwrap(), r);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"outcome\": \"failed_over\""), "{text}");
+    assert!(text.contains("\"died\": \"primary\""), "{text}");
+    assert!(text.contains("\"kill_after_seconds\": 1.75"), "{text}");
+    assert!(text.contains("\"records_drained\": 120"), "{text}");
+    let s = r.summary();
+    assert_eq!(
+        s.lines().next().unwrap(),
+        "failed over: the primary died (killed by SIGKILL, injected at 1.750 s) at 1.752 s; \
+         the secondary took over in 8.5 ms: 120 records drained, 4 descriptors (2 connections), \
+         1 in-doubt outputs, 6 output bytes skipped"
+    );
+
+    // A death that nobody took over is a replica failure; the summary still shows it.
+    let mut failed = sample(Outcome::ReplicaFailed);
+    failed.failover = Some(Failover::death(Died::Primary, "killed by SIGKILL", 2.0));
+    let s = failed.summary();
+    assert!(s.starts_with("replica failed: "), "{s}");
+    assert!(
+        s.contains("failover:  the primary died (killed by SIGKILL) at 2.000 s; the secondary did not take over"),
+        "{s}"
+    );
+    let json = serde_json::to_value(&failed).unwrap();
+    assert!(json["failover"]["takeover_ms"].is_null(), "{json}");
+    assert!(json["failover"]["kill_after_seconds"].is_null(), "{json}");
+
+    let cmp = compare_reports(&failed, &r);
+    assert!(
+        cmp.lines().any(|l| l.starts_with("failover ")
+            && l.contains("primary killed by SIGKILL at 2.000 s, not taken over")
+            && l.contains("primary killed by SIGKILL at 1.752 s, taken over in 8.5 ms")),
+        "{cmp}"
+    );
+}
+
+#[test]
+fn reports_written_before_failover_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.json");
+    let mut json = serde_json::to_value(sample(Outcome::ReplicaFailed)).unwrap();
+    json.as_object_mut().unwrap().remove("failover");
+    assert!(json.get("failover").is_none());
+    fs::write(&path, json.to_string()).unwrap();
+    let r = Report::load(&path).unwrap();
+    assert_eq!(r.failover, None);
+    assert_eq!(r, sample(Outcome::ReplicaFailed));
+    assert!(!r.summary().contains("failover"), "{}", r.summary());
+    // And a failover object written without its optional fields (an older writer of it).
+    let mut json = serde_json::to_value(sample(Outcome::FailedOver)).unwrap();
+    json["failover"] = serde_json::json!({
+        "died": "secondary", "how": "killed by SIGKILL", "at_seconds": 3.5
+    });
+    fs::write(&path, json.to_string()).unwrap();
+    let f = Report::load(&path).unwrap().failover.unwrap();
+    assert_eq!(
+        f,
+        Failover::death(Died::Secondary, "killed by SIGKILL", 3.5)
     );
 }

@@ -145,7 +145,9 @@ impl Secondary {
             }
         }
         let takeover_ms = noticed_at.elapsed().as_secs_f64() * 1e3;
-        lock(&self.findings).takeover = Some(Takeover {
+        // Keeps it for the report and publishes it on the status page (the supervisor's
+        // status line, stall watch and `ditto_failovers_total`).
+        self.went_live(Takeover {
             noticed: noticed.clone(),
             takeover_ms,
             records_drained: records_left,

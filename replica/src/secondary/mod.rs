@@ -178,6 +178,16 @@ impl Secondary {
         self.failover
     }
 
+    /// Failover: the secondary now serves live, as `t` says. Keeps `t` for the report (the
+    /// secondary's part carries it to the supervisor) and publishes the takeover time on
+    /// the status page ([`Counter::TakeoverMicros`]), which the supervisor's status line,
+    /// stall watch and metrics read. Call it once, when go-live is complete.
+    pub fn went_live(&self, t: crate::findings::Takeover) {
+        let micros = (t.takeover_ms * 1000.0).round().max(1.0) as u64;
+        lock(&self.findings).takeover = Some(t);
+        self.status.set(Counter::TakeoverMicros, micros);
+    }
+
     /// Failover: receives the descriptors the primary passes until its end closes (run by
     /// a thread of its own from the start, so the primary never blocks on a full socket).
     /// Err: a malformed message or a failed socket, to report as a channel error.

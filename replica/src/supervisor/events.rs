@@ -1,12 +1,15 @@
-//! The supervisor's event loop: one epoll set (rust-vmm's event-manager) with three kinds
+//! The supervisor's event loop: one epoll set (rust-vmm's event-manager) with these kinds
 //! of subscriber, all on the supervisor's own thread.
 //!
 //! - [`ReplicaExit`]: a pidfd per replica; when it turns readable the replica has ended and
 //!   is reaped (`wait4`), its status kept in the [`Pair`].
 //! - [`ForwardSignals`]: a signalfd for SIGINT/SIGTERM/SIGHUP/SIGQUIT, which stay blocked in
-//!   every thread of the supervisor; each one read is sent on to the primary alone.
+//!   every thread of the supervisor; each one read is sent on to the primary alone, or to
+//!   the secondary once it survives a dead primary (failover).
 //! - [`StatusTick`]: a 20 ms timerfd that refreshes the status line and watches for a
 //!   secondary that makes no progress after the primary ended (the stall stop).
+//! - [`super::failover::KillTimer`] (`--kill-*-after`): a one-shot timerfd that SIGKILLs one
+//!   replica.
 //!
 //! The subscribers share the [`Pair`] (the children and what became of them); the loop runs
 //! until both replicas are reaped and no stall description is pending.
@@ -21,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
+use super::failover::{death_of, Death, Kill};
 use super::status_line;
 use crate::findings::{STALL_FILE, STALL_REQUEST};
+use crate::report::Died;
 use crate::role::Mode;
 use crate::status::{Counter, StatusPage};
 
@@ -62,6 +67,16 @@ pub(super) struct Pair {
     pub forwarded: i32,
     /// The stall stop's state.
     pub stall: Stall,
+    /// Whether a dead primary leaves the secondary running to take over.
+    pub failover: bool,
+    /// When the replicas were started.
+    pub started: Instant,
+    /// The run directory (where a replica leaves its VMM error).
+    pub out: PathBuf,
+    /// The first replica death, once seen ([`super::failover`]).
+    pub death: Option<Death>,
+    /// The injected kill, once sent.
+    pub killed: Option<Kill>,
 }
 
 impl Pair {
@@ -70,6 +85,25 @@ impl Pair {
         self.primary_exit.is_some()
             && self.secondary_exit.is_some()
             && !matches!(self.stall, Stall::Describing { .. })
+    }
+
+    /// The secondary survives a dead primary and is (or is about to be) the program: it
+    /// gets the forwarded signals, and its stall watch ends once it is live.
+    pub fn secondary_takes_over(&self) -> bool {
+        self.failover
+            && self.secondary_exit.is_none()
+            && self.death.as_ref().is_some_and(|d| d.died == Died::Primary)
+    }
+
+    /// A replica died and the other carries the program on (so far): the metrics'
+    /// failover count. A dead primary counts once the secondary is live (`live`).
+    pub fn failed_over(&self, live: bool) -> bool {
+        self.failover
+            && match self.death.as_ref().map(|d| d.died) {
+                Some(Died::Primary) => live,
+                Some(Died::Secondary) => true,
+                None => false,
+            }
     }
 }
 
@@ -155,6 +189,26 @@ impl MutEventSubscriber for ReplicaExit {
         };
         let _ = ops.remove(Events::new(&self.pidfd, EventSet::IN));
         let Some(status) = status else { return };
+        let role = match self.which {
+            Which::Primary => Died::Primary,
+            Which::Secondary => Died::Secondary,
+        };
+        // The secondary's death counts only while the primary runs; the stall stop's
+        // kill is the supervisor's own.
+        let counts = pair.death.is_none()
+            && match role {
+                Died::Primary => true,
+                Died::Secondary => pair.primary_exit.is_none() && pair.stall != Stall::Stopped,
+            };
+        if counts {
+            if let Some(how) = death_of(role, status, &pair.out) {
+                pair.death = Some(Death {
+                    died: role,
+                    how,
+                    at: Instant::now(),
+                });
+            }
+        }
         match self.which {
             Which::Primary => {
                 pair.primary_exit = Some(status);
@@ -165,10 +219,10 @@ impl MutEventSubscriber for ReplicaExit {
     }
 }
 
-/// Forwards the signals of `set` (blocked in every thread) to the primary only.
+/// Forwards the signals of `set` (blocked in every thread) to the primary only, or to the
+/// secondary once it survives a dead primary.
 pub(super) struct ForwardSignals {
     fd: OwnedFd,
-    primary_pid: libc::pid_t,
     pair: SharedPair,
 }
 
@@ -176,7 +230,6 @@ impl ForwardSignals {
     /// A non-blocking signalfd for `set`, which must already be blocked in every thread
     /// (otherwise a thread that has them unblocked takes them first).
     pub fn new(set: &libc::sigset_t, pair: SharedPair) -> io::Result<Self> {
-        let primary_pid = pair.borrow().primary.id() as libc::pid_t;
         // SAFETY: a new signalfd for a valid sigset; it returns a new descriptor or -1.
         let fd = unsafe { libc::signalfd(-1, set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
         if fd < 0 {
@@ -184,11 +237,7 @@ impl ForwardSignals {
         }
         // SAFETY: signalfd just returned this descriptor; it is ours.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(ForwardSignals {
-            fd,
-            primary_pid,
-            pair,
-        })
+        Ok(ForwardSignals { fd, pair })
     }
 }
 
@@ -203,9 +252,19 @@ impl MutEventSubscriber for ForwardSignals {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         while let Some(info) = read_value::<libc::signalfd_siginfo>(&self.fd) {
             let s = info.ssi_signo as i32;
-            self.pair.borrow_mut().forwarded = s;
-            // SAFETY: signalling the child we started (its pid is ours until waited).
-            unsafe { libc::kill(self.primary_pid, s) };
+            let mut pair = self.pair.borrow_mut();
+            let pid = if pair.secondary_takes_over() {
+                pair.secondary.id()
+            } else {
+                pair.forwarded = s;
+                if pair.primary_exit.is_some() {
+                    // Reaped: its pid may be another process's by now.
+                    continue;
+                }
+                pair.primary.id()
+            };
+            // SAFETY: signalling an unreaped child we started: its pid is still its own.
+            unsafe { libc::kill(pid as libc::pid_t, s) };
         }
     }
 }
@@ -292,8 +351,10 @@ impl<'a> StatusTick<'a> {
         let mut pair = self.pair.borrow_mut();
         match pair.stall {
             Stall::Watching => {
+                // A live secondary (failover) serves; it replays nothing any more.
                 let stuck = pair.primary_done_at.is_some()
                     && pair.secondary_exit.is_none()
+                    && st.get(Counter::TakeoverMicros) == 0
                     && self.last_progress_at.elapsed() > Duration::from_secs(self.stall_timeout);
                 if !stuck {
                     return;
@@ -324,12 +385,13 @@ impl<'a> StatusTick<'a> {
     }
 
     fn show_status(&mut self) {
+        let pair = self.pair.borrow();
         match &mut self.line {
             StatusLine::Off => {}
-            StatusLine::Spinner(b) => b.set_message(status_line(self.status, self.mode)),
+            StatusLine::Spinner(b) => b.set_message(status_line(self.status, self.mode, &pair)),
             StatusLine::Printed { last } => {
                 if last.elapsed() >= Duration::from_secs(1) {
-                    eprintln!("ditto: {}", status_line(self.status, self.mode));
+                    eprintln!("ditto: {}", status_line(self.status, self.mode, &pair));
                     *last = Instant::now();
                 }
             }

@@ -220,14 +220,24 @@ fn per_role(primary: u64, secondary: u64) -> Vec<(String, u64)> {
 
 /// The Prometheus text exposition of the pair's counters now.
 pub(super) fn render(st: &StatusPage, mode: Mode, pair: &SharedPair) -> String {
-    let (primary_up, secondary_up) = {
+    let (primary_up, secondary_up, failovers) = {
         let p = pair.borrow();
-        (p.primary_exit.is_none(), p.secondary_exit.is_none())
+        (
+            p.primary_exit.is_none(),
+            p.secondary_exit.is_none(),
+            p.failed_over(st.get(Counter::TakeoverMicros) != 0) as u64,
+        )
     };
-    render_counters(st, mode, primary_up, secondary_up)
+    render_counters(st, mode, primary_up, secondary_up, failovers)
 }
 
-fn render_counters(st: &StatusPage, mode: Mode, primary_up: bool, secondary_up: bool) -> String {
+fn render_counters(
+    st: &StatusPage,
+    mode: Mode,
+    primary_up: bool,
+    secondary_up: bool,
+    failovers: u64,
+) -> String {
     let sent = st.get(Counter::RecordsSent);
     let bytes = st.get(Counter::RecordBytes);
     let (p, s) = (st.replica(false), st.replica(true));
@@ -330,8 +340,8 @@ fn render_counters(st: &StatusPage, mode: Mode, primary_up: bool, secondary_up: 
         &mut out,
         "ditto_failovers_total",
         "counter",
-        "Takeovers by the surviving replica (ditto has no failover yet: always 0).",
-        &single(0),
+        "Failovers: a replica died and the other carries the program on (the secondary live, or the primary serving unreplicated); at most 1 per pair.",
+        &single(failovers),
     );
     family(
         &mut out,
@@ -391,7 +401,7 @@ mod tests {
 
     #[test]
     fn exposition_has_every_family_and_the_lag() {
-        let text = render_counters(&page(), Mode::Det, true, false);
+        let text = render_counters(&page(), Mode::Det, true, false, 0);
         for line in [
             "ditto_records_total 10",
             "ditto_lag_records 6",
@@ -407,6 +417,11 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
+        let after = render_counters(&page(), Mode::Det, true, false, 1);
+        assert!(
+            after.lines().any(|l| l == "ditto_failovers_total 1"),
+            "{after}"
+        );
         // Every sample belongs to a family announced just before it.
         let mut typed = std::collections::HashSet::new();
         for l in text.lines() {

@@ -5,6 +5,11 @@
 //! progress after the primary ended, and writes the report from the secondary's findings,
 //! the status page and both exit statuses (DESIGN.md §5-6).
 //!
+//! Failover ([`failover`]): when the primary dies and failover is on, the secondary is left
+//! running to take over and the signals go to it; when the secondary dies, the primary runs
+//! on unreplicated. Either is reported as `failed_over` when the survivor carried the
+//! program on. `--kill-primary-after` / `--kill-secondary-after` inject the death.
+//!
 //! Its waiting is one event loop ([`events`]): a pidfd per replica, a signalfd for the
 //! forwarded signals, a timerfd for the status line and the stall check, and with
 //! `--metrics` the Prometheus endpoint's listener and connections ([`metrics`]).
@@ -15,6 +20,7 @@
 //! in the CLI.
 
 mod events;
+mod failover;
 mod metrics;
 
 use std::cell::RefCell;
@@ -29,10 +35,11 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
 use crate::findings::STALL_FILE;
-use crate::report::{Counters, Outcome, ReplicaSummary, Report, REPORT_SCHEMA};
+use crate::report::{Counters, Died, Outcome, ReplicaSummary, Report, REPORT_SCHEMA};
 use crate::role::Mode;
 use crate::status::{Counter, StatusPage};
 use events::{ForwardSignals, Pair, ReplicaExit, Stall, StatusLine, StatusTick, Which};
+pub use failover::{vmm_error_file, Kill};
 
 /// The descriptor numbers a replica finds its peer socket and status page at.
 pub const PEER_FD: i32 = 3;
@@ -72,6 +79,10 @@ pub struct Plan {
     /// filter): called in this thread once both replicas run and the event loop's fds are
     /// made.
     pub restrict: fn(),
+    /// A dead primary leaves the secondary running to take over (not `--no-failover`).
+    pub failover: bool,
+    /// `--kill-primary-after` / `--kill-secondary-after`: the replica to SIGKILL, and when.
+    pub kill: Option<Kill>,
 }
 
 /// Starts this program as `ditto __replica --role ROLE FLAGS [-- COMMAND]` with `peer` at
@@ -147,7 +158,10 @@ pub fn block_forwarded_signals() -> libc::sigset_t {
 fn describe_exit(s: std::process::ExitStatus) -> (Option<i32>, String) {
     match (s.code(), s.signal()) {
         (Some(c), _) => (Some(c), format!("exited {c}")),
-        (None, Some(sig)) => (Some(128 + sig), format!("killed by signal {sig}")),
+        (None, Some(sig)) => (
+            Some(128 + sig),
+            format!("killed by {}", crate::report::signal_name(sig)),
+        ),
         _ => (None, "unknown".into()),
     }
 }
@@ -161,11 +175,11 @@ fn human(b: u64) -> String {
     }
 }
 
-fn status_line(st: &StatusPage, mode: Mode) -> String {
+fn status_line(st: &StatusPage, mode: Mode, pair: &Pair) -> String {
     let sent = st.get(Counter::RecordsSent);
     let consumed = st.get(Counter::RecordsConsumed);
     format!(
-        "pair {}: turns {} / {}, records {} sent, lag {} records, {} compared in {} outputs{}",
+        "pair {}: turns {} / {}, records {} sent, lag {} records, {} compared in {} outputs{}{}",
         mode.name(),
         st.get(Counter::PrimaryTurns),
         st.get(Counter::SecondaryTurns),
@@ -177,8 +191,35 @@ fn status_line(st: &StatusPage, mode: Mode) -> String {
             ", DIVERGED"
         } else {
             ""
-        }
+        },
+        failover_status(st, pair, sent.saturating_sub(consumed))
     )
+}
+
+/// The status line's failover part: which replica died, when, and what the survivor does
+/// (the secondary draining `lag` records, then live after its takeover time).
+fn failover_status(st: &StatusPage, pair: &Pair, lag: u64) -> String {
+    let Some(d) = &pair.death else {
+        return String::new();
+    };
+    let at = d.at.saturating_duration_since(pair.started).as_secs_f64();
+    let live_us = st.get(Counter::TakeoverMicros);
+    match d.died {
+        Died::Primary if live_us != 0 => format!(
+            ", FAILED OVER: primary died at {at:.1} s ({}), secondary live after {:.1} ms",
+            d.how,
+            live_us as f64 / 1000.0
+        ),
+        Died::Primary if pair.failover && pair.secondary_exit.is_none() => format!(
+            ", PRIMARY DIED at {at:.1} s ({}): secondary draining {lag} records",
+            d.how
+        ),
+        Died::Primary => format!(", PRIMARY DIED at {at:.1} s ({})", d.how),
+        Died::Secondary => format!(
+            ", SECONDARY DIED at {at:.1} s ({}): primary serving unreplicated",
+            d.how
+        ),
+    }
 }
 
 /// Runs the pair as `plan` says and writes its report (printing its summary unless
@@ -200,11 +241,14 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
         stall_timeout,
         metrics,
         restrict,
+        failover: failover_on,
+        kill,
     } = plan;
     let status = StatusPage::create().map_err(|e| format!("cannot create the status page: {e}"))?;
     let (s0, s1) = socketpair().map_err(|e| format!("socketpair: {e}"))?;
     let set = block_forwarded_signals();
     let t0 = Instant::now();
+    let t0_monotonic = failover::monotonic_now();
     let host = |e: std::io::Error| format!("cannot start a replica: {e}");
     let mut primary =
         spawn_replica("primary", pflags, &command, s0, &status, false).map_err(host)?;
@@ -220,6 +264,17 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
     // For tools and tests that watch a replica (e.g. to kill one and see it reported).
     let _ = std::fs::write(out.join("primary.pid"), primary.id().to_string());
     let _ = std::fs::write(out.join("secondary.pid"), secondary.id().to_string());
+    if let Some(k) = kill {
+        let pid = match k.target {
+            Died::Primary => primary.id(),
+            Died::Secondary => secondary.id(),
+        };
+        eprintln!(
+            "ditto: the {} (pid {pid}) will be killed with SIGKILL at {:.3} s",
+            k.target.as_str(),
+            k.after.as_secs_f64()
+        );
+    }
 
     let show_status = status_flag || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let line = if !show_status {
@@ -245,6 +300,11 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
         secondary_exit: None,
         forwarded: 0,
         stall: Stall::Watching,
+        failover: failover_on,
+        started: t0,
+        out: out.clone(),
+        death: None,
+        killed: None,
     }));
     // Every fd of the loop is made and registered here, before the seccomp filter: under
     // it the loop only waits (epoll_wait), reads, signals, reaps and unregisters.
@@ -263,6 +323,13 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
             stall_timeout,
             pair.clone(),
         )?));
+        if let Some(k) = kill {
+            events.add_subscriber(Box::new(failover::KillTimer::new(
+                k,
+                t0_monotonic,
+                pair.clone(),
+            )?));
+        }
         if let Some(listener) = metrics {
             events.add_subscriber(Box::new(metrics::MetricsEndpoint::new(
                 listener,
@@ -300,6 +367,7 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
     }
     let pair = pair.borrow();
     let (p_status, s_status) = (pair.primary_exit, pair.secondary_exit);
+    let primary_ended = pair.primary_done_at;
     let stalled = pair.stall == Stall::Stopped;
     let forwarded = pair.forwarded;
     let wall = t0.elapsed();
@@ -337,10 +405,20 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
     }
     fill_counters(&mut report.counters, &status);
     let primary_ok = p_status.is_some_and(|s| s.code().is_some());
+    let failed_over = failover::fill_failover(
+        &mut report,
+        pair.death.as_ref(),
+        pair.killed,
+        t0,
+        failover_on,
+        primary_ended.map(|at| (at, p_desc.clone())),
+    );
     report.outcome = if report.first_divergence.is_some() {
         Outcome::Diverged
     } else if report.channel_error.is_some() {
         Outcome::ChannelError
+    } else if failed_over {
+        Outcome::FailedOver
     } else if !primary_ok && forwarded == 0 {
         if report.primary.error.is_none() {
             report.primary.error = Some(format!("the primary {p_desc}"));
@@ -383,6 +461,7 @@ pub fn empty_report() -> Report {
         counters: Counters::default(),
         channel_error: None,
         wall_seconds: 0.0,
+        failover: None,
     }
 }
 

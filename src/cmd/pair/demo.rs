@@ -43,6 +43,8 @@ pub(super) fn demo(a: &PairArgs) -> ExitCode {
         quiet: a.quiet,
         stall_timeout: a.stall_timeout,
         metrics: a.metrics,
+        kill_primary_after: a.kill_primary_after.clone(),
+        kill_secondary_after: a.kill_secondary_after.clone(),
         program,
     };
     // The load runs beside the supervisor; when done it asks the supervisor to stop the

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use replica::report::{Outcome, Report};
+use replica::report::{Died, Outcome, Report};
 use replica::role::Mode;
 
 use super::image;
@@ -17,10 +17,11 @@ use super::program::{parse_bytes, parse_cores, vm_config, CoreList, ProgramArgs}
 use super::{EXIT_BAD_INPUT, EXIT_HOST_ERROR};
 
 mod demo;
+mod fault;
 
 /// Exit status of `ditto pair` when the replicas diverged.
 pub const EXIT_DIVERGED: u8 = 3;
-/// Exit status when a replica died or the channel failed.
+/// Exit status when a replica died (and the other did not carry on) or the channel failed.
 pub const EXIT_REPLICA_FAILED: u8 = 4;
 
 /// How the replicas agree on the schedule.
@@ -119,6 +120,14 @@ pub struct PairArgs {
     /// (records, lag, turns, outputs compared, exits and syscalls by class, replicas up).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Fault injection: SIGKILL the primary's VMM process this long after the replicas
+    /// start (300ms, 1.5s, 2m), or at a random time in a range (1s..3s). The time chosen is
+    /// printed and in the report.
+    #[arg(long, value_name = "DURATION")]
+    kill_primary_after: Option<String>,
+    /// Fault injection: SIGKILL the secondary's VMM process, as --kill-primary-after.
+    #[arg(long, value_name = "DURATION")]
+    kill_secondary_after: Option<String>,
     #[command(flatten)]
     program: ProgramArgs,
 }
@@ -227,6 +236,11 @@ pub fn main(a: &PairArgs) -> ExitCode {
 /// pair to the [`replica::supervisor`]; the exit status follows its report.
 fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
     let p = &a.program;
+    let kill = fault::kill_from_flags(
+        a.kill_primary_after.as_deref(),
+        a.kill_secondary_after.as_deref(),
+    )
+    .map_err(|e| (EXIT_BAD_INPUT, e))?;
     if p.cores.is_some() {
         return Err((
             EXIT_BAD_INPUT,
@@ -326,17 +340,47 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         stall_timeout: a.stall_timeout,
         metrics,
         restrict: || devices::seccomp::apply_or_exit(devices::seccomp::Kind::Supervisor),
+        failover: !a.options.no_failover,
+        kill,
     };
     let report = replica::supervisor::supervise(plan).map_err(|e| (EXIT_HOST_ERROR, e))?;
     Ok(exit_status(&report))
 }
 
 /// `ditto pair`'s exit status for a finished run: the program's own when the replicas
-/// were identical.
+/// were identical; the survivor's when one died and the other carried on.
 fn exit_status(report: &Report) -> u8 {
+    let status = |s: Option<i32>| s.unwrap_or(1).clamp(0, 255) as u8;
     match report.outcome {
         Outcome::Diverged => EXIT_DIVERGED,
         Outcome::ChannelError | Outcome::ReplicaFailed => EXIT_REPLICA_FAILED,
-        Outcome::Identical => report.primary.exit_status.unwrap_or(1).clamp(0, 255) as u8,
+        Outcome::Identical => status(report.primary.exit_status),
+        Outcome::FailedOver => match report.failover.as_ref().map(|f| f.died) {
+            Some(Died::Primary) => status(report.secondary.exit_status),
+            Some(Died::Secondary) => status(report.primary.exit_status),
+            None => EXIT_REPLICA_FAILED,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replica::report::{Failover, ReplicaSummary};
+
+    #[test]
+    fn a_failed_over_pair_exits_with_the_survivors_status() {
+        let mut r = Report::new("det", vec!["x".into()]);
+        r.primary = ReplicaSummary::killed(vec![0], 9);
+        r.secondary = ReplicaSummary::exited(vec![1], 3);
+        r.outcome = Outcome::FailedOver;
+        r.failover = Some(Failover::death(Died::Primary, "killed by SIGKILL", 1.0));
+        assert_eq!(exit_status(&r), 3);
+        r.primary = ReplicaSummary::exited(vec![0], 0);
+        r.secondary = ReplicaSummary::killed(vec![1], 9);
+        r.failover = Some(Failover::death(Died::Secondary, "killed by SIGKILL", 1.0));
+        assert_eq!(exit_status(&r), 0);
+        r.outcome = Outcome::ReplicaFailed;
+        assert_eq!(exit_status(&r), EXIT_REPLICA_FAILED);
     }
 }

@@ -227,3 +227,21 @@ fn a_stopping_secondary_takes_nothing() {
     assert_eq!(s.take_recorded(&call), None);
     assert!(s.findings().mismatch.is_none());
 }
+
+#[test]
+fn going_live_keeps_the_takeover_and_publishes_its_time() {
+    let (s, _dir) = secondary();
+    assert_eq!(s.status.get(Counter::TakeoverMicros), 0);
+    let t = crate::findings::Takeover {
+        noticed: "the primary is gone".into(),
+        takeover_ms: 12.3456,
+        records_drained: 7,
+        ..Default::default()
+    };
+    s.went_live(t.clone());
+    assert_eq!(s.findings().takeover, Some(t));
+    assert_eq!(s.status.get(Counter::TakeoverMicros), 12_346);
+    // An instant takeover still reads as live.
+    s.went_live(crate::findings::Takeover::default());
+    assert_eq!(s.status.get(Counter::TakeoverMicros), 1);
+}
