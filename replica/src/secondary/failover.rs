@@ -137,16 +137,10 @@ impl Secondary {
             }
         }
         let went = program.go_live();
-        self.live.store(true, Ordering::Release);
-        {
-            let q = lock(&self.queues);
-            for cv in q.cvs.values() {
-                cv.notify_all();
-            }
-        }
         let takeover_ms = noticed_at.elapsed().as_secs_f64() * 1e3;
-        // Keeps it for the report and publishes it on the status page (the supervisor's
-        // status line, stall watch and `ditto_failovers_total`).
+        // Kept for the report and published on the status page (the supervisor's status
+        // line, stall watch and `ditto_failovers_total`) before any thread runs live, so
+        // that the outputs in doubt they resolve are counted in it.
         self.went_live(Takeover {
             noticed: noticed.clone(),
             takeover_ms,
@@ -156,6 +150,13 @@ impl Secondary {
             in_doubt_outputs: 0,
             output_bytes_skipped: 0,
         });
+        self.live.store(true, Ordering::Release);
+        {
+            let q = lock(&self.queues);
+            for cv in q.cvs.values() {
+                cv.notify_all();
+            }
+        }
         eprintln!(
             "ditto: secondary: live {takeover_ms:.1} ms after the primary's death was noticed ({} descriptors, {} connections taken over)",
             went.descriptors, went.connections
