@@ -189,6 +189,14 @@ impl ServerProc {
         ServerProc { child: Some(child) }
     }
 
+    /// The ditto process's PID (while it has not been waited for).
+    pub fn id(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("the process was already waited for")
+            .id()
+    }
+
     /// Waits (at most 60 s) until 127.0.0.1:`port` accepts connections.
     pub fn wait_port(&mut self, port: u16) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
