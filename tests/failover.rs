@@ -648,3 +648,35 @@ fn a_thread_pool_writing_a_host_file_survives_a_primary_kill() {
         }
     }
 }
+
+/// A pair stopped (SIGTERM to `ditto pair`) 20 ms after its primary was killed still says
+/// what happened: `failed_over` by default, `replica_failed` with `--no-failover`; never
+/// `identical` (on e5f12d5 it said `identical`, with the primary "killed by signal 9").
+#[test]
+fn a_pair_stopped_just_after_its_primary_died_does_not_report_identical() {
+    let _turn = one_pair_at_a_time();
+    image_root("redis");
+    for (flag, want) in [
+        (None, "failed_over"),
+        (Some("--no-failover"), "replica_failed"),
+    ] {
+        for mode in MODES {
+            let port = free_port();
+            let p = port.to_string();
+            let out = tempdir();
+            let mut args: Vec<&str> = flag.into_iter().collect();
+            args.extend(["--image", "redis", "--", "--port", &p]);
+            let mut pair = start_pair(mode, out.path(), None, &args);
+            pair.wait_port(port);
+            kill_replica(pair.id(), out.path(), "primary");
+            std::thread::sleep(Duration::from_millis(20));
+            let o = pair.stop(libc::SIGTERM);
+            let r = report_json(out.path());
+            assert_eq!(
+                r["outcome"], want,
+                "{mode} {flag:?}: exit {}; {r:#}",
+                o.status
+            );
+        }
+    }
+}
