@@ -102,7 +102,7 @@ impl DetRuntime {
         word: GuestU32<'_>,
         wait: FutexWait,
     ) -> Result<u64, Errno> {
-        if self.policy != Policy::Kendo {
+        if self.policy() != Policy::Kendo {
             return self.futex_wait_unordered(process, tid, addr, word, wait);
         }
         let FutexWait {
@@ -130,7 +130,23 @@ impl DetRuntime {
         g.close_section(det)?;
         if deadline.is_some() {
             if let Some(link) = self.link(false) {
-                return self.replay_timed_wait(g, process, (tid, det), addr, &cv, link);
+                // Until the primary's outcome is known the thread keeps competing at its
+                // current time (see `replay_timed_wait`).
+                g.notify_holder();
+                drop(g);
+                let outcome = link.timed_wait_outcome(det);
+                g = self.locked();
+                match outcome {
+                    Some(o) => return self.replay_timed_wait(g, process, (tid, det), addr, &cv, o),
+                    // Failover: the primary died before it settled this wait; the live
+                    // secondary waits for its own deadline, as a primary does.
+                    None if self.is_live() => {}
+                    None => {
+                        g.dequeue(addr, tid);
+                        g.notify_holder();
+                        return Err(Errno::EINTR);
+                    }
+                }
             }
         }
         let primary = self.link(true).filter(|_| deadline.is_some());
@@ -226,10 +242,12 @@ impl DetRuntime {
         g.close_section(det)?;
         g.notify_holder();
         let timed = wait.deadline.is_some();
-        let follow = self.link(false).filter(|_| timed);
-        let lead = self.link(true).filter(|_| timed);
         let mut woken_since: Option<Instant> = None;
         loop {
+            // Asked each time round: a follow-mode secondary that goes live (failover)
+            // waits for its own deadline from then on, as a primary does.
+            let follow = self.link(false).filter(|_| timed);
+            let lead = self.link(true).filter(|_| timed);
             if let Some(link) = follow {
                 let pending_turn = g.order.has_pending_turn(det);
                 drop(g);
@@ -358,7 +376,7 @@ impl DetRuntime {
         tid: i64,
         f: impl FnOnce(&mut Inner) -> Result<u64, Errno>,
     ) -> Result<u64, Errno> {
-        if self.policy != Policy::Kendo {
+        if self.policy() != Policy::Kendo {
             // No turn: see the module documentation.
             let mut g = self.locked();
             let r = f(&mut g);

@@ -90,7 +90,7 @@ mod token;
 mod wait_for;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -188,6 +188,17 @@ pub enum Policy {
     /// The `follow` mode's secondary: strictly in the order of the primary's turns, fed by
     /// [`DetRuntime::push_turn`]. No logical time.
     Follow,
+}
+
+impl Policy {
+    /// The policy stored as `p as u8`.
+    fn from_u8(p: u8) -> Self {
+        match p {
+            x if x == Policy::Lead as u8 => Policy::Lead,
+            x if x == Policy::Follow as u8 => Policy::Follow,
+            _ => Policy::Kendo,
+        }
+    }
 }
 
 /// How the caller of an implicit det point holds the token.
@@ -399,7 +410,9 @@ pub struct DetStats {
 /// The replication side of a replicated runtime.
 struct Link {
     link: Arc<dyn ScheduleLink>,
-    primary: bool,
+    /// Set for good when a secondary goes live ([`DetRuntime::go_live`]): from then on it
+    /// decides as a primary, and what it tells the link goes nowhere.
+    primary: AtomicBool,
 }
 
 /// The det runtime of one program (see the module documentation).
@@ -410,10 +423,13 @@ pub struct DetRuntime {
     pub stats: DetStats,
     /// The host path of libditto.so, served to the program at [`LIBDITTO_GUEST_PATH`].
     preload: Option<std::path::PathBuf>,
-    policy: Policy,
+    /// The [`Policy`] as its `u8`: Follow becomes Lead when a secondary goes live.
+    policy: AtomicU8,
     link: Option<Link>,
     /// A divergence was reported to the link (only the first one is).
     diverged: AtomicBool,
+    /// A secondary's runtime that went live ([`DetRuntime::go_live`]).
+    live: AtomicBool,
 }
 
 /// Where a dynamic program finds libditto under `--det`: a virtual path that the VMM serves
@@ -460,7 +476,15 @@ impl DetRuntime {
                 "the policy decides the replica's role"
             );
         }
-        Self::build(main_tid, preload, policy, Some(Link { link, primary }))
+        Self::build(
+            main_tid,
+            preload,
+            policy,
+            Some(Link {
+                link,
+                primary: AtomicBool::new(primary),
+            }),
+        )
     }
 
     fn build(
@@ -505,9 +529,10 @@ impl DetRuntime {
             inner: Mutex::new(inner),
             stats: DetStats::default(),
             preload,
-            policy,
+            policy: AtomicU8::new(policy as u8),
             link,
             diverged: AtomicBool::new(false),
+            live: AtomicBool::new(false),
         }
     }
 
@@ -520,7 +545,7 @@ impl DetRuntime {
 
     /// How this runtime hands out the token.
     pub fn policy(&self) -> Policy {
-        self.policy
+        Policy::from_u8(self.policy.load(Ordering::Acquire))
     }
 
     /// The host file behind [`LIBDITTO_GUEST_PATH`], if one is served.
@@ -544,7 +569,7 @@ impl DetRuntime {
     fn link(&self, primary: bool) -> Option<&dyn ScheduleLink> {
         self.link
             .as_ref()
-            .filter(|l| l.primary == primary)
+            .filter(|l| l.primary.load(Ordering::Acquire) == primary)
             .map(|l| &*l.link)
     }
 
@@ -573,7 +598,7 @@ impl DetRuntime {
     pub fn describe(&self) -> String {
         use std::fmt::Write;
         let g = self.locked();
-        let mut out = format!("policy {:?}", self.policy);
+        let mut out = format!("policy {:?}", self.policy());
         if let Order::Kendo(sched) = &g.order {
             let _ = write!(out, ", {} turns granted", sched.granted_turns());
         }

@@ -229,6 +229,23 @@ impl FreeToken {
         })
     }
 
+    /// Failover: Follow becomes Lead (a follow-mode secondary goes live). Threads waiting
+    /// for a turn of the log queue up in id order, as if they had just asked; a holder keeps
+    /// the token. Under Lead already, nothing changes.
+    pub(super) fn lead_from_now(&mut self) {
+        if let FreeMode::Follow { .. } = &self.mode {
+            // Its turns are logged nowhere: numbering starts afresh.
+            let log = TurnLog::new();
+            let queue = self
+                .threads
+                .iter()
+                .filter(|(_, t)| t.phase == Phase::Waiting)
+                .map(|(&d, _)| d)
+                .collect();
+            self.mode = FreeMode::Lead { log, queue };
+        }
+    }
+
     /// Whether `det_start` by `det` would be granted now.
     pub(super) fn may_go(&self, det: DetTid) -> bool {
         self.holder.is_none()

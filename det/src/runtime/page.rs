@@ -196,7 +196,7 @@ impl DetRuntime {
         tid: i64,
         map: impl FnOnce() -> Result<DetPage, Errno>,
     ) -> Result<u64, Errno> {
-        if self.policy != Policy::Kendo {
+        if self.policy() != Policy::Kendo {
             return Err(Errno::EOPNOTSUPP);
         }
         let g = self.locked();

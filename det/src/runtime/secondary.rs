@@ -3,6 +3,8 @@
 //! a thread awaits a blocking call's record), and the replay of such a call's re-entry.
 
 use super::order::{FreeMode, FreeToken, Order};
+use std::sync::atomic::Ordering;
+
 use super::{DetError, DetRuntime, Inner, Policy};
 use crate::{DetTid, Phase, Turn, TurnError};
 
@@ -78,7 +80,7 @@ impl DetRuntime {
         tid: i64,
         f: impl FnOnce() -> Option<(R, Option<u64>)>,
     ) -> Result<R, DetError> {
-        let kendo = self.policy == Policy::Kendo;
+        let kendo = self.policy() == Policy::Kendo;
         let det = {
             let mut g = self.locked();
             let (det, _) = g.slot(tid)?;
@@ -97,7 +99,10 @@ impl DetRuntime {
             let back = match out {
                 Some((_, Some(at))) => g.replay_reentry(det, at),
                 Some((_, None)) => {
-                    tracing::warn!(%det, "replayed blocking call without a re-entry time");
+                    // Live since (failover): the call ran here, as a primary's would.
+                    if !self.is_live() {
+                        tracing::warn!(%det, "replayed blocking call without a re-entry time");
+                    }
                     g.resume(tid);
                     Ok(())
                 }
@@ -126,7 +131,7 @@ impl DetRuntime {
     /// Kendo secondary: the turn is kept for `Inner::gated`, and the holder woken.
     pub fn push_turn(&self, turn: Turn) -> Result<(), TurnError> {
         let mut g = self.locked();
-        if self.policy == Policy::Kendo && self.link(false).is_some() {
+        if self.policy() == Policy::Kendo && self.link(false).is_some() {
             g.primary_turns.insert(turn.global_seq, turn.tid);
             g.wake_holder();
             return Ok(());
@@ -159,10 +164,35 @@ impl DetRuntime {
     }
 
     /// Failover: this secondary's runtime stops following the primary and from now on
-    /// decides like a primary whose link logs nowhere.
+    /// decides as a primary does (its link then logs nowhere: the replication layer has no
+    /// peer any more). Called once every record the primary logged has been taken.
     ///
-    /// UNFINISHED: not implemented yet.
-    pub fn go_live(&self) {}
+    /// Kendo: the gate opens (nothing is awaited from the log any more), a thread whose
+    /// replayed blocking call ends without the primary's time competes again at the
+    /// earliest allowed time, as a primary's does, and a timed futex wait whose outcome
+    /// never came waits for its own deadline. Follow: the token goes to whoever asks first
+    /// ([`Policy::Lead`]); threads waiting for a logged turn queue up.
+    pub fn go_live(&self) {
+        let Some(link) = &self.link else { return };
+        let mut g = self.locked();
+        link.primary.store(true, Ordering::Release);
+        self.live.store(true, Ordering::Release);
+        g.awaiting_record.clear();
+        g.primary_turns.clear();
+        g.primary_log_closed = true;
+        if let Order::Free(free) = &mut g.order {
+            free.lead_from_now();
+            self.policy.store(Policy::Lead as u8, Ordering::Release);
+        }
+        g.notify_all_waiting();
+        g.notify_holder();
+        g.wake_holder();
+    }
+
+    /// Whether this runtime was a secondary's that went live ([`go_live`](Self::go_live)).
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
 
     /// Follow: the primary's log is complete (it finished). A thread that then asks for a
     /// turn the log does not hold gets [`DetError::Diverged`] instead of waiting forever;
@@ -398,5 +428,60 @@ mod tests {
         // A runtime that follows no log takes no turns.
         let kendo = DetRuntime::new(1000, None);
         assert_eq!(kendo.push_turn(turn(0, 0, 0)), Err(TurnError::Closed));
+    }
+
+    /// Failover, Kendo: a thread held back by the gate (the log does not show its turn
+    /// while another awaits a record) goes on once the runtime goes live.
+    #[test]
+    fn a_live_kendo_secondary_opens_the_gate() {
+        let (p, rt) = kendo_secondary_with_two_threads();
+        let (record, t0) = t0_awaits_record(&rt, |_| ());
+        let w0 = token_waits(&rt);
+        let t1 = section_of_t1(&p, &rt);
+        wait_for("t1 waits for the token", || {
+            token_waits(&rt) > w0 || t1.is_finished()
+        });
+        assert!(!t1.is_finished(), "a turn the primary's log does not show");
+        rt.go_live();
+        assert!(rt.is_live());
+        t1.join().unwrap();
+        // t0's record never comes (the replication layer then serves the call live).
+        drop(record);
+        t0.join().unwrap_err();
+        assert!(!rt.describe().contains("awaiting"));
+    }
+
+    /// Failover, Follow: a thread waiting for a turn the log does not hold gets the token
+    /// once the runtime goes live, and from then on turns go to whoever asks.
+    #[test]
+    fn a_live_follow_secondary_leads() {
+        let p = Arc::new(process());
+        let link = Arc::new(TestLink::default());
+        let rt = Arc::new(DetRuntime::replicated(
+            1000,
+            None,
+            Policy::Follow,
+            false,
+            link.clone(),
+        ));
+        let (rt2, p2) = (rt.clone(), p.clone());
+        let w0 = token_waits(&rt);
+        let h = std::thread::spawn(move || {
+            rt2.det_start(&p2, 1000)?;
+            rt2.det_end(1000)
+        });
+        wait_for("t0 waits for a logged turn", || {
+            token_waits(&rt) > w0 || h.is_finished()
+        });
+        assert!(!h.is_finished(), "a turn the log does not hold");
+        rt.go_live();
+        h.join().unwrap().unwrap();
+        assert_eq!(rt.policy(), Policy::Lead);
+        for _ in 0..3 {
+            rt.det_start(&p, 1000).unwrap();
+            rt.det_end(1000).unwrap();
+        }
+        // A turn beyond the log is no divergence once live.
+        assert!(link.diverged.lock().unwrap().is_empty());
     }
 }

@@ -64,8 +64,8 @@ impl DetRuntime {
         Ok(timed_out)
     }
 
-    /// The secondary's futex wait with a deadline, from the point where it is queued and its
-    /// section is closed: wait for the primary's outcome and do the same.
+    /// The secondary's futex wait with a deadline, from the point where it is queued, its
+    /// section is closed and the primary's outcome is known: do the same.
     ///
     /// Kendo: until the outcome is known the thread keeps competing at its current time (it
     /// has not left), so that no other thread gets past the time at which the primary's
@@ -79,17 +79,8 @@ impl DetRuntime {
         (tid, det): (i64, DetTid),
         addr: u64,
         cv: &Condvar,
-        link: &dyn ScheduleLink,
+        outcome: TimedWait,
     ) -> Result<u64, Errno> {
-        g.notify_holder();
-        drop(g);
-        let outcome = link.timed_wait_outcome(det);
-        let mut g = self.locked();
-        let Some(outcome) = outcome else {
-            g.dequeue(addr, tid);
-            g.notify_holder();
-            return Err(Errno::EINTR);
-        };
         if !outcome.took_turn {
             // The primary was woken before it timed out; so is this replica, by the same
             // turn.
@@ -116,7 +107,7 @@ impl DetRuntime {
                     .0;
             }
         }
-        if self.policy == Policy::Kendo {
+        if self.policy() == Policy::Kendo {
             let Some(at) = outcome.reentry_at else {
                 tracing::warn!(%det, ?outcome, "a Kendo timed wait without a re-entry time");
                 g.dequeue(addr, tid);

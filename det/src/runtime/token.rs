@@ -41,7 +41,7 @@ impl DetRuntime {
         self.stats.ops.fetch_add(1, Ordering::Relaxed);
         let mut waited = false;
         let mut spin_until = Instant::now();
-        let kendo_secondary = self.policy == Policy::Kendo && self.link(false).is_some();
+        let kendo_secondary = self.policy() == Policy::Kendo && self.link(false).is_some();
         loop {
             if kendo_secondary && g.gated(det) {
                 if !waited {
@@ -72,11 +72,11 @@ impl DetRuntime {
                 Start::Granted(turn) => {
                     g.progress += 1;
                     self.stats.turns.fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(target: "ditto::turns", policy = ?self.policy, %det, ?turn, implicit, "granted");
+                    tracing::trace!(target: "ditto::turns", policy = ?self.policy(), %det, ?turn, implicit, "granted");
                     if let Some(l) = &self.link {
-                        let logged = match self.policy {
+                        let logged = match self.policy() {
                             Policy::Lead => true,
-                            Policy::Kendo => l.primary && g.away > 0,
+                            Policy::Kendo => l.primary.load(Ordering::Acquire) && g.away > 0,
                             Policy::Follow => false,
                         };
                         if logged {
@@ -184,7 +184,7 @@ impl DetRuntime {
         let Ok((det, _)) = g.slot(tid) else {
             return false;
         };
-        let kendo_secondary = self.policy == Policy::Kendo && self.link(false).is_some();
+        let kendo_secondary = self.policy() == Policy::Kendo && self.link(false).is_some();
         matches!(g.order.phase(det), Some(Phase::InSection))
             || (g.order.may_go(det) && !(kendo_secondary && g.gated(det)))
     }
@@ -204,7 +204,7 @@ impl DetRuntime {
         let mut g = self.locked();
         let (det, _) = g.slot(tid)?;
         g.order.det_tick(det, n)?;
-        if self.policy == Policy::Kendo {
+        if self.policy() == Policy::Kendo {
             g.ticked = g.ticked.saturating_add(n);
         }
         g.notify_holder();
@@ -292,7 +292,7 @@ impl DetRuntime {
         tid: i64,
         f: impl FnOnce() -> R,
     ) -> Result<(R, Option<u64>), DetError> {
-        let logs_turns = self.policy == Policy::Kendo && self.link(true).is_some();
+        let logs_turns = self.policy() == Policy::Kendo && self.link(true).is_some();
         {
             let mut g = self.locked();
             let (det, _) = g.slot(tid)?;
