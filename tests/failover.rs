@@ -262,7 +262,10 @@ fn redis_incr_across_a_kill(mode: &str, role: &str, rng: &mut Rng, what: &str) {
     // Before the kill the client runs as fast as the pair answers; after it, until it has
     // 200 more replies and half a second has passed.
     loop {
-        if killed.is_none() && started.elapsed() >= kill_after {
+        // At least one reply first: it shows that the connection's accept is in the log
+        // (the reply waited for output commit), so the kill cannot fall in the window the
+        // design leaves between an accept and its descriptor reaching the secondary.
+        if killed.is_none() && started.elapsed() >= kill_after && client.count >= 1 {
             killed = Some((kill_replica(pair_pid, out.path(), role), client.count));
         }
         if let Some((at, n)) = killed {
