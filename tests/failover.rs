@@ -255,18 +255,41 @@ fn redis_incr_across_a_kill(mode: &str, role: &str, rng: &mut Rng, what: &str) {
     pair.wait_port(port);
     let pair_pid = pair.id();
     let mut client = IncrClient::connect(port);
+    // The kill comes from another thread, at a random time: it may land while redis reads,
+    // computes or writes a reply. Not before the first reply, though: that reply shows the
+    // connection's accept is in the log (it waited for output commit), so the kill cannot
+    // fall in the window the design leaves between an accept and its descriptor reaching
+    // the secondary.
+    let replies = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let kill_after = Duration::from_millis(rng.range(50, 1500));
     let started = Instant::now();
+    let killer = {
+        let replies = replies.clone();
+        let out = out.path().to_path_buf();
+        let role = role.to_string();
+        std::thread::spawn(move || {
+            let limit = Instant::now() + Duration::from_secs(30);
+            while started.elapsed() < kill_after
+                || replies.load(std::sync::atomic::Ordering::Relaxed) == 0
+            {
+                if Instant::now() > limit {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let n = replies.load(std::sync::atomic::Ordering::Relaxed);
+            Some((kill_replica(pair_pid, &out, &role), n))
+        })
+    };
+    let mut killer = Some(killer);
     let mut killed: Option<(Instant, u64)> = None;
     let deadline = started + Duration::from_secs(60);
-    // Before the kill the client runs as fast as the pair answers; after it, until it has
-    // 200 more replies and half a second has passed.
+    // The client runs as fast as the pair answers; after the kill, until it has 200 more
+    // replies and half a second has passed.
     loop {
-        // At least one reply first: it shows that the connection's accept is in the log
-        // (the reply waited for output commit), so the kill cannot fall in the window the
-        // design leaves between an accept and its descriptor reaching the secondary.
-        if killed.is_none() && started.elapsed() >= kill_after && client.count >= 1 {
-            killed = Some((kill_replica(pair_pid, out.path(), role), client.count));
+        if killer.as_ref().is_some_and(|k| k.is_finished()) {
+            let k = killer.take().unwrap().join().expect("the killer thread");
+            killed = Some(k.unwrap_or_else(|| panic!("{what}: no reply within 30 s")));
         }
         if let Some((at, n)) = killed {
             if client.count >= n + 200 && at.elapsed() >= Duration::from_millis(500) {
@@ -275,10 +298,14 @@ fn redis_incr_across_a_kill(mode: &str, role: &str, rng: &mut Rng, what: &str) {
         }
         assert!(Instant::now() < deadline, "{what}: the client ran 60 s");
         if let Err(e) = client.incr() {
+            // The kill may be under way: wait for the killer (bounded by its own limit).
+            if let Some(k) = killer.take() {
+                killed = k.join().expect("the killer thread");
+            }
             let when = match killed {
                 Some((at, n)) => format!(
                     "{} replies after the kill ({} ms ago)",
-                    client.count - n,
+                    client.count.saturating_sub(n),
                     at.elapsed().as_millis()
                 ),
                 None => "before the kill".into(),
@@ -289,6 +316,7 @@ fn redis_incr_across_a_kill(mode: &str, role: &str, rng: &mut Rng, what: &str) {
                 pair_end(pair, out.path())
             );
         }
+        replies.store(client.count, std::sync::atomic::Ordering::Relaxed);
     }
     let count = client.count;
     drop(client);
