@@ -36,7 +36,7 @@ use thiserror::Error;
 /// The first two bytes of every record.
 pub const MAGIC: u16 = 0xd170;
 /// The layout version this code reads and writes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The size of the header.
 pub const HEADER_LEN: usize = 20;
 /// The largest payload accepted, so that a corrupt `len` cannot make a reader wait for, or
@@ -66,6 +66,10 @@ pub enum RecordKind {
     ThreadStart = 7,
     /// A piece of a per-thread record too large for one record.
     Fragment = 8,
+    /// Where an outside stream stood before the primary performs an output on it, sent and
+    /// acknowledged before the output starts: after a failover it tells how much of an
+    /// output in doubt had been done.
+    OutputIntent = 9,
 }
 
 impl TryFrom<u8> for RecordKind {
@@ -81,6 +85,7 @@ impl TryFrom<u8> for RecordKind {
             6 => RecordKind::TimedWait,
             7 => RecordKind::ThreadStart,
             8 => RecordKind::Fragment,
+            9 => RecordKind::OutputIntent,
             _ => return Err(RecordError::UnknownKind(b)),
         })
     }
@@ -320,7 +325,7 @@ mod tests {
         let bytes = encoded(RecordKind::End, 0x0102_0304_0506_0708, &[]);
         assert_eq!(
             bytes[..16],
-            [0x70, 0xd1, 2, 5, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
+            [0x70, 0xd1, 3, 5, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
         );
         let sum = crc32fast::hash(&bytes[..16]);
         assert_eq!(bytes[16..], sum.to_le_bytes());

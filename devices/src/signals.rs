@@ -258,6 +258,11 @@ impl Signals {
         self.replay_only.store(true, Ordering::Relaxed);
     }
 
+    /// Failover: the secondary went live; signals are its own again.
+    pub fn end_replay_only(&self) {
+        self.replay_only.store(false, Ordering::Relaxed);
+    }
+
     /// Queues `sig` for `tid` as the primary delivered it (the secondary of a pair).
     pub fn inject(&self, tid: i64, sig: i32) {
         let mut st = lock(&self.state);

@@ -76,6 +76,21 @@ pub struct ComparedOutput {
     pub signal: Option<i32>,
 }
 
+/// An output the primary may have performed in part or in full when it died (failover): where
+/// its stream stood before it ([`crate::wire::ThreadRecord::Intent`]). The live secondary
+/// measures the stream again and skips what the primary already did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InDoubt {
+    /// The descriptor the primary wrote to.
+    pub fd: i32,
+    /// What the stream is.
+    pub stream: crate::wire::Stream,
+    /// Bytes ever queued on the TCP socket, or the file's offset, before the output.
+    pub position: u64,
+    /// The file's size before the output (0 for a socket).
+    pub size: u64,
+}
+
 /// The signal a record names, if it is one to deliver (records carry 0 for none).
 pub(crate) fn deliverable(signal: i32) -> Option<i32> {
     (signal > 0 && signal < 65).then_some(signal)
@@ -114,6 +129,8 @@ pub(crate) mod test_call {
     pub struct TestProgram {
         ended: AtomicBool,
         signal: AtomicI32,
+        /// [`Program::go_live`] was called.
+        pub went_live: AtomicBool,
     }
 
     impl TestProgram {
@@ -154,6 +171,13 @@ pub(crate) mod test_call {
         }
         fn describe_schedule(&self) -> Option<String> {
             None
+        }
+        fn go_live(&self) -> crate::program::WentLive {
+            self.went_live.store(true, Ordering::Relaxed);
+            crate::program::WentLive {
+                descriptors: 2,
+                connections: 1,
+            }
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Endpoint {
     status: Arc<StatusPage>,
     primary: Option<Primary>,
     secondary: Option<Secondary>,
+    /// Failover is on ([`ReplicaSetup::failover`]).
+    failover: bool,
     /// Set once, before the program's first thread starts.
     program: OnceLock<Weak<dyn Program>>,
 }
@@ -69,6 +71,7 @@ impl Endpoint {
             status,
             primary,
             secondary,
+            failover,
             program: OnceLock::new(),
         })
     }
@@ -86,6 +89,17 @@ impl Endpoint {
     /// The shared counters.
     pub fn status(&self) -> &StatusPage {
         &self.status
+    }
+
+    /// Whether failover is on: the secondary takes over when the primary dies, so the
+    /// primary announces each output on an outside stream before it performs it.
+    pub fn failover(&self) -> bool {
+        self.failover
+    }
+
+    /// Secondary: whether it runs live, having taken over from a dead primary (failover).
+    pub fn is_live(&self) -> bool {
+        self.secondary.as_ref().is_some_and(Secondary::is_live)
     }
 
     /// The primary's side; None in the secondary.

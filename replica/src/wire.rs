@@ -22,6 +22,12 @@
 //! `signal` (0: none) is the signal the primary delivered to the thread right after that
 //! call. Under replication, asynchronous signals reach handlers only there, after a
 //! Recorded or Compared call, so that the secondary can deliver them at the same point.
+//! - `OutputIntent`: nr u32, syscall_no u64, fd i32, stream u8 ([`Stream`]: 1 a TCP
+//!   socket, 2 a regular file), position u64, size u64. Sent, and acknowledged, before the
+//!   primary performs the output of event `seq`, whose `OutputHash` follows. `position` is
+//!   where the stream stood: for a TCP socket the bytes ever queued on it
+//!   (`tcpi_bytes_acked` + SIOCOUTQ), for a file its offset; `size` is a file's size (0 for
+//!   a socket). Only outputs on those two kinds have one.
 //! - `TimedWait`: took_turn u8, timed_out u8, has_at u8, at u64.
 //! - `Reentry`: at u64: the logical time at which the thread re-entered the token
 //!   competition after the external call numbered `seq` (det mode only).
@@ -118,6 +124,30 @@ pub enum ThreadRecord {
         /// The logical time.
         at: u64,
     },
+    /// Where an outside stream stood before the primary's output on it.
+    Intent {
+        /// Syscall number.
+        nr: u32,
+        /// The primary thread's syscall count at this call.
+        syscall_no: u64,
+        /// The descriptor written to.
+        fd: i32,
+        /// What the stream is, and so what `position` counts.
+        stream: Stream,
+        /// Bytes ever queued on the TCP socket, or the file's offset.
+        position: u64,
+        /// The file's size (0 for a socket).
+        size: u64,
+    },
+}
+
+/// The kind of outside stream an [`ThreadRecord::Intent`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// A connected TCP socket.
+    Tcp = 1,
+    /// A regular file.
+    File = 2,
 }
 
 impl ThreadRecord {
@@ -128,6 +158,7 @@ impl ThreadRecord {
             ThreadRecord::Output { .. } => RecordKind::OutputHash,
             ThreadRecord::TimedWait { .. } => RecordKind::TimedWait,
             ThreadRecord::Reentry { .. } => RecordKind::Reentry,
+            ThreadRecord::Intent { .. } => RecordKind::OutputIntent,
         }
     }
 
@@ -138,6 +169,9 @@ impl ThreadRecord {
             ThreadRecord::Output { nr, .. } => crate::syscall_names::name(u64::from(*nr)),
             ThreadRecord::TimedWait { .. } => "futex timed wait".into(),
             ThreadRecord::Reentry { .. } => "re-entry".into(),
+            ThreadRecord::Intent { nr, .. } => {
+                format!("intent of {}", crate::syscall_names::name(u64::from(*nr)))
+            }
         }
     }
 
@@ -197,6 +231,21 @@ impl ThreadRecord {
                 out.extend_from_slice(&at.unwrap_or(0).to_le_bytes());
             }
             ThreadRecord::Reentry { at } => out.extend_from_slice(&at.to_le_bytes()),
+            ThreadRecord::Intent {
+                nr,
+                syscall_no,
+                fd,
+                stream,
+                position,
+                size,
+            } => {
+                out.extend_from_slice(&nr.to_le_bytes());
+                out.extend_from_slice(&syscall_no.to_le_bytes());
+                out.extend_from_slice(&fd.to_le_bytes());
+                out.push(*stream as u8);
+                out.extend_from_slice(&position.to_le_bytes());
+                out.extend_from_slice(&size.to_le_bytes());
+            }
         }
     }
 
@@ -260,6 +309,24 @@ impl ThreadRecord {
             RecordKind::Reentry => ThreadRecord::Reentry {
                 at: r.u64().ok_or(err)?,
             },
+            RecordKind::OutputIntent => {
+                let nr = r.u32().ok_or(err)?;
+                let syscall_no = r.u64().ok_or(err)?;
+                let fd = r.u32().ok_or(err)? as i32;
+                let stream = match r.bytes(1).ok_or(err)?[0] {
+                    1 => Stream::Tcp,
+                    2 => Stream::File,
+                    _ => return Err(err),
+                };
+                ThreadRecord::Intent {
+                    nr,
+                    syscall_no,
+                    fd,
+                    stream,
+                    position: r.u64().ok_or(err)?,
+                    size: r.u64().ok_or(err)?,
+                }
+            }
             _ => return Err(err),
         };
         if !r.0.is_empty() {
@@ -531,6 +598,14 @@ mod tests {
             at: Some(9),
         });
         round_trip(ThreadRecord::Reentry { at: 77 });
+        round_trip(ThreadRecord::Intent {
+            nr: 1,
+            syscall_no: 9,
+            fd: 5,
+            stream: Stream::Tcp,
+            position: 1 << 40,
+            size: 0,
+        });
     }
 
     #[test]

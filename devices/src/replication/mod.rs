@@ -38,6 +38,7 @@
 
 pub mod effects;
 mod hostfs;
+mod in_doubt;
 mod link;
 mod primary;
 mod program;
@@ -112,6 +113,12 @@ impl Replication {
             let (logical_time, turn) = det_position(process, tid);
             t.push_signal(tid, signal, turn, logical_time);
         }
+    }
+
+    /// Whether this replica is a secondary that took over from a dead primary (failover):
+    /// its program then runs as an unreplicated one does, signals included.
+    pub fn is_live(&self) -> bool {
+        self.endpoint.is_live()
     }
 
     /// Primary or secondary.
@@ -318,8 +325,12 @@ pub fn serve(
         ?how,
         "syscall"
     );
+    // Failover: a secondary that took over serves every call itself, as a primary without
+    // a peer.
+    let live = rep.role() == Role::Secondary && rep.endpoint.is_live();
     let result = match (rep.role(), how) {
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
+        (Role::Secondary, _) if live => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
             primary::exit(rep, ctx, (a[0] & 0xff) as i64);
             local(ctx, &mut |c, a| handler(c, a))
@@ -348,17 +359,20 @@ pub fn serve(
             r
         }
         (Role::Secondary, Treatment::Recorded) => {
-            local(ctx, &mut |c, a| secondary::replay(rep, c, a))
+            local(ctx, &mut |c, a| secondary::replay(rep, c, a, handler))
         }
         (Role::Primary, Treatment::Compared) => {
             let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
+            if rep.endpoint.failover() {
+                in_doubt::announce(rep, ctx, a);
+            }
             rep.endpoint.commit();
             let r = local(ctx, &mut |c, a| handler(c, a));
             primary::compared(rep, ctx, a, &ours, to_ret(&r));
             r
         }
         (Role::Secondary, Treatment::Compared) => {
-            local(ctx, &mut |c, a| secondary::compare(rep, c, a))
+            local(ctx, &mut |c, a| secondary::compare(rep, c, a, handler))
         }
     };
     if let Some(t) = rep.tracer.get() {

@@ -72,6 +72,8 @@ impl Program for Process {
         if let Some(d) = self.det.get() {
             d.go_live();
         }
-        super::takeover::take_over_descriptors(self)
+        let went = super::takeover::take_over_descriptors(self);
+        self.signals.end_replay_only();
+        went
     }
 }

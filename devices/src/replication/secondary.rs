@@ -13,16 +13,26 @@ use super::{effects, stop_thread, to_result, Replication};
 use crate::errno::Errno;
 use crate::fd_table::OpenFile;
 use crate::sync::lock;
-use crate::syscalls::{ParkedFd, SysResult, SyscallCtx};
+use crate::syscalls::{Handler, ParkedFd, SysResult, SyscallCtx};
 use replica::syscall_names as names;
 
-/// A Recorded call, replayed.
-pub(super) fn replay(rep: &Replication, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+/// A Recorded call, replayed. If the secondary goes live while the call waits for its
+/// record (failover: the primary died before it logged the call), `handler` serves it.
+pub(super) fn replay(
+    rep: &Replication,
+    ctx: &mut SyscallCtx<'_>,
+    a: [u64; 6],
+    handler: Handler,
+) -> SysResult {
     ctx.thread.replicated_events += 1;
     let Some(s) = rep.endpoint.secondary() else {
         return stop_thread(ctx);
     };
     let Some(replay) = s.take_recorded(&*ctx) else {
+        if s.is_live() {
+            ctx.reentry_at = None;
+            return handler(ctx, a);
+        }
         return stop_thread(ctx);
     };
     ctx.reentry_at = replay.reentry_at;
@@ -72,14 +82,27 @@ pub(super) fn replay(rep: &Replication, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -
     to_result(replay.ret)
 }
 
-/// A Compared call: its output is computed and compared, not performed.
-pub(super) fn compare(rep: &Replication, ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
+/// A Compared call: its output is computed and compared, not performed. If the secondary
+/// goes live while the call waits for its record (failover), `handler` performs it, less
+/// what the primary already did of it ([`in_doubt`](super::in_doubt)).
+pub(super) fn compare(
+    rep: &Replication,
+    ctx: &mut SyscallCtx<'_>,
+    a: [u64; 6],
+    handler: Handler,
+) -> SysResult {
     let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
     ctx.thread.replicated_events += 1;
     let Some(s) = rep.endpoint.secondary() else {
         return stop_thread(ctx);
     };
     let Some(out) = s.compare_output(&*ctx, &ours) else {
+        if s.is_live() {
+            return match s.take_in_doubt(super::det_tid(ctx)) {
+                Some(doubt) => super::in_doubt::complete(rep, ctx, a, &ours, doubt, handler),
+                None => handler(ctx, a),
+            };
+        }
         return stop_thread(ctx);
     };
     effects::mimic_output(ctx.process, ctx.nr, a, out.ret);

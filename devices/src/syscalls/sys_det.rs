@@ -301,7 +301,8 @@ fn external(
         .replication
         .get()
         .is_some_and(|r| r.role() == replica::role::Role::Secondary);
-    let r = if secondary {
+    // A secondary that went live (failover) blocks for real, as a primary does.
+    let r = if secondary && !det.is_live() {
         det.blocking_replayed(tid, || {
             let r = h(ctx, args);
             if ctx.action == super::ThreadAction::Stop {

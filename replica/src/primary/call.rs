@@ -28,6 +28,22 @@ impl Primary {
         self.send_thread(call.thread(), call.event(), &rec);
     }
 
+    /// Before a Compared call outputs to an outside stream (failover): where the stream
+    /// stands, as the record of the call's replicated event `seq`, which the output's own
+    /// record will carry too. The output commit that follows makes the secondary hold it
+    /// before any byte leaves.
+    pub fn record_intent(&self, call: &dyn Call, seq: u64, doubt: crate::call::InDoubt) {
+        let rec = ThreadRecord::Intent {
+            nr: call.nr() as u32,
+            syscall_no: call.syscall_seq(),
+            fd: doubt.fd,
+            stream: doubt.stream,
+            position: doubt.position,
+            size: doubt.size,
+        };
+        self.send_thread(call.thread(), seq, &rec);
+    }
+
     /// exit_group with `status`, before it runs: recorded, then committed, so that the
     /// secondary holds the whole log before the program ends.
     pub fn record_exit(&self, call: &dyn Call, status: i64) {

@@ -4,9 +4,10 @@
 //! for the program's memory and descriptors is the syscall layer's to carry out.
 
 use super::Secondary;
-use crate::call::{deliverable, Call, ComparedOutput, Replay};
+use crate::call::{deliverable, Call, ComparedOutput, InDoubt, Replay};
 use crate::findings::{first_difference, AgreedEvent, Mismatch};
 use crate::status::Counter;
+use crate::sync::lock;
 use crate::syscall_names::name;
 use crate::wire::{self, ThreadRecord, REENTRY_ADDR};
 
@@ -106,7 +107,29 @@ impl Secondary {
     /// A Compared call that would output `ours`: compared with what the primary output. On
     /// agreement the bytes are kept in the secondary's output files, counted, and the result
     /// returned; None: the thread stops (a mismatch, reported, or the secondary is stopping).
+    ///
+    /// With failover on, the primary's intent record comes first; it is kept for
+    /// [`take_in_doubt`](Self::take_in_doubt) until the output's own record arrives.
     pub fn compare_output(&self, call: &dyn Call, ours: &[u8]) -> Option<ComparedOutput> {
+        let mut rec = self.take_for(call)?;
+        if let ThreadRecord::Intent {
+            fd,
+            stream,
+            position,
+            size,
+            ..
+        } = rec
+        {
+            let doubt = InDoubt {
+                fd,
+                stream,
+                position,
+                size,
+            };
+            lock(&self.in_doubt).insert(call.thread(), doubt);
+            rec = self.take_for(call)?;
+            lock(&self.in_doubt).remove(&call.thread());
+        }
         let ThreadRecord::Output {
             fd,
             ret,
@@ -115,7 +138,7 @@ impl Secondary {
             hash,
             data,
             ..
-        } = self.take_for(call)?
+        } = rec
         else {
             return None;
         };
@@ -212,7 +235,8 @@ impl Secondary {
         let (event_p, rec) = self.take(call.program(), tid)?;
         let (nr_p, seq_p) = match &rec {
             ThreadRecord::Syscall { nr, syscall_no, .. }
-            | ThreadRecord::Output { nr, syscall_no, .. } => (Some(*nr), *syscall_no),
+            | ThreadRecord::Output { nr, syscall_no, .. }
+            | ThreadRecord::Intent { nr, syscall_no, .. } => (Some(*nr), *syscall_no),
             _ => (None, 0),
         };
         if event_p != call.event() || nr_p != Some(call.nr() as u32) {

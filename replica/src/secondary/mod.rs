@@ -13,10 +13,12 @@
 //! for outside descriptors) is the syscall layer's business: it asks here and carries it out.
 
 mod call;
+mod failover;
 pub mod intake;
 mod reader;
 mod stall;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,6 +30,7 @@ use std::time::Duration;
 use det::link::{TimedWait, WaitNews};
 use det::{DetTid, TurnError};
 
+use crate::call::InDoubt;
 use crate::findings::{AgreedEvent, Mismatch, SecondaryFindings, HISTORY};
 use crate::program::Program;
 use crate::setup::ReplicationError;
@@ -62,6 +65,14 @@ pub struct Secondary {
     status: Arc<StatusPage>,
     /// Go live when the primary dies without ending its log ([`crate::setup::ReplicaSetup::failover`]).
     failover: bool,
+    /// The primary died and this secondary is draining its log to go live: threads that
+    /// find no record wait for [`live`](Self::live) instead of ending.
+    going_live: AtomicBool,
+    /// The secondary runs live: its calls are its own (failover).
+    live: AtomicBool,
+    /// Per thread: the intent of the output it is comparing, until that output's record
+    /// arrives; what is left at the takeover is in doubt.
+    in_doubt: Mutex<HashMap<u32, InDoubt>>,
 }
 
 impl Secondary {
@@ -95,6 +106,9 @@ impl Secondary {
             output_dir,
             status,
             failover,
+            going_live: AtomicBool::new(false),
+            live: AtomicBool::new(false),
+            in_doubt: Mutex::default(),
         })
     }
 
@@ -116,6 +130,9 @@ impl Secondary {
             output_dir,
             status,
             failover: false,
+            going_live: AtomicBool::new(false),
+            live: AtomicBool::new(false),
+            in_doubt: Mutex::default(),
         }
     }
 
@@ -217,10 +234,11 @@ impl Secondary {
                 );
                 return Some((seq, rec));
             }
-            if self.stop.load(Ordering::Relaxed) || program.exiting() {
+            if self.stop.load(Ordering::Relaxed) || program.exiting() || self.is_live() {
                 return None;
             }
-            if until_end && (q.end.is_some() || q.closed.is_some()) {
+            // Draining to go live, nothing ends a wait but the takeover itself.
+            if until_end && (q.end.is_some() || q.closed.is_some()) && !self.draining() {
                 return None;
             }
             self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -292,6 +310,7 @@ impl Secondary {
                 WaitNews::TimedOut
             }
             Some(_) => WaitNews::Passed,
+            None if self.draining() => WaitNews::Unknown,
             None if q.end.is_some() || q.closed.is_some() => WaitNews::Ended,
             None => WaitNews::Unknown,
         }
@@ -302,6 +321,12 @@ impl Secondary {
     pub fn schedule_diverged(&self, program: Option<&dyn Program>, tid: DetTid, error: &TurnError) {
         // A thread due for a turn that no thread can wake is stuck whatever the log holds;
         // the drain below would only find it after its timeout.
+        if self.draining() {
+            // The log will not say more: the takeover decides (a thread whose turn the log
+            // lacks goes on live).
+            self.wait_until_live(program);
+            return;
+        }
         let stuck = matches!(error, TurnError::Unorderable { .. });
         let ended = {
             let q = lock(&self.queues);

@@ -57,6 +57,10 @@ impl Secondary {
             }
         };
         drop(consumer);
+        if !closed.is_empty() && self.failover {
+            self.fail_over(program, closed);
+            return;
+        }
         if !closed.is_empty() {
             lock(&self.queues).closed = Some(closed.clone());
             program.close_log();
@@ -117,7 +121,10 @@ impl Secondary {
                 program.close_log();
                 Ok(Intook::End)
             }
-            RecordKind::SyscallResult | RecordKind::OutputHash | RecordKind::TimedWait => {
+            RecordKind::SyscallResult
+            | RecordKind::OutputHash
+            | RecordKind::TimedWait
+            | RecordKind::OutputIntent => {
                 let (tid, seq, rec) =
                     ThreadRecord::decode(kind, &payload).map_err(|e| e.to_string())?;
                 intake.admit(tid, seq, &rec)?;

@@ -184,7 +184,7 @@ impl Machine {
         let tid = lock(current).tid;
         // A replicated program takes asynchronous signals only right after a Recorded or
         // Compared call, where the replication layer names them (devices::replication).
-        let replicated = self.process.replication.get().is_some();
+        let replicated = self.process.replication.get().is_some_and(|r| !r.is_live());
         if !replicated
             && self.process.signals.has_deliverable(tid)
             && user.rax as i64 != libc::SYS_rt_sigreturn

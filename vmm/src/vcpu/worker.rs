@@ -284,7 +284,7 @@ impl Machine {
                     let shim_area = self.process.mem.size() - doorbell::AREA_SIZE;
                     let in_program =
                         regs.rip >= devices::guest_mem::USER_START && regs.rip < shim_area;
-                    let replicated = self.process.replication.get().is_some();
+                    let replicated = self.process.replication.get().is_some_and(|r| !r.is_live());
                     if in_program && !replicated && self.process.signals.has_deliverable(tid) {
                         match self.deliver_signal(vcpu, local, tid, &to_user(&regs), Resume::User) {
                             ThreadAction::Stop => return LoopEnd::Stopped,
