@@ -168,30 +168,41 @@ fn stop_pair(pair: ServerProc, port: u16, what: &str) -> std::process::Output {
         wait_connections_closed(port, 20),
         "{what}: the server did not close its connections"
     );
-    let o = pair.stop(libc::SIGTERM);
+    let (o, killed) = pair.stop_or_kill(libc::SIGTERM, 20);
+    assert!(
+        !killed,
+        "{what}: the pair did not stop within 20 s of SIGTERM; stderr ends:\n{}",
+        tail(&stderr(&o))
+    );
     assert!(!stderr(&o).contains("panicked"), "{what}: {}", stderr(&o));
     o
 }
 
-/// Stops a pair whose test failed (if it still runs) and says how it ended: its exit
-/// status, its report's outcome and errors, and the last lines of its stderr.
+/// The last 10 lines of `text`.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// Stops a pair whose test failed (if it still runs; killed with its replicas if SIGTERM
+/// does not end it within 20 s) and says how it ended: its exit status, its report's
+/// outcome and errors, and the last lines of its stderr.
 fn pair_end(pair: ServerProc, out: &Path) -> String {
-    let o = pair.stop(libc::SIGTERM);
+    let (o, killed) = pair.stop_or_kill(libc::SIGTERM, 20);
     let r: serde_json::Value = std::fs::read_to_string(out.join("report.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let err = stderr(&o);
-    let tail: Vec<&str> = err.lines().rev().take(10).collect();
     format!(
-        "the pair ended with {}; report: outcome {}, primary {} {}, secondary {} {}; stderr ends:\n{}",
+        "the pair ended with {}{}; report: outcome {}, primary {} {}, secondary {} {}; stderr ends:\n{}",
         o.status,
+        if killed { " (killed: SIGTERM did not stop it within 20 s)" } else { "" },
         r["outcome"],
         r["primary"]["exit"],
         r["primary"]["error"],
         r["secondary"]["exit"],
         r["secondary"]["error"],
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        tail(&stderr(&o))
     )
 }
 
@@ -701,7 +712,11 @@ fn a_pair_stopped_just_after_its_primary_died_does_not_report_identical() {
             pair.wait_port(port);
             kill_replica(pair.id(), out.path(), "primary");
             std::thread::sleep(Duration::from_millis(20));
-            let o = pair.stop(libc::SIGTERM);
+            let (o, killed) = pair.stop_or_kill(libc::SIGTERM, 20);
+            assert!(
+                !killed,
+                "{mode} {flag:?}: SIGTERM did not stop the pair within 20 s"
+            );
             let r = report_json(out.path());
             assert_eq!(
                 r["outcome"], want,
