@@ -264,8 +264,6 @@ fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
     }
 }
 
-/// With `--no-failover` a dead primary ends the pair as before failover existed: exit 4,
-/// `replica_failed` (tests/failover.rs covers the default, failover).
 #[test]
 fn the_supervisor_reports_a_dead_primary() {
     let _turn = one_pair_at_a_time();
@@ -275,7 +273,7 @@ fn the_supervisor_reports_a_dead_primary() {
     let mut server = start_pair(
         "follow",
         out.path(),
-        &["--no-failover", "--image", "redis", "--", "--port", &p],
+        &["--image", "redis", "--", "--port", &p],
     );
     server.wait_port(port);
     let pid: i32 = std::fs::read_to_string(out.path().join("primary.pid"))
