@@ -264,6 +264,8 @@ fn nginx_pair_has_zero_divergence_under_curl_and_wrk() {
     }
 }
 
+/// `--no-failover`: a dead primary ends the pair as a replica failure (failover itself is
+/// tests/failover.rs').
 #[test]
 fn the_supervisor_reports_a_dead_primary() {
     let _turn = one_pair_at_a_time();
@@ -273,7 +275,7 @@ fn the_supervisor_reports_a_dead_primary() {
     let mut server = start_pair(
         "follow",
         out.path(),
-        &["--image", "redis", "--", "--port", &p],
+        &["--no-failover", "--image", "redis", "--", "--port", &p],
     );
     server.wait_port(port);
     let pid: i32 = std::fs::read_to_string(out.path().join("primary.pid"))

@@ -14,6 +14,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::errno::Errno;
@@ -40,7 +41,10 @@ struct Bind {
     fd: OwnedFd,
     host: PathBuf,
     /// Writes through it fail with EROFS (a pair's secondary sees the host cwd so).
-    read_only: bool,
+    read_only: AtomicBool,
+    /// A pair's secondary: read-only until it takes over from a dead primary, then
+    /// writable, as the primary's was ([`FsContext::go_live`]).
+    writable_when_live: bool,
 }
 
 /// The program's view of the filesystem.
@@ -49,7 +53,9 @@ pub struct FsContext {
     root_path: PathBuf,
     /// When set, the root is read-only (EROFS) and only binds are writable: an image
     /// in the cache must never be changed by a program run from it.
-    read_only_root: bool,
+    read_only_root: AtomicBool,
+    /// A pair's secondary whose primary had a writable root: writable once it takes over.
+    root_writable_when_live: bool,
     binds: Vec<Bind>,
     cwd: Mutex<Vec<u8>>,
 }
@@ -171,7 +177,8 @@ impl FsContext {
         Ok(FsContext {
             root: fd,
             root_path,
-            read_only_root: false,
+            read_only_root: AtomicBool::new(false),
+            root_writable_when_live: false,
             binds: Vec::new(),
             cwd: Mutex::new(cwd),
         })
@@ -179,7 +186,24 @@ impl FsContext {
 
     /// Makes the root read-only; writes must go to binds.
     pub fn set_read_only_root(&mut self) {
-        self.read_only_root = true;
+        self.read_only_root.store(true, Ordering::Relaxed);
+    }
+
+    /// A pair's secondary whose primary writes the root: the root becomes writable when it
+    /// takes over ([`go_live`](Self::go_live)).
+    pub fn set_root_writable_when_live(&mut self) {
+        self.root_writable_when_live = true;
+    }
+
+    /// Failover: the secondary took over from a dead primary and now writes what the
+    /// primary wrote (the directories and root it saw read-only until now).
+    pub fn go_live(&self) {
+        for b in self.binds.iter().filter(|b| b.writable_when_live) {
+            b.read_only.store(false, Ordering::Relaxed);
+        }
+        if self.root_writable_when_live {
+            self.read_only_root.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Sets the cwd (a path inside the root).
@@ -189,15 +213,31 @@ impl FsContext {
 
     /// Shows host directory `host` at guest path `guest` (absolute).
     pub fn add_bind(&mut self, guest: &str, host: &Path) -> Result<(), RootError> {
-        self.bind(guest, host, false)
+        self.bind(guest, host, false, false)
+    }
+
+    /// Like [`add_bind`](Self::add_bind), but read-only until [`go_live`](Self::go_live): a
+    /// pair's secondary sees the primary's writable directories so.
+    pub fn add_bind_writable_when_live(
+        &mut self,
+        guest: &str,
+        host: &Path,
+    ) -> Result<(), RootError> {
+        self.bind(guest, host, true, true)
     }
 
     /// Like [`add_bind`](Self::add_bind), but writes through it fail with EROFS.
     pub fn add_read_only_bind(&mut self, guest: &str, host: &Path) -> Result<(), RootError> {
-        self.bind(guest, host, true)
+        self.bind(guest, host, true, false)
     }
 
-    fn bind(&mut self, guest: &str, host: &Path, read_only: bool) -> Result<(), RootError> {
+    fn bind(
+        &mut self,
+        guest: &str,
+        host: &Path,
+        read_only: bool,
+        writable_when_live: bool,
+    ) -> Result<(), RootError> {
         let (fd, host) = open_host_dir(host)?;
         let g = guest.trim_end_matches('/').as_bytes().to_vec();
         // A later bind of the same guest path replaces the earlier one.
@@ -206,7 +246,8 @@ impl FsContext {
             guest: g,
             fd,
             host,
-            read_only,
+            read_only: AtomicBool::new(read_only),
+            writable_when_live,
         });
         // Longest prefix first, so nested binds win.
         self.binds.sort_by_key(|b| std::cmp::Reverse(b.guest.len()));
@@ -225,7 +266,7 @@ impl FsContext {
                 } else {
                     rest
                 };
-                if mutating && b.read_only {
+                if mutating && b.read_only.load(Ordering::Relaxed) {
                     return Err(Errno(libc::EROFS));
                 }
                 return Ok((
@@ -234,7 +275,7 @@ impl FsContext {
                 ));
             }
         }
-        if mutating && self.read_only_root {
+        if mutating && self.read_only_root.load(Ordering::Relaxed) {
             return Err(Errno(libc::EROFS));
         }
         Ok((self.root.as_raw_fd(), abs.to_owned()))
@@ -653,6 +694,41 @@ mod tests {
             .is_err());
         fs.chdir(None, &c("/var/lib")).unwrap();
         assert_eq!(fs.cwd(), b"/var/lib");
+    }
+
+    /// A pair's secondary writes nothing of the primary's until it takes over; then what
+    /// the primary could write, and nothing more.
+    #[test]
+    fn the_primary_s_directories_become_writable_when_the_secondary_goes_live() {
+        let (d, mut fs) = setup();
+        let shared = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("data")).unwrap();
+        std::fs::create_dir_all(d.path().join("ro")).unwrap();
+        fs.add_bind_writable_when_live("/data", shared.path())
+            .unwrap();
+        fs.add_read_only_bind("/ro", theirs.path()).unwrap();
+        fs.set_read_only_root();
+        fs.set_root_writable_when_live();
+        let c = |s: &str| CString::new(s).unwrap();
+        let flags = libc::O_WRONLY | libc::O_CREAT;
+        for p in ["/data/x", "/new", "/ro/x"] {
+            assert_eq!(
+                fs.open(None, &c(p), flags, 0o644).unwrap_err(),
+                Errno(libc::EROFS),
+                "{p} before the takeover"
+            );
+        }
+        fs.go_live();
+        fs.open(None, &c("/data/x"), flags, 0o644).unwrap();
+        assert!(shared.path().join("x").exists());
+        fs.open(None, &c("/new"), flags, 0o644).unwrap();
+        assert!(d.path().join("new").exists());
+        assert_eq!(
+            fs.open(None, &c("/ro/x"), flags, 0o644).unwrap_err(),
+            Errno(libc::EROFS),
+            "a read-only directory stays so"
+        );
     }
 
     #[test]

@@ -147,13 +147,16 @@ pub fn main(a: &ReplicaArgs) -> ExitCode {
     }
     if role == Role::Secondary {
         // The secondary sees the host's files but changes none: its writes would land on
-        // the primary's files. Only its own image state directory is writable.
+        // the primary's files. Only its own image state directory is writable, until it
+        // takes over from a dead primary: then it writes what the primary wrote.
+        let primary_root_read_only = !c.writable.is_empty() || c.read_only_root;
         let (rw, ro): (Vec<_>, Vec<_>) = std::mem::take(&mut c.writable)
             .into_iter()
             .partition(|(_, h)| h.starts_with(&a.out));
         c.writable = rw;
-        c.read_only = ro;
+        c.writable_when_live = ro;
         c.read_only_root = true;
+        c.root_writable_when_live = !primary_root_read_only;
     }
     let result = vmm::run(c);
     let code = match &result {

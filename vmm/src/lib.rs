@@ -60,6 +60,11 @@ pub struct VmConfig {
     pub read_only: Vec<(String, PathBuf)>,
     /// The root is read-only even without writable directories (a pair's secondary).
     pub read_only_root: bool,
+    /// A pair's secondary: the primary's writable directories outside the pair's own
+    /// directory, read-only here until the secondary takes over (failover).
+    pub writable_when_live: Vec<(String, PathBuf)>,
+    /// A pair's secondary whose primary writes the root: writable once it takes over.
+    pub root_writable_when_live: bool,
     /// Replication in a pair (DESIGN.md §6): this process is the primary or the secondary.
     pub replication: Option<Arc<devices::replication::Replication>>,
     /// The initial working directory inside the root (default: the host cwd when it
@@ -446,8 +451,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     for (guest, host) in &config.read_only {
         fs.add_read_only_bind(guest, host)?;
     }
+    for (guest, host) in &config.writable_when_live {
+        fs.add_bind_writable_when_live(guest, host)?;
+    }
     if !config.writable.is_empty() || config.read_only_root {
         fs.set_read_only_root();
+    }
+    if config.root_writable_when_live {
+        fs.set_root_writable_when_live();
     }
     if let Some(cwd) = &config.cwd {
         fs.set_cwd(cwd);

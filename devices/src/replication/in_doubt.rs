@@ -15,14 +15,155 @@
 //!
 //! Outputs on anything else (pipes, terminals, UDP and AF_UNIX sockets) have no intent: if
 //! the primary died inside one, the secondary performs it again (at least once).
+//!
+//! Input goes the other way: the primary logs what it read before it consumes it (it peeks,
+//! publishes the record, then discards), so a primary that dies in between leaves bytes in
+//! the socket that the secondary already replayed. At the takeover the secondary compares,
+//! per TCP socket, the bytes it replayed with the bytes consumed from the socket
+//! (`tcpi_bytes_received - SIOCINQ`, less the peer's FIN) and discards the difference
+//! ([`reconcile_input`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use replica::call::InDoubt;
 use replica::wire::Stream;
 
 use super::Replication;
 use crate::errno::Errno;
+use crate::fd_table::OpenFile;
+use crate::process::Process;
 use crate::sync::lock;
 use crate::syscalls::{Handler, SysResult, SyscallCtx};
+
+/// Secondary: the input bytes replayed per outside open file, keyed by the open file's
+/// address (held alive by the weak reference, so the key stays unique).
+#[derive(Default)]
+pub(super) struct ReplayedInput(Mutex<HashMap<usize, (Weak<OpenFile>, u64)>>);
+
+/// Secondary: a replayed read-class call on an outside descriptor returned `ret` bytes.
+pub(super) fn note_replayed_input(rep: &Replication, ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
+    let reads = [
+        libc::SYS_read,
+        libc::SYS_readv,
+        libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
+    ];
+    if ret <= 0 || !reads.contains(&(ctx.nr as i64)) {
+        return;
+    }
+    let Ok(file) = lock(&ctx.process.fds).get(a[0] as i64) else {
+        return;
+    };
+    if !file.is_external() {
+        return;
+    }
+    let mut map = lock(&rep.replayed_input.0);
+    let entry = map
+        .entry(Arc::as_ptr(&file) as usize)
+        .or_insert_with(|| (Arc::downgrade(&file), 0));
+    entry.1 += ret as u64;
+}
+
+/// The offset of `tcpi_bytes_received` (u64) in `struct tcp_info` (Linux 4.1 and later).
+const TCPI_BYTES_RECEIVED: usize = 128;
+
+/// Bytes consumed from TCP socket `fd` by its readers: `tcpi_bytes_received - SIOCINQ`,
+/// less the peer's FIN once it came. None if it is not a TCP socket.
+fn tcp_consumed(fd: i32) -> Option<u64> {
+    let inq = || {
+        let mut v: libc::c_int = 0;
+        // SAFETY: SIOCINQ (FIONREAD) writes one int.
+        (unsafe { libc::ioctl(fd, libc::FIONREAD, &mut v) } == 0).then_some(v as u64)
+    };
+    for _ in 0..16 {
+        let before = inq()?;
+        let info = tcp_info(fd)?;
+        if inq()? != before {
+            continue;
+        }
+        let mut received = [0u8; 8];
+        received.copy_from_slice(&info[TCPI_BYTES_RECEIVED..TCPI_BYTES_RECEIVED + 8]);
+        // tcpi_state is the first byte; the peer's FIN counts in bytes_received from
+        // CLOSE_WAIT on (and in LAST_ACK, CLOSING, TIME_WAIT).
+        let fin = matches!(
+            info[0] as i32,
+            8 /* CLOSE_WAIT */ | 9 /* LAST_ACK */ | 11 /* CLOSING */ | 6 /* TIME_WAIT */
+        );
+        return Some(
+            u64::from_le_bytes(received)
+                .saturating_sub(before)
+                .saturating_sub(fin as u64),
+        );
+    }
+    None
+}
+
+/// `struct tcp_info` of socket `fd`, at least up to `tcpi_bytes_received`.
+fn tcp_info(fd: i32) -> Option<[u8; 256]> {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into `info`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && len as usize >= TCPI_BYTES_RECEIVED + 8).then_some(info)
+}
+
+/// At the takeover, after the primary's descriptors replaced their placeholders: bytes the
+/// secondary replayed that the dead primary had not yet discarded from its sockets are
+/// discarded now. Returns the bytes discarded.
+pub(super) fn reconcile_input(process: &Process) -> u64 {
+    let Some(rep) = process.replication.get() else {
+        return 0;
+    };
+    let files: Vec<(Arc<OpenFile>, u64)> = lock(&rep.replayed_input.0)
+        .drain()
+        .filter_map(|(_, (w, n))| w.upgrade().map(|f| (f, n)))
+        .collect();
+    let mut discarded = 0;
+    for (file, replayed) in files {
+        let fd = file.raw();
+        let Some(consumed) = tcp_consumed(fd) else {
+            continue;
+        };
+        if consumed > replayed {
+            tracing::warn!(
+                fd,
+                consumed,
+                replayed,
+                "the primary consumed input it never logged: it is lost"
+            );
+            continue;
+        }
+        let mut left = replayed - consumed;
+        while left > 0 {
+            let n = left.min(1 << 30) as usize;
+            // SAFETY: MSG_TRUNC on a TCP socket discards up to `n` queued bytes without
+            // copying; no buffer is written.
+            let r = unsafe {
+                libc::recv(
+                    fd,
+                    std::ptr::null_mut(),
+                    n,
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            left -= r as u64;
+            discarded += r as u64;
+        }
+    }
+    discarded
+}
 
 /// Where the stream behind host descriptor `fd` stands: (kind, position, size); None for
 /// streams without such counters.
@@ -56,21 +197,7 @@ fn tcp_queued(fd: i32) -> Option<u64> {
     };
     for _ in 0..16 {
         let before = outq()?;
-        let mut info = [0u8; 256];
-        let mut len = info.len() as libc::socklen_t;
-        // SAFETY: TCP_INFO writes at most `len` bytes into `info`.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        if r != 0 || (len as usize) < TCPI_BYTES_ACKED + 8 {
-            return None;
-        }
+        let info = tcp_info(fd)?;
         let mut acked = [0u8; 8];
         acked.copy_from_slice(&info[TCPI_BYTES_ACKED..TCPI_BYTES_ACKED + 8]);
         if outq()? == before {
@@ -195,6 +322,29 @@ mod tests {
         c.write_all(b"hello").unwrap();
         let (_, c1, _) = stream_position(c.as_raw_fd()).unwrap();
         assert_eq!(c1 - c0, 5);
+    }
+
+    #[test]
+    fn a_tcp_socket_counts_what_its_readers_consumed_not_what_waits_or_the_fin() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        assert_eq!(tcp_consumed(s.as_raw_fd()), Some(0));
+        c.write_all(b"0123456789").unwrap();
+        let mut four = [0u8; 4];
+        s.read_exact(&mut four).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tcp_consumed(s.as_raw_fd()) != Some(4) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(tcp_consumed(s.as_raw_fd()), Some(4));
+        drop(c);
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"456789");
+        assert_eq!(tcp_consumed(s.as_raw_fd()), Some(10), "the FIN is no byte");
+        let (r, _w) = std::io::pipe().unwrap();
+        assert_eq!(tcp_consumed(r.as_raw_fd()), None);
     }
 
     #[test]

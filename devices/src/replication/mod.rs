@@ -74,6 +74,8 @@ pub struct Replication {
     host_files: hostfs::HostFiles,
     /// `--trace`: the per-thread rings of this replica's recent events.
     tracer: OnceLock<Tracer>,
+    /// Secondary: input bytes replayed per outside descriptor ([`in_doubt`]).
+    replayed_input: in_doubt::ReplayedInput,
 }
 
 impl std::fmt::Debug for Replication {
@@ -94,6 +96,7 @@ impl Replication {
             endpoint: Endpoint::connect(setup)?,
             host_files,
             tracer: OnceLock::new(),
+            replayed_input: Default::default(),
         }))
     }
 

@@ -73,6 +73,14 @@ impl Program for Process {
             d.go_live();
         }
         let went = super::takeover::take_over_descriptors(self);
+        let discarded = super::in_doubt::reconcile_input(self);
+        if discarded > 0 {
+            tracing::info!(
+                discarded,
+                "input the primary had logged but not yet consumed was discarded"
+            );
+        }
+        self.fs.go_live();
         self.signals.end_replay_only();
         went
     }

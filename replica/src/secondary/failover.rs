@@ -28,9 +28,11 @@ const DRAIN_POLL: Duration = Duration::from_millis(1);
 /// whose records the primary never sent).
 const TURNS_SETTLE: Duration = Duration::from_millis(20);
 
-/// With records still queued: how long the threads may make no progress before the
-/// secondary gives up the takeover (its program cannot get to where the primary was).
-const DRAIN_STALL: Duration = Duration::from_secs(5);
+/// With records still queued: how long the threads may make no progress (no syscall, no
+/// turn) before the secondary gives up the takeover (its program cannot get to where the
+/// primary was). Long, because a thread that computes without a det point holds the others
+/// back in the det mode as long as it computes, on both replicas alike.
+const DRAIN_STALL: Duration = Duration::from_secs(20);
 
 impl Secondary {
     /// Whether the secondary runs live (it took over from a dead primary).
