@@ -7,9 +7,9 @@
 
 use std::any::Any;
 use std::fmt::Debug;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::errno::Errno;
 
@@ -33,6 +33,26 @@ pub struct OpenFile {
     external: AtomicBool,
     /// For a /proc file: what it is and its own state (see `procfs::file`).
     virt: Option<Box<dyn VirtualPart>>,
+    /// A pair's secondary: `host` stands in for a descriptor only the primary has (a socket,
+    /// an accepted connection, a timer, a host file, a standard descriptor).
+    placeholder: AtomicBool,
+    /// Failover: the primary's own host descriptor behind this placeholder, held untouched
+    /// (its open file description, O_NONBLOCK included, is the primary's) until the
+    /// secondary goes live and puts it in `host`'s place (`replication::takeover`).
+    takeover: Mutex<Option<OwnedFd>>,
+    /// A pair's primary under failover: whether this is a TCP stream socket (asked once),
+    /// and the lock that keeps one reader between its peek and its discard
+    /// (`replication::input`).
+    pub input: InputOrder,
+}
+
+/// Per open file, what the primary's logged-before-consumed input needs.
+#[derive(Debug, Default)]
+pub struct InputOrder {
+    /// Whether the host descriptor is a TCP stream socket (None: not asked yet).
+    pub tcp: std::sync::OnceLock<bool>,
+    /// Held from a reader's peek until its bytes are discarded.
+    pub reader: Mutex<()>,
 }
 
 impl OpenFile {
@@ -42,6 +62,9 @@ impl OpenFile {
             host,
             external: AtomicBool::new(false),
             virt: None,
+            placeholder: AtomicBool::new(false),
+            takeover: Mutex::new(None),
+            input: InputOrder::default(),
         }
     }
 
@@ -51,6 +74,9 @@ impl OpenFile {
             host,
             external: AtomicBool::new(false),
             virt: Some(Box::new(virt)),
+            placeholder: AtomicBool::new(false),
+            takeover: Mutex::new(None),
+            input: InputOrder::default(),
         }
     }
 
@@ -67,7 +93,58 @@ impl OpenFile {
             host,
             external: AtomicBool::new(true),
             virt: None,
+            placeholder: AtomicBool::new(false),
+            takeover: Mutex::new(None),
+            input: InputOrder::default(),
         }
+    }
+
+    /// A pair's secondary: a placeholder for a descriptor only the primary has, holding the
+    /// primary's own (`takeover`) when failover passed it.
+    pub fn placeholder(host: OwnedFd, takeover: Option<OwnedFd>) -> Self {
+        OpenFile {
+            host,
+            external: AtomicBool::new(true),
+            virt: None,
+            placeholder: AtomicBool::new(true),
+            takeover: Mutex::new(takeover),
+            input: InputOrder::default(),
+        }
+    }
+
+    /// Whether `host` stands in for a descriptor only the primary has.
+    pub fn is_placeholder(&self) -> bool {
+        self.placeholder.load(Ordering::Relaxed)
+    }
+
+    /// Failover: holds the primary's descriptor for this file (the standard descriptors,
+    /// whose open files exist before the primary's arrive); it becomes a placeholder.
+    pub fn hold_takeover(&self, primary: OwnedFd) {
+        *crate::sync::lock(&self.takeover) = Some(primary);
+        self.placeholder.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether it holds a primary's descriptor not taken over yet.
+    pub fn holds_takeover(&self) -> bool {
+        crate::sync::lock(&self.takeover).is_some()
+    }
+
+    /// `f` on the held primary descriptor, if any. Only for what cannot change the shared
+    /// description (fstat); the primary still uses it.
+    pub fn with_takeover<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
+        crate::sync::lock(&self.takeover)
+            .as_ref()
+            .map(|fd| f(fd.as_fd()))
+    }
+
+    /// Failover: takes the held primary descriptor, to put it in `host`'s place.
+    pub fn take_takeover(&self) -> Option<OwnedFd> {
+        crate::sync::lock(&self.takeover).take()
+    }
+
+    /// Failover: `host` now is the primary's descriptor; no longer a placeholder.
+    pub fn taken_over(&self) {
+        self.placeholder.store(false, Ordering::Relaxed);
     }
 
     /// Whether it reaches outside the program.

@@ -54,7 +54,10 @@ impl Endpoint {
         } = setup;
         let status = Arc::new(status);
         let (primary, secondary) = match role {
-            Role::Primary => (Some(Primary::connect(peer, channel, status.clone())?), None),
+            Role::Primary => (
+                Some(Primary::connect(peer, channel, status.clone(), failover)?),
+                None,
+            ),
             Role::Secondary => (
                 None,
                 Some(Secondary::connect(
@@ -169,6 +172,17 @@ impl Endpoint {
     fn send_thread(&self, tid: u32, seq: u64, rec: &ThreadRecord) {
         if let Some(p) = &self.primary {
             p.send_thread(tid, seq, rec);
+        }
+    }
+
+    /// Secondary with failover: receives the descriptors the primary passes until its end
+    /// closes; a malformed message is a channel error that stops the program.
+    pub fn receive_descriptors(&self) {
+        let Some(s) = &self.secondary else { return };
+        if let Err(why) = s.receive_descriptors() {
+            if let Some(p) = self.program() {
+                s.channel_failed(&*p, why);
+            }
         }
     }
 

@@ -8,6 +8,8 @@
 //!   readable summary, and two runs side by side.
 //! - [`wire`]: the payloads of the replication records (the ABI above the channel's framing).
 //! - [`role`]: primary or secondary, det or follow.
+//! - [`handoff`]: failover's descriptor channel: the primary's outside descriptors, passed
+//!   to the secondary with SCM_RIGHTS ahead of the records that create them.
 //! - [`findings`]: what the secondary finds (mismatch, agreed events), for the report.
 //! - [`endpoint`]: one replica process's end of the pair ([`endpoint::Endpoint`]): role,
 //!   counters, the primary's or the secondary's side, and the det runtime's schedule link.
@@ -34,6 +36,7 @@ pub mod call;
 pub mod channel;
 pub mod endpoint;
 pub mod findings;
+pub mod handoff;
 pub mod primary;
 pub mod program;
 pub mod report;

@@ -219,3 +219,132 @@ pub fn recv_fd(sock: BorrowedFd) -> io::Result<Option<OwnedFd>> {
         Ok(got)
     }
 }
+
+/// The most descriptors [`send_fds`] and [`recv_fds`] carry in one message.
+pub const MAX_FDS_PER_MESSAGE: usize = 4;
+// Room for MAX_FDS_PER_MESSAGE descriptors: CMSG_SPACE(16) = 32 bytes, plus slack.
+const MULTI_CMSG_WORDS: usize = 8;
+
+/// Sends `data` with up to [`MAX_FDS_PER_MESSAGE`] descriptors, without blocking past the
+/// socket's send timeout (SO_SNDTIMEO) and without SIGPIPE.
+pub fn send_fds(sock: BorrowedFd, data: &[u8], fds: &[BorrowedFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS_PER_MESSAGE || data.is_empty() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let mut cbuf = [0u64; MULTI_CMSG_WORDS];
+    let fd_bytes = 4 * fds.len() as u32;
+    // SAFETY: msghdr is plain data; sendmsg only reads `data` (through the iovec, never
+    // written) and `cbuf`, whose CMSG_SPACE(16) = 32 bytes fit its 64; the cmsg header is
+    // written inside `cbuf` only when there are descriptors to send.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !fds.is_empty() {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(fd_bytes) as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
+            let out = libc::CMSG_DATA(cmsg).cast::<i32>();
+            for (i, fd) in fds.iter().enumerate() {
+                out.add(i).write_unaligned(fd.as_raw_fd());
+            }
+        }
+        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// One message received by [`recv_fds`].
+#[derive(Debug)]
+pub struct FdMessage {
+    /// Data bytes received (at most the buffer's length).
+    pub len: usize,
+    /// The descriptors it carried, owned (closed on drop).
+    pub fds: Vec<OwnedFd>,
+    /// The data or the descriptors did not fit (MSG_TRUNC or MSG_CTRUNC).
+    pub truncated: bool,
+}
+
+/// Receives one message into `buf` with its descriptors (close-on-exec), blocking;
+/// `Ok(None)`: the peer hung up.
+pub fn recv_fds(sock: BorrowedFd, buf: &mut [u8]) -> io::Result<Option<FdMessage>> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; MULTI_CMSG_WORDS];
+    // SAFETY: recvmsg writes at most iov_len bytes into `buf` and msg_controllen bytes into
+    // `cbuf`; we walk only the headers it reports and take ownership of each descriptor in
+    // them exactly once (the kernel installed them in this process for us).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut fds = Vec::new();
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<i32>();
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if n == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+        Ok(Some(FdMessage {
+            len: n as usize,
+            fds,
+            truncated,
+        }))
+    }
+}
+
+/// A connected pair of SOCK_SEQPACKET Unix sockets, close-on-exec.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut sv = [0i32; 2];
+    let ty = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC;
+    // SAFETY: socketpair writes two descriptors into `sv`, which we then own.
+    unsafe {
+        check(libc::socketpair(libc::AF_UNIX, ty, 0, sv.as_mut_ptr()))?;
+        Ok((OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])))
+    }
+}
+
+/// Sets a socket's send timeout (SO_SNDTIMEO): a send blocked longer fails with EAGAIN.
+pub fn set_send_timeout(sock: BorrowedFd, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt reads one timeval that outlives the call.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}

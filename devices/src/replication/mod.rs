@@ -39,6 +39,7 @@
 pub mod effects;
 mod hostfs;
 mod in_doubt;
+mod input;
 mod link;
 mod primary;
 mod program;
@@ -76,6 +77,11 @@ pub struct Replication {
     tracer: OnceLock<Tracer>,
     /// Secondary: input bytes replayed per outside descriptor ([`in_doubt`]).
     replayed_input: in_doubt::ReplayedInput,
+    /// Secondary: the placeholders holding the primary's descriptors, and the program's
+    /// epoll interests ([`takeover`]).
+    held: takeover::Held,
+    /// The pair's output directory (the [`takeover::FDS_DUMP_ENV`] test hook writes there).
+    output_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Replication {
@@ -92,11 +98,14 @@ impl Replication {
     /// over `setup.peer`; the secondary receives and maps it.
     pub fn connect(setup: ReplicaSetup) -> Result<Arc<Self>, ReplicationError> {
         let host_files = hostfs::HostFiles::new(&setup.output_dir);
+        let output_dir = setup.output_dir.clone();
         Ok(Arc::new(Replication {
             endpoint: Endpoint::connect(setup)?,
             host_files,
             tracer: OnceLock::new(),
             replayed_input: Default::default(),
+            held: takeover::Held::default(),
+            output_dir,
         }))
     }
 
@@ -178,6 +187,78 @@ impl Replication {
                         s.reader(&*p);
                     }
                 });
+            if self.endpoint.secondary().is_some_and(|s| s.failover()) {
+                self.start_holding(process);
+            }
+        }
+    }
+
+    /// Secondary with failover: a thread receives the descriptors the primary passes, and
+    /// the program's standard descriptors hold the primary's (passed at connect).
+    fn start_holding(self: &Arc<Self>, process: &Arc<Process>) {
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("replica-handoff".into())
+            .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::Kind::Channel);
+                me.endpoint.receive_descriptors();
+            });
+        let Some(s) = self.endpoint.secondary() else {
+            return;
+        };
+        for fd in 0..3u32 {
+            let tag = replica::handoff::Tag::stdio(fd);
+            // Received at connect (Secondary::connect): no wait.
+            match s.take_descriptor(tag, Duration::ZERO) {
+                Ok(Some(primary)) => {
+                    if let Ok(f) = lock(&process.fds).get(fd as i64) {
+                        f.hold_takeover(primary);
+                        self.held.add(&f);
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => tracing::warn!(fd, "failover: {why}"),
+            }
+        }
+    }
+
+    /// Secondary: takes the primary's descriptor `index` of the current call, waiting
+    /// briefly for the receiver (it was sent before the call's record). `Ok(None)`:
+    /// no failover, or the primary had none.
+    fn primary_descriptor(
+        &self,
+        ctx: &SyscallCtx<'_>,
+        index: u32,
+    ) -> Result<Option<std::os::fd::OwnedFd>, String> {
+        let Some(s) = self.endpoint.secondary() else {
+            return Ok(None);
+        };
+        let tag = replica::handoff::Tag {
+            thread: det_tid(ctx),
+            event: ctx.thread.replicated_events,
+            index,
+        };
+        s.take_descriptor(tag, HANDOFF_WAIT)
+    }
+
+    /// Primary with failover: input from TCP connections is logged before it is consumed.
+    fn peeks_input(&self) -> bool {
+        self.endpoint
+            .primary()
+            .is_some_and(|p| p.passes_descriptors())
+    }
+
+    /// Secondary: the program's epoll_ctl succeeded; tracked for failover ([`takeover`]).
+    pub fn epoll_ctl_done(&self, epoll: i32, op: i32, target: i32, events: u32, data: u64) {
+        if self.role() == Role::Secondary {
+            lock(&self.held.epolls).ctl(epoll, op, target, events, data);
+        }
+    }
+
+    /// Secondary: the program made a new epoll of host number `epoll`.
+    pub fn epoll_created(&self, epoll: i32) {
+        if self.role() == Role::Secondary {
+            lock(&self.held.epolls).created(epoll);
         }
     }
 
@@ -216,6 +297,10 @@ impl Replication {
         stop_thread(ctx)
     }
 }
+
+/// How long the secondary waits for a descriptor whose record it replays: it was sent
+/// first, so only the receiver thread's scheduling can delay it.
+const HANDOFF_WAIT: Duration = Duration::from_secs(5);
 
 /// The calling thread's deterministic id.
 fn det_tid(ctx: &SyscallCtx<'_>) -> u32 {
@@ -335,6 +420,7 @@ pub fn serve(
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Secondary, _) if live => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
+            takeover::dump_at_exit(ctx.process, &rep.output_dir, false);
             primary::exit(rep, ctx, (a[0] & 0xff) as i64);
             local(ctx, &mut |c, a| handler(c, a))
         }
@@ -342,6 +428,7 @@ pub fn serve(
             if !secondary::exit(rep, ctx, (a[0] & 0xff) as i64) {
                 return stop_thread(ctx);
             }
+            takeover::dump_at_exit(ctx.process, &rep.output_dir, true);
             local(ctx, &mut |c, a| handler(c, a))
         }
         (Role::Primary, Treatment::Recorded) => {
@@ -352,12 +439,25 @@ pub fn serve(
             // alike in both replicas, and on the secondary those never reach the replay
             // that would take the record.
             let mut served = false;
+            // Failover: TCP input is peeked, logged, then discarded (`input`).
+            let peek = rep.peeks_input().then(|| input::peek_for(ctx, a)).flatten();
+            let mut peeked = None;
             let r = local(ctx, &mut |c, a| {
                 served = true;
-                handler(c, a)
+                match &peek {
+                    Some(p) => {
+                        let (r, reader) = p.serve(c, a, handler);
+                        peeked = reader;
+                        r
+                    }
+                    None => handler(c, a),
+                }
             });
             if served {
                 primary::recorded(rep, ctx, a, &plan, to_ret(&r));
+            }
+            if let (Some(p), Some(_reader), Ok(n)) = (&peek, peeked, &r) {
+                p.consume(*n);
             }
             r
         }

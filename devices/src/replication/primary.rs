@@ -3,6 +3,8 @@
 //! ([`replica::call`]); descriptors its recorded calls create reach outside the program, and
 //! the signal to deliver after it is picked here, so that its record can name it.
 
+use std::os::fd::AsFd;
+
 use super::{effects, Replication};
 use crate::sync::lock;
 use crate::syscalls::{SyscallCtx, ThreadAction};
@@ -24,13 +26,13 @@ pub(super) fn recorded(
     plan: &effects::Plan,
     ret: i64,
 ) {
+    ctx.thread.replicated_events += 1;
     if ret >= 0 {
-        mark_external(ctx, a, ret);
+        mark_external(rep, ctx, a, ret);
     }
     let ranges = effects::written(ctx.process, ctx.nr, a, plan, ret);
     let writes = effects::capture(ctx.process, &ranges);
     let signal = announce_signal(ctx);
-    ctx.thread.replicated_events += 1;
     if let Some(p) = rep.endpoint.primary() {
         p.record_syscall(&*ctx, ret, signal, writes, ctx.reentry_at);
     }
@@ -52,9 +54,10 @@ pub(super) fn compared(
     }
 }
 
-/// Primary: descriptors that recorded calls create reach outside the program.
+/// Primary: descriptors that recorded calls create reach outside the program; under
+/// failover their host descriptors go to the secondary before the call's record does.
 #[allow(non_upper_case_globals)]
-fn mark_external(ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
+fn mark_external(rep: &Replication, ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
     use libc::*;
     let fds: Vec<i64> = match ctx.nr as i64 {
         SYS_socket | SYS_accept | SYS_accept4 | SYS_timerfd_create => vec![ret],
@@ -65,11 +68,20 @@ fn mark_external(ctx: &SyscallCtx<'_>, a: [u64; 6], ret: i64) {
         _ if super::hostfs::opens_descriptor(ctx.nr) => vec![ret],
         _ => return,
     };
-    let t = lock(&ctx.process.fds);
-    for fd in fds {
-        if let Ok(f) = t.get(fd) {
-            f.mark_external();
-        }
+    let files: Vec<_> = {
+        let t = lock(&ctx.process.fds);
+        fds.iter().map(|&fd| t.get(fd).ok()).collect()
+    };
+    for f in files.iter().flatten() {
+        f.mark_external();
+    }
+    if let Some(p) = rep.endpoint.primary() {
+        // The OpenFiles keep the host numbers open while they are sent.
+        let host: Vec<_> = files
+            .iter()
+            .map(|f| f.as_ref().map(|f| f.host.as_fd()))
+            .collect();
+        p.pass_descriptors(super::det_tid(ctx), ctx.thread.replicated_events, &host);
     }
 }
 

@@ -61,7 +61,7 @@ pub(super) fn replay(
         }
     };
     if replay.ret >= 0 {
-        if let Err(why) = placeholders(ctx, a, replay.ret) {
+        if let Err(why) = placeholders(rep, ctx, a, replay.ret) {
             return rep.descriptor_mismatch(ctx, replay.ret, why);
         }
         if super::hostfs::binds_own_file(&rep.host_files, ctx.process, ctx.nr, a) {
@@ -147,9 +147,15 @@ fn deliver_after(ctx: &mut SyscallCtx<'_>, sig: i32) {
     ctx.thread.signal_after = Some(sig);
 }
 
-/// Descriptors the primary's call created get placeholders at the same numbers.
+/// Descriptors the primary's call created get placeholders at the same numbers, holding
+/// the primary's own descriptors under failover.
 #[allow(non_upper_case_globals)]
-fn placeholders(ctx: &mut SyscallCtx<'_>, a: [u64; 6], ret: i64) -> Result<(), String> {
+fn placeholders(
+    rep: &Replication,
+    ctx: &mut SyscallCtx<'_>,
+    a: [u64; 6],
+    ret: i64,
+) -> Result<(), String> {
     use libc::*;
     let (fds, cloexec): (Vec<i64>, bool) = match ctx.nr as i64 {
         SYS_socket => (vec![ret], a[1] & SOCK_CLOEXEC as u64 != 0),
@@ -172,7 +178,8 @@ fn placeholders(ctx: &mut SyscallCtx<'_>, a: [u64; 6], ret: i64) -> Result<(), S
         }
         _ => return Ok(()),
     };
-    for want in fds {
+    for (index, want) in fds.into_iter().enumerate() {
+        let primary = rep.primary_descriptor(ctx, index as u32)?;
         // SAFETY: creating a socket; the result is checked and owned below.
         let raw = unsafe { libc::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -183,11 +190,16 @@ fn placeholders(ctx: &mut SyscallCtx<'_>, a: [u64; 6], ret: i64) -> Result<(), S
         }
         // SAFETY: raw was just created and is ours.
         let host = unsafe { OwnedFd::from_raw_fd(raw) };
+        let holds = primary.is_some();
+        let file = Arc::new(OpenFile::placeholder(host, primary));
+        if holds {
+            rep.held.add(&file);
+        }
         // At the primary's number, not the lowest free one. An accept's waits for the
         // call's re-entry turn, as the primary's did (ParkedFd).
         if matches!(ctx.nr as i64, SYS_accept | SYS_accept4) && ctx.process.det.get().is_some() {
             ctx.thread.parked_fd = Some(ParkedFd {
-                file: Arc::new(OpenFile::external(host)),
+                file,
                 cloexec,
                 at: Some(want),
             });
@@ -199,7 +211,7 @@ fn placeholders(ctx: &mut SyscallCtx<'_>, a: [u64; 6], ret: i64) -> Result<(), S
                 "the primary's call returned descriptor {want}, which is still open in the secondary"
             ));
         }
-        fds.install_at(want, Arc::new(OpenFile::external(host)), cloexec)
+        fds.install_at(want, file, cloexec)
             .map_err(|e| format!("cannot install a placeholder at {want}: errno {}", e.0))?;
     }
     Ok(())

@@ -233,8 +233,16 @@ pub const GUEST_SERVICE: &[Row] = &[
 ];
 
 /// The replica threads: the secondary's channel reader and the status thread that
-/// publishes counters and, when asked, writes the stall description file.
+/// publishes counters and, when asked, writes the stall description file. The reader also
+/// takes over from a dead primary (failover): its descriptors replace the placeholders
+/// (dup3), epoll interests are registered again, and TCP counters are read (TCP_INFO,
+/// SIOCINQ) to drop input the primary logged but did not consume (recvfrom MSG_TRUNC).
 pub const CHANNEL: &[Row] = &[
+    (SYS_dup3, ANY),
+    (SYS_epoll_ctl, ANY),
+    (SYS_getsockopt, ANY),
+    (SYS_fcntl, ANY),
+    (SYS_ioctl, Args::Ioctl(&[0x541B /* FIONREAD */, 0x5411 /* TIOCOUTQ */])),
     (SYS_open, ANY),
     (SYS_openat, ANY),
     (SYS_recvmsg, ANY),

@@ -263,6 +263,9 @@ fn epoll_create1(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         libc::SYS_epoll_create1,
         [a[0] | libc::EPOLL_CLOEXEC as u64, 0, 0, 0, 0, 0],
     )?;
+    if let Some(rep) = ctx.process.replication.get() {
+        rep.epoll_created(fd as i32);
+    }
     install(ctx, fd, a[0] & libc::EPOLL_CLOEXEC as u64 != 0)
 }
 
@@ -271,10 +274,26 @@ fn epoll_ctl(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let target = file(ctx, a[2])?;
     // struct epoll_event is packed: u32 events, u64 data; data is opaque to us.
     let ev = opt_buf(ctx, a[3], 12, Access::Read)?;
-    sc(
+    let r = sc(
         libc::SYS_epoll_ctl,
         [ep.raw() as u64, a[1], target.raw() as u64, ev as u64, 0, 0],
-    )
+    )?;
+    // A pair's secondary registers the primary's descriptors again when it takes them over
+    // (replication::takeover), so it tracks what the program registered for them.
+    if let Some(rep) = ctx.process.replication.get() {
+        if target.holds_takeover() {
+            let ev: [u8; 12] = match a[3] {
+                0 => [0; 12],
+                gva => ctx.process.mem.read_obj(gva).unwrap_or([0; 12]),
+            };
+            let events = u32::from_le_bytes([ev[0], ev[1], ev[2], ev[3]]);
+            let mut data = [0u8; 8];
+            data.copy_from_slice(&ev[4..]);
+            let data = u64::from_le_bytes(data);
+            rep.epoll_ctl_done(ep.raw(), a[1] as i32, target.raw(), events, data);
+        }
+    }
+    Ok(r)
 }
 
 fn epoll_pwait(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {

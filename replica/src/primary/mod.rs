@@ -9,12 +9,13 @@
 
 mod call;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use det::record::RecordKind;
 
+use crate::handoff::{self, HandoffError, Tag};
 use crate::status::{Counter, StatusPage};
 use crate::sync::lock;
 use crate::wire::{self, EndInfo, ThreadRecord};
@@ -34,18 +35,41 @@ pub struct Primary {
     status: Arc<StatusPage>,
     /// Fault injection ([`CORRUPT_ENV`]): the record number to corrupt, counted from 1.
     corrupt_at: Option<u64>,
+    /// Failover: the descriptor channel's end ([`crate::handoff`]); None without failover.
+    handoff: Option<OwnedFd>,
 }
 
 impl Primary {
     /// Creates the channel and sends its memfd to the secondary over `peer`, whose hang-up
-    /// then tells the primary that the secondary is gone.
+    /// then tells the primary that the secondary is gone. With `failover`, also the
+    /// descriptor channel's other end, and over it this process's standard descriptors
+    /// (the host descriptions behind the program's 0, 1 and 2).
     pub fn connect(
         peer: OwnedFd,
         channel: ChannelConfig,
         status: Arc<StatusPage>,
+        failover: bool,
     ) -> Result<Self, ChannelError> {
         let (producer, memfd) = crate::Channel::create_with(channel)?;
         crate::send_fd(peer.as_fd(), memfd.as_fd())?;
+        let handoff = if failover {
+            let (ours, theirs) = handoff::pair().map_err(handoff_io)?;
+            crate::send_fd(peer.as_fd(), theirs.as_fd())?;
+            // Exactly STDIO_MESSAGES messages, before any other: the secondary reads them
+            // at connect. A closed one goes as an empty message.
+            for fd in 0..handoff::STDIO_MESSAGES as i32 {
+                // SAFETY: F_GETFD only asks whether the number is open.
+                let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+                // SAFETY: `fd` is open (checked above) and stays open for this call: the
+                // standard descriptors are closed by nobody in the VMM.
+                let std = open.then(|| unsafe { BorrowedFd::borrow_raw(fd) });
+                let fds: Vec<BorrowedFd> = std.into_iter().collect();
+                handoff::send(ours.as_fd(), Tag::stdio(fd as u32), &fds).map_err(handoff_io)?;
+            }
+            Some(ours)
+        } else {
+            None
+        };
         let producer = producer.watch_socket(peer);
         Ok(Primary {
             producer: Mutex::new(Some(producer)),
@@ -53,7 +77,47 @@ impl Primary {
             error: Mutex::new(None),
             status,
             corrupt_at: std::env::var(CORRUPT_ENV).ok().and_then(|v| v.parse().ok()),
+            handoff,
         })
+    }
+
+    /// Whether it passes its outside descriptors to the secondary (failover).
+    pub fn passes_descriptors(&self) -> bool {
+        self.handoff.is_some()
+    }
+
+    /// Failover: passes the descriptors det thread `thread`'s replicated event `event`
+    /// created (`None`: closed before it could be passed) to the secondary, before that
+    /// event's record is sent. A failure breaks replication, as a full ring does: a record
+    /// whose descriptors the secondary cannot have must not be sent.
+    pub fn pass_descriptors(&self, thread: u32, event: u64, fds: &[Option<BorrowedFd>]) {
+        let Some(sock) = &self.handoff else { return };
+        if self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let first = Tag {
+            thread,
+            event,
+            index: 0,
+        };
+        let all: Option<Vec<BorrowedFd>> = fds.iter().copied().collect();
+        let sent = match all {
+            Some(all) if all.len() <= handoff::MAX_FDS_PER_MESSAGE => {
+                handoff::send(sock.as_fd(), first, &all)
+            }
+            _ => fds.iter().enumerate().try_for_each(|(i, fd)| {
+                let tag = Tag {
+                    index: i as u32,
+                    ..first
+                };
+                let one: Vec<BorrowedFd> = fd.iter().copied().collect();
+                handoff::send(sock.as_fd(), tag, &one)
+            }),
+        };
+        if let Err(e) = sent {
+            lock(&self.producer).take();
+            self.broke(format!("cannot pass descriptors to the secondary: {e}"));
+        }
     }
 
     /// Why the channel broke, if it did (the secondary died or lagged out).
@@ -133,5 +197,13 @@ impl Primary {
             }
             _ => self.send(rec.kind(), &buf),
         }
+    }
+}
+
+/// A descriptor channel failure at connect, as the channel's I/O error.
+fn handoff_io(e: HandoffError) -> ChannelError {
+    match e {
+        HandoffError::Io(io) => ChannelError::Io(io),
+        other => ChannelError::Io(std::io::Error::other(other.to_string())),
     }
 }

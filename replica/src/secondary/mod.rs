@@ -32,6 +32,7 @@ use det::{DetTid, TurnError};
 
 use crate::call::InDoubt;
 use crate::findings::{AgreedEvent, Mismatch, SecondaryFindings, HISTORY};
+use crate::handoff::{Held, Tag};
 use crate::program::Program;
 use crate::setup::ReplicationError;
 use crate::status::{Counter, StatusPage};
@@ -73,6 +74,10 @@ pub struct Secondary {
     /// Per thread: the intent of the output it is comparing, until that output's record
     /// arrives; what is left at the takeover is in doubt.
     in_doubt: Mutex<HashMap<u32, InDoubt>>,
+    /// Failover: the descriptor channel's end, until the receiver thread takes it.
+    handoff: Mutex<Option<OwnedFd>>,
+    /// Failover: the descriptors the primary passed, until the replay takes them.
+    held: Option<Held>,
 }
 
 impl Secondary {
@@ -85,6 +90,24 @@ impl Secondary {
         failover: bool,
     ) -> Result<Self, ReplicationError> {
         let memfd = crate::recv_fd(peer.as_fd())?;
+        let handoff = if failover {
+            Some(crate::recv_fd(peer.as_fd())?)
+        } else {
+            None
+        };
+        // The standard descriptors come first, right after the socket: read here, so that
+        // the program's 0, 1 and 2 hold them before it starts, whatever the receiver
+        // thread's scheduling.
+        let held = match &handoff {
+            Some(sock) => {
+                let held = Held::new();
+                held.receive_first(sock.as_fd(), crate::handoff::STDIO_MESSAGES)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .map_err(crate::ChannelError::Io)?;
+                Some(held)
+            }
+            None => None,
+        };
         let mut consumer = Consumer::attach(memfd)?.watch_socket(peer);
         // An idle server sends nothing for as long as it likes; a dead primary is
         // noticed by the socket's hang-up instead.
@@ -109,6 +132,8 @@ impl Secondary {
             going_live: AtomicBool::new(false),
             live: AtomicBool::new(false),
             in_doubt: Mutex::default(),
+            held,
+            handoff: Mutex::new(handoff),
         })
     }
 
@@ -133,6 +158,8 @@ impl Secondary {
             going_live: AtomicBool::new(false),
             live: AtomicBool::new(false),
             in_doubt: Mutex::default(),
+            handoff: Mutex::new(None),
+            held: None,
         }
     }
 
@@ -149,6 +176,28 @@ impl Secondary {
     /// Whether it goes live when the primary dies (failover).
     pub fn failover(&self) -> bool {
         self.failover
+    }
+
+    /// Failover: receives the descriptors the primary passes until its end closes (run by
+    /// a thread of its own from the start, so the primary never blocks on a full socket).
+    /// Err: a malformed message or a failed socket, to report as a channel error.
+    pub fn receive_descriptors(&self) -> Result<(), String> {
+        let Some(held) = &self.held else {
+            return Ok(());
+        };
+        let Some(sock) = lock(&self.handoff).take() else {
+            return Ok(());
+        };
+        held.receive(sock.as_fd()).map_err(|e| e.to_string())
+    }
+
+    /// Failover: takes the primary's descriptor `tag`, waiting up to `wait` for it.
+    /// `Ok(None)`: none (no failover, or the primary had closed it). Err: it did not come.
+    pub fn take_descriptor(&self, tag: Tag, wait: Duration) -> Result<Option<OwnedFd>, String> {
+        match &self.held {
+            Some(held) => held.take(tag, wait),
+            None => Ok(None),
+        }
     }
 
     /// What it found so far.
