@@ -480,11 +480,13 @@ fn a_50_mb_download_from_nginx_survives_a_primary_kill() {
             .args(["-sSf", "-m", "20", &format!("http://127.0.0.1:{port}/")])
             .output()
             .unwrap();
-        assert!(
-            page.status.success(),
-            "{what}: curl after the failover: {}",
-            stderr(&page)
-        );
+        if !page.status.success() {
+            panic!(
+                "{what}: curl after the failover: {}; {}",
+                stderr(&page),
+                pair_end(pair, out.path())
+            );
+        }
         let index = std::fs::read(image_root("nginx").join("srv/www/index.html")).unwrap();
         assert_eq!(
             page.stdout, index,
@@ -517,13 +519,15 @@ function done(summary, latency, requests)
 end
 "#;
 
-/// civetweb under wrk (8 keep-alive connections, 4 s) with the primary killed 1 to 2.5 s in.
+/// civetweb under wrk (8 keep-alive connections, 6 s) with the primary killed 1 to 2.5 s in.
 ///
 /// Allowed: no socket error of any kind (connect, read, write, timeout) and no response that
 /// is not the file, byte for byte. The issue promises that clients see no reset and that no
 /// output is lost or repeated; wrk's connections are all open long before the kill, so the
 /// one window the design leaves (a connection the primary accepted but never passed on)
-/// cannot arise, and wrk's timeout (5 s) is 25 times the aim for the stall (200 ms).
+/// cannot arise. wrk's timeout (2 s) is 10 times the aim for the stall (200 ms), and the run
+/// goes on at least 3.5 s after the kill, so a server that stalls shows as timeouts (with a
+/// longer timeout than what is left of the run, requests stuck at the end count as nothing).
 #[test]
 fn civetweb_under_wrk_survives_a_primary_kill() {
     let _turn = one_pair_at_a_time();
@@ -566,7 +570,7 @@ fn civetweb_under_wrk_survives_a_primary_kill() {
         });
         let url = format!("http://127.0.0.1:{port}/50k.html");
         let mut wrk = Command::new("wrk");
-        wrk.args(["-t2", "-c8", "-d4s", "--timeout", "5s", "-s"])
+        wrk.args(["-t2", "-c8", "-d6s", "--timeout", "2s", "-s"])
             .arg(&script)
             .arg(&url)
             .arg("--")
@@ -603,11 +607,13 @@ fn civetweb_under_wrk_survives_a_primary_kill() {
             .args(["-sSf", "-m", "20", &url])
             .output()
             .unwrap();
-        assert!(
-            page.status.success(),
-            "{what}: curl after the failover: {}",
-            stderr(&page)
-        );
+        if !page.status.success() {
+            panic!(
+                "{what}: curl after the failover: {}; {}",
+                stderr(&page),
+                pair_end(pair, out.path())
+            );
+        }
         assert_eq!(page.stdout, std::fs::read(&file).unwrap(), "{what}");
         stop_pair(pair, port, &what);
         assert_failed_over(out.path(), "primary", &what);

@@ -242,7 +242,10 @@ pub const CHANNEL: &[Row] = &[
     (SYS_epoll_ctl, ANY),
     (SYS_getsockopt, ANY),
     (SYS_fcntl, ANY),
-    (SYS_ioctl, Args::Ioctl(&[0x541B /* FIONREAD */, 0x5411 /* TIOCOUTQ */])),
+    (
+        SYS_ioctl,
+        Args::Ioctl(&[0x541B /* FIONREAD */, 0x5411 /* TIOCOUTQ */]),
+    ),
     (SYS_open, ANY),
     (SYS_openat, ANY),
     (SYS_recvmsg, ANY),
