@@ -219,8 +219,13 @@ fn one_kill(ctx: &mut Ctx, workload: &str, mode: &str, out: &Path) -> Result<Kil
                 None => format!("{role} {words}"),
             });
         }
-        if let Err((_, e)) = measured {
-            why.push(format!("client: {e}"));
+        // What the client saw is worth saying even when the report does not count.
+        match measured {
+            Err((_, e)) => why.push(format!("client: {e}")),
+            Ok(g) => why.push(format!(
+                "client: every reply right, stall {:.1} ms, {:.0} replies/s before",
+                g.stall_ms, g.replies_per_sec
+            )),
         }
         return Err(problem(&outcome, why.join("; ")));
     }
