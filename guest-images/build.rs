@@ -22,6 +22,7 @@ const VARIANTS: &[&str] = &[
     "prodcons",
     "race_counter",
     "hostfiles",
+    "poolwrite",
 ];
 
 /// Programs built only as `<name>-dyn`: they use glibc parts that a static program cannot

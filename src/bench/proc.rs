@@ -34,25 +34,35 @@ pub(crate) struct Stopped {
     pub(crate) stderr: String,
 }
 
-/// The processes below `pid` (children first, then theirs), from
-/// /proc/PID/task/TID/children.
+/// The processes `pid` started, from /proc/PID/task/TID/children.
+pub(crate) fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for k in kids
+            .split_whitespace()
+            .filter_map(|k| k.parse::<u32>().ok())
+        {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
+    out
+}
+
+/// The processes below `pid` (children first, then theirs).
 fn descendants(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            for k in kids
-                .split_whitespace()
-                .filter_map(|k| k.parse::<u32>().ok())
-            {
-                if !out.contains(&k) {
-                    out.push(k);
-                    todo.push(k);
-                }
+        for k in children(p) {
+            if !out.contains(&k) {
+                out.push(k);
+                todo.push(k);
             }
         }
     }
@@ -75,6 +85,11 @@ impl Proc {
     /// Wraps a child this benchmark spawned.
     pub(crate) fn new(child: Child) -> Proc {
         Proc(Some(child))
+    }
+
+    /// Its PID, unless it was already waited for.
+    pub(crate) fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
     }
 
     /// Waits up to `timeout` for the process to exit by itself.

@@ -20,6 +20,9 @@ pub enum Which {
     /// Replication: single VM, `--det` and `ditto pair` (det, follow) on pbzip2, redis,
     /// nginx and mongoose, and the channel's throughput (`--only` also takes `channel`).
     Pair,
+    /// Failover: takeover time and client-visible stall over `--kills` primary kills, for
+    /// redis and nginx pairs in both modes (`--only redis|nginx`).
+    Failover,
 }
 
 /// Arguments of `ditto bench`.
@@ -34,13 +37,17 @@ pub struct BenchArgs {
     /// Shorter runs (servers: 10k requests, 3 s of wrk, 20 MB for pbzip2).
     #[arg(long)]
     pub quick: bool,
-    /// Servers: only this workload (pbzip2, redis, nginx or mongoose).
+    /// servers and pair: only this workload (pbzip2, redis, nginx or mongoose; pair also
+    /// channel); failover: redis or nginx.
     #[arg(long)]
     pub only: Option<String>,
     /// pair and servers: also write SVG charts into this directory (pair-overhead.svg;
     /// civetweb-threads.svg when civetweb is measured).
     #[arg(long, value_name = "DIR")]
     pub svg: Option<std::path::PathBuf>,
+    /// failover: primary kills per workload and mode (default 20; 3 with --quick).
+    #[arg(long, value_name = "N")]
+    pub kills: Option<usize>,
 }
 
 /// Runs a benchmark and prints its table.
@@ -61,5 +68,6 @@ pub fn main(args: &BenchArgs) -> ExitCode {
         Which::Pair => {
             bench::pair::main(args.quick, args.only.as_deref(), reps, args.svg.as_deref())
         }
+        Which::Failover => bench::failover::main(args.quick, args.only.as_deref(), args.kills),
     }
 }

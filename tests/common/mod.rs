@@ -189,6 +189,14 @@ impl ServerProc {
         ServerProc { child: Some(child) }
     }
 
+    /// The ditto process's PID (while it has not been waited for).
+    pub fn id(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("the process was already waited for")
+            .id()
+    }
+
     /// Waits (at most 60 s) until 127.0.0.1:`port` accepts connections.
     pub fn wait_port(&mut self, port: u16) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -217,6 +225,45 @@ impl ServerProc {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         child.wait_with_output().unwrap()
+    }
+
+    /// Sends `sig` to the ditto process and waits (at most `secs`) for it to end; if it
+    /// does not, SIGKILLs the processes it started (a pair's replicas, found under /proc)
+    /// and then it. Its output, and whether it had to be killed. Never panics: for tests
+    /// that want to say more than "it did not stop".
+    pub fn stop_or_kill(mut self, sig: i32, secs: u64) -> (Output, bool) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id();
+        // SAFETY: signalling a child process this test started (not yet waited for).
+        unsafe { libc::kill(pid as i32, sig) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let mut killed = false;
+        while child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                killed = true;
+                let mut kids = Vec::new();
+                for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .into_iter()
+                    .flatten()
+                {
+                    let Ok(t) = t else { continue };
+                    let text =
+                        std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                    kids.extend(
+                        text.split_whitespace()
+                            .filter_map(|k| k.parse::<i32>().ok()),
+                    );
+                }
+                for k in kids {
+                    // SAFETY: a process that our child started, read from /proc just now.
+                    unsafe { libc::kill(k, libc::SIGKILL) };
+                }
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (child.wait_with_output().unwrap(), killed)
     }
 
     /// Sends `sig` to the ditto process and waits (at most 20 s) for it to end.

@@ -484,7 +484,7 @@ fn stop(p: Proc, cfg: Config, out: &Path, ended_already_said: bool) -> Option<St
 
 /// The host cores for the primary (and the single VM) and for the secondary: each half of
 /// the online cores, as `ditto pair` core lists.
-fn core_split() -> (String, String) {
+pub(crate) fn core_split() -> (String, String) {
     // SAFETY: sysconf has no preconditions.
     let n = (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as usize;
     let half = (n / 2).max(1);
