@@ -418,6 +418,22 @@ pub fn serve(
     let live = rep.role() == Role::Secondary && rep.endpoint.is_live();
     let result = match (rep.role(), how) {
         (_, Treatment::Local) => local(ctx, &mut |c, a| handler(c, a)),
+        (Role::Secondary, Treatment::Compared) if live => {
+            // The output the takeover let on may be one the primary had announced.
+            let doubt = rep
+                .endpoint
+                .secondary()
+                .and_then(|s| s.take_in_doubt(det_tid(ctx), ctx.nr));
+            match doubt {
+                Some(doubt) => {
+                    let ours = effects::would_output(ctx.process, ctx.nr, a).unwrap_or_default();
+                    local(ctx, &mut |c, a| {
+                        in_doubt::complete(rep, c, a, &ours, doubt, handler)
+                    })
+                }
+                None => local(ctx, &mut |c, a| handler(c, a)),
+            }
+        }
         (Role::Secondary, _) if live => local(ctx, &mut |c, a| handler(c, a)),
         (Role::Primary, Treatment::Exit) => {
             takeover::dump_at_exit(ctx.process, &rep.output_dir, false);

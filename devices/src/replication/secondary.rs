@@ -104,7 +104,7 @@ pub(super) fn compare(
     };
     let Some(out) = s.compare_output(&*ctx, &ours) else {
         if s.is_live() {
-            return match s.take_in_doubt(super::det_tid(ctx)) {
+            return match s.take_in_doubt(super::det_tid(ctx), ctx.nr) {
                 Some(doubt) => super::in_doubt::complete(rep, ctx, a, &ours, doubt, handler),
                 None => handler(ctx, a),
             };

@@ -19,6 +19,7 @@ use crate::call::InDoubt;
 use crate::findings::{Mismatch, Takeover};
 use crate::program::Program;
 use crate::sync::lock;
+use crate::wire::ThreadRecord;
 
 /// How often the drain looks at the threads' progress: it bounds the takeover time.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
@@ -57,11 +58,42 @@ impl Secondary {
 
     /// Live: the output `tid` was comparing when the primary died, if the primary had
     /// announced it (it may have been done in part or in full). Taken once.
-    pub fn take_in_doubt(&self, tid: u32) -> Option<InDoubt> {
+    ///
+    /// Also an intent still queued for the thread, whose output the schedule held back
+    /// until the takeover: the thread's next Compared call, live, is that output (`nr`).
+    pub fn take_in_doubt(&self, tid: u32, nr: u64) -> Option<InDoubt> {
         if !self.is_live() {
             return None;
         }
-        lock(&self.in_doubt).remove(&tid)
+        if let Some(d) = lock(&self.in_doubt).remove(&tid) {
+            return Some(d);
+        }
+        let mut q = lock(&self.queues);
+        let queue = q.by_tid.get_mut(&tid)?;
+        match queue.front() {
+            Some((
+                _,
+                ThreadRecord::Intent {
+                    nr: intent_nr,
+                    fd,
+                    stream,
+                    position,
+                    size,
+                    ..
+                },
+                _,
+            )) if u64::from(*intent_nr) == nr => {
+                let d = InDoubt {
+                    fd: *fd,
+                    stream: *stream,
+                    position: *position,
+                    size: *size,
+                };
+                queue.pop_front();
+                Some(d)
+            }
+            _ => None,
+        }
     }
 
     /// Live: an output in doubt was resolved; `skipped` of its bytes had been done by the
@@ -95,7 +127,7 @@ impl Secondary {
             if program.exiting() || self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let (empty, next) = {
+            let (empty, only_intents, next) = {
                 let q = lock(&self.queues);
                 for cv in q.cvs.values() {
                     cv.notify_all();
@@ -110,7 +142,15 @@ impl Secondary {
                     .take(3)
                     .collect::<Vec<_>>()
                     .join(", ");
-                (q.all_empty(), next)
+                // A thread whose one remaining record is the intent of an output may be
+                // held back by the schedule before it gets to that output (a turn the
+                // primary died before taking, the det gate): only going live lets it on.
+                let only_intents = q.by_tid.values().all(|d| {
+                    d.is_empty()
+                        || (d.len() == 1
+                            && matches!(d.front(), Some((_, ThreadRecord::Intent { .. }, _))))
+                });
+                (q.all_empty(), only_intents, next)
             };
             let now = progress();
             if now != last {
@@ -118,7 +158,8 @@ impl Secondary {
                 still_since = Instant::now();
             }
             let turns_left = program.turns_held().unwrap_or(0);
-            if empty && (turns_left == 0 || still_since.elapsed() >= TURNS_SETTLE) {
+            let settled = still_since.elapsed() >= TURNS_SETTLE;
+            if (empty && (turns_left == 0 || settled)) || (only_intents && settled) {
                 break;
             }
             if !empty && still_since.elapsed() >= DRAIN_STALL {
@@ -210,7 +251,7 @@ mod tests {
         assert!(s.is_live());
         assert!(call.program.went_live.load(Ordering::Relaxed));
         assert_eq!(
-            s.take_in_doubt(0),
+            s.take_in_doubt(0, WRITE),
             Some(InDoubt {
                 fd: 5,
                 stream: Stream::Tcp,
@@ -218,7 +259,7 @@ mod tests {
                 size: 0
             })
         );
-        assert_eq!(s.take_in_doubt(0), None, "taken once");
+        assert_eq!(s.take_in_doubt(0, WRITE), None, "taken once");
         s.resolved_in_doubt(3);
         let t = s.findings().takeover.expect("takeover in the findings");
         assert_eq!(t.records_drained, 1);
@@ -234,6 +275,6 @@ mod tests {
         let status = Arc::new(StatusPage::create().expect("status page"));
         let s = Secondary::unconnected(dir.path().into(), status);
         assert!(!s.is_live() && !s.draining());
-        assert_eq!(s.take_in_doubt(0), None);
+        assert_eq!(s.take_in_doubt(0, 1), None);
     }
 }
