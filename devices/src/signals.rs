@@ -177,6 +177,10 @@ pub struct Signals {
     /// deliveries arrive from the primary's log through [`inject`](Self::inject)); only a
     /// default action that ends the program still takes effect.
     replay_only: AtomicBool,
+    /// Signals from outside the VMM (the supervisor forwards a stop to a secondary whose
+    /// primary died) that came while [`replay_only`](Self::replay_only) was set: held for
+    /// the takeover, when the program's signals are its own again.
+    held_from_host: Mutex<Vec<i32>>,
 }
 
 impl Signals {
@@ -258,9 +262,29 @@ impl Signals {
         self.replay_only.store(true, Ordering::Relaxed);
     }
 
-    /// Failover: the secondary went live; signals are its own again.
-    pub fn end_replay_only(&self) {
+    /// Failover: the secondary went live; signals are its own again. Returns the signals
+    /// from outside that were held meanwhile ([`from_host`](Self::from_host)), for the
+    /// caller to send now.
+    pub fn end_replay_only(&self) -> Vec<i32> {
+        let mut held = lock(&self.held_from_host);
         self.replay_only.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *held)
+    }
+
+    /// A signal from outside the VMM for the whole process: as
+    /// [`send_process`](Self::send_process), but a pair's secondary holds it until it goes
+    /// live (only the dead primary's supervisor sends it one), instead of dropping it.
+    pub fn from_host(&self, sig: i32, act: SigAction) -> Fate {
+        {
+            let mut held = lock(&self.held_from_host);
+            if self.replay_only.load(Ordering::Relaxed) {
+                if !held.contains(&sig) {
+                    held.push(sig);
+                }
+                return Fate::Queued(None);
+            }
+        }
+        self.send_process(sig, act)
     }
 
     /// Queues `sig` for `tid` as the primary delivered it (the secondary of a pair).

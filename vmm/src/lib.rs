@@ -340,7 +340,7 @@ fn forward_signals(process: Arc<Process>) -> Result<std::thread::JoinHandle<()>,
                 // SAFETY: waiting on our own blocked set with a timeout.
                 let s = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
                 if s > 0 {
-                    match process.signals.send_process(s, process.sigaction(s)) {
+                    match process.signals.from_host(s, process.sigaction(s)) {
                         Fate::Terminate => process.finish(ExitReason::Signaled {
                             signal: s,
                             report: String::new(),

@@ -81,7 +81,18 @@ impl Program for Process {
             );
         }
         self.fs.go_live();
-        self.signals.end_replay_only();
+        for sig in self.signals.end_replay_only() {
+            // Held while the secondary replayed: a stop the supervisor forwarded once the
+            // primary died. The signal pump kicks the thread that takes it.
+            if let crate::signals::Fate::Terminate =
+                self.signals.send_process(sig, self.sigaction(sig))
+            {
+                self.finish(ExitReason::Signaled {
+                    signal: sig,
+                    report: String::new(),
+                });
+            }
+        }
         went
     }
 }

@@ -213,6 +213,12 @@ impl MutEventSubscriber for ReplicaExit {
             Which::Primary => {
                 pair.primary_exit = Some(status);
                 pair.primary_done_at = Some(Instant::now());
+                // A stop signal forwarded to a primary that then died (killed before it
+                // could act on it) was lost with it: the survivor gets it.
+                if pair.secondary_takes_over() && pair.forwarded != 0 {
+                    // SAFETY: signalling our unreaped child, the secondary.
+                    unsafe { libc::kill(pair.secondary.id() as libc::pid_t, pair.forwarded) };
+                }
             }
             Which::Secondary => pair.secondary_exit = Some(status),
         }

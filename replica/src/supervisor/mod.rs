@@ -419,7 +419,11 @@ pub fn supervise(plan: Plan) -> Result<Report, String> {
         Outcome::ChannelError
     } else if failed_over {
         Outcome::FailedOver
-    } else if !primary_ok && forwarded == 0 {
+    } else if !primary_ok
+        && (forwarded == 0 || pair.death.as_ref().is_some_and(|d| d.died == Died::Primary))
+    {
+        // A VMM never dies of a forwarded signal (it takes them as the program's), so a
+        // primary killed after one was forwarded still died.
         if report.primary.error.is_none() {
             report.primary.error = Some(format!("the primary {p_desc}"));
         }
