@@ -127,21 +127,11 @@ impl Secondary {
             if program.exiting() || self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let (empty, only_intents, next) = {
+            let (empty, only_intents) = {
                 let q = lock(&self.queues);
                 for cv in q.cvs.values() {
                     cv.notify_all();
                 }
-                let next = q
-                    .by_tid
-                    .iter()
-                    .filter_map(|(t, d)| {
-                        d.front()
-                            .map(|(_, r, _)| format!("thread {t}: {}", r.describe()))
-                    })
-                    .take(3)
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 // A thread whose one remaining record is the intent of an output may be
                 // held back by the schedule before it gets to that output (a turn the
                 // primary died before taking, the det gate): only going live lets it on.
@@ -150,7 +140,7 @@ impl Secondary {
                         || (d.len() == 1
                             && matches!(d.front(), Some((_, ThreadRecord::Intent { .. }, _))))
                 });
-                (q.all_empty(), only_intents, next)
+                (q.all_empty(), only_intents)
             };
             let now = progress();
             if now != last {
@@ -163,6 +153,7 @@ impl Secondary {
                 break;
             }
             if !empty && still_since.elapsed() >= DRAIN_STALL {
+                let next = lock(&self.queues).heads(3);
                 self.mismatch(
                     program,
                     Mismatch {

@@ -23,6 +23,20 @@ pub struct Queues {
 }
 
 impl Queues {
+    /// The records at the heads of the first `n` non-empty queues, for a report: "thread
+    /// T: what, ...".
+    pub fn heads(&self, n: usize) -> String {
+        self.by_tid
+            .iter()
+            .filter_map(|(t, d)| {
+                d.front()
+                    .map(|(_, r, _)| format!("thread {t}: {}", r.describe()))
+            })
+            .take(n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The condition variable of `tid`'s queue.
     pub fn cv(&mut self, tid: u32) -> Arc<Condvar> {
         self.cvs.entry(tid).or_default().clone()

@@ -194,16 +194,7 @@ impl Secondary {
                 let (pending, first) = {
                     let q = lock(&self.queues);
                     let pending: usize = q.by_tid.values().map(|q| q.len()).sum();
-                    let first = q
-                        .by_tid
-                        .iter()
-                        .filter_map(|(t, d)| {
-                            d.front()
-                                .map(|(_, r, _)| format!("thread {t}: {}", r.describe()))
-                        })
-                        .take(3)
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let first = q.heads(3);
                     (pending, first)
                 };
                 self.mismatch(
