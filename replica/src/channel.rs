@@ -29,6 +29,7 @@ use det::record::RecordError;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -191,7 +192,8 @@ impl fmt::Display for Stats {
 struct Ring {
     map: sys::Mapping,
     mask: u64,
-    peer_sock: Option<OwnedFd>,
+    /// Set once, before the ring is shared with an [`AckWatch`].
+    peer_sock: std::sync::OnceLock<OwnedFd>,
     timeout: Option<Duration>,
     spin: u32,
 }
@@ -238,7 +240,7 @@ impl Ring {
 
     fn peer_hung_up(&self) -> bool {
         self.peer_sock
-            .as_ref()
+            .get()
             .is_some_and(|s| sys::hung_up(s.as_fd()))
     }
 
@@ -307,7 +309,7 @@ impl Channel {
         let ring = Ring {
             map,
             mask: cap as u64 - 1,
-            peer_sock: None,
+            peer_sock: std::sync::OnceLock::new(),
             timeout: config.peer_timeout,
             spin: config.spin,
         };
@@ -327,7 +329,10 @@ impl Channel {
             tail_seen: 0,
             acked_seen: 0,
         };
-        let producer = Producer { ring, cur };
+        let producer = Producer {
+            ring: Arc::new(ring),
+            cur,
+        };
         Ok((producer, fd))
     }
 }
@@ -355,7 +360,7 @@ mod consumer;
 mod producer;
 
 pub use consumer::Consumer;
-pub use producer::Producer;
+pub use producer::{AckWatch, Producer};
 use producer::WriteCursor;
 
 #[cfg(test)]

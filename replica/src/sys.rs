@@ -54,6 +54,11 @@ pub struct Mapping {
 // SAFETY: the mapping is plain memory; who may touch which bytes is the ring protocol's
 // business, enforced by `&mut self` on the producer and consumer.
 unsafe impl Send for Mapping {}
+// SAFETY: shared references give out only the raw base pointer; every access through it is
+// an `unsafe` block of the ring's, which touches the header's atomics from any thread and
+// the data area only under the producer's or consumer's `&mut self` (an `AckWatch` reads
+// the header alone).
+unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd` MAP_SHARED, so that both processes see the same pages.

@@ -163,7 +163,7 @@ impl Consumer {
         let ring = Ring {
             map: sys::Mapping::new(fd.as_fd(), size as usize)?,
             mask: cap - 1,
-            peer_sock: None,
+            peer_sock: std::sync::OnceLock::new(),
             timeout: defaults.peer_timeout,
             spin: defaults.spin,
         };
@@ -189,8 +189,10 @@ impl Consumer {
     }
 
     /// Watches `sock` (connected to the producer) for hang-up while waiting.
-    pub fn watch_socket(mut self, sock: OwnedFd) -> Self {
-        self.ring.peer_sock = Some(sock);
+    pub fn watch_socket(self, sock: OwnedFd) -> Self {
+        // A fresh ring's cell is empty; a second socket is ignored, as the first one
+        // already tells the peer's death.
+        let _ = self.ring.peer_sock.set(sock);
         self
     }
 

@@ -4,11 +4,12 @@
 use super::{align, ChannelError, Ring, Stats, PAD_MARKER};
 use det::record::{Record, RecordKind, HEADER_LEN, MAX_PAYLOAD};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 
 /// The writing end (the primary). Publishes records and waits for their acknowledgement.
 pub struct Producer {
-    pub(super) ring: Ring,
+    pub(super) ring: Arc<Ring>,
     pub(super) cur: WriteCursor,
 }
 
@@ -97,8 +98,10 @@ impl WriteCursor {
 
 impl Producer {
     /// Watches `sock` (connected to the consumer) for hang-up while waiting.
-    pub fn watch_socket(mut self, sock: OwnedFd) -> Self {
-        self.ring.peer_sock = Some(sock);
+    pub fn watch_socket(self, sock: OwnedFd) -> Self {
+        // A fresh ring's cell is empty; a second socket is ignored, as the first one
+        // already tells the peer's death.
+        let _ = self.ring.peer_sock.set(sock);
         self
     }
 
@@ -166,6 +169,34 @@ impl Producer {
                 sent: self.cur.seq,
             });
         }
+        self.ack_watch().wait_acked(seq)
+    }
+
+    /// Records sent so far; the last one's seq is one less.
+    pub fn records_sent(&self) -> u64 {
+        self.cur.seq
+    }
+
+    /// A handle that waits for the consumer's acknowledgements without holding the
+    /// producer, so that other threads go on sending while one waits (output commit).
+    pub fn ack_watch(&self) -> AckWatch {
+        AckWatch {
+            ring: Arc::clone(&self.ring),
+        }
+    }
+}
+
+/// Waits for the consumer's acknowledgements apart from the [`Producer`]: it reads only
+/// the consumer's side of the ring header, which the producer never writes.
+pub struct AckWatch {
+    ring: Arc<Ring>,
+}
+
+impl AckWatch {
+    /// Waits until the consumer has consumed record `seq` (and all before it). The caller
+    /// names a record it knows was sent ([`Producer::records_sent`]); a later one would
+    /// wait until the consumer's timeout or the peer's end.
+    pub fn wait_acked(&self, seq: u64) -> Result<(), ChannelError> {
         let h = self.ring.header();
         let acked = || {
             if h.tail.records.load(Acquire) > seq {

@@ -20,6 +20,7 @@ use crate::handoff::{self, HandoffError, Tag};
 use crate::status::{Counter, StatusPage};
 use crate::sync::lock;
 use crate::wire::{self, EndInfo, ThreadRecord};
+use crate::channel::AckWatch;
 use crate::{ChannelConfig, ChannelError, Producer};
 
 /// Fault injection for tests: the primary corrupts its Nth record (from 1) in the ring, after
@@ -30,6 +31,9 @@ pub const CORRUPT_ENV: &str = "DITTO_PAIR_CORRUPT_RECORD";
 pub struct Primary {
     /// None once the log ended or the channel broke.
     producer: Mutex<Option<Producer>>,
+    /// Waits for the secondary's acknowledgements without the producer's lock, so that a
+    /// thread waiting to commit an output does not hold up the other threads' records.
+    acks: AckWatch,
     broken: AtomicBool,
     error: Mutex<Option<String>>,
     /// The counters shared with the supervisor.
@@ -89,8 +93,10 @@ impl Primary {
             None
         };
         let producer = producer.watch_socket(peer);
+        let acks = producer.ack_watch();
         Ok(Primary {
             producer: Mutex::new(Some(producer)),
+            acks,
             broken: AtomicBool::new(false),
             error: Mutex::new(None),
             status,
@@ -190,19 +196,22 @@ impl Primary {
     /// failover, also until its replay lags at most [`MAX_REPLAY_LAG`] records behind, for
     /// at most [`REPLAY_WAIT_MAX`].
     pub fn commit(&self) {
-        {
-            let mut g = lock(&self.producer);
-            let Some(producer) = g.as_mut() else { return };
-            let sent = producer.stats().records_sent;
-            if sent == 0 {
-                return;
-            }
-            if let Err(e) = producer.wait_acked(sent - 1) {
-                g.take();
-                drop(g);
+        let sent = match lock(&self.producer).as_ref() {
+            Some(producer) => producer.records_sent(),
+            None => return,
+        };
+        if sent == 0 {
+            return;
+        }
+        // The wait is outside the producer's lock: while this thread waits for the
+        // secondary, the others go on sending (and committing) their own records.
+        if let Err(e) = self.acks.wait_acked(sent - 1) {
+            // Only a channel still open breaks: one the log's end closed meanwhile (the
+            // secondary may then be gone) stopped nothing.
+            if lock(&self.producer).take().is_some() {
                 self.broke(format!("{e}"));
-                return;
             }
+            return;
         }
         if self.handoff.is_some() {
             self.wait_for_replay();
