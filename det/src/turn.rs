@@ -47,6 +47,11 @@ pub enum TurnError {
     /// section that the primary never took, so the replicas diverged.
     #[error("{tid} asks for its turn {thread_seq}, which the primary never took")]
     Mismatch { tid: DetTid, thread_seq: u64 },
+    /// Kendo secondary: `tid` cannot compete again at `at`, the logical time at which the
+    /// primary's thread came back from the blocking call it replays; `why` is the
+    /// schedule's refusal. The replicas' schedules differ by then.
+    #[error("{tid} cannot re-enter the schedule at the primary's time {at}: {why}")]
+    ReentryRefused { tid: DetTid, at: u64, why: String },
     /// A turn arrived after the log was closed.
     #[error("turn arrived after the end of the log")]
     Closed,

@@ -29,8 +29,8 @@ use det::record::RecordError;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -360,8 +360,8 @@ mod consumer;
 mod producer;
 
 pub use consumer::Consumer;
-pub use producer::{AckWatch, Producer};
 use producer::WriteCursor;
+pub use producer::{AckWatch, Producer};
 
 #[cfg(test)]
 mod fuzz;

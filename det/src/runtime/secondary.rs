@@ -96,6 +96,10 @@ impl DetRuntime {
         if kendo {
             let mut g = self.locked();
             g.awaiting_record.remove(&det);
+            let wanted = match out {
+                Some((_, Some(at))) => Some(at),
+                _ => None,
+            };
             let back = match out {
                 Some((_, Some(at))) => g.replay_reentry(det, at),
                 Some((_, None)) => {
@@ -118,6 +122,20 @@ impl DetRuntime {
             }
             g.notify_holder();
             g.wake_holder();
+            drop(g);
+            if let (Err(e), Some(at)) = (&back, wanted) {
+                // Not the program's error: the two schedules parted before this point.
+                // Reported as such (the report's `schedule` kind) rather than handed to
+                // the program as EINVAL, which only showed up later as a different result.
+                if let Some(link) = self.link(false) {
+                    let refused = TurnError::ReentryRefused {
+                        tid: det,
+                        at,
+                        why: e.to_string(),
+                    };
+                    link.schedule_diverged(det, &refused);
+                }
+            }
             back?;
         }
         out.map(|(r, _)| r).ok_or(DetError::Exiting)

@@ -395,7 +395,7 @@ impl DetRuntime {
 mod tests {
     use std::sync::Arc;
 
-    use crate::{DetTid, SchedError, Turn};
+    use crate::{DetTid, SchedError, Turn, TurnError};
 
     use super::*;
     use crate::runtime::testing::*;
@@ -484,6 +484,27 @@ mod tests {
             rt.blocking_replayed(1000, || None::<((), _)>),
             Err(DetError::Exiting)
         ));
+    }
+
+    #[test]
+    fn a_refused_replayed_reentry_is_reported_as_a_schedule_divergence() {
+        let p = process();
+        let link = Arc::new(TestLink::default());
+        let rt = DetRuntime::replicated(1000, None, Policy::Kendo, false, link.clone());
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        // Time 9 is allowed: nothing is reported.
+        rt.blocking_replayed(1000, || Some(((), Some(9)))).unwrap();
+        assert!(link.diverged.lock().unwrap().is_empty());
+        // Time 3 is below the thread's own: the schedules parted, and the link hears so.
+        assert!(rt.blocking_replayed(1000, || Some(((), Some(3)))).is_err());
+        let diverged = link.diverged.lock().unwrap();
+        assert!(
+            matches!(
+                diverged.as_slice(),
+                [(DetTid(0), TurnError::ReentryRefused { at: 3, .. })]
+            ),
+            "{diverged:?}"
+        );
     }
 
     #[test]

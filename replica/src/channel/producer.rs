@@ -4,8 +4,8 @@
 use super::{align, ChannelError, Ring, Stats, PAD_MARKER};
 use det::record::{Record, RecordKind, HEADER_LEN, MAX_PAYLOAD};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
 
 /// The writing end (the primary). Publishes records and waits for their acknowledgement.
 pub struct Producer {

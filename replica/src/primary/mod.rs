@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use det::record::RecordKind;
 
+use crate::channel::AckWatch;
 use crate::handoff::{self, HandoffError, Tag};
 use crate::status::{Counter, StatusPage};
 use crate::sync::lock;
 use crate::wire::{self, EndInfo, ThreadRecord};
-use crate::channel::AckWatch;
 use crate::{ChannelConfig, ChannelError, Producer};
 
 /// Fault injection for tests: the primary corrupts its Nth record (from 1) in the ring, after
