@@ -153,13 +153,19 @@ impl Secondary {
                 break;
             }
             if !empty && still_since.elapsed() >= DRAIN_STALL {
-                let next = lock(&self.queues).heads(3);
+                let next = lock(&self.queues).heads(8);
+                // What each thread waits for (the det runtime's view), so that a drain
+                // that cannot finish says why.
+                let waits = program
+                    .describe_schedule()
+                    .map(|s| format!("; {}", s.trim_end().replace('\n', "; ")))
+                    .unwrap_or_default();
                 self.mismatch(
                     program,
                     Mismatch {
                         kind: "missing_event",
                         detail: format!(
-                            "the primary died and the secondary could not replay its log to the end, so it cannot take over safely (no progress for {} s; next: {next})",
+                            "the primary died and the secondary could not replay its log to the end, so it cannot take over safely (no progress for {} s; next: {next}{waits})",
                             DRAIN_STALL.as_secs()
                         ),
                         ..Default::default()

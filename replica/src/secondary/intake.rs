@@ -24,13 +24,15 @@ pub struct Queues {
 
 impl Queues {
     /// The records at the heads of the first `n` non-empty queues, for a report: "thread
-    /// T: what, ...".
+    /// T: what (+M more), ...".
     pub fn heads(&self, n: usize) -> String {
         self.by_tid
             .iter()
             .filter_map(|(t, d)| {
-                d.front()
-                    .map(|(_, r, _)| format!("thread {t}: {}", r.describe()))
+                d.front().map(|(_, r, _)| match d.len() - 1 {
+                    0 => format!("thread {t}: {}", r.describe()),
+                    more => format!("thread {t}: {} (+{more} more)", r.describe()),
+                })
             })
             .take(n)
             .collect::<Vec<_>>()
