@@ -465,6 +465,7 @@ mod tests {
             posted: 0,
             ticked: 0,
             away: 0,
+            away_unrecorded: BTreeSet::new(),
             awaiting_record: BTreeSet::new(),
             primary_turns: BTreeMap::new(),
             primary_log_closed: false,

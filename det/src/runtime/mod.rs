@@ -284,6 +284,9 @@ struct Inner {
     /// While there are any, every grant is logged ([`ScheduleLink::log_turn`]), so that the
     /// secondary can go on while its copies of them wait for their records (see `gated`).
     away: u32,
+    /// Kendo primary of a pair: threads back from a blocking call whose record is not on the
+    /// channel yet ([`DetRuntime::blocking_recorded`]); they still count in `away`.
+    away_unrecorded: BTreeSet<DetTid>,
     /// Kendo secondary: threads waiting for the primary's record of a blocking call
     /// ([`DetRuntime::blocking_replayed`]). They are out of the competition meanwhile, as
     /// the primary's were, and a turn that could have come after one of them came back
@@ -517,6 +520,7 @@ impl DetRuntime {
             posted: 0,
             ticked: 0,
             away: 0,
+            away_unrecorded: BTreeSet::new(),
             awaiting_record: BTreeSet::new(),
             primary_turns: BTreeMap::new(),
             primary_log_closed: false,

@@ -293,24 +293,42 @@ impl DetRuntime {
         f: impl FnOnce() -> R,
     ) -> Result<(R, Option<u64>), DetError> {
         let logs_turns = self.policy() == Policy::Kendo && self.link(true).is_some();
-        {
+        let det = {
             let mut g = self.locked();
             let (det, _) = g.slot(tid)?;
             g.close_section(det)?;
             g.order.leave(det)?;
-            if logs_turns {
+            if logs_turns && !g.away_unrecorded.contains(&det) {
                 g.away += 1;
             }
             g.notify_holder();
-        }
+            det
+        };
         let r = f();
         let mut g = self.locked();
         if logs_turns {
-            g.away = g.away.saturating_sub(1);
+            // Still away as far as the log goes, until the call's record is on the channel
+            // (`blocking_recorded`): the turns granted between this return and that record
+            // come after it in the secondary's view only if they are logged. Unlogged, a
+            // primary that died in between left a secondary whose copy of this thread waits
+            // for a record that never comes, with records of those turns queued behind a
+            // gate that needs the log (a failover that could not drain).
+            g.away_unrecorded.insert(det);
         }
         let at = g.resume(tid);
         g.notify_holder();
         Ok((r, at))
+    }
+
+    /// Kendo primary of a pair: the record of `tid`'s last [`blocking`](Self::blocking) call
+    /// is on the channel (the caller knows: it is at the thread's next call), so the turns
+    /// granted from now on need no longer be logged on its account. Nothing otherwise.
+    pub fn blocking_recorded(&self, tid: i64) {
+        let mut g = self.locked();
+        let Ok((det, _)) = g.slot(tid) else { return };
+        if g.away_unrecorded.remove(&det) {
+            g.away = g.away.saturating_sub(1);
+        }
     }
 
     /// A clone under the token: `f` creates the thread and returns its guest id; the new
@@ -377,6 +395,9 @@ impl DetRuntime {
         let mut gone = Ok(());
         if let Some(s) = g.threads.remove(&tid) {
             g.by_det.remove(&s.det);
+            if g.away_unrecorded.remove(&s.det) {
+                g.away = g.away.saturating_sub(1);
+            }
             if let Some(w) = g.page.as_ref().and_then(|p| p.word(s.det)) {
                 // A broken page (see `DetPage::word`) has nothing to reset.
                 let _ = w.store(SLOT_CALL);
@@ -505,6 +526,33 @@ mod tests {
             ),
             "{diverged:?}"
         );
+    }
+
+    #[test]
+    fn kendo_primary_logs_turns_until_a_blocking_calls_record_is_out() {
+        let p = process();
+        let link = Arc::new(TestLink::default());
+        let rt = DetRuntime::replicated(1000, None, Policy::Kendo, true, link.clone());
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        let logged = || link.turns.lock().unwrap().len();
+        // t0 far ahead in logical time: t1 takes its turns without waiting for t0, which
+        // this test's one thread never runs meanwhile.
+        rt.det_tick(1000, 1_000).unwrap();
+        rt.ordered(&p, 1001, || ()).unwrap();
+        assert_eq!(logged(), 0, "nobody away: nothing logged");
+        // t0 blocks and comes back; its record is not out yet, so t1's turn is logged: a
+        // primary that died now would leave the secondary's t0 without its record, and
+        // only the log tells the secondary where t1's turn lies.
+        rt.blocking(1000, || ()).unwrap();
+        rt.ordered(&p, 1001, || ()).unwrap();
+        assert_eq!(logged(), 1);
+        rt.ordered(&p, 1001, || ()).unwrap();
+        assert_eq!(logged(), 2);
+        // Recorded (t0's next call): no longer logged on t0's account; twice is harmless.
+        rt.blocking_recorded(1000);
+        rt.blocking_recorded(1000);
+        rt.ordered(&p, 1001, || ()).unwrap();
+        assert_eq!(logged(), 2);
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct ThreadState {
     /// Under `--det`: the thread still holds the turn it re-entered with after a sleep, until
     /// its next syscall or det hypercall ([`SyscallTable::dispatch`] ends it first).
     pub holds_reentry_turn: bool,
+    /// A Kendo primary's blocking call returned and its record goes out after it; the
+    /// thread's next call tells the det runtime so (`DetRuntime::blocking_recorded`).
+    pub blocking_unrecorded: bool,
 }
 
 /// Under `--det`, an accepted connection is not given a descriptor number when it arrives,
@@ -271,6 +274,11 @@ impl SyscallTable {
         use std::sync::atomic::Ordering;
         ctx.process.stats.syscalls.fetch_add(1, Ordering::Relaxed);
         ctx.thread.syscalls += 1;
+        if std::mem::take(&mut ctx.thread.blocking_unrecorded) {
+            if let Some(det) = ctx.process.det.get() {
+                det.blocking_recorded(ctx.thread.tid);
+            }
+        }
         if std::mem::take(&mut ctx.thread.holds_reentry_turn) {
             if let Some(det) = ctx.process.det.get() {
                 // Not in a section any more (a stop, an exiting program): nothing to end.

@@ -313,6 +313,9 @@ fn external(
     } else {
         let (r, at) = det.blocking(tid, || h(ctx, args))?;
         ctx.reentry_at = at;
+        // A Kendo primary's call whose record goes out after this returns: the thread's
+        // next call tells the runtime it has (`DetRuntime::blocking_recorded`).
+        ctx.thread.blocking_unrecorded = at.is_some() && ctx.process.replication.get().is_some();
         r
     };
     // The return is itself ordered: until the thread takes a turn, nothing it does next

@@ -88,6 +88,7 @@ fn clone(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         replicated_events: 0,
         parked_fd: None,
         holds_reentry_turn: false,
+        blocking_unrecorded: false,
     };
     if flags & libc::CLONE_PARENT_SETTID as u64 != 0 {
         ctx.process.mem.write_obj(parent_tid, &(tid as i32))?;
