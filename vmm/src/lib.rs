@@ -161,6 +161,8 @@ pub struct RunOutcome {
     pub threads: u64,
     /// How syscalls reached the VMM.
     pub entry: Option<SyscallEntry>,
+    /// The trap path's round trip, as the start-up probe measured it (kvm_pvm).
+    pub trap_round_trip: Option<Duration>,
     /// Time from start to exit.
     pub wall: Duration,
     /// Time spent building the VM before the first guest instruction.
@@ -582,6 +584,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         det_ticked: process.det.get().map_or(0, |d| d.ticked()),
         threads: process.stats.threads_started.load(Relaxed),
         entry: machine.syscall_entry(),
+        trap_round_trip: machine.trap_round_trip(),
         wall,
         setup,
         shutdown,

@@ -127,7 +127,10 @@ impl Machine {
         let mut poll_until: Option<Instant> = None;
         let mut answered = Instant::now();
         let mut wake_stats =
-            doorbell::WakeStats::new(*self.tsc_per_us.get_or_init(doorbell::tsc_per_us));
+            doorbell::WakeStats::new(
+                *self.tsc_per_us.get_or_init(doorbell::tsc_per_us),
+                self.trap_round_trip(),
+            );
         while !self.process.exiting() {
             let req = data.request();
             if req.seq == last {
