@@ -114,8 +114,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(2);
 /// thread timed out instead (a record in flight), when nothing else of that thread comes.
 const FOLLOW_WOKEN_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a lone thread waiting for the token spins (yielding the CPU) before it sleeps:
-/// a hand-off usually comes within microseconds, and a sleep/wake pair costs more.
+/// How long a thread waiting for the token spins (yielding the CPU) before it sleeps: a
+/// hand-off usually comes within microseconds, and a sleep/wake pair costs more.
 const SPIN: Duration = Duration::from_micros(50);
 
 /// What the runtime needs of the program it serves: whether it is ending (a thread waiting
@@ -347,13 +347,6 @@ impl Inner {
                 }
             }
         }
-    }
-
-    /// Whether a thread other than `det` waits for the token.
-    pub(super) fn others_waiting(&self, det: DetTid) -> bool {
-        self.threads
-            .values()
-            .any(|s| s.det != det && self.order.phase(s.det) == Some(Phase::Waiting))
     }
 
     /// Wakes the holder even if it is not waiting in `det_start` (a thread held back by

@@ -117,15 +117,13 @@ impl DetRuntime {
                     if !waited {
                         waited = true;
                         self.stats.waits.fetch_add(1, Ordering::Relaxed);
-                        // Only a lone waiter spins: it watches the holder's slot, so the
-                        // holder may end its section without an exit, and its yields hand
-                        // a shared core to the holder. Behind another waiter the token
-                        // comes no sooner than after that one's turn, and every slot says
-                        // CALL anyway: a spinner there only takes CPU time from the threads
-                        // it waits for (docs/det.md, Cost).
-                        if !g.others_waiting(det) {
-                            spin_until = Instant::now() + SPIN;
-                        }
+                        // Every waiter spins first, even behind another waiter: while
+                        // it spins the holder may still post its end without an exit
+                        // (a lone spinner watches its slot), and a waiter that parks at
+                        // once makes every slot say CALL. Parking at once behind another
+                        // waiter sped up detbench's 4-thread hand-offs but cost civetweb
+                        // under wrk a quarter more exits per request (docs/det.md).
+                        spin_until = Instant::now() + SPIN;
                     }
                     let spin = Instant::now() < spin_until;
                     if let Some(s) = g.threads.get_mut(&tid) {
