@@ -224,7 +224,8 @@ impl Machine {
         };
         let _ = self.entry.set(entry);
         tracing::debug!(?entry, "syscall entry detected");
-        if entry == SyscallEntry::PageFaultTrap {
+        // Only where the doorbell may be used (not in a pair, say): ~1.5 ms of start-up.
+        if self.doorbell() {
             match self.time_trap(vcpu, page, frame) {
                 Ok(d) => {
                     let _ = self.trap_round_trip.set(d);
@@ -240,7 +241,7 @@ impl Machine {
     /// exit (`frame`), goes on into a loop of getpid syscalls at `page + 0x100`, each
     /// answered with the least the VMM does (the frame's return address), and the median
     /// gap between exits is one round trip, the guest's syscall to its return, as this
-    /// host's load makes it. ~16 exits (about 1 ms on kvm_pvm). The doorbell compares its
+    /// host's load makes it. 16 exits (1-2 ms on kvm_pvm). The doorbell compares its
     /// wake-ups with it (`doorbell::WakeStats`); a fixed figure was wrong by 2x on the
     /// hosts ditto met (35 µs on one day, 58-85 µs on another).
     fn time_trap(&self, vcpu: &mut VcpuFd, page: u64, frame: u64) -> Result<Duration, String> {
