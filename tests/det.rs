@@ -105,6 +105,22 @@ fn stat(o: &std::process::Output, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in the stats line: {}", stderr(o)))
 }
 
+/// sendto and fcntl's flag calls on a socket take no turn under --det (sys_det.rs,
+/// `orders_nothing_outside`): 300 of them cost no more turns than the program's start.
+#[test]
+fn socket_sends_and_flag_calls_take_no_turn() {
+    let p = prog("bench");
+    let o = run_in(&["--det", "--stats"], &[s(&p), "sock", "100"], b"");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("sock 300 "), "{}", stdout(&o));
+    let turns = stat(&o, "det_turns");
+    let syscalls = stat(&o, "syscalls");
+    assert!(syscalls >= 300, "{}", stderr(&o));
+    // The socket itself and the program's start and exit take a few turns; each of the
+    // 300 calls would take one.
+    assert!(turns < 50, "{turns} turns: {}", stderr(&o));
+}
+
 #[test]
 fn pthread_test_passes_under_det_static() {
     let p = prog("pthread_test-det");

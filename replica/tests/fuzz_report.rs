@@ -206,6 +206,7 @@ fn report() -> impl Strategy<Value = Report> {
                     signals: c[7],
                     max_lag_records: c[8],
                     max_lag_bytes: c[9],
+                    ..Counters::default()
                 };
                 r.channel_error = channel_error;
                 // Whole milliseconds as an integer-valued f64 round-trip exactly through JSON.

@@ -36,7 +36,8 @@ pub struct ProgramArgs {
     /// Seed for the program's AT_RANDOM bytes.
     #[arg(long, default_value_t = 0x0d1770)]
     pub(crate) seed: u64,
-    /// Print counters (syscalls, vCPUs, syscall entry path, timings) on exit.
+    /// Print counters on exit: syscalls, exits, det turns and waits, vCPUs, syscall entry
+    /// path and the trap's round trip, timings (`ditto pair`: each replica's turns and exits).
     #[arg(long)]
     pub(crate) stats: bool,
     /// Deterministic execution (docs/det.md): serve the det hypercalls of ditto.h, order

@@ -38,17 +38,20 @@ pub fn main(a: &RunArgs) -> ExitCode {
             }
             if p.stats {
                 eprintln!(
-                    "ditto: stats: status={} syscalls={} doorbell_syscalls={} exits={} det_ops={} det_posted={} det_ticked={} threads={} vcpus_created={} entry={:?} setup={:.3}ms wall={:.3}ms shutdown={:.3}ms",
+                    "ditto: stats: status={} syscalls={} doorbell_syscalls={} exits={} det_ops={} det_turns={} det_waits={} det_posted={} det_ticked={} threads={} vcpus_created={} entry={:?} trap_us={:.1} setup={:.3}ms wall={:.3}ms shutdown={:.3}ms",
                     out.exit.status(),
                     out.syscalls,
                     out.doorbell_syscalls,
                     out.exits,
                     out.det_ops,
+                    out.det_turns,
+                    out.det_waits,
                     out.det_posted,
                     out.det_ticked,
                     out.threads,
                     out.vcpus_created,
                     out.entry,
+                    out.trap_round_trip.map_or(0.0, |d| d.as_secs_f64() * 1e6),
                     out.setup.as_secs_f64() * 1e3,
                     out.wall.as_secs_f64() * 1e3,
                     out.shutdown.as_secs_f64() * 1e3

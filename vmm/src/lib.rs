@@ -149,6 +149,10 @@ pub struct RunOutcome {
     pub exits: u64,
     /// Det operations (token acquisitions), with `--det`.
     pub det_ops: u64,
+    /// Turns the det runtime granted (token acquisitions not elided or nested), with `--det`.
+    pub det_turns: u64,
+    /// Times a thread slept for the token (a hand-off between host threads), with `--det`.
+    pub det_waits: u64,
     /// Det section ends and ticks posted through the det page (no VM exit), with `--det`.
     pub det_posted: u64,
     /// Logical time added by `det_tick` (hypercall or det page), with `--det` under Kendo.
@@ -157,6 +161,8 @@ pub struct RunOutcome {
     pub threads: u64,
     /// How syscalls reached the VMM.
     pub entry: Option<SyscallEntry>,
+    /// The trap path's round trip, as the start-up probe measured it (kvm_pvm).
+    pub trap_round_trip: Option<Duration>,
     /// Time from start to exit.
     pub wall: Duration,
     /// Time spent building the VM before the first guest instruction.
@@ -572,10 +578,13 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         vcpus_created: process.stats.vcpus_created.load(Relaxed),
         exits: process.stats.exits.load(Relaxed),
         det_ops: process.det.get().map_or(0, |d| d.stats.ops.load(Relaxed)),
+        det_turns: process.det.get().map_or(0, |d| d.stats.turns.load(Relaxed)),
+        det_waits: process.det.get().map_or(0, |d| d.stats.waits.load(Relaxed)),
         det_posted: process.det.get().map_or(0, |d| d.posted()),
         det_ticked: process.det.get().map_or(0, |d| d.ticked()),
         threads: process.stats.threads_started.load(Relaxed),
         entry: machine.syscall_entry(),
+        trap_round_trip: machine.trap_round_trip(),
         wall,
         setup,
         shutdown,

@@ -236,6 +236,11 @@ struct Slot {
     /// Waiting for the token, but still spinning and watching the holder's slot, so the
     /// holder may post its end (if this is the only waiter): the spinner sees it.
     spinning: bool,
+    /// Asleep on `cv` in [`DetRuntime::acquire`], waiting for the token, and not yet
+    /// notified: a hand-off to this thread must wake it. Cleared by the notification, so
+    /// that the changes made before it runs again cost one wake, and a thread that is still
+    /// spinning (or holds the lock) costs none.
+    parked: bool,
     /// Follow: how many of the primary's turns had been taken when this thread was last let
     /// out of a futex wait because its turn was due (`Inner::turn_due_in_futex`), so that a
     /// thread that goes back to sleep is let out once per turn, not in a busy loop.
@@ -253,6 +258,7 @@ impl Slot {
             woken: false,
             own_section: false,
             spinning: false,
+            parked: false,
             released_at: None,
             timed_wait: false,
         }
@@ -334,8 +340,12 @@ impl Inner {
             // Follow: the thread whose turn is next may be asleep in a futex wait, which it
             // must leave (`turn_due_in_futex`).
             let follow = self.order.follow_taken().is_some();
-            if follow || self.order.phase(h) == Some(Phase::Waiting) {
-                if let Some(s) = self.by_det.get(&h).and_then(|t| self.threads.get(t)) {
+            let waiting = self.order.phase(h) == Some(Phase::Waiting);
+            if let Some(s) = self.by_det.get(&h).and_then(|t| self.threads.get_mut(t)) {
+                // A waiter that is not parked is spinning, or will look at the schedule
+                // again before it parks: a wake (a futex syscall) would find nobody.
+                if follow || (waiting && s.parked) {
+                    s.parked = false;
                     s.cv.notify_one();
                 }
             }

@@ -12,6 +12,28 @@ use super::page::SLOT_CALL;
 use super::{lock, DetError, DetRuntime, Held, Inner, Policy, ProcessView, Slot, EXIT_POLL, SPIN};
 use crate::{Phase, Start};
 
+/// Sleeps on the thread's condition variable until a hand-off wakes it (or [`EXIT_POLL`]
+/// passes), marked parked meanwhile so that only then does a hand-off make a wake syscall
+/// (`Inner::notify_holder`); returns the refreshed state.
+fn park<'a>(
+    mut g: MutexGuard<'a, Inner>,
+    tid: i64,
+    cv: &std::sync::Condvar,
+) -> MutexGuard<'a, Inner> {
+    if let Some(s) = g.threads.get_mut(&tid) {
+        s.parked = true;
+    }
+    g = cv
+        .wait_timeout(g, EXIT_POLL)
+        .unwrap_or_else(|e| e.into_inner())
+        .0;
+    if let Some(s) = g.threads.get_mut(&tid) {
+        s.parked = false;
+    }
+    g.refresh();
+    g
+}
+
 impl DetRuntime {
     /// Waits until `tid` holds the token (or a `det_tick(0)` elides the wait).
     pub(super) fn acquire<'a>(
@@ -48,11 +70,7 @@ impl DetRuntime {
                     waited = true;
                     self.stats.waits.fetch_add(1, Ordering::Relaxed);
                 }
-                g = cv
-                    .wait_timeout(g, EXIT_POLL)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                g.refresh();
+                g = park(g, tid, &cv);
                 if process.exiting() {
                     return Err(DetError::Exiting);
                 }
@@ -99,6 +117,12 @@ impl DetRuntime {
                     if !waited {
                         waited = true;
                         self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                        // Every waiter spins first, even behind another waiter: while
+                        // it spins the holder may still post its end without an exit
+                        // (a lone spinner watches its slot), and a waiter that parks at
+                        // once makes every slot say CALL. Parking at once behind another
+                        // waiter sped up detbench's 4-thread hand-offs but cost civetweb
+                        // under wrk a quarter more exits per request (docs/det.md).
                         spin_until = Instant::now() + SPIN;
                     }
                     let spin = Instant::now() < spin_until;
@@ -129,11 +153,7 @@ impl DetRuntime {
                         g = self.locked();
                         continue;
                     }
-                    g = cv
-                        .wait_timeout(g, EXIT_POLL)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                    g.refresh();
+                    g = park(g, tid, &cv);
                     if process.exiting() {
                         if g.order.cancel(det) {
                             g.notify_holder();

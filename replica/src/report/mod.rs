@@ -143,6 +143,8 @@
 //! | `signals` | u64 | signals replicated |
 //! | `max_lag_records` | u64 | the most records the secondary was behind |
 //! | `max_lag_bytes` | u64 | the most bytes the secondary was behind |
+//! | `primary_turns`, `secondary_turns` | u64 | turns (token grants) each replica's det runtime took, in both modes (0 in reports written before they were counted) |
+//! | `primary_exits`, `secondary_exits` | u64 | VM exits of each replica's vCPUs (likewise) |
 
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt::{self, Write as _};
@@ -363,6 +365,18 @@ pub struct Counters {
     pub max_lag_records: u64,
     /// The most bytes the secondary was behind.
     pub max_lag_bytes: u64,
+    /// Turns (token grants) the primary's det runtime took.
+    #[serde(default)]
+    pub primary_turns: u64,
+    /// Turns the secondary's det runtime took.
+    #[serde(default)]
+    pub secondary_turns: u64,
+    /// VM exits of the primary's vCPUs.
+    #[serde(default)]
+    pub primary_exits: u64,
+    /// VM exits of the secondary's vCPUs.
+    #[serde(default)]
+    pub secondary_exits: u64,
 }
 
 /// Errors of reading and writing reports; each displays as one line naming the file.

@@ -40,6 +40,10 @@ fn sample(outcome: Outcome) -> Report {
         signals: 1,
         max_lag_records: 12,
         max_lag_bytes: 4096,
+        primary_turns: 321,
+        secondary_turns: 320,
+        primary_exits: 5000,
+        secondary_exits: 4900,
     };
     for i in 0..20u64 {
         r.push_common(Event {
@@ -237,6 +241,26 @@ fn unknown_fields_are_ignored() {
     json["added_later"] = serde_json::json!({"x": 1});
     fs::write(&path, json.to_string()).unwrap();
     assert_eq!(Report::load(&path).unwrap(), sample(Outcome::Identical));
+}
+
+#[test]
+fn reports_without_per_replica_counters_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.json");
+    let mut json = serde_json::to_value(sample(Outcome::Identical)).unwrap();
+    let counters = json["counters"].as_object_mut().unwrap();
+    for key in [
+        "primary_turns",
+        "secondary_turns",
+        "primary_exits",
+        "secondary_exits",
+    ] {
+        assert!(counters.remove(key).is_some(), "{key} is written");
+    }
+    fs::write(&path, json.to_string()).unwrap();
+    let c = Report::load(&path).unwrap().counters;
+    assert_eq!((c.primary_turns, c.secondary_exits), (0, 0));
+    assert_eq!(c.turns, 321);
 }
 
 #[test]

@@ -482,6 +482,10 @@ fn fill_counters(c: &mut Counters, st: &StatusPage) {
     c.signals = st.get(Counter::Signals);
     c.max_lag_records = st.get(Counter::MaxLagRecords);
     c.max_lag_bytes = st.get(Counter::MaxLagBytes);
+    c.primary_turns = st.get(Counter::PrimaryTurns);
+    c.secondary_turns = st.get(Counter::SecondaryTurns);
+    c.primary_exits = st.replica(false).exits;
+    c.secondary_exits = st.replica(true).exits;
 }
 
 fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {

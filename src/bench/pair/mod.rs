@@ -112,6 +112,10 @@ struct PairInfo {
     bytes_compared: u64,
     max_lag_records: u64,
     max_lag_bytes: u64,
+    /// Turns each replica's det runtime took (primary, secondary).
+    turns: (u64, u64),
+    /// VM exits of each replica (primary, secondary).
+    exits: (u64, u64),
     /// Why it was not identical, one line.
     detail: Option<String>,
     /// How each replica ended, in words.
@@ -138,6 +142,8 @@ fn pair_info(out: &Path) -> PairInfo {
                 bytes_compared: c.bytes_compared,
                 max_lag_records: c.max_lag_records,
                 max_lag_bytes: c.max_lag_bytes,
+                turns: (c.primary_turns, c.secondary_turns),
+                exits: (c.primary_exits, c.secondary_exits),
                 detail: (r.outcome != Outcome::Identical).then(|| detail.unwrap_or_default()),
                 ends: format!(
                     "primary {}, secondary {}",
@@ -154,6 +160,8 @@ fn pair_info(out: &Path) -> PairInfo {
             bytes_compared: 0,
             max_lag_records: 0,
             max_lag_bytes: 0,
+            turns: (0, 0),
+            exits: (0, 0),
             detail: Some(e.to_string()),
             ends: String::new(),
         },
@@ -165,18 +173,77 @@ struct Sample {
     value: Option<f64>,
     problem: Option<(String, String)>,
     pair: Option<PairInfo>,
+    /// Turns and exits per request, when the run counted and ditto counted them.
+    per_request: Option<PerRequest>,
+}
+
+/// What a run cost per request of its workload (the workload's own count: redis-benchmark's
+/// requests, wrk's, pbzip2's blocks), counted over the whole run, start-up included.
+#[derive(Clone, Copy, Default)]
+struct PerRequest {
+    /// Det turns (the primary's, in a pair); 0 without `--det`.
+    turns: f64,
+    /// VM exits (the primary's, in a pair).
+    exits: f64,
+    /// The secondary's VM exits, in a pair.
+    secondary_exits: Option<f64>,
+}
+
+/// A `key=value` of `ditto run --stats`'s line in a run's stderr.
+fn stat(stderr: &str, key: &str) -> Option<f64> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("ditto: stats:"))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The run's turns and exits per request: from `--stats` in its stderr for `ditto run`,
+/// from its report for a pair; None natively or when they are missing.
+fn per_request(
+    cfg: Config,
+    out: &Path,
+    pair: Option<&PairInfo>,
+    requests: f64,
+) -> Option<PerRequest> {
+    if requests <= 0.0 {
+        return None;
+    }
+    match (cfg, pair) {
+        (Config::Native, _) => None,
+        (_, Some(p)) => Some(PerRequest {
+            turns: p.turns.0 as f64 / requests,
+            exits: p.exits.0 as f64 / requests,
+            secondary_exits: Some(p.exits.1 as f64 / requests),
+        }),
+        _ => {
+            let text = std::fs::read_to_string(out.join("stderr.txt")).ok()?;
+            Some(PerRequest {
+                turns: stat(&text, "det_turns").unwrap_or(0.0) / requests,
+                exits: stat(&text, "exits")? / requests,
+                secondary_exits: None,
+            })
+        }
+    }
 }
 
 /// Builds a run's [`Sample`] from its measurement, a note on how its process ended (when it
 /// had to be killed or ended badly), and (for a pair) its report. The value counts unless
 /// the measurement failed or the pair was not identical; a bad end alone is noted.
 fn sample(
-    measured: Result<f64, (String, String)>,
+    measured: Result<(f64, f64), (String, String)>,
     stop_note: Option<String>,
     out: &Path,
     cfg: Config,
 ) -> Sample {
     let pair = cfg.pair_mode().map(|_| pair_info(out));
+    let per_request = measured
+        .as_ref()
+        .ok()
+        .and_then(|&(_, requests)| per_request(cfg, out, pair.as_ref(), requests));
+    let measured = measured.map(|(v, _)| v);
     let bad_pair = pair.as_ref().filter(|p| !p.identical);
     // The tag: the pair's verdict, else the measurement's error, else the bad end.
     let tag = match (bad_pair, &measured, &stop_note) {
@@ -188,6 +255,7 @@ fn sample(
                 value: measured.ok(),
                 problem: None,
                 pair,
+                per_request,
             }
         }
     };
@@ -205,21 +273,22 @@ fn sample(
     if let Some(p) = pair.as_ref().filter(|p| !p.ends.is_empty()) {
         parts.push(format!("pair {}: {}", p.outcome, p.ends));
     }
-    let value = match (measured, bad_pair) {
+    let (value, per_request) = match (measured, bad_pair) {
         (Ok(v), None) => {
             parts.push(format!("measured {v:.2}, kept"));
-            Some(v)
+            (Some(v), per_request)
         }
         (Ok(v), Some(_)) => {
             parts.push(format!("measured {v:.2}, left out"));
-            None
+            (None, None)
         }
-        (Err(_), _) => None,
+        (Err(_), _) => (None, None),
     };
     Sample {
         value,
         problem: Some((tag, parts.join("; "))),
         pair,
+        per_request,
     }
 }
 
@@ -233,11 +302,14 @@ struct Cell {
     outcomes: Vec<String>,
     /// The report of the first pair run that was not identical, else the last one.
     pair: Option<PairInfo>,
+    /// Turns and exits per request of the runs that counted.
+    per_request: Vec<PerRequest>,
 }
 
 impl Cell {
     fn add(&mut self, s: Sample) {
         self.values.extend(s.value);
+        self.per_request.extend(s.per_request);
         self.problems.extend(s.problem);
         if let Some(p) = s.pair {
             self.outcomes.push(p.outcome.clone());
@@ -249,6 +321,13 @@ impl Cell {
 
     fn median(&self) -> Option<f64> {
         let mut v = self.values.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied()
+    }
+
+    /// The median of one per-request figure over the runs that counted.
+    fn per_request_median(&self, f: impl Fn(&PerRequest) -> Option<f64>) -> Option<f64> {
+        let mut v: Vec<f64> = self.per_request.iter().filter_map(f).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied()
     }
@@ -387,7 +466,7 @@ impl Ctx {
                 }
             }
             None => {
-                c.args(["run", "--cores", &self.primary_cores]);
+                c.args(["run", "--stats", "--cores", &self.primary_cores]);
                 if cfg == Config::RunDet {
                     c.arg("--det");
                 }
@@ -428,8 +507,11 @@ impl Ctx {
         match &s.problem {
             None => {
                 let _ = std::fs::remove_dir_all(out);
+                let counts = s.per_request.map_or(String::new(), |p| {
+                    format!(" ({:.1} turns, {:.1} exits per request)", p.turns, p.exits)
+                });
                 eprintln!(
-                    "ditto: bench pair: {what}, {}: {:.2}",
+                    "ditto: bench pair: {what}, {}: {:.2}{counts}",
                     cfg.label(),
                     s.value.unwrap_or(0.0)
                 );
@@ -623,7 +705,17 @@ pub fn main(quick: bool, only: Option<&str>, reps: usize, svg: Option<&Path>) ->
 
 #[cfg(test)]
 mod tests {
-    use super::chart_label;
+    use super::{chart_label, stat};
+
+    #[test]
+    fn stats_line_values_are_found_by_key() {
+        let err = "ditto: warning: x=1\nditto: stats: status=0 syscalls=90 exits=42 det_ops=7 det_turns=5 wall=1.5ms\n";
+        assert_eq!(stat(err, "exits"), Some(42.0));
+        assert_eq!(stat(err, "det_turns"), Some(5.0));
+        assert_eq!(stat(err, "turns"), None);
+        assert_eq!(stat(err, "x"), None);
+        assert_eq!(stat("no stats here", "exits"), None);
+    }
 
     #[test]
     fn chart_labels_are_short() {

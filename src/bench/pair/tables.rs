@@ -44,6 +44,7 @@ pub(super) fn print_tables(rows: &[Row], ctx: &Ctx) {
             r.thesis_det
         );
     }
+    print_per_request(rows);
     println!();
     println!("| workload | pair mode | outcome | records | MB of records | MB compared | max lag (records / KiB) |");
     println!("|---|---|---|---:|---:|---:|---:|");
@@ -86,6 +87,46 @@ pub(super) fn print_tables(rows: &[Row], ctx: &Ctx) {
         for n in notes {
             println!("{n}");
         }
+    }
+}
+
+/// Turns and exits per request of each configuration that ran in ditto: where the time
+/// goes besides the program's own work.
+fn print_per_request(rows: &[Row]) {
+    use Config::*;
+    println!();
+    println!("Per request (redis-benchmark's requests, wrk's, pbzip2's 900 kB blocks), counted over the whole run, start-up included; median over the runs that counted. A pair's exits: primary / secondary.");
+    println!();
+    println!("| workload | turns/request run --det | pair det | pair follow | exits/request run | run --det | pair det | pair follow |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let turns = |cfg: Config| {
+            r.cells[cfg.index()]
+                .per_request_median(|p| Some(p.turns))
+                .map_or("—".into(), |v| format!("{v:.1}"))
+        };
+        let exits = |cfg: Config| {
+            let c = &r.cells[cfg.index()];
+            match (
+                c.per_request_median(|p| Some(p.exits)),
+                c.per_request_median(|p| p.secondary_exits),
+            ) {
+                (Some(p), Some(s)) => format!("{p:.1} / {s:.1}"),
+                (Some(p), None) => format!("{p:.1}"),
+                _ => "—".into(),
+            }
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            turns(RunDet),
+            turns(PairDet),
+            turns(PairFollow),
+            exits(Run),
+            exits(RunDet),
+            exits(PairDet),
+            exits(PairFollow)
+        );
     }
 }
 

@@ -14,13 +14,14 @@ use crate::bench::servers::{
     pbzip2_input, redis_benchmark, test_body, wrk_with,
 };
 
-/// One batch run (pbzip2) in `dir`: wall seconds, bounded by `timeout`.
+/// One batch run (pbzip2) in `dir` that does `requests` units of work: wall seconds,
+/// bounded by `timeout`.
 fn batch(
     ctx: &mut Ctx,
     cfg: Config,
     (what, native): (&str, Command),
     dir: &Path,
-    args: &[String],
+    (args, requests): (&[String], f64),
     timeout: Duration,
 ) -> Result<Sample, String> {
     let out = ctx.out_dir(what, cfg)?;
@@ -53,7 +54,7 @@ fn batch(
                     .map(i32::from)
                     .contains(&st.code().unwrap_or(0))) =>
         {
-            Ok(wall)
+            Ok((wall, requests))
         }
         Some(st) => Err(("failed".to_string(), with_stderr(st, &out))),
     };
@@ -69,7 +70,8 @@ struct Server<'a> {
     native: &'a dyn Fn(&Path, u16) -> Result<Command, String>,
     args: &'a dyn Fn(u16) -> Vec<String>,
     prepare: &'a dyn Fn(&Path, u16) -> Result<(), String>,
-    load: &'a dyn Fn(u16) -> Result<f64, String>,
+    /// Requests per second and the number of requests.
+    load: &'a dyn Fn(u16) -> Result<(f64, f64), String>,
 }
 
 /// One server run: start, wait for the port, load, stop.
@@ -113,6 +115,8 @@ pub(super) fn pbzip2_rows(ctx: &mut Ctx, mb: usize) -> Result<Vec<Row>, String> 
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     pbzip2_input(dir.path(), mb)?;
     let mut rows = Vec::new();
+    // pbzip2's unit of work: its default 900,000-byte blocks.
+    let blocks = ((mb << 20) as f64 / 900_000.0).ceil();
     for (threads, thesis) in [(2, ("0.89%", "14.27%")), (4, ("4.08%", "29.47%"))] {
         let what = format!("pbzip2 -p{threads} {mb} MB");
         let mut row = Row::new(what.clone(), "s", false, thesis);
@@ -124,7 +128,8 @@ pub(super) fn pbzip2_rows(ctx: &mut Ctx, mb: usize) -> Result<Vec<Row>, String> 
                 let timeout = Duration::from_secs_f64((base * 10.0).max(60.0));
                 let mut native = native_cmd(&img, "/usr/bin/pbzip2");
                 native.current_dir(dir.path());
-                let s = batch(ctx, cfg, (&what, native), dir.path(), &args, timeout)?;
+                let work = (args.as_slice(), blocks);
+                let s = batch(ctx, cfg, (&what, native), dir.path(), work, timeout)?;
                 row.cells[i].add(s);
             }
         }
@@ -159,7 +164,7 @@ pub(super) fn redis_rows(ctx: &mut Ctx, n: u64) -> Result<Vec<Row>, String> {
     ] {
         // SET and GET, n each, at no less than 50 requests a second.
         let timeout = Duration::from_secs(30 + 2 * n / 50);
-        let load = move |port| redis_benchmark(port, n, clients, 1, timeout).map(|r| r.0);
+        let load = move |port| redis_benchmark(port, n, clients, 1, timeout);
         let img = &img;
         let srv = Server {
             image: "redis",
@@ -190,9 +195,7 @@ pub(super) fn nginx_rows(ctx: &mut Ctx, secs: u32) -> Result<Vec<Row>, String> {
         native: &|dir, port| native_nginx(img, &conf, dir, port, ("small.html", &body)),
         args: &|_| Vec::new(),
         prepare: &|state, port| nginx_state(state, &conf, port, "small.html", &body),
-        load: &|port| {
-            wrk_with(&format!("http://127.0.0.1:{port}/small.html"), secs, 10).map(|r| r.0)
-        },
+        load: &|port| wrk_with(&format!("http://127.0.0.1:{port}/small.html"), secs, 10),
     };
     let what = format!("nginx wrk -c10 {secs}s small.html (612 B)");
     Ok(vec![server_rows(ctx, &what, ("1-2%", "1.6-3%"), &srv)?])
@@ -216,9 +219,7 @@ pub(super) fn mongoose_rows(ctx: &mut Ctx, secs: u32) -> Result<Vec<Row>, String
             native: &|dir, port| native_mongoose(img, conf, dir, port, threads),
             args: &args,
             prepare: &|state, port| mongoose_state(state, conf, port),
-            load: &|port| {
-                wrk_with(&format!("http://127.0.0.1:{port}/50k.html"), secs, 100).map(|r| r.0)
-            },
+            load: &|port| wrk_with(&format!("http://127.0.0.1:{port}/50k.html"), secs, 100),
         };
         let what = format!("mongoose {threads} threads, wrk -c100 {secs}s 50 KB");
         rows.push(server_rows(ctx, &what, thesis, &srv)?);

@@ -344,6 +344,20 @@ fn supervise(a: &PairArgs) -> Result<u8, (u8, String)> {
         kill,
     };
     let report = replica::supervisor::supervise(plan).map_err(|e| (EXIT_HOST_ERROR, e))?;
+    if p.stats {
+        let c = &report.counters;
+        eprintln!(
+            "ditto: stats: outcome={} primary_turns={} secondary_turns={} primary_exits={} secondary_exits={} records={} compared_outputs={} wall={:.3}ms",
+            report.outcome,
+            c.primary_turns,
+            c.secondary_turns,
+            c.primary_exits,
+            c.secondary_exits,
+            c.records,
+            c.compared_outputs,
+            report.wall_seconds * 1e3
+        );
+    }
     Ok(exit_status(&report))
 }
 

@@ -90,6 +90,9 @@ pub struct Machine {
     running: Mutex<BTreeMap<i64, usize>>,
     /// TSC rate, for the doorbell servers' wake-up timing.
     tsc_per_us: OnceLock<f64>,
+    /// The trap path's round trip on this host, measured by the start-up probe (kvm_pvm):
+    /// what a doorbell wake-up must beat (see `doorbell::WakeStats`).
+    trap_round_trip: OnceLock<std::time::Duration>,
 }
 
 impl Machine {
@@ -115,6 +118,7 @@ impl Machine {
             // Measured when the first doorbell server starts: it takes a short sleep,
             // which start-up should not pay.
             tsc_per_us: OnceLock::new(),
+            trap_round_trip: OnceLock::new(),
         }
     }
 
@@ -127,6 +131,11 @@ impl Machine {
             && (self.process.det.get().is_none()
                 || std::env::var_os("DITTO_DET_DOORBELL").is_some())
             && self.syscall_entry() == Some(SyscallEntry::PageFaultTrap)
+    }
+
+    /// The trap path's round trip as the start-up probe measured it (kvm_pvm only).
+    pub fn trap_round_trip(&self) -> Option<std::time::Duration> {
+        self.trap_round_trip.get().copied()
     }
 
     /// How syscalls reached the VMM, once the first one has.

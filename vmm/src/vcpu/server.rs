@@ -126,8 +126,10 @@ impl Machine {
         let poll = self.cores.as_ref().map_or(num_cpus() > 1, |c| c.len() > 1);
         let mut poll_until: Option<Instant> = None;
         let mut answered = Instant::now();
-        let mut wake_stats =
-            doorbell::WakeStats::new(*self.tsc_per_us.get_or_init(doorbell::tsc_per_us));
+        let mut wake_stats = doorbell::WakeStats::new(
+            *self.tsc_per_us.get_or_init(doorbell::tsc_per_us),
+            self.trap_round_trip(),
+        );
         while !self.process.exiting() {
             let req = data.request();
             if req.seq == last {
