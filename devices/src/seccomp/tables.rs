@@ -57,6 +57,9 @@ pub const VCPU_IOCTLS: &[u64] = &[
     kvm(W, 0x8d, size_of::<kvm_bindings::kvm_fpu>()),       // KVM_SET_FPU
     kvm(W, 0x90, size_of::<kvm_bindings::kvm_cpuid2>()),    // KVM_SET_CPUID2
     kvm(W, 0xa7, size_of::<kvm_bindings::kvm_xcrs>()),      // KVM_SET_XCRS
+    kvm(0, 0xa3, 0),                                        // KVM_GET_TSC_KHZ (the vDSO's seed)
+    kvm(W, 0xe1, size_of::<kvm_bindings::kvm_device_attr>()), // KVM_SET_DEVICE_ATTR (TSC offset 0)
+    kvm(W, 0xe3, size_of::<kvm_bindings::kvm_device_attr>()), // KVM_HAS_DEVICE_ATTR
     0x5401,                                                 // TCGETS
     0x5402,                                                 // TCSETS
     0x5403,                                                 // TCSETSW

@@ -271,6 +271,7 @@ impl SyscallTable {
         use std::sync::atomic::Ordering;
         ctx.process.stats.syscalls.fetch_add(1, Ordering::Relaxed);
         ctx.thread.syscalls += 1;
+        ctx.process.timekeeper.tick();
         if std::mem::take(&mut ctx.thread.holds_reentry_turn) {
             if let Some(det) = ctx.process.det.get() {
                 // Not in a section any more (a stop, an exiting program): nothing to end.

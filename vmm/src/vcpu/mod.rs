@@ -90,6 +90,9 @@ pub struct Machine {
     running: Mutex<BTreeMap<i64, usize>>,
     /// TSC rate, for the doorbell servers' wake-up timing.
     tsc_per_us: OnceLock<f64>,
+    /// Whether the vDSO may compute time (LIVE), if the start-up probe finds the guest's
+    /// TSC to be the host's: a single VM on a host with a stable TSC.
+    time_live: bool,
 }
 
 impl Machine {
@@ -100,6 +103,7 @@ impl Machine {
         xcr0: u64,
         process: Arc<Process>,
         cores: Option<Vec<usize>>,
+        time_live: bool,
     ) -> Self {
         Machine {
             vm,
@@ -115,6 +119,7 @@ impl Machine {
             // Measured when the first doorbell server starts: it takes a short sleep,
             // which start-up should not pay.
             tsc_per_us: OnceLock::new(),
+            time_live,
         }
     }
 
