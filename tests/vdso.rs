@@ -27,7 +27,13 @@ fn stat(o: &Output, key: &str) -> u64 {
 
 /// Runs `vdsotime args` (`prog`: static or `-dyn` with `root`) under `ditto run --stats
 /// extra`, checks it printed `expect`, and returns the syscalls the VMM served.
-fn syscalls_of(extra: &[&str], root: Option<&Path>, prog: &str, args: &[&str], expect: &str) -> u64 {
+fn syscalls_of(
+    extra: &[&str],
+    root: Option<&Path>,
+    prog: &str,
+    args: &[&str],
+    expect: &str,
+) -> u64 {
     let mut flags: Vec<&str> = vec!["--stats"];
     flags.extend_from_slice(extra);
     if let Some(r) = root {
@@ -69,7 +75,13 @@ fn dynamic_glibc_uses_the_vdso() {
 fn monotonic_never_goes_back_across_threads() {
     let p = prog("vdsotime");
     for extra in [&[][..], &["--det"][..]] {
-        let n = syscalls_of(extra, None, s(&p), &["threads", "4", "100000"], "threads ok\n");
+        let n = syscalls_of(
+            extra,
+            None,
+            s(&p),
+            &["threads", "4", "100000"],
+            "threads ok\n",
+        );
         assert!(n <= 1000, "{extra:?}: {n} syscalls for 400k clock reads");
     }
 }
@@ -92,7 +104,12 @@ fn raw_syscalls_agree_with_the_vdso() {
     // And with every read a syscall (the vDSO's own fallback path).
     let n = syscalls_of(&[], None, s(&p), &["loop", "2000"], "loop ok\n");
     assert!(n < 1000);
-    let o = run_in_env(&["--stats"], &[s(&p), "loop", "2000"], b"", &[("DITTO_TIME", "syscall")]);
+    let o = run_in_env(
+        &["--stats"],
+        &[s(&p), "loop", "2000"],
+        b"",
+        &[("DITTO_TIME", "syscall")],
+    );
     assert_eq!(stdout(&o), "loop ok\n", "{}", stderr(&o));
     assert!(stat(&o, "syscalls") >= 2000, "{}", stderr(&o));
 }

@@ -20,8 +20,8 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use det::abi::*;
 use crate::guest_mem::GuestMemory;
+use det::abi::*;
 
 use crate::sync::lock;
 
@@ -248,8 +248,10 @@ impl Timekeeper {
             boot_off: s.boot_off,
         };
         self.write(&mut cal, p, DITTO_TIME_LIVE);
-        self.update_cycles
-            .store(cal.seed_hz * UPDATE_EVERY.as_secs().max(1), Ordering::Relaxed);
+        self.update_cycles.store(
+            cal.seed_hz * UPDATE_EVERY.as_secs().max(1),
+            Ordering::Relaxed,
+        );
         self.last_update.store(s.tsc, Ordering::Relaxed);
         self.live.store(true, Ordering::Release);
     }
@@ -354,8 +356,10 @@ impl Timekeeper {
         cal.seq = seq.wrapping_sub(1);
         self.write(cal, p, DITTO_TIME_LIVE);
         cal.updates += 1;
-        self.update_cycles
-            .store(hz.saturating_mul(UPDATE_EVERY.as_secs().max(1)), Ordering::Relaxed);
+        self.update_cycles.store(
+            hz.saturating_mul(UPDATE_EVERY.as_secs().max(1)),
+            Ordering::Relaxed,
+        );
         self.last_update.store(s.tsc, Ordering::Relaxed);
     }
 
@@ -417,7 +421,10 @@ mod tests {
         let tk = Timekeeper::new(&mem);
         assert!(!tk.live());
         assert_eq!(tk.now(Clock::Monotonic), None);
-        assert_eq!(mem.read_system_u64(DITTO_VVAR_ADDR + DITTO_VVAR_MODE), Some(0));
+        assert_eq!(
+            mem.read_system_u64(DITTO_VVAR_ADDR + DITTO_VVAR_MODE),
+            Some(0)
+        );
     }
 
     #[test]
@@ -429,7 +436,9 @@ mod tests {
             mem.read_system_u64(DITTO_VVAR_ADDR + DITTO_VVAR_MODE),
             Some(DITTO_TIME_LIVE)
         );
-        let seq = mem.read_system_u64(DITTO_VVAR_ADDR + DITTO_VVAR_SEQ).unwrap();
+        let seq = mem
+            .read_system_u64(DITTO_VVAR_ADDR + DITTO_VVAR_SEQ)
+            .unwrap();
         assert_eq!(seq % 2, 0);
         let mut last = 0;
         for i in 0..2000 {
@@ -471,7 +480,11 @@ mod tests {
         assert_eq!(tk.updates().1, 1);
         let h = host_ns(libc::CLOCK_MONOTONIC) as i64;
         let g = tk.now(Clock::Monotonic).unwrap() as i64;
-        assert!((h - g).abs() < 10_000_000, "off by {} ns after the step", h - g);
+        assert!(
+            (h - g).abs() < 10_000_000,
+            "off by {} ns after the step",
+            h - g
+        );
     }
 
     #[test]
@@ -489,7 +502,10 @@ mod tests {
         assert_eq!(p.at(Clock::Monotonic, 300), 105);
         assert_eq!(p.at(Clock::Monotonic, 50), 5);
         assert_eq!(p.at(Clock::Realtime, 300), 1105);
-        assert_eq!(Clock::from_id(libc::CLOCK_MONOTONIC_RAW as u64), Some(Clock::Monotonic));
+        assert_eq!(
+            Clock::from_id(libc::CLOCK_MONOTONIC_RAW as u64),
+            Some(Clock::Monotonic)
+        );
         assert_eq!(Clock::from_id(libc::CLOCK_PROCESS_CPUTIME_ID as u64), None);
     }
 }

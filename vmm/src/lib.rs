@@ -11,8 +11,8 @@ pub mod fpstate;
 pub mod layout;
 pub mod signal_frame;
 pub mod stack;
-pub mod vdso;
 pub mod vcpu;
+pub mod vdso;
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -422,7 +422,8 @@ fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
 /// the host kernel's own clocksource (it keeps `tsc` only while the cores' TSCs agree, and
 /// vCPU threads move between cores).
 fn time_live_wanted(config: &VmConfig) -> bool {
-    if config.replication.is_some() || std::env::var_os("DITTO_TIME").is_some_and(|v| v == "syscall")
+    if config.replication.is_some()
+        || std::env::var_os("DITTO_TIME").is_some_and(|v| v == "syscall")
     {
         return false;
     }
@@ -454,7 +455,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     // The doorbell pages at the top are the VMM's, not the program's (see reserve_top).
     mem.reserve_top(doorbell::AREA_SIZE);
     cpu::build_system_area(&mem)?;
-    let sysinfo_ehdr = vdso::install(&mem).ok_or(cpu::CpuSetupError::TooSmall)?;
+    // Before the stack: AT_SYSINFO_EHDR names the image's fixed address (layout::VDSO).
+    vdso::install(&mem).ok_or(cpu::CpuSetupError::TooSmall)?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -510,7 +512,6 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         &loaded,
         program.as_bytes(),
         config.seed,
-        sysinfo_ehdr,
     )
     .map_err(|_| VmmError::Stack)?;
     let mut aspace = AddressSpace::new(layout);

@@ -61,7 +61,6 @@ pub fn build(
     prog: &LoadedProgram,
     execfn: &[u8],
     seed: u64,
-    sysinfo_ehdr: u64,
 ) -> Result<(u64, ProcInfo), Errno> {
     let mut sp = top;
     let mut push_bytes = |data: &[u8]| -> Result<u64, Errno> {
@@ -119,7 +118,7 @@ pub fn build(
         (AT_CLKTCK, 100),
         (AT_PLATFORM, platform_at),
         (AT_EXECFN, execfn_at),
-        (AT_SYSINFO_EHDR, sysinfo_ehdr),
+        (AT_SYSINFO_EHDR, crate::layout::VDSO),
         (AT_NULL, 0),
     ];
     let words = 1 + arg_ptrs.len() + 1 + env_ptrs.len() + 1 + auxv.len() * 2;
@@ -183,7 +182,6 @@ mod tests {
             &prog,
             b"/prog",
             7,
-            0x1FD000,
         )
         .unwrap();
         assert_eq!(sp % 16, 0);
@@ -204,7 +202,13 @@ mod tests {
         assert_eq!(env, b"K=V\0");
         assert_eq!(info.auxv_start, sp + 48);
         assert_eq!(mem.read_obj::<u64>(info.auxv_end - 16).unwrap(), AT_NULL);
-        assert_eq!(mem.read_obj::<u64>(info.auxv_end - 32).unwrap(), AT_SYSINFO_EHDR);
-        assert_eq!(mem.read_obj::<u64>(info.auxv_end - 24).unwrap(), 0x1FD000);
+        assert_eq!(
+            mem.read_obj::<u64>(info.auxv_end - 32).unwrap(),
+            AT_SYSINFO_EHDR
+        );
+        assert_eq!(
+            mem.read_obj::<u64>(info.auxv_end - 24).unwrap(),
+            crate::layout::VDSO
+        );
     }
 }

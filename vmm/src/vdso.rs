@@ -14,10 +14,9 @@ pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vdso.so"));
 // The image must fit its pages; checked when it is built into ditto.
 const _: () = assert!(IMAGE.len() as u64 <= layout::VDSO_SIZE);
 
-/// Copies the image into its pages; returns AT_SYSINFO_EHDR's value.
-pub fn install(mem: &GuestMemory) -> Option<u64> {
-    mem.write_system(layout::VDSO, IMAGE)?;
-    Some(layout::VDSO)
+/// Copies the image into its pages (None: memory too small for the system area).
+pub fn install(mem: &GuestMemory) -> Option<()> {
+    mem.write_system(layout::VDSO, IMAGE)
 }
 
 #[cfg(test)]
@@ -59,7 +58,9 @@ mod tests {
         assert_eq!(elf.soname, Some("linux-vdso.so.1"));
         assert!(elf.dynrelas.is_empty() && elf.dynrels.is_empty() && elf.pltrelocs.is_empty());
         assert!(
-            elf.dynsyms.iter().all(|s| s.st_shndx != 0 || s.st_name == 0),
+            elf.dynsyms
+                .iter()
+                .all(|s| s.st_shndx != 0 || s.st_name == 0),
             "no undefined symbols"
         );
         let verdef = elf.verdef.as_ref().expect("a version definition");
@@ -90,14 +91,17 @@ mod tests {
         }
         for sym in elf.dynsyms.iter() {
             let name = elf.dynstrtab.get_at(sym.st_name).unwrap_or("");
-            assert!(!name.contains("getrandom"), "no vgetrandom protocol offered");
+            assert!(
+                !name.contains("getrandom"),
+                "no vgetrandom protocol offered"
+            );
         }
     }
 
     #[test]
     fn install_places_the_image() {
         let mem = GuestMemory::new(4 << 20).unwrap();
-        assert_eq!(install(&mem), Some(layout::VDSO));
+        assert_eq!(install(&mem), Some(()));
         assert_eq!(
             mem.read_system_u64(layout::VDSO),
             Some(u64::from_le_bytes(IMAGE[..8].try_into().unwrap()))

@@ -126,7 +126,9 @@ fn gettimeofday(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let tz = opt_buf(ctx, a[1], 8, Access::Write)?;
     if let Some(ns) = live_ns(ctx, libc::CLOCK_REALTIME as u64) {
         if a[0] != 0 {
-            ctx.process.mem.write_obj(a[0], &[ns / NS, ns % NS / 1000])?;
+            ctx.process
+                .mem
+                .write_obj(a[0], &[ns / NS, ns % NS / 1000])?;
         }
         // The time zone is the host kernel's.
         return sc(libc::SYS_gettimeofday, [0, tz as u64, 0, 0, 0, 0]);

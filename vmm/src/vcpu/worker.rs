@@ -242,7 +242,12 @@ impl Machine {
             return;
         }
         if !(before..=after).contains(&guest) {
-            tracing::debug!(before, guest, after, "guest TSC is not the host's: time by syscall");
+            tracing::debug!(
+                before,
+                guest,
+                after,
+                "guest TSC is not the host's: time by syscall"
+            );
             return;
         }
         match vcpu.get_tsc_khz() {
