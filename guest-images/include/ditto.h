@@ -1,8 +1,9 @@
 /*
  * ditto.h - the guest ABI for deterministic execution under ditto.
  *
- * This header is the single definition of the det hypercalls (DESIGN.md §5). The VMM's
- * syscall table and libditto both follow it; change the numbers here and nowhere else.
+ * This header is the single definition of the det hypercalls (DESIGN.md §5) and of the
+ * vDSO's addresses and parameter page (at the end). The VMM's syscall table, its vDSO and
+ * libditto all follow it; change the numbers here and nowhere else.
  *
  * The hypercalls are ordinary `syscall` instructions with numbers in a private range far
  * above any Linux syscall, so a program built against this header runs unchanged on a

@@ -1,6 +1,7 @@
 //! A vCPU's worker thread: its state machine (`Idle -> Running -> Idle | Stopped`, see
 //! the `vcpu` module docs), the vCPU's set-up, the start-up probe of how `syscall`
-//! reaches the VMM, loading a program thread, and the exit loop that runs it.
+//! reaches the VMM and of whether the guest's TSC is the host's (the vDSO's time),
+//! loading a program thread, and the exit loop that runs it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
