@@ -11,7 +11,8 @@
 //! a guest lagging by more than [`MAX_ERROR_NS`] stepped forward. MONOTONIC never goes
 //! back: each update starts where the old parameters stand at the TSC it reads after
 //! marking the page as being written (a reader still on the old parameters read its TSC
-//! earlier). REALTIME and BOOTTIME are MONOTONIC plus the host's current offsets.
+//! earlier). REALTIME and BOOTTIME are MONOTONIC plus the host's current offsets, and a
+//! step of the host's REALTIME triggers an update at the next syscall.
 //!
 //! Until [`Timekeeper::start`] the page says SYSCALL and every clock read, in the vDSO and
 //! here, is the host's: that is what a pair, and a host whose TSC is not trustworthy, get.
@@ -31,6 +32,9 @@ pub const UPDATE_EVERY: Duration = Duration::from_secs(1);
 pub const MAX_ERROR_NS: i64 = 100_000_000;
 /// The most the rate is tilted to absorb an error, in parts per million.
 pub const MAX_SLEW_PPM: i64 = 500;
+/// A change of the host's REALTIME - MONOTONIC offset this large is a step the guest takes
+/// at its next syscall rather than at the next regular update.
+pub const REALTIME_STEP_NS: u64 = 1_000_000;
 /// How many times a reader retries a page that changes under it before it waits for the
 /// writer's lock instead.
 const READ_TRIES: u32 = 64;
@@ -294,8 +298,9 @@ impl Timekeeper {
         })
     }
 
-    /// Recalibrates if the last update is [`UPDATE_EVERY`] old; called at every syscall,
-    /// so it costs one TSC read when nothing is due.
+    /// Recalibrates if the last update is [`UPDATE_EVERY`] old, or if the host's REALTIME
+    /// stepped (settimeofday, an NTP step) by more than [`REALTIME_STEP_NS`] since: called
+    /// at every syscall, so it costs a TSC read and two host vDSO reads when nothing is due.
     pub fn tick(&self) {
         if !self.live() {
             return;
@@ -303,7 +308,14 @@ impl Timekeeper {
         let now = rdtsc();
         let last = self.last_update.load(Ordering::Relaxed);
         if now.saturating_sub(last) < self.update_cycles.load(Ordering::Relaxed) {
-            return;
+            let host_off =
+                host_ns(libc::CLOCK_REALTIME).wrapping_sub(host_ns(libc::CLOCK_MONOTONIC));
+            let ours = self
+                .word(DITTO_VVAR_REAL_OFF)
+                .map_or(host_off, |w| w.load(Ordering::Relaxed));
+            if (host_off as i64).wrapping_sub(ours as i64).unsigned_abs() < REALTIME_STEP_NS {
+                return;
+            }
         }
         // Another thread is updating: it does this round.
         let Ok(mut cal) = self.writer.try_lock() else {
@@ -459,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lagging_clock_steps_forward_and_a_leading_one_slews() {
+    fn a_small_lag_slews_and_a_large_one_steps_forward() {
         let mem = GuestMemory::new(4 << 20).unwrap();
         let tk = Timekeeper::new(&mem);
         // A seed 10% slow: after 0.3 s the guest lags by 30 ms, which is slewed, not stepped.
@@ -485,6 +497,28 @@ mod tests {
             "off by {} ns after the step",
             h - g
         );
+    }
+
+    #[test]
+    fn a_realtime_step_is_taken_at_the_next_tick() {
+        let mem = GuestMemory::new(4 << 20).unwrap();
+        let tk = Timekeeper::new(&mem);
+        tk.start(tsc_khz());
+        // The page's REALTIME offset moved by an hour, as if the host had stepped back.
+        let mut cal = lock(&tk.writer);
+        let mut p = tk.read_params().unwrap();
+        p.real_off = p.real_off.wrapping_sub(3_600_000_000_000);
+        tk.write(&mut cal, p, DITTO_TIME_LIVE);
+        drop(cal);
+        let (updates, _) = tk.updates();
+        tk.tick();
+        assert_eq!(tk.updates().0, updates + 1, "the step was not noticed");
+        let h = host_ns(libc::CLOCK_REALTIME) as i64;
+        let g = tk.now(Clock::Realtime).unwrap() as i64;
+        assert!((h - g).abs() < 10_000_000, "realtime off by {} ns", h - g);
+        // Nothing changed since: the next tick does nothing.
+        tk.tick();
+        assert_eq!(tk.updates().0, updates + 1);
     }
 
     #[test]
