@@ -1,4 +1,4 @@
-//! Reads the det hypercall numbers from `guest-images/include/ditto.h`, the one place the
+//! Reads the det hypercall numbers and the vDSO parameter page layout from `guest-images/include/ditto.h`, the one place the
 //! guest ABI is defined, and emits them as Rust constants (`$OUT_DIR/ditto_abi.rs`), so the
 //! VMM and the guests can never disagree on them.
 
@@ -21,6 +21,21 @@ const NAMES: &[&str] = &[
     "DITTO_SLOT_CALL",
     "DITTO_SLOT_STATE_MASK",
     "DITTO_SLOT_TICK_SHIFT",
+    "DITTO_VVAR_ADDR",
+    "DITTO_VDSO_ADDR",
+    "DITTO_VDSO_SIZE",
+    "DITTO_VVAR_MAGIC",
+    "DITTO_VVAR_SEQ",
+    "DITTO_VVAR_MODE",
+    "DITTO_VVAR_TSC_BASE",
+    "DITTO_VVAR_MULT",
+    "DITTO_VVAR_MONO_BASE",
+    "DITTO_VVAR_REAL_OFF",
+    "DITTO_VVAR_BOOT_OFF",
+    "DITTO_VVAR_SHIFT",
+    "DITTO_VVAR_MAGIC_VALUE",
+    "DITTO_TIME_SYSCALL",
+    "DITTO_TIME_LIVE",
 ];
 
 fn main() {

@@ -5,7 +5,7 @@
 //!   guest contract's "ordinary static program".
 //! - `<name>-det` for [`VARIANTS`]: static, with libditto linked in through
 //!   `-Wl,--wrap`, because LD_PRELOAD cannot reach a static program.
-//! - `<name>-dyn` for [`VARIANTS`] and [`DYNAMIC_ONLY`]: dynamically linked, for libditto injected by LD_PRELOAD
+//! - `<name>-dyn` for [`VARIANTS`], [`DYNAMIC_ONLY`] and [`ALSO_DYNAMIC`]: dynamically linked, for libditto injected by LD_PRELOAD
 //!   (needs ld.so and libc in the image).
 //! - `libditto.so`: the LD_PRELOAD interposer.
 
@@ -28,6 +28,10 @@ const VARIANTS: &[&str] = &[
 /// Programs built only as `<name>-dyn`: they use glibc parts that a static program cannot
 /// load (getaddrinfo's NSS modules), so a static build would only warn and fail at run time.
 const DYNAMIC_ONLY: &[&str] = &["glibc_locks"];
+
+/// Programs built static and also as `<name>-dyn`, with no `-det` build: vdsotime checks
+/// that dynamic glibc, through ld.so, finds and uses the vDSO as the static one does.
+const ALSO_DYNAMIC: &[&str] = &["vdsotime"];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -71,6 +75,13 @@ fn main() {
             &[&"-static", &"-O2", &"-pthread", &"-o", &out.join(name), src],
             name,
         );
+        if ALSO_DYNAMIC.contains(&name) {
+            let dyn_ = out.join(format!("{name}-dyn"));
+            cc.run(
+                &[&"-O2", &"-pthread", &"-o", &dyn_, src],
+                &format!("{name}-dyn"),
+            );
+        }
     }
 
     let so = out.join("libditto.so");

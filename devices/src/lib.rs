@@ -17,6 +17,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod sync;
 pub mod syscalls;
+pub mod timekeeper;
 pub mod vma;
 
 pub use guest_memory::{errno, guest_mem, safecopy, Errno};

@@ -60,6 +60,8 @@ pub struct Stats {
 
 /// Everything shared by the program's threads.
 pub struct Process {
+    /// The guest's clocks: the vDSO's parameter page and the time syscalls' formula.
+    pub timekeeper: crate::timekeeper::Timekeeper,
     /// Guest memory.
     pub mem: GuestMemory,
     /// The descriptor table.
@@ -108,7 +110,9 @@ impl Process {
         // From here on every buffer a syscall names is checked against the program's
         // mappings, which the mapping table keeps in the guest memory's page table.
         aspace.vmas_mut().mirror_into(mem.enforce_protections());
+        let timekeeper = crate::timekeeper::Timekeeper::new(&mem);
         Process {
+            timekeeper,
             mem,
             fds: Mutex::new(fds),
             aspace: Mutex::new(aspace),

@@ -1,8 +1,9 @@
 /*
  * ditto.h - the guest ABI for deterministic execution under ditto.
  *
- * This header is the single definition of the det hypercalls (DESIGN.md §5). The VMM's
- * syscall table and libditto both follow it; change the numbers here and nowhere else.
+ * This header is the single definition of the det hypercalls (DESIGN.md §5) and of the
+ * vDSO's addresses and parameter page (at the end). The VMM's syscall table, its vDSO and
+ * libditto all follow it; change the numbers here and nowhere else.
  *
  * The hypercalls are ordinary `syscall` instructions with numbers in a private range far
  * above any Linux syscall, so a program built against this header runs unchanged on a
@@ -155,5 +156,49 @@ static inline int ditto_present(void)
     ditto_det_end();
     return 1;
 }
+
+/*
+ * The vDSO and its parameter page (docs/det.md, "Time without exits").
+ *
+ * ditto gives every program a vDSO (AT_SYSINFO_EHDR) at DITTO_VDSO_ADDR, DITTO_VDSO_SIZE
+ * bytes, user read+execute, and just before it the parameter page at DITTO_VVAR_ADDR, user
+ * read-only. Both lie in the system area below the program's first byte, at the same
+ * addresses in every run and in both replicas of a pair, where no mmap can reach them.
+ * /proc/self/maps shows them as [vvar] and [vdso].
+ *
+ * The parameter page is written by the VMM alone and read by the vDSO (u64 words, offsets
+ * in bytes):
+ *   MAGIC      DITTO_VVAR_MAGIC_VALUE once the VMM has filled the page.
+ *   SEQ        seqlock word: odd while the VMM rewrites the words below. A reader takes SEQ,
+ *              the words and `lfence; rdtsc`, then SEQ again, and retries if SEQ was odd or
+ *              changed (after a bounded number of tries it takes the syscall).
+ *   MODE       SYSCALL (0): every call runs the real syscall (a pair; a host whose TSC
+ *              cannot be trusted; before the VMM has calibrated). LIVE (1): the vDSO computes
+ *              the time itself.
+ *   TSC_BASE   the TSC at which MONO_BASE held.
+ *   MULT       nanoseconds per TSC cycle << DITTO_VVAR_SHIFT.
+ *   MONO_BASE  CLOCK_MONOTONIC in ns at TSC_BASE:
+ *                monotonic = MONO_BASE + ((tsc - TSC_BASE) * MULT) >> DITTO_VVAR_SHIFT
+ *              (128-bit product; tsc < TSC_BASE counts as TSC_BASE).
+ *   REAL_OFF   CLOCK_REALTIME - CLOCK_MONOTONIC in ns (two's complement).
+ *   BOOT_OFF   CLOCK_BOOTTIME - CLOCK_MONOTONIC in ns.
+ * The VMM's own clock_gettime/gettimeofday/time compute the same formula, so a value the
+ * vDSO returned is never followed by an earlier one from a syscall.
+ */
+#define DITTO_VVAR_ADDR 0x1FC000
+#define DITTO_VDSO_ADDR 0x1FD000
+#define DITTO_VDSO_SIZE 0x3000
+#define DITTO_VVAR_MAGIC 0
+#define DITTO_VVAR_SEQ 8
+#define DITTO_VVAR_MODE 16
+#define DITTO_VVAR_TSC_BASE 24
+#define DITTO_VVAR_MULT 32
+#define DITTO_VVAR_MONO_BASE 40
+#define DITTO_VVAR_REAL_OFF 48
+#define DITTO_VVAR_BOOT_OFF 56
+#define DITTO_VVAR_SHIFT 32
+#define DITTO_VVAR_MAGIC_VALUE 0x4F5344564F544944
+#define DITTO_TIME_SYSCALL 0
+#define DITTO_TIME_LIVE 1
 
 #endif /* DITTO_H */

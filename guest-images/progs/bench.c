@@ -1,9 +1,12 @@
 /*
- * bench getpid N | rw N | compute N | memcpy MB | thread N: micro benchmarks for the VMM's costs.
+ * bench getpid N | clock N | rw N | compute N | memcpy MB | thread N: micro benchmarks for the
+ * VMM's costs.
  * Each prints one line on stdout: "<name> <iterations> <total_ns> <ns_per_iter>", with
  * ns_per_iter to two decimals. Time is read once before and once after the loop, so the
  * measurement adds only two clock_gettime calls.
  *   getpid N   N raw getpid syscalls (one VM exit each under ditto)
+ *   clock N    N clock_gettime(CLOCK_MONOTONIC) calls through glibc (the vDSO, natively and
+ *              under ditto)
  *   rw N       N rounds of a 64-byte write into a pipe and a 64-byte read back out: 2N
  *              raw syscalls with a buffer each (iterations are the 2N calls)
  *   compute N  N iterations of an integer loop (no exits); its result goes to stderr
@@ -40,7 +43,7 @@ static void *nothing(void *arg) { return arg; }
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: bench getpid|rw|compute|memcpy|thread|sock N\n");
+        fprintf(stderr, "usage: bench getpid|clock|rw|compute|memcpy|thread|sock N\n");
         return 2;
     }
     const char *what = argv[1];
@@ -51,6 +54,16 @@ int main(int argc, char **argv)
         for (long i = 0; i < n; i++)
             syscall(SYS_getpid);
         t1 = now_ns();
+    } else if (strcmp(what, "clock") == 0) {
+        struct timespec ts;
+        long long sum = 0;
+        t0 = now_ns();
+        for (long i = 0; i < n; i++) {
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            sum += ts.tv_nsec;
+        }
+        t1 = now_ns();
+        fprintf(stderr, "clock sum=%lld\n", sum);
     } else if (strcmp(what, "rw") == 0) {
         int p[2];
         char buf[64];

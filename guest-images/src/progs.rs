@@ -62,6 +62,8 @@ pub const PROGRAMS: &[&str] = &[
     "sysfuzz",
     "thread_churn",
     "unixpath",
+    "vdsotime",
+    "vdsotime-dyn",
 ];
 
 /// Set libditto's emulation mode: natively, a process-wide mutex stands in for the det

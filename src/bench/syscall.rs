@@ -1,5 +1,6 @@
-//! `ditto bench syscall`: syscall round trip, compute, memcpy, thread create+join and
-//! start-up, each run natively and in ditto in one invocation.
+//! `ditto bench syscall`: syscall round trip, clock_gettime (through the vDSO, and with every
+//! read a syscall as before the vDSO), compute, memcpy, thread create+join and start-up, each
+//! run natively and in ditto in one invocation.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -46,14 +47,16 @@ fn micro(
     name: &'static str,
     unit: &'static str,
     args: &[&str],
-    native_n: &str,
-    vm_n: &str,
+    (native_n, vm_n): (&str, &str),
+    vm_env: &[(&str, &str)],
 ) -> Result<Row, String> {
     let mut nat = Vec::new();
     let mut vm = Vec::new();
     for _ in 0..reps {
         nat.push(bench_line(Command::new(prog).args(args).arg(native_n))?);
-        vm.push(bench_line(in_ditto(prog).args(args).arg(vm_n))?);
+        let mut c = in_ditto(prog);
+        c.envs(vm_env.iter().copied()).args(args).arg(vm_n);
+        vm.push(bench_line(&mut c)?);
     }
     Ok(Row {
         name,
@@ -101,8 +104,26 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
             "getpid round trip",
             "ns/call",
             &["getpid"],
-            "1000000",
-            "20000",
+            ("1000000", "20000"),
+            &[],
+        )?,
+        micro(
+            &bench,
+            reps,
+            "clock_gettime (vDSO)",
+            "ns/call",
+            &["clock"],
+            ("10000000", "1000000"),
+            &[],
+        )?,
+        micro(
+            &bench,
+            reps,
+            "clock_gettime, DITTO_TIME=syscall",
+            "ns/call",
+            &["clock"],
+            ("10000000", "20000"),
+            &[("DITTO_TIME", "syscall")],
         )?,
         micro(
             &bench,
@@ -110,8 +131,8 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
             "pipe write/read 64 B",
             "ns/call",
             &["rw"],
-            "500000",
-            "10000",
+            ("500000", "10000"),
+            &[],
         )?,
         micro(
             &bench,
@@ -119,8 +140,8 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
             "compute loop",
             "ns/iter",
             &["compute"],
-            "300000000",
-            "300000000",
+            ("300000000", "300000000"),
+            &[],
         )?,
         micro(
             &bench,
@@ -128,8 +149,8 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
             "memcpy 256 MB",
             "ns/MiB",
             &["memcpy"],
-            "256",
-            "256",
+            ("256", "256"),
+            &[],
         )?,
         micro(
             &bench,
@@ -137,8 +158,8 @@ fn syscall_bench(reps: usize) -> Result<Vec<Row>, String> {
             "pthread create+join",
             "ns/thread",
             &["thread"],
-            "200",
-            "200",
+            ("200", "200"),
+            &[],
         )?,
         startup(&hello, reps)?,
     ])

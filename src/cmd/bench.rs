@@ -11,7 +11,7 @@ use crate::bench;
 /// Which benchmark to run.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Which {
-    /// Syscall round trip, compute, memcpy, thread create+join, start-up.
+    /// Syscall round trip, clock_gettime (vDSO and by syscall), compute, memcpy, thread create+join, start-up.
     Syscall,
     /// redis (redis-benchmark), nginx (wrk) and pbzip2 from their images.
     Servers,

@@ -80,6 +80,13 @@ pub fn build_system_area(mem: &GuestMemory) -> Result<(), CpuSetupError> {
     for k in 1..512u64 {
         w(layout::LOW_PT + k * 8, (k << 12) | PTE_P | PTE_RW)?;
     }
+    // Except the vDSO's pages (ditto.h): the parameter page user read-only, the image user
+    // read+execute (no NX bit anywhere), both read-only for the program.
+    let mut page = layout::VVAR;
+    while page < layout::VDSO + layout::VDSO_SIZE {
+        w(layout::LOW_PT + (page >> 12) * 8, page | PTE_P | PTE_US)?;
+        page += 0x1000;
+    }
 
     let gdt: [u64; 7] = [
         0,
@@ -369,6 +376,13 @@ mod tests {
         assert_eq!(mem.read_system_u64(layout::LOW_PT).unwrap(), 0);
         let e = mem.read_system_u64(layout::LOW_PT + 8).unwrap();
         assert_eq!(e & PTE_US, 0);
+        // The vDSO's pages are the only user pages there, and the program cannot write them.
+        for k in 1..512u64 {
+            let e = mem.read_system_u64(layout::LOW_PT + k * 8).unwrap();
+            let vdso = (layout::VVAR..layout::VDSO + layout::VDSO_SIZE).contains(&(k << 12));
+            assert_eq!(e & PTE_US != 0, vdso, "page {k:#x}");
+            assert_eq!(e & PTE_RW != 0, !vdso, "page {k:#x}");
+        }
         let pd1 = mem.read_system_u64(layout::PD_BASE + 8).unwrap();
         assert_eq!(pd1, (2 << 20) | PTE_P | PTE_RW | PTE_US | PTE_PS);
         assert!(build_system_area(&GuestMemory::new(66 << 30).unwrap()).is_err());

@@ -1,5 +1,6 @@
 //! The system area: the low 2 MiB of guest memory, which the program can never touch
-//! (page 0 is not present; pages 1..511 are supervisor-only).
+//! (page 0 is not present; pages 1..511 are supervisor-only), but for the vDSO's pages at
+//! the top, which it may read and call (addresses from ditto.h).
 //!
 //! ```text
 //! 0x000000  NULL guard page (not present)
@@ -13,6 +14,8 @@
 //! 0x062000  the LSTAR page (syscall entry; see `cpu`)
 //! 0x063000  TSSs, 128 bytes per vCPU
 //! 0x080000  kernel stacks, 1 KiB per vCPU (only exception frames live there)
+//! 0x1FC000  the vDSO's parameter page (user read-only; `devices::timekeeper` writes it)
+//! 0x1FD000  the vDSO image, 3 pages (user read+execute; `crate::vdso`)
 //! 0x200000  end: program memory starts here (devices::guest_mem::USER_START)
 //! ```
 
@@ -46,6 +49,12 @@ pub const KSTACK_BASE: u64 = 0x80000;
 pub const KSTACK_SIZE: u64 = 1024;
 /// Most vCPUs (threads alive at once) one program can have.
 pub const MAX_VCPUS: u64 = 512;
+/// The vDSO's parameter page (ditto.h `DITTO_VVAR_ADDR`).
+pub const VVAR: u64 = det::abi::DITTO_VVAR_ADDR;
+/// The vDSO image (ditto.h `DITTO_VDSO_ADDR`).
+pub const VDSO: u64 = det::abi::DITTO_VDSO_ADDR;
+/// Bytes reserved for the vDSO image.
+pub const VDSO_SIZE: u64 = det::abi::DITTO_VDSO_SIZE;
 
 /// GDT selectors, in Linux's layout so that sysret works and the program sees
 /// the selector values it would see natively.
@@ -81,5 +90,7 @@ const _: () = {
     assert!(GDT + sel::TSS0 as u64 + 16 * MAX_VCPUS <= IDT);
     assert!(EXC_STUBS + 32 * STUB_SIZE <= LSTAR_PAGE);
     assert!(TSS_BASE + MAX_VCPUS * TSS_SLOT <= KSTACK_BASE);
-    assert!(KSTACK_BASE + MAX_VCPUS * KSTACK_SIZE <= devices::guest_mem::USER_START);
+    assert!(KSTACK_BASE + MAX_VCPUS * KSTACK_SIZE <= VVAR);
+    assert!(VVAR + 0x1000 == VDSO);
+    assert!(VDSO + VDSO_SIZE <= devices::guest_mem::USER_START);
 };

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod signal_frame;
 pub mod stack;
 pub mod vcpu;
+pub mod vdso;
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -420,6 +421,34 @@ fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
     env
 }
 
+/// Whether the vDSO should compute time in this run (mode LIVE; the start-up probe still
+/// checks the guest's TSC): not in a pair, whose every clock read must reach the VMM to be
+/// recorded; not where `DITTO_TIME=syscall` asks for every read to be a syscall (to compare);
+/// and only on a host whose TSC is stable: constant and nonstop across power states, and
+/// the host kernel's own clocksource (it keeps `tsc` only while the cores' TSCs agree, and
+/// vCPU threads move between cores).
+fn time_live_wanted(config: &VmConfig) -> bool {
+    if config.replication.is_some()
+        || std::env::var_os("DITTO_TIME").is_some_and(|v| v == "syscall")
+    {
+        return false;
+    }
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = flags
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|w| w == f);
+    let source =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap_or_default();
+    let stable = has("constant_tsc") && has("nonstop_tsc") && source.trim() == "tsc";
+    if !stable {
+        tracing::debug!("host TSC not stable: the vDSO takes the syscall for time");
+    }
+    stable
+}
+
 /// Runs a program to completion.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     let t0 = Instant::now();
@@ -432,6 +461,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     // The doorbell pages at the top are the VMM's, not the program's (see reserve_top).
     mem.reserve_top(doorbell::AREA_SIZE);
     cpu::build_system_area(&mem)?;
+    // Before the stack: AT_SYSINFO_EHDR names the image's fixed address (layout::VDSO).
+    vdso::install(&mem).ok_or(cpu::CpuSetupError::TooSmall)?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -492,6 +523,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     let mut aspace = AddressSpace::new(layout);
     enter_images(&mut aspace, &loaded, &exe);
     let process = Arc::new(Process::new(mem, aspace, fs, std_fds(), exe));
+    process.timekeeper.set_vdso_mapped();
     let _ = process.proc_info.set(proc_info);
 
     // SAFETY: umask(0) so the program's own umask (applied by the syscall layer) is the
@@ -508,6 +540,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         xcr0,
         process.clone(),
         config.cores.clone(),
+        time_live_wanted(config),
     ));
     let _ = process
         .kicker

@@ -1,6 +1,7 @@
 //! The initial stack of the main thread: argc, argv, envp and the auxiliary vector,
-//! laid out as the Linux kernel does. There is no vDSO (no AT_SYSINFO_EHDR), so
-//! every time query is a syscall; AT_RANDOM comes from the seed.
+//! laid out as the Linux kernel does. AT_SYSINFO_EHDR names ditto's vDSO (`crate::vdso`),
+//! which glibc, static or dynamic, uses for clock_gettime, gettimeofday, time, clock_getres
+//! and getcpu; AT_RANDOM comes from the seed.
 
 use devices::guest_mem::GuestMemory;
 use devices::process::ProcInfo;
@@ -27,6 +28,7 @@ const AT_SECURE: u64 = 23;
 const AT_RANDOM: u64 = 25;
 const AT_HWCAP2: u64 = 26;
 const AT_EXECFN: u64 = 31;
+const AT_SYSINFO_EHDR: u64 = 33;
 
 /// The 16 AT_RANDOM bytes for a seed (splitmix64): the same seed gives the same
 /// stack protector canary and pointer guard in every run and both replicas.
@@ -116,6 +118,7 @@ pub fn build(
         (AT_CLKTCK, 100),
         (AT_PLATFORM, platform_at),
         (AT_EXECFN, execfn_at),
+        (AT_SYSINFO_EHDR, crate::layout::VDSO),
         (AT_NULL, 0),
     ];
     let words = 1 + arg_ptrs.len() + 1 + env_ptrs.len() + 1 + auxv.len() * 2;
@@ -199,5 +202,13 @@ mod tests {
         assert_eq!(env, b"K=V\0");
         assert_eq!(info.auxv_start, sp + 48);
         assert_eq!(mem.read_obj::<u64>(info.auxv_end - 16).unwrap(), AT_NULL);
+        assert_eq!(
+            mem.read_obj::<u64>(info.auxv_end - 32).unwrap(),
+            AT_SYSINFO_EHDR
+        );
+        assert_eq!(
+            mem.read_obj::<u64>(info.auxv_end - 24).unwrap(),
+            crate::layout::VDSO
+        );
     }
 }

@@ -83,6 +83,17 @@ fn maps_line(out: &mut Vec<u8>, start: u64, v: &Vma) {
 pub fn maps(p: &Process) -> Vec<u8> {
     let asp = lock(&p.aspace);
     let mut out = Vec::new();
+    // The vDSO and its parameter page lie below every program mapping, in the system area
+    // (ditto.h): VMM pages, but the program's to read and call, as on Linux.
+    if p.timekeeper.vdso_mapped() {
+        use det::abi::{DITTO_VDSO_ADDR, DITTO_VDSO_SIZE, DITTO_VVAR_ADDR};
+        let r = libc::PROT_READ as u32;
+        let vvar = Vma::anon(DITTO_VVAR_ADDR + 4096, r, false, Some("[vvar]"));
+        maps_line(&mut out, DITTO_VVAR_ADDR, &vvar);
+        let end = DITTO_VDSO_ADDR + DITTO_VDSO_SIZE;
+        let vdso = Vma::anon(end, r | libc::PROT_EXEC as u32, false, Some("[vdso]"));
+        maps_line(&mut out, DITTO_VDSO_ADDR, &vdso);
+    }
     for (start, v) in asp.vmas().iter() {
         maps_line(&mut out, start, v);
     }

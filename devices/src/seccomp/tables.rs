@@ -44,30 +44,33 @@ const R: u64 = 2;
 /// and doorbells it creates for the guest's new threads, and the terminal and socket
 /// requests the guest's ioctl handler forwards (`sys_file.rs`).
 pub const VCPU_IOCTLS: &[u64] = &[
-    kvm(0, 0x04, 0),                                        // KVM_GET_VCPU_MMAP_SIZE
-    kvm(0, 0x41, 0),                                        // KVM_CREATE_VCPU
-    kvm(W, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>()), // KVM_IOEVENTFD
-    kvm(0, 0x80, 0),                                        // KVM_RUN
-    kvm(R, 0x81, size_of::<kvm_bindings::kvm_regs>()),      // KVM_GET_REGS
-    kvm(W, 0x82, size_of::<kvm_bindings::kvm_regs>()),      // KVM_SET_REGS
-    kvm(R, 0x83, size_of::<kvm_bindings::kvm_sregs>()),     // KVM_GET_SREGS
-    kvm(W, 0x84, size_of::<kvm_bindings::kvm_sregs>()),     // KVM_SET_SREGS
-    kvm(W, 0x89, size_of::<kvm_bindings::kvm_msrs>()),      // KVM_SET_MSRS
-    kvm(R, 0x8c, size_of::<kvm_bindings::kvm_fpu>()),       // KVM_GET_FPU
-    kvm(W, 0x8d, size_of::<kvm_bindings::kvm_fpu>()),       // KVM_SET_FPU
-    kvm(W, 0x90, size_of::<kvm_bindings::kvm_cpuid2>()),    // KVM_SET_CPUID2
-    kvm(W, 0xa7, size_of::<kvm_bindings::kvm_xcrs>()),      // KVM_SET_XCRS
-    0x5401,                                                 // TCGETS
-    0x5402,                                                 // TCSETS
-    0x5403,                                                 // TCSETSW
-    0x5404,                                                 // TCSETSF
-    0x540F,                                                 // TIOCGPGRP
-    0x5410,                                                 // TIOCSPGRP
-    0x5411,                                                 // TIOCOUTQ
-    0x5413,                                                 // TIOCGWINSZ
-    0x5414,                                                 // TIOCSWINSZ
-    0x541B,                                                 // FIONREAD
-    0x5421,                                                 // FIONBIO
+    kvm(0, 0x04, 0),                                          // KVM_GET_VCPU_MMAP_SIZE
+    kvm(0, 0x41, 0),                                          // KVM_CREATE_VCPU
+    kvm(W, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>()),   // KVM_IOEVENTFD
+    kvm(0, 0x80, 0),                                          // KVM_RUN
+    kvm(R, 0x81, size_of::<kvm_bindings::kvm_regs>()),        // KVM_GET_REGS
+    kvm(W, 0x82, size_of::<kvm_bindings::kvm_regs>()),        // KVM_SET_REGS
+    kvm(R, 0x83, size_of::<kvm_bindings::kvm_sregs>()),       // KVM_GET_SREGS
+    kvm(W, 0x84, size_of::<kvm_bindings::kvm_sregs>()),       // KVM_SET_SREGS
+    kvm(W, 0x89, size_of::<kvm_bindings::kvm_msrs>()),        // KVM_SET_MSRS
+    kvm(R, 0x8c, size_of::<kvm_bindings::kvm_fpu>()),         // KVM_GET_FPU
+    kvm(W, 0x8d, size_of::<kvm_bindings::kvm_fpu>()),         // KVM_SET_FPU
+    kvm(W, 0x90, size_of::<kvm_bindings::kvm_cpuid2>()),      // KVM_SET_CPUID2
+    kvm(W, 0xa7, size_of::<kvm_bindings::kvm_xcrs>()),        // KVM_SET_XCRS
+    kvm(0, 0xa3, 0),                                          // KVM_GET_TSC_KHZ (the vDSO's seed)
+    kvm(W, 0xe1, size_of::<kvm_bindings::kvm_device_attr>()), // KVM_SET_DEVICE_ATTR (TSC offset 0)
+    kvm(W, 0xe3, size_of::<kvm_bindings::kvm_device_attr>()), // KVM_HAS_DEVICE_ATTR
+    0x5401,                                                   // TCGETS
+    0x5402,                                                   // TCSETS
+    0x5403,                                                   // TCSETSW
+    0x5404,                                                   // TCSETSF
+    0x540F,                                                   // TIOCGPGRP
+    0x5410,                                                   // TIOCSPGRP
+    0x5411,                                                   // TIOCOUTQ
+    0x5413,                                                   // TIOCGWINSZ
+    0x5414,                                                   // TIOCSWINSZ
+    0x541B,                                                   // FIONREAD
+    0x5421,                                                   // FIONBIO
 ];
 
 /// What any Rust thread of ditto needs: memory, locks, time, its own signals

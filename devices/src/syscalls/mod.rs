@@ -279,6 +279,7 @@ impl SyscallTable {
                 det.blocking_recorded(ctx.thread.tid);
             }
         }
+        ctx.process.timekeeper.tick();
         if std::mem::take(&mut ctx.thread.holds_reentry_turn) {
             if let Some(det) = ctx.process.det.get() {
                 // Not in a section any more (a stop, an exiting program): nothing to end.

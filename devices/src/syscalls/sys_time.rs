@@ -1,9 +1,13 @@
-//! Time: clocks, sleeps and timerfds. There is no vDSO, so every clock read is a
-//! syscall, which is what lets replication record it.
+//! Time: clocks, sleeps and timerfds. While the timekeeper is LIVE (a single VM on a host
+//! with a trustworthy TSC) most clock reads never get here: the vDSO computes them, and the
+//! reads that do (a static program's raw syscall, a clock the vDSO does not serve) use the
+//! same formula (`crate::timekeeper`), so the two never disagree. In a pair the page stays
+//! in SYSCALL mode: every clock read is a syscall, which is what lets replication record it.
 
 use super::util::{buf, file, install, opt_buf, sc};
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::sys;
+use crate::timekeeper::Clock;
 use guest_memory::Access;
 use std::time::Duration;
 
@@ -89,24 +93,57 @@ fn alarm(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
 
 const TIMESPEC: u64 = 16;
 
+/// The timekeeper's value of clock `id` in ns, when it is LIVE and serves that clock.
+fn live_ns(ctx: &SyscallCtx<'_>, id: u64) -> Option<u64> {
+    Clock::from_id(id).and_then(|c| ctx.process.timekeeper.now(c))
+}
+
+const NS: u64 = 1_000_000_000;
+
 fn clock_gettime(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let p = buf(ctx, a[1], TIMESPEC, Access::Write)?;
+    if let Some(ns) = live_ns(ctx, a[0]) {
+        ctx.process.mem.write_obj(a[1], &[ns / NS, ns % NS])?;
+        return Ok(0);
+    }
     sc(libc::SYS_clock_gettime, [a[0], p as u64, 0, 0, 0, 0])
 }
 
 fn clock_getres(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let p = opt_buf(ctx, a[1], TIMESPEC, Access::Write)?;
+    // What the vDSO answers for the clocks it serves while LIVE: they count in ns.
+    if live_ns(ctx, a[0]).is_some() {
+        if a[1] != 0 {
+            ctx.process.mem.write_obj(a[1], &[0u64, 1])?;
+        }
+        return Ok(0);
+    }
     sc(libc::SYS_clock_getres, [a[0], p as u64, 0, 0, 0, 0])
 }
 
 fn gettimeofday(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let tv = opt_buf(ctx, a[0], 16, Access::Write)?;
     let tz = opt_buf(ctx, a[1], 8, Access::Write)?;
+    if let Some(ns) = live_ns(ctx, libc::CLOCK_REALTIME as u64) {
+        if a[0] != 0 {
+            ctx.process
+                .mem
+                .write_obj(a[0], &[ns / NS, ns % NS / 1000])?;
+        }
+        // The time zone is the host kernel's.
+        return sc(libc::SYS_gettimeofday, [0, tz as u64, 0, 0, 0, 0]);
+    }
     sc(libc::SYS_gettimeofday, [tv as u64, tz as u64, 0, 0, 0, 0])
 }
 
 fn time(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let t = opt_buf(ctx, a[0], 8, Access::Write)?;
+    if let Some(ns) = live_ns(ctx, libc::CLOCK_REALTIME as u64) {
+        if a[0] != 0 {
+            ctx.process.mem.write_obj(a[0], &(ns / NS))?;
+        }
+        return Ok(ns / NS);
+    }
     sc(libc::SYS_time, [t as u64, 0, 0, 0, 0, 0])
 }
 

@@ -93,6 +93,9 @@ pub struct Machine {
     /// The trap path's round trip on this host, measured by the start-up probe (kvm_pvm):
     /// what a doorbell wake-up must beat (see `doorbell::WakeStats`).
     trap_round_trip: OnceLock<std::time::Duration>,
+    /// Whether the vDSO may compute time (LIVE), if the start-up probe finds the guest's
+    /// TSC to be the host's: a single VM on a host with a stable TSC.
+    time_live: bool,
 }
 
 impl Machine {
@@ -103,6 +106,7 @@ impl Machine {
         xcr0: u64,
         process: Arc<Process>,
         cores: Option<Vec<usize>>,
+        time_live: bool,
     ) -> Self {
         Machine {
             vm,
@@ -119,6 +123,7 @@ impl Machine {
             // which start-up should not pay.
             tsc_per_us: OnceLock::new(),
             trap_round_trip: OnceLock::new(),
+            time_live,
         }
     }
 

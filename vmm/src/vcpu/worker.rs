@@ -1,6 +1,7 @@
 //! A vCPU's worker thread: its state machine (`Idle -> Running -> Idle | Stopped`, see
 //! the `vcpu` module docs), the vCPU's set-up, the start-up probe of how `syscall`
-//! reaches the VMM, loading a program thread, and the exit loop that runs it.
+//! reaches the VMM and of whether the guest's TSC is the host's (the vDSO's time),
+//! loading a program thread, and the exit loop that runs it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -182,6 +183,10 @@ impl Machine {
         xcrs.xcrs[0].xcr = 0;
         xcrs.xcrs[0].value = self.xcr0;
         vcpu.set_xcrs(&xcrs)?;
+        if self.time_live && !zero_tsc_offset(vcpu) {
+            // This vCPU's TSC may not be the host's: the vDSO cannot use it.
+            self.process.timekeeper.stop();
+        }
         vcpu.get_sregs()
     }
 
@@ -196,7 +201,7 @@ impl Machine {
         let page = doorbell::shim_page(self.process.mem.size(), 0);
         self.process
             .mem
-            .write_system(page, &[0x0f, 0x05])
+            .write_system(page, &PROBE_CODE)
             .ok_or("no room for the probe")?;
         vcpu.set_sregs(&cpu::user_sregs(base_sregs, 0))
             .map_err(|e| e.to_string())?;
@@ -209,10 +214,14 @@ impl Machine {
             ..Default::default()
         };
         vcpu.set_sync_dirty_reg(SyncReg::Register);
+        let tsc_before = devices::timekeeper::rdtsc();
         let port = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, _)) => port,
             other => return Err(format!("unexpected exit {other:?}")),
         };
+        let tsc_after = devices::timekeeper::rdtsc();
+        let guest_tsc = vcpu.sync_regs_mut().regs.rdi;
+        self.start_time(vcpu, tsc_before, guest_tsc, tsc_after);
         let frame = vcpu.sync_regs_mut().regs.rsp;
         let frip = self.process.mem.read_system_u64(frame + 8).unwrap_or(0);
         let entry = if port == SYSCALL_PORT {
@@ -273,6 +282,28 @@ impl Machine {
         }
         gaps.sort();
         Ok(gaps[gaps.len() / 2])
+    }
+
+    /// Makes the vDSO's time LIVE if this run wants it and the probe's guest TSC reading
+    /// lies between the host's readings around it (the guest's TSC is the host's, so time
+    /// computed in the guest and in the VMM agree), with KVM's TSC frequency as the seed.
+    fn start_time(&self, vcpu: &VcpuFd, before: u64, guest: u64, after: u64) {
+        if !self.time_live {
+            return;
+        }
+        if !(before..=after).contains(&guest) {
+            tracing::debug!(
+                before,
+                guest,
+                after,
+                "guest TSC is not the host's: time by syscall"
+            );
+            return;
+        }
+        match vcpu.get_tsc_khz() {
+            Ok(khz) if khz > 0 => self.process.timekeeper.start(u64::from(khz)),
+            other => tracing::debug!(?other, "no TSC frequency from KVM: time by syscall"),
+        }
     }
 
     /// Puts a new program thread on the vCPU: user segments, MSRs (LSTAR at the
@@ -377,5 +408,39 @@ impl Machine {
                 ThreadAction::SigReturn => {}
             }
         }
+    }
+}
+
+/// The start-up probe's guest code: the TSC into RDI, then `syscall` (getpid).
+/// `lfence; rdtsc; shl $32,%rdx; or %rdx,%rax; mov %rax,%rdi; mov $39,%eax; syscall`
+const PROBE_CODE: [u8; 22] = [
+    0x0f, 0xae, 0xe8, 0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x48, 0x89, 0xc7, 0xb8,
+    0x27, 0x00, 0x00, 0x00, 0x0f, 0x05,
+];
+
+/// Sets the vCPU's TSC offset to 0 where KVM lets a VMM (KVM_VCPU_TSC_OFFSET, Linux 5.16+;
+/// VMX/SVM otherwise start a guest's TSC near 0). True when the offset is 0 now or the
+/// attribute does not exist (kvm_pvm runs the guest on the host's TSC; the start-up probe
+/// checks either way).
+fn zero_tsc_offset(vcpu: &VcpuFd) -> bool {
+    let zero: u64 = 0;
+    let attr = kvm_bindings::kvm_device_attr {
+        flags: 0,
+        group: kvm_bindings::KVM_VCPU_TSC_CTRL,
+        attr: u64::from(kvm_bindings::KVM_VCPU_TSC_OFFSET),
+        addr: &zero as *const u64 as u64,
+    };
+    use std::os::fd::AsRawFd;
+    // _IOW(KVMIO, 0xe3 / 0xe1, struct kvm_device_attr): kvm-ioctls offers the vCPU device
+    // attribute calls on aarch64 only.
+    const KVM_HAS_DEVICE_ATTR: libc::c_ulong = 0x4018_AEE3;
+    const KVM_SET_DEVICE_ATTR: libc::c_ulong = 0x4018_AEE1;
+    // SAFETY: both ioctls read one kvm_device_attr we own, and SET reads the u64 its addr
+    // points at (`zero`, alive for the call); the fd is our vCPU's.
+    unsafe {
+        if libc::ioctl(vcpu.as_raw_fd(), KVM_HAS_DEVICE_ATTR, &attr) != 0 {
+            return true;
+        }
+        libc::ioctl(vcpu.as_raw_fd(), KVM_SET_DEVICE_ATTR, &attr) == 0
     }
 }

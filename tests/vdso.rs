@@ -1,0 +1,173 @@
+//! ditto's vDSO: clock reads without VM exits in a single VM (docs/det.md, "Time without
+//! exits"), and by syscall, recorded, in a pair. Real programs (`vdsotime`, static and
+//! dynamic) in real VMs; each check fails when the program's time reads are syscalls again
+//! (`DITTO_TIME=syscall` shows it: the exit counts go up by the number of reads).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use replica::report::{Outcome, Report};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A counter from `--stats`' line.
+fn stat(o: &Output, key: &str) -> u64 {
+    stderr(o)
+        .split(&format!(" {key}="))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in the stats line: {}", stderr(o)))
+}
+
+/// Runs `vdsotime args` (`prog`: static or `-dyn` with `root`) under `ditto run --stats
+/// extra`, checks it printed `expect`, and returns the syscalls the VMM served.
+fn syscalls_of(
+    extra: &[&str],
+    root: Option<&Path>,
+    prog: &str,
+    args: &[&str],
+    expect: &str,
+) -> u64 {
+    let mut flags: Vec<&str> = vec!["--stats"];
+    flags.extend_from_slice(extra);
+    if let Some(r) = root {
+        flags.extend(["--root", s(r)]);
+    }
+    let mut argv = vec![prog];
+    argv.extend_from_slice(args);
+    let o = run_in(&flags, &argv, b"");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o), expect, "{}", stderr(&o));
+    stat(&o, "syscalls")
+}
+
+/// 100k clock_gettime calls in a static program take at most 1,000 syscalls (VM exits or
+/// doorbell rings), with and without `--det` (clock_gettime is no det point there).
+#[test]
+fn clock_reads_make_no_exits_in_a_single_vm() {
+    let p = prog("vdsotime");
+    for extra in [&[][..], &["--det"][..]] {
+        let n = syscalls_of(extra, None, s(&p), &["loop", "100000"], "loop ok\n");
+        assert!(n <= 1000, "{extra:?}: {n} syscalls for 100k clock reads");
+    }
+}
+
+/// glibc through ld.so finds AT_SYSINFO_EHDR and uses the vDSO just as static glibc does.
+#[test]
+fn dynamic_glibc_uses_the_vdso() {
+    let dir = tempdir();
+    let root = dyn_root(dir.path(), &prog("vdsotime-dyn"));
+    let n = syscalls_of(&[], Some(&root), "/prog", &["loop", "100000"], "loop ok\n");
+    assert!(n <= 1000, "{n} syscalls for 100k clock reads");
+    let n = syscalls_of(&[], Some(&root), "/prog", &["raw", "300"], "raw ok\n");
+    assert!(n <= 1000, "{n} syscalls");
+}
+
+/// Four threads, 100k reads each: no read is earlier than one another thread made and
+/// published before it.
+#[test]
+fn monotonic_never_goes_back_across_threads() {
+    let p = prog("vdsotime");
+    for extra in [&[][..], &["--det"][..]] {
+        let n = syscalls_of(
+            extra,
+            None,
+            s(&p),
+            &["threads", "4", "100000"],
+            "threads ok\n",
+        );
+        assert!(n <= 1000, "{extra:?}: {n} syscalls for 400k clock reads");
+    }
+}
+
+/// REALTIME stays within 10 ms of the host kernel's clock (a file's mtime, bracketed by two
+/// reads) over 2 s, across recalibrations; gettimeofday and time agree with it.
+#[test]
+fn realtime_follows_the_host() {
+    let p = prog("vdsotime");
+    syscalls_of(&[], None, s(&p), &["host", "7"], "host ok\n");
+}
+
+/// A static program whose clock_gettime is its own `syscall` still works, and its values
+/// fit between the vDSO's before and after (the VMM computes time as the vDSO does).
+#[test]
+fn raw_syscalls_agree_with_the_vdso() {
+    let p = prog("vdsotime");
+    let n = syscalls_of(&[], None, s(&p), &["raw", "3000"], "raw ok\n");
+    assert!(n >= 3000, "the raw reads are syscalls: {n}");
+    // And with every read a syscall (the vDSO's own fallback path).
+    let n = syscalls_of(&[], None, s(&p), &["loop", "2000"], "loop ok\n");
+    assert!(n < 1000);
+    let o = run_in_env(
+        &["--stats"],
+        &[s(&p), "loop", "2000"],
+        b"",
+        &[("DITTO_TIME", "syscall")],
+    );
+    assert_eq!(stdout(&o), "loop ok\n", "{}", stderr(&o));
+    assert!(stat(&o, "syscalls") >= 2000, "{}", stderr(&o));
+}
+
+/// auxv and /proc/self/maps show the vDSO; clocks it does not serve, bad clock ids,
+/// clock_getres and getcpu answer as natively.
+#[test]
+fn unserved_clocks_and_maps_as_natively() {
+    let p = prog("vdsotime");
+    let native = native(&[s(&p), "misc"], b"");
+    assert!(native.status.success(), "{}", stdout(&native));
+    let o = run_in(&[], &[s(&p), "misc"], b"");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o), stdout(&native));
+}
+
+/// In a pair every clock read is a syscall (the page stays in SYSCALL mode), recorded by
+/// the primary and replayed by the secondary: the pair is identical in both modes.
+#[test]
+fn pairs_read_time_by_syscall_and_stay_identical() {
+    let p = prog("vdsotime");
+    for mode in ["det", "follow"] {
+        let out = tempdir();
+        let mut c = ditto();
+        c.args(["pair", "--quiet", "--mode", mode, "--out"])
+            .arg(out.path())
+            .args(["--", s(&p), "loop", "3000"]);
+        let o = output_within(c, 120);
+        let r = Report::load(out.path().join("report.json")).expect("report.json");
+        assert_eq!(r.outcome, Outcome::Identical, "{mode}: {}", r.summary());
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "loop ok\n");
+        let recorded = r.counters.recorded_syscalls;
+        assert!(recorded >= 3000, "{mode}: {recorded} recorded calls");
+    }
+}
+
+/// A root with ld.so, libc and `prog` at /prog, from the python3 image (glibc 2.36).
+fn dyn_root(dir: &Path, prog: &Path) -> PathBuf {
+    let image = image_root("python3");
+    let root = dir.join("root");
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::create_dir_all(root.join("usr/lib64")).unwrap();
+    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    std::os::unix::fs::symlink("usr/lib64", root.join("lib64")).unwrap();
+    for name in ["libc.so.6", "libpthread.so.0"] {
+        std::fs::copy(
+            image.join("usr/lib/x86_64-linux-gnu").join(name),
+            lib.join(name),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        image.join("usr/lib64/ld-linux-x86-64.so.2"),
+        root.join("usr/lib64/ld-linux-x86-64.so.2"),
+    )
+    .unwrap();
+    std::fs::copy(prog, root.join("prog")).unwrap();
+    root
+}
