@@ -122,8 +122,17 @@ impl GuestMemory {
 
     /// From now on, checks every program access against the returned page table, which
     /// starts with nothing mapped; the caller keeps it equal to the program's mappings.
+    ///
+    /// The table also sets the host protection of the program's pages (`PageProt::
+    /// with_host`): from here on a program page is host-accessible only as far as the
+    /// program's mapping of it allows, so what the program can touch, and the host memory
+    /// it can cost, is what it mapped.
     pub fn enforce_protections(&mut self) -> Arc<PageProt> {
-        let t = Arc::new(PageProt::new(self.size));
+        // SAFETY: the mapping holds `size` bytes and lives until Drop, which detaches
+        // the table first; [USER_START, user_end) is the program's part of it.
+        let t = Arc::new(unsafe {
+            PageProt::with_host(self.size, self.base, USER_START, self.user_end)
+        });
         self.prot = Some(Arc::clone(&t));
         t
     }
@@ -328,23 +337,70 @@ impl GuestMemory {
 
     /// Replaces `[gva, gva+len)` with fresh zero-filled anonymous memory. Used for munmap
     /// and to undo file mappings, so a reused range reads as zeros, as Linux promises.
+    /// Once protections are enforced the fresh memory is host PROT_NONE until a mapping
+    /// entered there sets its protection, and pinned pages (the VMM's) are left alone.
     pub fn reset_range(&self, gva: u64, len: u64) -> Result<(), Errno> {
         let p = self.user_bounds(gva, len)?;
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: MAP_FIXED over a sub-range of our own mapping, page-aligned by callers.
+        let (pieces, prot) = match &self.prot {
+            Some(t) => (t.unpinned(gva, gva + len), libc::PROT_NONE),
+            None => (vec![(gva, gva + len)], libc::PROT_READ | libc::PROT_WRITE),
+        };
+        for (s, e) in pieces {
+            // SAFETY: MAP_FIXED over a sub-range of the checked range of our own mapping
+            // (`p` is `gva`'s host address), page-aligned by callers.
+            let r = unsafe {
+                libc::mmap(
+                    p.add((s - gva) as usize) as *mut libc::c_void,
+                    (e - s) as usize,
+                    prot,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if r == libc::MAP_FAILED {
+                return Err(Errno::last());
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `[gva, gva+len)` the VMM's own, host readable and writable for good whatever
+    /// the program maps there (the det page, which the VMM reads and writes through
+    /// plain atomics, and which a program munmap must not take away from under it).
+    pub fn pin(&self, gva: u64, len: u64) -> Result<(), Errno> {
+        self.open_for_move(gva, len, true)?;
+        if let Some(t) = &self.prot {
+            t.pin(gva, gva + len);
+        }
+        Ok(())
+    }
+
+    /// Makes the program range `[gva, gva+len)` host-readable (and writable, with
+    /// `write`) whatever the program's protections, for mremap's move, which copies it
+    /// out of (into) it and then resets it (enters mappings that set its protections).
+    pub fn open_for_move(&self, gva: u64, len: u64, write: bool) -> Result<(), Errno> {
+        let p = self.user_bounds(gva, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: a checked, page-aligned sub-range of our own mapping; only its
+        // protection changes.
         let r = unsafe {
-            libc::mmap(
+            libc::mprotect(
                 p as *mut libc::c_void,
                 len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
+                if write {
+                    libc::PROT_READ | libc::PROT_WRITE
+                } else {
+                    libc::PROT_READ
+                },
             )
         };
-        if r == libc::MAP_FAILED {
+        if r != 0 {
             return Err(Errno::last());
         }
         Ok(())
@@ -399,6 +455,9 @@ impl GuestMemory {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
+        if let Some(t) = &self.prot {
+            t.detach_host();
+        }
         // SAFETY: unmapping exactly the region we mapped in new().
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.size as usize) };
     }
