@@ -58,6 +58,9 @@ pub struct GuestMemory {
     prot: Option<Arc<PageProt>>,
     /// Makes faults on program pages inside the safe copy routines EFAULT.
     _range: GuestRange,
+    /// The VMM's own /proc/self/mem, for the accesses that must pass the host protection
+    /// of program pages as FOLL_FORCE passes the program's (`read_bytes_forced`).
+    forced: Option<std::fs::File>,
 }
 
 // SAFETY: the mapping lives as long as the GuestMemory and is only accessed through raw
@@ -99,6 +102,13 @@ impl GuestMemory {
             user_end: size,
             prot: None,
             _range: GuestRange::register(base as u64, size),
+            // Opened now, before the VMM's threads take their seccomp filters; without it
+            // (no /proc) a forced access meets the host protection and may be EFAULT.
+            forced: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/proc/self/mem")
+                .ok(),
         })
     }
 
@@ -255,6 +265,14 @@ impl GuestMemory {
             None => self.user_bounds(gva, len)?,
         };
         let mut v = vec![0u8; len as usize];
+        if let (None, Some(f)) = (access, &self.forced) {
+            // The host's FOLL_FORCE reads through PROT_NONE, as Linux's does for the
+            // program's /proc/self/mem.
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut v, p as u64)
+                .map_err(|_| Errno::EFAULT)?;
+            return Ok(v);
+        }
         // SAFETY: source range checked above (a host fault becomes an error);
         // destination is a fresh Vec of len bytes.
         unsafe { safecopy::copy(v.as_mut_ptr(), p, len as usize)? };
@@ -278,6 +296,14 @@ impl GuestMemory {
             Some(a) => self.user_range(gva, len, a)?,
             None => self.user_bounds(gva, len)?,
         };
+        if let (None, Some(f)) = (access, &self.forced) {
+            // The host's FOLL_FORCE writes through read-only protection (copy-on-write
+            // for a private mapping), as Linux's does for the program's /proc/self/mem.
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(data, p as u64)
+                .map_err(|_| Errno::EFAULT)?;
+            return Ok(());
+        }
         // SAFETY: destination range checked above (a host fault becomes an error).
         unsafe { safecopy::copy(p, data.as_ptr(), data.len())? };
         Ok(())
