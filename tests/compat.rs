@@ -51,7 +51,7 @@ fn ditto_run(image: &str, args: &[&str], cwd: &Path) -> (Output, Duration) {
     ditto_run_with(image, &[], args, cwd)
 }
 
-/// `ditto_run` with ditto options (`--memory 2G`) before `--image`.
+/// `ditto_run` with ditto options (`--memory`, ...) before `--image`.
 fn ditto_run_with(image: &str, opts: &[&str], args: &[&str], cwd: &Path) -> (Output, Duration) {
     let mut c = ditto();
     c.arg("run")
@@ -72,7 +72,7 @@ fn ditto_pair(mode: &str, image: &str, args: &[&str], cwd: &Path) -> (Output, Du
     ditto_pair_with(mode, image, &[], args, cwd)
 }
 
-/// `ditto_pair` with ditto options (`--memory 2G`) before `--image`.
+/// `ditto_pair` with ditto options (`--memory`, ...) before `--image`.
 fn ditto_pair_with(
     mode: &str,
     image: &str,
@@ -338,18 +338,20 @@ fn python_concurrent_futures_pool() {
     });
 }
 
-/// Node.js worker_threads: three Workers hash their inputs and post the digests back. The
+/// Node.js worker_threads: eight Workers hash their inputs and post the digests back. The
 /// image's node cannot run natively from the host (it looks for /usr/share/nodejs in the
 /// host's root), so the output is checked against the known digests (sha256 of
-/// "I:0".."I:4999", first 16 hex digits) instead.
+/// "I:0".."I:4999", first 16 hex digits) instead. Each Worker is a V8 isolate that
+/// reserves its own code range and heap cages: under ditto's default 1 GiB, eight of them
+/// fit only because reserving address space commits no memory (tests/address_space.rs).
 const NODE_WORKERS_JS: &str = "\
 const { Worker, isMainThread, parentPort, workerData } = require('worker_threads');
 const crypto = require('crypto');
 if (isMainThread) {
   const res = []; let done = 0;
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 8; i++) {
     const w = new Worker(__filename, { workerData: i });
-    w.on('message', (m) => { res[m.i] = m.d; if (++done === 3) res.forEach((d, i) => console.log(i, d)); });
+    w.on('message', (m) => { res[m.i] = m.d; if (++done === 8) res.forEach((d, i) => console.log(i, d)); });
   }
 } else {
   const h = crypto.createHash('sha256');
@@ -359,11 +361,9 @@ if (isMainThread) {
 ";
 
 /// What NODE_WORKERS_JS prints (computed outside node: Python's hashlib).
-const NODE_WORKERS_OUT: &str = "0 d865b092b680a97b\n1 c151a3ccd1de1050\n2 78397bcf7e736fca\n";
-
-/// Each V8 isolate (one per Worker) reserves its code range and heap cages; with the
-/// default 1 GiB the fourth isolate's CodeRange reservation fails ("Fatal process OOM").
-const NODE_OPTS: [&str; 2] = ["--memory", "2G"];
+const NODE_WORKERS_OUT: &str = "0 d865b092b680a97b\n1 c151a3ccd1de1050\n2 78397bcf7e736fca\n\
+                                3 79d7eed36bb46b6a\n4 0e907f8cf89f1e1f\n5 db67e6bc53b642a4\n\
+                                6 84a4090af069c712\n7 ed3b6346c4095012\n";
 
 /// A directory under /tmp holding the script, as the working directory of the run.
 fn node_workers_dir() -> tempfile::TempDir {
@@ -381,7 +381,7 @@ fn node_workers_dir() -> tempfile::TempDir {
 fn nodejs_worker_threads() {
     let _turn = one_at_a_time();
     let dir = node_workers_dir();
-    let (run, _) = ditto_run_with("nodejs", &NODE_OPTS, &["w.js"], dir.path());
+    let (run, _) = ditto_run("nodejs", &["w.js"], dir.path());
     assert_eq!(stdout(&run), NODE_WORKERS_OUT, "stderr: {}", stderr(&run));
 }
 
@@ -396,7 +396,7 @@ fn nodejs_worker_threads_pair() {
     let _turn = one_at_a_time();
     let dir = node_workers_dir();
     for mode in MODES {
-        let (pair, _) = ditto_pair_with(mode, "nodejs", &NODE_OPTS, &["w.js"], dir.path());
+        let (pair, _) = ditto_pair(mode, "nodejs", &["w.js"], dir.path());
         assert_eq!(stdout(&pair), NODE_WORKERS_OUT, "{mode}");
     }
 }
