@@ -84,7 +84,10 @@ fn reservations_in_a_pair_are_identical() {
     let p = prog("reserve");
     for mode in ["det", "follow"] {
         for (case, want) in [
-            ("reserve", "reserve: 16 GiB reserved, 16 MiB committed, ok\n"),
+            (
+                "reserve",
+                "reserve: 16 GiB reserved, 16 MiB committed, ok\n",
+            ),
             ("limit", "limit: rw=12 none=ok protect=12\n"),
         ] {
             let out = tempdir();

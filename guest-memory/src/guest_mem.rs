@@ -300,8 +300,7 @@ impl GuestMemory {
             // The host's FOLL_FORCE writes through read-only protection (copy-on-write
             // for a private mapping), as Linux's does for the program's /proc/self/mem.
             use std::os::unix::fs::FileExt;
-            f.write_all_at(data, p as u64)
-                .map_err(|_| Errno::EFAULT)?;
+            f.write_all_at(data, p as u64).map_err(|_| Errno::EFAULT)?;
             return Ok(());
         }
         // SAFETY: destination range checked above (a host fault becomes an error).
