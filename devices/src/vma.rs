@@ -375,6 +375,41 @@ mod tests {
         assert!(m.allows(0x13000, 0x2000, Access::Write));
     }
 
+    /// The commit count follows every change: private writable and shared anonymous
+    /// mappings commit, reservations, read-only and shared file mappings do not.
+    #[test]
+    fn committed_bytes_follow_every_change() {
+        let mut t = VmaTable::new();
+        t.insert(0x10000, Vma::anon(0x20000, 0, false, None));
+        assert_eq!(t.committed(), 0, "a reservation");
+        t.protect(0x11000, 0x13000, RW);
+        assert_eq!(t.committed(), 0x2000);
+        assert_eq!(t.committed_in_as(0x10000, 0x20000, Some(RW)), 0x10000);
+        assert_eq!(t.committed_in_as(0x10000, 0x20000, Some(R)), 0);
+        t.insert(0x30000, Vma::anon(0x31000, RW, true, None));
+        assert_eq!(t.committed(), 0x3000, "shared anonymous");
+        let f = VmaFile {
+            dev: 1,
+            ino: 2,
+            offset: 0,
+            path: b"/f".to_vec(),
+        };
+        let file = |shared| Vma {
+            end: 0x42000,
+            prot: RW,
+            shared,
+            file: Some(f.clone()),
+            name: None,
+        };
+        t.insert(0x40000, file(true));
+        assert_eq!(t.committed(), 0x3000, "shared file");
+        t.insert(0x40000, file(false));
+        assert_eq!(t.committed(), 0x5000, "private file, writable");
+        t.remove(0x12000, 0x41000);
+        assert_eq!(t.committed(), 0x2000);
+        assert_eq!(t.committed_in(0x10000, 0x50000), t.committed());
+    }
+
     #[test]
     fn file_offsets_follow_splits() {
         let mut t = VmaTable::new();

@@ -593,6 +593,49 @@ mod tests {
         assert_eq!(m.read_bytes_forced(USER_START, 1).unwrap(), vec![0]);
     }
 
+    /// Once enforced, the host protection of a program page is what its mapping allows:
+    /// none when unmapped, read-only, read-write; a pinned page stays read-write, and a
+    /// reset page is PROT_NONE until a mapping is entered.
+    #[test]
+    fn host_protection_follows_the_table() {
+        const R: u32 = libc::PROT_READ as u32;
+        const RW: u32 = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let mut m = GuestMemory::new(4 << 20).unwrap();
+        let t = m.enforce_protections();
+        let can = |gva: u64, write: bool| {
+            let p = m.user_bounds(gva, 8).unwrap();
+            let mut b = [1u8; 8];
+            // SAFETY: an 8-byte range of guest memory (a host fault becomes an error)
+            // and a local buffer.
+            unsafe {
+                if write {
+                    safecopy::copy(p, b.as_ptr(), 8).is_ok()
+                } else {
+                    safecopy::copy(b.as_mut_ptr(), p, 8).is_ok()
+                }
+            }
+        };
+        let at = USER_START + 0x1000;
+        assert!(!can(at, false), "unmapped");
+        t.set(at, at + 0x1000, R);
+        assert!(can(at, false) && !can(at, true), "read-only");
+        t.set(at, at + 0x1000, RW);
+        assert!(can(at, true));
+        t.set(at, at + 0x1000, 0);
+        assert!(!can(at, false), "PROT_NONE");
+        let pinned = at + 0x2000;
+        m.pin(pinned, 0x1000).unwrap();
+        t.set(at, at + 0x3000, 0);
+        m.reset_range(at, 0x3000).unwrap();
+        assert!(can(pinned, true), "pinned");
+        assert!(!can(at, false), "reset");
+        t.set(at, at + 0x1000, RW);
+        assert!(can(at, true));
+        // Forced access passes the host protection, as FOLL_FORCE does.
+        m.write_bytes_forced(at + 0x1000, b"forced").unwrap();
+        assert_eq!(m.read_bytes_forced(at + 0x1000, 6).unwrap(), b"forced");
+    }
+
     #[test]
     fn reset_zeroes() {
         let m = GuestMemory::new(4 << 20).unwrap();
