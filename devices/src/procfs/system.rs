@@ -151,7 +151,9 @@ pub fn generate(p: &Process, f: &str) -> Result<Vec<u8>, Errno> {
         "sys/kernel/pid_max" => s.push_str("4194304\n"),
         "sys/net/core/somaxconn" => s.push_str("4096\n"),
         "sys/vm/max_map_count" => s.push_str("65530\n"),
-        "sys/vm/overcommit_memory" => s.push_str("0\n"),
+        // Strict accounting, as `address_space` counts (glibc then gives a shrinking
+        // arena's pages back with mmap(PROT_NONE), which uncommits them).
+        "sys/vm/overcommit_memory" => s.push_str("2\n"),
         _ => return Err(Errno::ENOENT),
     }
     Ok(s.into_bytes())
