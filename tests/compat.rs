@@ -29,7 +29,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 fn native_in_image(image: &str, entry: &str, args: &[&str], cwd: &Path) -> Output {
     let root = image_root(image);
     let libs = format!(
-        "{r}/lib/x86_64-linux-gnu:{r}/usr/lib/x86_64-linux-gnu",
+        "{r}/lib/x86_64-linux-gnu:{r}/usr/lib/x86_64-linux-gnu:{r}/usr/lib",
         r = root.display()
     );
     let mut c = Command::new(root.join("lib64/ld-linux-x86-64.so.2"));
@@ -234,6 +234,68 @@ fn sevenzip_multithreaded_xz() {
     corpus("7zip", "/usr/bin/7zz", &args, dir.path(), |out| {
         assert_eq!(host_decompress(&["xz", "-dc"], out), text);
     });
+}
+
+/// GraphicsMagick's `gm convert` with four OpenMP threads (blur, resize, rotate are
+/// parallel loops over rows), writing a PPM to stdout.
+const GM_ARGS: [&str; 15] = [
+    "convert",
+    "-limit",
+    "threads",
+    "4",
+    "-size",
+    "1024x1024",
+    "gradient:red-blue",
+    "-blur",
+    "0x3",
+    "-resize",
+    "50%",
+    "-rotate",
+    "30",
+    "-depth",
+    "8",
+];
+
+/// A PPM's header and size: what `gm` writes for GM_ARGS plus `ppm:-`.
+fn check_ppm(out: &[u8]) {
+    assert!(out.starts_with(b"P6\n"), "not a PPM");
+    assert!(out.len() > 512 * 512 * 3, "{} bytes", out.len());
+}
+
+/// GraphicsMagick (OpenMP) natively, under `ditto run` and as a det pair.
+#[test]
+fn graphicsmagick_openmp() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("ditto-compat")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut args = GM_ARGS.to_vec();
+    args.push("ppm:-");
+    let native = native_in_image("graphicsmagick", "/usr/bin/gm", &args, dir.path());
+    check_ppm(&native.stdout);
+    let (run, _) = ditto_run("graphicsmagick", &args, dir.path());
+    assert!(run.stdout == native.stdout, "ditto run differs from native");
+    let (pair, _) = ditto_pair("det", "graphicsmagick", &args, dir.path());
+    assert!(pair.stdout == native.stdout, "det pair differs from native");
+}
+
+/// The same as a follow pair.
+#[test]
+#[ignore = "follow pair stops (3 of 3 runs): a secondary thread is due to take its turn but \
+            sleeps in a futex wait that no thread can end, the other threads wait for the \
+            token; the known follow-mode stall class (issue 13 item 2), a ditto limitation, \
+            not fixed yet"]
+fn graphicsmagick_openmp_follow_pair() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("ditto-compat")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut args = GM_ARGS.to_vec();
+    args.push("ppm:-");
+    let (pair, _) = ditto_pair("follow", "graphicsmagick", &args, dir.path());
+    check_ppm(&pair.stdout);
 }
 
 /// OpenMP: FastTree's OpenMP build infers a tree with libgomp's thread team.
