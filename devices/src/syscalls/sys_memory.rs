@@ -111,6 +111,9 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         None => Ok(()),
     };
     if let Err(e) = placed {
+        // What was there is gone (a failed file mapping leaves fresh, inaccessible
+        // memory): the table says so too, as Linux's failed MAP_FIXED can unmap.
+        asp.vmas_mut().remove(start, start + len);
         asp.release(start, start + len);
         return Err(e);
     }
