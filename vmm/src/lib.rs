@@ -41,9 +41,9 @@ pub const MAIN_STACK_SIZE: u64 = 8 << 20;
 /// far beyond what a program touches (V8's 128 MiB code range per isolate, glibc's
 /// 64 MiB arena per thread, the JVM's heap). Its host side is a MAP_NORESERVE mapping
 /// that costs nothing until touched; its cost is KVM's per-page metadata for the memory
-/// slot on a shadow-paging host (kvm_pvm: ~2.5 MiB of kernel memory and ~1 ms of set-up
-/// per GiB, README "Memory"), which is why it is not the 64 GiB the page directories
-/// allow (`layout::MAX_GIB`).
+/// slot on a shadow-paging host (kvm_pvm: ~2.5 MiB of kernel memory and ~3 ms of set-up
+/// per GiB; docs/pair.md, Address space and memory), which is why it is not the 64 GiB
+/// the page directories allow (`layout::MAX_GIB`).
 pub const ADDRESS_SPACE: u64 = 32 << 30;
 
 /// What to run and how.
