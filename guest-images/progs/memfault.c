@@ -5,9 +5,10 @@
  * must do the same instead of dying of the fault (issue 17, defect 3).
  * Usage: memfault DIR [futex|doorbell] (DIR: a writable directory for the scratch files;
  * "futex": only the futex calls, which `--det` emulates on its own path; "doorbell": map
- * the empty file with MAP_FIXED over the 4 MiB above the main stack's top (/proc/self/maps),
- * the top of ditto's guest memory, where the VMM keeps its doorbell pages, report the mmap, then make 2000
- * syscalls: ditto must refuse the mapping (ENOMEM, as Linux does past TASK_SIZE)).
+ * the empty file with MAP_FIXED over the 4 MiB above the main stack's end (from
+ * /proc/self/maps), the top of ditto's guest memory, where the VMM keeps its doorbell
+ * pages, report the mmap, then make 2000 syscalls: ditto must refuse the mapping
+ * (ENOMEM, as Linux does past TASK_SIZE)).
  * Output: one "<call>=<ret> errno=<n>" line per call, then "survived"; exit status 3, so a
  * test can tell the program's own exit from a VMM death.
  */
