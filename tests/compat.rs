@@ -29,7 +29,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 fn native_in_image(image: &str, entry: &str, args: &[&str], cwd: &Path) -> Output {
     let root = image_root(image);
     let libs = format!(
-        "{r}/lib/x86_64-linux-gnu:{r}/usr/lib/x86_64-linux-gnu",
+        "{r}/lib/x86_64-linux-gnu:{r}/usr/lib/x86_64-linux-gnu:{r}/usr/lib",
         r = root.display()
     );
     let mut c = Command::new(root.join("lib64/ld-linux-x86-64.so.2"));
@@ -51,7 +51,7 @@ fn ditto_run(image: &str, args: &[&str], cwd: &Path) -> (Output, Duration) {
     ditto_run_with(image, &[], args, cwd)
 }
 
-/// `ditto_run` with ditto options (`--memory 2G`) before `--image`.
+/// `ditto_run` with ditto options (`--memory`, ...) before `--image`.
 fn ditto_run_with(image: &str, opts: &[&str], args: &[&str], cwd: &Path) -> (Output, Duration) {
     let mut c = ditto();
     c.arg("run")
@@ -72,7 +72,7 @@ fn ditto_pair(mode: &str, image: &str, args: &[&str], cwd: &Path) -> (Output, Du
     ditto_pair_with(mode, image, &[], args, cwd)
 }
 
-/// `ditto_pair` with ditto options (`--memory 2G`) before `--image`.
+/// `ditto_pair` with ditto options (`--memory`, ...) before `--image`.
 fn ditto_pair_with(
     mode: &str,
     image: &str,
@@ -236,6 +236,68 @@ fn sevenzip_multithreaded_xz() {
     });
 }
 
+/// GraphicsMagick's `gm convert` with four OpenMP threads (blur, resize, rotate are
+/// parallel loops over rows), writing a PPM to stdout.
+const GM_ARGS: [&str; 15] = [
+    "convert",
+    "-limit",
+    "threads",
+    "4",
+    "-size",
+    "1024x1024",
+    "gradient:red-blue",
+    "-blur",
+    "0x3",
+    "-resize",
+    "50%",
+    "-rotate",
+    "30",
+    "-depth",
+    "8",
+];
+
+/// A PPM's header and size: what `gm` writes for GM_ARGS plus `ppm:-`.
+fn check_ppm(out: &[u8]) {
+    assert!(out.starts_with(b"P6\n"), "not a PPM");
+    assert!(out.len() > 512 * 512 * 3, "{} bytes", out.len());
+}
+
+/// GraphicsMagick (OpenMP) natively, under `ditto run` and as a det pair.
+#[test]
+fn graphicsmagick_openmp() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("ditto-compat")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut args = GM_ARGS.to_vec();
+    args.push("ppm:-");
+    let native = native_in_image("graphicsmagick", "/usr/bin/gm", &args, dir.path());
+    check_ppm(&native.stdout);
+    let (run, _) = ditto_run("graphicsmagick", &args, dir.path());
+    assert!(run.stdout == native.stdout, "ditto run differs from native");
+    let (pair, _) = ditto_pair("det", "graphicsmagick", &args, dir.path());
+    assert!(pair.stdout == native.stdout, "det pair differs from native");
+}
+
+/// The same as a follow pair.
+#[test]
+#[ignore = "follow pair stops (3 of 3 runs): a secondary thread is due to take its turn but \
+            sleeps in a futex wait that no thread can end, the other threads wait for the \
+            token; the known follow-mode stall class (issue 13 item 2), a ditto limitation, \
+            not fixed yet"]
+fn graphicsmagick_openmp_follow_pair() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("ditto-compat")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut args = GM_ARGS.to_vec();
+    args.push("ppm:-");
+    let (pair, _) = ditto_pair("follow", "graphicsmagick", &args, dir.path());
+    check_ppm(&pair.stdout);
+}
+
 /// OpenMP: FastTree's OpenMP build infers a tree with libgomp's thread team.
 #[test]
 fn fasttree_openmp() {
@@ -338,18 +400,20 @@ fn python_concurrent_futures_pool() {
     });
 }
 
-/// Node.js worker_threads: three Workers hash their inputs and post the digests back. The
+/// Node.js worker_threads: eight Workers hash their inputs and post the digests back. The
 /// image's node cannot run natively from the host (it looks for /usr/share/nodejs in the
 /// host's root), so the output is checked against the known digests (sha256 of
-/// "I:0".."I:4999", first 16 hex digits) instead.
+/// "I:0".."I:4999", first 16 hex digits) instead. Each Worker is a V8 isolate that
+/// reserves its own code range and heap cages: under ditto's default 1 GiB, eight of them
+/// fit only because reserving address space commits no memory (tests/address_space.rs).
 const NODE_WORKERS_JS: &str = "\
 const { Worker, isMainThread, parentPort, workerData } = require('worker_threads');
 const crypto = require('crypto');
 if (isMainThread) {
   const res = []; let done = 0;
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 8; i++) {
     const w = new Worker(__filename, { workerData: i });
-    w.on('message', (m) => { res[m.i] = m.d; if (++done === 3) res.forEach((d, i) => console.log(i, d)); });
+    w.on('message', (m) => { res[m.i] = m.d; if (++done === 8) res.forEach((d, i) => console.log(i, d)); });
   }
 } else {
   const h = crypto.createHash('sha256');
@@ -359,11 +423,9 @@ if (isMainThread) {
 ";
 
 /// What NODE_WORKERS_JS prints (computed outside node: Python's hashlib).
-const NODE_WORKERS_OUT: &str = "0 d865b092b680a97b\n1 c151a3ccd1de1050\n2 78397bcf7e736fca\n";
-
-/// Each V8 isolate (one per Worker) reserves its code range and heap cages; with the
-/// default 1 GiB the fourth isolate's CodeRange reservation fails ("Fatal process OOM").
-const NODE_OPTS: [&str; 2] = ["--memory", "2G"];
+const NODE_WORKERS_OUT: &str = "0 d865b092b680a97b\n1 c151a3ccd1de1050\n2 78397bcf7e736fca\n\
+                                3 79d7eed36bb46b6a\n4 0e907f8cf89f1e1f\n5 db67e6bc53b642a4\n\
+                                6 84a4090af069c712\n7 ed3b6346c4095012\n";
 
 /// A directory under /tmp holding the script, as the working directory of the run.
 fn node_workers_dir() -> tempfile::TempDir {
@@ -381,7 +443,7 @@ fn node_workers_dir() -> tempfile::TempDir {
 fn nodejs_worker_threads() {
     let _turn = one_at_a_time();
     let dir = node_workers_dir();
-    let (run, _) = ditto_run_with("nodejs", &NODE_OPTS, &["w.js"], dir.path());
+    let (run, _) = ditto_run("nodejs", &["w.js"], dir.path());
     assert_eq!(stdout(&run), NODE_WORKERS_OUT, "stderr: {}", stderr(&run));
 }
 
@@ -396,7 +458,7 @@ fn nodejs_worker_threads_pair() {
     let _turn = one_at_a_time();
     let dir = node_workers_dir();
     for mode in MODES {
-        let (pair, _) = ditto_pair_with(mode, "nodejs", &NODE_OPTS, &["w.js"], dir.path());
+        let (pair, _) = ditto_pair(mode, "nodejs", &["w.js"], dir.path());
         assert_eq!(stdout(&pair), NODE_WORKERS_OUT, "{mode}");
     }
 }

@@ -4,6 +4,13 @@
 //! means choosing addresses. The choice is a pure function of the sequence of calls,
 //! so two replicas that make the same calls get the same addresses (no ASLR).
 //!
+//! The address space is larger than the memory the program may use (`--memory`), as on
+//! Linux: reserving addresses costs nothing, committing memory is limited. The limit is
+//! Linux's strict overcommit (`vm.overcommit_memory=2`) with `--memory` as CommitLimit:
+//! a mapping, mprotect, brk or mremap that would take the memory committed by the
+//! program's mappings (`vma::commits`) past it fails with ENOMEM. The count is a
+//! function of the calls too, so replicas agree on every ENOMEM.
+//!
 //! Layout of the program part of guest memory:
 //! ```text
 //! USER_START .. image_end      ELF images (program, interpreter)
@@ -76,6 +83,8 @@ impl Layout {
 #[derive(Debug)]
 pub struct AddressSpace {
     layout: Layout,
+    /// Bytes the program's mappings may commit (`--memory`).
+    commit_limit: u64,
     brk: u64,
     /// Free ranges of the mmap area, start -> end. Always coalesced.
     free: BTreeMap<u64, u64>,
@@ -84,8 +93,9 @@ pub struct AddressSpace {
 }
 
 impl AddressSpace {
-    /// A fresh address space whose mmap area is entirely free.
-    pub fn new(layout: Layout) -> Self {
+    /// A fresh address space whose mmap area is entirely free and whose mappings may
+    /// commit `commit_limit` bytes.
+    pub fn new(layout: Layout, commit_limit: u64) -> Self {
         let mut free = BTreeMap::new();
         free.insert(layout.brk_limit, layout.stack_bottom);
         let mut vmas = VmaTable::new();
@@ -95,6 +105,7 @@ impl AddressSpace {
         );
         AddressSpace {
             layout,
+            commit_limit,
             brk: layout.brk_start,
             free,
             vmas,
@@ -116,6 +127,30 @@ impl AddressSpace {
         self.layout
     }
 
+    /// Bytes the program's mappings may commit.
+    pub fn commit_limit(&self) -> u64 {
+        self.commit_limit
+    }
+
+    /// Bytes the program's mappings commit now.
+    pub fn committed(&self) -> u64 {
+        self.vmas.committed()
+    }
+
+    /// Whether a change that commits `add` bytes and releases `sub` fits the limit:
+    /// ENOMEM if it would take the total past it (a change that commits no more than it
+    /// releases always fits, even above a limit the initial images already exceed).
+    pub fn check_commit(&self, add: u64, sub: u64) -> Result<(), Errno> {
+        if add <= sub {
+            return Ok(());
+        }
+        let after = self.committed().saturating_sub(sub).saturating_add(add);
+        if after > self.commit_limit {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
+    }
+
     /// Current program break.
     pub fn brk(&self) -> u64 {
         self.brk
@@ -128,8 +163,14 @@ impl AddressSpace {
             return (self.brk, None);
         }
         let old = self.brk;
-        self.brk = want;
         let (new_end, old_end) = (page_up(want), page_up(old));
+        if self
+            .check_commit(new_end.saturating_sub(old_end), 0)
+            .is_err()
+        {
+            return (old, None);
+        }
+        self.brk = want;
         if new_end > old_end {
             self.vmas
                 .insert(old_end, Vma::anon(new_end, RW, false, Some("[heap]")));
@@ -240,7 +281,7 @@ mod tests {
     use super::*;
 
     fn space() -> AddressSpace {
-        AddressSpace::new(Layout::new(0x40_0000, 1 << 30, 8 << 20).unwrap())
+        AddressSpace::new(Layout::new(0x40_0000, 1 << 30, 8 << 20).unwrap(), 1 << 30)
     }
 
     #[test]
@@ -300,6 +341,22 @@ mod tests {
         let (b, released) = a.set_brk(l.brk_start + 10);
         assert_eq!(b, l.brk_start + 10);
         assert_eq!(released, Some((l.brk_start + 4096, l.brk_start + 12288)));
+    }
+
+    /// brk commits what it grows; past the limit it stays where it was, and giving
+    /// memory back makes room again.
+    #[test]
+    fn brk_is_bounded_by_the_commit_limit() {
+        let l = Layout::new(0x40_0000, 1 << 30, 8 << 20).unwrap();
+        let mut a = AddressSpace::new(l, (8 << 20) + (1 << 20));
+        assert_eq!(a.committed(), 8 << 20, "the stack");
+        let b = l.brk_start;
+        assert_eq!(a.set_brk(b + (1 << 20)).0, b + (1 << 20));
+        assert_eq!(a.set_brk(b + (1 << 20) + 1).0, b + (1 << 20));
+        assert_eq!(a.set_brk(b + 4096).0, b + 4096);
+        assert_eq!(a.committed(), (8 << 20) + 4096);
+        assert_eq!(a.check_commit(1 << 20, 0), Err(Errno::ENOMEM));
+        assert_eq!(a.check_commit((1 << 20) - 4096, 0), Ok(()));
     }
 
     #[test]

@@ -226,7 +226,7 @@ impl crate::itimer::AlarmTarget for Process {
 pub(crate) fn test_process() -> Process {
     let mem = GuestMemory::new(64 << 20).unwrap();
     let layout = crate::address_space::Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
-    let mut aspace = AddressSpace::new(layout);
+    let mut aspace = AddressSpace::new(layout, 64 << 20);
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     for (start, end) in [(4 << 20, 8 << 20), (16 << 20, 32 << 20)] {
         aspace

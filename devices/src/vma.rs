@@ -44,6 +44,14 @@ pub struct Vma {
     pub name: Option<&'static str>,
 }
 
+/// Whether a mapping with these properties commits memory, as Linux counts it under
+/// strict overcommit (`Committed_AS`): private writable mappings, file-backed or not, and
+/// shared anonymous ones (shmem). A PROT_NONE reservation, a read-only mapping and a
+/// shared file mapping (the file's pages) commit nothing.
+pub fn commits(prot: u32, shared: bool, anonymous: bool) -> bool {
+    prot & libc::PROT_WRITE as u32 != 0 && (!shared || anonymous)
+}
+
 impl Vma {
     /// Anonymous memory.
     pub fn anon(end: u64, prot: u32, shared: bool, name: Option<&'static str>) -> Vma {
@@ -54,6 +62,11 @@ impl Vma {
             file: None,
             name,
         }
+    }
+
+    /// Whether this mapping commits memory (see [`commits`]).
+    pub fn commits(&self) -> bool {
+        commits(self.prot, self.shared, self.file.is_none())
     }
 
     /// The same mapping cut to start at `at` (`start` is this one's start).
@@ -89,6 +102,8 @@ pub struct VmaTable {
     map: BTreeMap<u64, Vma>,
     /// The guest memory's protection table, kept equal to `map` once attached.
     mirror: Option<Arc<PageProt>>,
+    /// Bytes of the mappings that commit memory (see [`commits`]), kept by the mutators.
+    committed: u64,
 }
 
 impl VmaTable {
@@ -106,22 +121,38 @@ impl VmaTable {
     }
 
     /// Copies the protections of `[start, end)` into the mirror: unmapped where no
-    /// mapping is.
+    /// mapping is. Each piece is set once, to its final protection (the mirror also sets
+    /// the host's, and a page that stays mapped must not pass through PROT_NONE).
     fn sync(&self, start: u64, end: u64) {
         let Some(t) = &self.mirror else {
             return;
         };
-        t.set(start, end, 0);
         let from = self
             .map
             .range(..start)
             .next_back()
             .map_or(start, |(&s, _)| s);
+        let mut at = start;
         for (&s, v) in self.map.range(from..end) {
-            if v.end > start {
-                t.set(s.max(start), v.end.min(end), v.prot);
+            if v.end <= start {
+                continue;
             }
+            if s > at {
+                t.set(at, s, 0);
+            }
+            let piece_end = v.end.min(end);
+            t.set(s.max(start), piece_end, v.prot);
+            at = piece_end;
         }
+        if at < end {
+            t.set(at, end, 0);
+        }
+    }
+
+    /// Sets the mirror's protections of `[start, end)` from the table again, after the
+    /// host protection there was changed for a moment (mremap's move).
+    pub fn refresh(&self, start: u64, end: u64) {
+        self.sync(start, end);
     }
 
     /// Splits the mapping that straddles `at`, if any, so that `at` is a boundary.
@@ -144,6 +175,7 @@ impl VmaTable {
         if start >= end {
             return;
         }
+        self.committed -= self.committed_in(start, end);
         self.split_at(start);
         self.split_at(end);
         let inside: Vec<u64> = self.map.range(start..end).map(|(&s, _)| s).collect();
@@ -160,6 +192,9 @@ impl VmaTable {
         }
         let end = vma.end;
         self.remove(start, end);
+        if vma.commits() {
+            self.committed += end - start;
+        }
         self.map.insert(start, vma);
         self.merge_around(start, end);
         self.sync(start, end);
@@ -170,11 +205,13 @@ impl VmaTable {
         if start >= end {
             return;
         }
+        let before = self.committed_in(start, end);
         self.split_at(start);
         self.split_at(end);
         for (_, v) in self.map.range_mut(start..end) {
             v.prot = prot;
         }
+        self.committed = self.committed - before + self.committed_in(start, end);
         self.merge_around(start, end);
         self.sync(start, end);
     }
@@ -204,6 +241,36 @@ impl VmaTable {
             }
             cur = Some(s);
         }
+    }
+
+    /// Bytes of all mappings that commit memory.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Bytes of `[start, end)` whose mappings commit memory.
+    pub fn committed_in(&self, start: u64, end: u64) -> u64 {
+        self.committed_in_as(start, end, None)
+    }
+
+    /// Bytes of `[start, end)` whose mappings would commit memory with protection
+    /// `prot` instead of their own (`None`: their own), for the check before mprotect.
+    pub fn committed_in_as(&self, start: u64, end: u64, prot: Option<u32>) -> u64 {
+        if start >= end {
+            return 0;
+        }
+        let from = self
+            .map
+            .range(..start)
+            .next_back()
+            .map_or(start, |(&s, _)| s);
+        self.map
+            .range(from..end)
+            .filter(|(_, v)| {
+                v.end > start && commits(prot.unwrap_or(v.prot), v.shared, v.file.is_none())
+            })
+            .map(|(&s, v)| v.end.min(end) - s.max(start))
+            .sum()
     }
 
     /// Whether every byte of `[start, end)` is mapped.
@@ -306,6 +373,41 @@ mod tests {
         assert!(!m.allows(0x13000, 1, Access::Read));
         t.insert(0x13000, Vma::anon(0x15000, RW, false, None));
         assert!(m.allows(0x13000, 0x2000, Access::Write));
+    }
+
+    /// The commit count follows every change: private writable and shared anonymous
+    /// mappings commit, reservations, read-only and shared file mappings do not.
+    #[test]
+    fn committed_bytes_follow_every_change() {
+        let mut t = VmaTable::new();
+        t.insert(0x10000, Vma::anon(0x20000, 0, false, None));
+        assert_eq!(t.committed(), 0, "a reservation");
+        t.protect(0x11000, 0x13000, RW);
+        assert_eq!(t.committed(), 0x2000);
+        assert_eq!(t.committed_in_as(0x10000, 0x20000, Some(RW)), 0x10000);
+        assert_eq!(t.committed_in_as(0x10000, 0x20000, Some(R)), 0);
+        t.insert(0x30000, Vma::anon(0x31000, RW, true, None));
+        assert_eq!(t.committed(), 0x3000, "shared anonymous");
+        let f = VmaFile {
+            dev: 1,
+            ino: 2,
+            offset: 0,
+            path: b"/f".to_vec(),
+        };
+        let file = |shared| Vma {
+            end: 0x42000,
+            prot: RW,
+            shared,
+            file: Some(f.clone()),
+            name: None,
+        };
+        t.insert(0x40000, file(true));
+        assert_eq!(t.committed(), 0x3000, "shared file");
+        t.insert(0x40000, file(false));
+        assert_eq!(t.committed(), 0x5000, "private file, writable");
+        t.remove(0x12000, 0x41000);
+        assert_eq!(t.committed(), 0x2000);
+        assert_eq!(t.committed_in(0x10000, 0x50000), t.committed());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 /*
- * recvfrom with a 4-byte address buffer 16 bytes below the top of guest memory (argv[1]:
- * the size given to ditto's --memory). The call blocks; meanwhile another thread grows
+ * recvfrom with a 4-byte address buffer 16 bytes below the top of the program's part of
+ * guest memory (argv[1]: that top, or "stack": the main stack's end in /proc/self/maps,
+ * which under ditto is that top, with the VMM's doorbell pages above). The call blocks; meanwhile another thread grows
  * the addrlen to 64 and then sends the datagram. Linux reads addrlen only after the
  * receive, so if the VMM hands the host the program's own length pointer, the host
  * writes the whole 16-byte sockaddr_in past the 4 bytes the VMM checked (64 would not
@@ -64,6 +65,16 @@ int main(int argc, char **argv)
         return 2;
     setvbuf(stdout, NULL, _IOLBF, 0);
     unsigned long top = strtoul(argv[1], NULL, 0);
+    if (!strcmp(argv[1], "stack")) {
+        char line[512];
+        unsigned long lo;
+        FILE *maps = fopen("/proc/self/maps", "r");
+        while (maps && fgets(line, sizeof line, maps))
+            if (strstr(line, "[stack]"))
+                sscanf(line, "%lx-%lx", &lo, &top);
+        if (maps)
+            fclose(maps);
+    }
     unsigned char *buf = (unsigned char *)(top - 16);
     unsigned char *canary = buf + 4;
     memset(canary, 0xa5, 12);

@@ -5,9 +5,10 @@
  * must do the same instead of dying of the fault (issue 17, defect 3).
  * Usage: memfault DIR [futex|doorbell] (DIR: a writable directory for the scratch files;
  * "futex": only the futex calls, which `--det` emulates on its own path; "doorbell": map
- * the empty file with MAP_FIXED over the top 4 MiB of ditto's default 1 GiB of guest
- * memory, where the VMM keeps its doorbell pages, report the mmap, then make 2000
- * syscalls: ditto must refuse the mapping (ENOMEM, as Linux does past TASK_SIZE)).
+ * the empty file with MAP_FIXED over the 4 MiB above the main stack's end (from
+ * /proc/self/maps), the top of ditto's guest memory, where the VMM keeps its doorbell
+ * pages, report the mmap, then make 2000 syscalls: ditto must refuse the mapping
+ * (ENOMEM, as Linux does past TASK_SIZE)).
  * Output: one "<call>=<ret> errno=<n>" line per call, then "survived"; exit status 3, so a
  * test can tell the program's own exit from a VMM death.
  */
@@ -63,7 +64,15 @@ int main(int argc, char **argv)
         char path[4096];
         snprintf(path, sizeof path, "%s/memfault-empty", argv[1]);
         int fd = open(path, O_RDWR);
-        void *at = (void *)(0x40000000UL - (4UL << 20));
+        unsigned long lo = 0, hi = 0;
+        char line[512];
+        FILE *maps = fopen("/proc/self/maps", "r");
+        while (maps && fgets(line, sizeof line, maps))
+            if (strstr(line, "[stack]"))
+                sscanf(line, "%lx-%lx", &lo, &hi);
+        if (maps)
+            fclose(maps);
+        void *at = (void *)hi;
         void *p = mmap(at, 4UL << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
         report("mmap_doorbell", p == MAP_FAILED ? -1 : 0);
         for (int i = 0; i < 2000; i++)

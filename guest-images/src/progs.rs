@@ -55,6 +55,7 @@ pub const PROGRAMS: &[&str] = &[
     "racey",
     "racey-det",
     "racey-dyn",
+    "reserve",
     "seccomp_probe",
     "sigfpu",
     "signals",

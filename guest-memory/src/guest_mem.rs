@@ -58,6 +58,9 @@ pub struct GuestMemory {
     prot: Option<Arc<PageProt>>,
     /// Makes faults on program pages inside the safe copy routines EFAULT.
     _range: GuestRange,
+    /// The VMM's own /proc/self/mem, for the accesses that must pass the host protection
+    /// of program pages as FOLL_FORCE passes the program's (`read_bytes_forced`).
+    forced: Option<std::fs::File>,
 }
 
 // SAFETY: the mapping lives as long as the GuestMemory and is only accessed through raw
@@ -99,6 +102,13 @@ impl GuestMemory {
             user_end: size,
             prot: None,
             _range: GuestRange::register(base as u64, size),
+            // Opened now, before the VMM's threads take their seccomp filters; without it
+            // (no /proc) a forced access meets the host protection and may be EFAULT.
+            forced: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/proc/self/mem")
+                .ok(),
         })
     }
 
@@ -122,8 +132,17 @@ impl GuestMemory {
 
     /// From now on, checks every program access against the returned page table, which
     /// starts with nothing mapped; the caller keeps it equal to the program's mappings.
+    ///
+    /// The table also sets the host protection of the program's pages (`PageProt::
+    /// with_host`): from here on a program page is host-accessible only as far as the
+    /// program's mapping of it allows, so what the program can touch, and the host memory
+    /// it can cost, is what it mapped.
     pub fn enforce_protections(&mut self) -> Arc<PageProt> {
-        let t = Arc::new(PageProt::new(self.size));
+        // SAFETY: the mapping holds `size` bytes and lives until Drop, which detaches
+        // the table first; [USER_START, user_end) is the program's part of it.
+        let t = Arc::new(unsafe {
+            PageProt::with_host(self.size, self.base, USER_START, self.user_end)
+        });
         self.prot = Some(Arc::clone(&t));
         t
     }
@@ -246,6 +265,14 @@ impl GuestMemory {
             None => self.user_bounds(gva, len)?,
         };
         let mut v = vec![0u8; len as usize];
+        if let (None, Some(f)) = (access, &self.forced) {
+            // The host's FOLL_FORCE reads through PROT_NONE, as Linux's does for the
+            // program's /proc/self/mem.
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut v, p as u64)
+                .map_err(|_| Errno::EFAULT)?;
+            return Ok(v);
+        }
         // SAFETY: source range checked above (a host fault becomes an error);
         // destination is a fresh Vec of len bytes.
         unsafe { safecopy::copy(v.as_mut_ptr(), p, len as usize)? };
@@ -269,6 +296,13 @@ impl GuestMemory {
             Some(a) => self.user_range(gva, len, a)?,
             None => self.user_bounds(gva, len)?,
         };
+        if let (None, Some(f)) = (access, &self.forced) {
+            // The host's FOLL_FORCE writes through read-only protection (copy-on-write
+            // for a private mapping), as Linux's does for the program's /proc/self/mem.
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(data, p as u64).map_err(|_| Errno::EFAULT)?;
+            return Ok(());
+        }
         // SAFETY: destination range checked above (a host fault becomes an error).
         unsafe { safecopy::copy(p, data.as_ptr(), data.len())? };
         Ok(())
@@ -328,23 +362,70 @@ impl GuestMemory {
 
     /// Replaces `[gva, gva+len)` with fresh zero-filled anonymous memory. Used for munmap
     /// and to undo file mappings, so a reused range reads as zeros, as Linux promises.
+    /// Once protections are enforced the fresh memory is host PROT_NONE until a mapping
+    /// entered there sets its protection, and pinned pages (the VMM's) are left alone.
     pub fn reset_range(&self, gva: u64, len: u64) -> Result<(), Errno> {
         let p = self.user_bounds(gva, len)?;
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: MAP_FIXED over a sub-range of our own mapping, page-aligned by callers.
+        let (pieces, prot) = match &self.prot {
+            Some(t) => (t.unpinned(gva, gva + len), libc::PROT_NONE),
+            None => (vec![(gva, gva + len)], libc::PROT_READ | libc::PROT_WRITE),
+        };
+        for (s, e) in pieces {
+            // SAFETY: MAP_FIXED over a sub-range of the checked range of our own mapping
+            // (`p` is `gva`'s host address), page-aligned by callers.
+            let r = unsafe {
+                libc::mmap(
+                    p.add((s - gva) as usize) as *mut libc::c_void,
+                    (e - s) as usize,
+                    prot,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if r == libc::MAP_FAILED {
+                return Err(Errno::last());
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `[gva, gva+len)` the VMM's own, host readable and writable for good whatever
+    /// the program maps there (the det page, which the VMM reads and writes through
+    /// plain atomics, and which a program munmap must not take away from under it).
+    pub fn pin(&self, gva: u64, len: u64) -> Result<(), Errno> {
+        self.open_for_move(gva, len, true)?;
+        if let Some(t) = &self.prot {
+            t.pin(gva, gva + len);
+        }
+        Ok(())
+    }
+
+    /// Makes the program range `[gva, gva+len)` host-readable (and writable, with
+    /// `write`) whatever the program's protections, for mremap's move, which copies it
+    /// out of (into) it and then resets it (enters mappings that set its protections).
+    pub fn open_for_move(&self, gva: u64, len: u64, write: bool) -> Result<(), Errno> {
+        let p = self.user_bounds(gva, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: a checked, page-aligned sub-range of our own mapping; only its
+        // protection changes.
         let r = unsafe {
-            libc::mmap(
+            libc::mprotect(
                 p as *mut libc::c_void,
                 len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
+                if write {
+                    libc::PROT_READ | libc::PROT_WRITE
+                } else {
+                    libc::PROT_READ
+                },
             )
         };
-        if r == libc::MAP_FAILED {
+        if r != 0 {
             return Err(Errno::last());
         }
         Ok(())
@@ -399,6 +480,9 @@ impl GuestMemory {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
+        if let Some(t) = &self.prot {
+            t.detach_host();
+        }
         // SAFETY: unmapping exactly the region we mapped in new().
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.size as usize) };
     }
@@ -507,6 +591,49 @@ mod tests {
         m.write_bytes_forced(at + 0x1000, b"forced").unwrap();
         assert_eq!(m.read_bytes(at + 0x1000, 6).unwrap(), b"forced");
         assert_eq!(m.read_bytes_forced(USER_START, 1).unwrap(), vec![0]);
+    }
+
+    /// Once enforced, the host protection of a program page is what its mapping allows:
+    /// none when unmapped, read-only, read-write; a pinned page stays read-write, and a
+    /// reset page is PROT_NONE until a mapping is entered.
+    #[test]
+    fn host_protection_follows_the_table() {
+        const R: u32 = libc::PROT_READ as u32;
+        const RW: u32 = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let mut m = GuestMemory::new(4 << 20).unwrap();
+        let t = m.enforce_protections();
+        let can = |gva: u64, write: bool| {
+            let p = m.user_bounds(gva, 8).unwrap();
+            let mut b = [1u8; 8];
+            // SAFETY: an 8-byte range of guest memory (a host fault becomes an error)
+            // and a local buffer.
+            unsafe {
+                if write {
+                    safecopy::copy(p, b.as_ptr(), 8).is_ok()
+                } else {
+                    safecopy::copy(b.as_mut_ptr(), p, 8).is_ok()
+                }
+            }
+        };
+        let at = USER_START + 0x1000;
+        assert!(!can(at, false), "unmapped");
+        t.set(at, at + 0x1000, R);
+        assert!(can(at, false) && !can(at, true), "read-only");
+        t.set(at, at + 0x1000, RW);
+        assert!(can(at, true));
+        t.set(at, at + 0x1000, 0);
+        assert!(!can(at, false), "PROT_NONE");
+        let pinned = at + 0x2000;
+        m.pin(pinned, 0x1000).unwrap();
+        t.set(at, at + 0x3000, 0);
+        m.reset_range(at, 0x3000).unwrap();
+        assert!(can(pinned, true), "pinned");
+        assert!(!can(at, false), "reset");
+        t.set(at, at + 0x1000, RW);
+        assert!(can(at, true));
+        // Forced access passes the host protection, as FOLL_FORCE does.
+        m.write_bytes_forced(at + 0x1000, b"forced").unwrap();
+        assert_eq!(m.read_bytes_forced(at + 0x1000, 6).unwrap(), b"forced");
     }
 
     #[test]

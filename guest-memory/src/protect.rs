@@ -8,6 +8,13 @@
 //! equal to the mapping table (`devices::vma`, which mirrors every change into it), read
 //! with one relaxed atomic load per page a buffer spans, so the check on every syscall
 //! buffer costs no lock.
+//!
+//! The same table sets the host protection of the guest mapping (`with_host`): the guest
+//! address space is much larger than the memory the program may commit, and the page
+//! tables let the program touch all of it, so the host mapping is what keeps a page the
+//! program has not mapped, or mapped PROT_NONE, from costing host memory (and a page it
+//! mapped read-only from being written): KVM cannot fault such a page in, and the access
+//! kills the program (`docs/pair.md`, Address space and memory).
 
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
@@ -52,6 +59,30 @@ fn bits(prot: u32) -> u8 {
 /// One access byte per page of guest memory; a fresh table has every page unmapped.
 pub struct PageProt {
     pages: Box<[AtomicU8]>,
+    host: Option<HostMirror>,
+}
+
+/// The host mapping whose protections follow the table, and the part of it that is
+/// the program's (the system area and the VMM's top pages stay as they are).
+#[derive(Debug)]
+struct HostMirror {
+    /// 0 once the mapping is gone (`detach_host`).
+    base: std::sync::atomic::AtomicUsize,
+    /// Ranges the VMM itself uses through plain pointers (the det page): always host
+    /// readable and writable, whatever the program does to the addresses.
+    pinned: std::sync::Mutex<Vec<(u64, u64)>>,
+    lo: u64,
+    hi: u64,
+}
+
+/// The host protection that gives the program's accesses and no more: PROT_NONE for
+/// unmapped and PROT_NONE pages, read-only unless the program may write.
+fn host_prot(prot: u32) -> libc::c_int {
+    match bits(prot) {
+        0 => libc::PROT_NONE,
+        b if b & WRITE != 0 => libc::PROT_READ | libc::PROT_WRITE,
+        _ => libc::PROT_READ,
+    }
 }
 
 impl std::fmt::Debug for PageProt {
@@ -63,15 +94,121 @@ impl std::fmt::Debug for PageProt {
 impl PageProt {
     /// A table for `size` bytes of guest memory, nothing accessible.
     pub fn new(size: u64) -> Self {
-        let n = (size >> PAGE_SHIFT) as usize;
         PageProt {
-            pages: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            pages: zeroed_pages((size >> PAGE_SHIFT) as usize),
+            host: None,
+        }
+    }
+
+    /// A table whose changes also set the host protection of `[lo, hi)` of the host
+    /// mapping at `base` (guest address 0), which starts as unmapped: PROT_NONE.
+    ///
+    /// # Safety
+    /// `base` must be a host mapping of at least `hi` bytes until `detach_host` is called,
+    /// and its pages in `[lo, hi)` hold nothing but program memory.
+    pub unsafe fn with_host(size: u64, base: *mut u8, lo: u64, hi: u64) -> Self {
+        let t = PageProt {
+            pages: zeroed_pages((size >> PAGE_SHIFT) as usize),
+            host: Some(HostMirror {
+                base: (base as usize).into(),
+                pinned: Default::default(),
+                lo,
+                hi,
+            }),
+        };
+        t.set_host(lo, hi, 0);
+        t
+    }
+
+    /// Gives the host pages of `[start, end)` (clamped to the program's part) the host
+    /// protection of `prot`. The host may refuse (its limit on mappings; a shared mapping
+    /// of a file opened read-only made writable): the old protection stays, so such a
+    /// page faults as before, as it does natively where the mprotect would have failed.
+    fn set_host(&self, start: u64, end: u64, prot: u32) {
+        let Some(h) = &self.host else {
+            return;
+        };
+        let base = h.base.load(Relaxed);
+        if base == 0 {
+            return;
+        }
+        for (start, end) in self.unpinned(start, end) {
+            // SAFETY: [start, end) lies inside the host mapping (with_host's contract),
+            // holds only program memory, whose protection is the program's to choose, and
+            // none of the VMM's pinned pages; the VMM's own accesses to it go through
+            // safecopy, which turns a fault into EFAULT.
+            let r = unsafe {
+                libc::mprotect(
+                    (base + start as usize) as *mut libc::c_void,
+                    (end - start) as usize,
+                    host_prot(prot),
+                )
+            };
+            if r != 0 {
+                tracing::debug!(
+                    "host mprotect {start:#x}..{end:#x}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+
+    /// The parts of `[start, end)` (page-aligned outwards, clamped to the program's part
+    /// of the host mapping) that are not pinned: the ranges whose host pages follow the
+    /// program's mappings. All of it when the table sets no host protections.
+    pub fn unpinned(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let start = start & !((1 << PAGE_SHIFT) - 1);
+        let Some(h) = &self.host else {
+            return if start < end {
+                vec![(start, end)]
+            } else {
+                vec![]
+            };
+        };
+        let (start, end) = (start.max(h.lo), end.min(h.hi));
+        let mut out = Vec::new();
+        let mut at = start;
+        let mut pins = h.pinned.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        pins.sort_unstable();
+        for (ps, pe) in pins {
+            if pe <= at || ps >= end {
+                continue;
+            }
+            if ps > at {
+                out.push((at, ps));
+            }
+            at = at.max(pe);
+        }
+        if at < end {
+            out.push((at, end));
+        }
+        out
+    }
+
+    /// Keeps `[start, end)` host readable and writable from now on (the VMM's own pages
+    /// among the program's addresses: the det page).
+    pub fn pin(&self, start: u64, end: u64) {
+        if let Some(h) = &self.host {
+            h.pinned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((start, end));
+        }
+    }
+
+    /// Stops changing host protections: the host mapping is about to go.
+    pub fn detach_host(&self) {
+        if let Some(h) = &self.host {
+            h.base.store(0, Relaxed);
         }
     }
 
     /// Sets the pages of `[start, end)` to protection `prot` (0: unmapped or PROT_NONE).
-    /// Both ends are rounded out to pages; pages past guest memory are ignored.
+    /// Both ends are rounded out to pages; pages past guest memory are ignored. Callers
+    /// set each range once to its final protection: a page that stays accessible must
+    /// never pass through PROT_NONE on the host, where another thread may be using it.
     pub fn set(&self, start: u64, end: u64, prot: u32) {
+        self.set_host(start, end, prot);
         let b = bits(prot);
         let first = (start >> PAGE_SHIFT) as usize;
         let last = (end.saturating_add((1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT) as usize;
@@ -106,6 +243,24 @@ impl PageProt {
     pub fn allows(&self, gva: u64, len: u64, access: Access) -> bool {
         self.prefix(gva, len, access) == len
     }
+}
+
+/// `n` zeroed access bytes, from zero-filled memory the host maps lazily: the table for a
+/// large address space costs only the pages of it that hold mappings.
+fn zeroed_pages(n: usize) -> Box<[AtomicU8]> {
+    if n == 0 {
+        return Box::new([]);
+    }
+    let layout = std::alloc::Layout::array::<AtomicU8>(n).expect("page table size");
+    // SAFETY: a non-zero-sized layout; the result is checked below.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<AtomicU8>();
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `p` is a fresh allocation of `n` AtomicU8 with the global allocator's
+    // layout for that array, all zero, which is a valid AtomicU8; the Box frees it with
+    // the same layout.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)) }
 }
 
 #[cfg(test)]

@@ -26,8 +26,9 @@ pub struct ProgramArgs {
     /// directory removed when the program ends).
     #[arg(long, requires = "image")]
     pub(crate) state: Option<PathBuf>,
-    /// Guest memory size (K, M or G suffix; rounded up to 2 MiB). KVM's set-up cost
-    /// grows with it (about 0.7 ms per GiB on kvm_pvm), so the default is modest.
+    /// Memory the program may commit (K, M or G suffix; rounded up to 2 MiB): Linux's
+    /// CommitLimit under strict overcommit, so a mapping past it is ENOMEM. Its address
+    /// space is 32 GiB whatever this is (reservations commit nothing), or this if larger.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub(crate) memory: u64,
     /// Host cores to pin every vCPU thread to, e.g. `0`, `0,1` or `0-1`.

@@ -37,6 +37,16 @@ pub use cpu::SyscallEntry;
 /// Size of the main thread's stack.
 pub const MAIN_STACK_SIZE: u64 = 8 << 20;
 
+/// The guest's address space (guest physical memory, identity-mapped), unless the memory
+/// the program may commit is larger: reservations (PROT_NONE, MAP_NORESERVE) need room
+/// far beyond what a program touches (V8's 128 MiB code range per isolate, glibc's
+/// 64 MiB arena per thread, the JVM's heap). Its host side is a MAP_NORESERVE mapping
+/// that costs nothing until touched; its cost is KVM's per-page metadata for the memory
+/// slot on a shadow-paging host (kvm_pvm: ~2.5 MiB of kernel memory and ~3 ms of set-up
+/// per GiB; docs/pair.md, Address space and memory), which is why it is not the 64 GiB
+/// the page directories allow (`layout::MAX_GIB`).
+pub const ADDRESS_SPACE: u64 = 32 << 30;
+
 /// What to run and how.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -48,7 +58,8 @@ pub struct VmConfig {
     pub args: Vec<Vec<u8>>,
     /// The environment.
     pub env: Vec<Vec<u8>>,
-    /// Guest memory in bytes.
+    /// Memory the program may commit, in bytes (`--memory`); its address space is
+    /// larger ([`ADDRESS_SPACE`]).
     pub memory: u64,
     /// Host cores every vCPU thread is pinned to.
     pub cores: Option<Vec<usize>>,
@@ -457,7 +468,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         return Err(VmmError::MissingCap("KVM_CAP_SYNC_REGS"));
     }
     let vm = kvm.create_vm().map_err(VmmError::Kvm)?;
-    let mut mem = GuestMemory::new(config.memory)?;
+    let mut mem = GuestMemory::new(ADDRESS_SPACE.max(config.memory))?;
     // The doorbell pages at the top are the VMM's, not the program's (see reserve_top).
     mem.reserve_top(doorbell::AREA_SIZE);
     cpu::build_system_area(&mem)?;
@@ -520,7 +531,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         config.seed,
     )
     .map_err(|_| VmmError::Stack)?;
-    let mut aspace = AddressSpace::new(layout);
+    let mut aspace = AddressSpace::new(layout, config.memory);
     enter_images(&mut aspace, &loaded, &exe);
     let process = Arc::new(Process::new(mem, aspace, fs, std_fds(), exe));
     process.timekeeper.set_vdso_mapped();

@@ -85,13 +85,19 @@ pub fn generate(p: &Process, f: &str) -> Result<Vec<u8>, Errno> {
             }
         }
         "meminfo" => {
-            let total = p.mem.size() / 1024;
-            let free = lock(&p.aspace).free_bytes() / 1024;
+            // The program's memory is what it may commit (`--memory`); what its
+            // mappings commit is in use. The address space beyond is no memory.
+            let (total, committed) = {
+                let asp = lock(&p.aspace);
+                (asp.commit_limit() / 1024, asp.committed() / 1024)
+            };
+            let free = total.saturating_sub(committed);
             let _ = write!(
                 s,
                 "MemTotal:       {total:8} kB\nMemFree:        {free:8} kB\n\
                  MemAvailable:   {free:8} kB\nBuffers:               0 kB\n\
-                 Cached:                0 kB\nSwapTotal:             0 kB\nSwapFree:              0 kB\n"
+                 Cached:                0 kB\nSwapTotal:             0 kB\nSwapFree:              0 kB\n\
+                 CommitLimit:    {total:8} kB\nCommitted_AS:   {committed:8} kB\n"
             );
         }
         "stat" => {
@@ -145,7 +151,9 @@ pub fn generate(p: &Process, f: &str) -> Result<Vec<u8>, Errno> {
         "sys/kernel/pid_max" => s.push_str("4194304\n"),
         "sys/net/core/somaxconn" => s.push_str("4096\n"),
         "sys/vm/max_map_count" => s.push_str("65530\n"),
-        "sys/vm/overcommit_memory" => s.push_str("0\n"),
+        // Strict accounting, as `address_space` counts (glibc then gives a shrinking
+        // arena's pages back with mmap(PROT_NONE), which uncommits them).
+        "sys/vm/overcommit_memory" => s.push_str("2\n"),
         _ => return Err(Errno::ENOENT),
     }
     Ok(s.into_bytes())

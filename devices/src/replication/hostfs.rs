@@ -345,7 +345,7 @@ mod tests {
             fs.set_cwd("/tmp");
             let mem = crate::guest_mem::GuestMemory::new(64 << 20).unwrap();
             let layout = crate::address_space::Layout::new(4 << 20, 64 << 20, 1 << 20).unwrap();
-            let mut aspace = crate::address_space::AddressSpace::new(layout);
+            let mut aspace = crate::address_space::AddressSpace::new(layout, 64 << 20);
             // The path strings' pages: path arguments are read as the program's mappings
             // allow.
             let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;

@@ -109,6 +109,7 @@ fn det_slot(ctx: &mut SyscallCtx<'_>, _: [u64; 6]) -> SysResult {
         let host = process
             .mem
             .reset_range(gva, DetPage::BYTES)
+            .and_then(|()| process.mem.pin(gva, DetPage::BYTES))
             .and_then(|()| process.mem.user_bounds(gva, DetPage::BYTES));
         match host {
             // SAFETY: user_bounds checked that the page lies in guest memory, which stays

@@ -322,7 +322,26 @@ fn sysinfo(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         std::mem::size_of::<libc::sysinfo>() as u64,
         Access::Write,
     )?;
-    sc(libc::SYS_sysinfo, [p as u64, 0, 0, 0, 0, 0])
+    let r = sc(libc::SYS_sysinfo, [p as u64, 0, 0, 0, 0, 0])?;
+    // The memory figures are the program's, as /proc/meminfo gives them (glibc's
+    // _SC_PHYS_PAGES, which sizes the JVM's heap, comes from here): what it may commit,
+    // and what of that its mappings do not commit yet.
+    let (total, committed) = {
+        let asp = crate::sync::lock(&ctx.process.aspace);
+        (asp.commit_limit(), asp.committed())
+    };
+    let mut si: libc::sysinfo = ctx.process.mem.read_obj(a[0])?;
+    si.totalram = total;
+    si.freeram = total.saturating_sub(committed);
+    si.sharedram = 0;
+    si.bufferram = 0;
+    si.totalswap = 0;
+    si.freeswap = 0;
+    si.totalhigh = 0;
+    si.freehigh = 0;
+    si.mem_unit = 1;
+    ctx.process.mem.write_obj(a[0], &si)?;
+    Ok(r)
 }
 
 fn getrlimit(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {

@@ -1,7 +1,9 @@
 //! Memory: brk, mmap and friends, served by the deterministic allocator in
-//! `address_space`. Page tables never change: protections are only recorded in the
-//! mapping table (for /proc/self/maps) and every mapped page is readable, writable and
-//! executable for the program.
+//! `address_space`. Page tables never change: protections are recorded in the mapping
+//! table (for /proc/self/maps), which mirrors them into the table syscall buffers are
+//! checked against and into the host protection of guest memory (what the program's own
+//! accesses get). Memory is committed under Linux's strict accounting, with `--memory`
+//! as the limit (`address_space`): ENOMEM past it.
 
 use super::util::file;
 use super::{SysResult, SyscallCtx, SyscallEntry};
@@ -70,6 +72,11 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         return Err(Errno(libc::ENODEV));
     }
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
+    let commit = if crate::vma::commits(prot as u32, shared, anon) {
+        len
+    } else {
+        0
+    };
     let mut asp = lock(&ctx.process.aspace);
     let start = if fixed {
         if !addr.is_multiple_of(PAGE_SIZE) {
@@ -83,9 +90,11 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         if flags & libc::MAP_FIXED_NOREPLACE != 0 && asp.fixed_would_clobber(addr, end) {
             return Err(Errno::EEXIST);
         }
+        asp.check_commit(commit, asp.vmas().committed_in(addr, end))?;
         asp.carve(addr, end);
         addr
     } else {
+        asp.check_commit(commit, 0)?;
         asp.alloc(len, addr)?
     };
     let placed = match &f {
@@ -102,6 +111,9 @@ fn mmap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         None => Ok(()),
     };
     if let Err(e) = placed {
+        // What was there is gone (a failed file mapping leaves fresh, inaccessible
+        // memory): the table says so too, as Linux's failed MAP_FIXED can unmap.
+        asp.vmas_mut().remove(start, start + len);
         asp.release(start, start + len);
         return Err(e);
     }
@@ -169,7 +181,13 @@ fn mprotect(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     let mut asp = lock(&ctx.process.aspace);
     // As Linux: the mappings up to the first hole change, and a hole is ENOMEM.
     let mapped = asp.vmas().contiguous_from(a[0], len);
-    asp.vmas_mut().protect(a[0], a[0] + mapped, prot);
+    let end = a[0] + mapped;
+    // Making a reservation writable commits it (and ENOMEM changes nothing).
+    asp.check_commit(
+        asp.vmas().committed_in_as(a[0], end, Some(prot)),
+        asp.vmas().committed_in(a[0], end),
+    )?;
+    asp.vmas_mut().protect(a[0], end, prot);
     if mapped < len {
         return Err(Errno::ENOMEM);
     }
@@ -204,6 +222,14 @@ fn mremap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         return Ok(old);
     }
     let grow_end = old.checked_add(new_len).ok_or(Errno::ENOMEM)?;
+    // The grown part continues the last mapping, and commits if it does.
+    let grown = new_len - old_len;
+    let commit = if asp.vmas().committed_in(old_end - PAGE_SIZE, old_end) != 0 {
+        grown
+    } else {
+        0
+    };
+    asp.check_commit(commit, 0)?;
     if grow_end <= asp.layout().stack_bottom && asp.is_free(old_end, grow_end) {
         asp.carve(old_end, grow_end);
         let last = asp
@@ -228,14 +254,33 @@ fn mremap(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         return Err(Errno::ENOMEM);
     }
     let new = asp.alloc(new_len, 0)?;
-    // The new range was free, so it cannot overlap the old one.
-    let mut done = 0;
-    while done < old_len {
-        let n = (old_len - done).min(MOVE_CHUNK);
-        // Moving pages is no access by the program: their protection does not matter.
-        let bytes = ctx.process.mem.read_bytes_forced(old + done, n)?;
-        ctx.process.mem.write_bytes_forced(new + done, &bytes)?;
-        done += n;
+    // The new range was free, so it cannot overlap the old one. Both are host-accessible
+    // while the bytes move, whatever the program's protections (a PROT_NONE part moves
+    // too); the old one is reset below and the new one takes the old mappings'.
+    let moved = ctx
+        .process
+        .mem
+        .open_for_move(old, old_len, false)
+        .and_then(|()| ctx.process.mem.open_for_move(new, old_len, true))
+        .and_then(|()| {
+            let mut done = 0;
+            while done < old_len {
+                let n = (old_len - done).min(MOVE_CHUNK);
+                // Moving pages is no access by the program: their protection does not matter.
+                let bytes = ctx.process.mem.read_bytes_forced(old + done, n)?;
+                ctx.process.mem.write_bytes_forced(new + done, &bytes)?;
+                done += n;
+            }
+            Ok(())
+        });
+    if let Err(e) = moved {
+        // Nothing moved: the new range is zero again (free memory is) and both get back
+        // the protections their mappings give.
+        let _ = ctx.process.mem.reset_range(new, old_len);
+        asp.vmas().refresh(old, old_end);
+        asp.vmas().refresh(new, new + old_len);
+        asp.release(new, new + new_len);
+        return Err(e);
     }
     ctx.process.mem.reset_range(old, old_len)?;
     asp.release(old, old_end);

@@ -383,8 +383,12 @@ impl Machine {
                     return LoopEnd::Stopped;
                 }
                 Err(e) => {
-                    // KVM could not fault in guest memory: a file mapping past EOF or a
-                    // read-only shared mapping written to. Natively that is SIGBUS.
+                    // KVM could not fault in guest memory: a file mapping past EOF, or a
+                    // page whose host protection (the program's own, see
+                    // guest_memory::protect) refuses the access: unmapped, PROT_NONE, or
+                    // written while read-only. Natively the first is SIGBUS, the others
+                    // SIGSEGV; KVM does not say which page it was, so it is SIGBUS, and
+                    // uncatchable (docs/pair.md, Address space and memory).
                     let rip = vcpu.sync_regs_mut().regs.rip;
                     self.fatal_program(
                         libc::SIGBUS,
