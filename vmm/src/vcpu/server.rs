@@ -126,10 +126,14 @@ impl Machine {
         let poll = self.cores.as_ref().map_or(num_cpus() > 1, |c| c.len() > 1);
         let mut poll_until: Option<Instant> = None;
         let mut answered = Instant::now();
-        let mut wake_stats = doorbell::WakeStats::new(
-            *self.tsc_per_us.get_or_init(doorbell::tsc_per_us),
-            self.trap_round_trip(),
-        );
+        // The fixed threshold (`doorbell::SLOW_WAKE_US`), not the measured trap round trip:
+        // with the measured one nearly every call stays on the doorbell, and a fresh-clone
+        // CI run then hung in `siglongjmp_out_of_handlers_leaks_nothing` (3,000 self-sent
+        // signals, `ditto run`), a signal-on-the-doorbell hang also seen in
+        // `signal_handlers_timers_sigwait_and_kicks` under load and not yet found. The
+        // round trip is still measured and shown by `--stats` (`trap_us`).
+        let mut wake_stats =
+            doorbell::WakeStats::new(*self.tsc_per_us.get_or_init(doorbell::tsc_per_us), None);
         while !self.process.exiting() {
             let req = data.request();
             if req.seq == last {
