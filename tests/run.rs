@@ -414,6 +414,36 @@ fn signal_handlers_timers_sigwait_and_kicks() {
     }
 }
 
+/// A signal a thread sends itself runs its handler before the sending call returns, on
+/// the trap path and on the doorbell (`DITTO_SYSCALL_PATH=doorbell` keeps every call
+/// there). The doorbell used to return such a call to the program without an exit, and the
+/// signal waited for a later one: a handler leaving by siglongjmp then jumped from that
+/// later call into a frame that had returned, and the program hung or looped.
+#[test]
+fn a_self_sent_signal_is_taken_on_the_calls_return_on_both_paths() {
+    for path in ["trap", "doorbell"] {
+        let mut c = ditto();
+        c.env("DITTO_SYSCALL_PATH", path)
+            .args(["run", "--stats", "--"])
+            .arg(prog("sigfpu"))
+            .args(["sync", "3000"]);
+        let o = output_within(c, 120);
+        let err = stderr(&o);
+        assert_eq!(
+            stdout(&o),
+            "sync 3000 late 0 handled 3000\n",
+            "{path}: {err}"
+        );
+        assert!(o.status.success(), "{path}: {err}");
+        if path == "doorbell" && err.contains("entry=Some(PageFaultTrap)") {
+            assert!(
+                stat(&err, "doorbell_syscalls") >= 2900,
+                "the signals should have gone through the doorbell: {err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn sigpipe_and_external_signals_take_default_actions() {
     use std::io::{Read, Write};

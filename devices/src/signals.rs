@@ -184,15 +184,18 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// A thread starts with its creator's mask.
+    /// A thread starts with its creator's mask. Registered by clone, before the parent
+    /// learns the new id, so that a signal sent to the thread before its vCPU picks it up
+    /// is pending for it, as on Linux (not lost to ESRCH); registering it again when it
+    /// starts running keeps what is pending.
     pub fn add_thread(&self, tid: i64, mask: u64) {
-        lock(&self.state).threads.insert(
-            tid,
-            ThreadSignals {
+        lock(&self.state)
+            .threads
+            .entry(tid)
+            .or_insert_with(|| ThreadSignals {
                 mask,
                 ..Default::default()
-            },
-        );
+            });
     }
 
     /// The live threads' ids, ascending.
@@ -497,6 +500,23 @@ mod tests {
         let old = s.set_mask(1, 0);
         s.end_suspend(1, old);
         assert_eq!(s.mask(1), usr2);
+    }
+
+    #[test]
+    fn a_signal_sent_before_the_thread_runs_stays_pending() {
+        let s = Signals::default();
+        let usr2 = bit(libc::SIGUSR2);
+        // clone registers the thread; the parent signals it before its vCPU starts it.
+        s.add_thread(7, usr2);
+        assert!(s.send_thread(7, libc::SIGUSR2, handler()).is_some());
+        // The vCPU registers it again when it starts running: nothing pending is lost,
+        // and a sigwait finds it at once.
+        s.add_thread(7, 0);
+        assert_eq!(s.mask(7), usr2);
+        assert_eq!(
+            s.wait(7, usr2, Some(Duration::from_millis(1)), || false),
+            Some(libc::SIGUSR2)
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
  * sigfpu leak N: N/10 signals whose handler leaves by siglongjmp, "warm", waits for a
  *   byte on stdin, N more, "done", waits for another byte, exits 0. A test reads the
  *   VMM's memory use at "warm" and "done": it must not grow with N.
+ * sigfpu sync N: N signals to itself, each checked to have run its handler by the time
+ *   tgkill returned, as Linux guarantees for an unblocked signal a thread sends itself:
+ *   "sync N late L handled H", exit 2 when L (calls that returned before their handler
+ *   ran) is not 0.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -27,6 +31,7 @@
 
 static sigjmp_buf env_inner, env_leak;
 static volatile int inner, leak_mode, frame_ok;
+static volatile long handled;
 static long pid, tid;
 
 /* tgkill(pid, tid, SIGUSR1) with xmm8 = x; the handler runs on the syscall's return. */
@@ -44,6 +49,7 @@ static void on_usr1(int sig, siginfo_t *si, void *ucv)
     (void)sig;
     (void)si;
     ucontext_t *uc = ucv;
+    handled++;
     if (leak_mode || inner)
         siglongjmp(leak_mode ? env_leak : env_inner, 1);
     fpregset_t fp = uc->uc_mcontext.fpregs;
@@ -78,6 +84,21 @@ int main(int argc, char **argv)
     pid = getpid();
     tid = syscall(SYS_gettid);
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 3 && strcmp(argv[1], "sync") == 0) {
+        long n = atol(argv[2]);
+        volatile long late = 0;
+        leak_mode = 1;
+        for (long i = 0; i < n; i++) {
+            if (sigsetjmp(env_leak, 0) == 0) {
+                syscall(SYS_tgkill, pid, tid, SIGUSR1);
+                /* Reached only if the handler did not run on tgkill's return. Counted
+                 * without a syscall: the next one may deliver the signal late. */
+                late++;
+            }
+        }
+        printf("sync %ld late %ld handled %ld\n", n, (long)late, (long)handled);
+        return late ? 2 : 0;
+    }
     if (argc >= 3 && strcmp(argv[1], "leak") == 0) {
         long n = atol(argv[2]);
         char c;

@@ -94,15 +94,17 @@ int main(void) {
     setitimer(ITIMER_REAL, &it, NULL);
     printf("itimer ticks>=3\n");
 
-    /* 4. sigwait in a thread, signal sent with pthread_kill. */
+    /* 4. sigwait in a thread, signal sent with pthread_kill right after pthread_create:
+     * the thread exists from clone's return, whether or not it has run yet, so the
+     * signal is pending for it (ditto once lost it to ESRCH until the thread ran). */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     pthread_t w;
     pthread_create(&w, NULL, waiter, &set);
-    usleep(20000);
-    pthread_kill(w, SIGUSR2);
+    if (pthread_kill(w, SIGUSR2) != 0)
+        fail("pthread_kill");
     void *got;
     pthread_join(w, &got);
     if ((long)got != SIGUSR2)

@@ -188,21 +188,45 @@ pub fn shim(shim_page: u64, doorbell: u64) -> Vec<u8> {
     a.bytes(&[0x41, 0xff, 0xe3]); // jmp *%r11: sleep in the VMM
     let done = a.code.len();
     a.code[je_at + 1] = (done - (je_at + 2)) as u8;
-    // cmpq $0, BOUNCE(%rip)
+    // cmpq $ANSWERED, BOUNCE(%rip)
     a.bytes(&[0x48, 0x83, 0x3d]);
     let d = a.disp(off::BOUNCE, 1);
     a.bytes(&d);
-    a.bytes(&[0x00]);
+    a.bytes(&[Outcome::Answered as u8]);
     let jne_at = a.code.len();
-    a.bytes(&[0x75, 0x00]); // jne bounce (patched)
+    a.bytes(&[0x75, 0x00]); // jne not_answered (patched)
     a.load(RAX, off::RET);
     a.bytes(&[0xff, 0xe1]); // jmp *%rcx
-    let bounce = a.code.len();
-    a.code[jne_at + 1] = (bounce - (jne_at + 2)) as u8;
+    let not_answered = a.code.len();
+    a.code[jne_at + 1] = (not_answered - (jne_at + 2)) as u8;
+    // An answer with a signal to deliver: leave through the VMM's sleep path, which finds
+    // the answer at once and delivers the signal on the call's return, as Linux does
+    // (rax still holds the sequence number the sleep path expects).
+    a.bytes(&[0x48, 0x83, 0x3d]); // cmpq $ANSWERED_THEN_SIGNAL, BOUNCE(%rip)
+    let d = a.disp(off::BOUNCE, 1);
+    a.bytes(&d);
+    a.bytes(&[Outcome::AnsweredThenSignal as u8]);
+    let back = wait as i64 - (a.code.len() as i64 + 2);
+    a.bytes(&[0x74, back as i8 as u8]); // je wait
     a.load(RAX, off::NR);
     a.movabs_r11(layout::LSTAR_PAGE);
     a.bytes(&[0x41, 0xff, 0xe3]); // jmp *%r11: the #PF syscall path
     a.code
+}
+
+/// How the server answered a request: the value of the data page's BOUNCE word, which
+/// the shim reads (part of the shim's ABI with the server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Outcome {
+    /// The call was served; the shim returns RET to the program without an exit.
+    Answered = 0,
+    /// The call needs the vCPU: the shim re-issues it through the #PF path.
+    Bounced = 1,
+    /// The call was served and left a signal the calling thread must take on its
+    /// return (a self-directed kill or tgkill, say): the shim exits to the VMM, which
+    /// returns RET and delivers the signal first, as Linux does.
+    AnsweredThenSignal = 2,
 }
 
 /// The server's record of how fast it answers rings. On a busy 2-core host the
@@ -315,11 +339,12 @@ impl DataPage {
         }
     }
 
-    /// Publishes a result (or a bounce) for `seq` and wakes a sleeping vCPU thread.
-    pub fn complete(&self, seq: u64, ret: u64, bounce: bool) {
+    /// Publishes the outcome of `seq` (with its result `ret`, unless bounced) and wakes a
+    /// sleeping vCPU thread.
+    pub fn complete(&self, seq: u64, ret: u64, outcome: Outcome) {
         self.word(off::RET).store(ret, Ordering::Relaxed);
         self.word(off::BOUNCE)
-            .store(bounce as u64, Ordering::Relaxed);
+            .store(outcome as u64, Ordering::Relaxed);
         self.word(off::ACK).store(seq, Ordering::SeqCst);
         if self.word(off::WAITING).load(Ordering::SeqCst) != 0 {
             let p = self.word(off::ACK).as_ptr();
@@ -400,12 +425,14 @@ impl DataPage {
         self.word(off::SEQ).load(Ordering::Acquire)
     }
 
-    /// The result and bounce flag of the last completed request.
-    pub fn result(&self) -> (u64, bool) {
-        (
-            self.word(off::RET).load(Ordering::Acquire),
-            self.word(off::BOUNCE).load(Ordering::Acquire) != 0,
-        )
+    /// The result and outcome of the last completed request.
+    pub fn result(&self) -> (u64, Outcome) {
+        let outcome = match self.word(off::BOUNCE).load(Ordering::Acquire) {
+            0 => Outcome::Answered,
+            2 => Outcome::AnsweredThenSignal,
+            _ => Outcome::Bounced,
+        };
+        (self.word(off::RET).load(Ordering::Acquire), outcome)
     }
 
     /// The syscall number of the last request.

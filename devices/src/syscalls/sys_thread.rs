@@ -96,7 +96,9 @@ fn clone(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     if flags & libc::CLONE_CHILD_SETTID as u64 != 0 {
         ctx.process.mem.write_obj(child_tid, &(tid as i32))?;
     }
+    ctx.process.signals.add_thread(tid, thread.sigmask);
     if let Err(e) = ctx.cpu.spawn_thread(ThreadStart { regs, thread }) {
+        ctx.process.signals.remove_thread(tid);
         ctx.process.thread_not_started();
         return Err(e);
     }

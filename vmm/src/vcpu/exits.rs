@@ -91,8 +91,10 @@ impl Machine {
             if !data.wait_ack(regs.rax, || self.process.exiting()) {
                 return ThreadAction::Stop;
             }
-            let (ret, bounce) = data.result();
-            if !data.last_was_blocking() {
+            let (ret, outcome) = data.result();
+            let bounce = outcome == doorbell::Outcome::Bounced;
+            // Leaving through here to take a signal says nothing about the server's speed.
+            if !data.last_was_blocking() && outcome != doorbell::Outcome::AnsweredThenSignal {
                 local.slow_waits += 1;
             }
             self.review_doorbell(vcpu, local, &data);

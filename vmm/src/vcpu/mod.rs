@@ -86,6 +86,9 @@ pub struct Machine {
     entry: OnceLock<SyscallEntry>,
     /// Whether the exitless doorbell path may be used (kvm_pvm only).
     doorbell_allowed: bool,
+    /// `DITTO_SYSCALL_PATH=doorbell`: a vCPU that switched to the doorbell never falls
+    /// back to trapping, whatever its wake-ups cost (tests and measurements of that path).
+    pub(super) doorbell_pinned: bool,
     /// Which worker runs which program thread (for signal kicks).
     running: Mutex<BTreeMap<i64, usize>>,
     /// TSC rate, for the doorbell servers' wake-up timing.
@@ -118,6 +121,7 @@ impl Machine {
             pool: Mutex::new(Pool::default()),
             entry: OnceLock::new(),
             doorbell_allowed: std::env::var("DITTO_SYSCALL_PATH").map_or(true, |v| v != "trap"),
+            doorbell_pinned: std::env::var("DITTO_SYSCALL_PATH").is_ok_and(|v| v == "doorbell"),
             running: Mutex::new(BTreeMap::new()),
             // Measured when the first doorbell server starts: it takes a short sleep,
             // which start-up should not pay.

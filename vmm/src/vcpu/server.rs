@@ -126,14 +126,10 @@ impl Machine {
         let poll = self.cores.as_ref().map_or(num_cpus() > 1, |c| c.len() > 1);
         let mut poll_until: Option<Instant> = None;
         let mut answered = Instant::now();
-        // The fixed threshold (`doorbell::SLOW_WAKE_US`), not the measured trap round trip:
-        // with the measured one nearly every call stays on the doorbell, and a fresh-clone
-        // CI run then hung in `siglongjmp_out_of_handlers_leaks_nothing` (3,000 self-sent
-        // signals, `ditto run`), a signal-on-the-doorbell hang also seen in
-        // `signal_handlers_timers_sigwait_and_kicks` under load and not yet found. The
-        // round trip is still measured and shown by `--stats` (`trap_us`).
-        let mut wake_stats =
-            doorbell::WakeStats::new(*self.tsc_per_us.get_or_init(doorbell::tsc_per_us), None);
+        let mut wake_stats = doorbell::WakeStats::new(
+            *self.tsc_per_us.get_or_init(doorbell::tsc_per_us),
+            self.trap_round_trip(),
+        );
         while !self.process.exiting() {
             let req = data.request();
             if req.seq == last {
@@ -167,7 +163,7 @@ impl Machine {
             last = req.seq;
             let arrived = Instant::now();
             // Only wake-ups count: a request found while polling cost no wake-up.
-            if poll_until.is_none() && wake_stats.record(data.ring_tsc()) {
+            if poll_until.is_none() && wake_stats.record(data.ring_tsc()) && !self.doorbell_pinned {
                 data.set_want_trap(true);
             }
             let tid = lock(&current).tid;
@@ -178,7 +174,7 @@ impl Machine {
             {
                 data.set_polling(false);
                 poll_until = None;
-                data.complete(req.seq, 0, true);
+                data.complete(req.seq, 0, doorbell::Outcome::Bounced);
                 continue;
             }
             let user = UserRegs {
@@ -223,7 +219,16 @@ impl Machine {
                 data.set_polling(true);
                 poll_until = Some(Instant::now() + doorbell::POLL_WINDOW);
             }
-            data.complete(req.seq, ret, false);
+            // A signal the call left for this thread (it signalled itself, or the signal
+            // came while it was served) is taken on the call's return, as on Linux, not
+            // at some later exit: a handler that leaves by siglongjmp would otherwise
+            // jump from a later call into a frame that has returned.
+            let outcome = if self.process.signals.has_deliverable(tid) {
+                doorbell::Outcome::AnsweredThenSignal
+            } else {
+                doorbell::Outcome::Answered
+            };
+            data.complete(req.seq, ret, outcome);
             answered = Instant::now();
         }
     }
@@ -269,7 +274,7 @@ impl Machine {
         data: &doorbell::DataPage,
     ) {
         let requests = data.seq().saturating_sub(local.seq_at_switch);
-        if requests < 256 {
+        if requests < 256 || self.doorbell_pinned {
             return;
         }
         if local.slow_waits * 4 > requests {
