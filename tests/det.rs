@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 
@@ -95,16 +95,6 @@ fn prodcons_varies_without_det() {
     );
 }
 
-/// A counter from `--stats`' line.
-fn stat(o: &std::process::Output, key: &str) -> u64 {
-    stderr(o)
-        .split(&format!(" {key}="))
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in the stats line: {}", stderr(o)))
-}
-
 /// sendto and fcntl's flag calls on a socket take no turn under --det (sys_det.rs,
 /// `orders_nothing_outside`): 300 of them cost no more turns than the program's start.
 #[test]
@@ -113,8 +103,8 @@ fn socket_sends_and_flag_calls_take_no_turn() {
     let o = run_in(&["--det", "--stats"], &[s(&p), "sock", "100"], b"");
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).starts_with("sock 300 "), "{}", stdout(&o));
-    let turns = stat(&o, "det_turns");
-    let syscalls = stat(&o, "syscalls");
+    let turns = stats_counter(&stderr(&o), "det_turns");
+    let syscalls = stats_counter(&stderr(&o), "syscalls");
     assert!(syscalls >= 300, "{}", stderr(&o));
     // The socket itself and the program's start and exit take a few turns; each of the
     // 300 calls would take one.
@@ -128,33 +118,8 @@ fn pthread_test_passes_under_det_static() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).ends_with("PASS\n"), "{}", stdout(&o));
     // The det hypercalls were served (libditto found ditto) and threads got det ids.
-    let det_ops = stat(&o, "det_ops");
+    let det_ops = stats_counter(&stderr(&o), "det_ops");
     assert!(det_ops > 1000, "only {det_ops} det ops");
-}
-
-/// A root with ld.so, libc and `prog` at /prog, from the python3 image (glibc 2.36).
-fn dyn_root(dir: &Path, prog: &Path) -> PathBuf {
-    let image = image_root("python3");
-    let root = dir.join("root");
-    let lib = root.join("usr/lib/x86_64-linux-gnu");
-    std::fs::create_dir_all(&lib).unwrap();
-    std::fs::create_dir_all(root.join("usr/lib64")).unwrap();
-    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
-    std::os::unix::fs::symlink("usr/lib64", root.join("lib64")).unwrap();
-    for name in ["libc.so.6", "libdl.so.2", "libpthread.so.0"] {
-        std::fs::copy(
-            image.join("usr/lib/x86_64-linux-gnu").join(name),
-            lib.join(name),
-        )
-        .unwrap();
-    }
-    std::fs::copy(
-        image.join("usr/lib64/ld-linux-x86-64.so.2"),
-        root.join("usr/lib64/ld-linux-x86-64.so.2"),
-    )
-    .unwrap();
-    std::fs::copy(prog, root.join("prog")).unwrap();
-    root
 }
 
 #[test]
@@ -169,7 +134,7 @@ fn pthread_test_passes_under_det_dynamic_with_preloaded_libditto() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).ends_with("PASS\n"), "{}", stdout(&o));
     // The det hypercalls were served: libditto was preloaded and found ditto.
-    let det_ops = stat(&o, "det_ops");
+    let det_ops = stats_counter(&stderr(&o), "det_ops");
     assert!(
         det_ops > 1000,
         "only {det_ops} det ops: libditto not preloaded?"
@@ -304,8 +269,8 @@ fn pbzip2_work_hints_tick_logical_time() {
     let hinted = run("1", &compress, &input);
     let plain = run("0", &compress, &input);
     let per_block: u64 = input.chunks(BLOCK).map(|b| (b.len() / 4096) as u64).sum();
-    assert_eq!(stat(&hinted, "det_ticked"), per_block);
-    assert_eq!(stat(&plain, "det_ticked"), 0);
+    assert_eq!(stats_counter(&stderr(&hinted), "det_ticked"), per_block);
+    assert_eq!(stats_counter(&stderr(&plain), "det_ticked"), 0);
     assert!(
         hinted.stdout == plain.stdout,
         "hints changed pbzip2's output"
@@ -321,7 +286,7 @@ fn pbzip2_work_hints_tick_logical_time() {
     // of compressed input, less under a tick of rounding per block.
     let compressed_ticks = (hinted.stdout.len() / 4096) as u64;
     let blocks = input.len().div_ceil(BLOCK) as u64;
-    let ticked = stat(&back, "det_ticked");
+    let ticked = stats_counter(&stderr(&back), "det_ticked");
     assert!(
         ticked <= compressed_ticks && ticked + 2 * blocks >= compressed_ticks,
         "decompression ticked {ticked} for {} compressed bytes in {blocks} blocks",

@@ -314,15 +314,6 @@ fn unsupported_syscalls_warn_once_by_name() {
     assert_eq!(err.matches("unsupported syscall vfork").count(), 1, "{err}");
 }
 
-/// The value of one `--stats` counter.
-fn stat(err: &str, key: &str) -> u64 {
-    err.split(&format!(" {key}="))
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {err}"))
-}
-
 #[test]
 fn trap_and_doorbell_paths_agree() {
     let bb = busybox();
@@ -343,8 +334,8 @@ fn trap_and_doorbell_paths_agree() {
         let err = stderr(&o);
         runs.push((
             path,
-            stat(&err, "doorbell_syscalls"),
-            stat(&err, "syscalls"),
+            stats_counter(&err, "doorbell_syscalls"),
+            stats_counter(&err, "syscalls"),
             err,
         ));
     }
@@ -437,7 +428,7 @@ fn a_self_sent_signal_is_taken_on_the_calls_return_on_both_paths() {
         assert!(o.status.success(), "{path}: {err}");
         if path == "doorbell" && err.contains("entry=Some(PageFaultTrap)") {
             assert!(
-                stat(&err, "doorbell_syscalls") >= 2900,
+                stats_counter(&err, "doorbell_syscalls") >= 2900,
                 "the signals should have gone through the doorbell: {err}"
             );
         }

@@ -5,24 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 
 use common::*;
 use replica::report::{Outcome, Report};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// A counter from `--stats`' line.
-fn stat(o: &Output, key: &str) -> u64 {
-    stderr(o)
-        .split(&format!(" {key}="))
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in the stats line: {}", stderr(o)))
 }
 
 /// Runs `vdsotime args` (`prog`: static or `-dyn` with `root`) under `ditto run --stats
@@ -44,7 +33,7 @@ fn syscalls_of(
     let o = run_in(&flags, &argv, b"");
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stdout(&o), expect, "{}", stderr(&o));
-    stat(&o, "syscalls")
+    stats_counter(&stderr(&o), "syscalls")
 }
 
 /// 100k clock_gettime calls in a static program take at most 1,000 syscalls (VM exits or
@@ -111,7 +100,11 @@ fn raw_syscalls_agree_with_the_vdso() {
         &[("DITTO_TIME", "syscall")],
     );
     assert_eq!(stdout(&o), "loop ok\n", "{}", stderr(&o));
-    assert!(stat(&o, "syscalls") >= 2000, "{}", stderr(&o));
+    assert!(
+        stats_counter(&stderr(&o), "syscalls") >= 2000,
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// auxv and /proc/self/maps show the vDSO; clocks it does not serve, bad clock ids,
@@ -145,29 +138,4 @@ fn pairs_read_time_by_syscall_and_stay_identical() {
         let recorded = r.counters.recorded_syscalls;
         assert!(recorded >= 3000, "{mode}: {recorded} recorded calls");
     }
-}
-
-/// A root with ld.so, libc and `prog` at /prog, from the python3 image (glibc 2.36).
-fn dyn_root(dir: &Path, prog: &Path) -> PathBuf {
-    let image = image_root("python3");
-    let root = dir.join("root");
-    let lib = root.join("usr/lib/x86_64-linux-gnu");
-    std::fs::create_dir_all(&lib).unwrap();
-    std::fs::create_dir_all(root.join("usr/lib64")).unwrap();
-    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
-    std::os::unix::fs::symlink("usr/lib64", root.join("lib64")).unwrap();
-    for name in ["libc.so.6", "libpthread.so.0"] {
-        std::fs::copy(
-            image.join("usr/lib/x86_64-linux-gnu").join(name),
-            lib.join(name),
-        )
-        .unwrap();
-    }
-    std::fs::copy(
-        image.join("usr/lib64/ld-linux-x86-64.so.2"),
-        root.join("usr/lib64/ld-linux-x86-64.so.2"),
-    )
-    .unwrap();
-    std::fs::copy(prog, root.join("prog")).unwrap();
-    root
 }

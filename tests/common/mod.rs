@@ -354,3 +354,39 @@ pub fn nginx_state_with(
     write_blob(&state.path().join("srv/www").join(blob_name), blob_len);
     state
 }
+
+/// One counter from the `--stats` line in `err` (ditto's stderr); panics naming the key
+/// and the text when it is missing, so a changed stats format fails loudly.
+pub fn stats_counter(err: &str, key: &str) -> u64 {
+    err.split(&format!(" {key}="))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in the stats line: {err}"))
+}
+
+/// A root with ld.so, libc (and libdl, libpthread) and `prog` at /prog, from the python3
+/// image (glibc 2.36): for the dynamic builds of the guest programs.
+pub fn dyn_root(dir: &Path, prog: &Path) -> PathBuf {
+    let image = image_root("python3");
+    let root = dir.join("root");
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::create_dir_all(root.join("usr/lib64")).unwrap();
+    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    std::os::unix::fs::symlink("usr/lib64", root.join("lib64")).unwrap();
+    for name in ["libc.so.6", "libdl.so.2", "libpthread.so.0"] {
+        std::fs::copy(
+            image.join("usr/lib/x86_64-linux-gnu").join(name),
+            lib.join(name),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        image.join("usr/lib64/ld-linux-x86-64.so.2"),
+        root.join("usr/lib64/ld-linux-x86-64.so.2"),
+    )
+    .unwrap();
+    std::fs::copy(prog, root.join("prog")).unwrap();
+    root
+}
