@@ -435,6 +435,28 @@ fn a_self_sent_signal_is_taken_on_the_calls_return_on_both_paths() {
     }
 }
 
+/// `--env KEY=VALUE` adds to or overrides the program's environment; a malformed one is a
+/// one-line usage error.
+#[test]
+fn env_flag_sets_and_overrides_variables() {
+    let bb = busybox();
+    let o = run_in_env(
+        &["--env", "DITTO_TEST_NEW=a=b", "--env", "DITTO_TEST_OLD=new"],
+        &[s(&bb), "env"],
+        b"",
+        &[("DITTO_TEST_OLD", "old")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"DITTO_TEST_NEW=a=b"), "{out}");
+    assert!(lines.contains(&"DITTO_TEST_OLD=new"), "{out}");
+    assert!(!lines.contains(&"DITTO_TEST_OLD=old"), "{out}");
+    let o = run_in(&["--env", "NOEQUALS"], &[s(&bb), "env"], b"");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("expected KEY=VALUE"), "{}", stderr(&o));
+}
+
 #[test]
 fn sigpipe_and_external_signals_take_default_actions() {
     use std::io::{Read, Write};

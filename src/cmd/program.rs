@@ -46,6 +46,11 @@ pub struct ProgramArgs {
     /// into dynamic programs.
     #[arg(long)]
     pub(crate) det: bool,
+    /// Sets an environment variable for the program (repeatable), e.g.
+    /// `--env GODEBUG=asyncpreemptoff=1`. An image's program otherwise gets only the image's
+    /// environment; a host program gets ditto's own, which this adds to or overrides.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_var)]
+    pub(crate) env: Vec<String>,
     /// Run ditto's own threads without their seccomp filters (for debugging ditto;
     /// by default each kind of VMM thread may make only the host syscalls it needs).
     #[arg(long)]
@@ -70,6 +75,28 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("bad size '{s}': expected e.g. 512M or 4G"))?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Checks a `--env` value: `KEY=VALUE` with a non-empty key (the value may be empty or
+/// hold `=`).
+pub(crate) fn parse_env_var(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((key, _)) if !key.is_empty() && !s.contains('\0') => Ok(s.to_string()),
+        _ => Err(format!(
+            "bad environment variable '{s}': expected KEY=VALUE"
+        )),
+    }
+}
+
+/// Applies `--env` settings to `env`: each replaces a variable of the same name or is
+/// added, in the order given.
+fn apply_env(env: &mut Vec<Vec<u8>>, sets: &[String]) {
+    for set in sets {
+        let key_len = set.find('=').map_or(set.len(), |i| i + 1);
+        let key = &set.as_bytes()[..key_len];
+        env.retain(|e| !e.starts_with(key));
+        env.push(set.as_bytes().to_vec());
+    }
 }
 
 /// Parses a guest memory size ([`parse_bytes`]), rounded up to 2 MiB.
@@ -162,6 +189,7 @@ fn image_selection(p: &ProgramArgs, name: &str) -> Result<Selection, (u8, String
     if !m.env.contains_key("PATH") {
         env.push(b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_vec());
     }
+    apply_env(&mut env, &p.env);
     let (state_dir, temp) = match &p.state {
         Some(d) => (d.clone(), None),
         None => {
@@ -241,12 +269,14 @@ pub fn vm_config(p: &ProgramArgs) -> Result<Selection, (u8, String)> {
         );
         args.push(demo.as_os_str().as_bytes().to_vec());
     }
+    let mut env = env_of_host();
+    apply_env(&mut env, &p.env);
     Ok(Selection {
         config: vmm::VmConfig {
             root: p.root.clone(),
             program: args[0].clone(),
             args,
-            env: env_of_host(),
+            env,
             memory: p.memory,
             cores: p.cores.as_ref().map(|c| c.0.clone()),
             seed: p.seed,
@@ -284,5 +314,25 @@ mod tests {
         assert!(parse_cores("0-").is_err());
         assert!(parse_cores("100000").is_err());
         assert!(parse_cores("1-0").is_err());
+    }
+
+    #[test]
+    fn env_settings_replace_or_add() {
+        assert!(parse_env_var("A=1").is_ok());
+        assert!(parse_env_var("A=").is_ok());
+        assert!(parse_env_var("GODEBUG=a=1,b=2").is_ok());
+        assert!(parse_env_var("A").is_err());
+        assert!(parse_env_var("=1").is_err());
+        let mut env = vec![b"A=0".to_vec(), b"AB=x".to_vec(), b"C=3".to_vec()];
+        apply_env(&mut env, &["A=1".into(), "D=".into(), "A=2".into()]);
+        assert_eq!(
+            env,
+            vec![
+                b"AB=x".to_vec(),
+                b"C=3".to_vec(),
+                b"D=".to_vec(),
+                b"A=2".to_vec()
+            ]
+        );
     }
 }

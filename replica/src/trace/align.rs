@@ -93,6 +93,24 @@ fn difference(p: &TraceEvent, s: &TraceEvent) -> Option<String> {
     }
 }
 
+/// Whether the secondary's event `b` (at `sidx` of `s`) is a call the secondary's stop cut
+/// short rather than a parting: a replicated call ends with the primary's result in the
+/// secondary, except when the secondary stops (a divergence found elsewhere, the pair
+/// stopped) while the call waits for that result; it then ends with EINTR, as the thread's
+/// last event. Taken for a parting, it hid the real one on another thread.
+fn cut_by_the_stop(
+    a: &TraceEvent,
+    b: &TraceEvent,
+    s: Option<&ThreadTrace>,
+    sidx: Option<usize>,
+) -> bool {
+    let last = s.is_some_and(|t| sidx == Some(t.events.len().saturating_sub(1)));
+    last && a.syscall == b.syscall
+        && a.treatment == b.treatment
+        && b.result == -i64::from(libc::EINTR)
+        && a.result != b.result
+}
+
 fn align_thread(tid: i64, p: Option<&ThreadTrace>, s: Option<&ThreadTrace>) -> ThreadAlignment {
     let (pe, se) = (replicated(p), replicated(s));
     let mut out = ThreadAlignment {
@@ -150,6 +168,11 @@ fn align_thread(tid: i64, p: Option<&ThreadTrace>, s: Option<&ThreadTrace>) -> T
             }
             if sev.is_some() && pev.is_none() && !primary_went_on {
                 break;
+            }
+            if let (Some(a), Some(b)) = (pev, sev) {
+                if cut_by_the_stop(a, b, s, sidx) {
+                    break;
+                }
             }
             out.parting = Some(Parting {
                 thread: tid,
@@ -409,5 +432,61 @@ mod tests {
             .unwrap()
             .why
             .contains("returned 0 in the primary, 7"));
+    }
+
+    #[test]
+    fn a_call_the_secondarys_stop_cut_short_is_not_a_parting() {
+        let mut p = trace(
+            "primary",
+            vec![
+                (
+                    1000,
+                    vec![
+                        call(1, "read", "recorded", Some(1)),
+                        call(2, "fcntl", "recorded", Some(2)),
+                    ],
+                ),
+                (
+                    1001,
+                    vec![
+                        call(1, "nanosleep", "recorded", Some(1)),
+                        call(2, "nanosleep", "recorded", Some(2)),
+                    ],
+                ),
+            ],
+        );
+        let mut s = trace(
+            "secondary",
+            vec![
+                (
+                    1000,
+                    vec![
+                        call(1, "read", "recorded", Some(1)),
+                        call(2, "clock_gettime", "recorded", Some(2)),
+                    ],
+                ),
+                (
+                    1001,
+                    vec![
+                        call(1, "nanosleep", "recorded", Some(1)),
+                        call(2, "nanosleep", "recorded", Some(2)),
+                    ],
+                ),
+            ],
+        );
+        // Thread 1001's last call was waiting for the primary's result when the secondary
+        // stopped, and earlier in the turn order than thread 1000's real parting.
+        s.threads[1].events[1].result = -4;
+        p.threads[1].events[1].turn = Some(1);
+        let a = align(&p, &s);
+        let first = a.first.unwrap();
+        assert_eq!((first.thread, first.event), (1000, 2), "{}", first.why);
+        assert_eq!(a.threads[1].parting, None);
+        // Not the last event: a real parting.
+        s.threads[1]
+            .events
+            .push(call(3, "nanosleep", "recorded", Some(3)));
+        let a = align(&p, &s);
+        assert_eq!(a.first.unwrap().thread, 1001);
     }
 }

@@ -162,6 +162,9 @@ fn program_flags(p: &ProgramArgs, cores: &[usize], state: Option<&Path>) -> Vec<
     if p.no_seccomp {
         v.push("--no-seccomp".into());
     }
+    for set in &p.env {
+        v.push(format!("--env={set}"));
+    }
     v.push("--cores".into());
     v.push(
         cores
