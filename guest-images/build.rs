@@ -1,11 +1,11 @@
 //! Builds the project's guest programs (progs/*.c) and libditto with the host's C compiler.
 //!
 //! Outputs, all in `$OUT_DIR/progs/` (see src/progs.rs):
-//! - `<name>`: every progs/*.c but [`DYNAMIC_ONLY`], static (`-static -O2 -pthread`), the
+//! - `<name>`: every progs/*.c but [`DYNAMIC_ONLY`] and [`OPENMP`], static (`-static -O2 -pthread`), the
 //!   guest contract's "ordinary static program".
 //! - `<name>-det` for [`VARIANTS`]: static, with libditto linked in through
 //!   `-Wl,--wrap`, because LD_PRELOAD cannot reach a static program.
-//! - `<name>-dyn` for [`VARIANTS`], [`DYNAMIC_ONLY`] and [`ALSO_DYNAMIC`]: dynamically linked, for libditto injected by LD_PRELOAD
+//! - `<name>-dyn` for [`VARIANTS`], [`DYNAMIC_ONLY`], [`OPENMP`] and [`ALSO_DYNAMIC`]: dynamically linked, for libditto injected by LD_PRELOAD
 //!   (needs ld.so and libc in the image).
 //! - `libditto.so`: the LD_PRELOAD interposer.
 
@@ -28,6 +28,10 @@ const VARIANTS: &[&str] = &[
 /// Programs built only as `<name>-dyn`: they use glibc parts that a static program cannot
 /// load (getaddrinfo's NSS modules), so a static build would only warn and fail at run time.
 const DYNAMIC_ONLY: &[&str] = &["glibc_locks"];
+
+/// OpenMP programs, built only as `<name>-dyn` with `-fopenmp`: libditto interposes
+/// libgomp's entry points by LD_PRELOAD, which a static libgomp would not reach.
+const OPENMP: &[&str] = &["omp_claims"];
 
 /// Programs built static and also as `<name>-dyn`, with no `-det` build: vdsotime checks
 /// that dynamic glibc, through ld.so, finds and uses the vDSO as the static one does.
@@ -63,6 +67,14 @@ fn main() {
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
         let name = src.file_stem().unwrap().to_str().unwrap();
+        if OPENMP.contains(&name) {
+            let dyn_ = out.join(format!("{name}-dyn"));
+            cc.run(
+                &[&"-O2", &"-fopenmp", &"-pthread", &"-o", &dyn_, src],
+                &format!("{name}-dyn"),
+            );
+            continue;
+        }
         if DYNAMIC_ONLY.contains(&name) {
             let dyn_ = out.join(format!("{name}-dyn"));
             cc.run(

@@ -374,3 +374,34 @@ fn getaddrinfo_threads_never_stall_in_follow_mode() {
         }
     }
 }
+
+/// OpenMP work sharing (issue 13 item 2, GraphicsMagick's class): libgomp decides with its
+/// own atomics which thread gets the next chunk of a dynamic or guided loop, runs a `single`
+/// or a `section`, or holds a `critical`, and each piece of work takes turns (mutex
+/// operations). Before libditto ordered those decisions the secondary split the loops
+/// otherwise and a thread reached the loop's barrier with its next logged turn still due,
+/// the others waiting for turns after it (2 of 2 runs diverged with "futex wait that no
+/// thread can end"). Every run must now be identical, with the native totals.
+#[test]
+fn openmp_work_sharing_follows_the_primary() {
+    if !two_cpus("openmp_work_sharing_follows_the_primary") {
+        return;
+    }
+    let dir = tempdir();
+    let p = prog("omp_claims-dyn");
+    let argv = [p.to_str().unwrap(), "4", "6"];
+    let native = native(&argv, b"");
+    assert!(native.status.success());
+    for run in 0..runs(3) {
+        let (r, primary, secondary) = follow_pair(dir.path(), &[], &argv, 30);
+        assert_eq!(
+            r.outcome,
+            Outcome::Identical,
+            "run {run}: {}\nsecondary: {:?}",
+            r.summary(),
+            r.secondary.error
+        );
+        assert_eq!(primary, secondary, "run {run}");
+        assert_eq!(primary, native.stdout, "run {run}");
+    }
+}

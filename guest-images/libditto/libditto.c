@@ -99,6 +99,7 @@ static pthread_mutex_t emulated_token = PTHREAD_MUTEX_INITIALIZER;
 
 #ifndef DITTO_STATIC_WRAP
 static void hints_init(void);
+static void gomp_init(void);
 #endif
 
 static void init(void)
@@ -137,6 +138,7 @@ __attribute__((constructor)) static void ctor(void)
         void *frame[1];
         backtrace(frame, 1);
         hints_init();
+        gomp_init();
     }
 #endif
 }
@@ -727,4 +729,222 @@ int BZ2_bzDecompress(struct bz_stream_head *strm)
     HINTED(real_bz_decompress, "BZ2_bzDecompress", strm ? strm->avail_in : 0,
            real_bz_decompress(strm));
 }
+#endif
+
+/* ---- OpenMP: libgomp's decisions, ordered in a follow-mode pair ----
+ *
+ * libgomp decides with atomics, not through pthreads: which thread gets the next chunk of
+ * a dynamic or guided loop (a fetch-and-add on the work share), which thread runs a
+ * `single` or the next `section`, and who holds a `critical` (its own futex lock). No det
+ * point sees those decisions, yet they decide how many det points each thread reaches: a
+ * thread that claims fewer rows of a loop takes fewer turns in it. A follow-mode secondary
+ * grants turns in the primary's order, thread by thread; when its threads split a loop
+ * otherwise, one reaches the loop's barrier while its next logged turn is still due, and
+ * the threads that would join it there wait for turns after that one (GraphicsMagick's
+ * `gm convert` stalled so in 3 of 3 pairs: docs/pair.md, "follow").
+ *
+ * So in a follow-mode pair (no logical time: the slot request answers -EOPNOTSUPP) each
+ * claim runs inside a det section: the primary logs the order of claims as turns and the
+ * secondary's threads claim in that order, so each gets the primary's chunks. The calls
+ * wrapped cannot block once every thread enters the construct through a section: the
+ * first to arrive sets up the work share inside its section, so the others never wait
+ * for it, and on x86-64 the claims themselves are lock-free. Ordered loops, copyprivate
+ * singles and tasks are not wrapped (they block inside libgomp). A `critical` (and
+ * GOMP_atomic_start's lock) becomes a libditto lock on the same storage, taken and
+ * released in sections, so the order of its holders is logged too. Det mode keeps
+ * libgomp's own behaviour; the static build has no wrappers (a static OpenMP program
+ * links libgomp itself). */
+#ifndef DITTO_STATIC_WRAP
+#include <stdbool.h>
+
+/* libgomp's soname: found in the program's own link map when it is loaded. */
+#define LIBGOMP "libgomp.so.1"
+
+static int gomp_loaded;
+
+static int find_libgomp(struct dl_phdr_info *info, size_t size, void *found)
+{
+    (void)size;
+    if (info->dlpi_name && strstr(info->dlpi_name, "/" LIBGOMP))
+        *(int *)found = 1;
+    return *(int *)found;
+}
+
+/* The real entry point `name`: RTLD_NEXT, or libgomp itself when it was loaded where
+ * RTLD_NEXT does not look (a dlopen'ed library's local dependency). */
+static void *gomp_real(void **var, const char *name)
+{
+    void *f = __atomic_load_n(var, __ATOMIC_ACQUIRE);
+    if (f)
+        return f;
+    f = dlsym(RTLD_NEXT, name);
+    if (!f) {
+        void *h = dlopen(LIBGOMP, RTLD_LAZY | RTLD_NOLOAD);
+        if (h)
+            f = dlsym(h, name);
+    }
+    if (!f) {
+        static const char msg[] = "libditto: no libgomp entry point to forward an OpenMP call to\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        abort();
+    }
+    __atomic_store_n(var, f, __ATOMIC_RELEASE);
+    return f;
+}
+
+/* Whether this call's decision must be ordered: in a follow-mode pair only. */
+static int gomp_ordered(void)
+{
+    if (!det() || mode != MODE_DITTO)
+        return 0;
+    ask_slot();
+    return __atomic_load_n(&no_logical_time, __ATOMIC_RELAXED);
+}
+
+/* X(return type, name, parameters, arguments) for each decision that runs in a section. */
+#define GOMP_DECISIONS(X)                                                                    \
+    X(bool, GOMP_loop_dynamic_start, (long s, long e, long i, long c, long *is, long *ie), (s, e, i, c, is, ie)) \
+    X(bool, GOMP_loop_guided_start, (long s, long e, long i, long c, long *is, long *ie), (s, e, i, c, is, ie)) \
+    X(bool, GOMP_loop_nonmonotonic_dynamic_start, (long s, long e, long i, long c, long *is, long *ie), (s, e, i, c, is, ie)) \
+    X(bool, GOMP_loop_nonmonotonic_guided_start, (long s, long e, long i, long c, long *is, long *ie), (s, e, i, c, is, ie)) \
+    X(bool, GOMP_loop_runtime_start, (long s, long e, long i, long *is, long *ie), (s, e, i, is, ie)) \
+    X(bool, GOMP_loop_nonmonotonic_runtime_start, (long s, long e, long i, long *is, long *ie), (s, e, i, is, ie)) \
+    X(bool, GOMP_loop_maybe_nonmonotonic_runtime_start, (long s, long e, long i, long *is, long *ie), (s, e, i, is, ie)) \
+    X(bool, GOMP_loop_start, (long s, long e, long i, long k, long c, long *is, long *ie, uintptr_t *r, void **m), (s, e, i, k, c, is, ie, r, m)) \
+    X(bool, GOMP_loop_dynamic_next, (long *is, long *ie), (is, ie))                          \
+    X(bool, GOMP_loop_guided_next, (long *is, long *ie), (is, ie))                           \
+    X(bool, GOMP_loop_runtime_next, (long *is, long *ie), (is, ie))                          \
+    X(bool, GOMP_loop_nonmonotonic_dynamic_next, (long *is, long *ie), (is, ie))             \
+    X(bool, GOMP_loop_nonmonotonic_guided_next, (long *is, long *ie), (is, ie))              \
+    X(bool, GOMP_loop_nonmonotonic_runtime_next, (long *is, long *ie), (is, ie))             \
+    X(bool, GOMP_loop_maybe_nonmonotonic_runtime_next, (long *is, long *ie), (is, ie))       \
+    X(bool, GOMP_loop_ull_dynamic_start, (bool u, ull s, ull e, ull i, ull c, ull *is, ull *ie), (u, s, e, i, c, is, ie)) \
+    X(bool, GOMP_loop_ull_guided_start, (bool u, ull s, ull e, ull i, ull c, ull *is, ull *ie), (u, s, e, i, c, is, ie)) \
+    X(bool, GOMP_loop_ull_nonmonotonic_dynamic_start, (bool u, ull s, ull e, ull i, ull c, ull *is, ull *ie), (u, s, e, i, c, is, ie)) \
+    X(bool, GOMP_loop_ull_nonmonotonic_guided_start, (bool u, ull s, ull e, ull i, ull c, ull *is, ull *ie), (u, s, e, i, c, is, ie)) \
+    X(bool, GOMP_loop_ull_runtime_start, (bool u, ull s, ull e, ull i, ull *is, ull *ie), (u, s, e, i, is, ie)) \
+    X(bool, GOMP_loop_ull_nonmonotonic_runtime_start, (bool u, ull s, ull e, ull i, ull *is, ull *ie), (u, s, e, i, is, ie)) \
+    X(bool, GOMP_loop_ull_maybe_nonmonotonic_runtime_start, (bool u, ull s, ull e, ull i, ull *is, ull *ie), (u, s, e, i, is, ie)) \
+    X(bool, GOMP_loop_ull_start, (bool u, ull s, ull e, ull i, long k, ull c, ull *is, ull *ie, uintptr_t *r, void **m), (u, s, e, i, k, c, is, ie, r, m)) \
+    X(bool, GOMP_loop_ull_dynamic_next, (ull *is, ull *ie), (is, ie))                        \
+    X(bool, GOMP_loop_ull_guided_next, (ull *is, ull *ie), (is, ie))                         \
+    X(bool, GOMP_loop_ull_runtime_next, (ull *is, ull *ie), (is, ie))                        \
+    X(bool, GOMP_loop_ull_nonmonotonic_dynamic_next, (ull *is, ull *ie), (is, ie))           \
+    X(bool, GOMP_loop_ull_nonmonotonic_guided_next, (ull *is, ull *ie), (is, ie))            \
+    X(bool, GOMP_loop_ull_nonmonotonic_runtime_next, (ull *is, ull *ie), (is, ie))           \
+    X(bool, GOMP_loop_ull_maybe_nonmonotonic_runtime_next, (ull *is, ull *ie), (is, ie))     \
+    X(unsigned, GOMP_sections_start, (unsigned n), (n))                                      \
+    X(unsigned, GOMP_sections2_start, (unsigned n, uintptr_t *r, void **m), (n, r, m))       \
+    X(unsigned, GOMP_sections_next, (void), ())                                              \
+    X(bool, GOMP_single_start, (void), ())
+
+typedef unsigned long long ull;
+
+#define GOMP_REAL_VAR(ret, name, params, args) static void *real_##name;
+GOMP_DECISIONS(GOMP_REAL_VAR)
+
+#define GOMP_WRAPPER(ret, name, params, args)                                                \
+    ret name params                                                                          \
+    {                                                                                        \
+        ret(*f_) params = (ret(*) params)gomp_real(&real_##name, #name);                     \
+        if (!gomp_ordered())                                                                 \
+            return f_ args;                                                                  \
+        sec_start();                                                                         \
+        ret r_ = f_ args;                                                                    \
+        sec_end();                                                                           \
+        return r_;                                                                           \
+    }
+GOMP_DECISIONS(GOMP_WRAPPER)
+
+static void *real_GOMP_critical_start, *real_GOMP_critical_end, *real_GOMP_critical_name_start,
+    *real_GOMP_critical_name_end, *real_GOMP_atomic_start, *real_GOMP_atomic_end;
+
+/* At start-up, while there is one thread: a lookup later could take glibc's loader lock
+ * around a det point (dlsym may allocate) from whichever thread calls first. */
+static void gomp_init(void)
+{
+    dl_iterate_phdr(find_libgomp, &gomp_loaded);
+    if (!gomp_loaded)
+        return;
+    /* An entry point this libgomp lacks stays unset: nothing can call it. */
+#define GOMP_LOOKUP(ret, name, params, args) real_##name = dlsym(RTLD_NEXT, #name);
+    GOMP_DECISIONS(GOMP_LOOKUP)
+    real_GOMP_critical_start = dlsym(RTLD_NEXT, "GOMP_critical_start");
+    real_GOMP_critical_end = dlsym(RTLD_NEXT, "GOMP_critical_end");
+    real_GOMP_critical_name_start = dlsym(RTLD_NEXT, "GOMP_critical_name_start");
+    real_GOMP_critical_name_end = dlsym(RTLD_NEXT, "GOMP_critical_name_end");
+    real_GOMP_atomic_start = dlsym(RTLD_NEXT, "GOMP_atomic_start");
+    real_GOMP_atomic_end = dlsym(RTLD_NEXT, "GOMP_atomic_end");
+}
+
+/* A critical's lock word in a follow pair: 0 free, 1 held, 2 held with sleepers. Changed
+ * only inside sections, so every try's outcome follows the logged order; sleepers wait
+ * outside the token and retry when the holder lets go. */
+static void crit_lock(unsigned *w)
+{
+    for (;;) {
+        sec_start();
+        int got = *w == 0;
+        __atomic_store_n(w, got ? 1u : 2u, __ATOMIC_RELAXED);
+        sec_end();
+        if (got)
+            return;
+        futex_wait(w, 2, 1, CLOCK_MONOTONIC, NULL);
+    }
+}
+
+static void crit_unlock(unsigned *w)
+{
+    sec_start();
+    unsigned was = *w;
+    __atomic_store_n(w, 0u, __ATOMIC_RELAXED);
+    sec_end();
+    if (was == 2)
+        futex_wake(w, INT_MAX, 1);
+}
+
+/* The unnamed critical and GOMP_atomic_start's lock, in follow pairs (libgomp's own are
+ * private to it). */
+static unsigned crit_unnamed, crit_atomic;
+
+/* Named criticals: libgomp keeps the lock in the pointer-sized variable the compiler emits
+ * for the name (its futex lock fits there on Linux); in a follow pair every use of it
+ * comes through here, so the word is libditto's. */
+void GOMP_critical_name_start(void **pptr)
+{
+    if (!gomp_ordered()) {
+        ((void (*)(void **))gomp_real(&real_GOMP_critical_name_start, "GOMP_critical_name_start"))(pptr);
+        return;
+    }
+    crit_lock((unsigned *)pptr);
+}
+
+void GOMP_critical_name_end(void **pptr)
+{
+    if (!gomp_ordered()) {
+        ((void (*)(void **))gomp_real(&real_GOMP_critical_name_end, "GOMP_critical_name_end"))(pptr);
+        return;
+    }
+    crit_unlock((unsigned *)pptr);
+}
+
+#define GOMP_LOCK_PAIR(start, end, word)                                                     \
+    void start(void)                                                                         \
+    {                                                                                        \
+        if (!gomp_ordered()) {                                                               \
+            ((void (*)(void))gomp_real(&real_##start, #start))();                            \
+            return;                                                                          \
+        }                                                                                    \
+        crit_lock(&word);                                                                    \
+    }                                                                                        \
+    void end(void)                                                                           \
+    {                                                                                        \
+        if (!gomp_ordered()) {                                                               \
+            ((void (*)(void))gomp_real(&real_##end, #end))();                                \
+            return;                                                                          \
+        }                                                                                    \
+        crit_unlock(&word);                                                                  \
+    }
+GOMP_LOCK_PAIR(GOMP_critical_start, GOMP_critical_end, crit_unnamed)
+GOMP_LOCK_PAIR(GOMP_atomic_start, GOMP_atomic_end, crit_atomic)
 #endif

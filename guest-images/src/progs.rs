@@ -34,6 +34,7 @@ pub const PROGRAMS: &[&str] = &[
     "lstat_dirs",
     "memfault",
     "mremap_hole",
+    "omp_claims-dyn",
     "outside_fds",
     "privdrop",
     "procescape",
