@@ -147,6 +147,73 @@ fn pairs_read_time_by_syscall_and_stay_identical() {
     }
 }
 
+/// `ditto pair --mode mode` of `vdsotime args` with time rings (`DITTO_PAIR_TIME=ring`, or
+/// `time` as given): checks the pair stayed identical and the program succeeded, and returns
+/// its stdout and report.
+fn pair_of(mode: &str, time: &str, args: &[&str]) -> (String, Report) {
+    let p = prog("vdsotime");
+    let out = tempdir();
+    let mut c = ditto();
+    c.env("DITTO_PAIR_TIME", time)
+        .args(["pair", "--quiet", "--mode", mode, "--out"])
+        .arg(out.path())
+        .arg("--")
+        .arg(&p)
+        .args(args);
+    let o = output_within(c, 300);
+    let r = Report::load(out.path().join("report.json")).expect("report.json");
+    assert_eq!(r.outcome, Outcome::Identical, "{mode} {args:?}: {}", r.summary());
+    assert!(o.status.success(), "{mode} {args:?}: {}", stderr(&o));
+    (stdout(&o), r)
+}
+
+/// With time rings, 100k clock_gettime, gettimeofday and time reads make at most 1,000 VM
+/// exits in each replica, in both modes, and the pair stays identical: the primary's vDSO
+/// records the values in its thread's ring, the secondary's replays them. (Without rings,
+/// `DITTO_PAIR_TIME=syscall`, each read is an exit in both replicas: over 100k each.)
+#[test]
+fn pairs_with_time_rings_read_time_without_exits() {
+    for mode in ["det", "follow"] {
+        let (out, r) = pair_of(mode, "ring", &["mixed", "100000"]);
+        assert_eq!(out, "mixed ok\n");
+        let c = &r.counters;
+        assert!(
+            c.primary_exits <= 1000 && c.secondary_exits <= 1000,
+            "{mode}: exits {} / {} for 100k clock reads",
+            c.primary_exits,
+            c.secondary_exits
+        );
+        assert!(c.recorded_syscalls < 100, "{mode}: {}", c.recorded_syscalls);
+    }
+}
+
+/// Values the program prints (REALTIME, MONOTONIC, gettimeofday) come out of the secondary
+/// exactly as out of the primary (the pair compares every output byte), and they are real
+/// times, not zeros.
+#[test]
+fn pairs_with_time_rings_replay_the_values_output_shows() {
+    for mode in ["det", "follow"] {
+        let (out, _) = pair_of(mode, "ring", &["print", "3000"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3001, "{mode}");
+        assert_eq!(lines[3000], "print ok");
+        let last: Vec<&str> = lines[2999].split(' ').collect();
+        let real: u64 = last[1].parse().unwrap();
+        assert!(real > 1_700_000_000_000_000_000, "{mode}: {}", lines[2999]);
+    }
+}
+
+/// A thread that reads the time, prints it and exits at once: its value reaches the
+/// secondary before the output is let out, and before the thread is gone.
+#[test]
+fn pairs_with_time_rings_ship_a_short_threads_time() {
+    for mode in ["det", "follow"] {
+        let (out, _) = pair_of(mode, "ring", &["tprint", "20"]);
+        assert_eq!(out.lines().count(), 21, "{mode}: {out}");
+        assert!(out.ends_with("tprint ok\n"));
+    }
+}
+
 /// A root with ld.so, libc and `prog` at /prog, from the python3 image (glibc 2.36).
 fn dyn_root(dir: &Path, prog: &Path) -> PathBuf {
     let image = image_root("python3");
