@@ -1,5 +1,6 @@
 //! ditto's vDSO: clock reads without VM exits in a single VM (docs/det.md, "Time without
-//! exits"), and by syscall, recorded, in a pair. Real programs (`vdsotime`, static and
+//! exits"), and in a pair by syscall, recorded, or with time rings (docs/pair.md, "Time in a
+//! pair"), recorded without exits. Real programs (`vdsotime`, static and
 //! dynamic) in real VMs; each check fails when the program's time reads are syscalls again
 //! (`DITTO_TIME=syscall` shows it: the exit counts go up by the number of reads).
 
@@ -126,24 +127,20 @@ fn unserved_clocks_and_maps_as_natively() {
     assert_eq!(stdout(&o), stdout(&native));
 }
 
-/// In a pair every clock read is a syscall (the page stays in SYSCALL mode), recorded by
-/// the primary and replayed by the secondary: the pair is identical in both modes.
+/// In a pair without time rings every clock read is a syscall (the page stays in SYSCALL
+/// mode), recorded by the primary and replayed by the secondary: the pair is identical in
+/// both modes, and every read is an exit in each replica.
 #[test]
 fn pairs_read_time_by_syscall_and_stay_identical() {
-    let p = prog("vdsotime");
     for mode in ["det", "follow"] {
-        let out = tempdir();
-        let mut c = ditto();
-        c.args(["pair", "--quiet", "--mode", mode, "--out"])
-            .arg(out.path())
-            .args(["--", s(&p), "loop", "3000"]);
-        let o = output_within(c, 120);
-        let r = Report::load(out.path().join("report.json")).expect("report.json");
-        assert_eq!(r.outcome, Outcome::Identical, "{mode}: {}", r.summary());
-        assert!(o.status.success(), "{mode}: {}", stderr(&o));
-        assert_eq!(stdout(&o), "loop ok\n");
-        let recorded = r.counters.recorded_syscalls;
-        assert!(recorded >= 3000, "{mode}: {recorded} recorded calls");
+        let (out, r) = pair_of(mode, "syscall", &["loop", "3000"]);
+        assert_eq!(out, "loop ok\n");
+        let c = &r.counters;
+        assert!(c.recorded_syscalls >= 3000, "{mode}: {c:?}");
+        assert!(
+            c.primary_exits >= 3000 && c.secondary_exits >= 3000,
+            "{mode}: {c:?}"
+        );
     }
 }
 
@@ -162,7 +159,12 @@ fn pair_of(mode: &str, time: &str, args: &[&str]) -> (String, Report) {
         .args(args);
     let o = output_within(c, 300);
     let r = Report::load(out.path().join("report.json")).expect("report.json");
-    assert_eq!(r.outcome, Outcome::Identical, "{mode} {args:?}: {}", r.summary());
+    assert_eq!(
+        r.outcome,
+        Outcome::Identical,
+        "{mode} {args:?}: {}",
+        r.summary()
+    );
     assert!(o.status.success(), "{mode} {args:?}: {}", stderr(&o));
     (stdout(&o), r)
 }

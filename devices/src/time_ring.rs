@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use det::abi::{
-    DITTO_TRING_CAP, DITTO_TRING_GUEST, DITTO_TRING_KIND_SHIFT, DITTO_TRING_SELF,
-    DITTO_TRING_SIZE, DITTO_TRING_SLOTS, DITTO_TRING_VMM,
-};
 use crate::guest_mem::GuestMemory;
+use det::abi::{
+    DITTO_TRING_CAP, DITTO_TRING_GUEST, DITTO_TRING_KIND_SHIFT, DITTO_TRING_SELF, DITTO_TRING_SIZE,
+    DITTO_TRING_SLOTS, DITTO_TRING_VMM,
+};
 
 use crate::sync::lock;
 
@@ -98,7 +98,8 @@ impl TimeRings {
         // as long as the process that owns both them and these rings; only ever accessed
         // through atomics here, and by the guest, which may write anything (every read is
         // checked).
-        let words = unsafe { std::slice::from_raw_parts(host as *const AtomicU64, (SIZE / 8) as usize) };
+        let words =
+            unsafe { std::slice::from_raw_parts(host as *const AtomicU64, (SIZE / 8) as usize) };
         let ring = Ring { words };
         ring.word(DITTO_TRING_GUEST).store(0, Ordering::Relaxed);
         ring.word(DITTO_TRING_VMM).store(0, Ordering::Relaxed);
@@ -257,7 +258,10 @@ mod tests {
         mem.write_system_u64(GVA + DITTO_TRING_GUEST, 0);
         mem.write_system_u64(GVA + DITTO_TRING_VMM, 0);
         guest_writes(&mem, &[5]);
-        assert_eq!(rings.take(7, |_| panic!("no values")), Err(RingError::BadValue(5)));
+        assert_eq!(
+            rings.take(7, |_| panic!("no values")),
+            Err(RingError::BadValue(5))
+        );
         assert_eq!(rings.take(8, |_| ()), Err(RingError::NoRing(8)));
     }
 

@@ -598,6 +598,33 @@ mod tests {
     }
 
     #[test]
+    fn time_records_hold_one_to_a_ring_of_values() {
+        let mut buf = Vec::new();
+        for n in [0, TIME_VALUES_MAX + 1] {
+            let mut p = Vec::new();
+            p.extend_from_slice(&7u32.to_le_bytes());
+            p.extend_from_slice(&0u64.to_le_bytes());
+            p.extend_from_slice(&(n as u32).to_le_bytes());
+            p.extend(std::iter::repeat_n(0u8, n * 8));
+            assert!(
+                ThreadRecord::decode(RecordKind::TimeValues, &p).is_err(),
+                "{n}"
+            );
+        }
+        let full = ThreadRecord::Time {
+            values: vec![1 << 62; TIME_VALUES_MAX],
+        };
+        full.encode(7, 0, &mut buf);
+        assert!(ThreadRecord::decode(RecordKind::TimeValues, &buf[..buf.len() - 1]).is_err());
+        assert_eq!(
+            ThreadRecord::decode(RecordKind::TimeValues, &buf)
+                .unwrap()
+                .2,
+            full
+        );
+    }
+
+    #[test]
     fn records_round_trip() {
         round_trip(ThreadRecord::Syscall {
             nr: 0,
