@@ -1,5 +1,6 @@
 //! ditto's vDSO: clock reads without VM exits in a single VM (docs/det.md, "Time without
-//! exits"), and by syscall, recorded, in a pair. Real programs (`vdsotime`, static and
+//! exits"), and in a pair by syscall, recorded, or with time rings (docs/pair.md, "Time in a
+//! pair"), recorded without exits. Real programs (`vdsotime`, static and
 //! dynamic) in real VMs; each check fails when the program's time reads are syscalls again
 //! (`DITTO_TIME=syscall` shows it: the exit counts go up by the number of reads).
 
@@ -119,23 +120,91 @@ fn unserved_clocks_and_maps_as_natively() {
     assert_eq!(stdout(&o), stdout(&native));
 }
 
-/// In a pair every clock read is a syscall (the page stays in SYSCALL mode), recorded by
-/// the primary and replayed by the secondary: the pair is identical in both modes.
+/// In a pair without time rings every clock read is a syscall (the page stays in SYSCALL
+/// mode), recorded by the primary and replayed by the secondary: the pair is identical in
+/// both modes, and every read is an exit in each replica.
 #[test]
 fn pairs_read_time_by_syscall_and_stay_identical() {
-    let p = prog("vdsotime");
     for mode in ["det", "follow"] {
-        let out = tempdir();
-        let mut c = ditto();
-        c.args(["pair", "--quiet", "--mode", mode, "--out"])
-            .arg(out.path())
-            .args(["--", s(&p), "loop", "3000"]);
-        let o = output_within(c, 120);
-        let r = Report::load(out.path().join("report.json")).expect("report.json");
-        assert_eq!(r.outcome, Outcome::Identical, "{mode}: {}", r.summary());
-        assert!(o.status.success(), "{mode}: {}", stderr(&o));
-        assert_eq!(stdout(&o), "loop ok\n");
-        let recorded = r.counters.recorded_syscalls;
-        assert!(recorded >= 3000, "{mode}: {recorded} recorded calls");
+        let (out, r) = pair_of(mode, "syscall", &["loop", "3000"]);
+        assert_eq!(out, "loop ok\n");
+        let c = &r.counters;
+        assert!(c.recorded_syscalls >= 3000, "{mode}: {c:?}");
+        assert!(
+            c.primary_exits >= 3000 && c.secondary_exits >= 3000,
+            "{mode}: {c:?}"
+        );
+    }
+}
+
+/// `ditto pair --mode mode` of `vdsotime args` with time rings (`DITTO_PAIR_TIME=ring`, or
+/// `time` as given): checks the pair stayed identical and the program succeeded, and returns
+/// its stdout and report.
+fn pair_of(mode: &str, time: &str, args: &[&str]) -> (String, Report) {
+    let p = prog("vdsotime");
+    let out = tempdir();
+    let mut c = ditto();
+    c.env("DITTO_PAIR_TIME", time)
+        .args(["pair", "--quiet", "--mode", mode, "--out"])
+        .arg(out.path())
+        .arg("--")
+        .arg(&p)
+        .args(args);
+    let o = output_within(c, 300);
+    let r = Report::load(out.path().join("report.json")).expect("report.json");
+    assert_eq!(
+        r.outcome,
+        Outcome::Identical,
+        "{mode} {args:?}: {}",
+        r.summary()
+    );
+    assert!(o.status.success(), "{mode} {args:?}: {}", stderr(&o));
+    (stdout(&o), r)
+}
+
+/// With time rings, 100k clock_gettime, gettimeofday and time reads make at most 1,000 VM
+/// exits in each replica, in both modes, and the pair stays identical: the primary's vDSO
+/// records the values in its thread's ring, the secondary's replays them. (Without rings,
+/// `DITTO_PAIR_TIME=syscall`, each read is an exit in both replicas: over 100k each.)
+#[test]
+fn pairs_with_time_rings_read_time_without_exits() {
+    for mode in ["det", "follow"] {
+        let (out, r) = pair_of(mode, "ring", &["mixed", "100000"]);
+        assert_eq!(out, "mixed ok\n");
+        let c = &r.counters;
+        assert!(
+            c.primary_exits <= 1000 && c.secondary_exits <= 1000,
+            "{mode}: exits {} / {} for 100k clock reads",
+            c.primary_exits,
+            c.secondary_exits
+        );
+        assert!(c.recorded_syscalls < 100, "{mode}: {}", c.recorded_syscalls);
+    }
+}
+
+/// Values the program prints (REALTIME, MONOTONIC, gettimeofday) come out of the secondary
+/// exactly as out of the primary (the pair compares every output byte), and they are real
+/// times, not zeros.
+#[test]
+fn pairs_with_time_rings_replay_the_values_output_shows() {
+    for mode in ["det", "follow"] {
+        let (out, _) = pair_of(mode, "ring", &["print", "3000"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3001, "{mode}");
+        assert_eq!(lines[3000], "print ok");
+        let last: Vec<&str> = lines[2999].split(' ').collect();
+        let real: u64 = last[1].parse().unwrap();
+        assert!(real > 1_700_000_000_000_000_000, "{mode}: {}", lines[2999]);
+    }
+}
+
+/// A thread that reads the time, prints it and exits at once: its value reaches the
+/// secondary before the output is let out, and before the thread is gone.
+#[test]
+fn pairs_with_time_rings_ship_a_short_threads_time() {
+    for mode in ["det", "follow"] {
+        let (out, _) = pair_of(mode, "ring", &["tprint", "20"]);
+        assert_eq!(out.lines().count(), 21, "{mode}: {out}");
+        assert!(out.ends_with("tprint ok\n"));
     }
 }

@@ -36,7 +36,7 @@ use thiserror::Error;
 /// The first two bytes of every record.
 pub const MAGIC: u16 = 0xd170;
 /// The layout version this code reads and writes.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The size of the header.
 pub const HEADER_LEN: usize = 20;
 /// The largest payload accepted, so that a corrupt `len` cannot make a reader wait for, or
@@ -70,6 +70,8 @@ pub enum RecordKind {
     /// acknowledged before the output starts: after a failover it tells how much of an
     /// output in doubt had been done.
     OutputIntent = 9,
+    /// Time values a primary thread's vDSO read since its last record (a pair's time ring).
+    TimeValues = 10,
 }
 
 impl TryFrom<u8> for RecordKind {
@@ -86,6 +88,7 @@ impl TryFrom<u8> for RecordKind {
             7 => RecordKind::ThreadStart,
             8 => RecordKind::Fragment,
             9 => RecordKind::OutputIntent,
+            10 => RecordKind::TimeValues,
             _ => return Err(RecordError::UnknownKind(b)),
         })
     }

@@ -17,6 +17,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod sync;
 pub mod syscalls;
+pub mod time_ring;
 pub mod timekeeper;
 pub mod vma;
 

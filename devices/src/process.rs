@@ -62,6 +62,8 @@ pub struct Stats {
 pub struct Process {
     /// The guest's clocks: the vDSO's parameter page and the time syscalls' formula.
     pub timekeeper: crate::timekeeper::Timekeeper,
+    /// A pair's per-thread time rings (empty without them).
+    pub time_rings: crate::time_ring::TimeRings,
     /// Guest memory.
     pub mem: GuestMemory,
     /// The descriptor table.
@@ -113,6 +115,7 @@ impl Process {
         let timekeeper = crate::timekeeper::Timekeeper::new(&mem);
         Process {
             timekeeper,
+            time_rings: Default::default(),
             mem,
             fds: Mutex::new(fds),
             aspace: Mutex::new(aspace),

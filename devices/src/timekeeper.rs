@@ -260,6 +260,33 @@ impl Timekeeper {
         self.live.store(true, Ordering::Release);
     }
 
+    /// Sets the page's RING word (ditto.h: `DITTO_RING_RECORD` on a pair's primary,
+    /// `DITTO_RING_REPLAY` on its secondary), before the program runs. The page is marked
+    /// filled, so the vDSO heeds it even in SYSCALL mode.
+    pub fn set_ring(&self, ring: u64) {
+        let Some(page) = self.page else { return };
+        let _cal = lock(&self.writer);
+        page[(DITTO_VVAR_RING / 8) as usize].store(ring, Ordering::Relaxed);
+        page[(DITTO_VVAR_MAGIC / 8) as usize].store(DITTO_VVAR_MAGIC_VALUE, Ordering::Release);
+    }
+
+    /// The page's RING word (`DITTO_RING_NONE` without time rings).
+    pub fn ring(&self) -> u64 {
+        self.word(DITTO_VVAR_RING)
+            .map_or(DITTO_RING_NONE, |w| w.load(Ordering::Relaxed))
+    }
+
+    /// `clock` now in ns: as the vDSO would compute it, or the host's in SYSCALL mode.
+    pub fn now_or_host(&self, clock: Clock) -> u64 {
+        self.now(clock).unwrap_or_else(|| {
+            host_ns(match clock {
+                Clock::Realtime => libc::CLOCK_REALTIME,
+                Clock::Monotonic => libc::CLOCK_MONOTONIC,
+                Clock::Boottime => libc::CLOCK_BOOTTIME,
+            })
+        })
+    }
+
     /// Back to SYSCALL mode: every read is the host's from now on.
     pub fn stop(&self) {
         let mut cal = lock(&self.writer);

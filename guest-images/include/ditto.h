@@ -172,9 +172,9 @@ static inline int ditto_present(void)
  *   SEQ        seqlock word: odd while the VMM rewrites the words below. A reader takes SEQ,
  *              the words and `lfence; rdtsc`, then SEQ again, and retries if SEQ was odd or
  *              changed (after a bounded number of tries it takes the syscall).
- *   MODE       SYSCALL (0): every call runs the real syscall (a pair; a host whose TSC
- *              cannot be trusted; before the VMM has calibrated). LIVE (1): the vDSO computes
- *              the time itself.
+ *   MODE       SYSCALL (0): every call runs the real syscall (a pair without time rings;
+ *              a host whose TSC cannot be trusted; before the VMM has calibrated). LIVE
+ *              (1): the vDSO computes the time itself.
  *   TSC_BASE   the TSC at which MONO_BASE held.
  *   MULT       nanoseconds per TSC cycle << DITTO_VVAR_SHIFT.
  *   MONO_BASE  CLOCK_MONOTONIC in ns at TSC_BASE:
@@ -182,6 +182,8 @@ static inline int ditto_present(void)
  *              (128-bit product; tsc < TSC_BASE counts as TSC_BASE).
  *   REAL_OFF   CLOCK_REALTIME - CLOCK_MONOTONIC in ns (two's complement).
  *   BOOT_OFF   CLOCK_BOOTTIME - CLOCK_MONOTONIC in ns.
+ *   RING       NONE (0), or a pair's time rings: RECORD (1, the primary) or REPLAY (2, the
+ *              secondary), below. Written before the program starts; never changes.
  * The VMM's own clock_gettime/gettimeofday/time compute the same formula, so a value the
  * vDSO returned is never followed by an earlier one from a syscall.
  */
@@ -200,5 +202,46 @@ static inline int ditto_present(void)
 #define DITTO_VVAR_MAGIC_VALUE 0x4F5344564F544944
 #define DITTO_TIME_SYSCALL 0
 #define DITTO_TIME_LIVE 1
+#define DITTO_VVAR_RING 64
+#define DITTO_RING_NONE 0
+#define DITTO_RING_RECORD 1
+#define DITTO_RING_REPLAY 2
+
+/*
+ * A pair's time ring (docs/pair.md, "Time in a pair"). With RING RECORD (the primary) or
+ * REPLAY (the secondary) every thread has a ring of time values in guest memory, user
+ * read-write, at the address in its GS base (the VMM sets GS base per vCPU; the program
+ * must not change it). u64 words, offsets in bytes from the ring's start:
+ *   SELF   the ring's own address (the vDSO reads %gs:SELF to get a plain pointer).
+ *   GUEST  values the vDSO has written (RECORD) or taken (REPLAY), ever.
+ *   VMM    values the VMM has taken (RECORD) or written (REPLAY), ever.
+ *   SLOTS  DITTO_TRING_CAP u64 slots; value number i lives in slot i % DITTO_TRING_CAP.
+ * A value is (clock kind << DITTO_TRING_KIND_SHIFT) | ns: kind 1 MONOTONIC, 2 REALTIME,
+ * 3 BOOTTIME (the clock's family; gettimeofday and time read REALTIME), ns below
+ * 2^DITTO_TRING_KIND_SHIFT (a larger time is stored as the largest that fits).
+ * RECORD: the vDSO computes the time (as in LIVE), writes the slot, then publishes GUEST (release); when
+ * GUEST - VMM == CAP it first makes DITTO_SYS_TIME_FULL (the VMM takes the values), and
+ * when the page cannot give a time (MODE SYSCALL) it makes DITTO_SYS_TIME_NOW(kind), which
+ * returns the VMM's ns. The VMM takes the values at every syscall of the thread, before serving it.
+ * REPLAY (the TSC is never read): the VMM writes the primary's values then publishes VMM; the vDSO takes the next
+ * value when GUEST < VMM, checks its kind (a wrong one: DITTO_SYS_TIME_MISMATCH(kind,
+ * value), a divergence), else makes DITTO_SYS_TIME_DRY(kind): 0 when the VMM refilled the
+ * ring (take again), DITTO_TIME_DRY_LIVE when the secondary took over and holds no more of
+ * the primary's values (take the real syscall from now on), or the thread stops.
+ * None of these private calls counts as a syscall of the program: the replicas make
+ * different numbers of them.
+ */
+#define DITTO_SYS_TIME_FULL (DITTO_SYS_BASE + 4)
+#define DITTO_SYS_TIME_NOW (DITTO_SYS_BASE + 5)
+#define DITTO_SYS_TIME_DRY (DITTO_SYS_BASE + 6)
+#define DITTO_SYS_TIME_MISMATCH (DITTO_SYS_BASE + 7)
+#define DITTO_TIME_DRY_LIVE 1
+#define DITTO_TRING_SELF 0
+#define DITTO_TRING_GUEST 8
+#define DITTO_TRING_VMM 16
+#define DITTO_TRING_SLOTS 64
+#define DITTO_TRING_CAP 440
+#define DITTO_TRING_SIZE 3584
+#define DITTO_TRING_KIND_SHIFT 62
 
 #endif /* DITTO_H */

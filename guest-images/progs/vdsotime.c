@@ -11,6 +11,12 @@
  *                            REALTIME): each in order; "raw ok"
  *   vdsotime misc            the vDSO is in auxv and /proc/self/maps; clocks it does not serve
  *                            (CPU time, TAI), a bad clock id, clock_getres, getcpu: as natively
+ *   vdsotime mixed N         N reads, clock_gettime (MONOTONIC, REALTIME, BOOTTIME) and
+ *                            gettimeofday and time in turn: each clock never goes back; "mixed ok"
+ *   vdsotime print N         N rounds: prints a REALTIME and a MONOTONIC clock_gettime and a
+ *                            gettimeofday (values that differ from run to run), then "print ok"
+ *   vdsotime tprint T        T threads, one after another: each reads REALTIME, prints it with
+ *                            write(2) and exits at once; "tprint ok"
  *
  * Failures print "FAIL ..." and exit 1. Same output natively and under ditto.
  */
@@ -214,8 +220,91 @@ static int misc(void)
     return fails != 0;
 }
 
+static int mixed(long n)
+{
+    i64 last[3] = {0, 0, 0}, last_time = 0;
+    const clockid_t ids[3] = {CLOCK_MONOTONIC, CLOCK_REALTIME, CLOCK_BOOTTIME};
+    for (long i = 0; i < n; i++) {
+        int k = i % 5;
+        i64 t;
+        int c;
+        if (k < 3) {
+            c = k;
+            t = now(ids[k]);
+        } else if (k == 3) {
+            struct timeval tv;
+            gettimeofday(&tv, NULL);
+            c = 1;
+            t = (i64)tv.tv_sec * 1000000000LL + tv.tv_usec * 1000LL;
+            /* gettimeofday truncates to microseconds: compare at that grain. */
+            if (t < last[c] / 1000 * 1000) {
+                printf("FAIL mixed: gettimeofday %lld after %lld\n", t, last[c]);
+                return 1;
+            }
+            continue;
+        } else {
+            /* Natively time() reads the kernel's coarse clock, which may lag REALTIME by
+             * a tick: only against itself. */
+            t = time(NULL);
+            if (t < last_time) {
+                printf("FAIL mixed: time %lld after %lld\n", t, last_time);
+                return 1;
+            }
+            last_time = t;
+            continue;
+        }
+        if (t < last[c]) {
+            printf("FAIL mixed: clock %d: %lld after %lld\n", (int)ids[c], t, last[c]);
+            return 1;
+        }
+        last[c] = t;
+    }
+    printf("mixed ok\n");
+    return 0;
+}
+
+static int print(long n)
+{
+    for (long i = 0; i < n; i++) {
+        struct timeval tv;
+        i64 r = now(CLOCK_REALTIME), m = now(CLOCK_MONOTONIC);
+        gettimeofday(&tv, NULL);
+        printf("%ld %lld %lld %ld.%06ld\n", i, r, m, (long)tv.tv_sec, (long)tv.tv_usec);
+    }
+    printf("print ok\n");
+    return 0;
+}
+
+static void *tprinter(void *arg)
+{
+    char line[64];
+    int len = snprintf(line, sizeof line, "thread %ld: %lld\n", (long)arg, now(CLOCK_REALTIME));
+    if (write(1, line, len) != len)
+        exit(1);
+    return NULL;
+}
+
+static int tprint(int t)
+{
+    for (long i = 0; i < t; i++) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, tprinter, (void *)i) != 0 || pthread_join(th, NULL) != 0) {
+            printf("FAIL tprint: thread %ld\n", i);
+            return 1;
+        }
+    }
+    printf("tprint ok\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && !strcmp(argv[1], "mixed"))
+        return mixed(atol(argv[2]));
+    if (argc >= 3 && !strcmp(argv[1], "print"))
+        return print(atol(argv[2]));
+    if (argc >= 3 && !strcmp(argv[1], "tprint"))
+        return tprint(atoi(argv[2]));
     if (argc >= 3 && !strcmp(argv[1], "loop"))
         return loop(atol(argv[2]));
     if (argc >= 4 && !strcmp(argv[1], "threads"))
@@ -226,6 +315,7 @@ int main(int argc, char **argv)
         return raw(atol(argv[2]));
     if (argc >= 2 && !strcmp(argv[1], "misc"))
         return misc();
-    fprintf(stderr, "usage: vdsotime loop N | threads T N | host K | raw N | misc\n");
+    fprintf(stderr, "usage: vdsotime loop N | threads T N | host K | raw N | misc | mixed N | "
+                    "print N | tprint T\n");
     return 2;
 }

@@ -31,6 +31,10 @@
 //! - `TimedWait`: took_turn u8, timed_out u8, has_at u8, at u64.
 //! - `Reentry`: at u64: the logical time at which the thread re-entered the token
 //!   competition after the external call numbered `seq` (det mode only).
+//! - `TimeValues`: count u32, then `count` u64 values (1 to [`TIME_VALUES_MAX`]), in the
+//!   order the thread's vDSO read them since its previous record: each is ditto.h's time-ring
+//!   value, clock kind in the top bits. `seq` is 0. Sent before the record of the thread's
+//!   next syscall, and before any output of the program is released (docs/pair.md).
 //!
 //! `End` (not per-thread): status i32, signal i32 (0 when the program exited): how the
 //! primary's program ended.
@@ -64,6 +68,9 @@ pub const REASSEMBLED_MAX: usize = 1 << 30;
 
 /// The bytes before a fragment's data: tid u32, seq u64, kind u8, last u8.
 pub const FRAGMENT_HEADER: usize = 14;
+
+/// The most values one `TimeValues` record carries: one time ring's worth.
+pub const TIME_VALUES_MAX: usize = det::abi::DITTO_TRING_CAP as usize;
 
 /// A decoding error: the record does not have the layout its kind promises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +146,11 @@ pub enum ThreadRecord {
         /// The file's size (0 for a socket).
         size: u64,
     },
+    /// Time values the thread's vDSO read (ditto.h's time-ring values), in order.
+    Time {
+        /// 1 to [`TIME_VALUES_MAX`] values.
+        values: Vec<u64>,
+    },
 }
 
 /// The kind of outside stream an [`ThreadRecord::Intent`] describes.
@@ -159,6 +171,7 @@ impl ThreadRecord {
             ThreadRecord::TimedWait { .. } => RecordKind::TimedWait,
             ThreadRecord::Reentry { .. } => RecordKind::Reentry,
             ThreadRecord::Intent { .. } => RecordKind::OutputIntent,
+            ThreadRecord::Time { .. } => RecordKind::TimeValues,
         }
     }
 
@@ -172,6 +185,7 @@ impl ThreadRecord {
             ThreadRecord::Intent { nr, .. } => {
                 format!("intent of {}", crate::syscall_names::name(u64::from(*nr)))
             }
+            ThreadRecord::Time { values } => format!("{} vDSO time reads", values.len()),
         }
     }
 
@@ -245,6 +259,12 @@ impl ThreadRecord {
                 out.push(*stream as u8);
                 out.extend_from_slice(&position.to_le_bytes());
                 out.extend_from_slice(&size.to_le_bytes());
+            }
+            ThreadRecord::Time { values } => {
+                out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
             }
         }
     }
@@ -326,6 +346,17 @@ impl ThreadRecord {
                     position: r.u64().ok_or(err)?,
                     size: r.u64().ok_or(err)?,
                 }
+            }
+            RecordKind::TimeValues => {
+                let n = r.u32().ok_or(err)? as usize;
+                if n == 0 || n > TIME_VALUES_MAX {
+                    return Err(err);
+                }
+                let mut values = Vec::with_capacity(n);
+                for _ in 0..n {
+                    values.push(r.u64().ok_or(err)?);
+                }
+                ThreadRecord::Time { values }
             }
             _ => return Err(err),
         };
@@ -438,7 +469,10 @@ pub fn decode_fragment(p: &[u8]) -> Result<Fragment<'_>, WireError> {
     let kind = RecordKind::try_from(flags[0]).map_err(|_| err)?;
     if !matches!(
         kind,
-        RecordKind::SyscallResult | RecordKind::OutputHash | RecordKind::TimedWait
+        RecordKind::SyscallResult
+            | RecordKind::OutputHash
+            | RecordKind::TimedWait
+            | RecordKind::TimeValues
     ) || flags[1] > 1
     {
         return Err(err);
@@ -564,6 +598,33 @@ mod tests {
     }
 
     #[test]
+    fn time_records_hold_one_to_a_ring_of_values() {
+        let mut buf = Vec::new();
+        for n in [0, TIME_VALUES_MAX + 1] {
+            let mut p = Vec::new();
+            p.extend_from_slice(&7u32.to_le_bytes());
+            p.extend_from_slice(&0u64.to_le_bytes());
+            p.extend_from_slice(&(n as u32).to_le_bytes());
+            p.extend(std::iter::repeat_n(0u8, n * 8));
+            assert!(
+                ThreadRecord::decode(RecordKind::TimeValues, &p).is_err(),
+                "{n}"
+            );
+        }
+        let full = ThreadRecord::Time {
+            values: vec![1 << 62; TIME_VALUES_MAX],
+        };
+        full.encode(7, 0, &mut buf);
+        assert!(ThreadRecord::decode(RecordKind::TimeValues, &buf[..buf.len() - 1]).is_err());
+        assert_eq!(
+            ThreadRecord::decode(RecordKind::TimeValues, &buf)
+                .unwrap()
+                .2,
+            full
+        );
+    }
+
+    #[test]
     fn records_round_trip() {
         round_trip(ThreadRecord::Syscall {
             nr: 0,
@@ -598,6 +659,9 @@ mod tests {
             at: Some(9),
         });
         round_trip(ThreadRecord::Reentry { at: 77 });
+        round_trip(ThreadRecord::Time {
+            values: vec![1 << 62 | 5, 2 << 62 | 1_800_000_000_000_000_000],
+        });
         round_trip(ThreadRecord::Intent {
             nr: 1,
             syscall_no: 9,

@@ -53,6 +53,12 @@ mod off {
     pub const TRAP_BITMAP: u64 = 0x100;
 }
 
+/// Where in the data page the thread's time ring lies (ditto.h; a pair with time rings,
+/// `devices::time_ring`): the rest of the page, past the doorbell's own words.
+pub const TIME_RING_OFFSET: u64 = 0x200;
+const _: () = assert!(off::TRAP_BITMAP + 64 <= TIME_RING_OFFSET);
+const _: () = assert!(TIME_RING_OFFSET + devices::time_ring::SIZE <= 4096);
+
 /// Where vCPU `index`'s shim page is, for guest memory of `mem_size` bytes.
 pub fn shim_page(mem_size: u64, index: u64) -> u64 {
     mem_size - AREA_SIZE + index * 2 * 4096

@@ -433,13 +433,18 @@ fn det_env(config: &VmConfig, dynamic: bool) -> Vec<Vec<u8>> {
 }
 
 /// Whether the vDSO should compute time in this run (mode LIVE; the start-up probe still
-/// checks the guest's TSC): not in a pair, whose every clock read must reach the VMM to be
-/// recorded; not where `DITTO_TIME=syscall` asks for every read to be a syscall (to compare);
+/// checks the guest's TSC): in a pair only on the primary, and only with time rings (its
+/// values are recorded in them; without, every clock read must reach the VMM to be
+/// recorded; the secondary never computes time); not where `DITTO_TIME=syscall` asks for every read to be a syscall (to compare);
 /// and only on a host whose TSC is stable: constant and nonstop across power states, and
 /// the host kernel's own clocksource (it keeps `tsc` only while the cores' TSCs agree, and
 /// vCPU threads move between cores).
 fn time_live_wanted(config: &VmConfig) -> bool {
-    if config.replication.is_some()
+    let primary_with_rings = config
+        .replication
+        .as_ref()
+        .is_some_and(|r| r.role() == replica::role::Role::Primary && pair_time_rings());
+    if (config.replication.is_some() && !primary_with_rings)
         || std::env::var_os("DITTO_TIME").is_some_and(|v| v == "syscall")
     {
         return false;
@@ -458,6 +463,13 @@ fn time_live_wanted(config: &VmConfig) -> bool {
         tracing::debug!("host TSC not stable: the vDSO takes the syscall for time");
     }
     stable
+}
+
+/// Whether a pair's replicas use time rings (docs/pair.md, "Time in a pair"):
+/// `DITTO_PAIR_TIME=ring` in the environment; without it every clock read of a pair is a
+/// syscall, recorded.
+pub fn pair_time_rings() -> bool {
+    std::env::var_os("DITTO_PAIR_TIME").is_some_and(|v| v == "ring")
 }
 
 /// Runs a program to completion.
@@ -535,6 +547,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     enter_images(&mut aspace, &loaded, &exe);
     let process = Arc::new(Process::new(mem, aspace, fs, std_fds(), exe));
     process.timekeeper.set_vdso_mapped();
+    if let Some(rep) = config.replication.as_ref().filter(|_| pair_time_rings()) {
+        process
+            .timekeeper
+            .set_ring(match rep.role() == replica::role::Role::Primary {
+                true => det::abi::DITTO_RING_RECORD,
+                false => det::abi::DITTO_RING_REPLAY,
+            });
+    }
     let _ = process.proc_info.set(proc_info);
 
     // SAFETY: umask(0) so the program's own umask (applied by the syscall layer) is the

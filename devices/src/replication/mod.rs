@@ -45,6 +45,7 @@ mod primary;
 mod program;
 mod secondary;
 mod takeover;
+pub mod time;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
@@ -485,6 +486,8 @@ pub fn serve(
             if rep.endpoint.failover() {
                 in_doubt::announce(rep, ctx, a);
             }
+            // The output may show time values any thread's vDSO read: they go first.
+            time::ship_all(rep, ctx.process);
             rep.endpoint.commit();
             let r = local(ctx, &mut |c, a| handler(c, a));
             primary::compared(rep, ctx, a, &ours, to_ret(&r));

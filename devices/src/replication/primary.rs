@@ -12,6 +12,7 @@ use crate::syscalls::{SyscallCtx, ThreadAction};
 /// exit_group with `status`, before it runs: recorded and committed.
 pub(super) fn exit(rep: &Replication, ctx: &mut SyscallCtx<'_>, status: i64) {
     ctx.thread.replicated_events += 1;
+    super::time::ship_all(rep, ctx.process);
     if let Some(p) = rep.endpoint.primary() {
         p.record_exit(&*ctx, status);
     }

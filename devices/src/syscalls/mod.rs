@@ -272,6 +272,14 @@ impl SyscallTable {
     /// Serves one syscall and returns the value for RAX.
     pub fn dispatch(&self, ctx: &mut SyscallCtx<'_>, nr: u64, args: [u64; 6]) -> u64 {
         use std::sync::atomic::Ordering;
+        // A pair's time rings: their private calls are no syscalls of the program, and
+        // every syscall first settles the thread's ring (replication::time).
+        if let Some(ret) = crate::replication::time::private_call(ctx, nr, args) {
+            return ret;
+        }
+        if let Some(ret) = crate::replication::time::before_syscall(ctx) {
+            return ret;
+        }
         ctx.process.stats.syscalls.fetch_add(1, Ordering::Relaxed);
         ctx.thread.syscalls += 1;
         if std::mem::take(&mut ctx.thread.blocking_unrecorded) {

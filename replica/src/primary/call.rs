@@ -44,6 +44,18 @@ impl Primary {
         self.send_thread(call.thread(), seq, &rec);
     }
 
+    /// Time values thread `tid`'s vDSO read since its last record (ditto.h's time ring), in
+    /// order: sent before the record of the thread's next syscall and before any output is
+    /// committed. At most [`wire::TIME_VALUES_MAX`] per record; more go in several.
+    pub fn record_time(&self, tid: u32, values: &[u64]) {
+        for chunk in values.chunks(wire::TIME_VALUES_MAX) {
+            let rec = ThreadRecord::Time {
+                values: chunk.to_vec(),
+            };
+            self.send_thread(tid, 0, &rec);
+        }
+    }
+
     /// exit_group with `status`, before it runs: recorded, then committed, so that the
     /// secondary holds the whole log before the program ends.
     pub fn record_exit(&self, call: &dyn Call, status: i64) {

@@ -27,7 +27,54 @@ fn at_call(call: &dyn Call, kind: &'static str) -> Mismatch {
     }
 }
 
+/// Secondary: what a thread whose time ring ran dry gets ([`Secondary::take_time`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimeTake {
+    /// The primary's next time values of the thread, in order.
+    Values(Vec<u64>),
+    /// The secondary took over and the primary's log holds no more for the thread: its
+    /// time is its own from now on.
+    Live,
+    /// The thread stops: the primary's next record of it is no time read (reported), or the
+    /// secondary is stopping.
+    Stop,
+}
+
 impl Secondary {
+    /// The thread of `call` (a private time call: its vDSO's time ring ran dry) needs the
+    /// primary's next time values.
+    pub fn take_time(&self, call: &dyn Call) -> TimeTake {
+        let tid = call.thread();
+        match self.take(call.program(), tid) {
+            Some((_, ThreadRecord::Time { values })) => TimeTake::Values(values),
+            Some((seq_p, other)) => {
+                let theirs = other.describe();
+                let mut m = at_call(call, "time");
+                m.syscall = "vDSO time read".into();
+                m.primary_syscall = Some(theirs.clone());
+                m.primary = format!("#{seq_p} {theirs}").into_bytes();
+                m.secondary = b"a vDSO time read".to_vec();
+                m.detail = format!(
+                    "the secondary's thread reads the time through the vDSO, the primary's next logged event of this thread is {theirs}"
+                );
+                self.mismatch(call.program(), m);
+                TimeTake::Stop
+            }
+            None if self.is_live() => TimeTake::Live,
+            None => TimeTake::Stop,
+        }
+    }
+
+    /// A time-ring divergence at `call` (`detail` says which): the program stops.
+    pub fn time_mismatch(&self, call: &dyn Call, detail: String) {
+        let mut m = at_call(call, "time");
+        m.syscall = "vDSO time read".into();
+        m.primary_syscall = None;
+        m.secondary = detail.clone().into_bytes();
+        m.detail = detail;
+        self.mismatch(call.program(), m);
+    }
+
     /// A Recorded call: how to replay it. None: the thread stops (the record is not this
     /// call's, which is reported, or the secondary is stopping).
     pub fn take_recorded(&self, call: &dyn Call) -> Option<Replay> {

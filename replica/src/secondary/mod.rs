@@ -13,6 +13,7 @@
 //! for outside descriptors) is the syscall layer's business: it asks here and carries it out.
 
 mod call;
+pub use call::TimeTake;
 mod failover;
 pub mod intake;
 mod reader;

@@ -124,7 +124,8 @@ impl Secondary {
             RecordKind::SyscallResult
             | RecordKind::OutputHash
             | RecordKind::TimedWait
-            | RecordKind::OutputIntent => {
+            | RecordKind::OutputIntent
+            | RecordKind::TimeValues => {
                 let (tid, seq, rec) =
                     ThreadRecord::decode(kind, &payload).map_err(|e| e.to_string())?;
                 intake.admit(tid, seq, &rec)?;

@@ -145,6 +145,7 @@ impl Machine {
         let end = self.run_thread(vcpu, local, current);
         lock(&self.running).remove(&tid);
         self.process.signals.remove_thread(tid);
+        self.process.time_rings.detach(tid);
         match end {
             LoopEnd::ThreadExited {
                 status,
@@ -317,6 +318,21 @@ impl Machine {
     ) -> Result<(), kvm_ioctls::Error> {
         vcpu.set_sregs(&cpu::user_sregs(base_sregs, local.index))?;
         let mut msrs = cpu::initial_msrs(start.thread.fs_base);
+        if self.process.timekeeper.ring() != det::abi::DITTO_RING_NONE {
+            // A pair's time ring: the thread's vDSO finds it through GS base.
+            let ring = doorbell::shim_page(self.process.mem.size(), local.index)
+                + 4096
+                + doorbell::TIME_RING_OFFSET;
+            if self
+                .process
+                .time_rings
+                .attach(&self.process.mem, start.thread.tid, ring)
+            {
+                for m in msrs.iter_mut().filter(|m| m.0 == cpu::msr::GS_BASE) {
+                    m.1 = ring;
+                }
+            }
+        }
         if local.doorbell_on {
             let shim = doorbell::shim_page(self.process.mem.size(), local.index);
             for m in msrs.iter_mut().filter(|m| m.0 == cpu::msr::LSTAR) {
