@@ -136,22 +136,25 @@ impl DetRuntime {
                 drop(g);
                 let outcome = link.timed_wait_outcome(det);
                 g = self.locked();
-                match outcome {
-                    Some(o) => return self.replay_timed_wait(g, process, (tid, det), addr, &cv, o),
-                    // No outcome will come: the primary's log ended while its thread was
-                    // still in this wait (its exit cut the wait short), or the secondary
-                    // went live (failover). Either way the wait goes on below as the
-                    // primary's did, out of the competition: asleep until a wake or the
-                    // program's end, and, once live, until its own deadline. (It used to
-                    // answer EINTR at once: the program retried in a loop, each futex call
-                    // a turn the primary never took, and that thread ran ahead of a thread
-                    // still replaying its records until its re-entry was refused.)
-                    None => {}
+                if let Some(o) = outcome {
+                    return self.replay_timed_wait(g, process, (tid, det), addr, &cv, o);
                 }
+                // No outcome will come: the primary's log ended while its thread was
+                // still in this wait (its exit cut the wait short), or the secondary
+                // went live (failover). Either way the wait goes on below as the
+                // primary's did, out of the competition: asleep until a wake or the
+                // program's end, and, once live, until its own deadline. (It used to
+                // answer EINTR at once: the program retried in a loop, each futex call
+                // a turn the primary never took, and that thread ran ahead of a thread
+                // still replaying its records until its re-entry was refused.)
             }
         }
         let primary = self.link(true).filter(|_| deadline.is_some());
-        g.order.leave(det)?;
+        // A secondary's waiter without an outcome competed until now, and a wake may have
+        // come meanwhile (it then stays where it is, as in `replay_timed_wait`).
+        if !g.woken(tid) {
+            g.order.leave(det)?;
+        }
         g.notify_holder();
         loop {
             if g.woken(tid) {
