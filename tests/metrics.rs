@@ -61,9 +61,9 @@ fn a_redis_pair_is_scraped_under_load() {
     let metrics_port = free_port();
     let out = tempdir();
     let mut c = ditto();
-    // Follow mode: a det-mode redis pair under this load diverges now and then (the
-    // secondary's re-entry after a replayed read is refused by its Kendo schedule and the
-    // read answers EINVAL: open, see README Known bugs), which is not what this test is about.
+    // Follow mode: this test is about the endpoint, not the schedule. (A det-mode redis
+    // pair under this load used to diverge now and then, a lagging secondary's re-entry
+    // refused after the primary's end: fixed in session 11, see README.)
     c.args(["pair", "--quiet", "--mode", "follow", "--out"])
         .arg(out.path())
         .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])

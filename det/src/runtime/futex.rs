@@ -136,21 +136,25 @@ impl DetRuntime {
                 drop(g);
                 let outcome = link.timed_wait_outcome(det);
                 g = self.locked();
-                match outcome {
-                    Some(o) => return self.replay_timed_wait(g, process, (tid, det), addr, &cv, o),
-                    // Failover: the primary died before it settled this wait; the live
-                    // secondary waits for its own deadline, as a primary does.
-                    None if self.is_live() => {}
-                    None => {
-                        g.dequeue(addr, tid);
-                        g.notify_holder();
-                        return Err(Errno::EINTR);
-                    }
+                if let Some(o) = outcome {
+                    return self.replay_timed_wait(g, process, (tid, det), addr, &cv, o);
                 }
+                // No outcome will come: the primary's log ended while its thread was
+                // still in this wait (its exit cut the wait short), or the secondary
+                // went live (failover). Either way the wait goes on below as the
+                // primary's did, out of the competition: asleep until a wake or the
+                // program's end, and, once live, until its own deadline. (It used to
+                // answer EINTR at once: the program retried in a loop, each futex call
+                // a turn the primary never took, and that thread ran ahead of a thread
+                // still replaying its records until its re-entry was refused.)
             }
         }
         let primary = self.link(true).filter(|_| deadline.is_some());
-        g.order.leave(det)?;
+        // A secondary's waiter without an outcome competed until now, and a wake may have
+        // come meanwhile (it then stays where it is, as in `replay_timed_wait`).
+        if !g.woken(tid) {
+            g.order.leave(det)?;
+        }
         g.notify_holder();
         loop {
             if g.woken(tid) {
@@ -166,6 +170,9 @@ impl DetRuntime {
                 return Ok(0);
             }
             let now = Instant::now();
+            // A secondary's deadline is the primary's to settle; one that reaches this loop
+            // has no outcome coming (above), and waits for its own deadline only once live.
+            let deadline = deadline.filter(|_| self.link(false).is_none());
             let timed_out = deadline.is_some_and(|d| now >= d);
             if timed_out && !process.exiting() {
                 if let Some(link) = primary {

@@ -21,10 +21,18 @@ impl Inner {
     /// safe exactly when the log shows it, at the same global sequence, for the same
     /// thread. Anything else waits: for more log, or for X's record, after which X competes
     /// again at the primary's time. (Where a thread leaves does not matter: one that leaves
-    /// while it holds the smallest key only lets later keys go, in either replica.) Once the
-    /// log is complete, the schedule is computed freely, as without a waiting thread.
+    /// while it holds the smallest key only lets later keys go, in either replica.)
+    ///
+    /// Once the log is complete (the primary ended) the same holds while it still shows a
+    /// turn at or after this one: the awaited record, if it comes, is already here, and the
+    /// primary's X took its re-entry turn, logged, no earlier than this turn. A turn beyond
+    /// everything logged goes: the primary never granted it while X was away, so its X was
+    /// still in the call when it ended, and X's record never comes. (The gate used to open
+    /// as soon as the log was complete. A secondary that lagged, with thousands of records
+    /// still to replay, then let other threads take turns past the time at which the
+    /// primary's X had come back, and X's re-entry was refused.)
     pub(super) fn gated(&self, det: DetTid) -> bool {
-        if self.awaiting_record.is_empty() || self.primary_log_closed {
+        if self.awaiting_record.is_empty() {
             return false;
         }
         let Order::Kendo(sched) = &self.order else {
@@ -34,8 +42,13 @@ impl Inner {
             return false;
         };
         let key = |d: DetTid| sched.time(d).map(|t| (t, d));
-        let after_an_awaited = self.awaiting_record.iter().any(|&x| key(det) > key(x));
-        after_an_awaited && self.primary_turns.get(&seq) != Some(&det)
+        if !self.awaiting_record.iter().any(|&x| key(det) > key(x)) {
+            return false;
+        }
+        match self.primary_turns.get(&seq) {
+            Some(&logged) => logged != det,
+            None => !self.primary_log_closed || self.primary_turns.range(seq..).next().is_some(),
+        }
     }
 
     /// Kendo secondary: makes a thread that never left compete at exactly `at`, the time at
@@ -501,5 +514,54 @@ mod tests {
         }
         // A turn beyond the log is no divergence once live.
         assert!(link.diverged.lock().unwrap().is_empty());
+    }
+
+    /// The log complete (the primary ended) while a secondary's thread still has a record
+    /// to replay: the gate stays shut for turns the log places after that thread's return,
+    /// so its re-entry is not refused. Before, a complete log opened the gate at once.
+    #[test]
+    fn a_complete_log_still_holds_turns_after_an_awaited_return() {
+        let (p, rt) = kendo_secondary_with_two_threads();
+        let p0 = p.clone();
+        let (record, t0) = t0_awaits_record(&rt, move |rt| {
+            rt.det_start(&p0, 1000).unwrap();
+            rt.det_end(1000).unwrap();
+        });
+        // The primary: t1's turn 1, then t0 came back at 1 and took turn 2; then it ended.
+        rt.push_turn(logged(1, 1, 1)).unwrap();
+        rt.push_turn(logged(0, 1, 2)).unwrap();
+        rt.close_log();
+        section_of_t1(&p, &rt).join().unwrap();
+        // Turn 2 is t0's: t1 waits for t0's record even though the log is complete.
+        let w0 = token_waits(&rt);
+        let t1 = section_of_t1(&p, &rt);
+        wait_for("t1 waits for the token", || {
+            token_waits(&rt) > w0 || t1.is_finished()
+        });
+        assert!(!t1.is_finished(), "t1 took the turn the log gives t0");
+        record.send(2).unwrap();
+        t0.join().unwrap();
+        t1.join().unwrap();
+        assert_eq!(rt.logical_time(1000), Some(3));
+        assert_eq!(rt.logical_time(1001), Some(3));
+    }
+
+    /// The log complete and nothing logged from this turn on: the primary's thread was
+    /// still in its call when the primary ended, its record never comes, and the others go
+    /// on to the end without it.
+    #[test]
+    fn a_complete_log_lets_turns_past_a_record_that_never_comes() {
+        let (p, rt) = kendo_secondary_with_two_threads();
+        let (record, t0) = t0_awaits_record(&rt, |_| ());
+        rt.push_turn(logged(1, 1, 1)).unwrap();
+        rt.close_log();
+        for _ in 0..3 {
+            let t1 = section_of_t1(&p, &rt);
+            wait_for("t1 took its turn", || t1.is_finished());
+            t1.join().unwrap();
+        }
+        assert_eq!(rt.logical_time(1001), Some(4));
+        drop(record);
+        t0.join().unwrap_err();
     }
 }

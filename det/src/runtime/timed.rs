@@ -226,4 +226,59 @@ mod tests {
         assert_eq!(rt.futex_wake(&p2, 1000, 0x2000, 1, u32::MAX), Ok(1));
         assert_eq!(waiter.join().unwrap(), Ok(0));
     }
+
+    /// Kendo secondary: a timed wait whose outcome never comes (the primary's exit cut
+    /// its thread's wait short) sleeps out of the competition, as the primary's thread did,
+    /// until a wake or the program's end. It used to answer EINTR at once: a program that
+    /// retries (redis's bio and jemalloc threads do) made a futex call, a turn, per retry,
+    /// turns the primary never took, and ran ahead of a thread still replaying its records
+    /// until that thread's re-entry was refused (README, the det-mode known bug).
+    #[test]
+    fn kendo_secondary_timed_wait_without_outcome_sleeps_as_the_primary_did() {
+        let p = Arc::new(process());
+        // No outcomes: `timed_wait_outcome` answers None, as at the end of the log.
+        let link = Arc::new(TestLink::default());
+        let rt = Arc::new(DetRuntime::replicated(
+            1000,
+            None,
+            Policy::Kendo,
+            false,
+            link.clone(),
+        ));
+        rt.clone_thread(&p, 1000, || Ok(1001)).unwrap();
+        // t0 ahead, so that t1 holds the token for its wait.
+        rt.det_tick(1000, 10).unwrap();
+        let word = Arc::new(AtomicU32::new(0));
+        let (rt1, p1, w1) = (rt.clone(), p.clone(), word.clone());
+        let waiter = std::thread::spawn(move || {
+            let far = Some(Instant::now() + Duration::from_secs(30));
+            rt1.futex_wait(&*p1, 1001, 0x1000, (&*w1).into(), wait(0, far))
+        });
+        wait_for("t1 is queued", || {
+            in_futex_wait(&rt, 1001) || waiter.is_finished()
+        });
+        // The link answers within a few ms; the wait must still be asleep well after.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !waiter.is_finished(),
+            "the wait ended without a wake: {:?}",
+            waiter.join()
+        );
+        // Out of the competition: t0 takes turns past t1's time without waiting for it.
+        let (rt0, p0) = (rt.clone(), p.clone());
+        let t0 = std::thread::spawn(move || {
+            for _ in 0..5 {
+                rt0.det_start(&*p0, 1000).unwrap();
+                rt0.det_end(1000).unwrap();
+            }
+        });
+        wait_for("t0 took its turns", || t0.is_finished());
+        t0.join().unwrap();
+        assert!(rt.logical_time(1000) > rt.logical_time(1001));
+        assert!(!waiter.is_finished());
+        // A wake ends it, as any wait.
+        assert_eq!(rt.futex_wake(&*p, 1000, 0x1000, 1, u32::MAX), Ok(1));
+        assert_eq!(waiter.join().unwrap(), Ok(0));
+        assert!(link.diverged.lock().unwrap().is_empty());
+    }
 }
