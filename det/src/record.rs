@@ -328,7 +328,7 @@ mod tests {
         let bytes = encoded(RecordKind::End, 0x0102_0304_0506_0708, &[]);
         assert_eq!(
             bytes[..16],
-            [0x70, 0xd1, 3, 5, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
+            [0x70, 0xd1, 4, 5, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
         );
         let sum = crc32fast::hash(&bytes[..16]);
         assert_eq!(bytes[16..], sum.to_le_bytes());
