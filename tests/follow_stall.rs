@@ -405,3 +405,33 @@ fn openmp_work_sharing_follows_the_primary() {
         assert_eq!(primary, native.stdout, "run {run}");
     }
 }
+
+/// Work claimed with an atomic counter (bwa mem's `kt_for`, hand-written thread pools):
+/// which items a thread gets is timing, so how often glibc maps, unmaps or grows a heap in
+/// that thread is too. Those calls were turns, and the secondary's threads asked for turns
+/// the primary never took (5 of 5 follow pairs failed before; 2 of 3 of `bwa mem -t4`).
+/// They order nothing another thread reads (sys_det.rs, `timing_made`), so every pair must
+/// now be identical, with the native totals.
+#[test]
+fn atomically_claimed_work_with_allocations_follows_the_primary() {
+    if !two_cpus("atomically_claimed_work_with_allocations_follows_the_primary") {
+        return;
+    }
+    let dir = tempdir();
+    let p = prog("atomic_claims");
+    let argv = [p.to_str().unwrap(), "4", "200"];
+    let native = native(&argv, b"");
+    assert!(native.status.success());
+    for run in 0..runs(4) {
+        let (r, primary, secondary) = follow_pair(dir.path(), &[], &argv, 30);
+        assert_eq!(
+            r.outcome,
+            Outcome::Identical,
+            "run {run}: {}\nsecondary: {:?}",
+            r.summary(),
+            r.secondary.error
+        );
+        assert_eq!(primary, secondary, "run {run}");
+        assert_eq!(primary, native.stdout, "run {run}");
+    }
+}
