@@ -435,3 +435,42 @@ fn atomically_claimed_work_with_allocations_follows_the_primary() {
         assert_eq!(primary, native.stdout, "run {run}");
     }
 }
+
+/// glibc reads some constant files once per process, in whichever thread gets there first
+/// (malloc's /proc/sys/vm/overcommit_memory when a non-main arena's heap first shrinks;
+/// `vips --vips-concurrency=4` diverged on it). transient_reads' workers read five such
+/// files at moments taken from the TSC, between ordered descriptor work (pipes, host files
+/// whose numbers the secondary places at the primary's). The open, read and close were
+/// turns of whichever thread won in each replica, and the pairs diverged (4 of 4 before).
+/// They take no turn now, and the open takes a high number that the ordered allocations
+/// never meet (devices/src/syscalls/transient.rs), so every pair must be identical, with the
+/// native totals.
+#[test]
+fn lazy_reads_of_constant_files_by_any_thread_follow_the_primary() {
+    if !two_cpus("lazy_reads_of_constant_files_by_any_thread_follow_the_primary") {
+        return;
+    }
+    let dir = tempdir();
+    let p = prog("transient_reads");
+    let argv = [p.to_str().unwrap(), "4", "200"];
+    // In the scratch directory: the program writes a file per item in its cwd.
+    let native = Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(dir.path())
+        .output()
+        .expect("run transient_reads natively");
+    assert!(native.status.success(), "{native:?}");
+    assert!(native.stdout.ends_with(b"lazy_reads=5\n"));
+    for run in 0..runs(4) {
+        let (r, primary, secondary) = follow_pair(dir.path(), &[], &argv, 30);
+        assert_eq!(
+            r.outcome,
+            Outcome::Identical,
+            "run {run}: {}\nsecondary: {:?}",
+            r.summary(),
+            r.secondary.error
+        );
+        assert_eq!(primary, secondary, "run {run}");
+        assert_eq!(primary, native.stdout, "run {run}");
+    }
+}

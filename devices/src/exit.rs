@@ -37,6 +37,7 @@ impl ExitReason {
 
 /// The program's threads and how it ended.
 pub struct ExitState {
+    first_tid: i64,
     next_tid: AtomicI64,
     live_threads: AtomicUsize,
     exit: Mutex<Option<ExitReason>>,
@@ -49,6 +50,7 @@ impl ExitState {
     /// No threads yet; thread ids start at `first_tid` (the pid, as Linux's main thread).
     pub fn new(first_tid: i64) -> Self {
         ExitState {
+            first_tid,
             next_tid: AtomicI64::new(first_tid),
             live_threads: AtomicUsize::new(0),
             exit: Mutex::new(None),
@@ -61,6 +63,14 @@ impl ExitState {
     pub fn new_thread(&self) -> i64 {
         self.live_threads.fetch_add(1, Ordering::SeqCst);
         self.next_tid.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Whether a second thread was ever created (even if it has ended since). Unlike the
+    /// live count, this is the same in two replicas at any point of a thread's program:
+    /// it turns true in the first clone, made by the only thread there is, and every other
+    /// thread starts after it.
+    pub fn ever_threaded(&self) -> bool {
+        self.next_tid.load(Ordering::SeqCst) > self.first_tid + 1
     }
 
     /// Undoes `new_thread` when starting the thread failed.
@@ -125,5 +135,18 @@ mod tests {
             report: String::new(),
         };
         assert_eq!(s.status(), 139);
+    }
+
+    #[test]
+    fn ever_threaded_stays_true_after_the_threads_end() {
+        let e = ExitState::new(1000);
+        assert!(!e.ever_threaded());
+        assert_eq!(e.new_thread(), 1000);
+        assert!(!e.ever_threaded(), "the main thread alone");
+        assert_eq!(e.new_thread(), 1001);
+        assert!(e.ever_threaded());
+        e.thread_exited(0);
+        assert_eq!(e.live_threads(), 1);
+        assert!(e.ever_threaded(), "sticky: the second thread has ended");
     }
 }

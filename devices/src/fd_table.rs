@@ -232,6 +232,25 @@ impl FdTable {
         self.install_file(file, 0, cloexec)
     }
 
+    /// Installs an open file at the *highest* free number below `below` (EMFILE when none
+    /// is free there). Only for follow mode's transient reads of constant files
+    /// (`syscalls::transient`): such an open takes no turn, and a lowest-free number would
+    /// race with the ordered calls' lowest-free allocations of other threads.
+    pub fn install_high(
+        &mut self,
+        file: Arc<OpenFile>,
+        cloexec: bool,
+        below: usize,
+    ) -> Result<i64, Errno> {
+        let below = below.min(MAX_FDS);
+        let idx = (0..below)
+            .rev()
+            .find(|&i| self.slots.get(i).is_none_or(|s| s.is_none()))
+            .ok_or(Errno::EMFILE)?;
+        self.install_at(idx as i64, file, cloexec)?;
+        Ok(idx as i64)
+    }
+
     /// dup / F_DUPFD: the same open file at the lowest free number >= `min`.
     pub fn dup(&mut self, fd: i64, min: i64, cloexec: bool) -> Result<i64, Errno> {
         let file = self.get(fd)?;
@@ -319,6 +338,28 @@ mod tests {
         assert_eq!(t.get(-1).unwrap_err(), Errno::EBADF);
         assert_eq!(t.close(7).unwrap_err(), Errno::EBADF);
         assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn high_install_takes_the_highest_free_and_leaves_lowest_free_alone() {
+        let mut t = FdTable::new();
+        let f = || Arc::new(OpenFile::new(devnull()));
+        assert_eq!(t.install(devnull(), false).unwrap(), 0);
+        assert_eq!(t.install_high(f(), true, 8).unwrap(), 7);
+        assert!(t.cloexec(7).unwrap());
+        assert_eq!(t.install_high(f(), false, 8).unwrap(), 6);
+        // The lowest-free allocations do not meet the high ones...
+        assert_eq!(t.install(devnull(), false).unwrap(), 1);
+        // ...and a freed high number is the next high one again.
+        t.close(7).unwrap();
+        assert_eq!(t.install_high(f(), false, 8).unwrap(), 7);
+        // Nothing free below the ceiling: EMFILE, as Linux past RLIMIT_NOFILE.
+        let mut full = FdTable::new();
+        for _ in 0..3 {
+            full.install(devnull(), false).unwrap();
+        }
+        assert_eq!(full.install_high(f(), false, 3).unwrap_err(), Errno::EMFILE);
+        assert_eq!(full.install_high(f(), false, 4).unwrap(), 3);
     }
 
     #[test]

@@ -141,6 +141,18 @@ fn live_tid(p: &Process, tid: i64) -> bool {
     p.signals.tids().contains(&tid)
 }
 
+/// Whether `node` is a file whose text is fixed for the process's life, so that when and
+/// by which thread it is read cannot change what is read: the system files of fixed text
+/// (`system::FILES`, `Timing::Fixed`: /proc/sys/vm/overcommit_memory, /proc/cpuinfo,
+/// /proc/sys/kernel/osrelease...). Follow mode opens and reads these without a turn
+/// (`syscalls::transient`): glibc reads some of them once per process, in whichever thread
+/// gets there first. Not constant: every per-process and per-thread file (status, stat,
+/// maps and statm change with threads and memory; fd/ with descriptors), the time- and
+/// load-dependent system files, and what exe, cwd and fd/N reopen (host objects).
+pub fn constant(node: &Node) -> bool {
+    matches!(node, Node::SysFile(f) if system::constant(f))
+}
+
 /// Resolves the components below `/proc`. `follow` says whether a final symlink is
 /// followed (intermediate `self` and `thread-self` always are).
 pub fn lookup(
@@ -412,5 +424,45 @@ mod tests {
         );
         assert_eq!(l("/proc/self/maps/x", true), Err(Errno::ENOTDIR));
         assert_eq!(l("/proc/self/fd/0", true), Err(Errno::ENOENT));
+    }
+
+    #[test]
+    fn constant_files_are_the_fixed_system_files_only() {
+        let p = crate::process::test_process();
+        p.signals.add_thread(GUEST_PID, 0);
+        let c = |s: &str| constant(&lookup(&p, GUEST_PID, &comps(s)[1..], true).unwrap());
+        for f in [
+            "/proc/sys/vm/overcommit_memory",
+            "/proc/sys/vm/max_map_count",
+            "/proc/sys/kernel/osrelease",
+            "/proc/cpuinfo",
+            "/proc/version",
+        ] {
+            assert!(c(f), "{f}");
+        }
+        for f in [
+            "/proc/self/status",
+            "/proc/self/maps",
+            "/proc/self/stat",
+            "/proc/thread-self/stat",
+            "/proc/meminfo",
+            "/proc/uptime",
+            "/proc/loadavg",
+            "/proc/stat",
+            "/proc/self/fd",
+            "/proc/sys/vm",
+            "/proc/self/exe",
+            "/proc/self",
+        ] {
+            assert!(!c(f), "{f}");
+        }
+        // Every fixed system file is constant, and only those.
+        for &(f, t) in system::FILES {
+            assert_eq!(
+                constant(&Node::SysFile(f)),
+                t == system::Timing::Fixed,
+                "{f}"
+            );
+        }
     }
 }

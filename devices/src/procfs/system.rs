@@ -37,6 +37,12 @@ pub const FILES: &[(&str, Timing)] = &[
     ("version", Timing::Fixed),
 ];
 
+/// Whether system file `name` (a path below /proc) has fixed text (see `procfs::constant`).
+/// cpuinfo counts the VMM's CPUs, which do not change while the program runs.
+pub fn constant(name: &str) -> bool {
+    FILES.iter().any(|&(f, t)| f == name && t == Timing::Fixed)
+}
+
 /// The number of CPUs the program sees: the VMM's affinity, which sched_getaffinity reports.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

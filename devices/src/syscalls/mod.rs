@@ -25,6 +25,7 @@ pub mod sys_signal;
 pub mod sys_socket;
 pub mod sys_thread;
 pub mod sys_time;
+mod transient;
 mod util;
 
 /// How a syscall behaves under replication (DESIGN.md §6).

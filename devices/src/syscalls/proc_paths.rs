@@ -61,6 +61,16 @@ pub fn open(ctx: &SyscallCtx<'_>, dfd: u64, p: &CStr, flags: u64) -> Option<SysR
     })())
 }
 
+/// The /proc node a guest (dirfd, path) names, with its guest path, when it is a constant
+/// file (`procfs::constant`); None for anything else, a lookup error included (such an
+/// open is left to the ordinary path, which answers it).
+pub fn constant_node(ctx: &SyscallCtx<'_>, dfd: u64, p: &CStr) -> Option<(Node, Vec<u8>)> {
+    node(ctx, dfd, p, true)
+        .ok()
+        .flatten()
+        .filter(|(n, _)| procfs::constant(n))
+}
+
 /// readlink/readlinkat of a /proc path: the guest's view (exe is the program, fd/N
 /// the guest path, self the guest pid).
 pub fn readlink(ctx: &SyscallCtx<'_>, dfd: u64, p: &CStr, out: u64, len: u64) -> Option<SysResult> {

@@ -282,9 +282,13 @@ pub fn serve(
     recorded: bool,
     h: &mut DetHandler<'_>,
 ) -> SysResult {
-    let process = ctx.process;
-    let tid = ctx.thread.tid;
-    let _ = entry;
+    let (process, tid, _) = (ctx.process, ctx.thread.tid, entry);
+    // Follow mode: a transient read of a constant file takes no turn (transient.rs).
+    if det.policy() != Policy::Kendo && det_kind(ctx.nr) != DetKind::Free {
+        if let Some(r) = super::transient::serve(ctx, args, recorded, h) {
+            return r;
+        }
+    }
     let kind = match det_kind(ctx.nr) {
         DetKind::Ordered if det.policy() != Policy::Kendo && timing_made(ctx.nr, args) => {
             DetKind::Free
@@ -299,15 +303,10 @@ pub fn serve(
         DetKind::Clone => det.clone_thread(process, tid, || h(ctx, args)),
         DetKind::External => external(det, ctx, h, args),
         DetKind::Open => {
-            let path_arg = if ctx.nr as i64 == libc::SYS_open {
-                args[0]
+            let (path_arg, flags) = if ctx.nr as i64 == libc::SYS_open {
+                (args[0], args[1])
             } else {
-                args[1]
-            };
-            let flags = if ctx.nr as i64 == libc::SYS_open {
-                args[1]
-            } else {
-                args[2]
+                (args[1], args[2])
             };
             if let Ok(p) = path(ctx, path_arg) {
                 let p = p.as_bytes();
