@@ -12,6 +12,7 @@ use std::path::PathBuf;
 /// Every program `build.rs` produces, by name (`path(name)` finds each).
 pub const PROGRAMS: &[&str] = &[
     "addrlen_race",
+    "atomic_claims",
     "badptr",
     "badtls",
     "bench",
@@ -63,6 +64,7 @@ pub const PROGRAMS: &[&str] = &[
     "sigsetsize",
     "sysfuzz",
     "thread_churn",
+    "transient_reads",
     "unixpath",
     "vdsotime",
     "vdsotime-dyn",
