@@ -441,10 +441,11 @@ fn atomically_claimed_work_with_allocations_follows_the_primary() {
 /// `vips --vips-concurrency=4` diverged on it). transient_reads' workers read five such
 /// files at moments taken from the TSC, between ordered descriptor work (pipes, host files
 /// whose numbers the secondary places at the primary's). The open, read and close were
-/// turns of whichever thread won in each replica, and the pairs diverged (4 of 4 before).
-/// They take no turn now, and the open takes a high number that the ordered allocations
-/// never meet (devices/src/syscalls/transient.rs), so every pair must be identical, with the
-/// native totals.
+/// turns of whichever thread won in each replica, and the pairs diverged (3 of 4 before:
+/// a host file's number still open in the secondary). They take no turn now, and the open
+/// takes a high number that the ordered allocations never meet
+/// (devices/src/syscalls/transient.rs; with the lowest free number instead, 4 of 6 pairs
+/// diverged the same way), so every pair must be identical, with the native totals.
 #[test]
 fn lazy_reads_of_constant_files_by_any_thread_follow_the_primary() {
     if !two_cpus("lazy_reads_of_constant_files_by_any_thread_follow_the_primary") {

@@ -8,8 +8,9 @@
  * Here each of five constant files is read once, by the first worker to finish an item
  * after its moment (1 to 5 times LAZY_TICKS TSC ticks after the start). The moments are
  * read from the TSC itself, which no replica records or replays, so which thread reads
- * which file is a race, as the heap shrink's is. The main thread reads what is left at the
- * end, so every run reads all five.
+ * which file is a race, as the heap shrink's is. Each is parsed a byte at a time, so its
+ * descriptor stays open while other threads take numbers. The main thread reads what is
+ * left at the end, so every run reads all five.
  *
  * Workers take items from a pipe the main thread filled (a read on a pipe is a det point,
  * so the split of the items follows the primary's turns), and per item make a pipe, write
@@ -52,9 +53,18 @@ static void lazy_read(int k)
         perror(lazy_paths[k]);
         exit(1);
     }
+    /* Parsed a byte at a time, as a line parser would: the descriptor stays open a
+     * while, so other threads' ordered opens and pipes come in between. */
     char c;
-    if (read(fd, &c, 1) == 1 && c != '\n')
-        __atomic_fetch_add(&lazy_reads, 1, __ATOMIC_RELAXED);
+    int first = 1;
+    while (read(fd, &c, 1) == 1) {
+        if (first && c != '\n')
+            __atomic_fetch_add(&lazy_reads, 1, __ATOMIC_RELAXED);
+        first = 0;
+        volatile unsigned long x = (unsigned long)c;
+        for (int k = 0; k < 400000; k++)
+            x = x * 6364136223846793005UL + 1442695040888963407UL;
+    }
     close(fd);
 }
 
