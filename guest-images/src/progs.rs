@@ -12,6 +12,7 @@ use std::path::PathBuf;
 /// Every program `build.rs` produces, by name (`path(name)` finds each).
 pub const PROGRAMS: &[&str] = &[
     "addrlen_race",
+    "atomic_claims",
     "badptr",
     "badtls",
     "bench",
@@ -30,6 +31,7 @@ pub const PROGRAMS: &[&str] = &[
     "hostfiles",
     "hostfiles-det",
     "hostfiles-dyn",
+    "hostops",
     "hugetimeout",
     "lstat_dirs",
     "memfault",
