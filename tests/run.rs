@@ -202,6 +202,30 @@ fn bad_pointers_get_efault_and_vmm_survives() {
     assert!(out.trim_end().ends_with("survived"), "{out}");
 }
 
+/// Calls that would change the host (its name, clock, mounts, namespaces) get EPERM and
+/// extended attributes EOPNOTSUPP, as in an unprivileged container; NUMA and I/O-priority
+/// calls get a one-node machine's defaults. Before, every one of them was ENOSYS with a
+/// warning ("unsupported syscall get_mempolicy", seen from libvips).
+#[test]
+fn host_administration_gets_a_containers_answers_not_enosys() {
+    let o = run_in(&[], &[s(&prog("hostops"))], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = "sethostname=EPERM\nsettimeofday=EPERM\nchroot=EPERM\nmount=EPERM\n\
+                unshare0=0\nunshare_net=EPERM\ngetxattr=EOPNOTSUPP\n\
+                getxattr_badptr=EFAULT\nfgetxattr=EOPNOTSUPP\nfgetxattr_badfd=EBADF\n\
+                listxattr=EOPNOTSUPP\nget_mempolicy=0\nmode=0 mask=0,0\nmems_allowed=0\n\
+                allowed=1,0\nset_mempolicy_bind0=0\nset_mempolicy_bind1=EINVAL\n\
+                set_mempolicy_badmode=EINVAL\nioprio_get=0\nioprio_set_be=0\n\
+                ioprio_set_rt=EPERM\nreadahead_badfd=EBADF\nsync_file_range=0\n\
+                mlock2_badflag=EINVAL\n";
+    assert_eq!(stdout(&o), want);
+    assert!(
+        !stderr(&o).contains("unsupported syscall"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn bad_programs_get_one_line_and_status_2() {
     let dir = tempdir();

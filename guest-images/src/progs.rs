@@ -31,6 +31,7 @@ pub const PROGRAMS: &[&str] = &[
     "hostfiles",
     "hostfiles-det",
     "hostfiles-dyn",
+    "hostops",
     "hugetimeout",
     "lstat_dirs",
     "memfault",

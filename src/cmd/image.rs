@@ -82,8 +82,15 @@ pub fn open_for_run(name: &str) -> Result<Image, ImageError> {
     image::open(name, &BuildOptions::default())
 }
 
-/// Copies a directory tree (the image's initial contents of a writable directory)
-/// into the run's state directory.
+/// Copies a directory tree (the image's initial contents of a writable directory, or a
+/// pair's `--state` seed) into a run's state directory.
+///
+/// Modification and access times are kept, for files and directories alike: a pair seeds
+/// each replica's state directory with its own copy, at its own moment, and a program
+/// shows those times (a web server's Last-Modified and ETag). Copies stamped with the
+/// copy's time differed whenever the two copies straddled a second, and the replicas
+/// then wrote different headers of the same length (nginx and civetweb failover tests,
+/// under load).
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     if !from.is_dir() {
@@ -103,7 +110,54 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
             // Files already in the state directory (a previous run's, or ones the
             // user placed there) win over the image's.
             std::fs::copy(entry.path(), &dst)?;
+            keep_times(&entry.path(), &dst)?;
         }
     }
-    Ok(())
+    // Last: creating the entries above changed the directory's own times.
+    keep_times(from, to)
+}
+
+/// Gives `to` the modification and access times of `from`.
+fn keep_times(from: &Path, to: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(from)?;
+    let times = std::fs::FileTimes::new()
+        .set_accessed(meta.accessed()?)
+        .set_modified(meta.modified()?);
+    // A directory cannot be opened for writing; read access is enough for futimens.
+    std::fs::File::open(to)?.set_times(times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// Two copies made at different moments carry the source's times, for a file and for
+    /// the directories, so two replicas' state directories look alike to `stat`.
+    #[test]
+    fn copies_keep_the_sources_times() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("www")).unwrap();
+        let file = src.path().join("www/index.html");
+        std::fs::write(&file, b"hello").unwrap();
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let times = std::fs::FileTimes::new()
+            .set_modified(old)
+            .set_accessed(old);
+        for p in [&file, &src.path().join("www"), &src.path().to_path_buf()] {
+            std::fs::File::open(p).unwrap().set_times(times).unwrap();
+        }
+        let dst = tempfile::tempdir().unwrap();
+        for copy in ["a", "b"] {
+            copy_tree(src.path(), &dst.path().join(copy)).unwrap();
+            for rel in ["www/index.html", "www", ""] {
+                let m = std::fs::metadata(dst.path().join(copy).join(rel)).unwrap();
+                assert_eq!(m.modified().unwrap(), old, "{copy}/{rel}");
+            }
+        }
+        assert_eq!(
+            std::fs::read(dst.path().join("b/www/index.html")).unwrap(),
+            b"hello"
+        );
+    }
 }

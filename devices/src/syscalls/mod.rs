@@ -18,6 +18,7 @@ mod sockaddr;
 pub mod sys_det;
 pub mod sys_file;
 pub mod sys_fs;
+pub mod sys_host;
 pub mod sys_identity;
 pub mod sys_memory;
 pub mod sys_poll;
@@ -228,7 +229,7 @@ pub struct SyscallTable {
 }
 
 /// The subsystem tables, in one place.
-pub fn subsystem_tables() -> [&'static [SyscallEntry]; 9] {
+pub fn subsystem_tables() -> [&'static [SyscallEntry]; 10] {
     [
         sys_memory::TABLE,
         sys_thread::TABLE,
@@ -239,6 +240,7 @@ pub fn subsystem_tables() -> [&'static [SyscallEntry]; 9] {
         sys_time::TABLE,
         sys_identity::TABLE,
         sys_signal::TABLE,
+        sys_host::TABLE,
     ]
 }
 
