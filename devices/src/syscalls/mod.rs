@@ -25,6 +25,7 @@ pub mod sys_signal;
 pub mod sys_socket;
 pub mod sys_thread;
 pub mod sys_time;
+pub mod sys_timer;
 mod util;
 
 /// How a syscall behaves under replication (DESIGN.md §6).
@@ -227,7 +228,7 @@ pub struct SyscallTable {
 }
 
 /// The subsystem tables, in one place.
-pub fn subsystem_tables() -> [&'static [SyscallEntry]; 9] {
+pub fn subsystem_tables() -> [&'static [SyscallEntry]; 10] {
     [
         sys_memory::TABLE,
         sys_thread::TABLE,
@@ -236,6 +237,7 @@ pub fn subsystem_tables() -> [&'static [SyscallEntry]; 9] {
         sys_socket::TABLE,
         sys_poll::TABLE,
         sys_time::TABLE,
+        sys_timer::TABLE,
         sys_identity::TABLE,
         sys_signal::TABLE,
     ]

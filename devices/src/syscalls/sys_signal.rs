@@ -222,6 +222,8 @@ fn rt_sigtimedwait(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         } else {
             Errno::EAGAIN
         })?;
+    // A timer's signal taken here counts as delivered, as one that enters a handler.
+    process.ptimers.delivered(sig, ctx.thread.tid);
     if a[1] != 0 {
         write_siginfo(ctx, a[1], sig)?;
     }

@@ -26,6 +26,8 @@ impl Machine {
     ) -> ThreadAction {
         let signals = &self.process.signals;
         while let Some((sig, old_mask)) = signals.take_deliverable(tid) {
+            // Taken, even if ignored below: a POSIX timer may send this signal again.
+            self.process.ptimers.delivered(sig, tid);
             let act = self.process.sigaction(sig);
             if act.handler == libc::SIG_IGN as u64
                 || (act.handler == libc::SIG_DFL as u64 && devices::signals::default_ignored(sig))
