@@ -43,6 +43,7 @@ pub const PROGRAMS: &[&str] = &[
     "prodcons-det",
     "prodcons-dyn",
     "protbuf",
+    "ptimer",
     "poolwrite",
     "poolwrite-det",
     "poolwrite-dyn",
