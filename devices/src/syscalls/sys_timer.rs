@@ -134,7 +134,7 @@ fn timer_create(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     })?;
     let r = notify
         .and_then(|_| ctx.process.mem.write_obj(a[2], &id))
-        .and_then(|()| if permitted { Ok(()) } else { Err(Errno::EPERM) });
+        .and(if permitted { Ok(()) } else { Err(Errno::EPERM) });
     if let Err(e) = r {
         let _ = timers.delete(id);
         return Err(e);
