@@ -151,12 +151,14 @@ static void periodic(void) {
 }
 
 static volatile int target_tid;
-static volatile int target_go;
+// A barrier, not a spin on a flag: in a det pair a spin's length is timing, and each
+// sched_yield is a det point, so the replicas' logical clocks would part.
+static pthread_barrier_t target_ready;
 
 static void *target_thread(void *arg) {
     (void)arg;
     target_tid = (int)syscall(SYS_gettid);
-    __atomic_store_n(&target_go, 1, __ATOMIC_RELEASE);
+    pthread_barrier_wait(&target_ready);
     wait_for(SIGUSR2, 1);
     return NULL;
 }
@@ -164,9 +166,9 @@ static void *target_thread(void *arg) {
 static void thread_id(void) {
     on(SIGUSR2);
     pthread_t t;
+    pthread_barrier_init(&target_ready, NULL, 2);
     pthread_create(&t, NULL, target_thread, NULL);
-    while (!__atomic_load_n(&target_go, __ATOMIC_ACQUIRE))
-        sched_yield();
+    pthread_barrier_wait(&target_ready);
     struct ksigevent ev = sig_event(SIGUSR2);
     ev.notify = SIGEV_THREAD_ID;
     ev.tid = target_tid;
