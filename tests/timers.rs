@@ -30,6 +30,8 @@ fn native_output(p: &Path) -> String {
         "TIMER_ABSTIME: SIGALRM by default, not before the deadline: yes\n",
         "gettime: remaining decreases: yes, interval 3s\n",
         "getoverrun in the handler counted the blocked expiries: yes\n",
+        "sigwaitinfo: the timer's signal, si_code SI_TIMER yes, si_value 4242, si_timerid is the id yes, si_overrun 0\n",
+        "SIGEV_THREAD function ran with its sigev_value: yes\n",
         "done\n",
     ] {
         assert!(out.contains(line), "native output lacks {line:?}:\n{out}");

@@ -71,6 +71,20 @@ pub struct TimerSpec {
     pub fires: bool,
     /// What an expiry does.
     pub notify: Notify,
+    /// The sigevent's sigev_value, for the siginfo; None: the timer's id (Linux's value
+    /// when timer_create had no sigevent).
+    pub value: Option<u64>,
+}
+
+/// A timer's signal as it was taken: what Linux puts in the siginfo (SI_TIMER).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// si_timerid.
+    pub id: i32,
+    /// si_overrun (also what timer_getoverrun returns from now on).
+    pub overrun: i32,
+    /// si_value.
+    pub value: u64,
 }
 
 #[derive(Debug)]
@@ -272,12 +286,14 @@ impl TimerSet {
 
     /// Thread `tid` took signal `sig` (entered its handler, or a sigwait returned it):
     /// each timer whose signal that was records its overrun count for timer_getoverrun
-    /// and may send again.
-    pub fn delivered(&mut self, sig: i32, tid: i64) {
+    /// and may send again. Returns the first such timer's siginfo fields (timers that
+    /// share a signal number share its one pending instance).
+    pub fn delivered(&mut self, sig: i32, tid: i64) -> Option<Delivered> {
         if self.in_flight == 0 {
-            return;
+            return None;
         }
-        for t in self.timers.values_mut() {
+        let mut first = None;
+        for (&id, t) in self.timers.iter_mut() {
             let ours = match t.spec.notify {
                 Notify::Process(s) => s == sig,
                 Notify::Thread(to, s) => s == sig && to == tid,
@@ -288,8 +304,14 @@ impl TimerSet {
                 self.in_flight -= 1;
                 t.overrun_last = t.overrun;
                 t.overrun = 0;
+                first = first.or(Some(Delivered {
+                    id,
+                    overrun: t.overrun_last.min(i32::MAX as u64) as i32,
+                    value: t.spec.value.unwrap_or(id as u64),
+                }));
             }
         }
+        first
     }
 
     /// How many timers the program holds.
@@ -386,7 +408,7 @@ impl PosixTimers {
     }
 
     /// Thread `tid` took signal `sig` (see [`TimerSet::delivered`]).
-    pub fn delivered(&self, sig: i32, tid: i64) {
+    pub fn delivered(&self, sig: i32, tid: i64) -> Option<Delivered> {
         lock(&self.shared.state).set.delivered(sig, tid)
     }
 
@@ -433,6 +455,7 @@ mod tests {
             clock: libc::CLOCK_MONOTONIC,
             fires: true,
             notify,
+            value: None,
         }
     }
 
@@ -502,7 +525,16 @@ mod tests {
         // Still pending at the next expiry: no second signal, one more overrun.
         assert!(s.expire(t0 + 40 * MS, |_| true).is_empty());
         assert_eq!(s.overrun(a), Ok(0));
-        s.delivered(libc::SIGALRM, 1000);
+        // The siginfo: the id, the overruns, and the id as value (no sigevent's value).
+        assert_eq!(
+            s.delivered(libc::SIGALRM, 1000),
+            Some(Delivered {
+                id: a,
+                overrun: 3,
+                value: a as u64
+            })
+        );
+        assert_eq!(s.delivered(libc::SIGALRM, 1000), None);
         assert_eq!(s.overrun(a), Ok(3));
         // Delivered: the next expiry signals again, with a fresh count.
         assert_eq!(s.expire(t0 + 50 * MS, |_| true), vec![ALRM]);
@@ -561,6 +593,7 @@ mod tests {
                 clock: libc::CLOCK_PROCESS_CPUTIME_ID,
                 fires: false,
                 notify: ALRM,
+                value: Some(5),
             })
             .unwrap();
         s.set(cpu, t0, 7 * MS, Duration::ZERO).unwrap();

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -256,6 +257,51 @@ static void overrun(void) {
     tdel(overrun_timer);
 }
 
+static void sigwaitinfo_fields(void) {
+    int sig = SIGRTMIN + 2, id;
+    sigset_t m;
+    sigemptyset(&m);
+    sigaddset(&m, sig);
+    sigprocmask(SIG_BLOCK, &m, NULL);
+    struct ksigevent ev = sig_event(sig);
+    ev.value.sival_int = 4242;
+    tcreate(CLOCK_MONOTONIC, &ev, &id);
+    struct itimerspec s = spec(1000000, 0);
+    tset(id, 0, &s, NULL);
+    siginfo_t si;
+    int got = sigwaitinfo(&m, &si);
+    printf("sigwaitinfo: %s, si_code SI_TIMER %s, si_value %d, si_timerid is the id %s, "
+           "si_overrun %d\n",
+           got == sig ? "the timer's signal" : "another", si.si_code == SI_TIMER ? "yes" : "no",
+           si.si_value.sival_int, si.si_timerid == id ? "yes" : "no", si.si_overrun);
+    tdel(id);
+}
+
+static sem_t thread_fired;
+
+static void on_expiry(union sigval v) {
+    if (v.sival_int == 77)
+        sem_post(&thread_fired);
+}
+
+/// glibc's SIGEV_THREAD: its helper thread waits for the signal with sigwaitinfo and runs
+/// the function only for si_code SI_TIMER.
+static void sigev_thread(void) {
+    sem_init(&thread_fired, 0, 0);
+    struct sigevent ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_THREAD;
+    ev.sigev_notify_function = on_expiry;
+    ev.sigev_value.sival_int = 77;
+    timer_t t;
+    printf("SIGEV_THREAD create: %d\n", timer_create(CLOCK_MONOTONIC, &ev, &t));
+    struct itimerspec s = spec(2000000, 0);
+    timer_settime(t, 0, &s, NULL);
+    sem_wait(&thread_fired);
+    printf("SIGEV_THREAD function ran with its sigev_value: yes\n");
+    timer_delete(t);
+}
+
 static void exhaust(void) {
     struct ksigevent none = sig_event(0);
     none.notify = SIGEV_NONE;
@@ -287,6 +333,8 @@ int main(int argc, char **argv) {
     abstime();
     gettime();
     overrun();
+    sigwaitinfo_fields();
+    sigev_thread();
     printf("done\n");
     return 0;
 }

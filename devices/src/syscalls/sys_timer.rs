@@ -8,11 +8,12 @@
 //! expiry's signal reaches the secondary through the recorded signal delivery; the
 //! secondary never executes these calls, so it arms no host timer.
 //!
-//! Signals here carry only their number: a timer's handler sees si_code SI_USER (0),
-//! si_pid 1000 and a zero si_value, not SI_TIMER with the timer id and sigev_value. A
-//! program that reads those fields (glibc's SIGEV_THREAD helper thread, which ignores any
-//! signal whose si_code is not SI_TIMER) gets no notification: SIGEV_THREAD timers create
-//! and arm without error but never run their function under ditto.
+//! A timer's signal taken by sigwaitinfo/sigtimedwait gets Linux's siginfo (si_code
+//! SI_TIMER, si_timerid, si_overrun, si_value = sigev_value), which is what glibc's
+//! SIGEV_THREAD helper thread waits for; it is the call's output, so a pair's secondary
+//! gets it from the primary's record. A timer's signal that enters a handler carries only
+//! its number, as every signal here: the handler's siginfo says SI_USER, si_pid 1000 and a
+//! zero si_value.
 
 use super::{SysResult, SyscallCtx, SyscallEntry};
 use crate::errno::Errno;
@@ -131,6 +132,7 @@ fn timer_create(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         clock,
         fires,
         notify: *notify.as_ref().unwrap_or(&Notify::Nothing),
+        value: event.map(|ev| ev[0]),
     })?;
     let r = notify
         .and_then(|_| ctx.process.mem.write_obj(a[2], &id))
