@@ -201,7 +201,8 @@ impl Credentials {
         Credentials::new(uid, gid, groups)
     }
 
-    fn capable(&self, cap: u32) -> bool {
+    /// Whether capability `cap` is in the effective set.
+    pub fn capable(&self, cap: u32) -> bool {
         self.caps.effective & (1 << cap) != 0
     }
 

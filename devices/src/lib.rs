@@ -12,6 +12,7 @@ pub mod itimer;
 pub mod path;
 pub mod process;
 pub mod procfs;
+pub mod ptimer;
 pub mod replication;
 pub mod seccomp;
 pub mod signals;

@@ -91,6 +91,8 @@ pub struct Process {
     pub kicker: OnceLock<Arc<dyn Kicker>>,
     /// ITIMER_REAL.
     pub real_timer: crate::itimer::RealTimer,
+    /// The POSIX timers (timer_create).
+    pub ptimers: crate::ptimer::PosixTimers,
     /// The det runtime, set once before the first thread starts when running with `--det`.
     pub det: OnceLock<DetRuntime>,
     /// Replication, set once before the first thread starts when running in a pair.
@@ -129,6 +131,7 @@ impl Process {
             signals: Signals::default(),
             kicker: OnceLock::new(),
             real_timer: Default::default(),
+            ptimers: Default::default(),
             det: OnceLock::new(),
             replication: OnceLock::new(),
             exit: Arc::new(ExitState::new(GUEST_PID)),
@@ -218,6 +221,46 @@ impl crate::itimer::AlarmTarget for Process {
             }),
             Fate::Queued(Some(tid)) => self.kick(tid),
             _ => {}
+        }
+    }
+}
+
+/// The POSIX timers' thread fires at the whole program, or at one thread of it
+/// (SIGEV_THREAD_ID), as kill and tgkill would.
+impl crate::ptimer::TimerTarget for Process {
+    fn exiting(&self) -> bool {
+        Process::exiting(self)
+    }
+
+    fn fire(&self, notify: crate::ptimer::Notify) {
+        use crate::ptimer::Notify;
+        let (sig, fate) = match notify {
+            Notify::Nothing => return,
+            Notify::Process(sig) => (sig, self.signals.send_process(sig, self.sigaction(sig))),
+            // A thread that has ended takes no signal (Linux drops it too).
+            Notify::Thread(tid, sig) => {
+                match self.signals.send_thread(tid, sig, self.sigaction(sig)) {
+                    Some(fate) => (sig, fate),
+                    None => return,
+                }
+            }
+        };
+        match fate {
+            Fate::Terminate => self.finish(ExitReason::Signaled {
+                signal: sig,
+                report: String::new(),
+            }),
+            Fate::Queued(Some(tid)) => self.kick(tid),
+            _ => {}
+        }
+    }
+
+    fn still_pending(&self, notify: crate::ptimer::Notify) -> bool {
+        use crate::ptimer::Notify;
+        match notify {
+            Notify::Nothing => false,
+            Notify::Process(sig) => self.signals.is_pending(sig, None),
+            Notify::Thread(tid, sig) => self.signals.is_pending(sig, Some(tid)),
         }
     }
 }

@@ -299,6 +299,16 @@ impl Signals {
         self.changed.notify_all();
     }
 
+    /// Whether `sig` is pending for thread `tid`, or (None) for the process.
+    pub fn is_pending(&self, sig: i32, tid: Option<i64>) -> bool {
+        let st = lock(&self.state);
+        let pending = match tid {
+            None => st.process_pending,
+            Some(t) => st.threads.get(&t).map_or(0, |t| t.pending),
+        };
+        pending & bit(sig) != 0
+    }
+
     /// The signal `tid` would take next, without taking it.
     pub fn next_deliverable(&self, tid: i64) -> Option<i32> {
         let st = lock(&self.state);

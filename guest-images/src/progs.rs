@@ -45,6 +45,7 @@ pub const PROGRAMS: &[&str] = &[
     "prodcons-det",
     "prodcons-dyn",
     "protbuf",
+    "ptimer",
     "poolwrite",
     "poolwrite-det",
     "poolwrite-dyn",

@@ -196,6 +196,9 @@ pub fn written(p: &Process, nr: u64, a: [u64; 6], plan: &Plan, ret: i64) -> Vec<
         SYS_timerfd_settime => opt(&mut w, a[3], 32),
         SYS_setitimer => opt(&mut w, a[2], 32),
         SYS_getitimer => opt(&mut w, a[1], 32),
+        SYS_timer_create => opt(&mut w, a[2], 4),
+        SYS_timer_settime => opt(&mut w, a[3], 32),
+        SYS_timer_gettime => opt(&mut w, a[1], 32),
         SYS_ioctl => match a[1] {
             FIONREAD => opt(&mut w, a[2], 4),
             TIOCGWINSZ => opt(&mut w, a[2], 8),

@@ -26,6 +26,7 @@ pub mod sys_signal;
 pub mod sys_socket;
 pub mod sys_thread;
 pub mod sys_time;
+pub mod sys_timer;
 mod transient;
 mod util;
 
@@ -229,7 +230,7 @@ pub struct SyscallTable {
 }
 
 /// The subsystem tables, in one place.
-pub fn subsystem_tables() -> [&'static [SyscallEntry]; 10] {
+pub fn subsystem_tables() -> [&'static [SyscallEntry]; 11] {
     [
         sys_memory::TABLE,
         sys_thread::TABLE,
@@ -238,6 +239,7 @@ pub fn subsystem_tables() -> [&'static [SyscallEntry]; 10] {
         sys_socket::TABLE,
         sys_poll::TABLE,
         sys_time::TABLE,
+        sys_timer::TABLE,
         sys_identity::TABLE,
         sys_signal::TABLE,
         sys_host::TABLE,

@@ -194,11 +194,29 @@ fn tkill(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
     to_thread(ctx, a[0] as i32 as i64, a[1])
 }
 
-/// siginfo_t for a signal sent by the program (or from outside): SI_USER.
-fn write_siginfo(ctx: &SyscallCtx<'_>, at: u64, sig: i32) -> Result<(), Errno> {
+/// SI_TIMER, Linux's si_code for a POSIX timer's signal.
+const SI_TIMER: i32 = -2;
+
+/// siginfo_t for a signal sent by the program (or from outside): SI_USER; for a POSIX
+/// timer's: SI_TIMER, with the fields of `_sifields._timer` (si_tid, si_overrun,
+/// si_sigval) at offsets 16, 20 and 24.
+fn write_siginfo(
+    ctx: &SyscallCtx<'_>,
+    at: u64,
+    sig: i32,
+    timer: Option<crate::ptimer::Delivered>,
+) -> Result<(), Errno> {
     let mut info = [0u8; 128];
     info[0..4].copy_from_slice(&sig.to_le_bytes());
-    info[16..20].copy_from_slice(&(GUEST_PID as i32).to_le_bytes());
+    match timer {
+        None => info[16..20].copy_from_slice(&(GUEST_PID as i32).to_le_bytes()),
+        Some(t) => {
+            info[8..12].copy_from_slice(&SI_TIMER.to_le_bytes());
+            info[16..20].copy_from_slice(&t.id.to_le_bytes());
+            info[20..24].copy_from_slice(&t.overrun.to_le_bytes());
+            info[24..32].copy_from_slice(&t.value.to_le_bytes());
+        }
+    }
     ctx.process.mem.write_bytes(at, &info)
 }
 
@@ -222,8 +240,10 @@ fn rt_sigtimedwait(ctx: &mut SyscallCtx<'_>, a: [u64; 6]) -> SysResult {
         } else {
             Errno::EAGAIN
         })?;
+    // A timer's signal taken here counts as delivered, as one that enters a handler.
+    let timer = process.ptimers.delivered(sig, ctx.thread.tid);
     if a[1] != 0 {
-        write_siginfo(ctx, a[1], sig)?;
+        write_siginfo(ctx, a[1], sig, timer)?;
     }
     Ok(sig as u64)
 }

@@ -26,6 +26,9 @@ impl Machine {
     ) -> ThreadAction {
         let signals = &self.process.signals;
         while let Some((sig, old_mask)) = signals.take_deliverable(tid) {
+            // Taken, even if ignored below: a POSIX timer may send this signal again. (Its
+            // siginfo fields are not in the frame: signals here carry only their number.)
+            let _ = self.process.ptimers.delivered(sig, tid);
             let act = self.process.sigaction(sig);
             if act.handler == libc::SIG_IGN as u64
                 || (act.handler == libc::SIG_DFL as u64 && devices::signals::default_ignored(sig))
