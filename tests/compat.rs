@@ -473,8 +473,14 @@ fn nodejs_worker_threads_pair() {
 /// lock-free worklist sizes (GetMaxConcurrency) whether the joining thread waits on the
 /// job's condition variable and whether a platform worker keeps running: a decision no turn
 /// orders, so the replicas take different numbers of turns and the secondary stops (4 of 4
-/// follow pairs, 2026-12-07); with the flag 5 of 5 were identical.
+/// follow pairs, 2026-12-07); with the flag 5 of 5 were identical that day.
 #[test]
+#[ignore = "flaky: on 2026-12-08 2 of 5 follow pairs with --single-threaded-gc stopped (one \
+            with the binary from before that day's changes), 'due to take its turn but sleeps \
+            in a futex wait that no thread can end', four of V8's platform worker threads \
+            waiting on one futex (the platform's task queue): V8 posts other jobs than the \
+            parallel GC to those workers, and which worker takes a task is decided without a \
+            turn (README Compatibility)"]
 fn nodejs_worker_threads_follow_pair_single_threaded_gc() {
     let _turn = one_at_a_time();
     let dir = node_workers_dir();
