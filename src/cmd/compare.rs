@@ -149,7 +149,14 @@ fn write_html(args: &CompareArgs, page: &std::path::Path) -> ExitCode {
 fn compare_traces(dir: &std::path::Path) -> Result<(String, bool), replica::trace::TraceError> {
     let primary = Trace::load(&trace_path(dir, Role::Primary))?;
     let secondary = Trace::load(&trace_path(dir, Role::Secondary))?;
-    let a = align::align(&primary, &secondary);
+    // The report beside the traces, when there is one, names the diverging call.
+    let report = Report::load(dir.join("report.json")).ok();
+    let reported = report
+        .as_ref()
+        .and_then(|r| r.first_divergence.as_ref())
+        .filter(|d| !d.syscall.is_empty())
+        .map(|d| (d.syscall.as_str(), d.syscall_seq));
+    let a = align::align_with_report(&primary, &secondary, reported);
     Ok((align::render(&a), a.first.is_some()))
 }
 

@@ -98,20 +98,32 @@ fn difference(p: &TraceEvent, s: &TraceEvent) -> Option<String> {
 /// secondary, except when the secondary stops (a divergence found elsewhere, the pair
 /// stopped) while the call waits for that result; it then ends with EINTR, as the thread's
 /// last event. Taken for a parting, it hid the real one on another thread.
+///
+/// The call the report names as the first divergence ends the same way (the secondary stops
+/// inside it, having found the mismatch), so it is never taken for a cut one: `reported`
+/// is the report's (syscall, the thread's syscall number) when the report names a call.
 fn cut_by_the_stop(
     a: &TraceEvent,
     b: &TraceEvent,
     s: Option<&ThreadTrace>,
     sidx: Option<usize>,
+    reported: Option<(&str, u64)>,
 ) -> bool {
     let last = s.is_some_and(|t| sidx == Some(t.events.len().saturating_sub(1)));
-    last && a.syscall == b.syscall
+    let named = reported.is_some_and(|(name, seq)| b.syscall == name && b.seq == seq);
+    last && !named
+        && a.syscall == b.syscall
         && a.treatment == b.treatment
         && b.result == -i64::from(libc::EINTR)
         && a.result != b.result
 }
 
-fn align_thread(tid: i64, p: Option<&ThreadTrace>, s: Option<&ThreadTrace>) -> ThreadAlignment {
+fn align_thread(
+    tid: i64,
+    p: Option<&ThreadTrace>,
+    s: Option<&ThreadTrace>,
+    reported: Option<(&str, u64)>,
+) -> ThreadAlignment {
     let (pe, se) = (replicated(p), replicated(s));
     let mut out = ThreadAlignment {
         thread: tid,
@@ -170,7 +182,7 @@ fn align_thread(tid: i64, p: Option<&ThreadTrace>, s: Option<&ThreadTrace>) -> T
                 break;
             }
             if let (Some(a), Some(b)) = (pev, sev) {
-                if cut_by_the_stop(a, b, s, sidx) {
+                if cut_by_the_stop(a, b, s, sidx, reported) {
                     break;
                 }
             }
@@ -199,6 +211,17 @@ fn align_thread(tid: i64, p: Option<&ThreadTrace>, s: Option<&ThreadTrace>) -> T
 
 /// Lines up `primary` and `secondary` thread by thread.
 pub fn align(primary: &Trace, secondary: &Trace) -> Alignment {
+    align_with_report(primary, secondary, None)
+}
+
+/// [`align`], knowing the call the pair's report names as the first divergence (its
+/// syscall and the thread's syscall number), which is a parting even where the secondary's
+/// stop cut it short.
+pub fn align_with_report(
+    primary: &Trace,
+    secondary: &Trace,
+    reported: Option<(&str, u64)>,
+) -> Alignment {
     let mut tids: Vec<i64> = primary
         .threads
         .iter()
@@ -209,7 +232,7 @@ pub fn align(primary: &Trace, secondary: &Trace) -> Alignment {
     tids.dedup();
     let threads: Vec<ThreadAlignment> = tids
         .iter()
-        .map(|&t| align_thread(t, primary.thread(t), secondary.thread(t)))
+        .map(|&t| align_thread(t, primary.thread(t), secondary.thread(t), reported))
         .collect();
     let first = threads
         .iter()
@@ -488,5 +511,40 @@ mod tests {
             .push(call(3, "nanosleep", "recorded", Some(3)));
         let a = align(&p, &s);
         assert_eq!(a.first.unwrap().thread, 1001);
+    }
+
+    /// A compared write whose bytes differed: the secondary stops inside it, so it ends with
+    /// EINTR as the thread's last event, like a call the stop cut short; the report names it,
+    /// and it is the parting (`race_counter`'s pairs came out "do not part" without this).
+    #[test]
+    fn the_call_the_report_names_is_a_parting_even_when_cut_short() {
+        let p = trace(
+            "primary",
+            vec![(
+                1000,
+                vec![
+                    call(1, "read", "recorded", Some(1)),
+                    call(2, "write", "compared", Some(2)),
+                    call(3, "exit_group", "exit", Some(3)),
+                ],
+            )],
+        );
+        let mut s = trace(
+            "secondary",
+            vec![(
+                1000,
+                vec![
+                    call(1, "read", "recorded", Some(1)),
+                    call(2, "write", "compared", Some(2)),
+                ],
+            )],
+        );
+        s.threads[0].events[1].result = -4;
+        assert_eq!(align(&p, &s).first, None);
+        let a = align_with_report(&p, &s, Some(("write", 2)));
+        let first = a.first.expect("the reported write parts");
+        assert_eq!((first.thread, first.event), (1000, 2));
+        // Another call's number does not make this one a parting.
+        assert_eq!(align_with_report(&p, &s, Some(("write", 7))).first, None);
     }
 }
